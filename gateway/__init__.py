@@ -1,0 +1,1 @@
+"""gateway: an SSH and Git-over-SSH gateway with two-step verification."""

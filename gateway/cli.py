@@ -1,0 +1,404 @@
+"""The operator's command line (SPEC §3).
+
+Exit status 0 on success, 1 on a refused or failed operation, 2 on bad usage; errors are
+one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from . import config, datadir, keydir, names, sshkeys
+from .errors import Refusal, UsageError
+from .git import repos as disk
+from .store import accounts, audit, keys, repos, workspaces
+from .store import db as store_db
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+def _print_json(value) -> None:
+    print(json.dumps(value, indent=2, sort_keys=True))
+
+
+def _read_key_source(source: str) -> list[sshkeys.PublicKey]:
+    if source == "-":
+        text = sys.stdin.read()
+    else:
+        try:
+            text = Path(source).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise Refusal(f"Cannot read key file {source}: {exc.__class__.__name__}") from None
+    return sshkeys.parse_text(text)
+
+
+async def _add_keys(db, account: accounts.Account, parsed: list[sshkeys.PublicKey], title: str | None):
+    for key in parsed:
+        key_title = title or key.comment or f"key-{key.fingerprint[7:15]}"
+        await keys.add(db, account.id, key, key_title)
+        await audit.write(db, "operator", "key.add", account.name, detail=key.fingerprint)
+        print(f"Added key {key.fingerprint} ({key_title}) to {account.name}")
+
+
+# --- accounts -------------------------------------------------------------------------
+
+
+async def cmd_account_add(settings, args, db):
+    name = names.account_name(args.name)
+    parsed = [key for source in args.key for key in _read_key_source(source)]
+    account = await accounts.add(db, name, args.email)
+    await audit.write(db, "operator", "account.add", name)
+    print(f"Created account {name}")
+    await _add_keys(db, account, parsed, None)
+    await db.commit()
+
+
+async def cmd_account_list(settings, args, db):
+    found = await accounts.list_all(db)
+    if args.json:
+        return _print_json([{"name": a.name, "email": a.email, "disabled": a.disabled}
+                            for a in found])
+    for account in found:
+        state = "disabled" if account.disabled else "active"
+        print(f"{account.name}\t{account.email or '-'}\t{state}")
+
+
+async def cmd_account_show(settings, args, db):
+    account = await accounts.get(db, names.account_name(args.name))
+    account_keys = await keys.list_for(db, account.name)
+    if args.json:
+        return _print_json({
+            "name": account.name, "email": account.email, "disabled": account.disabled,
+            "keys": [{"fingerprint": k.fingerprint, "title": k.title, "algorithm": k.algorithm,
+                      "kind": k.kind, "source": k.source} for k in account_keys],
+        })
+    print(f"account:  {account.name}")
+    print(f"email:    {account.email or '-'}")
+    print(f"state:    {'disabled' if account.disabled else 'active'}")
+    print("2sv:      disabled")
+    print(f"keys:     {len(account_keys)}")
+    for key in account_keys:
+        print(f"  {key.fingerprint}  {key.algorithm}  {key.title}  ({key.source})")
+
+
+async def _set_disabled(args, db, disabled: bool):
+    name = names.account_name(args.name)
+    await accounts.set_disabled(db, name, disabled)
+    await audit.write(db, "operator", "account.disable" if disabled else "account.enable", name)
+    await db.commit()
+    print(f"{'Disabled' if disabled else 'Enabled'} account {name}")
+
+
+async def cmd_account_disable(settings, args, db):
+    await _set_disabled(args, db, True)
+
+
+async def cmd_account_enable(settings, args, db):
+    await _set_disabled(args, db, False)
+
+
+# --- keys -----------------------------------------------------------------------------
+
+
+async def cmd_key_add(settings, args, db):
+    account = await accounts.get(db, names.account_name(args.account))
+    await _add_keys(db, account, _read_key_source(args.file), args.title)
+    await db.commit()
+
+
+async def cmd_key_list(settings, args, db):
+    if args.account is not None:
+        await accounts.get(db, names.account_name(args.account))
+    found = await keys.list_for(db, args.account)
+    if args.json:
+        return _print_json([{"account": k.account, "fingerprint": k.fingerprint, "title": k.title,
+                             "algorithm": k.algorithm, "kind": k.kind, "source": k.source}
+                            for k in found])
+    for key in found:
+        print(f"{key.account}\t{key.fingerprint}\t{key.algorithm}\t{key.title}\t{key.source}")
+
+
+async def cmd_key_remove(settings, args, db):
+    removed = await keys.remove(db, args.fingerprint)
+    await audit.write(db, "operator", "key.remove", removed.account, detail=removed.fingerprint)
+    await db.commit()
+    print(f"Removed key {removed.fingerprint} ({removed.title}) from {removed.account}")
+
+
+async def cmd_keys_sync(settings, args, db):
+    report = await keydir.sync(db, Path(args.keydir) if args.keydir else settings.keydir)
+    for name in report.created_accounts:
+        print(f"created account {name}")
+    for line in report.added:
+        print(f"added {line}")
+    for line in report.removed:
+        print(f"removed {line}")
+    for line in report.errors:
+        print(f"ERROR: {line}", file=sys.stderr)
+    print(f"{len(report.added)} added, {len(report.removed)} removed, {len(report.errors)} errors")
+    return 1 if report.errors else 0
+
+
+# --- workspaces and members -----------------------------------------------------------
+
+
+async def cmd_workspace_add(settings, args, db):
+    name = names.workspace_name(args.name)
+    await workspaces.add(db, name)
+    await audit.write(db, "operator", "workspace.add", name)
+    await db.commit()
+    print(f"Created workspace {name}")
+
+
+async def cmd_workspace_list(settings, args, db):
+    found = await workspaces.list_all(db)
+    if args.json:
+        return _print_json([{"name": w.name, "require_2sv": w.require_2sv} for w in found])
+    for workspace in found:
+        print(f"{workspace.name}\trequire-2sv={workspace.require_2sv}")
+
+
+async def cmd_workspace_show(settings, args, db):
+    workspace = await workspaces.get(db, names.workspace_name(args.name))
+    members = await workspaces.members(db, workspace.id)
+    repo_list = await repos.list_all(db, workspace.name)
+    if args.json:
+        return _print_json({
+            "name": workspace.name, "require_2sv": workspace.require_2sv,
+            "session_window": workspace.session_window,
+            "members": [asdict(m) for m in members],
+            "repositories": [{"name": r.name, "public": r.public} for r in repo_list],
+        })
+    print(f"workspace:    {workspace.name}")
+    print(f"require-2sv:  {workspace.require_2sv}")
+    print(f"members:      {len(members)}")
+    for member in members:
+        print(f"  {member.account}\t{member.role}")
+    print(f"repositories: {len(repo_list)}")
+    for repo in repo_list:
+        print(f"  {repo.name}\t{'public' if repo.public else 'private'}")
+
+
+async def cmd_member_add(settings, args, db):
+    workspace = await workspaces.get(db, names.workspace_name(args.workspace))
+    account = await accounts.get(db, names.account_name(args.account))
+    role = names.role(args.role)
+    await workspaces.set_member(db, workspace.id, account.id, role)
+    await audit.write(db, "operator", "member.add", f"{workspace.name}/{account.name}", detail=role)
+    await db.commit()
+    print(f"{account.name} is now a member of {workspace.name} with role {role}")
+
+
+async def cmd_member_remove(settings, args, db):
+    workspace = await workspaces.get(db, names.workspace_name(args.workspace))
+    account = await accounts.get(db, names.account_name(args.account))
+    if not await workspaces.remove_member(db, workspace.id, account.id):
+        raise Refusal(f"{account.name} is not a member of {workspace.name}")
+    await audit.write(db, "operator", "member.remove", f"{workspace.name}/{account.name}")
+    await db.commit()
+    print(f"Removed {account.name} from {workspace.name}")
+
+
+# --- repositories ---------------------------------------------------------------------
+
+
+async def cmd_repo_add(settings, args, db):
+    path = names.repo_path(args.repo)
+    branch = names.branch_name(args.default_branch)
+    workspace = await workspaces.get(db, path.workspace)
+    # The record and the directory must appear together: insert, create on disk, and
+    # commit only once the repository exists.
+    await repos.add(db, workspace.id, path.name, args.public, branch)
+    try:
+        disk.create(settings.repos_dir, workspace.name, path.name, branch)
+    except BaseException:
+        await db.rollback()
+        raise
+    await audit.write(db, "operator", "repo.add", str(path),
+                      detail="public" if args.public else "private")
+    await db.commit()
+    url = f"ssh://{settings.ssh_user}@{settings.public_host}:{settings.public_port}/{path}.git"
+    print(f"Created repository {path} ({'public' if args.public else 'private'})")
+    print(f"Clone it with: git clone {url}")
+
+
+async def cmd_repo_list(settings, args, db):
+    workspace = None
+    if args.workspace is not None:
+        workspace = (await workspaces.get(db, names.workspace_name(args.workspace))).name
+    found = await repos.list_all(db, workspace)
+    if args.json:
+        return _print_json([{"repository": r.full_name, "public": r.public,
+                             "default_branch": r.default_branch} for r in found])
+    for repo in found:
+        print(f"{repo.full_name}\t{'public' if repo.public else 'private'}\t{repo.default_branch}")
+
+
+async def cmd_repo_remove(settings, args, db):
+    path = names.repo_path(args.repo)
+    repo = await repos.find(db, path.workspace, path.name)
+    if repo is None:
+        raise Refusal(f"No such repository: {path}")
+    await repos.remove(db, repo.id)
+    moved = disk.move_aside(settings.repos_dir, settings.trash_dir, repo.workspace, repo.name)
+    await audit.write(db, "operator", "repo.remove", repo.full_name, detail=str(moved or ""))
+    await db.commit()
+    print(f"Removed repository {repo.full_name}" + (f"; its data was moved to {moved}" if moved else ""))
+
+
+# --- audit ----------------------------------------------------------------------------
+
+
+async def cmd_audit(settings, args, db):
+    if args.limit < 1:
+        raise UsageError("--limit must be at least 1")
+    actor = names.account_name(args.account) if args.account else None
+    entries = await audit.read(db, actor, args.limit)
+    if args.json:
+        return _print_json([asdict(e) for e in entries])
+    for entry in entries:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(entry.at))
+        detail = f" {entry.detail}" if entry.detail else ""
+        print(f"{stamp} {entry.actor} {entry.action} {entry.target} {entry.outcome}{detail}")
+
+
+# --- init and serve -------------------------------------------------------------------
+
+
+async def cmd_init(settings, args):
+    await datadir.initialise(settings)
+    print(f"Data directory: {settings.data_dir.resolve()}")
+    for line in datadir.host_key_fingerprints(settings):
+        print(f"Host key: {line}")
+
+
+async def cmd_serve(settings, args):
+    from . import server  # imported here: the other commands do not need asyncssh's server
+
+    if args.listen:
+        settings.listen = config.parse_listen(args.listen)
+    await datadir.initialise(settings)
+    await server.run(settings)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="gateway", description="SSH and Git-over-SSH gateway")
+    parser.add_argument("--data-dir", help="data directory (env GATEWAY_DATA_DIR, default ./var)")
+    parser.add_argument("--config", help="settings file (env GATEWAY_CONFIG)")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def command(parent, name, func, **kw):
+        p = parent.add_parser(name, **kw)
+        p.set_defaults(func=func)
+        return p
+
+    def group(name, help_text):
+        p = sub.add_parser(name, help=help_text)
+        return p.add_subparsers(dest="action", required=True, parser_class=_Parser)
+
+    command(sub, "init", cmd_init, help="create the data directory; idempotent")
+    p = command(sub, "serve", cmd_serve, help="run the SSH server")
+    p.add_argument("--listen", help="HOST:PORT (default 127.0.0.1:2222)")
+
+    g = group("account", "manage accounts")
+    p = command(g, "add", cmd_account_add)
+    p.add_argument("name")
+    p.add_argument("--email")
+    p.add_argument("--key", action="append", default=[], help="public key file, or - for stdin")
+    p = command(g, "list", cmd_account_list)
+    p.add_argument("--json", action="store_true")
+    p = command(g, "show", cmd_account_show)
+    p.add_argument("name")
+    p.add_argument("--json", action="store_true")
+    command(g, "disable", cmd_account_disable).add_argument("name")
+    command(g, "enable", cmd_account_enable).add_argument("name")
+
+    g = group("key", "manage accounts' SSH keys")
+    p = command(g, "add", cmd_key_add)
+    p.add_argument("account")
+    p.add_argument("file", help="public key file, or - for stdin")
+    p.add_argument("--title")
+    p = command(g, "list", cmd_key_list)
+    p.add_argument("account", nargs="?")
+    p.add_argument("--json", action="store_true")
+    command(g, "remove", cmd_key_remove).add_argument("fingerprint")
+
+    g = group("keys", "the keydir")
+    p = command(g, "sync", cmd_keys_sync)
+    p.add_argument("--keydir", help="default ./keys (setting keydir)")
+
+    g = group("workspace", "manage workspaces")
+    command(g, "add", cmd_workspace_add).add_argument("name")
+    p = command(g, "list", cmd_workspace_list)
+    p.add_argument("--json", action="store_true")
+    p = command(g, "show", cmd_workspace_show)
+    p.add_argument("name")
+    p.add_argument("--json", action="store_true")
+
+    g = group("member", "manage workspace members")
+    p = command(g, "add", cmd_member_add)
+    p.add_argument("workspace")
+    p.add_argument("account")
+    p.add_argument("--role", default="write", choices=names.ROLES)
+    p = command(g, "remove", cmd_member_remove)
+    p.add_argument("workspace")
+    p.add_argument("account")
+
+    g = group("repo", "manage repositories")
+    p = command(g, "add", cmd_repo_add)
+    p.add_argument("repo", metavar="WORKSPACE/NAME")
+    p.add_argument("--public", action="store_true")
+    p.add_argument("--default-branch", default="main")
+    p = command(g, "list", cmd_repo_list)
+    p.add_argument("workspace", nargs="?")
+    p.add_argument("--json", action="store_true")
+    command(g, "remove", cmd_repo_remove).add_argument("repo", metavar="WORKSPACE/NAME")
+
+    p = command(sub, "audit", cmd_audit, help="read the audit log")
+    p.add_argument("--account")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--json", action="store_true")
+    return parser
+
+
+async def _run(args) -> int:
+    settings = config.load(args.data_dir, args.config)
+    if args.func in (cmd_init, cmd_serve):
+        await args.func(settings, args)
+        return 0
+    if not settings.db_path.exists():
+        raise Refusal(f"No gateway data in {settings.data_dir} (run 'gateway init' first)")
+    db = await store_db.connect(settings.db_path)
+    try:
+        return await args.func(settings, args, db) or 0
+    finally:
+        await db.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return asyncio.run(_run(args))
+    except Refusal as refusal:
+        print(f"ERROR: {refusal.message}", file=sys.stderr)
+        return refusal.status
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # a bug: a short line for the operator, details on request
+        logging.getLogger("gateway").debug("internal error", exc_info=True)
+        print(f"ERROR: internal error: {exc.__class__.__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""SSH commands: parse the command line once, run the one command it names.
+
+A refusal becomes one `ERROR: ` line on stderr and a non-zero status.
+"""
+
+from __future__ import annotations
+
+from ..errors import Refusal
+from ..names import printable
+from . import git, info
+from .context import Context
+from .parse import GatewayCommand, GitRequest, parse
+
+COMMANDS = {"": info.greeting, "help": info.help_text, "whoami": info.whoami}
+# Named in the product's contract, and not built yet: say so rather than "unknown".
+NOT_YET = ("2sv", "recovery-codes", "security-key", "workspace")
+
+
+async def run(ctx: Context, line: str | None) -> int:
+    try:
+        request = parse(line)
+        if isinstance(request, GitRequest):
+            return await git.run(ctx, request)
+        return await _gateway_command(ctx, request)
+    except Refusal as refusal:
+        ctx.stderr.write(f"ERROR: {refusal.message}\n".encode())
+        await ctx.stderr.drain()
+        return refusal.status
+
+
+async def _gateway_command(ctx: Context, command: GatewayCommand) -> int:
+    handler = COMMANDS.get(command.name)
+    if handler is not None:
+        if command.args:
+            raise Refusal(f"Invalid command: {command.name or 'the greeting'} takes no arguments")
+        return await handler(ctx)
+    if command.name in NOT_YET:
+        raise Refusal(f'"{command.name}" is not available on this server yet.')
+    raise Refusal(
+        f"Unknown command: {printable(command.name, 60)}\n"
+        f"Run '{ctx.settings.ssh_command('help')}' to see the commands."
+    )

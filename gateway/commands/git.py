@@ -1,0 +1,101 @@
+"""Serving a Git request: one access decision, then a worker process speaks Git."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+import time
+
+from .. import policy
+from ..errors import Refusal
+from ..git import repos as disk
+from ..store import audit, repos, workspaces
+from .context import Context, Reader, Writer
+from .parse import GitRequest
+
+log = logging.getLogger("gateway.git")
+
+CHUNK = 256 * 1024
+ACTIONS = {
+    "git-upload-pack": policy.Action.READ,
+    "git-upload-archive": policy.Action.READ,
+    "git-receive-pack": policy.Action.WRITE,
+}
+# Handed to workers for their tracebacks, so that stderr stays for the user.
+_LOG_FD = os.dup(2)
+
+
+async def repo_facts(ctx: Context, request: GitRequest) -> tuple[policy.RepoFacts, repos.Repo | None]:
+    asked = str(request.path)
+    repo = await repos.find(ctx.db, request.path.workspace, request.path.name)
+    if repo is None:
+        return policy.RepoFacts(asked_as=asked, exists=False), None
+    role = await workspaces.role_of(ctx.db, repo.workspace_id, ctx.identity.account_id)
+    facts = policy.RepoFacts(asked, True, repo.full_name, repo.public, role)
+    return facts, repo
+
+
+async def run(ctx: Context, request: GitRequest) -> int:
+    action = ACTIONS[request.service]
+    facts, repo = await repo_facts(ctx, request)
+    decision = policy.decide(ctx.identity, facts, action, time.time())
+    if isinstance(decision, policy.Deny):
+        await audit.write(ctx.db, ctx.identity.account, f"repo.{action.value}", facts.asked_as,
+                          outcome="denied", detail=decision.reason)
+        await ctx.db.commit()
+        raise Refusal(decision.message)
+    assert repo is not None
+    repo_dir = disk.resolve(ctx.settings.repos_dir, repo.workspace, repo.name)
+    log.info("%s %s by %s (%s)", request.service, repo.full_name, ctx.identity.account,
+             ctx.identity.key_fingerprint)
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "GATEWAY_LOG_FD": str(_LOG_FD),
+        "GATEWAY_ACCOUNT": ctx.identity.account,
+        "GATEWAY_WORKSPACE": repo.workspace,
+        "GATEWAY_REPOSITORY": repo.full_name,
+        "GATEWAY_KEY_FINGERPRINT": ctx.identity.key_fingerprint,
+        "GATEWAY_REMOTE_ADDR": ctx.remote_addr,
+    }
+    status = await relay(
+        [sys.executable, "-m", "gateway.git.worker", request.service, str(repo_dir)],
+        env, ctx.stdin, ctx.stdout, ctx.stderr,
+    )
+    if action is policy.Action.WRITE and status == 0:
+        await audit.write(ctx.db, ctx.identity.account, "repo.push", repo.full_name)
+        await ctx.db.commit()
+    return status
+
+
+async def relay(argv: list[str], env: dict, stdin: Reader, stdout: Writer, stderr: Writer) -> int:
+    """Run a worker and pass bytes both ways until it exits; kill it if we are cut off."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, env=env, pass_fds=(_LOG_FD,),
+    )
+
+    async def feed() -> None:
+        try:
+            while data := await stdin.read(CHUNK):
+                proc.stdin.write(data)
+                await proc.stdin.drain()
+            proc.stdin.close()
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the worker finished without reading everything
+
+    async def copy(source: asyncio.StreamReader, sink: Writer) -> None:
+        while data := await source.read(CHUNK):
+            sink.write(data)
+            await sink.drain()
+
+    feeder = asyncio.create_task(feed())
+    try:
+        await asyncio.gather(copy(proc.stdout, stdout), copy(proc.stderr, stderr))
+        return await proc.wait()
+    finally:
+        feeder.cancel()
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

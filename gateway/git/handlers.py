@@ -1,0 +1,140 @@
+"""dulwich's server handlers, with the traps a measured prototype hit taken out.
+
+- A `.bitmap` beside a pack crashes dulwich's upload-pack (FileNotFoundError on packs that
+  lack one) and costs a parse on every request: reachability is always walked instead.
+- `filter` (partial clone) is advertised but the lazy fetches that follow are refused:
+  it is not advertised, and a client's `filter` request is ignored so the clone is full.
+- `git archive --remote` arguments: dulwich only takes full ref names and breaks on
+  `--prefix=X`; tree-ishes are resolved the way Git does for the common forms.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+from dulwich.archive import tar_stream
+from dulwich.errors import GitProtocolError
+from dulwich.object_store import GraphTraversalReachability
+from dulwich.objects import Commit, Tag, Tree, valid_hexsha
+from dulwich.protocol import CAPABILITY_FILTER, SIDE_BAND_CHANNEL_DATA
+from dulwich.repo import Repo
+from dulwich.server import (
+    Backend,
+    ReceivePackHandler,
+    UploadArchiveHandler,
+    UploadPackHandler,
+)
+
+
+class OneRepoBackend(Backend):
+    """Serves the one repository the gateway already resolved and authorised."""
+
+    def __init__(self, repo: Repo) -> None:
+        self.repo = repo
+
+    def open_repository(self, path: str) -> Repo:
+        return self.repo
+
+
+def open_repo(path: str) -> Repo:
+    repo = Repo(path)
+    store = repo.object_store
+
+    def walk_graph(prefer_bitmaps: bool = True) -> GraphTraversalReachability:
+        return GraphTraversalReachability(store)
+
+    store.get_reachability_provider = walk_graph  # type: ignore[method-assign]
+    return repo
+
+
+def _without_filter(caps: Iterable[bytes]) -> list[bytes]:
+    return [c for c in caps if c != CAPABILITY_FILTER and not c.startswith(CAPABILITY_FILTER + b"=")]
+
+
+class GatewayUploadPackHandler(UploadPackHandler):
+    def capabilities(self) -> list[bytes]:
+        return _without_filter(super().capabilities())
+
+    def set_client_capabilities(self, caps: Iterable[bytes]) -> None:
+        # git 2.39 sends a bare `filter` even when it was not advertised.
+        super().set_client_capabilities(_without_filter(caps))
+
+
+class GatewayUploadArchiveHandler(UploadArchiveHandler):
+    FORMATS = {"tar": "", "tgz": "gz", "tar.gz": "gz"}
+
+    def handle(self) -> None:
+        arguments = []
+        for pkt in self.proto.read_pkt_seq():
+            key, _, value = pkt.rstrip(b"\n").partition(b" ")
+            if key != b"argument":
+                raise GitProtocolError(f"unknown command {key!r}")
+            arguments.append(value.decode("utf-8", "replace"))
+        try:
+            tree, fmt, prefix = self._parse(arguments)
+        except ValueError as exc:
+            self.proto.write_pkt_line(f"NACK {exc}".encode())
+            self.proto.write_pkt_line(None)
+            return
+        self.proto.write_pkt_line(b"ACK")
+        self.proto.write_pkt_line(None)
+        mtime = int(time.time())
+        for chunk in tar_stream(self.repo.object_store, tree, mtime, prefix.encode(), fmt):
+            self.proto.write_sideband(SIDE_BAND_CHANNEL_DATA, chunk)
+        self.proto.write_pkt_line(None)
+
+    def _parse(self, arguments: list[str]) -> tuple[Tree, str, str]:
+        fmt, prefix, treeish = "", "", None
+        items = iter(arguments)
+        for arg in items:
+            if arg.startswith("--format="):
+                name = arg[len("--format="):]
+                if name not in self.FORMATS:
+                    raise ValueError(f"unsupported archive format: {name[:40]}")
+                fmt = self.FORMATS[name]
+            elif arg.startswith("--prefix="):
+                prefix = arg[len("--prefix="):]
+            elif arg == "--prefix":
+                prefix = next(items, "")
+            elif arg.startswith("-"):
+                raise ValueError(f"unsupported option: {arg[:40]}")
+            elif treeish is None:
+                treeish = arg
+            else:
+                raise ValueError("paths inside the tree are not supported")
+        if treeish is None:
+            raise ValueError("no tree-ish given")
+        return self._resolve_tree(treeish), fmt, prefix
+
+    def _resolve_tree(self, treeish: str) -> Tree:
+        name = treeish.encode()
+        store = self.repo.object_store
+        sha = None
+        for candidate in (name, b"refs/" + name, b"refs/tags/" + name, b"refs/heads/" + name):
+            if candidate == b"HEAD" or candidate.startswith(b"refs/"):
+                try:
+                    sha = self.repo.refs[candidate]
+                    break
+                except KeyError:
+                    continue
+        if sha is None and valid_hexsha(name) and name in store:
+            sha = name
+        if sha is None:
+            raise ValueError(f"not a valid object name: {treeish[:60]}")
+        obj = store[sha]
+        while isinstance(obj, Tag):
+            obj = store[obj.object[1]]
+        if isinstance(obj, Commit):
+            obj = store[obj.tree]
+        if not isinstance(obj, Tree):
+            raise ValueError(f"not a tree object: {treeish[:60]}")
+        return obj
+
+
+HANDLERS = {
+    "git-upload-pack": GatewayUploadPackHandler,
+    # The push pipeline (quarantine, checks, hooks) is its own issue; dulwich's as is.
+    "git-receive-pack": ReceivePackHandler,
+    "git-upload-archive": GatewayUploadArchiveHandler,
+}

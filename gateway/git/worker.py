@@ -1,0 +1,84 @@
+"""Runs one Git service for one connection, in its own process.
+
+    python -m gateway.git.worker SERVICE REPO_DIR
+
+The server starts it only after the identity and the access decision are settled, with a
+repository path it resolved itself; this process only speaks Git on stdin/stdout.
+dulwich is synchronous, and a process of its own keeps it off the server's event loop,
+lets two clones use two cores, and frees every file descriptor and mmap when it ends.
+
+Output is buffered and written in large chunks, and flushed before every blocking read:
+otherwise the client waits for a reply that sits in our buffer.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import sys
+from typing import BinaryIO
+
+from dulwich.errors import GitProtocolError, HangupException
+from dulwich.protocol import ReceivableProtocol
+
+from .handlers import HANDLERS, OneRepoBackend, open_repo
+
+OUTPUT_BUFFER = 64 * 1024
+
+log = logging.getLogger("gateway.git")
+
+
+def serve(service: str, repo_dir: str, stdin: BinaryIO, stdout: BinaryIO) -> None:
+    """Serve one request; raises on protocol errors. Always closes the repository."""
+    out = io.BufferedWriter(stdout, buffer_size=OUTPUT_BUFFER) if not isinstance(
+        stdout, io.BufferedWriter) else stdout
+
+    def recv(size: int) -> bytes:
+        out.flush()
+        return stdin.read(size)
+
+    repo = open_repo(repo_dir)
+    try:
+        proto = ReceivableProtocol(recv, out.write)
+        handler = HANDLERS[service](OneRepoBackend(repo), [repo_dir], proto)
+        handler.handle()
+        out.flush()
+    finally:
+        repo.close()
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2 or argv[0] not in HANDLERS:
+        print("ERROR: bad worker invocation", file=sys.stderr)
+        return 2
+    service, repo_dir = argv
+    # Unbuffered raw stdin: a read returns what is there, so no pkt-line waits in a buffer.
+    stdin = io.FileIO(0, "rb", closefd=False)
+    stdout = io.FileIO(1, "wb", closefd=False)
+    try:
+        serve(service, repo_dir, stdin, stdout)
+    except HangupException:
+        return 1  # the client went away; nobody is left to tell
+    except GitProtocolError as exc:
+        print(f"ERROR: protocol error: {str(exc)[:200]}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        return 1
+    except Exception:
+        log.exception("git worker failed: %s %s", service, repo_dir)
+        print("ERROR: internal error while serving the repository", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _setup_logging() -> None:
+    # The operator's log is a descriptor the server hands over; stderr goes to the user.
+    log_fd = os.environ.get("GATEWAY_LOG_FD")
+    stream = os.fdopen(int(log_fd), "w", buffering=1) if log_fd else open(os.devnull, "w")
+    logging.basicConfig(level=logging.WARNING, stream=stream, format="%(name)s: %(message)s")
+
+
+if __name__ == "__main__":
+    _setup_logging()
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,104 @@
+"""Reconcile the keydir (`keys/ACCOUNT.pub`, `keys/ACCOUNT/TITLE.pub`) with the store.
+
+Keys that came from the keydir are marked so; a sync adds what is new, creates missing
+accounts, and removes keydir keys whose file is gone. Keys added with `gateway key add`
+are never touched. A file that cannot be read as a whole is reported and left out, and
+the keys it gave before are kept, so a typo never locks anyone out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiosqlite
+
+from . import names, sshkeys
+from .errors import Refusal
+from .store import accounts, audit, keys
+
+
+@dataclass
+class SyncReport:
+    added: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    created_accounts: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Wanted:
+    account: str
+    title: str
+    key: sshkeys.PublicKey
+    file: Path
+
+
+def _read_file(path: Path, account: str, title: str | None) -> list[_Wanted]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise Refusal(f"cannot read: {exc.__class__.__name__}") from None
+    parsed = sshkeys.parse_text(text)
+    return [_Wanted(account, title or key.comment or "keydir", key, path) for key in parsed]
+
+
+def _scan(keydir: Path, report: SyncReport) -> tuple[list[_Wanted], set[str]]:
+    wanted: list[_Wanted] = []
+    broken_accounts: set[str] = set()
+    for entry in sorted(keydir.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir():
+            candidates = [(entry.name, p, p.stem) for p in sorted(entry.glob("*.pub"))]
+        elif entry.suffix == ".pub":
+            candidates = [(entry.stem, entry, None)]
+        else:
+            continue  # README and the like
+        for account, path, title in candidates:
+            try:
+                names.account_name(account)
+                if title is not None and not title.strip():
+                    raise Refusal("empty title")
+                wanted.extend(_read_file(path, account, title))
+            except Refusal as refusal:
+                report.errors.append(f"{path}: {refusal.message}")
+                broken_accounts.add(account)
+    return wanted, broken_accounts
+
+
+async def sync(db: aiosqlite.Connection, keydir: Path) -> SyncReport:
+    if not keydir.is_dir():
+        raise Refusal(f"Keydir not found: {keydir}")
+    report = SyncReport()
+    wanted, broken_accounts = _scan(keydir, report)
+    wanted_fingerprints = set()
+    for item in wanted:
+        wanted_fingerprints.add(item.key.fingerprint)
+        existing = await keys.find(db, item.key.fingerprint)
+        if existing is not None:
+            if existing.account != item.account:
+                report.errors.append(
+                    f"{item.file}: key {item.key.fingerprint} already belongs to account "
+                    f"{existing.account}"
+                )
+            continue
+        account = await accounts.find(db, item.account)
+        if account is None:
+            account = await accounts.add(db, item.account, None)
+            report.created_accounts.append(item.account)
+            await audit.write(db, "operator", "account.add", item.account, detail="keydir")
+        await keys.add(db, account.id, item.key, item.title, source="keydir")
+        await audit.write(db, "operator", "key.add", item.account, detail=item.key.fingerprint)
+        report.added.append(f"{item.account} {item.key.fingerprint} {item.title}")
+    for stored in await keys.list_for(db):
+        if (
+            stored.source == "keydir"
+            and stored.fingerprint not in wanted_fingerprints
+            and stored.account not in broken_accounts
+        ):
+            await keys.remove(db, stored.fingerprint)
+            await audit.write(db, "operator", "key.remove", stored.account, detail=stored.fingerprint)
+            report.removed.append(f"{stored.account} {stored.fingerprint} {stored.title}")
+    await db.commit()
+    return report

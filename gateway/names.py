@@ -1,0 +1,112 @@
+"""Every pattern that input from outside is matched against (SPEC §2, §4).
+
+Whitelists only: a value either matches and is passed on as a typed value, or it is
+refused with a message that says what was wrong.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .errors import Refusal
+
+ACCOUNT_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,38}")
+WORKSPACE_RE = ACCOUNT_RE
+REPO_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
+ROLES = ("read", "write", "admin")
+
+
+def printable(text: str, limit: int = 80) -> str:
+    """Make untrusted text safe to echo back on one line."""
+    cleaned = "".join(ch if ch.isprintable() else "?" for ch in text)
+    return cleaned if len(cleaned) <= limit else cleaned[: limit - 3] + "..."
+
+
+def account_name(name: str) -> str:
+    if not ACCOUNT_RE.fullmatch(name):
+        raise Refusal(
+            f"Invalid account name: {printable(name)!r} "
+            "(use lowercase letters, digits and '-', at most 39 characters, not starting with '-')"
+        )
+    return name
+
+
+def workspace_name(name: str) -> str:
+    # Workspaces are matched case-insensitively; their canonical form is lowercase.
+    lowered = name.lower()
+    if not WORKSPACE_RE.fullmatch(lowered):
+        raise Refusal(
+            f"Invalid workspace name: {printable(name)!r} "
+            "(use letters, digits and '-', at most 39 characters, not starting with '-')"
+        )
+    return lowered
+
+
+def repo_name(name: str) -> str:
+    if not REPO_NAME_RE.fullmatch(name) or ".." in name or name.lower().endswith(".git"):
+        raise Refusal(
+            f"Invalid repository name: {printable(name)!r} (use letters, digits, '_', '.' "
+            "and '-', at most 100 characters, not starting with '.' or '-', no '..')"
+        )
+    return name
+
+
+def role(value: str) -> str:
+    if value not in ROLES:
+        raise Refusal(f"Invalid role: {printable(value)!r} (use read, write or admin)")
+    return value
+
+
+@dataclass(frozen=True)
+class RepoPath:
+    workspace: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.workspace}/{self.name}"
+
+
+def repo_path(text: str) -> RepoPath:
+    """Parse `WORKSPACE/NAME` as an operator types it (no leading slash, no .git)."""
+    workspace, sep, name = text.partition("/")
+    if not sep:
+        raise Refusal(f"Invalid repository: {printable(text)!r} (expected WORKSPACE/NAME)")
+    return RepoPath(workspace_name(workspace), repo_name(name))
+
+
+def client_repo_path(text: str) -> RepoPath | None:
+    """Parse a repository path as a Git client sends it (SPEC §4).
+
+    Accepts `acme/widgets.git`, `acme/widgets` and `/acme/widgets.git`. Returns None for
+    anything else, so that the caller can answer with one message whatever the trick was
+    (`../`, options such as `--upload-pack=...`, absolute paths, extra segments).
+    """
+    if text.startswith("/"):
+        text = text[1:]
+    if text.endswith(".git"):
+        text = text[:-4]
+    workspace, sep, name = text.partition("/")
+    if not sep:
+        return None
+    if not WORKSPACE_RE.fullmatch(workspace.lower()):
+        return None
+    if not REPO_NAME_RE.fullmatch(name) or ".." in name or name.lower().endswith(".git"):
+        return None
+    return RepoPath(workspace.lower(), name)
+
+
+_BRANCH_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_./-]{0,199}")
+
+
+def branch_name(name: str) -> str:
+    """A conservative subset of `git check-ref-format --branch`."""
+    if (
+        not _BRANCH_RE.fullmatch(name)
+        or ".." in name
+        or "//" in name
+        or "/." in name
+        or name.endswith(("/", ".", ".lock"))
+    ):
+        raise Refusal(f"Invalid branch name: {printable(name)!r}")
+    return name

@@ -1,0 +1,162 @@
+"""The asyncssh server: host keys, limits, public-key authentication, one command a session.
+
+Identity is decided only from a key whose signature was verified. asyncssh asks
+`validate_public_key` both for keys that are merely offered (probes) and for signed
+requests, and does not say which key finally signed; so the connection's own
+verification step is wrapped to record the key whose signature it checked (the flaw
+behind soft-serve's CVE-2023-43809 was to take identity from an offered key).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import aiosqlite
+import asyncssh
+
+from . import commands, sshkeys
+from .commands.context import Context
+from .config import Settings
+from .datadir import ensure_host_keys
+from .policy import Identity
+from .store import db as store_db
+from .store import keys
+
+log = logging.getLogger("gateway")
+
+
+class GatewaySSHServer(asyncssh.SSHServer):
+    def __init__(self, settings: Settings, db: aiosqlite.Connection) -> None:
+        self.settings = settings
+        self.db = db
+        self.conn: asyncssh.SSHServerConnection | None = None
+        self.peer = ""
+        self.failures = 0
+        self.identity: Identity | None = None
+
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        self.conn = conn
+        host, port = (conn.get_extra_info("peername") or ("?", 0))[:2]
+        self.peer = f"{host}:{port}"
+        verify = conn.validate_public_key
+
+        async def validate_and_record(username, key_data, msg, signature) -> bool:
+            ok = await verify(username, key_data, msg, signature)
+            if ok and msg:
+                # The signature over this key checked out: it alone decides who this is.
+                ok = await self._set_identity(key_data)
+            if not ok:
+                self._count_failure()
+            return ok
+
+        conn.validate_public_key = validate_and_record  # type: ignore[method-assign]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        who = self.identity.account if self.identity else "-"
+        log.info("connection closed peer=%s account=%s", self.peer, who)
+
+    def _count_failure(self) -> None:
+        self.failures += 1
+        if self.failures >= self.settings.max_auth_tries and self.conn is not None:
+            log.info("too many authentication failures peer=%s", self.peer)
+            self.conn.disconnect(
+                asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE, "Too many authentication failures"
+            )
+
+    def begin_auth(self, username: str) -> bool:
+        return True  # authentication is always required
+
+    def public_key_auth_supported(self) -> bool:
+        return True
+
+    async def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        # Only says whether this key may be tried; identity is not decided here.
+        if username != self.settings.ssh_user:
+            return False
+        stored = await keys.find(self.db, sshkeys.fingerprint(key.public_data))
+        return stored is not None and not stored.account_disabled
+
+    async def _set_identity(self, key_data: bytes) -> bool:
+        stored = await keys.find(self.db, sshkeys.fingerprint(key_data))
+        if stored is None or stored.account_disabled:  # removed in the meantime
+            return False
+        self.identity = Identity(stored.account, stored.account_id, stored.fingerprint, stored.title)
+        log.info("authenticated peer=%s account=%s key=%s", self.peer, stored.account,
+                 stored.fingerprint)
+        return True
+
+
+async def handle_session(process: asyncssh.SSHServerProcess) -> None:
+    server: GatewaySSHServer = process.get_extra_info("connection").get_owner()
+    status = 1
+    try:
+        if server.identity is None:
+            status = 1
+        elif process.subsystem is not None:
+            process.stderr.write(b"ERROR: Subsystems are not supported\n")
+        else:
+            ctx = Context(server.settings, server.db, server.identity, process.stdin,
+                          process.stdout, process.stderr, server.peer)
+            status = await commands.run(ctx, process.command)
+    except (asyncssh.BreakReceived, asyncssh.TerminalSizeChanged):
+        pass
+    except (BrokenPipeError, ConnectionError, asyncssh.DisconnectError):
+        status = 1  # the client went away
+    except Exception:
+        log.exception("session failed peer=%s command=%r", server.peer, process.command)
+        try:
+            process.stderr.write(b"ERROR: internal error; the operator has the details\n")
+        except Exception:
+            pass
+    finally:
+        try:
+            process.exit(status)
+        except Exception:
+            pass
+
+
+async def start(settings: Settings) -> tuple[asyncssh.SSHAcceptor, aiosqlite.Connection]:
+    db = await store_db.connect(settings.db_path)
+    host_keys = [str(p) for p in ensure_host_keys(settings)]
+    acceptor = await asyncssh.create_server(
+        lambda: GatewaySSHServer(settings, db),
+        settings.listen_host,
+        settings.listen_port,
+        server_host_keys=host_keys,
+        process_factory=handle_session,
+        encoding=None,  # Git speaks bytes
+        allow_pty=False,
+        agent_forwarding=False,
+        x11_forwarding=False,
+        password_auth=False,
+        kbdint_auth=False,
+        gss_kex=False,
+        gss_auth=False,
+        host_based_auth=False,
+        login_timeout=settings.login_timeout,
+        keepalive_interval=settings.keepalive_interval,
+        keepalive_count_max=3,
+        server_version="gateway",
+    )
+    return acceptor, db
+
+
+async def run(settings: Settings) -> None:
+    logging.basicConfig(
+        level=getattr(logging, settings.log_level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("asyncssh").setLevel(logging.WARNING)
+    acceptor, db = await start(settings)
+    log.info("listening on %s", settings.listen)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"gateway listening on {settings.listen} (data dir {settings.data_dir})", flush=True)
+    await stop.wait()
+    acceptor.close()
+    await acceptor.wait_closed()
+    await db.close()

@@ -1,0 +1,70 @@
+"""Parsing OpenSSH public key lines (plain or authorized_keys form)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+from dataclasses import dataclass
+
+import asyncssh
+
+from .errors import Refusal
+from .names import printable
+
+SECURITY_KEY_ALGORITHMS = ("sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com")
+
+# The key type, the base64 blob and an optional comment, at the end of the line; any
+# authorized_keys options before them (`no-pty,command="..."`) are dropped, since the
+# gateway decides for itself what a key may do.
+_KEY_RE = re.compile(
+    r"(?:^|\s)((?:ssh|ecdsa|sk)-[A-Za-z0-9@._-]+)\s+([A-Za-z0-9+/]+={0,3})(?:\s+(.*))?$"
+)
+
+
+@dataclass(frozen=True)
+class PublicKey:
+    algorithm: str
+    blob: str  # base64, as in the key line
+    comment: str
+    fingerprint: str  # SHA256:...
+
+    @property
+    def line(self) -> str:
+        return f"{self.algorithm} {self.blob}"
+
+    @property
+    def is_security_key(self) -> bool:
+        return self.algorithm in SECURITY_KEY_ALGORITHMS
+
+
+def parse_line(line: str) -> PublicKey:
+    text = line.strip()
+    match = _KEY_RE.search(text)
+    if not match:
+        raise Refusal(f"Not an OpenSSH public key line: {printable(text, 60)!r}")
+    algorithm, blob, comment = match.group(1), match.group(2), (match.group(3) or "").strip()
+    try:
+        key = asyncssh.import_public_key(f"{algorithm} {blob}")
+    except (asyncssh.KeyImportError, ValueError):
+        raise Refusal(f"Invalid {printable(algorithm, 40)} public key: {printable(text, 60)!r}") from None
+    if key.get_algorithm() != algorithm:
+        raise Refusal(f"Key type {printable(algorithm, 40)!r} does not match the key data")
+    return PublicKey(key.get_algorithm(), blob, printable(comment, 100), key.get_fingerprint("sha256"))
+
+
+def parse_text(text: str) -> list[PublicKey]:
+    """Every key line in a file; blank lines and `#` comments are skipped."""
+    keys = []
+    for line in text.splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            keys.append(parse_line(line))
+    if not keys:
+        raise Refusal("No public key found")
+    return keys
+
+
+def fingerprint(blob: bytes) -> str:
+    """OpenSSH's SHA256 fingerprint of a public key in wire format."""
+    digest = base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+    return f"SHA256:{digest}"

@@ -1,0 +1,40 @@
+"""The audit log: one row per decision and per change. Never holds a secret."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import aiosqlite
+
+from .db import now
+
+
+@dataclass(frozen=True)
+class Entry:
+    id: int
+    at: int
+    actor: str
+    action: str
+    target: str
+    outcome: str
+    detail: str
+
+
+async def write(
+    db: aiosqlite.Connection, actor: str, action: str, target: str = "", outcome: str = "ok",
+    detail: str = "",
+) -> None:
+    await db.execute(
+        "INSERT INTO audit (at, actor, action, target, outcome, detail) VALUES (?, ?, ?, ?, ?, ?)",
+        (now(), actor, action, target, outcome, detail),
+    )
+
+
+async def read(db: aiosqlite.Connection, actor: str | None, limit: int) -> list[Entry]:
+    if actor is None:
+        query, args = "SELECT * FROM audit ORDER BY id DESC LIMIT ?", (limit,)
+    else:
+        query, args = "SELECT * FROM audit WHERE actor = ? ORDER BY id DESC LIMIT ?", (actor, limit)
+    async with db.execute(query, args) as cursor:
+        rows = await cursor.fetchall()
+    return [Entry(*tuple(row)) for row in reversed(rows)]

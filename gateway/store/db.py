@@ -1,0 +1,108 @@
+"""Opening the SQLite database and bringing its schema up to date."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import aiosqlite
+
+# Each entry moves the schema from version N to N+1 (SQLite's `user_version`).
+# Never edit a released entry: append a new one.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE accounts (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        email TEXT,
+        disabled INTEGER NOT NULL DEFAULT 0,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE ssh_keys (
+        id INTEGER PRIMARY KEY,
+        account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+        fingerprint TEXT NOT NULL,
+        algorithm TEXT NOT NULL,
+        public_key TEXT NOT NULL,
+        title TEXT NOT NULL,
+        kind TEXT NOT NULL DEFAULT 'auth' CHECK (kind IN ('auth', 'security-key')),
+        source TEXT NOT NULL DEFAULT 'cli' CHECK (source IN ('cli', 'keydir', 'ssh')),
+        created_at INTEGER NOT NULL
+    );
+    CREATE UNIQUE INDEX ssh_keys_fingerprint ON ssh_keys(fingerprint);
+    CREATE INDEX ssh_keys_account ON ssh_keys(account_id);
+    CREATE TABLE workspaces (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE COLLATE NOCASE,
+        require_2sv TEXT NOT NULL DEFAULT 'off' CHECK (require_2sv IN ('off', 'on', 'session')),
+        session_window INTEGER NOT NULL DEFAULT 15,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE members (
+        workspace_id INTEGER NOT NULL REFERENCES workspaces(id) ON DELETE CASCADE,
+        account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+        role TEXT NOT NULL CHECK (role IN ('read', 'write', 'admin')),
+        PRIMARY KEY (workspace_id, account_id)
+    );
+    CREATE TABLE repos (
+        id INTEGER PRIMARY KEY,
+        workspace_id INTEGER NOT NULL REFERENCES workspaces(id),
+        name TEXT NOT NULL COLLATE NOCASE,
+        public INTEGER NOT NULL DEFAULT 0,
+        default_branch TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        UNIQUE (workspace_id, name)
+    );
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY,
+        at INTEGER NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        target TEXT NOT NULL DEFAULT '',
+        outcome TEXT NOT NULL DEFAULT 'ok',
+        detail TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX audit_actor ON audit(actor, id);
+    """,
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+async def connect(path: Path) -> aiosqlite.Connection:
+    """Open the database (creating it if needed) with WAL and foreign keys on."""
+    db = await aiosqlite.connect(path, timeout=30)
+    db.row_factory = aiosqlite.Row
+    await db.execute("PRAGMA journal_mode=WAL")
+    await db.execute("PRAGMA foreign_keys=ON")
+    await db.execute("PRAGMA synchronous=NORMAL")
+    await migrate(db)
+    return db
+
+
+async def migrate(db: aiosqlite.Connection) -> None:
+    async with db.execute("PRAGMA user_version") as cursor:
+        (version,) = await cursor.fetchone()
+    if version > SCHEMA_VERSION:
+        raise RuntimeError(
+            f"database schema version {version} is newer than this gateway ({SCHEMA_VERSION})"
+        )
+    for number in range(version, SCHEMA_VERSION):
+        # One transaction per step: a failed step leaves the previous version intact.
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            async with db.execute("PRAGMA user_version") as cursor:
+                (current,) = await cursor.fetchone()
+            if current == number:  # another process may have migrated meanwhile
+                for statement in MIGRATIONS[number].split(";"):
+                    if statement.strip():
+                        await db.execute(statement)
+                await db.execute(f"PRAGMA user_version={number + 1}")
+            await db.commit()
+        except BaseException:
+            await db.rollback()
+            raise
+
+
+def now() -> int:
+    return int(time.time())

@@ -1,0 +1,76 @@
+"""SSH keys of accounts, looked up by SHA256 fingerprint through a unique index."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import aiosqlite
+
+from ..errors import Refusal
+from ..sshkeys import PublicKey
+from .db import now
+
+
+@dataclass(frozen=True)
+class StoredKey:
+    id: int
+    account_id: int
+    account: str
+    account_disabled: bool
+    fingerprint: str
+    algorithm: str
+    public_key: str
+    title: str
+    kind: str
+    source: str
+
+
+_SELECT = """
+    SELECT k.*, a.name AS account, a.disabled AS account_disabled
+    FROM ssh_keys k JOIN accounts a ON a.id = k.account_id
+"""
+
+
+def _row(row: aiosqlite.Row) -> StoredKey:
+    return StoredKey(
+        row["id"], row["account_id"], row["account"], bool(row["account_disabled"]),
+        row["fingerprint"], row["algorithm"], row["public_key"], row["title"],
+        row["kind"], row["source"],
+    )
+
+
+async def add(
+    db: aiosqlite.Connection, account_id: int, key: PublicKey, title: str, source: str = "cli",
+    kind: str = "auth",
+) -> None:
+    existing = await find(db, key.fingerprint)
+    if existing is not None:
+        raise Refusal(f"Key {key.fingerprint} is already in use")
+    await db.execute(
+        "INSERT INTO ssh_keys (account_id, fingerprint, algorithm, public_key, title, kind,"
+        " source, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (account_id, key.fingerprint, key.algorithm, key.line, title, kind, source, now()),
+    )
+
+
+async def find(db: aiosqlite.Connection, fingerprint: str) -> StoredKey | None:
+    async with db.execute(_SELECT + " WHERE k.fingerprint = ?", (fingerprint,)) as cursor:
+        row = await cursor.fetchone()
+    return _row(row) if row else None
+
+
+async def list_for(db: aiosqlite.Connection, account: str | None = None) -> list[StoredKey]:
+    if account is None:
+        query, args = _SELECT + " ORDER BY a.name, k.id", ()
+    else:
+        query, args = _SELECT + " WHERE a.name = ? ORDER BY k.id", (account,)
+    async with db.execute(query, args) as cursor:
+        return [_row(row) for row in await cursor.fetchall()]
+
+
+async def remove(db: aiosqlite.Connection, fingerprint: str) -> StoredKey:
+    key = await find(db, fingerprint)
+    if key is None:
+        raise Refusal(f"No such key: {fingerprint}")
+    await db.execute("DELETE FROM ssh_keys WHERE id = ?", (key.id,))
+    return key

@@ -1,0 +1,70 @@
+"""Repository records (the bare repositories themselves live under DATA/repos)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import aiosqlite
+
+from ..errors import Refusal
+from .db import now
+
+
+@dataclass(frozen=True)
+class Repo:
+    id: int
+    workspace_id: int
+    workspace: str
+    name: str  # as created; lookups ignore case
+    public: bool
+    default_branch: str
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.workspace}/{self.name}"
+
+
+_SELECT = """
+    SELECT r.*, w.name AS workspace FROM repos r JOIN workspaces w ON w.id = r.workspace_id
+"""
+
+
+def _row(row: aiosqlite.Row) -> Repo:
+    return Repo(
+        row["id"], row["workspace_id"], row["workspace"], row["name"], bool(row["public"]),
+        row["default_branch"],
+    )
+
+
+async def add(
+    db: aiosqlite.Connection, workspace_id: int, name: str, public: bool, default_branch: str
+) -> None:
+    try:
+        await db.execute(
+            "INSERT INTO repos (workspace_id, name, public, default_branch, created_at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (workspace_id, name, int(public), default_branch, now()),
+        )
+    except aiosqlite.IntegrityError:
+        raise Refusal(f"Repository already exists: {name}") from None
+
+
+async def find(db: aiosqlite.Connection, workspace: str, name: str) -> Repo | None:
+    async with db.execute(
+        _SELECT + " WHERE w.name = ? AND r.name = ?", (workspace, name)
+    ) as cursor:
+        row = await cursor.fetchone()
+    return _row(row) if row else None
+
+
+async def list_all(db: aiosqlite.Connection, workspace: str | None = None) -> list[Repo]:
+    if workspace is None:
+        query, args = _SELECT + " ORDER BY w.name, r.name", ()
+    else:
+        query, args = _SELECT + " WHERE w.name = ? ORDER BY r.name", (workspace,)
+    async with db.execute(query, args) as cursor:
+        return [_row(row) for row in await cursor.fetchall()]
+
+
+async def remove(db: aiosqlite.Connection, repo_id: int) -> None:
+    await db.execute("DELETE FROM repos WHERE id = ?", (repo_id,))
