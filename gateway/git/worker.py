@@ -31,8 +31,7 @@ log = logging.getLogger("gateway.git")
 
 def serve(service: str, repo_dir: str, stdin: BinaryIO, stdout: BinaryIO) -> None:
     """Serve one request; raises on protocol errors. Always closes the repository."""
-    out = io.BufferedWriter(stdout, buffer_size=OUTPUT_BUFFER) if not isinstance(
-        stdout, io.BufferedWriter) else stdout
+    out = io.BufferedWriter(stdout, buffer_size=OUTPUT_BUFFER)
 
     def recv(size: int) -> bytes:
         out.flush()

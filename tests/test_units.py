@@ -1,0 +1,263 @@
+"""Unit tests beside the end-to-end ones: input patterns, parsing, the access decision,
+the git worker's resource handling, and the store's schema."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from gateway import names, policy, sshkeys
+from gateway.commands.parse import GatewayCommand, GitRequest, parse
+from gateway.errors import Refusal
+from gateway.git import worker
+from gateway.store import db as store_db
+
+
+# --- names ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["alice", "a", "a-b-9", "x" * 39, "0day"])
+def test_account_names_accepted(name):
+    assert names.account_name(name) == name
+
+
+@pytest.mark.parametrize("name", ["", "-a", "Alice", "a_b", "x" * 40, "a/b", ".a", "a b", "é"])
+def test_account_names_refused(name):
+    with pytest.raises(Refusal):
+        names.account_name(name)
+
+
+@pytest.mark.parametrize("name", ["widgets", "W_1", "a.b-c", "x" * 100, "_x"])
+def test_repo_names_accepted(name):
+    assert names.repo_name(name) == name
+
+
+@pytest.mark.parametrize(
+    "name", ["", ".hidden", "-x", "a..b", "x" * 101, "a/b", "x.git", "a b", "ü", "a\x00b", ".."]
+)
+def test_repo_names_refused(name):
+    with pytest.raises(Refusal):
+        names.repo_name(name)
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("acme/widgets.git", ("acme", "widgets")),
+        ("acme/widgets", ("acme", "widgets")),
+        ("/acme/widgets.git", ("acme", "widgets")),
+        ("ACME/Widgets.git", ("acme", "Widgets")),
+    ],
+)
+def test_client_repo_path_forms(text, expected):
+    path = names.client_repo_path(text)
+    assert (path.workspace, path.name) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["../etc/passwd", "/../etc/passwd", "acme/../x", "acme/.x", "acme/-x", "-acme/x", "acme",
+     "acme/x/y", "//acme/x", "acme/x.git.git", "--upload-pack=touch", "acme/%2e%2e", "~/x",
+     "acme/x\n", ""],
+)
+def test_client_repo_path_refused(text):
+    assert names.client_repo_path(text) is None
+
+
+@pytest.mark.parametrize("branch", ["main", "release/1.0", "feature-x"])
+def test_branch_names_accepted(branch):
+    assert names.branch_name(branch) == branch
+
+
+@pytest.mark.parametrize("branch", ["-x", "a..b", "a/", "a.lock", "a b", "/a", "a//b", ""])
+def test_branch_names_refused(branch):
+    with pytest.raises(Refusal):
+        names.branch_name(branch)
+
+
+# --- command parsing ------------------------------------------------------------------
+
+
+def test_parse_git_forms():
+    for line in ("git-upload-pack 'acme/w.git'", "git upload-pack 'acme/w.git'",
+                 "git-upload-pack '/acme/w.git'", "git-upload-pack acme/w"):
+        assert parse(line) == GitRequest("git-upload-pack", names.RepoPath("acme", "w"))
+    assert parse("git-receive-pack 'a/b.git'").service == "git-receive-pack"
+    assert parse("git-upload-archive 'a/b.git'").service == "git-upload-archive"
+
+
+def test_parse_gateway_commands():
+    assert parse(None) == GatewayCommand("", ())
+    assert parse("") == GatewayCommand("", ())
+    assert parse("whoami") == GatewayCommand("whoami", ())
+    assert parse("2sv status") == GatewayCommand("2sv", ("status",))
+
+
+@pytest.mark.parametrize(
+    "line,message",
+    [
+        ("git-upload-pack 'a/b.git", "unbalanced quotes"),
+        ("git-upload-pack a/b.git\nwhoami", "control characters"),
+        ("git-upload-pack a/b\x00", "control characters"),
+        ("git-upload-pack a/b.git extra", "exactly one repository path"),
+        ("git-upload-pack", "exactly one repository path"),
+        ("git-upload-pack --upload-pack=touch /tmp/x", "exactly one repository path"),
+        ("git-upload-pack -h", "Invalid repository path"),
+        ("git-upload-pack ../../etc", "Invalid repository path"),
+        ("x" * 5000, "too long"),
+    ],
+)
+def test_parse_refuses(line, message):
+    with pytest.raises(Refusal) as caught:
+        parse(line)
+    assert message in caught.value.message
+
+
+# --- the access decision --------------------------------------------------------------
+
+ALICE = policy.Identity("alice", 1, "SHA256:x", "laptop")
+
+
+@pytest.mark.parametrize(
+    "exists,public,role,action,allowed",
+    [
+        (exists, public, role, action, exists and (
+            (public or role is not None) and (action is policy.Action.READ or role in ("write", "admin"))
+        ))
+        for exists, public, role, action in itertools.product(
+            (True, False), (True, False), (None, "read", "write", "admin"), tuple(policy.Action)
+        )
+    ],
+)
+def test_decide_table(exists, public, role, action, allowed):
+    facts = policy.RepoFacts("acme/w", exists, "acme/w" if exists else "", public, role)
+    decision = policy.decide(ALICE, facts, action, 0)
+    assert isinstance(decision, policy.Allow) == allowed
+    if not allowed:
+        readable = exists and (public or role is not None)
+        expected = ("Permission to acme/w denied to alice." if readable
+                    else "Repository not found: acme/w")
+        assert decision.message == expected
+
+
+# --- public keys ----------------------------------------------------------------------
+
+
+def test_key_line_with_options_and_comment(tmp_path):
+    key = tmp_path / "k"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "me@host", "-f", str(key)],
+                   check=True)
+    line = (tmp_path / "k.pub").read_text().strip()
+    expected = subprocess.run(["ssh-keygen", "-lf", str(key) + ".pub"], capture_output=True,
+                              text=True, check=True).stdout.split()[1]
+    parsed = sshkeys.parse_line('no-pty,command="echo hi there" ' + line)
+    assert parsed.fingerprint == expected
+    assert parsed.comment == "me@host"
+    assert parsed.algorithm == "ssh-ed25519"
+
+
+@pytest.mark.parametrize("line", ["", "hello", "ssh-ed25519", "ssh-ed25519 AAAA",
+                                  "ssh-rsa AAAAC3NzaC1lZDI1NTE5AAAAIDx0aV8mWq8fQmB0f7n2Qm7w4p2lmY1Gk9bVYt7mI4iN"])
+def test_bad_key_lines(line):
+    with pytest.raises(Refusal):
+        sshkeys.parse_line(line)
+
+
+# --- the git worker -------------------------------------------------------------------
+
+
+def _pkt(data: bytes) -> bytes:
+    return b"%04x" % (len(data) + 4) + data
+
+
+@pytest.fixture
+def packed_repo(tmp_path) -> tuple[Path, str]:
+    work = tmp_path / "work"
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t", "HOME": str(tmp_path)}
+    subprocess.run(["git", "init", "-q", "-b", "main", str(work)], check=True, env=env)
+    for i in range(50):
+        (work / f"f{i}.txt").write_text(f"file {i}\n" * 50)
+        subprocess.run(["git", "add", "."], cwd=work, check=True, env=env)
+        subprocess.run(["git", "commit", "-qm", f"c{i}"], cwd=work, check=True, env=env)
+    bare = tmp_path / "bare.git"
+    subprocess.run(["git", "clone", "-q", "--bare", str(work), str(bare)], check=True, env=env)
+    subprocess.run(["git", "repack", "-adq"], cwd=bare, check=True, env=env)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=bare, capture_output=True, text=True,
+                          check=True).stdout.strip()
+    return bare, head
+
+
+class CountingSink(io.RawIOBase):
+    def __init__(self) -> None:
+        self.writes = 0
+        self.data = bytearray()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:
+        self.writes += 1
+        self.data += bytes(b)
+        return len(b)
+
+
+def _fetch_request(head: str) -> bytes:
+    caps = b" multi_ack_detailed side-band-64k thin-pack ofs-delta"
+    return _pkt(b"want " + head.encode() + caps + b"\n") + b"0000" + _pkt(b"done\n")
+
+
+def _open_pack_handles() -> tuple[int, int]:
+    fds = sum(1 for fd in os.listdir("/proc/self/fd")
+              if "objects/pack" in os.path.realpath(f"/proc/self/fd/{fd}"))
+    maps = Path("/proc/self/maps").read_text().count("objects/pack")
+    return fds, maps
+
+
+def test_worker_closes_the_repository(packed_repo):
+    bare, head = packed_repo
+    assert _open_pack_handles() == (0, 0)
+    for _ in range(5):
+        sink = CountingSink()
+        worker.serve("git-upload-pack", str(bare), io.BytesIO(_fetch_request(head)), sink)
+        assert b"PACK" in sink.data
+    assert _open_pack_handles() == (0, 0)
+
+
+def test_worker_writes_in_large_chunks(packed_repo):
+    bare, head = packed_repo
+    sink = CountingSink()
+    worker.serve("git-upload-pack", str(bare), io.BytesIO(_fetch_request(head)), sink)
+    pkt_lines, data = 0, bytes(sink.data)
+    while data:  # count the pkt-lines the handler produced
+        size = int(data[:4], 16)
+        data = data[max(size, 4):]
+        pkt_lines += 1
+    # One write per pkt-line made clones 6x slower; the worker coalesces them.
+    assert pkt_lines > 100
+    assert sink.writes * 20 < pkt_lines, (sink.writes, pkt_lines)
+
+
+# --- the store ------------------------------------------------------------------------
+
+
+async def test_store_is_wal_with_foreign_keys_and_current_schema(tmp_path):
+    db = await store_db.connect(tmp_path / "g.db")
+    try:
+        assert (await (await db.execute("PRAGMA journal_mode")).fetchone())[0] == "wal"
+        assert (await (await db.execute("PRAGMA foreign_keys")).fetchone())[0] == 1
+        version = (await (await db.execute("PRAGMA user_version")).fetchone())[0]
+        assert version == store_db.SCHEMA_VERSION
+        plan = await (await db.execute(
+            "EXPLAIN QUERY PLAN SELECT * FROM ssh_keys WHERE fingerprint = ?", ("x",))).fetchall()
+        assert any("ssh_keys_fingerprint" in str(tuple(row)) for row in plan)
+    finally:
+        await db.close()
+    # Opening again is a no-op migration.
+    db = await store_db.connect(tmp_path / "g.db")
+    await db.close()
