@@ -16,10 +16,11 @@ import signal
 import aiosqlite
 import asyncssh
 
-from . import commands, sshkeys
+from . import commands, keydir, sshkeys
 from .commands.context import Context
 from .config import Settings
 from .datadir import ensure_host_keys
+from .errors import Refusal
 from .policy import Identity
 from .store import db as store_db
 from .store import keys
@@ -143,6 +144,20 @@ async def start(settings: Settings) -> tuple[asyncssh.SSHAcceptor, aiosqlite.Con
     return acceptor, db
 
 
+async def sync_keydir(settings: Settings, db: aiosqlite.Connection) -> None:
+    """Pick up the keydir at start and on SIGHUP (operators also run `gateway keys sync`)."""
+    if not settings.keydir.is_dir():
+        return
+    try:
+        report = await keydir.sync(db, settings.keydir)
+    except Refusal as refusal:
+        log.warning("keydir sync: %s", refusal.message)
+        return
+    log.info("keydir sync: %d added, %d removed", len(report.added), len(report.removed))
+    for error in report.errors:
+        log.warning("keydir sync: %s", error)
+
+
 async def run(settings: Settings) -> None:
     logging.basicConfig(
         level=getattr(logging, settings.log_level.upper(), logging.INFO),
@@ -151,10 +166,12 @@ async def run(settings: Settings) -> None:
     logging.getLogger("asyncssh").setLevel(logging.WARNING)
     acceptor, db = await start(settings)
     log.info("listening on %s", settings.listen)
+    await sync_keydir(settings, db)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(sync_keydir(settings, db)))
     print(f"gateway listening on {settings.listen} (data dir {settings.data_dir})", flush=True)
     await stop.wait()
     acceptor.close()
