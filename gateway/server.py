@@ -105,8 +105,11 @@ async def handle_session(process: asyncssh.SSHServerProcess) -> None:
         pass
     except (BrokenPipeError, ConnectionError, asyncssh.DisconnectError):
         status = 1  # the client went away
-    except Exception:
-        log.exception("session failed peer=%s command=%r", server.peer, process.command)
+    except Exception as exc:
+        # One line for the operator; the traceback only at log_level = "debug".
+        log.error("session failed peer=%s command=%r: %s: %s", server.peer, process.command,
+                  exc.__class__.__name__, exc)
+        log.debug("session failure details", exc_info=True)
         try:
             process.stderr.write(b"ERROR: internal error; the operator has the details\n")
         except Exception:

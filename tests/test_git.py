@@ -208,3 +208,17 @@ def test_both_verb_spellings(gw, setup, verb):
     result = gw.ssh(alice, f"{verb} '{path}.git'", input=b"0000")
     assert result.returncode == 0, result.stderr
     assert first in result.stdout and "refs/heads/main" in result.stdout
+
+
+def test_a_failing_session_ends_alone(gw, setup):
+    """A repository that breaks the server side gives one short line; others are served."""
+    alice, path, clone, first = setup
+    ws = path.split("/")[0]
+    broken = gw.repo(ws)
+    (gw.repo_dir(broken) / "refs" / "heads" / "main").write_text("garbage\n")
+    result = gw.git(alice, "ls-remote", gw.url(broken), check=False)
+    assert result.returncode != 0
+    assert "ERROR: internal error while serving the repository" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert first in gw.git(alice, "ls-remote", gw.url(path)).stdout
+    assert "Traceback" not in gw.server_log()

@@ -53,6 +53,7 @@ async def run(ctx: Context, request: GitRequest) -> int:
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "GATEWAY_LOG_FD": str(_LOG_FD),
+        "GATEWAY_LOG_LEVEL": ctx.settings.log_level,
         "GATEWAY_ACCOUNT": ctx.identity.account,
         "GATEWAY_WORKSPACE": repo.workspace,
         "GATEWAY_REPOSITORY": repo.full_name,

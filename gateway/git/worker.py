@@ -64,8 +64,9 @@ def main(argv: list[str]) -> int:
         return 1
     except BrokenPipeError:
         return 1
-    except Exception:
-        log.exception("git worker failed: %s %s", service, repo_dir)
+    except Exception as exc:
+        log.error("git worker failed: %s %s: %s: %s", service, repo_dir, exc.__class__.__name__, exc)
+        log.debug("git worker failure details", exc_info=True)
         print("ERROR: internal error while serving the repository", file=sys.stderr)
         return 1
     return 0
@@ -75,7 +76,9 @@ def _setup_logging() -> None:
     # The operator's log is a descriptor the server hands over; stderr goes to the user.
     log_fd = os.environ.get("GATEWAY_LOG_FD")
     stream = os.fdopen(int(log_fd), "w", buffering=1) if log_fd else open(os.devnull, "w")
-    logging.basicConfig(level=logging.WARNING, stream=stream, format="%(name)s: %(message)s")
+    level = logging.DEBUG if os.environ.get("GATEWAY_LOG_LEVEL") == "debug" else logging.WARNING
+    logging.basicConfig(level=level, stream=stream, format="%(name)s: %(message)s")
+    logging.getLogger("dulwich").setLevel(max(level, logging.WARNING))
 
 
 if __name__ == "__main__":
