@@ -24,6 +24,10 @@ class Settings:
     max_auth_tries: int = 6
     keepalive_interval: int = 60
     log_level: str = "info"
+    # Two-step verification (SPEC §5)
+    issuer: str = "gateway"
+    recovery_codes: int = 6
+    twosv_backoff_seconds: int = 30
 
     @property
     def listen_host(self) -> str:

@@ -22,6 +22,7 @@ class Identity:
     account_id: int
     key_fingerprint: str
     key_title: str
+    key_kind: str = "auth"  # "security-key": the login itself was a second factor
 
 
 @dataclass(frozen=True)

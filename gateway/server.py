@@ -24,14 +24,16 @@ from .errors import Refusal
 from .policy import Identity
 from .store import db as store_db
 from .store import keys
+from .twosv.sealing import Sealer
 
 log = logging.getLogger("gateway")
 
 
 class GatewaySSHServer(asyncssh.SSHServer):
-    def __init__(self, settings: Settings, db: aiosqlite.Connection) -> None:
+    def __init__(self, settings: Settings, db: aiosqlite.Connection, sealer: Sealer) -> None:
         self.settings = settings
         self.db = db
+        self.sealer = sealer
         self.conn: asyncssh.SSHServerConnection | None = None
         self.peer = ""
         self.failures = 0
@@ -83,7 +85,8 @@ class GatewaySSHServer(asyncssh.SSHServer):
         stored = await keys.find(self.db, sshkeys.fingerprint(key_data))
         if stored is None or stored.account_disabled:  # removed in the meantime
             return False
-        self.identity = Identity(stored.account, stored.account_id, stored.fingerprint, stored.title)
+        self.identity = Identity(stored.account, stored.account_id, stored.fingerprint,
+                                 stored.title, stored.kind)
         log.info("authenticated peer=%s account=%s key=%s", self.peer, stored.account,
                  stored.fingerprint)
         return True
@@ -99,7 +102,7 @@ async def handle_session(process: asyncssh.SSHServerProcess) -> None:
             process.stderr.write(b"ERROR: Subsystems are not supported\n")
         else:
             ctx = Context(server.settings, server.db, server.identity, process.stdin,
-                          process.stdout, process.stderr, server.peer)
+                          process.stdout, process.stderr, server.peer, server.sealer)
             status = await commands.run(ctx, process.command)
     except (asyncssh.BreakReceived, asyncssh.TerminalSizeChanged):
         pass
@@ -122,10 +125,11 @@ async def handle_session(process: asyncssh.SSHServerProcess) -> None:
 
 
 async def start(settings: Settings) -> tuple[asyncssh.SSHAcceptor, aiosqlite.Connection]:
+    sealer = Sealer.load(settings.master_key_path)
     db = await store_db.connect(settings.db_path)
     host_keys = [str(p) for p in ensure_host_keys(settings)]
     acceptor = await asyncssh.create_server(
-        lambda: GatewaySSHServer(settings, db),
+        lambda: GatewaySSHServer(settings, db, sealer),
         settings.listen_host,
         settings.listen_port,
         server_host_keys=host_keys,

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 from ..errors import Refusal
 from ..names import printable
-from . import git, info
+from . import git, info, recovery, security_key, twosv
 from .context import Context
 from .parse import GatewayCommand, GitRequest, parse
 
-COMMANDS = {"": info.greeting, "help": info.help_text, "whoami": info.whoami}
+SIMPLE_COMMANDS = {"": info.greeting, "help": info.help_text, "whoami": info.whoami}
+COMMANDS_WITH_ARGS = {"2sv": twosv.run, "recovery-codes": recovery.run, "security-key": security_key.run}
 # Named in the product's contract, and not built yet: say so rather than "unknown".
-NOT_YET = ("2sv", "recovery-codes", "security-key", "workspace")
+NOT_YET = ("workspace",)
 
 
 async def run(ctx: Context, line: str | None) -> int:
@@ -29,7 +30,9 @@ async def run(ctx: Context, line: str | None) -> int:
 
 
 async def _gateway_command(ctx: Context, command: GatewayCommand) -> int:
-    handler = COMMANDS.get(command.name)
+    if command.name in COMMANDS_WITH_ARGS:
+        return await COMMANDS_WITH_ARGS[command.name](ctx, command.args)
+    handler = SIMPLE_COMMANDS.get(command.name)
     if handler is not None:
         if command.args:
             raise Refusal(f"Invalid command: {command.name or 'the greeting'} takes no arguments")

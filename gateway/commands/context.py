@@ -6,13 +6,20 @@ and in tests with in-memory streams.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import aiosqlite
 
+from ..errors import Refusal
+
 from ..config import Settings
 from ..policy import Identity
+from ..twosv.sealing import Sealer
+
+MAX_ANSWER = 1024
 
 
 class Reader(Protocol):
@@ -34,7 +41,32 @@ class Context:
     stdout: Writer
     stderr: Writer
     remote_addr: str = ""
+    sealer: Sealer | None = None
+    clock: Callable[[], float] = time.time
+    _pending: bytes = field(default=b"", repr=False)
 
     async def say(self, text: str) -> None:
         self.stdout.write((text + "\n").encode())
         await self.stdout.drain()
+
+    async def ask(self, prompt: str) -> str | None:
+        """Show a prompt and read one line of answer from stdin (with or without a
+        terminal); None when stdin closed first. Over-long answers are refused."""
+        self.stderr.write(prompt.encode())
+        await self.stderr.drain()
+        while b"\n" not in self._pending:
+            if len(self._pending) > MAX_ANSWER:
+                raise Refusal("Answer too long")
+            data = await self.stdin.read(MAX_ANSWER)
+            if not data:
+                if not self._pending:
+                    return None
+                break
+            self._pending += data
+        line, _, self._pending = self._pending.partition(b"\n")
+        if len(line) > MAX_ANSWER:
+            raise Refusal("Answer too long")
+        try:
+            return line.decode("utf-8").strip("\r")
+        except UnicodeDecodeError:
+            raise Refusal("Answer is not valid UTF-8") from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from . import twosv
 from .context import Context
 
 
@@ -11,7 +12,10 @@ async def greeting(ctx: Context) -> int:
         f'Hi {who.account}! You\'ve authenticated with key "{who.key_title}" '
         f"({who.key_fingerprint}). Shell access is disabled; use git to clone and push."
     )
-    await ctx.say("Two-step verification is disabled for your account.")
+    state = await twosv.service(ctx).state()
+    await ctx.say(state.describe())
+    if not state.enabled:
+        await ctx.say(f"Turn it on with: {ctx.settings.ssh_command('2sv enable')}")
     return 0
 
 
@@ -29,6 +33,10 @@ async def help_text(ctx: Context) -> int:
         f"  git archive --remote={host}/WORKSPACE/NAME.git HEAD\n"
         f"  {s.ssh_command('')}            the greeting\n"
         f"  {s.ssh_command('help')}       this list\n"
-        f"  {s.ssh_command('whoami')}     the account of the key you used"
+        f"  {s.ssh_command('whoami')}     the account of the key you used\n"
+        f"  {s.ssh_command('2sv status|enable|disable|replace|verify')}\n"
+        f"  {s.ssh_command('recovery-codes [regenerate]')}\n"
+        f"  {s.ssh_command('security-key list|add TITLE|remove FINGERPRINT')}\n"
+        "Answers to questions are read from standard input, so they can be piped in."
     )
     return 0

@@ -64,6 +64,29 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX audit_actor ON audit(actor, id);
     """,
+    # 2: two-step verification. Secrets and codes are sealed (gateway/twosv/sealing.py).
+    """
+    CREATE TABLE twosv (
+        account_id INTEGER PRIMARY KEY REFERENCES accounts(id) ON DELETE CASCADE,
+        totp_secret BLOB,
+        last_step INTEGER NOT NULL DEFAULT -1,
+        failures INTEGER NOT NULL DEFAULT 0,
+        locked_until REAL NOT NULL DEFAULT 0
+    );
+    CREATE TABLE recovery_codes (
+        id INTEGER PRIMARY KEY,
+        account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+        position INTEGER NOT NULL,
+        code BLOB NOT NULL,
+        used_at INTEGER
+    );
+    CREATE INDEX recovery_codes_account ON recovery_codes(account_id);
+    CREATE TABLE twosv_sessions (
+        key_fingerprint TEXT PRIMARY KEY,
+        account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+        verified_at REAL NOT NULL
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

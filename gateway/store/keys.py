@@ -74,3 +74,15 @@ async def remove(db: aiosqlite.Connection, fingerprint: str) -> StoredKey:
         raise Refusal(f"No such key: {fingerprint}")
     await db.execute("DELETE FROM ssh_keys WHERE id = ?", (key.id,))
     return key
+
+
+async def set_kind(db: aiosqlite.Connection, fingerprint: str, kind: str) -> None:
+    await db.execute("UPDATE ssh_keys SET kind = ? WHERE fingerprint = ?", (kind, fingerprint))
+
+
+async def demote_security_keys(db: aiosqlite.Connection, account_id: int) -> None:
+    """Security keys stop being a 2SV method but still log in, as plain keys."""
+    await db.execute(
+        "UPDATE ssh_keys SET kind = 'auth' WHERE account_id = ? AND kind = 'security-key'",
+        (account_id,),
+    )

@@ -1,0 +1,76 @@
+"""`security-key list | add TITLE | remove FINGERPRINT` (SPEC §5).
+
+A security key is an `sk-*` SSH key: logging in with it needs the key's touch, so a login
+made with it counts as the second factor.
+"""
+
+from __future__ import annotations
+
+from .. import sshkeys
+from ..errors import Refusal
+from ..names import printable
+from ..store import keys
+from .context import Context
+from .twosv import event, second_factor, service, show_new_codes
+
+MAX_TITLE = 100
+
+
+async def list_keys(ctx: Context) -> int:
+    found = [k for k in await keys.list_for(ctx.db, ctx.identity.account) if k.kind == "security-key"]
+    if not found:
+        await ctx.say("No security keys registered.")
+    for key in found:
+        await ctx.say(f"{key.fingerprint}  {key.algorithm}  {key.title}")
+    return 0
+
+
+async def add(ctx: Context, title: str) -> int:
+    if not title.strip() or len(title) > MAX_TITLE or not title.isprintable():
+        raise Refusal(f"Invalid title: {printable(title)!r}")
+    svc = service(ctx)
+    state = await svc.state()
+    line = await ctx.ask("Paste the security key's public key line (ssh-keygen -t ed25519-sk): ")
+    if line is None:
+        raise Refusal("No key given; nothing changed.")
+    key = sshkeys.parse_line(line)
+    if not key.is_security_key:
+        raise Refusal("Not a security key: expected an sk-ssh-ed25519@openssh.com or "
+                      "sk-ecdsa-sha2-nistp256@openssh.com public key")
+    if state.enabled:
+        await second_factor(ctx, svc)
+    codes = await svc.add_security_key(key, title, 0 if state.enabled else ctx.settings.recovery_codes)
+    await event(ctx, "2sv.security_key_added", detail=key.fingerprint)
+    await ctx.say(f'Security key "{title}" ({key.fingerprint}) registered.')
+    if codes:
+        await ctx.say("Two-step verification is now on.")
+        await show_new_codes(ctx, codes)
+    return 0
+
+
+async def remove(ctx: Context, fingerprint: str) -> int:
+    svc = service(ctx)
+    own = {k.fingerprint: k for k in await keys.list_for(ctx.db, ctx.identity.account)
+           if k.kind == "security-key"}
+    if fingerprint not in own:
+        raise Refusal(f"No security key {printable(fingerprint)} on your account")
+    state = await svc.state()
+    last_method = not state.totp and state.security_keys == 1
+    if last_method:
+        await second_factor(ctx, svc)
+    await svc.remove_security_key(fingerprint, last_method)
+    await event(ctx, "2sv.security_key_removed", detail=fingerprint)
+    await ctx.say(f"Security key {fingerprint} removed.")
+    if last_method:
+        await ctx.say("That was your last two-step method: two-step verification is now off.")
+    return 0
+
+
+async def run(ctx: Context, args: tuple[str, ...]) -> int:
+    if args == ("list",):
+        return await list_keys(ctx)
+    if len(args) == 2 and args[0] == "add":
+        return await add(ctx, args[1])
+    if len(args) == 2 and args[0] == "remove":
+        return await remove(ctx, args[1])
+    raise Refusal(f"Usage: {ctx.settings.ssh_command('security-key list|add TITLE|remove FINGERPRINT')}")

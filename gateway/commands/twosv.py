@@ -1,0 +1,168 @@
+"""`2sv status | enable | disable | replace | verify` (SPEC §5).
+
+Answers are read from stdin, one per line, with or without a terminal, so every flow
+can be scripted: `echo 123456 | ssh -p 2222 git@host 2sv disable`.
+"""
+
+from __future__ import annotations
+
+import io
+
+import segno
+
+from .. import events
+from ..errors import Refusal
+from ..twosv import totp
+from ..twosv.service import Accepted, CodeRefused, TwoStep
+from .context import Context
+
+ENROL_ATTEMPTS = 3
+
+
+def service(ctx: Context) -> TwoStep:
+    if ctx.sealer is None:
+        raise Refusal("Two-step verification is not available on this server")
+    return TwoStep(ctx.db, ctx.sealer, ctx.identity.account_id, ctx.identity.account,
+                   backoff_base=ctx.settings.twosv_backoff_seconds, clock=ctx.clock)
+
+
+async def event(ctx: Context, name: str, outcome: str = "ok", detail: str = "") -> None:
+    await events.twosv_event(
+        ctx.db, ctx.settings.hooks_dir, ctx.identity.account, name, outcome=outcome,
+        detail=detail, key_fingerprint=ctx.identity.key_fingerprint, remote_addr=ctx.remote_addr,
+    )
+
+
+async def second_factor(ctx: Context, svc: TwoStep, prompt: str = "Verification code or recovery code: ",
+                        allow_recovery: bool = True) -> Accepted:
+    """Ask for a code, unless this login was made with a registered security key."""
+    if ctx.identity.key_kind == "security-key":
+        return Accepted("security-key")
+    answer = await ctx.ask(prompt)
+    if answer is None:
+        raise Refusal("No code given; nothing changed.")
+    try:
+        accepted = await svc.check(answer, allow_recovery=allow_recovery)
+    except CodeRefused as refused:
+        await event(ctx, "2sv.code_refused", outcome="denied", detail=f"failures={refused.failures}")
+        raise
+    if accepted.kind == "recovery-code":
+        await event(ctx, "2sv.recovery_code_used", detail=f"left={accepted.codes_left}")
+        if accepted.codes_left < 2:
+            await ctx.say(f"Warning: only {accepted.codes_left} recovery codes left. Get a new set "
+                          f"with: {ctx.settings.ssh_command('recovery-codes regenerate')}")
+    return accepted
+
+
+def qr_text(uri: str) -> str:
+    out = io.StringIO()
+    segno.make(uri, error="m").terminal(out=out, compact=True)
+    return out.getvalue()
+
+
+async def enrol_app(ctx: Context, svc: TwoStep) -> tuple[str, int]:
+    """Show a new secret as QR code and text; return it with the step of a correct code.
+
+    Nothing is stored here: the caller stores the secret only after a correct code, so an
+    interrupted enrolment leaves no orphan secret behind."""
+    secret = totp.new_secret()
+    uri = totp.provisioning_uri(secret, ctx.identity.account, ctx.settings.issuer)
+    await ctx.say("Scan this QR code with your authenticator app:\n")
+    await ctx.say(qr_text(uri))
+    await ctx.say("Or enter these details in the app by hand:")
+    await ctx.say(f"  Account: {ctx.settings.issuer}:{ctx.identity.account}")
+    await ctx.say(f"  Key:     {' '.join(secret[i:i + 4] for i in range(0, len(secret), 4))}")
+    await ctx.say(f"  URI:     {uri}\n")
+    for _ in range(ENROL_ATTEMPTS):
+        answer = await ctx.ask("Enter the 6-digit code the app shows: ")
+        if answer is None:
+            raise Refusal("No code given; nothing changed.")
+        try:
+            step = svc.check_new_secret(secret, answer)
+        except Refusal as refusal:
+            await ctx.say(f"{refusal.message} Try again.")
+            continue
+        if step is not None:
+            return secret, step
+        await ctx.say("That code does not match; check the time on your device and try again.")
+    raise Refusal("No correct code; nothing changed.")
+
+
+async def show_new_codes(ctx: Context, codes: list[str]) -> None:
+    await ctx.say("\nYour recovery codes (each works once):")
+    for code in codes:
+        await ctx.say(f"  {code}")
+    await ctx.say(
+        "Store them somewhere safe, such as a password manager or on paper: if you lose your "
+        "device they are how you get back in.\n"
+        f"You can see them again with: {ctx.settings.ssh_command('recovery-codes')}"
+    )
+
+
+async def status(ctx: Context, svc: TwoStep) -> int:
+    state = await svc.state()
+    await ctx.say(state.describe())
+    if not state.enabled:
+        await ctx.say(f"Turn it on with: {ctx.settings.ssh_command('2sv enable')}")
+    return 0
+
+
+async def enable(ctx: Context, svc: TwoStep) -> int:
+    state = await svc.state()
+    if state.totp:
+        raise Refusal("Two-step verification with an authenticator app is already on. To move "
+                      f"to a new device: {ctx.settings.ssh_command('2sv replace')}")
+    if state.enabled:
+        await second_factor(ctx, svc)  # adding a method to 2SV that is on
+    secret, step = await enrol_app(ctx, svc)
+    codes = await svc.enrol(secret, step, 0 if state.enabled else ctx.settings.recovery_codes)
+    await event(ctx, "2sv.enable", detail="totp")
+    await ctx.say("Two-step verification is now on.")
+    if codes:
+        await show_new_codes(ctx, codes)
+    return 0
+
+
+async def disable(ctx: Context, svc: TwoStep) -> int:
+    if not (await svc.state()).enabled:
+        raise Refusal("Two-step verification is not enabled.")
+    await second_factor(ctx, svc)
+    await svc.disable()
+    await event(ctx, "2sv.disable")
+    await ctx.say("Two-step verification is now off. Your recovery codes no longer work.")
+    return 0
+
+
+async def replace(ctx: Context, svc: TwoStep) -> int:
+    if not (await svc.state()).totp:
+        raise Refusal("There is no authenticator app to replace; to add one: "
+                      f"{ctx.settings.ssh_command('2sv enable')}")
+    await second_factor(ctx, svc, "Code from your old device, or a recovery code: ")
+    # The old secret keeps working until the new device has shown a correct code.
+    secret, step = await enrol_app(ctx, svc)
+    await svc.enrol(secret, step, 0)
+    await event(ctx, "2sv.replace")
+    await ctx.say("Your new device is set up; codes from the old one no longer work.")
+    return 0
+
+
+async def verify(ctx: Context, svc: TwoStep) -> int:
+    if not (await svc.state()).enabled:
+        raise Refusal("Two-step verification is not enabled. Turn it on with: "
+                      f"{ctx.settings.ssh_command('2sv enable')}")
+    await second_factor(ctx, svc)
+    await svc.open_session(ctx.identity.key_fingerprint)
+    await event(ctx, "2sv.verify")
+    await ctx.say(f'Verified. Two-step session open for key "{ctx.identity.key_title}" '
+                  f"({ctx.identity.key_fingerprint}).")
+    return 0
+
+
+SUBCOMMANDS = {"status": status, "enable": enable, "disable": disable, "replace": replace,
+               "verify": verify}
+
+
+async def run(ctx: Context, args: tuple[str, ...]) -> int:
+    if len(args) != 1 or args[0] not in SUBCOMMANDS:
+        raise Refusal(f"Usage: {ctx.settings.ssh_command('2sv status|enable|disable|replace|verify')}")
+    return await SUBCOMMANDS[args[0]](ctx, service(ctx))

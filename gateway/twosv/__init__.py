@@ -1,0 +1,1 @@
+"""Two-step verification: TOTP, recovery codes, failure throttling, sealing (SPEC §5)."""

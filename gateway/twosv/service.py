@@ -1,0 +1,217 @@
+"""Two-step verification for one account: state, code checks, enrolment, recovery codes.
+
+Every method that changes something commits before it returns, so no transaction is
+ever held open while a user is being asked a question. Time comes from `clock`, so tests
+move time instead of sleeping.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import aiosqlite
+
+from ..errors import Refusal
+from ..sshkeys import PublicKey
+from ..store import keys
+from ..store import twosv as store
+from . import recovery, throttle, totp
+from .sealing import Sealer
+
+
+@dataclass(frozen=True)
+class State:
+    totp: bool
+    security_keys: int
+    codes_left: int
+    codes_total: int
+
+    @property
+    def enabled(self) -> bool:
+        return self.totp or self.security_keys > 0
+
+    @property
+    def methods(self) -> list[str]:
+        return (["totp"] if self.totp else []) + (["security-key"] if self.security_keys else [])
+
+    def describe(self) -> str:
+        if not self.enabled:
+            return "Two-step verification is disabled."
+        return (
+            f"Two-step verification is enabled ({', '.join(self.methods)}); "
+            f"{self.codes_left} of {self.codes_total} recovery codes left."
+        )
+
+
+@dataclass(frozen=True)
+class Accepted:
+    kind: str  # "totp" or "recovery-code"
+    codes_left: int | None = None
+
+
+class TwoStep:
+    def __init__(
+        self, db: aiosqlite.Connection, sealer: Sealer, account_id: int, account: str,
+        backoff_base: float = 30.0, clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.db = db
+        self.sealer = sealer
+        self.account_id = account_id
+        self.account = account
+        self.backoff_base = backoff_base
+        self.clock = clock
+
+    # --- state ------------------------------------------------------------------------
+
+    async def state(self) -> State:
+        row = await store.get(self.db, self.account_id)
+        sk = [k for k in await keys.list_for(self.db, self.account) if k.kind == "security-key"]
+        codes = await store.codes(self.db, self.account_id)
+        return State(
+            totp=bool(row and row.totp_secret),
+            security_keys=len(sk),
+            codes_left=sum(1 for c in codes if c.used_at is None),
+            codes_total=len(codes),
+        )
+
+    def _secret_context(self) -> str:
+        return f"totp:{self.account_id}"
+
+    def _code_context(self) -> str:
+        return f"recovery:{self.account_id}"
+
+    # --- checking a code --------------------------------------------------------------
+
+    async def check(self, typed: str, *, allow_recovery: bool = True) -> Accepted:
+        """Accept a TOTP or recovery code, or raise a Refusal saying why.
+
+        Malformed input is refused without counting as a guess; a wrong code counts
+        towards the back-off; a refusal during the back-off does not look at the code.
+        """
+        now = self.clock()
+        row = await store.get(self.db, self.account_id)
+        if row is not None and row.locked_until > now:
+            wait = int(row.locked_until - now) + 1
+            raise Refusal(f"Too many failed codes. Try again in {wait} seconds.")
+        code = totp.normalise(typed)
+        if code is not None:
+            if row is None or row.totp_secret is None:
+                return await self._fail("This account has no authenticator app; use a recovery code.")
+            secret = self.sealer.open(row.totp_secret, self._secret_context()).decode()
+            step = totp.matching_step(secret, code, now)
+            if step is None:
+                return await self._fail("Wrong verification code.")
+            if not await store.claim_step(self.db, self.account_id, step):
+                return await self._fail("That verification code was already used; wait for the next one.")
+            await store.reset_failures(self.db, self.account_id)
+            await self.db.commit()
+            return Accepted("totp")
+        rcode = recovery.normalise(typed) if allow_recovery else None
+        if rcode is None:
+            raise Refusal(
+                "A verification code is six digits"
+                + (", a recovery code looks like xxxxx-xxxxx." if allow_recovery else ".")
+            )
+        return await self._use_recovery_code(rcode)
+
+    async def _use_recovery_code(self, rcode: str) -> Accepted:
+        codes = await store.codes(self.db, self.account_id)
+        match = None
+        for stored in codes:
+            plain = self.sealer.open(stored.sealed, self._code_context()).decode()
+            if hmac.compare_digest(plain, rcode) and match is None:
+                match = stored
+        if match is None or match.used_at is not None:
+            return await self._fail("Wrong or already used recovery code.")
+        if not await store.use_code(self.db, match.id, int(self.clock())):
+            return await self._fail("Wrong or already used recovery code.")
+        await store.reset_failures(self.db, self.account_id)
+        await self.db.commit()
+        left = sum(1 for c in codes if c.used_at is None) - 1
+        return Accepted("recovery-code", codes_left=left)
+
+    async def _fail(self, message: str) -> Accepted:
+        failures = await store.record_failure(self.db, self.account_id)
+        backoff = throttle.backoff_after(failures, self.backoff_base)
+        if backoff:
+            await store.lock_until(self.db, self.account_id, self.clock() + backoff)
+        await self.db.commit()
+        raise CodeRefused(message, failures)
+
+    # --- changes ----------------------------------------------------------------------
+
+    def check_new_secret(self, secret: str, typed: str) -> int | None:
+        """The step at which a code for a secret being enrolled matched (not stored yet)."""
+        code = totp.normalise(typed)
+        if code is None:
+            raise Refusal("A verification code is six digits.")
+        return totp.matching_step(secret, code, self.clock())
+
+    async def enrol(self, secret: str, step: int, new_codes: int) -> list[str]:
+        """Make `secret` the TOTP secret (replacing any old one) and, if asked, issue a
+        new set of recovery codes, in one transaction: never half enrolled."""
+        sealed = self.sealer.seal(secret.encode(), self._secret_context())
+        await store.set_totp(self.db, self.account_id, sealed, step)
+        await store.reset_failures(self.db, self.account_id)
+        codes = await self._replace_codes(new_codes) if new_codes else []
+        await self.db.commit()
+        return codes
+
+    async def _replace_codes(self, count: int) -> list[str]:
+        plain = [recovery.new_code() for _ in range(count)]
+        sealed = [self.sealer.seal(code.encode(), self._code_context()) for code in plain]
+        await store.replace_codes(self.db, self.account_id, sealed)
+        return [recovery.display(code) for code in plain]
+
+    async def new_recovery_codes(self, count: int) -> list[str]:
+        codes = await self._replace_codes(count)
+        await self.db.commit()
+        return codes
+
+    async def recovery_codes(self) -> list[tuple[str, bool]]:
+        """Every code with whether it was used, for its owner's eyes only."""
+        result = []
+        for stored in await store.codes(self.db, self.account_id):
+            plain = self.sealer.open(stored.sealed, self._code_context()).decode()
+            result.append((recovery.display(plain), stored.used_at is not None))
+        return result
+
+    async def disable(self) -> None:
+        await store.delete_all(self.db, self.account_id)
+        await keys.demote_security_keys(self.db, self.account_id)
+        await self.db.commit()
+
+    async def add_security_key(self, key: PublicKey, title: str, new_codes: int) -> list[str]:
+        """Register `key` as a security key (an existing plain key of this account is
+        promoted); issue recovery codes if asked; one transaction."""
+        existing = await keys.find(self.db, key.fingerprint)
+        if existing is None:
+            await keys.add(self.db, self.account_id, key, title, source="ssh", kind="security-key")
+        elif existing.account_id == self.account_id and existing.kind == "auth":
+            await keys.set_kind(self.db, key.fingerprint, "security-key")
+        else:
+            raise Refusal(f"Key {key.fingerprint} is already in use")
+        codes = await self._replace_codes(new_codes) if new_codes else []
+        await self.db.commit()
+        return codes
+
+    async def remove_security_key(self, fingerprint: str, last_method: bool) -> None:
+        await keys.remove(self.db, fingerprint)
+        if last_method:
+            await store.delete_all(self.db, self.account_id)
+        await self.db.commit()
+
+    async def open_session(self, fingerprint: str) -> None:
+        await store.open_session(self.db, fingerprint, self.account_id, self.clock())
+        await self.db.commit()
+
+
+class CodeRefused(Refusal):
+    """A wrong code: counted towards the back-off."""
+
+    def __init__(self, message: str, failures: int) -> None:
+        super().__init__(message)
+        self.failures = failures
