@@ -20,6 +20,7 @@ from .errors import Refusal, UsageError
 from .git import repos as disk
 from .store import accounts, audit, keys, repos, workspaces
 from .store import db as store_db
+from .twosv.service import TwoStep
 
 
 class _Parser(argparse.ArgumentParser):
@@ -76,16 +77,19 @@ async def cmd_account_list(settings, args, db):
 async def cmd_account_show(settings, args, db):
     account = await accounts.get(db, names.account_name(args.name))
     account_keys = await keys.list_for(db, account.name)
+    twosv = await TwoStep(db, None, account.id, account.name).state()
     if args.json:
         return _print_json({
             "name": account.name, "email": account.email, "disabled": account.disabled,
+            "two_step": {"enabled": twosv.enabled, "methods": twosv.methods,
+                         "recovery_codes_left": twosv.codes_left},
             "keys": [{"fingerprint": k.fingerprint, "title": k.title, "algorithm": k.algorithm,
                       "kind": k.kind, "source": k.source} for k in account_keys],
         })
     print(f"account:  {account.name}")
     print(f"email:    {account.email or '-'}")
     print(f"state:    {'disabled' if account.disabled else 'active'}")
-    print("2sv:      disabled")
+    print(f"two-step verification: {'enabled (' + ', '.join(twosv.methods) + ')' if twosv.enabled else 'disabled'}")
     print(f"keys:     {len(account_keys)}")
     for key in account_keys:
         print(f"  {key.fingerprint}  {key.algorithm}  {key.title}  ({key.source})")

@@ -32,7 +32,7 @@ log = logging.getLogger("gateway")
 class GatewaySSHServer(asyncssh.SSHServer):
     def __init__(self, settings: Settings, db: aiosqlite.Connection, sealer: Sealer) -> None:
         self.settings = settings
-        self.db = db
+        self.db = db  # shared by all connections, for key lookups only: never commits
         self.sealer = sealer
         self.conn: asyncssh.SSHServerConnection | None = None
         self.peer = ""
@@ -101,9 +101,14 @@ async def handle_session(process: asyncssh.SSHServerProcess) -> None:
         elif process.subsystem is not None:
             process.stderr.write(b"ERROR: Subsystems are not supported\n")
         else:
-            ctx = Context(server.settings, server.db, server.identity, process.stdin,
-                          process.stdout, process.stderr, server.peer, server.sealer)
-            status = await commands.run(ctx, process.command)
+            # A connection of its own: the server's shared one only reads keys.
+            db = await store_db.connect(server.settings.db_path, migrate_schema=False)
+            try:
+                ctx = Context(server.settings, db, server.identity, process.stdin,
+                              process.stdout, process.stderr, server.peer, server.sealer)
+                status = await commands.run(ctx, process.command)
+            finally:
+                await db.close()
     except (asyncssh.BreakReceived, asyncssh.TerminalSizeChanged):
         pass
     except (BrokenPipeError, ConnectionError, asyncssh.DisconnectError):
@@ -151,15 +156,18 @@ async def start(settings: Settings) -> tuple[asyncssh.SSHAcceptor, aiosqlite.Con
     return acceptor, db
 
 
-async def sync_keydir(settings: Settings, db: aiosqlite.Connection) -> None:
+async def sync_keydir(settings: Settings) -> None:
     """Pick up the keydir at start and on SIGHUP (operators also run `gateway keys sync`)."""
     if not settings.keydir.is_dir():
         return
+    db = await store_db.connect(settings.db_path, migrate_schema=False)
     try:
         report = await keydir.sync(db, settings.keydir)
     except Refusal as refusal:
         log.warning("keydir sync: %s", refusal.message)
         return
+    finally:
+        await db.close()
     log.info("keydir sync: %d added, %d removed", len(report.added), len(report.removed))
     for error in report.errors:
         log.warning("keydir sync: %s", error)
@@ -173,12 +181,12 @@ async def run(settings: Settings) -> None:
     logging.getLogger("asyncssh").setLevel(logging.WARNING)
     acceptor, db = await start(settings)
     log.info("listening on %s", settings.listen)
-    await sync_keydir(settings, db)
+    await sync_keydir(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(sync_keydir(settings, db)))
+    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(sync_keydir(settings)))
     print(f"gateway listening on {settings.listen} (data dir {settings.data_dir})", flush=True)
     await stop.wait()
     acceptor.close()

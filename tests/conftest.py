@@ -21,6 +21,7 @@ import pytest
 BIN = Path(sys.executable).parent
 GATEWAY = [str(BIN / "gateway")] if (BIN / "gateway").exists() else [sys.executable, "-m", "gateway"]
 _counter = itertools.count(1)
+BACKOFF_SECONDS = 2
 
 
 def unique(prefix: str) -> str:
@@ -200,6 +201,8 @@ def gw(tmp_path_factory) -> Gateway:
         pytest.fail("the tests need the git and ssh binaries")
     gateway = Gateway(tmp_path_factory.mktemp("gateway"))
     gateway.cli("init")
+    # A short 2SV back-off so that throttling tests need not wait for minutes.
+    (gateway.data / "gateway.toml").write_text(f"twosv_backoff_seconds = {BACKOFF_SECONDS}\n")
     gateway.start()
     yield gateway
     gateway.stop()

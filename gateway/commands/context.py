@@ -52,7 +52,8 @@ class Context:
     async def ask(self, prompt: str) -> str | None:
         """Show a prompt and read one line of answer from stdin (with or without a
         terminal); None when stdin closed first. Over-long answers are refused."""
-        self.stderr.write(prompt.encode())
+        # On a line of its own: without a terminal, nothing echoes the answer's newline.
+        self.stderr.write(prompt.rstrip().encode() + b"\n")
         await self.stderr.drain()
         while b"\n" not in self._pending:
             if len(self._pending) > MAX_ANSWER:

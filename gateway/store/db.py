@@ -92,14 +92,19 @@ MIGRATIONS: list[str] = [
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-async def connect(path: Path) -> aiosqlite.Connection:
-    """Open the database (creating it if needed) with WAL and foreign keys on."""
+async def connect(path: Path, migrate_schema: bool = True) -> aiosqlite.Connection:
+    """Open the database (creating it if needed) with WAL and foreign keys on.
+
+    One connection is one line of transactions: code that commits must not share a
+    connection with other tasks (the server gives each session its own)."""
     db = await aiosqlite.connect(path, timeout=30)
     db.row_factory = aiosqlite.Row
-    await db.execute("PRAGMA journal_mode=WAL")
+    if migrate_schema:
+        await db.execute("PRAGMA journal_mode=WAL")
     await db.execute("PRAGMA foreign_keys=ON")
     await db.execute("PRAGMA synchronous=NORMAL")
-    await migrate(db)
+    if migrate_schema:
+        await migrate(db)
     return db
 
 

@@ -54,7 +54,7 @@ class Accepted:
 
 class TwoStep:
     def __init__(
-        self, db: aiosqlite.Connection, sealer: Sealer, account_id: int, account: str,
+        self, db: aiosqlite.Connection, sealer: Sealer | None, account_id: int, account: str,
         backoff_base: float = 30.0, clock: Callable[[], float] = time.time,
     ) -> None:
         self.db = db
