@@ -320,3 +320,21 @@ def test_no_operator_command_turns_off_2sv(gw, alice):
     gw.cli("account", "disable", alice.name)
     gw.cli("account", "enable", alice.name)
     assert "enabled" in gw.ssh(alice, "2sv", "status").stdout
+
+
+def test_shipped_syslog_hook_passes_the_event_on(tmp_path):
+    """The example hook in hooks/2sv-event.d hands the JSON event to `logger`."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    record = tmp_path / "logged"
+    fake_logger = bin_dir / "logger"
+    fake_logger.write_text(f'#!/bin/sh\necho "$@" > {record}\ncat >> {record}\n')
+    fake_logger.chmod(0o755)
+    hook = Path(__file__).resolve().parent.parent / "hooks" / "2sv-event.d" / "50-syslog"
+    event = '{"event": "2sv.enable", "account": "alice"}\n'
+    result = subprocess.run([str(hook)], input=event, text=True, capture_output=True,
+                            env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr
+    logged = record.read_text()
+    assert logged.startswith("-t gateway-2sv")
+    assert '"event": "2sv.enable"' in logged

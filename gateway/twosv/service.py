@@ -8,6 +8,7 @@ move time instead of sleeping.
 from __future__ import annotations
 
 import hmac
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -94,7 +95,7 @@ class TwoStep:
         now = self.clock()
         row = await store.get(self.db, self.account_id)
         if row is not None and row.locked_until > now:
-            wait = int(row.locked_until - now) + 1
+            wait = math.ceil(row.locked_until - now)
             raise Refusal(f"Too many failed codes. Try again in {wait} seconds.")
         code = totp.normalise(typed)
         if code is not None:
