@@ -43,12 +43,16 @@ def _read_key_source(source: str) -> list[sshkeys.PublicKey]:
     return sshkeys.parse_text(text)
 
 
-async def _add_keys(db, account: accounts.Account, parsed: list[sshkeys.PublicKey], title: str | None):
+async def _add_keys(db, account: accounts.Account, parsed: list[sshkeys.PublicKey],
+                    title: str | None) -> list[str]:
+    """Add keys (uncommitted: the caller commits, then prints what this returns)."""
+    done = []
     for key in parsed:
         key_title = title or key.comment or f"key-{key.fingerprint[7:15]}"
         await keys.add(db, account.id, key, key_title)
         await audit.write(db, "operator", "key.add", account.name, detail=key.fingerprint)
-        print(f"Added key {key.fingerprint} ({key_title}) to {account.name}")
+        done.append(f"Added key {key.fingerprint} ({key_title}) to {account.name}")
+    return done
 
 
 # --- accounts -------------------------------------------------------------------------
@@ -59,9 +63,9 @@ async def cmd_account_add(settings, args, db):
     parsed = [key for source in args.key for key in _read_key_source(source)]
     account = await accounts.add(db, name, args.email)
     await audit.write(db, "operator", "account.add", name)
-    print(f"Created account {name}")
-    await _add_keys(db, account, parsed, None)
+    added = await _add_keys(db, account, parsed, None)
     await db.commit()
+    print("\n".join([f"Created account {name}", *added]))
 
 
 async def cmd_account_list(settings, args, db):
@@ -116,8 +120,9 @@ async def cmd_account_enable(settings, args, db):
 
 async def cmd_key_add(settings, args, db):
     account = await accounts.get(db, names.account_name(args.account))
-    await _add_keys(db, account, _read_key_source(args.file), args.title)
+    added = await _add_keys(db, account, _read_key_source(args.file), args.title)
     await db.commit()
+    print("\n".join(added))
 
 
 async def cmd_key_list(settings, args, db):

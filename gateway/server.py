@@ -24,6 +24,7 @@ from .errors import Refusal
 from .policy import Identity
 from .store import db as store_db
 from .store import keys
+from .terminal import CookedReader, CrlfWriter
 from .twosv.sealing import Sealer
 
 log = logging.getLogger("gateway")
@@ -103,9 +104,13 @@ async def handle_session(process: asyncssh.SSHServerProcess) -> None:
         else:
             # A connection of its own: the server's shared one only reads keys.
             db = await store_db.connect(server.settings.db_path, migrate_schema=False)
+            stdin, stdout, stderr = process.stdin, process.stdout, process.stderr
+            if process.get_terminal_type():
+                stdout, stderr = CrlfWriter(stdout), CrlfWriter(stderr)
+                stdin = CookedReader(stdin, stdout)
             try:
-                ctx = Context(server.settings, db, server.identity, process.stdin,
-                              process.stdout, process.stderr, server.peer, server.sealer)
+                ctx = Context(server.settings, db, server.identity, stdin, stdout, stderr,
+                              server.peer, server.sealer)
                 status = await commands.run(ctx, process.command)
             finally:
                 await db.close()
@@ -140,7 +145,8 @@ async def start(settings: Settings) -> tuple[asyncssh.SSHAcceptor, aiosqlite.Con
         server_host_keys=host_keys,
         process_factory=handle_session,
         encoding=None,  # Git speaks bytes
-        allow_pty=False,
+        allow_pty=True,  # `ssh -t` gets the greeting; see terminal.py
+        line_editor=False,
         agent_forwarding=False,
         x11_forwarding=False,
         password_auth=False,

@@ -338,3 +338,15 @@ def test_shipped_syslog_hook_passes_the_event_on(tmp_path):
     logged = record.read_text()
     assert logged.startswith("-t gateway-2sv")
     assert '"event": "2sv.enable"' in logged
+
+
+def test_answers_typed_at_a_terminal(gw, alice):
+    """With `ssh -tt` the client's terminal is raw: the gateway echoes, handles backspace
+    and takes Enter (\\r) as the end of the answer."""
+    secret, _, _ = enable(gw, alice)
+    code = fresh_code(secret)
+    typed = code[:3] + "9\x7f" + code[3:] + "\r"
+    result = gw.ssh(alice, "2sv", "verify", input=typed, extra=("-tt",))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Two-step session open" in result.stdout
+    assert "\r\n" in result.stdout  # lines end as a terminal needs

@@ -30,11 +30,13 @@ async def write(
     )
 
 
-async def read(db: aiosqlite.Connection, actor: str | None, limit: int) -> list[Entry]:
-    if actor is None:
+async def read(db: aiosqlite.Connection, account: str | None, limit: int) -> list[Entry]:
+    if account is None:
         query, args = "SELECT * FROM audit ORDER BY id DESC LIMIT ?", (limit,)
     else:
-        query, args = "SELECT * FROM audit WHERE actor = ? ORDER BY id DESC LIMIT ?", (actor, limit)
+        # What the account did, and what was done to it.
+        query = "SELECT * FROM audit WHERE actor = ? OR target = ? ORDER BY id DESC LIMIT ?"
+        args = (account, account, limit)
     async with db.execute(query, args) as cursor:
         rows = await cursor.fetchall()
     return [Entry(*tuple(row)) for row in reversed(rows)]
