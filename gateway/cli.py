@@ -15,10 +15,10 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from . import config, datadir, keydir, names, sshkeys
+from . import access, config, datadir, keydir, names, sshkeys
 from .errors import Refusal, UsageError
 from .git import repos as disk
-from .store import accounts, audit, keys, repos, workspaces
+from .store import access_keys, accounts, audit, keys, repos, workspaces
 from .store import db as store_db
 from .twosv.service import TwoStep
 
@@ -163,10 +163,62 @@ async def cmd_keys_sync(settings, args, db):
 
 async def cmd_workspace_add(settings, args, db):
     name = names.workspace_name(args.name)
-    await workspaces.add(db, name)
+    workspace = await workspaces.add(db, name)
     await audit.write(db, "operator", "workspace.add", name)
+    if args.require_2sv:
+        await workspaces.set_policy(db, workspace.id, "on", workspace.session_window)
+        await audit.write(db, "operator", "workspace.require_2sv", name, detail="off -> on")
     await db.commit()
-    print(f"Created workspace {name}")
+    print(f"Created workspace {name}" + (" (requires two-step verification)" if args.require_2sv else ""))
+
+
+async def cmd_workspace_require_2sv(settings, args, db):
+    workspace = await workspaces.get(db, names.workspace_name(args.name))
+    access.check_policy(args.policy, args.window)
+    lacking = await access.members_without_2sv(db, workspace.id) if args.policy != "off" else []
+    if lacking:
+        print("Members without two-step verification, who would lose access to private "
+              f"repositories and pushes: {', '.join(lacking)}")
+    elif args.policy != "off":
+        print("Every member has two-step verification.")
+    if args.dry_run:
+        print(f"Dry run: {workspace.name} stays at require-2sv={workspace.require_2sv}.")
+        return 0
+    await access.set_policy(db, workspace, args.policy, args.window, "operator")
+    print(f"Workspace {workspace.name} now requires: {args.policy}")
+
+
+async def cmd_access_key_add(settings, args, db):
+    path = names.repo_path(args.repo)
+    repo = await repos.find(db, path.workspace, path.name)
+    if repo is None:
+        raise Refusal(f"No such repository: {path}")
+    added = []
+    for key in _read_key_source(args.file):
+        title = args.title or key.comment or f"access-{key.fingerprint[7:15]}"
+        await access_keys.add(db, repo.id, key, title, args.write)
+        await audit.write(db, "operator", "access_key.add", repo.full_name,
+                          detail=f"{key.fingerprint} {'write' if args.write else 'read'}")
+        added.append(f"Added access key {key.fingerprint} ({title}) to {repo.full_name}, "
+                     f"{'read and write' if args.write else 'read-only'}")
+    await db.commit()
+    print("\n".join(added))
+
+
+async def cmd_access_key_list(settings, args, db):
+    found = await access_keys.list_all(db)
+    if args.json:
+        return _print_json([{"repository": k.repository, "fingerprint": k.fingerprint,
+                             "title": k.title, "write": k.write} for k in found])
+    for key in found:
+        print(f"{key.repository}\t{key.fingerprint}\t{key.title}\t{'write' if key.write else 'read'}")
+
+
+async def cmd_access_key_remove(settings, args, db):
+    removed = await access_keys.remove(db, args.fingerprint)
+    await audit.write(db, "operator", "access_key.remove", removed.repository, detail=removed.fingerprint)
+    await db.commit()
+    print(f"Removed access key {removed.fingerprint} ({removed.title}) from {removed.repository}")
 
 
 async def cmd_workspace_list(settings, args, db):
@@ -181,18 +233,21 @@ async def cmd_workspace_show(settings, args, db):
     workspace = await workspaces.get(db, names.workspace_name(args.name))
     members = await workspaces.members(db, workspace.id)
     repo_list = await repos.list_all(db, workspace.name)
+    lacking = set(await access.members_without_2sv(db, workspace.id))
     if args.json:
         return _print_json({
             "name": workspace.name, "require_2sv": workspace.require_2sv,
             "session_window": workspace.session_window,
-            "members": [asdict(m) for m in members],
+            "members": [asdict(m) | {"two_step": m.account not in lacking} for m in members],
             "repositories": [{"name": r.name, "public": r.public} for r in repo_list],
         })
     print(f"workspace:    {workspace.name}")
-    print(f"require-2sv:  {workspace.require_2sv}")
+    print(f"require-2sv:  {workspace.require_2sv} (session window {workspace.session_window} min)")
     print(f"members:      {len(members)}")
     for member in members:
-        print(f"  {member.account}\t{member.role}")
+        state = "2SV off" if member.account in lacking else "2SV on"
+        unmet = " (does not meet the policy)" if state == "2SV off" and workspace.require_2sv != "off" else ""
+        print(f"  {member.account}\t{member.role}\t{state}{unmet}")
     print(f"repositories: {len(repo_list)}")
     for repo in repo_list:
         print(f"  {repo.name}\t{'public' if repo.public else 'private'}")
@@ -347,7 +402,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keydir", help="default ./keys (setting keydir)")
 
     g = group("workspace", "manage workspaces")
-    command(g, "add", cmd_workspace_add).add_argument("name")
+    p = command(g, "add", cmd_workspace_add)
+    p.add_argument("name")
+    p.add_argument("--require-2sv", action="store_true", help="start with policy on")
+    p = command(g, "require-2sv", cmd_workspace_require_2sv)
+    p.add_argument("name")
+    p.add_argument("policy", choices=access.POLICIES)
+    p.add_argument("--window", type=int, help="session window in minutes (1 to 10080)")
+    p.add_argument("--dry-run", action="store_true", help="only list who would lose access")
     p = command(g, "list", cmd_workspace_list)
     p.add_argument("--json", action="store_true")
     p = command(g, "show", cmd_workspace_show)
@@ -372,6 +434,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("workspace", nargs="?")
     p.add_argument("--json", action="store_true")
     command(g, "remove", cmd_repo_remove).add_argument("repo", metavar="WORKSPACE/NAME")
+
+    g = group("access-key", "keys bound to one repository, with no account")
+    p = command(g, "add", cmd_access_key_add)
+    p.add_argument("repo", metavar="WORKSPACE/NAME")
+    p.add_argument("file", help="public key file, or - for stdin")
+    p.add_argument("--write", action="store_true", help="allow pushes (default read-only)")
+    p.add_argument("--title")
+    p = command(g, "list", cmd_access_key_list)
+    p.add_argument("--json", action="store_true")
+    command(g, "remove", cmd_access_key_remove).add_argument("fingerprint")
 
     p = command(sub, "audit", cmd_audit, help="read the audit log")
     p.add_argument("--account")

@@ -1,8 +1,8 @@
-"""The one place that decides whether a repository operation may go ahead.
+"""The one place that decides whether a repository operation may go ahead (SPEC §6).
 
-A pure function over plain data: the caller gathers the facts (who, which repository,
-which role), `decide` answers. No command checks permissions on its own. The workspace
-2SV policy (SPEC §6) will add its facts and rules here.
+A pure function over plain data: the caller gathers the facts (who, with which key, which
+repository, the workspace's 2SV policy, the identity's 2SV state), `decide` answers with
+Allow or Deny and the exact message. No command checks permissions on its own.
 """
 
 from __future__ import annotations
@@ -18,11 +18,27 @@ class Action(Enum):
 
 @dataclass(frozen=True)
 class Identity:
-    account: str
-    account_id: int
+    """Who is connected: an account, or an access key bound to one repository."""
+
+    account: str  # the account name; for an access key, a label for logs
+    account_id: int  # 0 for an access key
     key_fingerprint: str
     key_title: str
     key_kind: str = "auth"  # "security-key": the login itself was a second factor
+    access_repo_id: int | None = None  # set for access keys only
+    access_write: bool = False
+
+    @property
+    def is_access_key(self) -> bool:
+        return self.access_repo_id is not None
+
+
+@dataclass(frozen=True)
+class TwoStepFacts:
+    """The identity's two-step state, as far as the decision needs it."""
+
+    enabled: bool = False
+    session_verified_at: float | None = None  # `2sv verify` with the key in use
 
 
 @dataclass(frozen=True)
@@ -31,9 +47,13 @@ class RepoFacts:
 
     asked_as: str  # WORKSPACE/NAME as the user typed it (normalised), for messages
     exists: bool
+    repo_id: int = 0
     full_name: str = ""  # canonical WORKSPACE/NAME when it exists
     public: bool = False
     role: str | None = None  # the identity's role in the repository's workspace
+    workspace: str = ""
+    require_2sv: str = "off"  # off | on | session
+    session_window_minutes: int = 15
 
 
 @dataclass(frozen=True)
@@ -43,18 +63,50 @@ class Allow:
 
 @dataclass(frozen=True)
 class Deny:
-    message: str
+    message: str  # shown after "ERROR: "; may hold a second line saying how to comply
     reason: str  # short, for the audit log
 
 
 WRITE_ROLES = ("write", "admin")
 
 
-def decide(identity: Identity, repo: RepoFacts, action: Action, now: float) -> Allow | Deny:
-    can_read = repo.exists and (repo.public or repo.role is not None)
-    if not can_read:
+def decide(
+    identity: Identity, two_step: TwoStepFacts, repo: RepoFacts, action: Action, now: float,
+    ssh: str = "ssh git@HOST",
+) -> Allow | Deny:
+    """`ssh` is how users reach the gateway (`ssh -p 2222 git@host`), for instructions."""
+    not_found = Deny(f"Repository not found: {repo.asked_as}", "not found or not readable")
+    if identity.is_access_key:
+        if not repo.exists or repo.repo_id != identity.access_repo_id:
+            return not_found
+        if action is Action.WRITE and not identity.access_write:
+            return Deny(f"Permission to {repo.full_name} denied to access key "
+                        f'"{identity.key_title}" (read-only).', "read-only access key")
+        return Allow()  # access keys are not subject to the 2SV policy
+    if not (repo.exists and (repo.public or repo.role is not None)):
         # Missing and unreadable look the same, so names of private repositories never leak.
-        return Deny(f"Repository not found: {repo.asked_as}", "not found or not readable")
+        return not_found
     if action is Action.WRITE and repo.role not in WRITE_ROLES:
         return Deny(f"Permission to {repo.full_name} denied to {identity.account}.", "no write role")
+    policy_applies = repo.require_2sv != "off" and (action is Action.WRITE or not repo.public)
+    if policy_applies:
+        if not two_step.enabled:
+            return Deny(
+                f'Workspace "{repo.workspace}" requires two-step verification.\n'
+                f"Turn it on with: {ssh} 2sv enable",
+                "workspace requires 2SV; account has none",
+            )
+        if repo.require_2sv == "session" and not session_open(identity, two_step, repo, now):
+            return Deny(
+                f'Workspace "{repo.workspace}" requires a verified two-step session.\n'
+                f"Open one with: {ssh} 2sv verify",
+                "workspace requires a 2SV session; none open for this key",
+            )
     return Allow()
+
+
+def session_open(identity: Identity, two_step: TwoStepFacts, repo: RepoFacts, now: float) -> bool:
+    if identity.key_kind == "security-key":
+        return True  # logging in with a security key needed its touch: a second factor
+    verified = two_step.session_verified_at
+    return verified is not None and verified <= now < verified + repo.session_window_minutes * 60

@@ -23,7 +23,7 @@ from .datadir import ensure_host_keys
 from .errors import Refusal
 from .policy import Identity
 from .store import db as store_db
-from .store import keys
+from .store import access_keys, keys
 from .terminal import CookedReader, CrlfWriter
 from .twosv.sealing import Sealer
 
@@ -79,17 +79,29 @@ class GatewaySSHServer(asyncssh.SSHServer):
         # Only says whether this key may be tried; identity is not decided here.
         if username != self.settings.ssh_user:
             return False
-        stored = await keys.find(self.db, sshkeys.fingerprint(key.public_data))
-        return stored is not None and not stored.account_disabled
+        fingerprint = sshkeys.fingerprint(key.public_data)
+        stored = await keys.find(self.db, fingerprint)
+        if stored is not None:
+            return not stored.account_disabled
+        return await access_keys.find(self.db, fingerprint) is not None
 
     async def _set_identity(self, key_data: bytes) -> bool:
-        stored = await keys.find(self.db, sshkeys.fingerprint(key_data))
-        if stored is None or stored.account_disabled:  # removed in the meantime
-            return False
-        self.identity = Identity(stored.account, stored.account_id, stored.fingerprint,
-                                 stored.title, stored.kind)
-        log.info("authenticated peer=%s account=%s key=%s", self.peer, stored.account,
-                 stored.fingerprint)
+        fingerprint = sshkeys.fingerprint(key_data)
+        stored = await keys.find(self.db, fingerprint)
+        if stored is not None:
+            if stored.account_disabled:
+                return False
+            self.identity = Identity(stored.account, stored.account_id, stored.fingerprint,
+                                     stored.title, stored.kind)
+        else:
+            bound = await access_keys.find(self.db, fingerprint)
+            if bound is None:  # removed in the meantime
+                return False
+            self.identity = Identity(f"access-key:{bound.title}", 0, bound.fingerprint,
+                                     bound.title, access_repo_id=bound.repo_id,
+                                     access_write=bound.write)
+        log.info("authenticated peer=%s account=%s key=%s", self.peer, self.identity.account,
+                 fingerprint)
         return True
 
 

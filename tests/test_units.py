@@ -118,33 +118,6 @@ def test_parse_refuses(line, message):
     assert message in caught.value.message
 
 
-# --- the access decision --------------------------------------------------------------
-
-ALICE = policy.Identity("alice", 1, "SHA256:x", "laptop")
-
-
-@pytest.mark.parametrize(
-    "exists,public,role,action,allowed",
-    [
-        (exists, public, role, action, exists and (
-            (public or role is not None) and (action is policy.Action.READ or role in ("write", "admin"))
-        ))
-        for exists, public, role, action in itertools.product(
-            (True, False), (True, False), (None, "read", "write", "admin"), tuple(policy.Action)
-        )
-    ],
-)
-def test_decide_table(exists, public, role, action, allowed):
-    facts = policy.RepoFacts("acme/w", exists, "acme/w" if exists else "", public, role)
-    decision = policy.decide(ALICE, facts, action, 0)
-    assert isinstance(decision, policy.Allow) == allowed
-    if not allowed:
-        readable = exists and (public or role is not None)
-        expected = ("Permission to acme/w denied to alice." if readable
-                    else "Repository not found: acme/w")
-        assert decision.message == expected
-
-
 # --- public keys ----------------------------------------------------------------------
 
 

@@ -7,14 +7,15 @@ from __future__ import annotations
 
 from ..errors import Refusal
 from ..names import printable
-from . import git, info, recovery, security_key, twosv
+from . import git, info, recovery, security_key, twosv, workspace
 from .context import Context
 from .parse import GatewayCommand, GitRequest, parse
 
 SIMPLE_COMMANDS = {"": info.greeting, "help": info.help_text, "whoami": info.whoami}
-COMMANDS_WITH_ARGS = {"2sv": twosv.run, "recovery-codes": recovery.run, "security-key": security_key.run}
-# Named in the product's contract, and not built yet: say so rather than "unknown".
-NOT_YET = ("workspace",)
+COMMANDS_WITH_ARGS = {
+    "2sv": twosv.run, "recovery-codes": recovery.run, "security-key": security_key.run,
+    "workspace": workspace.run,
+}
 
 
 async def run(ctx: Context, line: str | None) -> int:
@@ -30,6 +31,11 @@ async def run(ctx: Context, line: str | None) -> int:
 
 
 async def _gateway_command(ctx: Context, command: GatewayCommand) -> int:
+    if ctx.identity.is_access_key:
+        if command.name == "":
+            return await info.access_key_greeting(ctx)
+        raise Refusal("This is an access key: it can only be used with git, for the "
+                      "repository it is bound to.")
     if command.name in COMMANDS_WITH_ARGS:
         return await COMMANDS_WITH_ARGS[command.name](ctx, command.args)
     handler = SIMPLE_COMMANDS.get(command.name)
@@ -37,8 +43,6 @@ async def _gateway_command(ctx: Context, command: GatewayCommand) -> int:
         if command.args:
             raise Refusal(f"Invalid command: {command.name or 'the greeting'} takes no arguments")
         return await handler(ctx)
-    if command.name in NOT_YET:
-        raise Refusal(f'"{command.name}" is not available on this server yet.')
     raise Refusal(
         f"Unknown command: {printable(command.name, 60)}\n"
         f"Run '{ctx.settings.ssh_command('help')}' to see the commands."

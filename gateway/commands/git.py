@@ -6,12 +6,11 @@ import asyncio
 import logging
 import os
 import sys
-import time
 
-from .. import policy
+from .. import access, policy
 from ..errors import Refusal
 from ..git import repos as disk
-from ..store import audit, repos, workspaces
+from ..store import audit
 from .context import Context, Reader, Writer
 from .parse import GitRequest
 
@@ -27,20 +26,12 @@ ACTIONS = {
 _LOG_FD = os.dup(2)
 
 
-async def repo_facts(ctx: Context, request: GitRequest) -> tuple[policy.RepoFacts, repos.Repo | None]:
-    asked = str(request.path)
-    repo = await repos.find(ctx.db, request.path.workspace, request.path.name)
-    if repo is None:
-        return policy.RepoFacts(asked_as=asked, exists=False), None
-    role = await workspaces.role_of(ctx.db, repo.workspace_id, ctx.identity.account_id)
-    facts = policy.RepoFacts(asked, True, repo.full_name, repo.public, role)
-    return facts, repo
-
-
 async def run(ctx: Context, request: GitRequest) -> int:
     action = ACTIONS[request.service]
-    facts, repo = await repo_facts(ctx, request)
-    decision = policy.decide(ctx.identity, facts, action, time.time())
+    facts, repo = await access.repo_facts(ctx.db, ctx.identity, request.path)
+    two_step = await access.two_step_facts(ctx.db, ctx.identity)
+    decision = policy.decide(ctx.identity, two_step, facts, action, ctx.clock(),
+                             ssh=ctx.settings.ssh_command(""))
     if isinstance(decision, policy.Deny):
         await audit.write(ctx.db, ctx.identity.account, f"repo.{action.value}", facts.asked_as,
                           outcome="denied", detail=decision.reason)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .. import access, policy
+from ..store import repos, workspaces
 from . import twosv
 from .context import Context
 
@@ -16,6 +18,37 @@ async def greeting(ctx: Context) -> int:
     await ctx.say(state.describe())
     if not state.enabled:
         await ctx.say(f"Turn it on with: {ctx.settings.ssh_command('2sv enable')}")
+    for line in await unmet_policies(ctx, state.enabled):
+        await ctx.say(line)
+    return 0
+
+
+async def unmet_policies(ctx: Context, twosv_enabled: bool) -> list[str]:
+    """One line per workspace whose 2SV policy this account does not meet."""
+    facts = await access.two_step_facts(ctx.db, ctx.identity)
+    lines = []
+    for workspace, _role in await workspaces.memberships(ctx.db, ctx.identity.account_id):
+        if workspace.require_2sv == "off":
+            continue
+        if not twosv_enabled:
+            lines.append(f'Workspace "{workspace.name}" requires two-step verification: '
+                         f"{ctx.settings.ssh_command('2sv enable')}")
+        elif workspace.require_2sv == "session":
+            as_repo = policy.RepoFacts("", True, session_window_minutes=workspace.session_window)
+            if not policy.session_open(ctx.identity, facts, as_repo, ctx.clock()):
+                lines.append(f'Workspace "{workspace.name}" requires a verified two-step session: '
+                             f"{ctx.settings.ssh_command('2sv verify')}")
+    return lines
+
+
+async def access_key_greeting(ctx: Context) -> int:
+    who = ctx.identity
+    repo = await repos.find_by_id(ctx.db, who.access_repo_id)
+    mode = "read and write" if who.access_write else "read-only"
+    await ctx.say(
+        f'Hi! You\'ve authenticated with access key "{who.key_title}" ({who.key_fingerprint}) '
+        f"for {repo.full_name if repo else '?'} ({mode}). Shell access is disabled; use git."
+    )
     return 0
 
 
@@ -37,6 +70,7 @@ async def help_text(ctx: Context) -> int:
         f"  {s.ssh_command('2sv status|enable|disable|replace|verify')}\n"
         f"  {s.ssh_command('recovery-codes [regenerate]')}\n"
         f"  {s.ssh_command('security-key list|add TITLE|remove FINGERPRINT')}\n"
+        f"  {s.ssh_command('workspace show NAME | require-2sv NAME on|off|session')}\n"
         "Answers to questions are read from standard input, so they can be piped in."
     )
     return 0

@@ -87,6 +87,19 @@ MIGRATIONS: list[str] = [
         verified_at REAL NOT NULL
     );
     """,
+    # 3: access keys, bound to one repository with no account.
+    """
+    CREATE TABLE access_keys (
+        id INTEGER PRIMARY KEY,
+        repo_id INTEGER NOT NULL REFERENCES repos(id) ON DELETE CASCADE,
+        fingerprint TEXT NOT NULL UNIQUE,
+        algorithm TEXT NOT NULL,
+        public_key TEXT NOT NULL,
+        title TEXT NOT NULL,
+        write INTEGER NOT NULL DEFAULT 0,
+        created_at INTEGER NOT NULL
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -44,7 +44,9 @@ async def add(
     kind: str = "auth",
 ) -> None:
     existing = await find(db, key.fingerprint)
-    if existing is not None:
+    async with db.execute("SELECT 1 FROM access_keys WHERE fingerprint = ?", (key.fingerprint,)) as c:
+        is_access_key = await c.fetchone() is not None
+    if existing is not None or is_access_key:
         raise Refusal(f"Key {key.fingerprint} is already in use")
     await db.execute(
         "INSERT INTO ssh_keys (account_id, fingerprint, algorithm, public_key, title, kind,"

@@ -18,6 +18,8 @@ class Repo:
     name: str  # as created; lookups ignore case
     public: bool
     default_branch: str
+    require_2sv: str = "off"  # the workspace's policy
+    session_window: int = 15
 
     @property
     def full_name(self) -> str:
@@ -25,14 +27,15 @@ class Repo:
 
 
 _SELECT = """
-    SELECT r.*, w.name AS workspace FROM repos r JOIN workspaces w ON w.id = r.workspace_id
+    SELECT r.*, w.name AS workspace, w.require_2sv, w.session_window
+    FROM repos r JOIN workspaces w ON w.id = r.workspace_id
 """
 
 
 def _row(row: aiosqlite.Row) -> Repo:
     return Repo(
         row["id"], row["workspace_id"], row["workspace"], row["name"], bool(row["public"]),
-        row["default_branch"],
+        row["default_branch"], row["require_2sv"], row["session_window"],
     )
 
 
@@ -53,6 +56,12 @@ async def find(db: aiosqlite.Connection, workspace: str, name: str) -> Repo | No
     async with db.execute(
         _SELECT + " WHERE w.name = ? AND r.name = ?", (workspace, name)
     ) as cursor:
+        row = await cursor.fetchone()
+    return _row(row) if row else None
+
+
+async def find_by_id(db: aiosqlite.Connection, repo_id: int) -> Repo | None:
+    async with db.execute(_SELECT + " WHERE r.id = ?", (repo_id,)) as cursor:
         row = await cursor.fetchone()
     return _row(row) if row else None
 

@@ -87,3 +87,19 @@ async def role_of(db: aiosqlite.Connection, workspace_id: int, account_id: int) 
     ) as cursor:
         row = await cursor.fetchone()
     return row[0] if row else None
+
+
+async def set_policy(db: aiosqlite.Connection, workspace_id: int, policy: str, window: int) -> None:
+    await db.execute(
+        "UPDATE workspaces SET require_2sv = ?, session_window = ? WHERE id = ?",
+        (policy, window, workspace_id),
+    )
+
+
+async def memberships(db: aiosqlite.Connection, account_id: int) -> list[tuple[Workspace, str]]:
+    async with db.execute(
+        "SELECT w.*, m.role FROM members m JOIN workspaces w ON w.id = m.workspace_id"
+        " WHERE m.account_id = ? ORDER BY w.name",
+        (account_id,),
+    ) as cursor:
+        return [(_row(row), row["role"]) for row in await cursor.fetchall()]

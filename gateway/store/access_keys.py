@@ -1,0 +1,64 @@
+"""Access keys: an SSH key bound to one repository, with no account (CI, deploys)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import aiosqlite
+
+from ..errors import Refusal
+from ..sshkeys import PublicKey
+from . import keys
+from .db import now
+
+
+@dataclass(frozen=True)
+class AccessKey:
+    id: int
+    repo_id: int
+    repository: str  # WORKSPACE/NAME
+    fingerprint: str
+    algorithm: str
+    title: str
+    write: bool
+
+
+_SELECT = """
+    SELECT k.*, w.name || '/' || r.name AS repository FROM access_keys k
+    JOIN repos r ON r.id = k.repo_id JOIN workspaces w ON w.id = r.workspace_id
+"""
+
+
+def _row(row: aiosqlite.Row) -> AccessKey:
+    return AccessKey(row["id"], row["repo_id"], row["repository"], row["fingerprint"],
+                     row["algorithm"], row["title"], bool(row["write"]))
+
+
+async def add(db: aiosqlite.Connection, repo_id: int, key: PublicKey, title: str, write: bool) -> None:
+    # One fingerprint, one owner: never both an account key and an access key.
+    if await keys.find(db, key.fingerprint) is not None or await find(db, key.fingerprint):
+        raise Refusal(f"Key {key.fingerprint} is already in use")
+    await db.execute(
+        "INSERT INTO access_keys (repo_id, fingerprint, algorithm, public_key, title, write,"
+        " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (repo_id, key.fingerprint, key.algorithm, key.line, title, int(write), now()),
+    )
+
+
+async def find(db: aiosqlite.Connection, fingerprint: str) -> AccessKey | None:
+    async with db.execute(_SELECT + " WHERE k.fingerprint = ?", (fingerprint,)) as cursor:
+        row = await cursor.fetchone()
+    return _row(row) if row else None
+
+
+async def list_all(db: aiosqlite.Connection) -> list[AccessKey]:
+    async with db.execute(_SELECT + " ORDER BY repository, k.id") as cursor:
+        return [_row(row) for row in await cursor.fetchall()]
+
+
+async def remove(db: aiosqlite.Connection, fingerprint: str) -> AccessKey:
+    found = await find(db, fingerprint)
+    if found is None:
+        raise Refusal(f"No such access key: {fingerprint}")
+    await db.execute("DELETE FROM access_keys WHERE id = ?", (found.id,))
+    return found
