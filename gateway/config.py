@@ -24,6 +24,9 @@ class Settings:
     max_auth_tries: int = 6
     keepalive_interval: int = 60
     log_level: str = "info"
+    # Pushes (SPEC §7)
+    hook_timeout: int = 60
+    max_push_bytes: int = 2 * 1024**3
     # Two-step verification (SPEC §5)
     issuer: str = "gateway"
     recovery_codes: int = 6

@@ -20,6 +20,7 @@ from . import commands, keydir, sshkeys
 from .commands.context import Context
 from .config import Settings
 from .datadir import ensure_host_keys
+from .git import repos
 from .errors import Refusal
 from .policy import Identity
 from .store import db as store_db
@@ -197,6 +198,7 @@ async def run(settings: Settings) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("asyncssh").setLevel(logging.WARNING)
+    repos.sweep_all(settings.repos_dir)
     acceptor, db = await start(settings)
     log.info("listening on %s", settings.listen)
     await sync_keydir(settings)

@@ -50,6 +50,9 @@ async def run(ctx: Context, request: GitRequest) -> int:
         "GATEWAY_REPOSITORY": repo.full_name,
         "GATEWAY_KEY_FINGERPRINT": ctx.identity.key_fingerprint,
         "GATEWAY_REMOTE_ADDR": ctx.remote_addr,
+        "GATEWAY_HOOKS_DIR": str(ctx.settings.hooks_dir.resolve()),
+        "GATEWAY_HOOK_TIMEOUT": str(ctx.settings.hook_timeout),
+        "GATEWAY_MAX_PUSH_BYTES": str(ctx.settings.max_push_bytes),
     }
     status = await relay(
         [sys.executable, "-m", "gateway.git.worker", request.service, str(repo_dir)],

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterable
 
@@ -19,12 +20,9 @@ from dulwich.object_store import GraphTraversalReachability
 from dulwich.objects import Commit, Tag, Tree, valid_hexsha
 from dulwich.protocol import CAPABILITY_FILTER, SIDE_BAND_CHANNEL_DATA
 from dulwich.repo import Repo
-from dulwich.server import (
-    Backend,
-    ReceivePackHandler,
-    UploadArchiveHandler,
-    UploadPackHandler,
-)
+from dulwich.server import Backend, UploadArchiveHandler, UploadPackHandler
+
+from . import receive
 
 
 class OneRepoBackend(Backend):
@@ -132,9 +130,18 @@ class GatewayUploadArchiveHandler(UploadArchiveHandler):
         return obj
 
 
+class GatewayReceivePackHandler:
+    """Adapts the push pipeline (receive.py) to the worker's handler interface."""
+
+    def __init__(self, backend: OneRepoBackend, args: list[str], proto) -> None:
+        self.pipeline = receive.ReceivePack(backend.repo, proto, receive.Settings.from_env(dict(os.environ)))
+
+    def handle(self) -> None:
+        self.pipeline.handle()
+
+
 HANDLERS = {
     "git-upload-pack": GatewayUploadPackHandler,
-    # The push pipeline (quarantine, checks, hooks) is its own issue; dulwich's as is.
-    "git-receive-pack": ReceivePackHandler,
+    "git-receive-pack": GatewayReceivePackHandler,
     "git-upload-archive": GatewayUploadArchiveHandler,
 }

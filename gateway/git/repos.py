@@ -60,3 +60,13 @@ def move_aside(repos_dir: Path, trash_dir: Path, workspace: str, name: str) -> P
     dest = dest_dir / f"{name}.git.{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
     os.rename(source, dest)
     return dest
+
+
+def sweep_all(repos_dir: Path) -> None:
+    """At start-up: clear what pushes killed with the previous server left behind."""
+    from .receive import sweep_quarantines, sweep_ref_locks
+
+    for repo in repos_dir.glob("*/*.git"):
+        if repo.is_dir() and not repo.is_symlink():
+            sweep_quarantines(str(repo / "objects"))
+            sweep_ref_locks(str(repo))

@@ -13,9 +13,11 @@ otherwise the client waits for a reply that sits in our buffer.
 
 from __future__ import annotations
 
+import ctypes
 import io
 import logging
 import os
+import signal
 import sys
 from typing import BinaryIO
 
@@ -25,6 +27,7 @@ from dulwich.protocol import ReceivableProtocol
 from .handlers import HANDLERS, OneRepoBackend, open_repo
 
 OUTPUT_BUFFER = 64 * 1024
+PR_SET_PDEATHSIG = 1
 
 log = logging.getLogger("gateway.git")
 
@@ -81,6 +84,16 @@ def _setup_logging() -> None:
     logging.getLogger("dulwich").setLevel(max(level, logging.WARNING))
 
 
+def _die_with_parent() -> None:
+    """If the server dies, this worker dies too (Linux): no orphan half-way through a push."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+
+
 if __name__ == "__main__":
+    _die_with_parent()
     _setup_logging()
     sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,381 @@
+"""`git push`, with Git's semantics, built on dulwich's primitives (SPEC §7).
+
+dulwich's own ReceivePackHandler runs pre-receive before the pack is read, ignores the
+result of its compare-and-swap, has no connectivity check and leaves a truncated pack
+behind. This handler does, in order:
+
+1. read the commands (and push options), then the pack into a quarantine directory that
+   fetches cannot see (`objects/incoming-PID-*`, with the real store as an alternate);
+2. check connectivity: every object a new tip needs is in the quarantine or the store;
+3. run `pre-receive` (it can read the quarantined objects, as Git's hooks can), then
+   `update` for each ref;
+4. move the new packs into the store, then update refs by compare-and-swap under a
+   per-repository lock (all or none with `--atomic`);
+5. report per ref the way C git does, then run `post-receive` and `post-update`.
+
+The quarantine is removed whatever happens.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from dulwich.errors import GitProtocolError
+from dulwich.object_store import DiskObjectStore
+from dulwich.objects import Blob, Commit, Tag, Tree, valid_hexsha
+from dulwich.protocol import (
+    CAPABILITIES_REF,
+    SIDE_BAND_CHANNEL_DATA,
+    SIDE_BAND_CHANNEL_PROGRESS,
+    extract_capabilities,
+    format_ref_line,
+    pkt_line,
+    symref_capabilities,
+)
+from dulwich.refs import check_ref_format
+from dulwich.repo import Repo
+
+from . import hooks
+
+ZERO = b"0" * 40
+CAPABILITIES = [b"report-status", b"delete-refs", b"quiet", b"atomic", b"ofs-delta",
+                b"side-band-64k", b"push-options", b"agent=gateway"]
+GITLINK_MODE = 0o160000
+QUARANTINE_PREFIX = "incoming-"
+
+
+@dataclass
+class Command:
+    old: bytes
+    new: bytes
+    ref: bytes
+    error: bytes | None = None  # set once the ref is refused
+
+    @property
+    def is_delete(self) -> bool:
+        return self.new == ZERO
+
+    def line(self) -> bytes:
+        return self.old + b" " + self.new + b" " + self.ref + b"\n"
+
+
+@dataclass
+class Settings:
+    hooks_dir: str | None = None
+    hook_timeout: float = 60.0
+    max_push_bytes: int | None = None
+    hook_env: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, env: dict) -> "Settings":
+        """What the server hands the worker: the GATEWAY_* variables (also for hooks)."""
+        max_bytes = int(env.get("GATEWAY_MAX_PUSH_BYTES") or 0)
+        hook_env = {k: v for k, v in env.items()
+                    if k.startswith("GATEWAY_") and k not in ("GATEWAY_LOG_FD", "GATEWAY_LOG_LEVEL",
+                                                              "GATEWAY_MAX_PUSH_BYTES")}
+        hook_env["PATH"] = env.get("PATH", "/usr/bin:/bin")
+        return cls(env.get("GATEWAY_HOOKS_DIR") or None,
+                   float(env.get("GATEWAY_HOOK_TIMEOUT") or 60), max_bytes or None, hook_env)
+
+
+class ReceivePack:
+    def __init__(self, repo: Repo, proto, settings: Settings) -> None:
+        self.repo = repo
+        self.proto = proto
+        self.settings = settings
+        self.caps: set[bytes] = set()
+
+    # --- the conversation ----------------------------------------------------------------
+
+    def handle(self) -> None:
+        self._advertise()
+        commands, options = self._read_commands()
+        if not commands:
+            return
+        for command in commands:
+            command.error = self._check_command(command)
+        unpack_status = b"ok"
+        quarantine = None
+        try:
+            if any(not c.is_delete for c in commands):
+                try:
+                    quarantine = self._receive_pack()
+                except Exception as exc:  # a broken, truncated or oversized pack
+                    unpack_status = _one_line(exc) or b"unpacker error"
+                    self._refuse_all(commands, b"unpacker error")
+                if quarantine is not None:
+                    self._check_connectivity(commands, quarantine)
+            if unpack_status == b"ok":
+                self._run_checks_and_update(commands, options, quarantine)
+        finally:
+            if quarantine is not None:
+                quarantine.close()
+                shutil.rmtree(quarantine.path, ignore_errors=True)
+        self._report(unpack_status, commands)
+        updated = [c for c in commands if c.error is None]
+        if updated:
+            self._hook("post-receive", b"".join(c.line() for c in updated), options=options)
+            self._hook("post-update", b"", args=[c.ref.decode() for c in updated], options=options)
+        if self._sideband:
+            self.proto.write_pkt_line(None)
+
+    def _advertise(self) -> None:
+        refs = sorted(self.repo.get_refs().items())
+        symrefs = sorted(self.repo.refs.get_symrefs().items())
+        if not refs:
+            refs = [(CAPABILITIES_REF, ZERO)]
+        caps = CAPABILITIES + symref_capabilities(symrefs)
+        self.proto.write_pkt_line(format_ref_line(refs[0][0], refs[0][1], caps))
+        for name, sha in refs[1:]:
+            self.proto.write_pkt_line(format_ref_line(name, sha))
+        self.proto.write_pkt_line(None)
+
+    def _read_commands(self) -> tuple[list[Command], list[bytes]]:
+        commands = []
+        line = self.proto.read_pkt_line()
+        if line is None:
+            return [], []
+        line, caps = extract_capabilities(line)
+        self.caps = set(caps)
+        while line:
+            parts = line.rstrip(b"\n").split(b" ")
+            if len(parts) != 3 or not valid_hexsha(parts[0]) or not valid_hexsha(parts[1]):
+                raise GitProtocolError("invalid ref update line from the client")
+            commands.append(Command(parts[0], parts[1], parts[2]))
+            line = self.proto.read_pkt_line()
+        options = []
+        if b"push-options" in self.caps:
+            options = [opt.rstrip(b"\n") for opt in self.proto.read_pkt_seq()]
+        return commands, options
+
+    @property
+    def _sideband(self) -> bool:
+        return b"side-band-64k" in self.caps
+
+    def _say(self, text: bytes) -> None:
+        """Text the client shows as `remote:` lines (needs side-band)."""
+        if self._sideband and text:
+            self.proto.write_sideband(SIDE_BAND_CHANNEL_PROGRESS, text)
+
+    # --- checks ----------------------------------------------------------------------
+
+    def _check_command(self, command: Command) -> bytes | None:
+        if not command.ref.startswith(b"refs/") or not check_ref_format(command.ref):
+            return b"funny refname"
+        if command.old == ZERO and command.is_delete:
+            return b"nothing to do"
+        if command.is_delete and command.ref not in self.repo.refs:
+            return b"no such ref"
+        return None
+
+    def _receive_pack(self) -> DiskObjectStore:
+        objects = self.repo.object_store.path
+        sweep_quarantines(objects)
+        path = tempfile.mkdtemp(prefix=f"{QUARANTINE_PREFIX}{os.getpid()}-", dir=objects)
+        os.mkdir(os.path.join(path, "pack"))
+        os.mkdir(os.path.join(path, "info"))
+        with open(os.path.join(path, "info", "alternates"), "w") as f:
+            f.write(os.path.abspath(objects) + "\n")
+        quarantine = DiskObjectStore(path)
+        try:
+            quarantine.add_thin_pack(self.proto.read, self.proto.recv,
+                                     max_input_size=self.settings.max_push_bytes)
+        except BaseException:
+            quarantine.close()
+            shutil.rmtree(path, ignore_errors=True)
+            raise
+        return quarantine
+
+    def _check_connectivity(self, commands: list[Command], quarantine: DiskObjectStore) -> None:
+        """Every object reachable from a new tip is either new (in the quarantine) or
+        already in the store, whose objects were all checked when they came in."""
+        store = self.repo.object_store
+        for command in commands:
+            if command.error is None and not command.is_delete:
+                if not _complete(command.new, quarantine, store):
+                    command.error = b"missing necessary objects"
+
+    def _run_checks_and_update(self, commands: list[Command], options: list[bytes],
+                               quarantine: DiskObjectStore | None) -> None:
+        atomic = b"atomic" in self.caps
+        if atomic and any(c.error for c in commands):
+            self._refuse_all(commands, b"atomic push failed")
+            return
+        env = {}
+        if quarantine is not None:
+            env = {"GIT_QUARANTINE_PATH": quarantine.path,
+                   "GIT_OBJECT_DIRECTORY": quarantine.path,
+                   "GIT_ALTERNATE_OBJECT_DIRECTORIES": os.path.abspath(self.repo.object_store.path)}
+        pending = [c for c in commands if c.error is None]
+        if pending and not self._hook("pre-receive", b"".join(c.line() for c in pending),
+                                      options=options, extra_env=env):
+            self._refuse_all(commands, b"pre-receive hook declined")
+            return
+        for command in pending:
+            if not self._hook("update", b"", args=[command.ref.decode(), command.old.decode(),
+                                                   command.new.decode()],
+                              options=options, extra_env=env):
+                command.error = b"hook declined"
+        if atomic and any(c.error for c in commands):
+            self._refuse_all(commands, b"atomic push failed")
+            return
+        if quarantine is not None and any(c.error is None for c in commands):
+            self._move_in(quarantine)
+        with self._refs_lock():
+            self._update_refs([c for c in commands if c.error is None], atomic)
+
+    def _update_refs(self, commands: list[Command], atomic: bool) -> None:
+        refs = self.repo.refs
+
+        def current(ref: bytes) -> bytes:
+            try:
+                return refs[ref]
+            except KeyError:
+                return ZERO
+
+        stale = [c for c in commands if current(c.ref) != c.old]
+        if atomic and stale:
+            for command in commands:
+                command.error = b"failed to update ref" if command in stale else b"atomic push failed"
+            return
+        for command in commands:
+            old = None if command.old == ZERO else command.old
+            if command in stale:
+                done = False
+            elif command.is_delete:
+                done = refs.remove_if_equals(command.ref, old)
+            else:
+                done = refs.set_if_equals(command.ref, old, command.new)
+            if not done:
+                command.error = b"failed to update ref"
+
+    def _refuse_all(self, commands: list[Command], reason: bytes) -> None:
+        for command in commands:
+            if command.error is None:
+                command.error = reason
+
+    # --- side effects ----------------------------------------------------------------
+
+    def _move_in(self, quarantine: DiskObjectStore) -> None:
+        """Packs first, then their indexes: a reader never sees an index without its pack."""
+        source = os.path.join(quarantine.path, "pack")
+        target = os.path.join(self.repo.object_store.path, "pack")
+        names = sorted(os.listdir(source), key=lambda n: (not n.endswith(".pack"), n.endswith(".idx")))
+        for name in names:
+            if name.startswith("tmp_"):
+                continue
+            os.rename(os.path.join(source, name), os.path.join(target, name))
+
+    @contextmanager
+    def _refs_lock(self):
+        """One push at a time updates a repository's refs, so that checking the old values
+        and writing the new ones is one step for `--atomic` as for single refs."""
+        path = os.path.join(self.repo.controldir(), "gateway-refs.lock")
+        with open(path, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _hook(self, name: str, stdin: bytes, *, args: Iterable[str] = (),
+              options: list[bytes] = (), extra_env: dict | None = None) -> bool:
+        env = dict(self.settings.hook_env)
+        env["GIT_DIR"] = os.path.abspath(self.repo.controldir())
+        if b"push-options" in self.caps:
+            env["GIT_PUSH_OPTION_COUNT"] = str(len(options))
+            for i, option in enumerate(options):
+                env[f"GIT_PUSH_OPTION_{i}"] = option.decode("utf-8", "replace")
+        env.update(extra_env or {})
+        return hooks.run(self.settings.hooks_dir, name, list(args), stdin, env,
+                         self.settings.hook_timeout, self._say)
+
+    def _report(self, unpack_status: bytes, commands: list[Command]) -> None:
+        if b"report-status" not in self.caps:
+            return
+        lines = [b"unpack " + unpack_status + b"\n"]
+        for command in commands:
+            if command.error is None:
+                lines.append(b"ok " + command.ref + b"\n")
+            else:
+                lines.append(b"ng " + command.ref + b" " + command.error + b"\n")
+        report = b"".join(pkt_line(line) for line in lines) + pkt_line(None)
+        if self._sideband:
+            self.proto.write_sideband(SIDE_BAND_CHANNEL_DATA, report)
+        else:
+            self.proto.write(report)
+
+
+def _complete(tip: bytes, quarantine: DiskObjectStore, store) -> bool:
+    stack, seen = [tip], set()
+    while stack:
+        sha = stack.pop()
+        if sha in seen:
+            continue
+        seen.add(sha)
+        if sha in store:
+            continue  # already in the store, and complete
+        try:
+            obj = quarantine[sha]
+        except KeyError:
+            return False
+        if isinstance(obj, Commit):
+            stack.append(obj.tree)
+            stack.extend(obj.parents)
+        elif isinstance(obj, Tree):
+            stack.extend(entry.sha for entry in obj.iteritems() if entry.mode != GITLINK_MODE)
+        elif isinstance(obj, Tag):
+            stack.append(obj.object[1])
+        elif not isinstance(obj, Blob):
+            return False
+    return True
+
+
+def _one_line(exc: BaseException) -> bytes:
+    return str(exc).replace("\n", " ")[:200].encode("utf-8", "replace")
+
+
+def sweep_quarantines(objects_dir: str) -> None:
+    """Remove quarantines left by pushes whose process died (killed mid-push)."""
+    try:
+        entries = os.listdir(objects_dir)
+    except OSError:
+        return
+    for name in entries:
+        if name.startswith(QUARANTINE_PREFIX):
+            pid = name[len(QUARANTINE_PREFIX):].split("-", 1)[0]
+            if pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(os.path.join(objects_dir, name), ignore_errors=True)
+
+
+def sweep_ref_locks(git_dir: str) -> None:
+    """Remove ref lock files a killed push left. Only when the server starts: then no
+    push of ours can be holding one."""
+    for parent, _dirs, files in os.walk(os.path.join(git_dir, "refs")):
+        for name in files:
+            if name.endswith(".lock"):
+                _unlink(os.path.join(parent, name))
+    _unlink(os.path.join(git_dir, "packed-refs.lock"))
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
