@@ -258,7 +258,7 @@ async def cmd_member_add(settings, args, db):
     account = await accounts.get(db, names.account_name(args.account))
     role = names.role(args.role)
     await workspaces.set_member(db, workspace.id, account.id, role)
-    await audit.write(db, "operator", "member.add", f"{workspace.name}/{account.name}", detail=role)
+    await audit.write(db, "operator", "member.add", account.name, detail=f"{workspace.name} {role}")
     await db.commit()
     print(f"{account.name} is now a member of {workspace.name} with role {role}")
 
@@ -268,7 +268,7 @@ async def cmd_member_remove(settings, args, db):
     account = await accounts.get(db, names.account_name(args.account))
     if not await workspaces.remove_member(db, workspace.id, account.id):
         raise Refusal(f"{account.name} is not a member of {workspace.name}")
-    await audit.write(db, "operator", "member.remove", f"{workspace.name}/{account.name}")
+    await audit.write(db, "operator", "member.remove", account.name, detail=workspace.name)
     await db.commit()
     print(f"Removed {account.name} from {workspace.name}")
 

@@ -23,7 +23,13 @@ def printable(text: str, limit: int = 80) -> str:
     return cleaned if len(cleaned) <= limit else cleaned[: limit - 3] + "..."
 
 
+# The audit log's name for the operator's command line.
+RESERVED_ACCOUNTS = ("operator",)
+
+
 def account_name(name: str) -> str:
+    if name in RESERVED_ACCOUNTS:
+        raise Refusal(f"Account name {name!r} is reserved")
     if not ACCOUNT_RE.fullmatch(name):
         raise Refusal(
             f"Invalid account name: {printable(name)!r} "

@@ -14,12 +14,27 @@ from .names import printable
 
 SECURITY_KEY_ALGORITHMS = ("sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com")
 
-# The key type, the base64 blob and an optional comment, at the end of the line; any
-# authorized_keys options before them (`no-pty,command="..."`) are dropped, since the
-# gateway decides for itself what a key may do.
-_KEY_RE = re.compile(
-    r"(?:^|\s)((?:ssh|ecdsa|sk)-[A-Za-z0-9@._-]+)\s+([A-Za-z0-9+/]+={0,3})(?:\s+(.*))?$"
-)
+# The key type, the base64 blob and an optional comment. Any authorized_keys options
+# before them (`no-pty,command="..."`) are dropped: the gateway decides for itself what
+# a key may do.
+_KEY_RE = re.compile(r"((?:ssh|ecdsa|sk)-[A-Za-z0-9@._-]+)\s+([A-Za-z0-9+/]+={0,3})(?:\s+(.*))?")
+
+
+def _strip_options(text: str) -> str:
+    """What follows an authorized_keys options field (which may quote spaces)."""
+    if _KEY_RE.fullmatch(text):
+        return text
+    quoted = escaped = False
+    for i, ch in enumerate(text):
+        if escaped:
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif ch == '"':
+            quoted = not quoted
+        elif ch.isspace() and not quoted:
+            return text[i:].lstrip()
+    return text
 
 
 @dataclass(frozen=True)
@@ -39,8 +54,8 @@ class PublicKey:
 
 
 def parse_line(line: str) -> PublicKey:
-    text = line.strip()
-    match = _KEY_RE.search(text)
+    text = line.strip().lstrip("\ufeff")
+    match = _KEY_RE.fullmatch(_strip_options(text))
     if not match:
         raise Refusal(f"Not an OpenSSH public key line: {printable(text, 60)!r}")
     algorithm, blob, comment = match.group(1), match.group(2), (match.group(3) or "").strip()
