@@ -21,6 +21,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterable
 from contextlib import contextmanager
@@ -329,7 +330,13 @@ def _complete(tip: bytes, quarantine: DiskObjectStore, store) -> bool:
             stack.append(obj.tree)
             stack.extend(obj.parents)
         elif isinstance(obj, Tree):
-            stack.extend(entry.sha for entry in obj.iteritems() if entry.mode != GITLINK_MODE)
+            for entry in obj.iteritems():
+                if entry.mode == GITLINK_MODE:
+                    continue  # a submodule's commit lives elsewhere
+                if stat.S_ISDIR(entry.mode):
+                    stack.append(entry.sha)
+                elif entry.sha not in seen and entry.sha not in quarantine:
+                    return False  # a blob: its presence is enough, no need to read it
         elif isinstance(obj, Tag):
             stack.append(obj.object[1])
         elif not isinstance(obj, Blob):
