@@ -16,7 +16,8 @@ async def two_step_facts(db: aiosqlite.Connection, identity: policy.Identity) ->
     if identity.is_access_key:
         return policy.TwoStepFacts()
     state = await TwoStep(db, None, identity.account_id, identity.account).state()
-    verified_at = await twosv_store.session_verified_at(db, identity.key_fingerprint)
+    verified_at = await twosv_store.session_verified_at(db, identity.key_fingerprint,
+                                                        identity.account_id)
     return policy.TwoStepFacts(state.enabled, verified_at)
 
 

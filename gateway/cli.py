@@ -138,6 +138,12 @@ async def cmd_key_list(settings, args, db):
 
 
 async def cmd_key_remove(settings, args, db):
+    found = await keys.find(db, args.fingerprint)
+    if found is not None and found.kind == "security-key":
+        # No operator command turns off someone's 2SV (SPEC §5): the owner removes it.
+        raise Refusal(f"{found.fingerprint} is a security key, a two-step method of "
+                      f"{found.account}; only its owner can remove it: "
+                      f"{settings.ssh_command('security-key remove ' + found.fingerprint)}")
     removed = await keys.remove(db, args.fingerprint)
     await audit.write(db, "operator", "key.remove", removed.account, detail=removed.fingerprint)
     await db.commit()

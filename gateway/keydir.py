@@ -88,7 +88,11 @@ async def sync(db: aiosqlite.Connection, keydir: Path) -> SyncReport:
             account = await accounts.add(db, item.account, None)
             report.created_accounts.append(item.account)
             await audit.write(db, "operator", "account.add", item.account, detail="keydir")
-        await keys.add(db, account.id, item.key, item.title, source="keydir")
+        try:
+            await keys.add(db, account.id, item.key, item.title, source="keydir")
+        except Refusal as refusal:  # e.g. the key is an access key: report it, go on
+            report.errors.append(f"{item.file}: {refusal.message}")
+            continue
         await audit.write(db, "operator", "key.add", item.account, detail=item.key.fingerprint)
         report.added.append(f"{item.account} {item.key.fingerprint} {item.title}")
     for stored in await keys.list_for(db):
@@ -97,6 +101,10 @@ async def sync(db: aiosqlite.Connection, keydir: Path) -> SyncReport:
             and stored.fingerprint not in wanted_fingerprints
             and stored.account not in broken_accounts
         ):
+            if stored.kind == "security-key":  # a 2SV method now: its owner removes it
+                report.errors.append(f"{stored.account} {stored.fingerprint}: its file is gone, "
+                                     "but it is a security key; only its owner can remove it")
+                continue
             await keys.remove(db, stored.fingerprint)
             await audit.write(db, "operator", "key.remove", stored.account, detail=stored.fingerprint)
             report.removed.append(f"{stored.account} {stored.fingerprint} {stored.title}")

@@ -111,20 +111,18 @@ async def handle_session(process: asyncssh.SSHServerProcess) -> None:
     status = 1
     try:
         if server.identity is None:
-            status = 1
+            pass
         elif process.subsystem is not None:
             process.stderr.write(b"ERROR: Subsystems are not supported\n")
         else:
             # A connection of its own: the server's shared one only reads keys.
             db = await store_db.connect(server.settings.db_path, migrate_schema=False)
-            stdin, stdout, stderr = process.stdin, process.stdout, process.stderr
-            if process.get_terminal_type():
-                stdout, stderr = CrlfWriter(stdout), CrlfWriter(stderr)
-                stdin = CookedReader(stdin, stdout)
             try:
-                ctx = Context(server.settings, db, server.identity, stdin, stdout, stderr,
-                              server.peer, server.sealer)
-                status = await commands.run(ctx, process.command)
+                if await still_valid(db, server.identity):
+                    status = await run_command(process, server, db)
+                else:
+                    process.stderr.write(b"ERROR: This key is no longer accepted\n")
+                    server.conn.close()
             finally:
                 await db.close()
     except (asyncssh.BreakReceived, asyncssh.TerminalSizeChanged):
@@ -145,6 +143,29 @@ async def handle_session(process: asyncssh.SSHServerProcess) -> None:
             process.exit(status)
         except Exception:
             pass
+
+
+async def run_command(process: asyncssh.SSHServerProcess, server: GatewaySSHServer,
+                      db: aiosqlite.Connection) -> int:
+    stdin, stdout, stderr = process.stdin, process.stdout, process.stderr
+    if process.get_terminal_type() and not commands.is_git(process.command):
+        stdout, stderr = CrlfWriter(stdout), CrlfWriter(stderr)
+        stdin = CookedReader(stdin, stdout)
+    ctx = Context(server.settings, db, server.identity, stdin, stdout, stderr, server.peer,
+                  server.sealer)
+    return await commands.run(ctx, process.command)
+
+
+async def still_valid(db: aiosqlite.Connection, identity: Identity) -> bool:
+    """A connection can carry many sessions: check, for each, that the key it logged in
+    with still stands as it did (not removed, account not disabled, same binding)."""
+    if identity.is_access_key:
+        bound = await access_keys.find(db, identity.key_fingerprint)
+        return (bound is not None and bound.repo_id == identity.access_repo_id
+                and bound.write == identity.access_write)
+    stored = await keys.find(db, identity.key_fingerprint)
+    return (stored is not None and not stored.account_disabled
+            and stored.account_id == identity.account_id and stored.kind == identity.key_kind)
 
 
 async def start(settings: Settings) -> tuple[asyncssh.SSHAcceptor, aiosqlite.Connection]:

@@ -8,7 +8,10 @@ these wrappers echo input, assemble lines (with backspace) and write `\\r\\n`.
 
 from __future__ import annotations
 
+import asyncssh
+
 CTRL_C, CTRL_D, BACKSPACE, DELETE = 3, 4, 8, 127
+MAX_LINE = 4096
 
 
 class CrlfWriter:
@@ -36,7 +39,10 @@ class CookedReader:
 
     async def read(self, n: int = -1) -> bytes:
         while not self._ready and not self._eof:
-            data = await self._reader.read(1024)
+            try:
+                data = await self._reader.read(1024)
+            except (asyncssh.TerminalSizeChanged, asyncssh.SignalReceived, asyncssh.BreakReceived):
+                continue  # a window resized or a signal sent: keep reading the answer
             if not data:
                 self._eof = True
                 self._ready, self._line = bytes(self._line), bytearray()
@@ -48,6 +54,13 @@ class CookedReader:
         return out
 
     def _cook(self, data: bytes) -> None:
+        echo = bytearray()
+        try:
+            self._cook_into(data, echo)
+        finally:
+            self._echo.write(bytes(echo))  # one write per chunk, not per byte
+
+    def _cook_into(self, data: bytes, echo: bytearray) -> None:
         for byte in data:
             after_cr, self._after_cr = self._after_cr, byte == 13
             if byte == 10 and after_cr:
@@ -55,16 +68,16 @@ class CookedReader:
             if byte in (10, 13):
                 self._ready += bytes(self._line) + b"\n"
                 self._line.clear()
-                self._echo.write(b"\n")
+                echo += b"\n"
             elif byte in (BACKSPACE, DELETE):
                 if self._line:
                     self._line.pop()
-                    self._echo.write(b"\b \b")
+                    echo += b"\b \b"
             elif byte in (CTRL_C, CTRL_D):
                 self._ready += bytes(self._line)
                 self._line.clear()
                 self._eof = True
                 return
-            else:
+            elif len(self._line) < MAX_LINE:  # longer answers are cut, not stored
                 self._line.append(byte)
-                self._echo.write(bytes([byte]))
+                echo.append(byte)

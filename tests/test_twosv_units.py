@@ -115,7 +115,7 @@ async def two_step(tmp_path):
 async def _enrol(svc: TwoStep, clock: Clock) -> tuple[str, list[str]]:
     secret = totp.new_secret()
     step = svc.check_new_secret(secret, pyotp.TOTP(secret).at(clock.now))
-    codes = await svc.enrol(secret, step, 6)
+    codes = await svc.enrol(secret, step, 6, await svc.state())
     return secret, codes
 
 
@@ -159,7 +159,7 @@ async def test_backoff_with_clock(two_step):
     assert row_failures == 0
 
 
-async def test_recovery_codes_once_each_and_parallel(two_step):
+async def test_recovery_codes_once_each_and_parallel(two_step, tmp_path):
     svc, clock, _ = two_step
     _, codes = await _enrol(svc, clock)
     assert len(codes) == 6
@@ -167,7 +167,41 @@ async def test_recovery_codes_once_each_and_parallel(two_step):
     assert accepted.kind == "recovery-code" and accepted.codes_left == 5
     with pytest.raises(CodeRefused):
         await svc.check(codes[0])
-    results = await asyncio.gather(*(svc.check(codes[1]) for _ in range(20)), return_exceptions=True)
+    # Twenty sessions, each with its own connection as in the server, use one code.
+    others = [await store_db.connect(tmp_path / "g.db", migrate_schema=False) for _ in range(20)]
+    try:
+        services = [TwoStep(db, svc.sealer, svc.account_id, "alice", clock=clock) for db in others]
+        results = await asyncio.gather(*(s.check(codes[1]) for s in services), return_exceptions=True)
+    finally:
+        for db in others:
+            await db.close()
     assert sum(not isinstance(r, Exception) for r in results) == 1
     listed = await svc.recovery_codes()
     assert [used for _, used in listed] == [True, True, False, False, False, False]
+
+
+async def test_parallel_guesses_cannot_pass_the_backoff(two_step, tmp_path):
+    svc, clock, _ = two_step
+    secret, _ = await _enrol(svc, clock)
+    wrong = "000000" if pyotp.TOTP(secret).at(clock.now) != "000000" else "111111"
+    others = [await store_db.connect(tmp_path / "g.db", migrate_schema=False) for _ in range(30)]
+    try:
+        services = [TwoStep(db, svc.sealer, svc.account_id, "alice", clock=clock) for db in others]
+        results = await asyncio.gather(*(s.check(wrong) for s in services), return_exceptions=True)
+    finally:
+        for db in others:
+            await db.close()
+    counted = [r for r in results if isinstance(r, CodeRefused)]
+    locked = [r for r in results if isinstance(r, Refusal) and not isinstance(r, CodeRefused)]
+    assert len(counted) == 5 and len(locked) == 25  # guesses past the fifth were not evaluated
+
+
+async def test_enrolment_refused_if_2sv_changed_meanwhile(two_step):
+    svc, clock, _ = two_step
+    before = await svc.state()  # off: the user started `2sv enable`
+    await _enrol(svc, clock)  # meanwhile another session turned 2SV on
+    intruder_secret = totp.new_secret()
+    step = svc.check_new_secret(intruder_secret, pyotp.TOTP(intruder_secret).at(clock.now))
+    with pytest.raises(Refusal, match="changed in another session"):
+        await svc.enrol(intruder_secret, step, 6, before)
+    assert (await svc.state()).codes_total == 6

@@ -18,6 +18,13 @@ COMMANDS_WITH_ARGS = {
 }
 
 
+def is_git(line: str | None) -> bool:
+    try:
+        return isinstance(parse(line), GitRequest)
+    except Refusal:
+        return False
+
+
 async def run(ctx: Context, line: str | None) -> int:
     try:
         request = parse(line)

@@ -76,9 +76,11 @@ async def relay(argv: list[str], env: dict, stdin: Reader, stdout: Writer, stder
             while data := await stdin.read(CHUNK):
                 proc.stdin.write(data)
                 await proc.stdin.drain()
+        except Exception:
+            pass  # the client went away, or the worker finished without reading everything
+        finally:
+            # EOF for the worker in every case, so that it never waits for input for ever.
             proc.stdin.close()
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the worker finished without reading everything
 
     async def copy(source: asyncio.StreamReader, sink: Writer) -> None:
         while data := await source.read(CHUNK):

@@ -39,7 +39,8 @@ async def add(ctx: Context, title: str) -> int:
                       "sk-ecdsa-sha2-nistp256@openssh.com public key")
     if state.enabled:
         await second_factor(ctx, svc)
-    codes = await svc.add_security_key(key, title, 0 if state.enabled else ctx.settings.recovery_codes)
+    codes = await svc.add_security_key(key, title, 0 if state.enabled else ctx.settings.recovery_codes,
+                                       state)
     await event(ctx, "2sv.security_key_added", detail=key.fingerprint)
     await ctx.say(f'Security key "{title}" ({key.fingerprint}) registered.')
     if codes:
@@ -54,11 +55,9 @@ async def remove(ctx: Context, fingerprint: str) -> int:
            if k.kind == "security-key"}
     if fingerprint not in own:
         raise Refusal(f"No security key {printable(fingerprint)} on your account")
-    state = await svc.state()
-    last_method = not state.totp and state.security_keys == 1
-    if last_method:
-        await second_factor(ctx, svc)
-    await svc.remove_security_key(fingerprint, last_method)
+    # Always a second factor: a security key is a 2SV method and a login key of its owner.
+    await second_factor(ctx, svc)
+    last_method = await svc.remove_security_key(fingerprint)
     await event(ctx, "2sv.security_key_removed", detail=fingerprint)
     await ctx.say(f"Security key {fingerprint} removed.")
     if last_method:

@@ -33,8 +33,8 @@ async def event(ctx: Context, name: str, outcome: str = "ok", detail: str = "") 
     )
 
 
-async def second_factor(ctx: Context, svc: TwoStep, prompt: str = "Verification code or recovery code: ",
-                        allow_recovery: bool = True) -> Accepted:
+async def second_factor(ctx: Context, svc: TwoStep,
+                        prompt: str = "Verification code or recovery code: ") -> Accepted:
     """Ask for a code, unless this login was made with a registered security key."""
     if ctx.identity.key_kind == "security-key":
         return Accepted("security-key")
@@ -42,7 +42,7 @@ async def second_factor(ctx: Context, svc: TwoStep, prompt: str = "Verification 
     if answer is None:
         raise Refusal("No code given; nothing changed.")
     try:
-        accepted = await svc.check(answer, allow_recovery=allow_recovery)
+        accepted = await svc.check(answer)
     except CodeRefused as refused:
         await event(ctx, "2sv.code_refused", outcome="denied", detail=f"failures={refused.failures}")
         raise
@@ -115,7 +115,7 @@ async def enable(ctx: Context, svc: TwoStep) -> int:
     if state.enabled:
         await second_factor(ctx, svc)  # adding a method to 2SV that is on
     secret, step = await enrol_app(ctx, svc)
-    codes = await svc.enrol(secret, step, 0 if state.enabled else ctx.settings.recovery_codes)
+    codes = await svc.enrol(secret, step, 0 if state.enabled else ctx.settings.recovery_codes, state)
     await event(ctx, "2sv.enable", detail="totp")
     await ctx.say("Two-step verification is now on.")
     if codes:
@@ -134,13 +134,14 @@ async def disable(ctx: Context, svc: TwoStep) -> int:
 
 
 async def replace(ctx: Context, svc: TwoStep) -> int:
-    if not (await svc.state()).totp:
+    state = await svc.state()
+    if not state.totp:
         raise Refusal("There is no authenticator app to replace; to add one: "
                       f"{ctx.settings.ssh_command('2sv enable')}")
     await second_factor(ctx, svc, "Code from your old device, or a recovery code: ")
     # The old secret keeps working until the new device has shown a correct code.
     secret, step = await enrol_app(ctx, svc)
-    await svc.enrol(secret, step, 0)
+    await svc.enrol(secret, step, 0, state)
     await event(ctx, "2sv.replace")
     await ctx.say("Your new device is set up; codes from the old one no longer work.")
     return 0

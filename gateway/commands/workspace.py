@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from .. import access, names
 from ..errors import Refusal
 from ..store import workspaces
@@ -67,7 +69,7 @@ async def require_2sv(ctx: Context, name: str, policy_word: str, window: int | N
 def _parse_window(args: list[str]) -> int | None:
     if not args:
         return None
-    if len(args) == 2 and args[0] == "--window" and args[1].isdigit() and len(args[1]) < 8:
+    if len(args) == 2 and args[0] == "--window" and re.fullmatch(r"[0-9]{1,7}", args[1]):
         return int(args[1])
     raise Refusal("Invalid arguments: expected --window MINUTES")
 

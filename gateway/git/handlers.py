@@ -105,6 +105,15 @@ class GatewayUploadArchiveHandler(UploadArchiveHandler):
             raise ValueError("no tree-ish given")
         return self._resolve_tree(treeish), fmt, prefix
 
+    def _ref_tips(self) -> set[bytes]:
+        tips = set()
+        for ref in self.repo.get_refs():
+            tips.add(self.repo.refs[ref])
+            peeled = self.repo.get_peeled(ref)
+            if peeled:
+                tips.add(peeled)
+        return tips
+
     def _resolve_tree(self, treeish: str) -> Tree:
         name = treeish.encode()
         store = self.repo.object_store
@@ -116,8 +125,8 @@ class GatewayUploadArchiveHandler(UploadArchiveHandler):
                     break
                 except KeyError:
                     continue
-        if sha is None and valid_hexsha(name) and name in store:
-            sha = name
+        if sha is None and valid_hexsha(name) and name in self._ref_tips():
+            sha = name  # like C git: no archives of unreachable objects by raw name
         if sha is None:
             raise ValueError(f"not a valid object name: {treeish[:60]}")
         obj = store[sha]

@@ -49,6 +49,7 @@ CAPABILITIES = [b"report-status", b"delete-refs", b"quiet", b"atomic", b"ofs-del
                 b"side-band-64k", b"push-options", b"agent=gateway"]
 GITLINK_MODE = 0o160000
 QUARANTINE_PREFIX = "incoming-"
+MAX_PUSH_OPTIONS = 100
 
 
 @dataclass
@@ -99,8 +100,10 @@ class ReceivePack:
         commands, options = self._read_commands()
         if not commands:
             return
+        seen: set[bytes] = set()
         for command in commands:
-            command.error = self._check_command(command)
+            command.error = self._check_command(command, seen)
+            seen.add(command.ref)
         unpack_status = b"ok"
         quarantine = None
         try:
@@ -153,6 +156,9 @@ class ReceivePack:
         options = []
         if b"push-options" in self.caps:
             options = [opt.rstrip(b"\n") for opt in self.proto.read_pkt_seq()]
+            if len(options) > MAX_PUSH_OPTIONS or not all(_is_option(o) for o in options):
+                raise GitProtocolError(f"push options must be at most {MAX_PUSH_OPTIONS} "
+                                       "lines of printable UTF-8")
         return commands, options
 
     @property
@@ -166,9 +172,12 @@ class ReceivePack:
 
     # --- checks ----------------------------------------------------------------------
 
-    def _check_command(self, command: Command) -> bytes | None:
-        if not command.ref.startswith(b"refs/") or not check_ref_format(command.ref):
+    def _check_command(self, command: Command, earlier: set[bytes]) -> bytes | None:
+        if (not command.ref.startswith(b"refs/") or not check_ref_format(command.ref)
+                or not _is_utf8(command.ref)):
             return b"funny refname"
+        if command.ref in earlier:
+            return b"duplicate ref"
         if command.old == ZERO and command.is_delete:
             return b"nothing to do"
         if command.is_delete and command.ref not in self.repo.refs:
@@ -201,6 +210,13 @@ class ReceivePack:
             if command.error is None and not command.is_delete:
                 if not _complete(command.new, quarantine, store):
                     command.error = b"missing necessary objects"
+                elif command.ref.startswith(b"refs/heads/") and not isinstance(
+                        quarantine[command.new], Commit):
+                    command.error = b"not a commit"
+        if any(c.error == b"missing necessary objects" for c in commands):
+            # The store's objects are trusted to be complete: an incomplete pack never
+            # moves in, so nothing of this push is accepted.
+            self._refuse_all(commands, b"missing necessary objects")
 
     def _run_checks_and_update(self, commands: list[Command], options: list[bytes],
                                quarantine: DiskObjectStore | None) -> None:
@@ -342,6 +358,18 @@ def _complete(tip: bytes, quarantine: DiskObjectStore, store) -> bool:
         elif not isinstance(obj, Blob):
             return False
     return True
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _is_option(option: bytes) -> bool:
+    return len(option) <= 1024 and _is_utf8(option) and option.decode().isprintable()
 
 
 def _one_line(exc: BaseException) -> bytes:

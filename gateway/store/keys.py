@@ -75,6 +75,7 @@ async def remove(db: aiosqlite.Connection, fingerprint: str) -> StoredKey:
     if key is None:
         raise Refusal(f"No such key: {fingerprint}")
     await db.execute("DELETE FROM ssh_keys WHERE id = ?", (key.id,))
+    await db.execute("DELETE FROM twosv_sessions WHERE key_fingerprint = ?", (fingerprint,))
     return key
 
 

@@ -132,9 +132,11 @@ async def open_session(db: aiosqlite.Connection, fingerprint: str, account_id: i
     )
 
 
-async def session_verified_at(db: aiosqlite.Connection, fingerprint: str) -> float | None:
+async def session_verified_at(db: aiosqlite.Connection, fingerprint: str,
+                              account_id: int) -> float | None:
     async with db.execute(
-        "SELECT verified_at FROM twosv_sessions WHERE key_fingerprint = ?", (fingerprint,)
+        "SELECT verified_at FROM twosv_sessions WHERE key_fingerprint = ? AND account_id = ?",
+        (fingerprint, account_id),
     ) as cursor:
         row = await cursor.fetchone()
     return row[0] if row else None

@@ -7,6 +7,7 @@ move time instead of sleeping.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import math
 import time
@@ -86,12 +87,28 @@ class TwoStep:
 
     # --- checking a code --------------------------------------------------------------
 
-    async def check(self, typed: str, *, allow_recovery: bool = True) -> Accepted:
+    async def check(self, typed: str) -> Accepted:
         """Accept a TOTP or recovery code, or raise a Refusal saying why.
 
         Malformed input is refused without counting as a guess; a wrong code counts
         towards the back-off; a refusal during the back-off does not look at the code.
+        The whole check is one write transaction (BEGIN IMMEDIATE), so that parallel
+        connections guessing for one account are taken one at a time and none slips past
+        the back-off. The caller's connection must have no transaction open.
         """
+        await self.db.execute("BEGIN IMMEDIATE")
+        try:
+            accepted = await self._check(typed)
+        except CodeRefused:
+            await self.db.commit()  # the failure is counted
+            raise
+        except BaseException:
+            await self.db.rollback()
+            raise
+        await self.db.commit()
+        return accepted
+
+    async def _check(self, typed: str) -> Accepted:
         now = self.clock()
         row = await store.get(self.db, self.account_id)
         if row is not None and row.locked_until > now:
@@ -100,46 +117,36 @@ class TwoStep:
         code = totp.normalise(typed)
         if code is not None:
             if row is None or row.totp_secret is None:
-                return await self._fail("This account has no authenticator app; use a recovery code.")
+                raise Refusal("This account has no authenticator app; use a recovery code.")
             secret = self.sealer.open(row.totp_secret, self._secret_context()).decode()
             step = totp.matching_step(secret, code, now)
             if step is None:
-                return await self._fail("Wrong verification code.")
+                await self._fail("Wrong verification code.")
             if not await store.claim_step(self.db, self.account_id, step):
-                return await self._fail("That verification code was already used; wait for the next one.")
+                await self._fail("That verification code was already used; wait for the next one.")
             await store.reset_failures(self.db, self.account_id)
-            await self.db.commit()
             return Accepted("totp")
-        rcode = recovery.normalise(typed) if allow_recovery else None
+        rcode = recovery.normalise(typed)
         if rcode is None:
-            raise Refusal(
-                "A verification code is six digits"
-                + (", a recovery code looks like xxxxx-xxxxx." if allow_recovery else ".")
-            )
-        return await self._use_recovery_code(rcode)
-
-    async def _use_recovery_code(self, rcode: str) -> Accepted:
+            raise Refusal("A verification code is six digits, a recovery code looks like xxxxx-xxxxx.")
         codes = await store.codes(self.db, self.account_id)
         match = None
         for stored in codes:
             plain = self.sealer.open(stored.sealed, self._code_context()).decode()
             if hmac.compare_digest(plain, rcode) and match is None:
                 match = stored
-        if match is None or match.used_at is not None:
-            return await self._fail("Wrong or already used recovery code.")
-        if not await store.use_code(self.db, match.id, int(self.clock())):
-            return await self._fail("Wrong or already used recovery code.")
+        if match is None or not await store.use_code(self.db, match.id, int(now)):
+            await self._fail("Wrong or already used recovery code.")
         await store.reset_failures(self.db, self.account_id)
-        await self.db.commit()
         left = sum(1 for c in codes if c.used_at is None) - 1
         return Accepted("recovery-code", codes_left=left)
 
-    async def _fail(self, message: str) -> Accepted:
+    async def _fail(self, message: str) -> None:
+        """Count a wrong code (committed by `check`) and refuse."""
         failures = await store.record_failure(self.db, self.account_id)
         backoff = throttle.backoff_after(failures, self.backoff_base)
         if backoff:
             await store.lock_until(self.db, self.account_id, self.clock() + backoff)
-        await self.db.commit()
         raise CodeRefused(message, failures)
 
     # --- changes ----------------------------------------------------------------------
@@ -151,15 +158,30 @@ class TwoStep:
             raise Refusal("A verification code is six digits.")
         return totp.matching_step(secret, code, self.clock())
 
-    async def enrol(self, secret: str, step: int, new_codes: int) -> list[str]:
+    async def enrol(self, secret: str, step: int, new_codes: int, expected: State) -> list[str]:
         """Make `secret` the TOTP secret (replacing any old one) and, if asked, issue a
-        new set of recovery codes, in one transaction: never half enrolled."""
-        sealed = self.sealer.seal(secret.encode(), self._secret_context())
-        await store.set_totp(self.db, self.account_id, sealed, step)
-        await store.reset_failures(self.db, self.account_id)
-        codes = await self._replace_codes(new_codes) if new_codes else []
+        new set of recovery codes, in one transaction: never half enrolled. `expected` is
+        the state the user's decision was based on: if 2SV changed meanwhile (another
+        session turned it on), nothing is written."""
+        async with self._write(expected):
+            sealed = self.sealer.seal(secret.encode(), self._secret_context())
+            await store.set_totp(self.db, self.account_id, sealed, step)
+            await store.reset_failures(self.db, self.account_id)
+            return await self._replace_codes(new_codes) if new_codes else []
+
+    @contextlib.asynccontextmanager
+    async def _write(self, expected: State):
+        await self.db.execute("BEGIN IMMEDIATE")
+        try:
+            now = await self.state()
+            if (now.totp, now.security_keys > 0) != (expected.totp, expected.security_keys > 0):
+                raise Refusal("Two-step verification changed in another session meanwhile; "
+                              "nothing changed. Check it with: 2sv status")
+            yield
+        except BaseException:
+            await self.db.rollback()
+            raise
         await self.db.commit()
-        return codes
 
     async def _replace_codes(self, count: int) -> list[str]:
         plain = [recovery.new_code() for _ in range(count)]
@@ -185,25 +207,33 @@ class TwoStep:
         await keys.demote_security_keys(self.db, self.account_id)
         await self.db.commit()
 
-    async def add_security_key(self, key: PublicKey, title: str, new_codes: int) -> list[str]:
+    async def add_security_key(self, key: PublicKey, title: str, new_codes: int,
+                               expected: State) -> list[str]:
         """Register `key` as a security key (an existing plain key of this account is
-        promoted); issue recovery codes if asked; one transaction."""
-        existing = await keys.find(self.db, key.fingerprint)
-        if existing is None:
-            await keys.add(self.db, self.account_id, key, title, source="ssh", kind="security-key")
-        elif existing.account_id == self.account_id and existing.kind == "auth":
-            await keys.set_kind(self.db, key.fingerprint, "security-key")
-        else:
-            raise Refusal(f"Key {key.fingerprint} is already in use")
-        codes = await self._replace_codes(new_codes) if new_codes else []
-        await self.db.commit()
-        return codes
+        promoted); issue recovery codes if asked; one transaction, as for `enrol`."""
+        async with self._write(expected):
+            existing = await keys.find(self.db, key.fingerprint)
+            if existing is None:
+                await keys.add(self.db, self.account_id, key, title, source="ssh", kind="security-key")
+            elif existing.account_id == self.account_id and existing.kind == "auth":
+                await keys.set_kind(self.db, key.fingerprint, "security-key")
+            else:
+                raise Refusal(f"Key {key.fingerprint} is already in use")
+            return await self._replace_codes(new_codes) if new_codes else []
 
-    async def remove_security_key(self, fingerprint: str, last_method: bool) -> None:
-        await keys.remove(self.db, fingerprint)
-        if last_method:
-            await store.delete_all(self.db, self.account_id)
+    async def remove_security_key(self, fingerprint: str) -> bool:
+        """Remove one; True when it was the last 2SV method (then 2SV is off)."""
+        await self.db.execute("BEGIN IMMEDIATE")
+        try:
+            await keys.remove(self.db, fingerprint)
+            after = await self.state()
+            if not after.enabled:
+                await store.delete_all(self.db, self.account_id)
+        except BaseException:
+            await self.db.rollback()
+            raise
         await self.db.commit()
+        return not after.enabled
 
     async def open_session(self, fingerprint: str) -> None:
         await store.open_session(self.db, fingerprint, self.account_id, self.clock())
