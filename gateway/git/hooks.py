@@ -44,7 +44,7 @@ def run(hooks_dir: str | None, name: str, args: list[str], stdin: bytes, env: di
             output, _ = proc.communicate(stdin, timeout=timeout)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
-            output, _ = proc.communicate()
+            output = _rest_of_output(proc)
             say(output[:MAX_OUTPUT])
             say(f"hook {name} ({path.name}) took longer than {timeout:g} s and was stopped\n".encode())
             ok = False
@@ -55,3 +55,15 @@ def run(hooks_dir: str | None, name: str, args: list[str], stdin: bytes, env: di
         if proc.returncode != 0:
             ok = False
     return ok
+
+
+def _rest_of_output(proc: subprocess.Popen) -> bytes:
+    """Output after the hook was killed; a child that left the process group may still
+    hold the pipe open, so wait only briefly for it."""
+    try:
+        output, _ = proc.communicate(timeout=2)
+    except subprocess.TimeoutExpired:
+        proc.stdout.close()
+        proc.wait()
+        output = b""
+    return output

@@ -242,12 +242,12 @@ class ReceivePack:
         if atomic and any(c.error for c in commands):
             self._refuse_all(commands, b"atomic push failed")
             return
-        if quarantine is not None and any(c.error is None for c in commands):
-            self._move_in(quarantine)
         with self._refs_lock():
-            self._update_refs([c for c in commands if c.error is None], atomic)
+            self._update_refs([c for c in commands if c.error is None], atomic, quarantine)
 
-    def _update_refs(self, commands: list[Command], atomic: bool) -> None:
+    def _update_refs(self, commands: list[Command], atomic: bool,
+                     quarantine: DiskObjectStore | None) -> None:
+        """Compare-and-swap each ref; the objects move in only if some ref will move."""
         refs = self.repo.refs
 
         def current(ref: bytes) -> bytes:
@@ -261,6 +261,8 @@ class ReceivePack:
             for command in commands:
                 command.error = b"failed to update ref" if command in stale else b"atomic push failed"
             return
+        if quarantine is not None and len(stale) < len(commands):
+            self._move_in(quarantine)
         for command in commands:
             old = None if command.old == ZERO else command.old
             if command in stale:
@@ -376,8 +378,9 @@ def _one_line(exc: BaseException) -> bytes:
     return str(exc).replace("\n", " ")[:200].encode("utf-8", "replace")
 
 
-def sweep_quarantines(objects_dir: str) -> None:
-    """Remove quarantines left by pushes whose process died (killed mid-push)."""
+def sweep_quarantines(objects_dir: str, all_of_them: bool = False) -> None:
+    """Remove quarantines left by pushes whose process died (killed mid-push); at
+    start-up, when no push of ours can be running, all of them (a pid may be reused)."""
     try:
         entries = os.listdir(objects_dir)
     except OSError:
@@ -385,7 +388,7 @@ def sweep_quarantines(objects_dir: str) -> None:
     for name in entries:
         if name.startswith(QUARANTINE_PREFIX):
             pid = name[len(QUARANTINE_PREFIX):].split("-", 1)[0]
-            if pid.isdigit() and not _alive(int(pid)):
+            if all_of_them or (pid.isdigit() and not _alive(int(pid))):
                 shutil.rmtree(os.path.join(objects_dir, name), ignore_errors=True)
 
 

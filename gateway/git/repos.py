@@ -68,5 +68,5 @@ def sweep_all(repos_dir: Path) -> None:
 
     for repo in repos_dir.glob("*/*.git"):
         if repo.is_dir() and not repo.is_symlink():
-            sweep_quarantines(str(repo / "objects"))
+            sweep_quarantines(str(repo / "objects"), all_of_them=True)
             sweep_ref_locks(str(repo))

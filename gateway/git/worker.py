@@ -65,6 +65,11 @@ def main(argv: list[str]) -> int:
     except GitProtocolError as exc:
         print(f"ERROR: protocol error: {str(exc)[:200]}", file=sys.stderr)
         return 1
+    except AssertionError:
+        # dulwich asserts on some malformed input (an empty pkt-line, `0004`).
+        log.warning("malformed request: %s %s", service, repo_dir)
+        print("ERROR: protocol error: malformed request", file=sys.stderr)
+        return 1
     except BrokenPipeError:
         return 1
     except Exception as exc:
