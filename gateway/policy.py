@@ -2,7 +2,9 @@
 
 A pure function over plain data: the caller gathers the facts (who, with which key, which
 repository, the workspace's 2SV policy, the identity's 2SV state), `decide` answers with
-Allow or Deny and the exact message. No command checks permissions on its own.
+Allow or Deny and the exact message. No command checks repository permissions on its
+own. (Managing a workspace's policy is not a repository operation: `commands/workspace.py`
+checks the admin role and the admin's own 2SV itself, as SPEC §6 asks.)
 """
 
 from __future__ import annotations
