@@ -201,8 +201,8 @@ CLIENTS = 10
 # Measured on the 2-core test machine: 50 rounds took 257 s (437 s when every client
 # also fetched through the gateway), 30 rounds 203 s with other tests running beside. Each
 # git request over SSH costs ~0.4 s of CPU (handshake + worker start), so a round of 10
-# concurrent pushes takes 4.5-7 s. PUSH_FAULTS_ROUNDS=50 for the full run.
-ROUNDS = int(os.environ.get("PUSH_FAULTS_ROUNDS", "20"))
+# concurrent pushes takes 4.5-7 s. The issue asks for 50; PUSH_FAULTS_ROUNDS=N to change.
+ROUNDS = int(os.environ.get("PUSH_FAULTS_ROUNDS", "50"))
 
 
 def test_concurrent_pushes_to_one_branch_lose_no_update(gw, work):
