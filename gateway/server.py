@@ -111,7 +111,7 @@ async def handle_session(process: asyncssh.SSHServerProcess) -> None:
     status = 1
     try:
         if server.identity is None:
-            pass
+            pass  # not authenticated: nothing to run
         elif process.subsystem is not None:
             process.stderr.write(b"ERROR: Subsystems are not supported\n")
         else:

@@ -3,7 +3,6 @@ options, leases, and the hooks that ship in hooks/."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 

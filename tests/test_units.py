@@ -4,14 +4,13 @@ the git worker's resource handling, and the store's schema."""
 from __future__ import annotations
 
 import io
-import itertools
 import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from gateway import names, policy, sshkeys
+from gateway import names, sshkeys
 from gateway.commands.parse import GatewayCommand, GitRequest, parse
 from gateway.errors import Refusal
 from gateway.git import worker

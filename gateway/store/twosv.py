@@ -50,10 +50,6 @@ async def set_totp(db: aiosqlite.Connection, account_id: int, sealed: bytes, las
     )
 
 
-async def clear_totp(db: aiosqlite.Connection, account_id: int) -> None:
-    await db.execute("UPDATE twosv SET totp_secret = NULL WHERE account_id = ?", (account_id,))
-
-
 async def claim_step(db: aiosqlite.Connection, account_id: int, step: int) -> bool:
     """Record `step` as used; False if it (or a later one) was accepted before."""
     cursor = await db.execute(
