@@ -42,7 +42,7 @@ from dulwich.protocol import (
 from dulwich.refs import check_ref_format
 from dulwich.repo import Repo
 
-from . import hooks
+from . import hooks, packin
 
 ZERO = b"0" * 40
 CAPABILITIES = [b"report-status", b"delete-refs", b"quiet", b"atomic", b"ofs-delta",
@@ -194,8 +194,8 @@ class ReceivePack:
             f.write(os.path.abspath(objects) + "\n")
         quarantine = DiskObjectStore(path)
         try:
-            quarantine.add_thin_pack(self.proto.read, self.proto.recv,
-                                     max_input_size=self.settings.max_push_bytes)
+            packin.receive_pack(quarantine, self.proto.read, self.proto.recv,
+                                self.settings.max_push_bytes)
         except BaseException:
             quarantine.close()
             shutil.rmtree(path, ignore_errors=True)
