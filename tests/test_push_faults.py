@@ -638,6 +638,25 @@ def test_pack_with_corrupt_object_data(gw, raw):
     untouched(result, c.id)
 
 
+class _RawTree(Blob):
+    """A tree object with whatever bytes it is given, parseable or not."""
+    type_num = Tree.type_num
+    type_name = Tree.type_name
+
+
+def test_pack_with_a_malformed_tree_is_refused(gw, raw):
+    """Even a tree that no new tip reaches: `git fsck --full` would report it broken."""
+    alice, path, first, second, untouched = raw
+    c, objects = new_history(second)
+    broken = _RawTree.from_string(b"100644 no-nul-and-no-sha")
+    result = receive_pack(gw, alice, path, commands((second.encode(), c.id, b"refs/heads/main"))
+                          + pack_of(*objects, broken))
+    report = report_of(result.stdout)
+    assert report.get("unpack") not in (None, "ok"), report
+    assert report.get("refs/heads/main", "").startswith("ng"), report
+    untouched(result, c.id, broken.id)
+
+
 @pytest.mark.parametrize("ref", [b"refs/heads/../x", b"refs/heads/a\x01b", b"HEAD",
                                  b"refs/heads/x.lock", b"refs/heads/a..b", b"refs/heads/",
                                  b"main", b"refs/heads/sp\x7fce"],
