@@ -1,4 +1,8 @@
-"""Settings: defaults, overridden by the TOML file (SPEC §3 `--config`)."""
+"""Settings: defaults, then the TOML file (SPEC §3 `--config`), then `GATEWAY_*` variables.
+
+Every setting is checked when it is loaded; a mistake names the file (or variable), the
+exact key and what would be right, and nothing starts half-configured.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from .errors import Refusal
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("logfmt", "json")
 
 
 @dataclass
@@ -20,10 +27,21 @@ class Settings:
     ssh_port: int = 0
     hooks_dir: Path = Path("hooks")
     keydir: Path = Path("keys")
+    # Connections
     login_timeout: int = 30
     max_auth_tries: int = 6
     keepalive_interval: int = 60
+    idle_timeout: int = 600
+    max_startups: int = 100
+    max_startups_per_address: int = 10
+    max_connections_per_address: int = 300
+    max_sessions: int = 10
+    proxy_protocol: bool = False
+    grace_period: int = 30
+    # Logs and metrics
     log_level: str = "info"
+    log_format: str = "logfmt"
+    metrics_listen: str = ""
     # Pushes (SPEC §7)
     hook_timeout: int = 60
     max_push_bytes: int = 2 * 1024**3
@@ -34,12 +52,11 @@ class Settings:
 
     @property
     def listen_host(self) -> str:
-        host, _, _ = self.listen.rpartition(":")
-        return host.strip("[]")
+        return split_address(self.listen)[0]
 
     @property
     def listen_port(self) -> int:
-        return int(self.listen.rpartition(":")[2])
+        return split_address(self.listen)[1]
 
     @property
     def public_host(self) -> str:
@@ -79,41 +96,212 @@ class Settings:
         return self.data_dir / "master.key"
 
 
-def parse_listen(value: str) -> str:
+# --- what each setting means and which values make sense --------------------------------
+
+def _address(value: str) -> str | None:
+    try:
+        split_address(value)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _optional_address(value: str) -> str | None:
+    return None if value == "" else _address(value)
+
+
+def _between(low: int, high: int):
+    def check(value: int) -> str | None:
+        return None if low <= value <= high else f"must be between {low} and {high}"
+    return check
+
+
+def _one_of(*choices: str):
+    def check(value: str) -> str | None:
+        return None if value in choices else "must be one of " + ", ".join(repr(c) for c in choices)
+    return check
+
+
+def _not_empty(value: str) -> str | None:
+    return None if value.strip() else "must not be empty"
+
+
+def _ssh_user(value: str) -> str | None:
+    ok = value and all(c.isalnum() or c in "._-" for c in value) and not value.startswith("-")
+    return None if ok else "must be a login name (letters, digits, '.', '_', '-')"
+
+
+DAY = 86400
+# name: (what it is, check); checks take the already type-checked value.
+DESCRIPTIONS = {
+    "listen": ("HOST:PORT the SSH server listens on", _address),
+    "ssh_user": ("the SSH login name users type (git@host)", _ssh_user),
+    "ssh_host": ("host name shown in messages; default: the listen host", None),
+    "ssh_port": ("port shown in messages; 0: the listen port", _between(0, 65535)),
+    "hooks_dir": ("server-side Git hooks and 2SV event hooks (SPEC §7)", None),
+    "keydir": ("directory of public keys synced into accounts at start and on SIGHUP", None),
+    "login_timeout": ("seconds a connection has to authenticate", _between(1, 3600)),
+    "max_auth_tries": ("failed authentication attempts before disconnecting", _between(1, 100)),
+    "keepalive_interval": ("seconds between keepalives to a silent client; 0: off",
+                           _between(0, DAY)),
+    "idle_timeout": ("seconds without traffic before a connection is closed; 0: never",
+                     _between(0, 7 * DAY)),
+    "max_startups": ("connections not yet authenticated, in all; the oldest is dropped "
+                     "to make room", _between(1, 100000)),
+    "max_startups_per_address": ("connections not yet authenticated from one address; the "
+                                 "oldest is dropped to make room", _between(1, 100000)),
+    "max_connections_per_address": ("connections from one address; more are refused; "
+                                    "0: no limit", _between(0, 1000000)),
+    "max_sessions": ("sessions open at once on one connection", _between(1, 1000)),
+    "proxy_protocol": ("expect a PROXY protocol v1/v2 header from a load balancer on "
+                       "every connection", None),
+    "grace_period": ("seconds running sessions get to finish after SIGTERM", _between(0, DAY)),
+    "log_level": ("debug, info, warning or error", _one_of(*LOG_LEVELS)),
+    "log_format": ("logfmt or json, one line per event on stderr", _one_of(*LOG_FORMATS)),
+    "metrics_listen": ("HOST:PORT of the Prometheus /metrics, /health and /ready "
+                       "listener; empty: off", _optional_address),
+    "hook_timeout": ("seconds a Git hook may run", _between(1, DAY)),
+    "max_push_bytes": ("largest pack a push may send; 0: no limit", _between(0, 2**62)),
+    "issuer": ("name shown in authenticator apps", _not_empty),
+    "recovery_codes": ("recovery codes made at 2SV enrolment", _between(1, 50)),
+    "twosv_backoff_seconds": ("wait after repeated wrong 2SV codes (SPEC §5)",
+                              _between(1, DAY)),
+}
+SETTING_NAMES = [f.name for f in fields(Settings) if f.name != "data_dir"]
+assert set(SETTING_NAMES) == set(DESCRIPTIONS), "every setting is described"
+
+ENV_PREFIX = "GATEWAY_"
+
+
+def env_name(setting: str) -> str:
+    return ENV_PREFIX + setting.upper()
+
+
+def split_address(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise Refusal(f"Invalid listen address: {value!r} (expected HOST:PORT)", status=2)
+        raise ValueError(f"must be HOST:PORT with a port from 1 to 65535 (got {value!r})")
+    return host.strip("[]"), int(port)
+
+
+def parse_listen(value: str) -> str:
+    try:
+        split_address(value)
+    except ValueError:
+        raise Refusal(f"Invalid listen address: {value!r} (expected HOST:PORT)", status=2) from None
     return value
 
 
+# --- loading ----------------------------------------------------------------------------
+
 def load(data_dir: str | None = None, config_file: str | None = None) -> Settings:
+    return load_with_sources(data_dir, config_file)[0]
+
+
+def load_with_sources(data_dir: str | None = None,
+                      config_file: str | None = None) -> tuple[Settings, dict[str, str]]:
+    """The effective settings, and where each came from ("default", the file, or a
+    variable's name)."""
     data_dir = data_dir or os.environ.get("GATEWAY_DATA_DIR") or "var"
     settings = Settings(data_dir=Path(data_dir))
+    sources = {name: "default" for name in SETTING_NAMES}
+    path = _config_path(settings, config_file)
+    if path is not None:
+        for key, value in _read_toml(path).items():
+            _apply(settings, key, value, where=f"{path}: setting {key!r}")
+            sources[key] = str(path)
+    for name in SETTING_NAMES:
+        raw = os.environ.get(env_name(name))
+        if raw is not None:
+            _apply(settings, name, _from_env(settings, name, raw), where=env_name(name))
+            sources[name] = env_name(name)
+    return settings, sources
+
+
+def _config_path(settings: Settings, config_file: str | None) -> Path | None:
     config_file = config_file or os.environ.get("GATEWAY_CONFIG")
     if config_file:
         path = Path(config_file)
         if not path.is_file():
             raise Refusal(f"Config file not found: {path}")
-    else:
-        path = settings.data_dir / "gateway.toml"
-        if not path.is_file():
-            return settings
+        return path
+    path = settings.data_dir / "gateway.toml"
+    return path if path.is_file() else None
+
+
+def _read_toml(path: Path) -> dict:
     try:
-        values = tomllib.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise Refusal(f"Cannot read config file {path}: {exc}") from None
-    known = {f.name: f for f in fields(Settings) if f.name != "data_dir"}
-    for key, value in values.items():
-        if key not in known:
-            raise Refusal(f"{path}: unknown setting {key!r}")
-        current = getattr(settings, key)
-        expected = type(current)
-        if isinstance(current, Path):
-            if not isinstance(value, str):
-                raise Refusal(f"{path}: setting {key!r} must be a string")
-            value = Path(value)
-        elif not isinstance(value, expected) or isinstance(value, bool) != isinstance(current, bool):
-            raise Refusal(f"{path}: setting {key!r} must be of type {expected.__name__}")
-        setattr(settings, key, value)
-    parse_listen(settings.listen)
-    return settings
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise Refusal(f"Cannot read config file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise Refusal(f"Cannot read config file {path}: it is not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise Refusal(f"{path} is not valid TOML: {exc}") from None
+
+
+def _from_env(settings: Settings, name: str, raw: str):
+    """A variable's text as the setting's type (TOML would have typed it)."""
+    current = getattr(settings, name)
+    if isinstance(current, bool):
+        lowered = raw.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise Refusal(f"{env_name(name)} must be true or false (got {raw!r})")
+    if isinstance(current, int):
+        try:
+            return int(raw.strip())
+        except ValueError:
+            raise Refusal(f"{env_name(name)} must be a whole number (got {raw!r})") from None
+    return raw
+
+
+def _apply(settings: Settings, key: str, value, where: str) -> None:
+    if key not in DESCRIPTIONS:
+        hint = _closest(key)
+        raise Refusal(f"{where}: unknown setting" + (f" (did you mean {hint!r}?)" if hint else "")
+                      + "; 'gateway config check' lists them")
+    current = getattr(settings, key)
+    if isinstance(current, Path):
+        if not isinstance(value, str) or not value:
+            raise Refusal(f"{where} must be a non-empty path string")
+        value = Path(value)
+    elif isinstance(current, bool):
+        if not isinstance(value, bool):
+            raise Refusal(f"{where} must be true or false")
+    elif isinstance(current, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise Refusal(f"{where} must be a whole number")
+    elif not isinstance(value, str):
+        raise Refusal(f"{where} must be a string")
+    check = DESCRIPTIONS[key][1]
+    problem = check(value) if check else None
+    if problem:
+        raise Refusal(f"{where} {problem}")
+    setattr(settings, key, value)
+
+
+def _closest(key: str) -> str | None:
+    import difflib
+
+    matches = difflib.get_close_matches(str(key), SETTING_NAMES, n=1)
+    return matches[0] if matches else None
+
+
+def render(settings: Settings, sources: dict[str, str]) -> list[str]:
+    """The effective settings as TOML lines, each with where it came from."""
+    import json
+
+    lines = []
+    for name in SETTING_NAMES:
+        value = getattr(settings, name)
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, int):
+            text = str(value)
+        else:
+            text = json.dumps(str(value))
+        lines.append(f"{name} = {text}  # {sources[name]}: {DESCRIPTIONS[name][0]}")
+    return lines

@@ -9,6 +9,7 @@ from pathlib import Path
 import asyncssh
 
 from .config import Settings
+from .errors import Refusal
 from .store import db as store_db
 
 HOST_KEY_ALGORITHMS = {
@@ -55,9 +56,40 @@ def ensure_master_key(settings: Settings) -> None:
         _write_private(settings.master_key_path, secrets.token_bytes(32))
 
 
+def check(settings: Settings) -> None:
+    """Refuse, naming the problem and its fix, a data dir the gateway should not run on:
+    someone else's, not writable, or with secrets others can read (as sshd refuses a
+    readable host key). Whatever does not exist yet is fine: initialise creates it."""
+    data = settings.data_dir
+    if not data.exists():
+        return
+    if not data.is_dir():
+        raise Refusal(f"Data directory {data} is not a directory: point --data-dir elsewhere")
+    owner, me = data.stat().st_uid, os.geteuid()
+    if owner != me:
+        raise Refusal(f"Data directory {data} is owned by uid {owner}, not by the user running "
+                      f"the gateway (uid {me}): run it as that user, or chown -R it")
+    if not os.access(data, os.W_OK | os.X_OK):
+        raise Refusal(f"Data directory {data} is not writable: chmod u+rwx {data}")
+    secrets_ = [] if os.environ.get("GATEWAY_MASTER_KEY") else [settings.master_key_path]
+    if settings.host_keys_dir.is_dir():
+        secrets_ += [settings.host_keys_dir / name for name in HOST_KEY_ALGORITHMS]
+    for path in secrets_:
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            continue
+        if st.st_mode & 0o077:
+            raise Refusal(f"{path} can be read by other users (mode {st.st_mode & 0o777:o}): "
+                          f"chmod 600 {path}")
+        if st.st_uid != me:
+            raise Refusal(f"{path} is owned by uid {st.st_uid}, not uid {me}: chown it")
+
+
 async def initialise(settings: Settings) -> None:
     """Create whatever is missing; safe to run again on an existing data dir."""
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    check(settings)
+    settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     settings.repos_dir.mkdir(exist_ok=True)
     ensure_host_keys(settings)
     ensure_master_key(settings)

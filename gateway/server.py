@@ -1,50 +1,76 @@
-"""The asyncssh server: host keys, limits, public-key authentication, one command a session.
+"""The SSH server: accepting connections under limits, public-key authentication, one
+command a session, reload on SIGHUP and a graceful stop on SIGTERM.
 
 Identity is decided only from a key whose signature was verified. asyncssh asks
 `validate_public_key` both for keys that are merely offered (probes) and for signed
 requests, and does not say which key finally signed; so the connection's own
 verification step is wrapped to record the key whose signature it checked (the flaw
 behind soft-serve's CVE-2023-43809 was to take identity from an offered key).
+
+Connections are accepted here rather than by asyncssh's listener so that the PROXY
+protocol header can be read first and the caps in limits.py apply before any SSH work.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import signal
+import socket
+import time
+from collections.abc import Callable
 
 import aiosqlite
 import asyncssh
 
-from . import commands, keydir, sshkeys
+from . import commands, keydir, logs, metrics, proxyproto, sshkeys
 from .commands.context import Context
 from .config import Settings
 from .datadir import ensure_host_keys
-from .git import repos
 from .errors import Refusal
+from .git import repos
+from .limits import ConnectionLimits
+from .logs import log_event
 from .policy import Identity
-from .store import db as store_db
 from .store import access_keys, keys
+from .store import db as store_db
 from .terminal import CookedReader, CrlfWriter
 from .twosv.sealing import Sealer
 
 log = logging.getLogger("gateway")
 
+# Settings that only a restart changes: SIGHUP logs that they were left as they were.
+RESTART_ONLY = ("listen", "proxy_protocol", "metrics_listen")
+
 
 class GatewaySSHServer(asyncssh.SSHServer):
-    def __init__(self, settings: Settings, db: aiosqlite.Connection, sealer: Sealer) -> None:
-        self.settings = settings
-        self.db = db  # shared by all connections, for key lookups only: never commits
-        self.sealer = sealer
+    """One per connection."""
+
+    def __init__(self, gateway: "Gateway") -> None:
+        self.gateway = gateway
         self.conn: asyncssh.SSHServerConnection | None = None
         self.peer = ""
+        self.ticket: int | None = None
         self.failures = 0
         self.identity: Identity | None = None
+        self.sessions = 0
+        self.opened = time.monotonic()
+        self._idle: asyncio.TimerHandle | None = None
+
+    @property
+    def settings(self) -> Settings:
+        return self.gateway.settings
+
+    @property
+    def db(self) -> aiosqlite.Connection:
+        return self.gateway.db  # shared by all connections, for key lookups only
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self.conn = conn
-        host, port = (conn.get_extra_info("peername") or ("?", 0))[:2]
-        self.peer = f"{host}:{port}"
+        self.peer, self.ticket = getattr(conn, "gateway_peer", ("?", None))
+        self.gateway.servers.add(self)
+        metrics.CONNECTIONS.inc()
         verify = conn.validate_public_key
 
         async def validate_and_record(username, key_data, msg, signature) -> bool:
@@ -53,19 +79,26 @@ class GatewaySSHServer(asyncssh.SSHServer):
                 # The signature over this key checked out: it alone decides who this is.
                 ok = await self._set_identity(key_data)
             if not ok:
-                self._count_failure()
+                self._count_failure(key_data)
             return ok
 
         conn.validate_public_key = validate_and_record  # type: ignore[method-assign]
 
     def connection_lost(self, exc: Exception | None) -> None:
-        who = self.identity.account if self.identity else "-"
-        log.info("connection closed peer=%s account=%s", self.peer, who)
+        self._cancel_idle()
+        self.gateway.connection_closed(self)
+        metrics.CONNECTIONS.dec()
+        log_event(log, "connection.close", peer=self.peer,
+                  account=self.identity.account if self.identity else "-",
+                  seconds=round(time.monotonic() - self.opened, 3))
 
-    def _count_failure(self) -> None:
+    def _count_failure(self, key_data: bytes) -> None:
         self.failures += 1
+        metrics.AUTH.labels("failed").inc()
+        log_event(log, "auth.failed", peer=self.peer, key=sshkeys.fingerprint(key_data),
+                  attempt=self.failures)
         if self.failures >= self.settings.max_auth_tries and self.conn is not None:
-            log.info("too many authentication failures peer=%s", self.peer)
+            log_event(log, "auth.too_many", peer=self.peer, attempts=self.failures)
             self.conn.disconnect(
                 asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE, "Too many authentication failures"
             )
@@ -101,18 +134,81 @@ class GatewaySSHServer(asyncssh.SSHServer):
             self.identity = Identity(f"access-key:{bound.title}", 0, bound.fingerprint,
                                      bound.title, access_repo_id=bound.repo_id,
                                      access_write=bound.write)
-        log.info("authenticated peer=%s account=%s key=%s", self.peer, self.identity.account,
-                 fingerprint)
         return True
+
+    def auth_completed(self) -> None:
+        if self.ticket is not None:
+            self.gateway.limits.authenticated(self.ticket)
+        metrics.AUTH.labels("ok").inc()
+        log_event(log, "auth.ok", peer=self.peer, account=self.identity.account,
+                  key=self.identity.key_fingerprint)
+        self._start_idle()
+
+    def session_requested(self):
+        if self.gateway.draining:
+            return False
+        if self.sessions >= self.settings.max_sessions:
+            log_event(log, "session.refused", peer=self.peer, reason="max_sessions",
+                      limit=self.settings.max_sessions)
+            return False
+        self.sessions += 1
+        self.gateway.session_started()
+        self._cancel_idle()
+        return _Session(self._session_ended, handle_session, None, 0, False)
+
+    def _session_ended(self) -> None:
+        self.sessions -= 1
+        self.gateway.session_ended()
+        if self.sessions == 0:
+            if self.gateway.draining and self.conn is not None:
+                self.conn.close()
+            else:
+                self._start_idle()
+
+    # A connection with no session open for `idle_timeout` seconds is closed.
+    def _start_idle(self) -> None:
+        self._cancel_idle()
+        if self.settings.idle_timeout and self.sessions == 0:
+            self._idle = asyncio.get_running_loop().call_later(self.settings.idle_timeout,
+                                                               self._idle_expired)
+
+    def _cancel_idle(self) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+
+    def _idle_expired(self) -> None:
+        log_event(log, "connection.idle", peer=self.peer, seconds=self.settings.idle_timeout)
+        if self.conn is not None:
+            self.conn.disconnect(asyncssh.DISC_BY_APPLICATION, "Idle timeout")
+
+
+class _Session(asyncssh.SSHServerProcess):
+    """A session that reports when it is gone, whether or not a command ever ran."""
+
+    def __init__(self, on_end: Callable[[], None], *args) -> None:
+        super().__init__(*args)
+        self._on_end: Callable[[], None] | None = on_end
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        try:
+            super().connection_lost(exc)
+        finally:
+            if self._on_end is not None:
+                on_end, self._on_end = self._on_end, None
+                on_end()
 
 
 async def handle_session(process: asyncssh.SSHServerProcess) -> None:
     server: GatewaySSHServer = process.get_extra_info("connection").get_owner()
+    verb, target = commands.describe(process.command)
+    started = time.monotonic()
     status = 1
     try:
         if server.identity is None:
             pass  # not authenticated: nothing to run
         elif process.subsystem is not None:
+            verb = "subsystem"
             process.stderr.write(b"ERROR: Subsystems are not supported\n")
         else:
             # A connection of its own: the server's shared one only reads keys.
@@ -131,14 +227,20 @@ async def handle_session(process: asyncssh.SSHServerProcess) -> None:
         status = 1  # the client went away
     except Exception as exc:
         # One line for the operator; the traceback only at log_level = "debug".
-        log.error("session failed peer=%s command=%r: %s: %s", server.peer, process.command,
-                  exc.__class__.__name__, exc)
+        log_event(log, "session.failed", logging.ERROR, peer=server.peer, verb=verb,
+                  error=f"{exc.__class__.__name__}: {exc}")
         log.debug("session failure details", exc_info=True)
         try:
             process.stderr.write(b"ERROR: internal error; the operator has the details\n")
         except Exception:
             pass
     finally:
+        seconds = time.monotonic() - started
+        metrics.COMMANDS.labels(verb, "ok" if status == 0 else "error").inc()
+        metrics.DURATION.labels(verb).observe(seconds)
+        log_event(log, "command", peer=server.peer,
+                  account=server.identity.account if server.identity else "-",
+                  verb=verb, target=target, status=status, seconds=round(seconds, 3))
         try:
             process.exit(status)
         except Exception:
@@ -147,12 +249,14 @@ async def handle_session(process: asyncssh.SSHServerProcess) -> None:
 
 async def run_command(process: asyncssh.SSHServerProcess, server: GatewaySSHServer,
                       db: aiosqlite.Connection) -> int:
-    stdin, stdout, stderr = process.stdin, process.stdout, process.stderr
+    stdin = metrics.CountingReader(process.stdin, metrics.BYTES.labels("in"))
+    stdout = metrics.CountingWriter(process.stdout, metrics.BYTES.labels("out"))
+    stderr = metrics.CountingWriter(process.stderr, metrics.BYTES.labels("out"))
     if process.get_terminal_type() and not commands.is_git(process.command):
         stdout, stderr = CrlfWriter(stdout), CrlfWriter(stderr)
         stdin = CookedReader(stdin, stdout)
     ctx = Context(server.settings, db, server.identity, stdin, stdout, stderr, server.peer,
-                  server.sealer)
+                  server.gateway.sealer)
     return await commands.run(ctx, process.command)
 
 
@@ -168,32 +272,243 @@ async def still_valid(db: aiosqlite.Connection, identity: Identity) -> bool:
             and stored.account_id == identity.account_id and stored.kind == identity.key_kind)
 
 
-async def start(settings: Settings) -> tuple[asyncssh.SSHAcceptor, aiosqlite.Connection]:
-    sealer = Sealer.load(settings.master_key_path)
-    db = await store_db.connect(settings.db_path)
-    host_keys = [str(p) for p in ensure_host_keys(settings)]
-    acceptor = await asyncssh.create_server(
-        lambda: GatewaySSHServer(settings, db, sealer),
-        settings.listen_host,
-        settings.listen_port,
-        server_host_keys=host_keys,
-        process_factory=handle_session,
-        encoding=None,  # Git speaks bytes
-        allow_pty=True,  # `ssh -t` gets the greeting; see terminal.py
-        line_editor=False,
-        agent_forwarding=False,
-        x11_forwarding=False,
-        password_auth=False,
-        kbdint_auth=False,
-        gss_kex=False,
-        gss_auth=False,
-        host_based_auth=False,
-        login_timeout=settings.login_timeout,
-        keepalive_interval=settings.keepalive_interval,
-        keepalive_count_max=3,
-        server_version="gateway",
-    )
-    return acceptor, db
+class Gateway:
+    """The running server: settings, the shared database connection, the listener, and
+    the connections and sessions in flight."""
+
+    def __init__(self, settings: Settings, reload_settings: Callable[[], Settings]) -> None:
+        self.settings = settings
+        self.reload_settings = reload_settings
+        self.limits = ConnectionLimits(settings)
+        self.servers: set[GatewaySSHServer] = set()
+        self.sessions = 0
+        self.no_sessions = asyncio.Event()
+        self.no_sessions.set()
+        self.draining = False
+        self.ready = False
+        self.db: aiosqlite.Connection | None = None
+        self.sealer: Sealer | None = None
+        self._options: asyncssh.SSHServerConnectionOptions | None = None
+        self._host_keys: list = []
+        self._listener: socket.socket | None = None
+        self._metrics_server: asyncio.AbstractServer | None = None
+        self._tasks: set[asyncio.Task] = set()
+
+    # --- start and stop ---------------------------------------------------------------
+
+    async def start(self) -> None:
+        settings = self.settings
+        self._listener = _listen(settings.listen_host, settings.listen_port, "listen")
+        metrics_sock = None
+        if settings.metrics_listen:
+            metrics_sock = _listen(*_split(settings.metrics_listen), "metrics_listen")
+        self.sealer = Sealer.load(settings.master_key_path)
+        self.db = await store_db.connect(settings.db_path)
+        self._host_keys = [asyncssh.read_private_key(p) for p in ensure_host_keys(settings)]
+        self._options = await self._ssh_options()
+        repos.sweep_all(settings.repos_dir)
+        if metrics_sock is not None:
+            self._metrics_server = await metrics.serve_http(
+                metrics_sock, ready=lambda: self.ready and not self.draining)
+        self._spawn(self._accept_loop())
+        await sync_keydir(settings)
+        self.ready = True
+        log_event(log, "listening", address=settings.listen, data_dir=str(settings.data_dir))
+
+    async def _ssh_options(self) -> asyncssh.SSHServerConnectionOptions:
+        settings = self.settings
+        return await asyncssh.SSHServerConnectionOptions.construct(
+            server_factory=lambda: GatewaySSHServer(self),
+            server_host_keys=self._host_keys,
+            encoding=None,  # Git speaks bytes
+            allow_pty=True,  # `ssh -t` gets the greeting; see terminal.py
+            line_editor=False,
+            agent_forwarding=False,
+            x11_forwarding=False,
+            allow_scp=False,
+            password_auth=False,
+            kbdint_auth=False,
+            gss_kex=False,
+            gss_auth=False,
+            host_based_auth=False,
+            login_timeout=settings.login_timeout,
+            keepalive_interval=settings.keepalive_interval or None,
+            keepalive_count_max=3,
+            server_version="gateway",
+        )
+
+    async def stop(self) -> None:
+        """Stop accepting; let running sessions finish for up to `grace_period` seconds;
+        then close every connection. A push cut off here leaves its quarantine, which the
+        next start sweeps: refs only ever hold their old or their new values."""
+        self.draining = True
+        if self._listener is not None:
+            self._listener.close()
+        for task in list(self._tasks):
+            task.cancel()
+        log_event(log, "stopping", sessions=self.sessions, connections=len(self.servers),
+                  grace_seconds=self.settings.grace_period)
+        for server in list(self.servers):
+            if server.sessions == 0 and server.conn is not None:
+                server.conn.close()
+        try:
+            await asyncio.wait_for(self.no_sessions.wait(), self.settings.grace_period)
+        except asyncio.TimeoutError:
+            log_event(log, "stopping.grace_expired", logging.WARNING, sessions=self.sessions)
+        for server in list(self.servers):
+            if server.conn is not None:
+                server.conn.disconnect(asyncssh.DISC_BY_APPLICATION, "Server is shutting down")
+        try:  # sessions cut off kill their workers as they end
+            await asyncio.wait_for(self.no_sessions.wait(), 5)
+        except asyncio.TimeoutError:
+            pass
+        if self._metrics_server is not None:
+            self._metrics_server.close()
+        if self.db is not None:
+            await self.db.close()
+        log_event(log, "stopped")
+
+    async def reload(self) -> None:
+        """SIGHUP: read the settings again and resync the keydir; connections stay."""
+        try:
+            new = self.reload_settings()
+        except Refusal as refusal:
+            log_event(log, "reload.failed", logging.ERROR, error=refusal.message)
+            return
+        changed = []
+        for name in vars(new):
+            if name == "data_dir" or getattr(new, name) == getattr(self.settings, name):
+                continue
+            if name in RESTART_ONLY:
+                log_event(log, "reload.needs_restart", logging.WARNING, setting=name)
+                continue
+            setattr(self.settings, name, getattr(new, name))
+            changed.append(name)
+        logs.setup(self.settings.log_level, self.settings.log_format)
+        self._options = await self._ssh_options()  # new connections get new timeouts
+        log_event(log, "reload", changed=",".join(changed) or "-")
+        await sync_keydir(self.settings)
+
+    # --- connections --------------------------------------------------------------------
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _accept_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                client, address = await loop.sock_accept(self._listener)
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    log_event(log, "accept.failed", logging.WARNING, error=exc.strerror)
+                    await asyncio.sleep(0.1)  # out of descriptors: let some close
+                    continue
+                raise
+            self._spawn(self._connection(client, address))
+
+    async def _connection(self, client: socket.socket, address) -> None:
+        loop = asyncio.get_running_loop()
+        host, port = address[0], address[1]
+        client.setblocking(False)
+        if self.settings.proxy_protocol:
+            try:
+                real = await asyncio.wait_for(
+                    proxyproto.read_header(lambda n: _recv_exactly(loop, client, n)),
+                    self.settings.login_timeout)
+            except (proxyproto.ProxyHeaderError, asyncio.TimeoutError, OSError, EOFError) as exc:
+                reason = str(exc) or exc.__class__.__name__
+                log_event(log, "connection.refused", peer=f"{host}:{port}",
+                          reason=f"PROXY header: {reason}")
+                metrics.CONNECTIONS_TOTAL.labels("bad_proxy_header").inc()
+                client.close()
+                return
+            if real is not None:
+                host, port = real
+        peer = f"{host}:{port}"
+        holder: dict[str, asyncssh.SSHServerConnection] = {}
+
+        def drop() -> None:
+            log_event(log, "connection.dropped", peer=peer, reason="max_startups")
+            metrics.CONNECTIONS_TOTAL.labels("dropped_unauthenticated").inc()
+            conn = holder.get("conn")
+            if conn is not None:
+                conn.abort()
+            else:
+                client.close()
+
+        ticket, _ = self.limits.admit(host, drop)
+        metrics.UNAUTHENTICATED.set(self.limits.unauthenticated)
+        if ticket is None:
+            log_event(log, "connection.refused", peer=peer,
+                      reason="max_connections_per_address")
+            metrics.CONNECTIONS_TOTAL.labels("refused_per_address").inc()
+            client.close()
+            return
+        metrics.CONNECTIONS_TOTAL.labels("accepted").inc()
+        log_event(log, "connection.open", peer=peer)
+        options = self._options
+
+        def factory() -> asyncssh.SSHServerConnection:
+            conn = asyncssh.SSHServerConnection(loop, options)
+            conn.gateway_peer = (peer, ticket)  # read by GatewaySSHServer.connection_made
+            holder["conn"] = conn
+            return conn
+
+        try:
+            await loop.create_connection(factory, sock=client)
+        except Exception as exc:
+            log_event(log, "connection.failed", peer=peer, error=exc.__class__.__name__)
+            self.limits.closed(ticket)
+            client.close()
+
+    def connection_closed(self, server: GatewaySSHServer) -> None:
+        self.servers.discard(server)
+        if server.ticket is not None:
+            self.limits.closed(server.ticket)
+        metrics.UNAUTHENTICATED.set(self.limits.unauthenticated)
+
+    def session_started(self) -> None:
+        self.sessions += 1
+        self.no_sessions.clear()
+        metrics.SESSIONS.inc()
+
+    def session_ended(self) -> None:
+        self.sessions -= 1
+        metrics.SESSIONS.dec()
+        if self.sessions == 0:
+            self.no_sessions.set()
+
+
+def _split(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def _listen(host: str, port: int, setting: str) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        sock = socket.create_server((host, port), family=family, backlog=1024)
+    except OSError as exc:
+        hint = ("another gateway or sshd may be running there" if exc.errno == errno.EADDRINUSE
+                else "ports below 1024 need CAP_NET_BIND_SERVICE" if exc.errno == errno.EACCES
+                else "check the address")
+        raise Refusal(f"Cannot listen on {host}:{port} (setting {setting!r}): "
+                      f"{exc.strerror}; {hint}") from None
+    sock.setblocking(False)
+    return sock
+
+
+async def _recv_exactly(loop: asyncio.AbstractEventLoop, sock: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = await loop.sock_recv(sock, n - len(data))
+        if not chunk:
+            raise EOFError("connection closed before the PROXY header ended")
+        data += chunk
+    return data
 
 
 async def sync_keydir(settings: Settings) -> None:
@@ -204,32 +519,24 @@ async def sync_keydir(settings: Settings) -> None:
     try:
         report = await keydir.sync(db, settings.keydir)
     except Refusal as refusal:
-        log.warning("keydir sync: %s", refusal.message)
+        log_event(log, "keydir.failed", logging.WARNING, error=refusal.message)
         return
     finally:
         await db.close()
-    log.info("keydir sync: %d added, %d removed", len(report.added), len(report.removed))
+    log_event(log, "keydir.sync", added=len(report.added), removed=len(report.removed))
     for error in report.errors:
-        log.warning("keydir sync: %s", error)
+        log_event(log, "keydir.error", logging.WARNING, error=error)
 
 
-async def run(settings: Settings) -> None:
-    logging.basicConfig(
-        level=getattr(logging, settings.log_level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("asyncssh").setLevel(logging.WARNING)
-    repos.sweep_all(settings.repos_dir)
-    acceptor, db = await start(settings)
-    log.info("listening on %s", settings.listen)
-    await sync_keydir(settings)
+async def run(settings: Settings, reload_settings: Callable[[], Settings]) -> None:
+    logs.setup(settings.log_level, settings.log_format)
+    gateway = Gateway(settings, reload_settings)
+    await gateway.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(sync_keydir(settings)))
+    loop.add_signal_handler(signal.SIGHUP, lambda: gateway._spawn(gateway.reload()))
     print(f"gateway listening on {settings.listen} (data dir {settings.data_dir})", flush=True)
     await stop.wait()
-    acceptor.close()
-    await acceptor.wait_closed()
-    await db.close()
+    await gateway.stop()

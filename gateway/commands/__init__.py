@@ -18,6 +18,27 @@ COMMANDS_WITH_ARGS = {
 }
 
 
+SUBCOMMANDS = {"enable", "disable", "replace", "verify", "status", "regenerate", "list", "add",
+               "remove", "show", "require-2sv"}
+
+
+def describe(line: str | None) -> tuple[str, str]:
+    """(verb, target) of a command line, safe to log and to use as a metric label: never
+    free text a user typed (a code typed as an argument by mistake stays out of logs)."""
+    try:
+        request = parse(line)
+    except Refusal:
+        return "invalid", ""
+    if isinstance(request, GitRequest):
+        return request.service, str(request.path)
+    if request.name == "":
+        return "greeting", ""
+    if request.name not in COMMANDS_WITH_ARGS and request.name not in SIMPLE_COMMANDS:
+        return "unknown", ""
+    sub = request.args[0] if request.args and request.args[0] in SUBCOMMANDS else ""
+    return (f"{request.name} {sub}".strip()), ""
+
+
 def is_git(line: str | None) -> bool:
     try:
         return isinstance(parse(line), GitRequest)

@@ -10,6 +10,7 @@ import sys
 from .. import access, policy
 from ..errors import Refusal
 from ..git import repos as disk
+from ..logs import log_event
 from ..store import audit
 from .context import Context, Reader, Writer
 from .parse import GitRequest
@@ -32,6 +33,10 @@ async def run(ctx: Context, request: GitRequest) -> int:
     two_step = await access.two_step_facts(ctx.db, ctx.identity)
     decision = policy.decide(ctx.identity, two_step, facts, action, ctx.clock(),
                              ssh=ctx.settings.ssh_command(""))
+    log_event(log, "decision", account=ctx.identity.account, action=action.value,
+              repository=facts.asked_as,
+              result="deny" if isinstance(decision, policy.Deny) else "allow",
+              reason=getattr(decision, "reason", ""))
     if isinstance(decision, policy.Deny):
         await audit.write(ctx.db, ctx.identity.account, f"repo.{action.value}", facts.asked_as,
                           outcome="denied", detail=decision.reason)
@@ -39,12 +44,11 @@ async def run(ctx: Context, request: GitRequest) -> int:
         raise Refusal(decision.message)
     assert repo is not None
     repo_dir = disk.resolve(ctx.settings.repos_dir, repo.workspace, repo.name)
-    log.info("%s %s by %s (%s)", request.service, repo.full_name, ctx.identity.account,
-             ctx.identity.key_fingerprint)
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "GATEWAY_LOG_FD": str(_LOG_FD),
         "GATEWAY_LOG_LEVEL": ctx.settings.log_level,
+        "GATEWAY_LOG_FORMAT": ctx.settings.log_format,
         "GATEWAY_ACCOUNT": ctx.identity.account,
         "GATEWAY_WORKSPACE": repo.workspace,
         "GATEWAY_REPOSITORY": repo.full_name,

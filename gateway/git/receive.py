@@ -67,6 +67,11 @@ class Command:
         return self.old + b" " + self.new + b" " + self.ref + b"\n"
 
 
+# What the server tells the worker itself, not its hooks.
+WORKER_ONLY_VARIABLES = ("GATEWAY_LOG_FD", "GATEWAY_LOG_LEVEL", "GATEWAY_LOG_FORMAT",
+                         "GATEWAY_MAX_PUSH_BYTES")
+
+
 @dataclass
 class Settings:
     hooks_dir: str | None = None
@@ -79,8 +84,7 @@ class Settings:
         """What the server hands the worker: the GATEWAY_* variables (also for hooks)."""
         max_bytes = int(env.get("GATEWAY_MAX_PUSH_BYTES") or 0)
         hook_env = {k: v for k, v in env.items()
-                    if k.startswith("GATEWAY_") and k not in ("GATEWAY_LOG_FD", "GATEWAY_LOG_LEVEL",
-                                                              "GATEWAY_MAX_PUSH_BYTES")}
+                    if k.startswith("GATEWAY_") and k not in WORKER_ONLY_VARIABLES}
         hook_env["PATH"] = env.get("PATH", "/usr/bin:/bin")
         return cls(env.get("GATEWAY_HOOKS_DIR") or None,
                    float(env.get("GATEWAY_HOOK_TIMEOUT") or 60), max_bytes or None, hook_env)

@@ -24,6 +24,7 @@ from typing import BinaryIO
 from dulwich.errors import GitProtocolError, HangupException
 from dulwich.protocol import ReceivableProtocol
 
+from ..logs import StructuredFormatter
 from .handlers import HANDLERS, OneRepoBackend, open_repo
 
 OUTPUT_BUFFER = 64 * 1024
@@ -85,7 +86,10 @@ def _setup_logging() -> None:
     log_fd = os.environ.get("GATEWAY_LOG_FD")
     stream = os.fdopen(int(log_fd), "w", buffering=1) if log_fd else open(os.devnull, "w")
     level = logging.DEBUG if os.environ.get("GATEWAY_LOG_LEVEL") == "debug" else logging.WARNING
-    logging.basicConfig(level=level, stream=stream, format="%(name)s: %(message)s")
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(StructuredFormatter(os.environ.get("GATEWAY_LOG_FORMAT", "logfmt"),
+                                             tracebacks=level == logging.DEBUG))
+    logging.basicConfig(level=level, handlers=[handler])
     logging.getLogger("dulwich").setLevel(max(level, logging.WARNING))
 
 
