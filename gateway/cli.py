@@ -355,10 +355,22 @@ async def cmd_init(settings, args):
 async def cmd_serve(settings, args):
     from . import server  # imported here: the other commands do not need asyncssh's server
 
-    if args.listen:
-        settings.listen = config.parse_listen(args.listen)
+    def with_listen(loaded):
+        if args.listen:
+            loaded.listen = config.parse_listen(args.listen)
+        return loaded
+
+    settings = with_listen(settings)
     await datadir.initialise(settings)
-    await server.run(settings)
+    await server.run(settings, lambda: with_listen(config.load(args.data_dir, args.config)))
+
+
+async def cmd_config_check(settings, args):
+    settings, sources = config.load_with_sources(args.data_dir, args.config)
+    for line in config.render(settings, sources):
+        print(line)
+    datadir.check(settings)
+    print(f"# OK: settings valid; data directory {settings.data_dir.resolve()} usable")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -379,6 +391,9 @@ def build_parser() -> argparse.ArgumentParser:
     command(sub, "init", cmd_init, help="create the data directory; idempotent")
     p = command(sub, "serve", cmd_serve, help="run the SSH server")
     p.add_argument("--listen", help="HOST:PORT (default 127.0.0.1:2222)")
+    g = group("config", "settings")
+    command(g, "check", cmd_config_check,
+            help="print the effective settings and where each comes from; check the data dir")
 
     g = group("account", "manage accounts")
     p = command(g, "add", cmd_account_add)
@@ -460,7 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 async def _run(args) -> int:
     settings = config.load(args.data_dir, args.config)
-    if args.func in (cmd_init, cmd_serve):
+    if args.func in (cmd_init, cmd_serve, cmd_config_check):
         await args.func(settings, args)
         return 0
     if not settings.db_path.exists():
