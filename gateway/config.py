@@ -136,16 +136,17 @@ DAY = 86400
 DESCRIPTIONS = {
     "listen": ("HOST:PORT the SSH server listens on", _address),
     "ssh_user": ("the SSH login name users type (git@host)", _ssh_user),
-    "ssh_host": ("host name shown in messages; default: the listen host", None),
-    "ssh_port": ("port shown in messages; 0: the listen port", _between(0, 65535)),
+    "ssh_host": ("host name shown in messages (empty: the listen host)", None),
+    "ssh_port": ("port shown in messages (0: the listen port)", _between(0, 65535)),
     "hooks_dir": ("server-side Git hooks and 2SV event hooks (SPEC §7)", None),
     "keydir": ("directory of public keys synced into accounts at start and on SIGHUP", None),
     "login_timeout": ("seconds a connection has to authenticate", _between(1, 3600)),
     "max_auth_tries": ("failed authentication attempts before disconnecting", _between(1, 100)),
     "keepalive_interval": ("seconds between keepalives to a silent client; 0: off",
                            _between(0, DAY)),
-    "idle_timeout": ("seconds without traffic before a connection is closed; 0: never",
-                     _between(0, 7 * DAY)),
+    "idle_timeout": ("seconds a connection may sit with no session, a prompt without an "
+                     "answer or a Git transfer without a byte moving; 0: never; above "
+                     "hook_timeout", _between(0, 7 * DAY)),
     "max_startups": ("connections not yet authenticated, in all; the oldest is dropped "
                      "to make room", _between(1, 100000)),
     "max_startups_per_address": ("connections not yet authenticated from one address; the "
@@ -180,7 +181,7 @@ def env_name(setting: str) -> str:
 def split_address(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"must be HOST:PORT with a port from 1 to 65535 (got {value!r})")
+        raise ValueError("must be HOST:PORT with a port from 1 to 65535")
     return host.strip("[]"), int(port)
 
 
@@ -215,6 +216,10 @@ def load_with_sources(data_dir: str | None = None,
         if raw is not None:
             _apply(settings, name, _from_env(settings, name, raw), where=env_name(name))
             sources[name] = env_name(name)
+    if settings.idle_timeout and settings.idle_timeout <= settings.hook_timeout:
+        raise Refusal(f"idle_timeout ({settings.idle_timeout}, from {sources['idle_timeout']}) "
+                      f"must be longer than hook_timeout ({settings.hook_timeout}, from "
+                      f"{sources['hook_timeout']}), or 0: a push waits silently for its hooks")
     return settings, sources
 
 
@@ -279,7 +284,7 @@ def _apply(settings: Settings, key: str, value, where: str) -> None:
     check = DESCRIPTIONS[key][1]
     problem = check(value) if check else None
     if problem:
-        raise Refusal(f"{where} {problem}")
+        raise Refusal(f"{where} {problem} (got {value!r})")
     setattr(settings, key, value)
 
 

@@ -2,8 +2,9 @@
 
 Connections that have not authenticated yet are capped in all (`max_startups`, after
 OpenSSH's MaxStartups) and per address (`max_startups_per_address`). When a cap is full
-the *oldest* unauthenticated connection is dropped to make room rather than the new one
-refused: sockets held open by an attacker then cannot starve a client that is busy
+an unauthenticated connection is dropped to make room rather than the new one refused:
+the one that has got least far (silent, then still exchanging keys, then authenticating),
+oldest first. Sockets held open by an attacker then cannot starve a client that is busy
 authenticating, which takes well under a second. All connections from one address are
 capped too (`max_connections_per_address`); past it new ones are refused.
 """
@@ -15,11 +16,15 @@ from collections.abc import Callable
 
 from .config import Settings
 
+# How far an unauthenticated connection has got.
+SILENT, TALKING, AUTHENTICATING = 0, 1, 2
+
 
 class ConnectionLimits:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings  # read on every call: SIGHUP changes take effect at once
-        self._pending: OrderedDict[int, tuple[str, Callable[[], None]]] = OrderedDict()
+        # ticket -> [address, drop, progress]; in order of arrival
+        self._pending: OrderedDict[int, list] = OrderedDict()
         self._address_of: dict[int, str] = {}
         self._per_address: Counter[str] = Counter()
         self._next = 0
@@ -32,24 +37,31 @@ class ConnectionLimits:
         if cap and self._per_address[address] >= cap:
             return None, 0
         dropped = 0
-        same = [t for t, (addr, _) in self._pending.items() if addr == address]
+        same = [t for t, entry in self._pending.items() if entry[0] == address]
         if len(same) >= self.settings.max_startups_per_address:
-            self._drop(same[0])
+            self._drop(self._least_advanced(same))
             dropped += 1
         while len(self._pending) >= self.settings.max_startups:
-            self._drop(next(iter(self._pending)))
+            self._drop(self._least_advanced(self._pending))
             dropped += 1
         self._next += 1
         ticket = self._next
-        self._pending[ticket] = (address, drop)
+        self._pending[ticket] = [address, drop, SILENT]
         self._address_of[ticket] = address
         self._per_address[address] += 1
         return ticket, dropped
+
+    def progressed(self, ticket: int, stage: int) -> None:
+        entry = self._pending.get(ticket)
+        if entry is not None and stage > entry[2]:
+            entry[2] = stage
 
     def authenticated(self, ticket: int) -> None:
         self._pending.pop(ticket, None)
 
     def closed(self, ticket: int) -> None:
+        """The connection is gone (or dropped: it stops counting at once, not when its
+        socket has finished closing)."""
         self._pending.pop(ticket, None)
         address = self._address_of.pop(ticket, None)
         if address is not None:
@@ -65,6 +77,10 @@ class ConnectionLimits:
     def connections(self) -> int:
         return len(self._address_of)
 
+    def _least_advanced(self, tickets) -> int:
+        return min(tickets, key=lambda t: (self._pending[t][2], t))
+
     def _drop(self, ticket: int) -> None:
-        _, drop = self._pending.pop(ticket)
+        drop = self._pending[ticket][1]
+        self.closed(ticket)
         drop()

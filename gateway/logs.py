@@ -26,7 +26,7 @@ class StructuredFormatter(logging.Formatter):
             "event": getattr(record, "event", "message"),
         }
         extra = getattr(record, "fields", None)
-        if extra:
+        if extra is not None:
             fields.update(extra)
         else:
             fields["msg"] = record.getMessage()

@@ -24,7 +24,7 @@ from collections.abc import Callable
 import aiosqlite
 import asyncssh
 
-from . import commands, keydir, logs, metrics, proxyproto, sshkeys
+from . import commands, keydir, limits, logs, metrics, proxyproto, sshkeys
 from .commands.context import Context
 from .config import Settings
 from .datadir import ensure_host_keys
@@ -104,6 +104,8 @@ class GatewaySSHServer(asyncssh.SSHServer):
             )
 
     def begin_auth(self, username: str) -> bool:
+        if self.ticket is not None:
+            self.gateway.limits.progressed(self.ticket, limits.AUTHENTICATING)
         return True  # authentication is always required
 
     def public_key_auth_supported(self) -> bool:
@@ -408,6 +410,7 @@ class Gateway:
                     continue
                 raise
             self._spawn(self._connection(client, address))
+            await asyncio.sleep(0)  # sock_accept does not yield while the backlog is full
 
     async def _connection(self, client: socket.socket, address) -> None:
         loop = asyncio.get_running_loop()
@@ -455,6 +458,15 @@ class Gateway:
             conn = asyncssh.SSHServerConnection(loop, options)
             conn.gateway_peer = (peer, ticket)  # read by GatewaySSHServer.connection_made
             holder["conn"] = conn
+            received = conn.data_received
+
+            def data_received(data: bytes, datatype=None) -> None:
+                # The first bytes show a live client; then back to asyncssh's own method.
+                self.limits.progressed(ticket, limits.TALKING)
+                conn.data_received = received
+                received(data, datatype)
+
+            conn.data_received = data_received
             return conn
 
         try:

@@ -82,6 +82,7 @@ class Gateway:
     # --- the server -----------------------------------------------------------------
 
     def start(self) -> None:
+        offset = len(self.server_log()) if (self.root / "serve.log").exists() else 0
         self.log = open(self.root / "serve.log", "ab")
         self.proc = subprocess.Popen(
             [*GATEWAY, "--data-dir", str(self.data), "serve", "--listen", f"127.0.0.1:{self.port}"],
@@ -91,6 +92,8 @@ class Gateway:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"gateway serve exited: {self.server_log()}")
+            if "gateway listening on" in self.server_log()[offset:]:
+                return  # printed once it accepts (a PROXY-protocol server sends no banner first)
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
                     if s.recv(8).startswith(b"SSH-"):

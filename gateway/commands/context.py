@@ -6,6 +6,7 @@ and in tests with in-memory streams.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -58,7 +59,7 @@ class Context:
         while b"\n" not in self._pending:
             if len(self._pending) > MAX_ANSWER:
                 raise Refusal("Answer too long")
-            data = await self.stdin.read(MAX_ANSWER)
+            data = await self._read_answer()
             if not data:
                 if not self._pending:
                     return None
@@ -71,3 +72,11 @@ class Context:
             return line.decode("utf-8").strip("\r")
         except UnicodeDecodeError:
             raise Refusal("Answer is not valid UTF-8") from None
+
+    async def _read_answer(self) -> bytes:
+        """Some of an answer; nobody holds a session open for ever at a prompt."""
+        limit = self.settings.idle_timeout or None
+        try:
+            return await asyncio.wait_for(self.stdin.read(MAX_ANSWER), limit)
+        except asyncio.TimeoutError:
+            raise Refusal(f"No answer within {limit} seconds") from None

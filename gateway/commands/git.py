@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import sys
+import time
 
 from .. import access, policy
 from ..errors import Refusal
@@ -60,7 +61,7 @@ async def run(ctx: Context, request: GitRequest) -> int:
     }
     status = await relay(
         [sys.executable, "-m", "gateway.git.worker", request.service, str(repo_dir)],
-        env, ctx.stdin, ctx.stdout, ctx.stderr,
+        env, ctx.stdin, ctx.stdout, ctx.stderr, idle_timeout=ctx.settings.idle_timeout,
     )
     if action is policy.Action.WRITE and status == 0:
         await audit.write(ctx.db, ctx.identity.account, "repo.push", repo.full_name)
@@ -68,16 +69,22 @@ async def run(ctx: Context, request: GitRequest) -> int:
     return status
 
 
-async def relay(argv: list[str], env: dict, stdin: Reader, stdout: Writer, stderr: Writer) -> int:
-    """Run a worker and pass bytes both ways until it exits; kill it if we are cut off."""
+async def relay(argv: list[str], env: dict, stdin: Reader, stdout: Writer, stderr: Writer,
+                idle_timeout: int = 0) -> int:
+    """Run a worker and pass bytes both ways until it exits; kill it if we are cut off,
+    or if no byte has moved either way for `idle_timeout` seconds (0: never)."""
     proc = await asyncio.create_subprocess_exec(
         *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE, env=env, pass_fds=(_LOG_FD,),
     )
 
+    last_moved = time.monotonic()
+
     async def feed() -> None:
+        nonlocal last_moved
         try:
             while data := await stdin.read(CHUNK):
+                last_moved = time.monotonic()
                 proc.stdin.write(data)
                 await proc.stdin.drain()
         except Exception:
@@ -87,16 +94,30 @@ async def relay(argv: list[str], env: dict, stdin: Reader, stdout: Writer, stder
             proc.stdin.close()
 
     async def copy(source: asyncio.StreamReader, sink: Writer) -> None:
+        nonlocal last_moved
         while data := await source.read(CHUNK):
+            last_moved = time.monotonic()
             sink.write(data)
             await sink.drain()
 
+    async def watch_idle() -> None:
+        while True:
+            await asyncio.sleep(min(idle_timeout, 5))
+            if time.monotonic() - last_moved > idle_timeout:
+                stderr.write(f"ERROR: Nothing sent or received for {idle_timeout} seconds; "
+                             "closing\n".encode())
+                proc.kill()
+                return
+
     feeder = asyncio.create_task(feed())
+    watcher = asyncio.create_task(watch_idle()) if idle_timeout else None
     try:
         await asyncio.gather(copy(proc.stdout, stdout), copy(proc.stderr, stderr))
         return await proc.wait()
     finally:
         feeder.cancel()
+        if watcher is not None:
+            watcher.cancel()
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
