@@ -42,6 +42,7 @@ class Settings:
     log_level: str = "info"
     log_format: str = "logfmt"
     metrics_listen: str = ""
+    spare_workers: int = 2
     # Pushes (SPEC §7)
     hook_timeout: int = 60
     max_push_bytes: int = 2 * 1024**3
@@ -161,6 +162,8 @@ DESCRIPTIONS = {
     "log_format": ("logfmt or json, one line per event on stderr", _one_of(*LOG_FORMATS)),
     "metrics_listen": ("HOST:PORT of the Prometheus /metrics, /health and /ready "
                        "listener; empty: off", _optional_address),
+    "spare_workers": ("Git worker processes kept started and waiting, to save Python's "
+                      "start-up on each request; 0: start one per request", _between(0, 64)),
     "hook_timeout": ("seconds a Git hook may run", _between(1, DAY)),
     "max_push_bytes": ("largest pack a push may send; 0: no limit", _between(0, 2**62)),
     "issuer": ("name shown in authenticator apps", _not_empty),

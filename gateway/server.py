@@ -26,6 +26,7 @@ import asyncssh
 
 from . import commands, keydir, limits, logs, metrics, proxyproto, sshkeys
 from .commands.context import Context
+from .commands.git import worker_pool
 from .config import Settings
 from .datadir import ensure_host_keys
 from .errors import Refusal
@@ -312,6 +313,7 @@ class Gateway:
         if metrics_sock is not None:
             self._metrics_server = await metrics.serve_http(
                 metrics_sock, ready=lambda: self.ready and not self.draining)
+        worker_pool(settings).fill()
         self._spawn(self._accept_loop())
         await sync_keydir(settings)
         self.ready = True
@@ -366,6 +368,7 @@ class Gateway:
             pass
         if self._metrics_server is not None:
             self._metrics_server.close()
+        await worker_pool(self.settings).close()
         if self.db is not None:
             await self.db.close()
         log_event(log, "stopped")

@@ -27,7 +27,7 @@ from dulwich.object_format import DEFAULT_OBJECT_FORMAT
 from dulwich.objects import Blob, Commit, Tag, Tree
 from dulwich.pack import write_pack_objects
 
-from conftest import Gateway, User, local_git, unique
+from conftest import Gateway, User, git_workers, local_git, unique
 from test_git import commit, fsck
 
 ZERO = b"0" * 40
@@ -95,14 +95,13 @@ def has_object(repo_dir: Path, sha: str | bytes) -> bool:
                           capture_output=True).returncode == 0
 
 
-def workers_for(repo_dir: Path) -> list[str]:
-    """`gateway.git.worker` processes serving this repository, as `pgrep -af` lists them."""
-    out = subprocess.run(["pgrep", "-af", str(repo_dir)], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if "gateway.git.worker" in line]
+def workers_for(repo_dir: Path) -> list[int]:
+    """Git worker processes serving this repository."""
+    return git_workers(repo_dir)
 
 
 def worker_pids(repo_dir: Path) -> set[int]:
-    pids = {int(line.split()[0]) for line in workers_for(repo_dir)}
+    pids = set(workers_for(repo_dir))
     for name in quarantines(repo_dir):  # incoming-PID-*
         pid = name.split("-")[1]
         if pid.isdigit():

@@ -23,7 +23,7 @@ import pytest
 from asyncssh.auth import MSG_USERAUTH_PK_OK, _ClientPublicKeyAuth
 from asyncssh.packet import Boolean, String
 
-from conftest import Gateway, User, local_git, make_key
+from conftest import Gateway, User, git_workers, local_git, make_key
 
 GIT_FATAL = "fatal: Could not read from remote repository."
 
@@ -127,19 +127,7 @@ def disk_snapshot(root: Path) -> set[tuple[str, int, int]]:
 
 def workers_for(repo_dir: Path) -> list[int]:
     """Live git worker processes serving REPO_DIR."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
-            state = (entry / "stat").read_text().split(") ")[-1][:1]
-        except OSError:
-            continue
-        if b"gateway.git.worker" in cmdline and str(repo_dir.resolve()).encode() in cmdline \
-                and state != "Z":
-            pids.append(int(entry.name))
-    return pids
+    return git_workers(repo_dir)
 
 
 def log_tail(gw: Gateway, offset: int) -> str:

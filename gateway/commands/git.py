@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import sys
 import time
 
 from .. import access, policy
 from ..errors import Refusal
 from ..git import repos as disk
+from ..git.pool import WorkerPool
 from ..logs import log_event
 from ..store import audit
 from .context import Context, Reader, Writer
@@ -26,6 +26,7 @@ ACTIONS = {
 }
 # Handed to workers for their tracebacks, so that stderr stays for the user.
 _LOG_FD = os.dup(2)
+_pool: WorkerPool | None = None
 
 
 async def run(ctx: Context, request: GitRequest) -> int:
@@ -59,25 +60,28 @@ async def run(ctx: Context, request: GitRequest) -> int:
         "GATEWAY_HOOK_TIMEOUT": str(ctx.settings.hook_timeout),
         "GATEWAY_MAX_PUSH_BYTES": str(ctx.settings.max_push_bytes),
     }
-    status = await relay(
-        [sys.executable, "-m", "gateway.git.worker", request.service, str(repo_dir)],
-        env, ctx.stdin, ctx.stdout, ctx.stderr, idle_timeout=ctx.settings.idle_timeout,
-    )
+    proc = await worker_pool(ctx.settings).start_job(request.service, str(repo_dir), env)
+    status = await relay(proc, ctx.stdin, ctx.stdout, ctx.stderr,
+                         idle_timeout=ctx.settings.idle_timeout)
     if action is policy.Action.WRITE and status == 0:
         await audit.write(ctx.db, ctx.identity.account, "repo.push", repo.full_name)
         await ctx.db.commit()
     return status
 
 
-async def relay(argv: list[str], env: dict, stdin: Reader, stdout: Writer, stderr: Writer,
-                idle_timeout: int = 0) -> int:
-    """Run a worker and pass bytes both ways until it exits; kill it if we are cut off,
-    or if no byte has moved either way for `idle_timeout` seconds (0: never)."""
-    proc = await asyncio.create_subprocess_exec(
-        *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE, env=env, pass_fds=(_LOG_FD,),
-    )
+def worker_pool(settings) -> WorkerPool:
+    """The process's pool; its size follows the setting (which SIGHUP may change)."""
+    global _pool
+    if _pool is None:
+        _pool = WorkerPool(settings.spare_workers, _LOG_FD)
+    _pool.spare = settings.spare_workers
+    return _pool
 
+
+async def relay(proc: asyncio.subprocess.Process, stdin: Reader, stdout: Writer, stderr: Writer,
+                idle_timeout: int = 0) -> int:
+    """Pass bytes between the client and a worker until it exits; kill it if we are cut
+    off, or if no byte has moved either way for `idle_timeout` seconds (0: never)."""
     last_moved = time.monotonic()
 
     async def feed() -> None:

@@ -1,9 +1,14 @@
 """Runs one Git service for one connection, in its own process.
 
     python -m gateway.git.worker SERVICE REPO_DIR
+    python -m gateway.git.worker --job     (the job arrives on stdin; see pool.py)
 
-The server starts it only after the identity and the access decision are settled, with a
-repository path it resolved itself; this process only speaks Git on stdin/stdout.
+The server gives it a job only after the identity and the access decision are settled,
+with a repository path it resolved itself; this process only speaks Git on stdin/stdout.
+With `--job` it is started ahead of time with its imports done, and waits for a job
+header (service, repository, environment) before the Git bytes; it serves one job and
+exits, so no state passes from one request to the next. While serving, its working
+directory is the repository.
 dulwich is synchronous, and a process of its own keeps it off the server's event loop,
 lets two clones use two cores, and frees every file descriptor and mmap when it ends.
 
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import ctypes
 import io
+import json
 import logging
 import os
 import signal
@@ -51,11 +57,39 @@ def serve(service: str, repo_dir: str, stdin: BinaryIO, stdout: BinaryIO) -> Non
         repo.close()
 
 
+def read_job(stdin: BinaryIO) -> list[str] | None:
+    """The job header: 4 bytes of length, then JSON {"argv": [SERVICE, REPO_DIR], "env": {}}.
+    Read exactly, so that not a byte of the Git stream after it is consumed."""
+    head = _read_exactly(stdin, 4)
+    if head is None:
+        return None  # the server stopped before giving this worker a job
+    body = _read_exactly(stdin, int.from_bytes(head, "big"))
+    job = json.loads(body or b"{}")
+    os.environ.update(job["env"])
+    return job["argv"]
+
+
+def _read_exactly(stdin: BinaryIO, n: int) -> bytes | None:
+    data = b""
+    while len(data) < n:
+        chunk = stdin.read(n - len(data))
+        if not chunk:
+            return None
+        data += chunk
+    return data
+
+
 def main(argv: list[str]) -> int:
+    if argv == ["--job"]:
+        argv = read_job(io.FileIO(0, "rb", closefd=False))
+        if argv is None:
+            return 0
+        _setup_logging()
     if len(argv) != 2 or argv[0] not in HANDLERS:
         print("ERROR: bad worker invocation", file=sys.stderr)
         return 2
     service, repo_dir = argv
+    os.chdir(repo_dir)
     # Unbuffered raw stdin: a read returns what is there, so no pkt-line waits in a buffer.
     stdin = io.FileIO(0, "rb", closefd=False)
     stdout = io.FileIO(1, "wb", closefd=False)
@@ -104,5 +138,6 @@ def _die_with_parent() -> None:
 
 if __name__ == "__main__":
     _die_with_parent()
-    _setup_logging()
+    if sys.argv[1:] != ["--job"]:
+        _setup_logging()
     sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,77 @@
+"""Git worker processes started ahead of time (setting `spare_workers`).
+
+Starting Python and importing dulwich takes about 0.2 s, which a worker started per
+request puts on every clone, fetch and ls-remote. The pool keeps a few workers that have
+done their imports and wait for a job on stdin (see worker.py); a request takes one and
+a replacement starts in the background. Each worker serves one job and exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+
+WORKER = [sys.executable, "-m", "gateway.git.worker"]
+
+
+class WorkerPool:
+    def __init__(self, spare: int, log_fd: int) -> None:
+        self.spare = spare
+        self._log_fd = log_fd
+        self._ready: list[asyncio.subprocess.Process] = []
+        self._starting = 0
+        self._closed = False
+
+    async def start_job(self, service: str, repo_dir: str,
+                        env: dict[str, str]) -> asyncio.subprocess.Process:
+        """A worker running `service` on `repo_dir` with `env`, its pipes ready to relay."""
+        proc = None
+        while self._ready and proc is None:
+            candidate = self._ready.pop(0)
+            if candidate.returncode is None:
+                proc = candidate
+        self._top_up()
+        if proc is None:  # none ready (pool off, or all taken): start one for this job
+            proc = await self._spawn()
+        header = json.dumps({"argv": [service, repo_dir], "env": env}).encode()
+        proc.stdin.write(len(header).to_bytes(4, "big") + header)
+        return proc
+
+    def _top_up(self) -> None:
+        while not self._closed and len(self._ready) + self._starting < self.spare:
+            self._starting += 1
+            asyncio.ensure_future(self._add_spare())
+
+    async def _add_spare(self) -> None:
+        try:
+            proc = await self._spawn()
+        except OSError:
+            return  # out of processes or descriptors: requests will start their own
+        finally:
+            self._starting -= 1
+        if self._closed:
+            proc.kill()
+        else:
+            self._ready.append(proc)
+
+    async def _spawn(self) -> asyncio.subprocess.Process:
+        return await asyncio.create_subprocess_exec(
+            *WORKER, "--job", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, pass_fds=(self._log_fd,),
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                 "GATEWAY_LOG_FD": str(self._log_fd)},
+        )
+
+    def fill(self) -> None:
+        """Start the spare workers (at server start)."""
+        self._top_up()
+
+    async def close(self) -> None:
+        self._closed = True
+        for proc in self._ready:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        self._ready.clear()
