@@ -1,0 +1,111 @@
+"""Unit tests: connection caps (limits.py) and PROXY header parsing (proxyproto.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import struct
+
+import pytest
+
+from gateway import limits, proxyproto
+from gateway.config import Settings
+
+
+def tracker(**settings):
+    dropped = []
+    caps = limits.ConnectionLimits(Settings(**settings))
+
+    def admit(address, name):
+        ticket, _ = caps.admit(address, lambda: dropped.append(name))
+        return ticket
+
+    return caps, admit, dropped
+
+
+def test_per_address_cap_drops_the_least_advanced_oldest_first():
+    caps, admit, dropped = tracker(max_startups=100, max_startups_per_address=3)
+    a = admit("10.0.0.1", "a")
+    b = admit("10.0.0.1", "b")
+    c = admit("10.0.0.1", "c")
+    caps.progressed(a, limits.AUTHENTICATING)
+    caps.progressed(b, limits.TALKING)
+    admit("10.0.0.1", "d")  # full: c is silent, so c goes before older but busier ones
+    assert dropped == ["c"]
+    admit("10.0.0.1", "e")  # d is silent now
+    assert dropped == ["c", "d"]
+    admit("10.0.0.2", "other")  # another address has room of its own
+    assert dropped == ["c", "d"]
+
+
+def test_global_cap_and_authenticated_connections_do_not_count():
+    caps, admit, dropped = tracker(max_startups=2, max_startups_per_address=10)
+    first = admit("10.0.0.1", "first")
+    caps.authenticated(first)
+    admit("10.0.0.2", "x")
+    admit("10.0.0.3", "y")
+    assert dropped == []
+    admit("10.0.0.4", "z")
+    assert dropped == ["x"]
+    assert caps.unauthenticated == 2 and caps.connections == 3
+
+
+def test_address_cap_refuses_and_a_drop_frees_room_at_once():
+    caps, admit, dropped = tracker(max_connections_per_address=2, max_startups_per_address=2)
+    one = admit("10.0.0.1", "one")
+    admit("10.0.0.1", "two")
+    caps.authenticated(one)
+    assert admit("10.0.0.1", "three") is None  # two connections already
+    caps.closed(one)
+    assert admit("10.0.0.1", "four") is not None
+    caps.closed(one)  # closing twice changes nothing
+    assert caps.connections == 2
+
+
+def run_header(data: bytes):
+    async def go():
+        buffer = bytearray(data)
+
+        async def read_exactly(n: int) -> bytes:
+            if len(buffer) < n:
+                raise EOFError
+            chunk = bytes(buffer[:n])
+            del buffer[:n]
+            return chunk
+
+        return await proxyproto.read_header(read_exactly), bytes(buffer)
+
+    return asyncio.run(go())
+
+
+def v2(command: int, family: int, payload: bytes) -> bytes:
+    return proxyproto.V2_SIGNATURE + bytes([0x20 | command, family]) + struct.pack("!H", len(payload)) + payload
+
+
+def test_proxy_v1_and_v2_give_the_source_and_leave_the_ssh_bytes():
+    assert run_header(b"PROXY TCP4 192.0.2.1 10.0.0.1 51000 22\r\nSSH-2.0-x") == (
+        ("192.0.2.1", 51000), b"SSH-2.0-x")
+    assert run_header(b"PROXY TCP6 2001:db8::1 2001:db8::2 4000 22\r\n") == (("2001:db8::1", 4000), b"")
+    assert run_header(b"PROXY UNKNOWN\r\nSSH") == (None, b"SSH")
+    six = ipaddress.IPv6Address("2001:db8::7").packed + bytes(16) + struct.pack("!HH", 5000, 22)
+    assert run_header(v2(1, 0x21, six) + b"SSH") == (("2001:db8::7", 5000), b"SSH")
+    four = bytes([198, 51, 100, 9]) + bytes(4) + struct.pack("!HH", 6000, 22) + b"\x01\x00\x01x"
+    assert run_header(v2(1, 0x11, four)) == (("198.51.100.9", 6000), b"")  # TLV skipped
+    assert run_header(v2(0, 0x00, b"")) == (None, b"")  # LOCAL: a health check
+
+
+@pytest.mark.parametrize("data", [
+    b"SSH-2.0-OpenSSH_9.6\r\n",
+    b"PROXY TCP4 999.0.0.1 10.0.0.1 1 22\r\n",
+    b"PROXY TCP4 2001:db8::1 10.0.0.1 1 22\r\n",
+    b"PROXY TCP4 192.0.2.1 10.0.0.1 99999 22\r\n",
+    b"PROXY TCP4 192.0.2.1\r\n",
+    b"PROXY " + b"1" * 120,
+    proxyproto.V2_SIGNATURE + bytes([0x11, 0x11]) + struct.pack("!H", 12) + bytes(12),
+    proxyproto.V2_SIGNATURE + bytes([0x21, 0x11]) + struct.pack("!H", 60000),
+    proxyproto.V2_SIGNATURE + bytes([0x21, 0x31]) + struct.pack("!H", 0),
+], ids=["ssh", "bad-ip", "v6-in-tcp4", "bad-port", "short", "overlong", "v2-version",
+        "v2-too-long", "v2-unix"])
+def test_bad_proxy_headers_are_refused(data):
+    with pytest.raises(proxyproto.ProxyHeaderError):
+        run_header(data)
