@@ -1,1 +1,3 @@
 """gateway: an SSH and Git-over-SSH gateway with two-step verification."""
+
+__version__ = "0.1.0"

@@ -373,6 +373,13 @@ async def cmd_config_check(settings, args):
     print(f"# OK: settings valid; data directory {settings.data_dir.resolve()} usable")
 
 
+async def cmd_backup(settings, args):
+    from .backup import backup
+
+    for line in backup(settings, Path(args.dest)):
+        print(line)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="gateway", description="SSH and Git-over-SSH gateway")
     parser.add_argument("--data-dir", help="data directory (env GATEWAY_DATA_DIR, default ./var)")
@@ -391,6 +398,9 @@ def build_parser() -> argparse.ArgumentParser:
     command(sub, "init", cmd_init, help="create the data directory; idempotent")
     p = command(sub, "serve", cmd_serve, help="run the SSH server")
     p.add_argument("--listen", help="HOST:PORT (default 127.0.0.1:2222)")
+    p = command(sub, "backup", cmd_backup,
+                help="copy the database, host keys and master key while the gateway runs")
+    p.add_argument("dest", help="a new or empty directory")
     g = group("config", "settings")
     command(g, "check", cmd_config_check,
             help="print the effective settings and where each comes from; check the data dir")
@@ -475,7 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 async def _run(args) -> int:
     settings = config.load(args.data_dir, args.config)
-    if args.func in (cmd_init, cmd_serve, cmd_config_check):
+    if args.func in (cmd_init, cmd_serve, cmd_config_check, cmd_backup):
         await args.func(settings, args)
         return 0
     if not settings.db_path.exists():
