@@ -7,9 +7,25 @@ import aiosqlite
 from . import policy
 from .errors import Refusal
 from .names import RepoPath, printable
-from .store import accounts, audit, repos, workspaces
+from .store import access_keys, accounts, audit, keys, repos, workspaces
 from .store import twosv as twosv_store
 from .twosv.service import TwoStep
+
+
+async def identity_for_key(db: aiosqlite.Connection, fingerprint: str) -> policy.Identity | None:
+    """Who a verified key is: an enabled account's key or an access key; None otherwise.
+    Callers must have checked the key's signature (asyncssh here, sshd behind OpenSSH)."""
+    stored = await keys.find(db, fingerprint)
+    if stored is not None:
+        if stored.account_disabled:
+            return None
+        return policy.Identity(stored.account, stored.account_id, stored.fingerprint,
+                               stored.title, stored.kind)
+    bound = await access_keys.find(db, fingerprint)
+    if bound is None:
+        return None
+    return policy.Identity(f"access-key:{bound.title}", 0, bound.fingerprint, bound.title,
+                           access_repo_id=bound.repo_id, access_write=bound.write)
 
 
 async def two_step_facts(db: aiosqlite.Connection, identity: policy.Identity) -> policy.TwoStepFacts:

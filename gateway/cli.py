@@ -380,6 +380,20 @@ async def cmd_backup(settings, args):
         print(line)
 
 
+async def cmd_authorized_keys(settings, args, db):
+    from .openssh import authorized_keys
+
+    line = await authorized_keys(settings, db, args.config, args.user, args.key_type, args.key_blob)
+    if line:
+        print(line)
+
+
+async def cmd_shell(settings, args):
+    from .openssh import shell
+
+    return await shell(settings, args.key)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="gateway", description="SSH and Git-over-SSH gateway")
     parser.add_argument("--data-dir", help="data directory (env GATEWAY_DATA_DIR, default ./var)")
@@ -401,6 +415,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(sub, "backup", cmd_backup,
                 help="copy the database, host keys and master key while the gateway runs")
     p.add_argument("dest", help="a new or empty directory")
+    p = command(sub, "authorized-keys", cmd_authorized_keys,
+                help="for sshd's AuthorizedKeysCommand: the line for a known key, else nothing")
+    p.add_argument("user", help="the login name (%%u)")
+    p.add_argument("key_type", help="the key's type (%%t)")
+    p.add_argument("key_blob", help="the key, base64 (%%k)")
+    p = command(sub, "shell", cmd_shell, help="sshd's forced command for a gateway key")
+    p.add_argument("--key", required=True, help="the verified key's SHA256 fingerprint")
     g = group("config", "settings")
     command(g, "check", cmd_config_check,
             help="print the effective settings and where each comes from; check the data dir")
@@ -485,9 +506,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 async def _run(args) -> int:
     settings = config.load(args.data_dir, args.config)
-    if args.func in (cmd_init, cmd_serve, cmd_config_check, cmd_backup):
-        await args.func(settings, args)
-        return 0
+    if args.func in (cmd_init, cmd_serve, cmd_config_check, cmd_backup, cmd_shell):
+        return await args.func(settings, args) or 0
     if not settings.db_path.exists():
         raise Refusal(f"No gateway data in {settings.data_dir} (run 'gateway init' first)")
     db = await store_db.connect(settings.db_path)

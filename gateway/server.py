@@ -24,7 +24,7 @@ from collections.abc import Callable
 import aiosqlite
 import asyncssh
 
-from . import commands, keydir, limits, logs, metrics, proxyproto, sshkeys
+from . import access, commands, keydir, limits, logs, metrics, proxyproto, sshkeys
 from .commands.context import Context
 from .commands.git import worker_pool
 from .config import Settings
@@ -123,21 +123,8 @@ class GatewaySSHServer(asyncssh.SSHServer):
         return await access_keys.find(self.db, fingerprint) is not None
 
     async def _set_identity(self, key_data: bytes) -> bool:
-        fingerprint = sshkeys.fingerprint(key_data)
-        stored = await keys.find(self.db, fingerprint)
-        if stored is not None:
-            if stored.account_disabled:
-                return False
-            self.identity = Identity(stored.account, stored.account_id, stored.fingerprint,
-                                     stored.title, stored.kind)
-        else:
-            bound = await access_keys.find(self.db, fingerprint)
-            if bound is None:  # removed in the meantime
-                return False
-            self.identity = Identity(f"access-key:{bound.title}", 0, bound.fingerprint,
-                                     bound.title, access_repo_id=bound.repo_id,
-                                     access_write=bound.write)
-        return True
+        self.identity = await access.identity_for_key(self.db, sshkeys.fingerprint(key_data))
+        return self.identity is not None  # None: removed or disabled in the meantime
 
     def auth_completed(self) -> None:
         if self.ticket is not None:

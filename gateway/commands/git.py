@@ -24,9 +24,22 @@ ACTIONS = {
     "git-upload-archive": policy.Action.READ,
     "git-receive-pack": policy.Action.WRITE,
 }
-# Handed to workers for their tracebacks, so that stderr stays for the user.
-_LOG_FD = os.dup(2)
 _pool: WorkerPool | None = None
+_log_fd: int | None = None
+
+
+def worker_log_fd() -> int:
+    """Where workers write their log: a copy of the server's stderr (the user's stderr
+    is the session's), unless set_worker_log_fd chose another."""
+    global _log_fd
+    if _log_fd is None:
+        _log_fd = os.dup(2)
+    return _log_fd
+
+
+def set_worker_log_fd(fd: int) -> None:
+    global _log_fd
+    _log_fd = fd
 
 
 async def run(ctx: Context, request: GitRequest) -> int:
@@ -48,7 +61,7 @@ async def run(ctx: Context, request: GitRequest) -> int:
     repo_dir = disk.resolve(ctx.settings.repos_dir, repo.workspace, repo.name)
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "GATEWAY_LOG_FD": str(_LOG_FD),
+        "GATEWAY_LOG_FD": str(worker_log_fd()),
         "GATEWAY_LOG_LEVEL": ctx.settings.log_level,
         "GATEWAY_LOG_FORMAT": ctx.settings.log_format,
         "GATEWAY_ACCOUNT": ctx.identity.account,
@@ -73,7 +86,7 @@ def worker_pool(settings) -> WorkerPool:
     """The process's pool; its size follows the setting (which SIGHUP may change)."""
     global _pool
     if _pool is None:
-        _pool = WorkerPool(settings.spare_workers, _LOG_FD)
+        _pool = WorkerPool(settings.spare_workers, worker_log_fd())
     _pool.spare = settings.spare_workers
     return _pool
 
