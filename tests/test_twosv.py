@@ -187,6 +187,9 @@ def test_failed_codes_back_off_across_connections(gw, alice):
     # Now even a correct code (or recovery code) is refused until the back-off ends.
     locked = gw.ssh(alice, "2sv", "verify", input=codes[0] + "\n")
     assert locked.returncode != 0 and "Too many failed codes" in locked.stderr
+    # Refused unseen, and audited like every refused code (SPEC §5).
+    refused = [e for e in audit_actions(gw, alice) if e["action"] == "2sv.code_refused"]
+    assert len(refused) == 6 and refused[-1]["detail"] == "back-off", refused
     time.sleep(BACKOFF_SECONDS + 0.5)
     # The next failure doubles the back-off.
     gw.ssh(alice, "2sv", "verify", input="000000\n")

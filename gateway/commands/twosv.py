@@ -13,7 +13,7 @@ import segno
 from .. import events
 from ..errors import Refusal
 from ..twosv import totp
-from ..twosv.service import Accepted, CodeRefused, TwoStep
+from ..twosv.service import Accepted, CodeRefused, Throttled, TwoStep
 from .context import Context
 
 ENROL_ATTEMPTS = 3
@@ -45,6 +45,9 @@ async def second_factor(ctx: Context, svc: TwoStep,
         accepted = await svc.check(answer)
     except CodeRefused as refused:
         await event(ctx, "2sv.code_refused", outcome="denied", detail=f"failures={refused.failures}")
+        raise
+    except Throttled:  # refused unseen during the back-off: audited too (SPEC §5)
+        await event(ctx, "2sv.code_refused", outcome="denied", detail="back-off")
         raise
     if accepted.kind == "recovery-code":
         await event(ctx, "2sv.recovery_code_used", detail=f"left={accepted.codes_left}")

@@ -113,7 +113,7 @@ class TwoStep:
         row = await store.get(self.db, self.account_id)
         if row is not None and row.locked_until > now:
             wait = math.ceil(row.locked_until - now)
-            raise Refusal(f"Too many failed codes. Try again in {wait} seconds.")
+            raise Throttled(f"Too many failed codes. Try again in {wait} seconds.")
         code = totp.normalise(typed)
         if code is not None:
             if row is None or row.totp_secret is None:
@@ -246,3 +246,7 @@ class CodeRefused(Refusal):
     def __init__(self, message: str, failures: int) -> None:
         super().__init__(message)
         self.failures = failures
+
+
+class Throttled(Refusal):
+    """A code not even looked at: the account is in its back-off (SPEC §5)."""
