@@ -144,7 +144,9 @@ class GatewaySSHServer(asyncssh.SSHServer):
         self.sessions += 1
         self.gateway.session_started()
         self._cancel_idle()
-        return _Session(self._session_ended, handle_session, None, 0, False)
+        channel = self.conn.create_server_channel()
+        channel._process_exec_request = _exec_request_of(channel)  # type: ignore[attr-defined]
+        return channel, _Session(self._session_ended, handle_session, None, 0, False)
 
     def _session_ended(self) -> None:
         self.sessions -= 1
@@ -171,6 +173,19 @@ class GatewaySSHServer(asyncssh.SSHServer):
         log_event(log, "connection.idle", peer=self.peer, seconds=self.settings.idle_timeout)
         if self.conn is not None:
             self.conn.disconnect(asyncssh.DISC_BY_APPLICATION, "Idle timeout")
+
+
+def _exec_request_of(channel: asyncssh.SSHServerChannel):
+    """asyncssh refuses an exec request that is not UTF-8 at the channel level, and the
+    user sees only "exec request failed". Pass it on instead, invalid bytes as surrogates,
+    for the command parser to refuse with an ERROR line like any other bad command."""
+
+    def process_exec_request(packet) -> bool:
+        command = packet.get_string()
+        packet.check_end()
+        return channel._start_session(command=command.decode("utf-8", "surrogateescape"))
+
+    return process_exec_request
 
 
 class _Session(asyncssh.SSHServerProcess):

@@ -30,6 +30,8 @@ def parse(line: str | None) -> GitRequest | GatewayCommand:
         return GatewayCommand("", ())
     if len(line) > MAX_COMMAND_LENGTH:
         raise Refusal("Invalid command: too long")
+    if any("\udc80" <= ch <= "\udcff" for ch in line):
+        raise Refusal("Invalid command: not valid UTF-8")
     if any(not ch.isprintable() for ch in line):
         raise Refusal("Invalid command: control characters are not allowed")
     try:
