@@ -1,60 +1,78 @@
 """Caps on connections, so that a flood of sockets cannot keep real users out.
 
 Connections that have not authenticated yet are capped in all (`max_startups`, after
-OpenSSH's MaxStartups) and per address (`max_startups_per_address`). When a cap is full
-an unauthenticated connection is dropped to make room rather than the new one refused:
-the one that has got least far (silent, then still exchanging keys, then authenticating),
-oldest first. Sockets held open by an attacker then cannot starve a client that is busy
-authenticating, which takes well under a second. All connections from one address are
-capped too (`max_connections_per_address`); past it new ones are refused.
+OpenSSH's MaxStartups) and per address (`max_startups_per_address`). When a cap is full,
+an unauthenticated connection that is not getting anywhere is dropped to make room:
+one that has sent nothing at all (its socket is checked, so a client whose bytes have
+arrived but are not read yet counts as talking), else one whose handshake has run for
+more than STALLED seconds (a real one takes well under a second), oldest first. Sockets
+an attacker holds open then cannot keep out a client that is busy logging in, and many
+real clients behind one address (a CI farm) are never dropped for each other. With no
+such connection to drop, a full per-address cap lets the new one in, and a full global
+cap refuses it. All connections from one address are capped as well
+(`max_connections_per_address`); past it new ones are refused.
 """
 
 from __future__ import annotations
 
+import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from .config import Settings
 
 # How far an unauthenticated connection has got.
 SILENT, TALKING, AUTHENTICATING = 0, 1, 2
+STALLED = 10.0  # seconds
+
+
+@dataclass
+class _Pending:
+    address: str
+    drop: Callable[[], None]
+    has_sent: Callable[[], bool]  # whether bytes from the client are waiting
+    opened: float
+    stage: int = SILENT
 
 
 class ConnectionLimits:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings  # read on every call: SIGHUP changes take effect at once
-        # ticket -> [address, drop, progress]; in order of arrival
-        self._pending: OrderedDict[int, list] = OrderedDict()
+        self.clock = clock
+        self._pending: OrderedDict[int, _Pending] = OrderedDict()  # in order of arrival
         self._address_of: dict[int, str] = {}
         self._per_address: Counter[str] = Counter()
         self._next = 0
 
-    def admit(self, address: str, drop: Callable[[], None]) -> tuple[int | None, int]:
-        """A ticket for a new connection, or None when its address has too many; and how
-        many older unauthenticated connections were dropped to make room. `drop` closes
-        this connection if it is dropped later."""
+    def admit(self, address: str, drop: Callable[[], None],
+              has_sent: Callable[[], bool] = lambda: False) -> tuple[int | None, str]:
+        """A ticket for a new connection, or None with the reason it is refused. `drop`
+        closes this connection if it is dropped later to make room."""
         cap = self.settings.max_connections_per_address
         if cap and self._per_address[address] >= cap:
-            return None, 0
-        dropped = 0
-        same = [t for t, entry in self._pending.items() if entry[0] == address]
+            return None, "max_connections_per_address"
+        same = [t for t, p in self._pending.items() if p.address == address]
         if len(same) >= self.settings.max_startups_per_address:
-            self._drop(self._least_advanced(same))
-            dropped += 1
-        while len(self._pending) >= self.settings.max_startups:
-            self._drop(self._least_advanced(self._pending))
-            dropped += 1
+            victim = self._droppable(same)
+            if victim is not None:
+                self._drop(victim)
+        if len(self._pending) >= self.settings.max_startups:
+            victim = self._droppable(list(self._pending))
+            if victim is None:
+                return None, "max_startups"
+            self._drop(victim)
         self._next += 1
         ticket = self._next
-        self._pending[ticket] = [address, drop, SILENT]
+        self._pending[ticket] = _Pending(address, drop, has_sent, self.clock())
         self._address_of[ticket] = address
         self._per_address[address] += 1
-        return ticket, dropped
+        return ticket, ""
 
     def progressed(self, ticket: int, stage: int) -> None:
-        entry = self._pending.get(ticket)
-        if entry is not None and stage > entry[2]:
-            entry[2] = stage
+        pending = self._pending.get(ticket)
+        if pending is not None and stage > pending.stage:
+            pending.stage = stage
 
     def authenticated(self, ticket: int) -> None:
         self._pending.pop(ticket, None)
@@ -77,10 +95,21 @@ class ConnectionLimits:
     def connections(self) -> int:
         return len(self._address_of)
 
-    def _least_advanced(self, tickets) -> int:
-        return min(tickets, key=lambda t: (self._pending[t][2], t))
+    def _droppable(self, tickets: list[int]) -> int | None:
+        """The oldest silent connection, else the oldest stalled one, else None."""
+        now = self.clock()
+        stalled = None
+        for ticket in tickets:
+            pending = self._pending[ticket]
+            if pending.stage == SILENT and pending.has_sent():
+                pending.stage = TALKING
+            if pending.stage == SILENT:
+                return ticket
+            if stalled is None and now - pending.opened > STALLED:
+                stalled = ticket
+        return stalled
 
     def _drop(self, ticket: int) -> None:
-        drop = self._pending[ticket][1]
+        drop = self._pending[ticket].drop
         self.closed(ticket)
         drop()

@@ -447,12 +447,19 @@ class Gateway:
             else:
                 client.close()
 
-        ticket, _ = self.limits.admit(host, drop)
+        def has_sent() -> bool:
+            try:
+                return bool(client.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+            except (BlockingIOError, InterruptedError):
+                return False
+            except OSError:
+                return False
+
+        ticket, reason = self.limits.admit(host, drop, has_sent)
         metrics.UNAUTHENTICATED.set(self.limits.unauthenticated)
         if ticket is None:
-            log_event(log, "connection.refused", peer=peer,
-                      reason="max_connections_per_address")
-            metrics.CONNECTIONS_TOTAL.labels("refused_per_address").inc()
+            log_event(log, "connection.refused", peer=peer, reason=reason)
+            metrics.CONNECTIONS_TOTAL.labels(f"refused_{reason}").inc()
             client.close()
             return
         metrics.CONNECTIONS_TOTAL.labels("accepted").inc()

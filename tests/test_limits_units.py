@@ -12,25 +12,33 @@ from gateway import limits, proxyproto
 from gateway.config import Settings
 
 
+class Clock:
+    now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def tracker(**settings):
-    dropped = []
-    caps = limits.ConnectionLimits(Settings(**settings))
+    dropped, talking = [], set()
+    clock = Clock()
+    caps = limits.ConnectionLimits(Settings(**settings), clock)
 
     def admit(address, name):
-        ticket, _ = caps.admit(address, lambda: dropped.append(name))
+        ticket, _ = caps.admit(address, lambda: dropped.append(name), lambda: name in talking)
         return ticket
 
-    return caps, admit, dropped
+    return caps, admit, dropped, talking, clock
 
 
-def test_per_address_cap_drops_the_least_advanced_oldest_first():
-    caps, admit, dropped = tracker(max_startups=100, max_startups_per_address=3)
+def test_per_address_cap_drops_silent_connections_oldest_first():
+    caps, admit, dropped, talking, clock = tracker(max_startups=100, max_startups_per_address=3)
     a = admit("10.0.0.1", "a")
-    b = admit("10.0.0.1", "b")
-    c = admit("10.0.0.1", "c")
+    admit("10.0.0.1", "b")
+    admit("10.0.0.1", "c")
     caps.progressed(a, limits.AUTHENTICATING)
-    caps.progressed(b, limits.TALKING)
-    admit("10.0.0.1", "d")  # full: c is silent, so c goes before older but busier ones
+    talking.add("b")  # its bytes wait in the socket, unread yet: it is talking
+    admit("10.0.0.1", "d")  # full: c is the only silent one
     assert dropped == ["c"]
     admit("10.0.0.1", "e")  # d is silent now
     assert dropped == ["c", "d"]
@@ -38,8 +46,20 @@ def test_per_address_cap_drops_the_least_advanced_oldest_first():
     assert dropped == ["c", "d"]
 
 
-def test_global_cap_and_authenticated_connections_do_not_count():
-    caps, admit, dropped = tracker(max_startups=2, max_startups_per_address=10)
+def test_many_real_clients_behind_one_address_are_not_dropped():
+    caps, admit, dropped, talking, clock = tracker(max_startups=100, max_startups_per_address=3)
+    for n in range(20):  # a CI farm behind one NAT: every client talks at once
+        talking.add(f"c{n}")
+        assert admit("10.0.0.1", f"c{n}") is not None
+    assert dropped == [] and caps.unauthenticated == 20
+    clock.now += limits.STALLED + 1  # then one handshake that never finishes is dropped
+    talking.add("late")
+    admit("10.0.0.1", "late")
+    assert dropped == ["c0"]
+
+
+def test_global_cap_refuses_when_nothing_can_be_dropped():
+    caps, admit, dropped, talking, clock = tracker(max_startups=2, max_startups_per_address=10)
     first = admit("10.0.0.1", "first")
     caps.authenticated(first)
     admit("10.0.0.2", "x")
@@ -47,11 +67,14 @@ def test_global_cap_and_authenticated_connections_do_not_count():
     assert dropped == []
     admit("10.0.0.4", "z")
     assert dropped == ["x"]
+    talking.update({"y", "z", "w"})
+    assert caps.admit("10.0.0.5", lambda: None, lambda: True) == (None, "max_startups")
     assert caps.unauthenticated == 2 and caps.connections == 3
 
 
 def test_address_cap_refuses_and_a_drop_frees_room_at_once():
-    caps, admit, dropped = tracker(max_connections_per_address=2, max_startups_per_address=2)
+    caps, admit, dropped, talking, clock = tracker(max_connections_per_address=2,
+                                                   max_startups_per_address=2)
     one = admit("10.0.0.1", "one")
     admit("10.0.0.1", "two")
     caps.authenticated(one)
