@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test install clean
+.PHONY: serve test install clean adversarial
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,9 @@ serve: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/pytest -q
+
+adversarial: $(STAMP)
+	$(VENV)/bin/python -m adversarial
 
 clean:
 	rm -rf $(VENV) *.egg-info

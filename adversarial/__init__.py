@@ -1,0 +1,1 @@
+"""The adversarial suite: hostile input, faults and load against a real `gateway serve`."""
