@@ -52,6 +52,16 @@ def connect(g: Gateway, key: Path, **kw):
                             known_hosts=None, agent_path=None, config=None, **kw)
 
 
+async def run(conn, command, data: bytes = b"", **kw):
+    """Run a command with `data` on its stdin, then end of file (asyncssh's own `run`
+    sends no end of file for empty input, which leaves a server waiting, rightly)."""
+    proc = await conn.create_process(command, encoding=None, **kw)
+    if data:
+        proc.stdin.write(data)
+    proc.stdin.write_eof()
+    return await proc.wait()
+
+
 def server_children(g: Gateway) -> set[int]:
     try:
         text = Path(f"/proc/{g.proc.pid}/task/{g.proc.pid}/children").read_text()
@@ -62,6 +72,10 @@ def server_children(g: Gateway) -> set[int]:
 
 def open_fds(g: Gateway) -> int:
     return len(os.listdir(f"/proc/{g.proc.pid}/fd"))
+
+
+def threads(g: Gateway) -> int:
+    return len(os.listdir(f"/proc/{g.proc.pid}/task"))
 
 
 def wait_until(predicate, timeout: float, interval: float = 0.1) -> bool:
@@ -164,6 +178,7 @@ def command_lines(w: World, count: int, through_ssh: int) -> Result:
     result = Result("command lines (exec strings)")
     lines = exec_strings(w.canary, count)
     g = w.g
+    children = server_children(g)  # the spare Git workers
 
     async def run_all() -> None:
         done = 0
@@ -172,8 +187,7 @@ def command_lines(w: World, count: int, through_ssh: int) -> Result:
                 for line in lines[done:done + 250]:
                     try:
                         proc = await asyncio.wait_for(
-                            conn.run(line.encode("utf-8", "surrogateescape"), input=b"",
-                                     encoding=None), 20)
+                            run(conn, line.encode("utf-8", "surrogateescape")), 20)
                         ok = refused(proc.exit_status, proc.stdout, proc.stderr)
                     except (asyncssh.Error, asyncio.TimeoutError, UnicodeError) as exc:
                         ok, proc = False, exc
@@ -188,6 +202,9 @@ def command_lines(w: World, count: int, through_ssh: int) -> Result:
                                line], capture_output=True, env=g.env, timeout=30)
         result.check(refused(proc.returncode, proc.stdout, proc.stderr) and not w.canary.exists(),
                      "ssh: " + repr(line)[:200])
+    # No process was started for any of them: the server's children are the same spares.
+    result.check(wait_until(lambda: server_children(g) == children, 10),
+                 f"server children {server_children(g)} (were {children})")
     stray = [p for p in w.work.iterdir() if p.name not in
              {"clone", "outside.git", "secret", "canary"}]
     result.notes = (f"{count} via one asyncssh connection per 250, {through_ssh} via ssh; "
@@ -218,7 +235,7 @@ def paths(w: World) -> Result:
                 for verb in ("git-upload-pack", "git-upload-archive", "git-receive-pack"):
                     line = f"{verb} '{path}'"
                     try:
-                        proc = await asyncio.wait_for(conn.run(line, input=b"", encoding=None), 20)
+                        proc = await asyncio.wait_for(run(conn, line), 20)
                         leaked = w.secret_tip.encode() in proc.stdout
                         ok = not leaked and refused(proc.exit_status, proc.stdout, proc.stderr)
                     except (asyncssh.Error, asyncio.TimeoutError) as exc:
@@ -226,8 +243,7 @@ def paths(w: World) -> Result:
                     result.check(ok, repr(line))
             # Case tricks on the real repository reach only that repository.
             for variant in (w.path.upper(), w.path.swapcase(), f"/{w.path}.git"):
-                proc = await conn.run(f"git-upload-pack '{variant}'", input=b"0000",
-                                      encoding=None)
+                proc = await run(conn, f"git-upload-pack '{variant}'", b"0000")
                 result.check(w.secret_tip.encode() not in proc.stdout
                              and (proc.exit_status != 0 or w.tip.encode() in proc.stdout),
                              f"case variant {variant!r}")
@@ -263,8 +279,7 @@ def ssh_level(w: World, slow_gateway: Gateway) -> Result:
             try:
                 async with connect(g, w.alice.key) as conn:
                     who = await conn.run("whoami", env=env)
-                    ls = await conn.run(f"git-upload-pack '{w.path}'", input=b"0000", env=env,
-                                        encoding=None)
+                    ls = await run(conn, f"git-upload-pack '{w.path}'", b"0000", env=env)
                 ok = (who.stdout == w.alice.name + "\n" and w.tip.encode() in ls.stdout
                       and not w.canary.exists())
             except asyncssh.Error:
@@ -376,7 +391,7 @@ def protocol(w: World, count: int) -> Result:
             for service, data in inputs:
                 try:
                     proc = await asyncio.wait_for(
-                        conn.run(f"git-{service} '{w.path}'", input=data, encoding=None), 30)
+                        run(conn, f"git-{service} '{w.path}'", data), 30)
                     ok = b"Traceback" not in proc.stderr and w.secret_tip.encode() not in proc.stdout
                 except (asyncssh.Error, asyncio.TimeoutError):
                     ok = False
@@ -467,12 +482,12 @@ def faults(g: Gateway, w: World, rounds: int) -> Result:
             local_git("reset", "-q", "--hard", after, cwd=w.clone)
     # Clients cut mid-clone and mid-push leave no process or descriptor behind. Counted
     # in the same state both times: just after a normal request, spare workers refilled.
-    def steady() -> tuple[int, int]:
+    def steady() -> tuple[int, int, int]:
         g.git(w.alice, "ls-remote", g.url(w.path))
         time.sleep(2)
-        return open_fds(g), len(server_children(g))
+        return open_fds(g), len(server_children(g)), threads(g)
 
-    fds, children = steady()
+    fds, children, tasks = steady()
     for n in range(4):
         target = w.work / f"cut{n}"
         env = {**g.env, "GIT_SSH_COMMAND": " ".join(g.ssh_command(w.alice.key))}
@@ -486,11 +501,11 @@ def faults(g: Gateway, w: World, rounds: int) -> Result:
     wait_until(lambda: not git_workers(repo_dir), 15)
     steady()
     settled = wait_until(lambda: not git_workers(repo_dir) and open_fds(g) <= fds
-                         and len(server_children(g)) <= children, 15)
+                         and len(server_children(g)) <= children and threads(g) <= tasks, 15)
     result.check(settled, f"after cut clients: fds {open_fds(g)} (was {fds}), children "
-                          f"{len(server_children(g))} (was {children}), workers "
-                          f"{git_workers(repo_dir)}")
-    result.notes = f"{rounds} SIGKILL rounds; 4 clients cut; fds and processes counted"
+                          f"{len(server_children(g))} (was {children}), threads {threads(g)} "
+                          f"(was {tasks}), workers {git_workers(repo_dir)}")
+    result.notes = f"{rounds} SIGKILL rounds; 4 clients cut; fds, processes, threads counted"
     return result
 
 
