@@ -32,7 +32,7 @@ class Settings:
     max_auth_tries: int = 6
     keepalive_interval: int = 60
     idle_timeout: int = 600
-    max_startups: int = 100
+    max_startups: int = 1000
     max_startups_per_address: int = 10
     max_connections_per_address: int = 300
     max_sessions: int = 10
@@ -148,10 +148,11 @@ DESCRIPTIONS = {
     "idle_timeout": ("seconds a connection may sit with no session, a prompt without an "
                      "answer or a Git transfer without a byte moving; 0: never; above "
                      "hook_timeout", _between(0, 7 * DAY)),
-    "max_startups": ("connections not yet authenticated, in all; the oldest is dropped "
-                     "to make room", _between(1, 100000)),
-    "max_startups_per_address": ("connections not yet authenticated from one address; the "
-                                 "oldest is dropped to make room", _between(1, 100000)),
+    "max_startups": ("connections not yet authenticated, in all: when full, a silent or "
+                     "stalled one is dropped, else the new one refused", _between(1, 100000)),
+    "max_startups_per_address": ("connections not yet authenticated from one address: when "
+                                 "full, a silent or stalled one is dropped",
+                                 _between(1, 100000)),
     "max_connections_per_address": ("connections from one address; more are refused; "
                                     "0: no limit", _between(0, 1000000)),
     "max_sessions": ("sessions open at once on one connection", _between(1, 1000)),
