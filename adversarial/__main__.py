@@ -2,6 +2,7 @@
 
     python -m adversarial            the full suite (10,000 command lines, 20 kill rounds, 200 clones)
     python -m adversarial --quick    a bounded run for CI (the test suite runs this)
+    python -m adversarial --only ssh a single class (exec, paths, ssh, protocol, 2sv, load, faults)
 
 Exit status 1 if any input was mishandled; the inputs are printed below the table.
 """
@@ -13,19 +14,23 @@ import shutil
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 from . import suite
 
 SIZES = {  # quick, full
     "exec": (1500, 10000), "through_ssh": (20, 100), "protocol": (60, 400),
-    "guesses": (20, 40), "kill_rounds": (5, 20), "clones": (40, 200), "sockets": (500, 500),
+    "guesses": (20, 40), "kill_rounds": (5, 20), "cuts": (4, 10), "clones": (50, 200), "sockets": (500, 500),
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="bounded run (CI)")
+    parser.add_argument("--only", action="append", metavar="CLASS",
+                        choices=["exec", "paths", "ssh", "protocol", "2sv", "load", "faults"],
+                        help="run only this class (repeatable)")
     args = parser.parse_args(argv)
     size = {k: v[0] if args.quick else v[1] for k, v in SIZES.items()}
     root = Path(tempfile.mkdtemp(prefix="gateway-adversarial-"))
@@ -35,7 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     results: list[suite.Result] = []
     try:
         g.cli("init")
-        (g.data / "gateway.toml").write_text("twosv_backoff_seconds = 60\nmax_sessions = 10\n")
+        suite.write_hooks(root / "hooks")
+        (g.data / "gateway.toml").write_text(f"twosv_backoff_seconds = 60\nmax_sessions = 10\n"
+                                             f"hooks_dir = \"{root / 'hooks'}\"\n")
         g.start()
         slow.cli("init")
         (slow.data / "gateway.toml").write_text("login_timeout = 3\n")
@@ -43,18 +50,27 @@ def main(argv: list[str] | None = None) -> int:
         work = root / "work"
         work.mkdir()
         w = suite.World(g, work)
-        steps = [
-            lambda: suite.command_lines(w, size["exec"], size["through_ssh"]),
-            lambda: suite.paths(w),
-            lambda: suite.ssh_level(w, slow),
-            lambda: suite.protocol(w, size["protocol"]),
-            lambda: suite.two_step(g, size["guesses"]),
-            lambda: suite.load(g, w, size["clones"], size["sockets"]),
-            lambda: suite.faults(g, w, size["kill_rounds"]),
-        ]
-        for step in steps:
+        steps = {
+            "exec": lambda: suite.command_lines(w, size["exec"], size["through_ssh"]),
+            "paths": lambda: suite.paths(w),
+            "ssh": lambda: suite.ssh_level(w, slow),
+            "protocol": lambda: suite.protocol(w, size["protocol"]),
+            "2sv": lambda: suite.two_step(g, size["guesses"]),
+            "load": lambda: suite.load(g, w, size["clones"], size["sockets"]),
+            "faults": lambda: suite.faults(g, w, size["kill_rounds"], size["cuts"]),
+        }
+        for name, step in steps.items():
+            if args.only and name not in args.only:
+                continue
             t = time.monotonic()
-            result = step()
+            try:
+                result = step()
+            except Exception:  # a class that breaks is a class with a mishandled input
+                result = suite.Result(name)
+                result.check(False, "the class stopped with:\n" + traceback.format_exc())
+                result.notes = "stopped early"
+                if g.proc.poll() is not None:
+                    g.start()
             result.notes += f" ({time.monotonic() - t:.0f} s)"
             results.append(result)
             print(f"  {result.name}: {result.handled}/{result.tried}", file=sys.stderr, flush=True)

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,6 +88,21 @@ def wait_until(predicate, timeout: float, interval: float = 0.1) -> bool:
     return predicate()
 
 
+PRE_RECEIVE = """#!/bin/sh
+# The adversarial suite's server hook: refuse refs/heads/reject-*.
+while read old new ref; do
+  case "$ref" in refs/heads/reject-*) echo "refused by the adversarial suite"; exit 1;; esac
+done
+exit 0
+"""
+
+
+def write_hooks(hooks: Path) -> None:
+    hooks.mkdir(parents=True, exist_ok=True)
+    (hooks / "pre-receive").write_text(PRE_RECEIVE)
+    (hooks / "pre-receive").chmod(0o755)
+
+
 class World:
     """Accounts, a repository with history, and an outside repository to protect."""
 
@@ -118,6 +134,24 @@ class World:
         os.symlink(self.outside, ws_dir / "linked.git")
         os.symlink(work, g.data / "repos" / "evil")
         self.canary = work / "canary"
+        # A second canary outside every directory the suite made, where `touch /tmp/x`
+        # payloads would land.
+        self.tmp_canary = Path(f"/tmp/gateway-adversarial-canary-{uuid.uuid4().hex}")
+
+    def canaries_intact(self) -> bool:
+        return not self.canary.exists() and not self.tmp_canary.exists()
+
+    def outside_data(self) -> set[str]:
+        """Every file the server could write outside its data directory: its working
+        directory (relative paths land there) and the suite's work directory."""
+        found = {f"root/{p.relative_to(self.g.root)}" for p in self.g.root.rglob("*")
+                 if p.relative_to(self.g.root).parts[0] not in ("var", "serve.log", "home",
+                                                                 "userkeys")}
+        found |= {f"work/{p.name}" for p in self.work.iterdir()}
+        return found
+
+    def repositories(self) -> set[str]:
+        return {str(p.relative_to(self.g.data)) for p in (self.g.data / "repos").glob("*/*")}
 
     def refs(self) -> str:
         return local_git("for-each-ref", cwd=self.g.repo_dir(self.path))
@@ -131,8 +165,12 @@ VERBS = ["git-upload-pack", "git-receive-pack", "git-upload-archive", "git uploa
          "git", "git-shell", "rsync", "sftp-server", "env", "exec", "cd", "GIT-UPLOAD-PACK"]
 
 
-def payloads(canary: Path) -> list[str]:
-    touch = f"touch {canary}"
+def payloads(canary: Path, tmp_canary: Path) -> list[str]:
+    return [p for target in (canary, tmp_canary) for p in _payloads(f"touch {target}")] + [
+        "touch pwned-relative", "--upload-pack=touch pwned-relative", "$(touch pwned-relative)"]
+
+
+def _payloads(touch: str) -> list[str]:
     return [
         f"; {touch}", f"| {touch}", f"$({touch})", f"`{touch}`", f"&& {touch}", f"|| {touch}",
         f"\n{touch}", f"\r\n{touch}", f"\x00{touch}", "'", '"', "\\", f"' ; {touch} ; '",
@@ -146,13 +184,19 @@ def payloads(canary: Path) -> list[str]:
     ]
 
 
-def exec_strings(canary: Path, count: int, seed: int = 8386) -> list[str]:
+def exec_strings(canary: Path, tmp_canary: Path, count: int, seed: int = 8386) -> list[str]:
     """Deterministic hostile command lines: each verb with hostile arguments, quoted and
     not, combined, including git-shell's CVE-2017-8386 shape (`git-upload-pack '--help'`)."""
     rng = random.Random(seed)
-    hostile = payloads(canary)
-    out: list[str] = [f"git-upload-pack '--help'", "git-upload-pack --help",
-                      f"git-receive-pack '--upload-pack={canary}'"]
+    hostile = payloads(canary, tmp_canary)
+    out: list[str] = [  # fixed regression cases first: the real ssh sample runs these
+        "git-upload-pack '--help'", "git-upload-pack --help", "git-upload-pack -h",
+        f"git-receive-pack '--upload-pack=touch {tmp_canary}'",
+        f"git-upload-pack --upload-pack='touch {tmp_canary}' x/y.git",
+        f"git-upload-archive '--exec=touch {tmp_canary}'",
+        "git-upload-pack '\udcff'", "git-upload-pack 'x\x00y'", "git-upload-pack " + "x" * 30000,
+        "env --split-string='touch pwned-relative'", "git-upload-pack '\u2215etc\u2215passwd'",
+    ]
     quotes = ["{}", "'{}'", '"{}"', "'{}", "{}'", "\\'{}\\'"]
     seen = set(out)
     while len(out) < count:
@@ -174,42 +218,50 @@ def refused(status, stdout: bytes, stderr: bytes) -> bool:
             and any(line.startswith(b"ERROR: ") for line in stderr.splitlines()))
 
 
+PER_CONNECTION = 50  # sessions one after another on a connection, then a new connection
+
+
 def command_lines(w: World, count: int, through_ssh: int) -> Result:
     result = Result("command lines (exec strings)")
-    lines = exec_strings(w.canary, count)
+    lines = exec_strings(w.canary, w.tmp_canary, count)
     g = w.g
     children = server_children(g)  # the spare Git workers
+    outside, repos = w.outside_data(), w.repositories()
 
     async def run_all() -> None:
-        done = 0
-        while done < len(lines):
+        for first in range(0, len(lines), PER_CONNECTION):
             async with connect(g, w.alice.key) as conn:
-                for line in lines[done:done + 250]:
+                for line in lines[first:first + PER_CONNECTION]:
                     try:
                         proc = await asyncio.wait_for(
                             run(conn, line.encode("utf-8", "surrogateescape")), 20)
                         ok = refused(proc.exit_status, proc.stdout, proc.stderr)
-                    except (asyncssh.Error, asyncio.TimeoutError, UnicodeError) as exc:
-                        ok, proc = False, exc
-                    result.check(ok and not w.canary.exists(), repr(line)[:200])
-                done += 250
+                    except (asyncssh.Error, asyncio.TimeoutError, UnicodeError):
+                        ok = False
+                    result.check(ok and w.canaries_intact(), repr(line)[:200])
 
     asyncio.run(run_all())
-    for line in lines[:through_ssh]:  # the real ssh client too (it cannot send NUL)
+    sent = 0
+    for line in lines:  # the real ssh client too (it cannot send NUL or invalid UTF-8)
+        if sent == through_ssh:
+            break
         if "\x00" in line or "\udcff" in line:
             continue
+        sent += 1
         proc = subprocess.run([*g.ssh_command(w.alice.key), "-p", str(g.port), "git@127.0.0.1",
                                line], capture_output=True, env=g.env, timeout=30)
-        result.check(refused(proc.returncode, proc.stdout, proc.stderr) and not w.canary.exists(),
+        result.check(refused(proc.returncode, proc.stdout, proc.stderr) and w.canaries_intact(),
                      "ssh: " + repr(line)[:200])
     # No process was started for any of them: the server's children are the same spares.
     result.check(wait_until(lambda: server_children(g) == children, 10),
                  f"server children {server_children(g)} (were {children})")
-    stray = [p for p in w.work.iterdir() if p.name not in
-             {"clone", "outside.git", "secret", "canary"}]
-    result.notes = (f"{count} via one asyncssh connection per 250, {through_ssh} via ssh; "
-                    f"canary {'CREATED' if w.canary.exists() else 'never created'}; "
-                    f"{'unexpected files: ' + str(stray) if stray else 'no stray files'}")
+    stray = sorted(w.outside_data() - outside)
+    result.check(not stray and w.canaries_intact(), f"files written outside the data dir: {stray}")
+    made = sorted(w.repositories() ^ repos)
+    result.check(not made, f"repositories made or removed: {made}")
+    result.notes = (f"{count} via asyncssh ({PER_CONNECTION} sessions a connection), {sent} via "
+                    f"ssh; canaries {'never created' if w.canaries_intact() else 'CREATED'}; "
+                    f"{'files written outside the data dir: ' + str(stray) if stray else 'no file outside the data dir'}")
     return result
 
 
@@ -255,56 +307,122 @@ def paths(w: World) -> Result:
 
 # --- 4. SSH level --------------------------------------------------------------------------
 
-ENV_ATTACKS = {
-    "LD_PRELOAD": "/tmp/evil.so", "LD_LIBRARY_PATH": "/tmp", "GIT_DIR": "/etc",
-    "GIT_CONFIG_PARAMETERS": "'core.sshCommand'='touch {canary}'", "GIT_CONFIG_COUNT": "1",
-    "GIT_CONFIG_KEY_0": "core.hooksPath", "GIT_CONFIG_VALUE_0": "/tmp",
-    "GIT_EXEC_PATH": "/tmp", "GIT_TEMPLATE_DIR": "/tmp", "GIT_OBJECT_DIRECTORY": "/tmp",
-    "GIT_ALTERNATE_OBJECT_DIRECTORIES": "/tmp", "BASH_ENV": "/tmp/x", "ENV": "/tmp/x",
-    "PATH": "/tmp", "PYTHONPATH": "/tmp", "PYTHONSTARTUP": "/tmp/x", "HOME": "/tmp",
-    "GIT_PROTOCOL": "version=2:object-format=sha256:\n--upload-pack=touch {canary}",
-    "GIT_SSH_COMMAND": "touch {canary}", "SSH_ORIGINAL_COMMAND": "touch {canary}",
-    "GATEWAY_DATA_DIR": "/tmp", "GATEWAY_HOOKS_DIR": "/tmp",
-}
+ENV_ATTACKS = [  # (name, value); {canary} is replaced by a path that must never appear
+    ("LD_PRELOAD", "{preload}"), ("LD_LIBRARY_PATH", "/tmp"), ("GIT_DIR", "/etc"),
+    ("GIT_CONFIG_PARAMETERS", "'core.sshCommand'='touch {canary}'"), ("GIT_CONFIG_COUNT", "1"),
+    ("GIT_CONFIG_KEY_0", "core.hooksPath"), ("GIT_CONFIG_VALUE_0", "/tmp"),
+    ("GIT_EXEC_PATH", "/tmp"), ("GIT_TEMPLATE_DIR", "/tmp"), ("GIT_OBJECT_DIRECTORY", "/tmp"),
+    ("GIT_ALTERNATE_OBJECT_DIRECTORIES", "/tmp"), ("BASH_ENV", "/tmp/x"), ("ENV", "/tmp/x"),
+    ("PATH", "/tmp"), ("PYTHONPATH", "/tmp"), ("PYTHONSTARTUP", "/tmp/x"), ("HOME", "/tmp"),
+    ("PYTHONINSPECT", "1"), ("PYTHONWARNINGS", "error"), ("GIT_TRACE", "{canary}"),
+    ("GIT_PROTOCOL", "version=2:object-format=sha256:\n--upload-pack=touch {canary}"),
+    ("GIT_PROTOCOL", "version=2"), ("GIT_PROTOCOL", "version=1"), ("GIT_PROTOCOL", "x" * 10000),
+    ("GIT_SSH_COMMAND", "touch {canary}"), ("SSH_ORIGINAL_COMMAND", "touch {canary}"),
+    ("GATEWAY_DATA_DIR", "/tmp"), ("GATEWAY_HOOKS_DIR", "/tmp"), ("GATEWAY_ACCOUNT", "root"),
+    # soft-serve CVE-2024-41956: any variable reaching git, e.g. its config by environment
+    ("GIT_CONFIG_GLOBAL", "/dev/null"), ("GIT_CONFIG_SYSTEM", "/dev/null"),
+    ("GIT_CONFIG_KEY_0", "core.fsmonitor"), ("GIT_CONFIG_VALUE_0", "touch {canary}"),
+    # Gogs CVE-2024-39930: variables passed to `env` become its options
+    ("--split-string=touch {canary}", "x"), ("-S", "touch {canary}"),
+    ("A", "B --split-string=touch {canary}"), ("X=Y -i", "touch {canary}"),
+]
+
+
+def _library(work: Path, name: str, canary: Path) -> Path | None:
+    source, library = work / f"{name}.c", work / f"{name}.so"
+    source.write_text('#include <fcntl.h>\n__attribute__((constructor)) static void evil(void)'
+                      f' {{ open("{canary}", O_CREAT | O_WRONLY, 0600); }}\n')
+    made = subprocess.run(["cc", "-shared", "-fPIC", "-o", str(library), str(source)],
+                          capture_output=True)
+    return library if made.returncode == 0 else None
+
+
+def preload_library(work: Path, canary: Path) -> tuple[str, bool]:
+    """A real LD_PRELOAD library whose constructor creates the canary: loaded by any
+    process the server starts with the client's environment, it would show at once.
+    Returns its path and whether a control copy (another canary) works on /bin/true."""
+    control = work / "control-canary"
+    probe = _library(work, "control", control)
+    if probe is not None:
+        subprocess.run(["true"], env={**os.environ, "LD_PRELOAD": str(probe)})
+    works = control.exists()
+    library = _library(work, "evil", canary)
+    return (str(library) if library else "/tmp/evil.so"), works
 
 
 def ssh_level(w: World, slow_gateway: Gateway) -> Result:
     result = Result("SSH level (env, forwarding, auth, identity)")
     g = w.g
-    canary = str(w.canary)
+    canary = str(w.tmp_canary)
+    preload, preload_works = preload_library(w.work, w.tmp_canary)
 
     async def env_and_forwarding() -> None:
-        for name, value in ENV_ATTACKS.items():
-            env = {name: value.format(canary=canary)}
+        for name, value in ENV_ATTACKS:
+            env = {name.format(canary=canary): value.format(canary=canary, preload=preload)}
             try:
                 async with connect(g, w.alice.key) as conn:
-                    who = await conn.run("whoami", env=env)
+                    who = await run(conn, "whoami", env=env)
                     ls = await run(conn, f"git-upload-pack '{w.path}'", b"0000", env=env)
-                ok = (who.stdout == w.alice.name + "\n" and w.tip.encode() in ls.stdout
-                      and not w.canary.exists())
-            except asyncssh.Error:
-                ok = False
-            result.check(ok, f"env {name}")
+                    # a full fetch runs every stage of the worker with the variable sent
+                    fetch = await run(conn, f"git-upload-pack '{w.path}'", pkt(
+                        f"want {w.tip} side-band-64k thin-pack ofs-delta\n".encode())
+                        + b"0000" + pkt(b"done\n"), env=env)
+                ok = (who.stdout == (w.alice.name + "\n").encode() and w.tip.encode() in ls.stdout
+                      and fetch.exit_status == 0 and b"PACK" in fetch.stdout
+                      and w.canaries_intact())
+            except (asyncssh.Error, OSError) as exc:
+                ok, who = False, exc
+            result.check(ok, f"env {name!r}={value[:40]!r}: {who!r:.200}")
         async with connect(g, w.alice.key) as conn:
-            for attempt in ("local forward", "remote forward", "sftp"):
+            for attempt in ("local forward", "local forward to a unix socket", "remote forward",
+                            "remote forward of a unix socket", "sftp"):
                 try:
                     if attempt == "local forward":
                         await conn.open_connection("127.0.0.1", g.port)
+                    elif attempt == "local forward to a unix socket":
+                        await conn.open_unix_connection("/run/systemd/private")
                     elif attempt == "remote forward":
                         await conn.forward_remote_port("127.0.0.1", 0, "127.0.0.1", 22)
+                    elif attempt == "remote forward of a unix socket":
+                        await conn.forward_remote_path(f"/tmp/gw-{uuid.uuid4().hex}", "/dev/null")
                     else:
                         await conn.start_sftp_client()
                     ok = False
-                except Exception:  # refused: ChannelOpenError, ChannelListenError, SFTPError
+                except (asyncssh.ChannelOpenError, asyncssh.ChannelListenError,
+                        asyncssh.SFTPError):
                     ok = True
                 result.check(ok, attempt)
+            # X11 forwarding asked for with a cookie (so that asyncssh sends it): refused.
+            xauth = w.work / "Xauthority"
+            made = subprocess.run(["xauth", "-f", str(xauth), "add", "127.0.0.1:0", ".",
+                                   "00112233445566778899aabbccddeeff"], capture_output=True)
+            if made.returncode == 0:
+                try:
+                    await run(conn, "whoami", x11_forwarding=True, x11_display="127.0.0.1:0",
+                              x11_auth_path=str(xauth))
+                    ok = False
+                except asyncssh.ChannelOpenError:
+                    ok = True
+                result.check(ok, "X11 forwarding request")
+            still = await run(conn, "whoami")
+            result.check(still.stdout == (w.alice.name + "\n").encode(),
+                         "the connection still works after the refusals")
 
     asyncio.run(env_and_forwarding())
-    scp = subprocess.run(["scp", "-P", str(g.port), "-i", str(w.alice.key), "-o", "BatchMode=yes",
-                          "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-                          f"git@127.0.0.1:{w.path}.git/config", str(w.work / "stolen")],
-                         capture_output=True, timeout=30)
-    result.check(scp.returncode != 0 and not (w.work / "stolen").exists(), "scp")
+    result.check(_agent_and_x11_through_ssh(w), "ssh -A -X: no agent or X11 channel opened back")
+    for mode in ([], ["-O"]):  # scp over SFTP and the legacy scp protocol
+        stolen = w.work / f"stolen{len(mode)}"
+        scp = subprocess.run(["scp", *mode, "-P", str(g.port), "-i", str(w.alice.key),
+                              "-o", "BatchMode=yes", "-F", "/dev/null",
+                              "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+                              f"git@127.0.0.1:{g.repo_dir(w.path)}/config", str(stolen)],
+                             capture_output=True, timeout=30)
+        result.check(scp.returncode != 0 and not stolen.exists(), f"scp {mode}")
+    up = subprocess.run(["scp", "-O", "-P", str(g.port), "-i", str(w.alice.key),
+                         "-o", "BatchMode=yes", "-F", "/dev/null", "-o", "StrictHostKeyChecking=no",
+                         "-o", "UserKnownHostsFile=/dev/null", str(w.alice.pub),
+                         f"git@127.0.0.1:{w.tmp_canary}"], capture_output=True, timeout=30)
+    result.check(up.returncode != 0 and w.canaries_intact(), "scp upload")
     # More than six authentication attempts: disconnected before the real key is tried.
     strangers = [make_key(w.work, f"stranger{i}") for i in range(7)]
     argv = [*g.ssh_command(strangers[0])]
@@ -315,19 +433,57 @@ def ssh_level(w: World, slow_gateway: Gateway) -> Result:
     result.check(tries.returncode == 255 and w.alice.name not in tries.stdout, "7 wrong keys first")
     # Offer the victim's key, sign with one's own: one's own account, never the victim's.
     result.check(_probe_then_sign(w), "offer victim's key, sign with own (CVE-2023-43809)")
-    # A client that stalls after its version string is cut at the login timeout.
-    with socket.create_connection(("127.0.0.1", slow_gateway.port), timeout=30) as s:
-        s.sendall(b"SSH-2.0-OpenSSH_9.6 slow\r\n")
-        started = time.monotonic()
+    # Clients that stall are cut at the login timeout (3 s on this server): one silent
+    # after its version string, one that trickles its version string a byte at a time.
+    for trickle in (False, True):
+        took = _slow_client(slow_gateway, trickle)
+        result.check(took < 10, f"slow client ({'trickling' if trickle else 'silent'}) held "
+                                f"{took:.1f} s with login_timeout 3")
+    result.check(slow_gateway.proc.poll() is None, "slow-client server still up")
+    result.notes = (f"{len(ENV_ATTACKS)} environment variables (LD_PRELOAD of a library that "
+                    f"{'shown to create' if preload_works else 'COULD NOT be shown to create'} a file when "
+                    f"loaded), port/unix/agent/X11 forwarding, sftp, scp, auth limit, slow clients")
+    return result
+
+
+def _slow_client(g: Gateway, trickle: bool) -> float:
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", g.port), timeout=30) as s:
         try:
+            if trickle:
+                for byte in b"SSH-2.0-OpenSSH_9.6 " + b"x" * 200:
+                    s.sendall(bytes([byte]))
+                    time.sleep(0.5)
+                    if time.monotonic() - started > 30:
+                        break
+            else:
+                s.sendall(b"SSH-2.0-OpenSSH_9.6 slow\r\n")
             while s.recv(65536):
                 pass
-        except (ConnectionResetError, socket.timeout):
+        except (ConnectionResetError, BrokenPipeError, socket.timeout):
             pass
-        took = time.monotonic() - started
-    result.check(took < 10, f"slow client held {took:.1f} s")
-    result.notes = f"{len(ENV_ATTACKS)} environment variables, forwarding, sftp, scp, auth limit"
-    return result
+    return time.monotonic() - started
+
+
+def _agent_and_x11_through_ssh(w: World) -> bool:
+    """The real ssh asks for agent and X11 forwarding; the server never opens an agent or
+    X11 channel back to the client (ssh -v names every channel the server opens)."""
+    sock = w.work / "agent.sock"
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        wait_until(sock.exists, 10, 0.05)
+        env = {**w.g.env, "SSH_AUTH_SOCK": str(sock), "DISPLAY": ":0"}
+        argv = [("LogLevel=DEBUG" if a == "LogLevel=ERROR" else a)  # ssh takes the first
+                for a in w.g.ssh_command(w.alice.key)]
+        r = subprocess.run([*argv, "-A", "-X",
+                            "-p", str(w.g.port), "git@127.0.0.1", "whoami"],
+                           capture_output=True, text=True, env=env, timeout=30)
+    finally:
+        agent.terminate()
+        agent.wait(10)
+    return (r.stdout == w.alice.name + "\n" and "Requesting authentication agent forwarding"
+            in r.stderr and "ctype auth-agent" not in r.stderr and "ctype x11" not in r.stderr)
 
 
 def _probe_then_sign(w: World) -> bool:
@@ -355,56 +511,165 @@ def pkt(data: bytes) -> bytes:
     return b"%04x" % (len(data) + 4) + data
 
 
+CAPS = b" side-band-64k thin-pack ofs-delta"
+
+
+def _deleted_branch(w: World) -> str:
+    """A commit pushed to a branch that was then deleted: its objects stay on disk (the
+    gateway never collects garbage), and no one may fetch them by id."""
+    g = w.g
+    local_git("checkout", "-q", "-b", "leaked", cwd=w.clone)
+    (w.clone / "leaked.txt").write_text("pushed by mistake\n")
+    local_git("add", ".", cwd=w.clone, env=g.env)
+    local_git("commit", "-qm", "leaked", cwd=w.clone, env=g.env)
+    sha = local_git("rev-parse", "HEAD", cwd=w.clone).strip()
+    g.git(w.alice, "push", "-q", "origin", "leaked", cwd=w.clone)
+    g.git(w.alice, "push", "-q", "origin", ":leaked", cwd=w.clone)
+    local_git("checkout", "-q", "main", cwd=w.clone)
+    local_git("branch", "-q", "-D", "leaked", cwd=w.clone)
+    return sha
+
+
+def _rejected_push(w: World) -> str:
+    """A commit whose push the pre-receive hook rejected (SPEC 7: none of its objects may
+    become reachable or visible); returns its id, which the client knows."""
+    g = w.g
+    local_git("checkout", "-q", "-b", "reject-me", cwd=w.clone)
+    (w.clone / "rejected.txt").write_text(os.urandom(16).hex())
+    local_git("add", ".", cwd=w.clone, env=g.env)
+    local_git("commit", "-qm", "rejected", cwd=w.clone, env=g.env)
+    sha = local_git("rev-parse", "HEAD", cwd=w.clone).strip()
+    push = g.git(w.alice, "push", "origin", "reject-me", cwd=w.clone, check=False)
+    assert push.returncode != 0 and "refused by the adversarial suite" in push.stderr, push.stderr
+    local_git("checkout", "-q", "main", cwd=w.clone)
+    local_git("branch", "-q", "-D", "reject-me", cwd=w.clone)
+    return sha
+
+
+def _no_pack(proc) -> bool:
+    """A want that must be refused: a clean error (an ERROR line or an ERR packet, a
+    non-zero status), and no pack."""
+    return (b"PACK" not in proc.stdout and proc.exit_status != 0
+            and (b"ERROR: " in proc.stderr or b"ERR " in proc.stdout))
+
+
 def protocol(w: World, count: int) -> Result:
+    from test_push_faults import commands, make_commit, new_history, pack_of, report_of
+
     result = Result("protocol (pkt-lines, packs, wants)")
     rng = random.Random(5)
+    repo_dir = w.g.repo_dir(w.path)
+    leaked = _deleted_branch(w)
+    rejected = _rejected_push(w)
     blob = local_git("rev-parse", "HEAD:f0.txt", cwd=w.clone).strip()
+    parent = local_git("rev-parse", "HEAD~1", cwd=w.clone).strip()
+    tip = w.tip.encode()
+
+    def want(*shas: str, extra: bytes = b"") -> bytes:
+        lines = [pkt(f"want {sha}".encode() + (CAPS if n == 0 else b"") + b"\n")
+                 for n, sha in enumerate(shas)]
+        return b"".join(lines) + extra + b"0000" + pkt(b"done\n")
+
+    # Wants that must be refused, each with a clean error and no pack.
+    refused_wants = {
+        "want of a missing object": want("1" * 40),
+        "want of a deleted branch's commit (unreachable)": want(leaked),
+        "want of an unadvertised reachable commit": want(parent),
+        "want of an unadvertised blob": want(blob),
+        "want of the tip and a missing object": want(w.tip, "2" * 40),
+        "want of a short id": want(w.tip[:20]),
+        "want of a non-hex id": want("g" * 40),
+    }
+    # receive-pack: packs and commands that must change nothing.
+    orphan, orphan_objects = new_history("3" * 40)  # parent that does not exist
+    dangling = make_commit(b"4" * 40, [tip])  # tree that does not exist
+    bad_pushes = {
+        "commit whose parent is missing": commands((tip, orphan.id, b"refs/heads/main"))
+        + pack_of(*orphan_objects),
+        "commit whose tree is missing": commands((tip, dangling.id, b"refs/heads/main"))
+        + pack_of(dangling),
+        "new branch pointing at a missing object": commands((ZERO.encode(), b"5" * 40,
+                                                             b"refs/heads/ghost")) + pack_of(),
+        "new branch at a commit of a push the pre-receive hook rejected, no pack": commands(
+            (ZERO.encode(), rejected.encode(), b"refs/heads/revived")) + pack_of(),
+        "old id that does not match": commands((b"6" * 40, ZERO.encode(), b"refs/heads/main")),
+    }
     fixed = {
         "upload-pack": [
             pkt(f"want {'1' * 40} side-band-64k\n".encode()) + b"0000" + pkt(b"done\n"),
-            pkt(f"want {blob} side-band-64k\n".encode()) + b"0000" + pkt(b"done\n"),
             pkt(f"want {w.tip}\n".encode()) + b"0000" + pkt(b"have zzzz\n") + pkt(b"done\n"),
             b"ffff" + b"x" * 10, b"0004", b"000", pkt(b"want") + b"0000", b"\x00" * 100,
             pkt(f"want {w.tip} multi_ack\n".encode()) + pkt(b"deepen -1\n") + b"0000",
-        ],
+            want(w.tip, extra=pkt(b"deepen 0\n")), want(w.tip, extra=pkt(b"deepen 99999999999999999999\n")),
+            want(w.tip, extra=pkt(b"shallow " + b"7" * 40 + b"\n")), want(w.tip) * 50,
+            pkt(b"want " + tip + CAPS + b" " + b"x" * 60000 + b"\n"),
+        ] + list(refused_wants.values()),
         "receive-pack": [
             pkt(f"{w.tip} {'2' * 40} refs/heads/main\x00report-status\n".encode()) + b"0000"
             + b"PACK\x00\x00\x00\x02\x00\x00\x00\x01garbage",
             pkt(f"{ZERO} {w.tip} refs/heads/../x\x00report-status\n".encode()) + b"0000",
             pkt(f"{w.tip} {ZERO} refs/heads/nope\x00report-status\n".encode()) + b"0000",
             pkt(b"not a command\n") + b"0000", b"PACK" + os.urandom(64), b"0010short",
-        ],
+            commands((tip, b"8" * 40, b"refs/heads/main")) + b"PACK\x00\x00\x00\x02\xff\xff\xff\xff",
+        ] + list(bad_pushes.values()),
     }
+    n_fixed = sum(len(v) for v in fixed.values())
     inputs = [(service, data) for service, items in fixed.items() for data in items]
     while len(inputs) < count:  # random bytes and truncations of the fixed ones
-        service, data = rng.choice(inputs[:len(fixed["upload-pack"]) + len(fixed["receive-pack"])])
+        service, data = rng.choice(inputs[:n_fixed])
         mutated = bytearray(data[:rng.randint(0, len(data))])
         for _ in range(rng.randint(0, 4)):
             if mutated:
                 mutated[rng.randrange(len(mutated))] = rng.randrange(256)
         inputs.append((service, bytes(mutated) + (os.urandom(rng.randint(0, 40)))))
     before = w.refs()
-    repo_dir = w.g.repo_dir(w.path)
+
+    async def send(conn, service: str, data: bytes):
+        return await asyncio.wait_for(run(conn, f"git-{service} '{w.path}'", data), 30)
 
     async def run_all() -> None:
+        for first in range(0, len(inputs), PER_CONNECTION):
+            async with connect(w.g, w.alice.key) as conn:
+                for service, data in inputs[first:first + PER_CONNECTION]:
+                    try:
+                        proc = await send(conn, service, data)
+                        ok = (b"Traceback" not in proc.stderr
+                              and w.secret_tip.encode() not in proc.stdout)
+                    except (asyncssh.Error, asyncio.TimeoutError):
+                        ok = False
+                    result.check(ok, f"{service} {data[:60]!r}")
         async with connect(w.g, w.alice.key) as conn:
-            for service, data in inputs:
+            # The control: a proper want of the tip is served.
+            proc = await send(conn, "upload-pack", want(w.tip))
+            result.check(proc.exit_status == 0 and b"PACK" in proc.stdout, "want of the tip served")
+            for what, data in refused_wants.items():
+                proc = await send(conn, "upload-pack", data)
+                result.check(_no_pack(proc), f"{what}: status {proc.exit_status}, "
+                                             f"{proc.stderr[-200:]!r}")
+            for what, data in bad_pushes.items():
+                proc = await send(conn, "receive-pack", data)
                 try:
-                    proc = await asyncio.wait_for(
-                        run(conn, f"git-{service} '{w.path}'", data), 30)
-                    ok = b"Traceback" not in proc.stderr and w.secret_tip.encode() not in proc.stdout
-                except (asyncssh.Error, asyncio.TimeoutError):
-                    ok = False
-                result.check(ok, f"{service} {data[:60]!r}")
+                    report = report_of(proc.stdout)
+                except AssertionError:
+                    report = {}
+                accepted = [ref for ref, status in report.items() if ref != "unpack" and status == "ok"]
+                result.check(not accepted and b"Traceback" not in proc.stderr,
+                             f"{what}: report {report}")
 
     asyncio.run(run_all())
     clean = wait_until(lambda: not list((repo_dir / "objects").glob("incoming-*"))
-                       and not list((repo_dir / "objects").glob("tmp_pack_*")), 15)
+                       and not list((repo_dir / "objects").glob("tmp_pack_*"))
+                       and not list((repo_dir / "objects" / "pack").glob("tmp_*")), 15)
     result.check(clean, "no quarantine or temporary pack left")
     result.check(w.refs() == before, "no ref changed")
     fsck = subprocess.run(["git", "fsck", "--full"], cwd=repo_dir, capture_output=True)
     result.check(fsck.returncode == 0, "git fsck --full")
-    result.notes = "then: no temporary files, refs unchanged, fsck clean"
+    for sha in (orphan.id.decode(), dangling.id.decode(), rejected):
+        present = subprocess.run(["git", "cat-file", "-e", sha], cwd=repo_dir).returncode == 0
+        result.check(not present, f"refused push's object {sha} not in the repository")
+    result.notes = (f"{len(refused_wants)} wants of missing/unreachable/unadvertised objects, "
+                    f"{len(bad_pushes)} bad pushes, then: no temporary files, refs unchanged, "
+                    f"fsck clean")
     return result
 
 
@@ -416,23 +681,39 @@ def two_step(g: Gateway, parallel: int) -> Result:
     result = Result("2SV (brute force, replay, recovery race)")
     brute = g.user()
     secret, codes, _ = enable(g, brute)
-    guesses = [f"{n:06d}" for n in random.Random(1).sample(range(10**6), parallel)]
+    rng = random.Random(1)
     real = {pyotp.TOTP(secret).at(time.time() + 30 * k) for k in (-1, 0, 1)}
-    guesses = [x for x in guesses if x not in real]
+    totp_guesses = [f"{n:06d}" for n in rng.sample(range(10**6), parallel // 2)]
+    alphabet = "0123456789abcdefghjkmnpqrstvwxyz"  # that of the codes it issues (no i, l, o, u)
+    recovery_guesses = ["".join(rng.choice(alphabet) for _ in range(5)) + "-"
+                        + "".join(rng.choice(alphabet) for _ in range(5))
+                        for _ in range(parallel - len(totp_guesses))]
+    guesses = [x for x in totp_guesses if x not in real] + recovery_guesses
+    rng.shuffle(guesses)
 
     def guess(code: str) -> str:
         return g.ssh(brute, "2sv", "verify", input=code + "\n").stderr
 
     with ThreadPoolExecutor(max_workers=min(parallel, 20)) as pool:
         answers = list(pool.map(guess, guesses))
-    judged = sum("Wrong verification code." in a for a in answers)
-    throttled = sum("Too many failed codes" in a for a in answers)
-    result.check(judged <= 5, f"{judged} codes judged before the back-off (at most 5)")
-    result.check(judged + throttled == len(guesses), "every guess refused")
+    judged = throttled = 0
+    for code, answer in zip(guesses, answers):
+        wrong = "Wrong verification code." in answer or "Wrong or already used recovery code." in answer
+        judged += wrong
+        throttled += "Too many failed codes" in answer
+        # Each guess is refused: judged wrong while fewer than 5 have failed, else throttled.
+        result.check((wrong and judged <= 5) or "Too many failed codes" in answer,
+                     f"guess {code!r} (guess {judged + throttled}): {answer.strip()!r}")
     correct = g.ssh(brute, "2sv", "verify", input=fresh_code(secret) + "\n")
-    result.check("Too many failed codes" in correct.stderr, "a correct code waits out the back-off")
+    result.check(correct.returncode != 0 and "Too many failed codes" in correct.stderr,
+                 "a correct TOTP code waits out the back-off")
+    correct = g.ssh(brute, "2sv", "verify", input=codes[0] + "\n")
+    result.check(correct.returncode != 0 and "Too many failed codes" in correct.stderr,
+                 "a correct recovery code waits out the back-off")
     audit = g.cli("audit", "--account", brute.name, "--limit", "1000").stdout
-    result.check(audit.count("2sv.code_refused") >= len(guesses), "every refused code audited")
+    result.check(audit.count("2sv.code_refused") >= len(guesses) + 2,
+                 f"every refused code audited ({audit.count('2sv.code_refused')} of "
+                 f"{len(guesses) + 2})")
     # Replay: a code accepted once is refused the second time.
     other = g.user()
     secret2, codes2, _ = enable(g, other)
@@ -447,13 +728,26 @@ def two_step(g: Gateway, parallel: int) -> Result:
                                                  input=codes2[attempt] + "\n"), range(2)))
         result.check(sum(r.returncode == 0 for r in runs) == 1,
                      f"recovery code {attempt} raced twice")
-    result.notes = f"{len(guesses)} parallel wrong codes across connections"
+    result.notes = (f"{len(guesses)} wrong TOTP and recovery codes in parallel across "
+                    f"connections: {judged} judged, {throttled} throttled, all audited")
     return result
 
 
 # --- 7. faults -----------------------------------------------------------------------------
 
-def faults(g: Gateway, w: World, rounds: int) -> Result:
+def _fsck_all(g: Gateway) -> list[str]:
+    """`git fsck --full` in every repository under the data directory (not through the
+    planted symlinks, which lead outside it); the ones that fail."""
+    broken = []
+    for repo in sorted((g.data / "repos").glob("*/*.git")):
+        if repo.is_symlink() or repo.parent.is_symlink():
+            continue
+        if subprocess.run(["git", "fsck", "--full"], cwd=repo, capture_output=True).returncode:
+            broken.append(str(repo.relative_to(g.data)))
+    return broken
+
+
+def faults(g: Gateway, w: World, rounds: int, cuts: int) -> Result:
     result = Result("faults (SIGKILL mid-push, cut clients)")
     repo_dir = g.repo_dir(w.path)
     for n in range(rounds):
@@ -471,13 +765,13 @@ def faults(g: Gateway, w: World, rounds: int) -> Result:
         push.wait(60)
         g.start()
         after = local_git("rev-parse", "main", cwd=repo_dir).strip()
-        fsck = subprocess.run(["git", "fsck", "--full"], cwd=repo_dir, capture_output=True)
+        broken = _fsck_all(g)
         with sqlite3.connect(g.data / "gateway.db") as db:
             integrity = db.execute("PRAGMA integrity_check").fetchone()[0]
         leftovers = list((repo_dir / "objects").glob("incoming-*"))
-        result.check(after in (before, new) and fsck.returncode == 0 and integrity == "ok"
-                     and not leftovers, f"round {n}: ref {after[:8]} fsck {fsck.returncode} "
-                     f"db {integrity} leftovers {leftovers}")
+        result.check(after in (before, new) and not broken and integrity == "ok"
+                     and not leftovers, f"round {n}: ref {after[:8]} (old {before[:8]}, new "
+                     f"{new[:8]}) fsck failed in {broken} db {integrity} leftovers {leftovers}")
         if after != new:  # bring the clone back in line with the server
             local_git("reset", "-q", "--hard", after, cwd=w.clone)
     # Clients cut mid-clone and mid-push leave no process or descriptor behind. Counted
@@ -488,7 +782,7 @@ def faults(g: Gateway, w: World, rounds: int) -> Result:
         return open_fds(g), len(server_children(g)), threads(g)
 
     fds, children, tasks = steady()
-    for n in range(4):
+    for n in range(cuts):
         target = w.work / f"cut{n}"
         env = {**g.env, "GIT_SSH_COMMAND": " ".join(g.ssh_command(w.alice.key))}
         argv = (["git", "clone", "-q", g.url(w.path), str(target)] if n % 2 == 0
@@ -505,7 +799,7 @@ def faults(g: Gateway, w: World, rounds: int) -> Result:
     result.check(settled, f"after cut clients: fds {open_fds(g)} (was {fds}), children "
                           f"{len(server_children(g))} (was {children}), threads {threads(g)} "
                           f"(was {tasks}), workers {git_workers(repo_dir)}")
-    result.notes = f"{rounds} SIGKILL rounds; 4 clients cut; fds, processes, threads counted"
+    result.notes = f"{rounds} SIGKILL rounds; {cuts} clients cut; fds, processes, threads counted"
     return result
 
 
