@@ -153,8 +153,9 @@ DESCRIPTIONS = {
     "max_startups_per_address": ("connections not yet authenticated from one address: when "
                                  "full, a silent or stalled one is dropped",
                                  _between(1, 100000)),
-    "max_connections_per_address": ("connections from one address; more are refused; "
-                                    "0: no limit", _between(0, 1000000)),
+    "max_connections_per_address": ("connections from one address that have sent "
+                                    "something; more are refused; 0: no limit",
+                                    _between(0, 1000000)),
     "max_sessions": ("sessions open at once on one connection", _between(1, 1000)),
     "proxy_protocol": ("expect a PROXY protocol v1/v2 header from a load balancer on "
                        "every connection", None),

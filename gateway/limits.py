@@ -3,14 +3,17 @@
 Connections that have not authenticated yet are capped in all (`max_startups`, after
 OpenSSH's MaxStartups) and per address (`max_startups_per_address`). When a cap is full,
 an unauthenticated connection that is not getting anywhere is dropped to make room:
-one that has sent nothing at all (its socket is checked, so a client whose bytes have
-arrived but are not read yet counts as talking), else one whose handshake has run for
-more than STALLED seconds (a real one takes well under a second), oldest first. Sockets
+one that has sent nothing for SILENT_GRACE seconds (its socket is checked, so a client
+whose bytes have arrived but are not read yet counts as talking; the grace covers a
+client that connected but has not had the CPU to write yet), else one whose handshake
+has run for more than STALLED seconds (a real one takes well under a second), oldest
+first. Sockets
 an attacker holds open then cannot keep out a client that is busy logging in, and many
 real clients behind one address (a CI farm) are never dropped for each other. With no
 such connection to drop, a full per-address cap lets the new one in, and a full global
-cap refuses it. All connections from one address are capped as well
-(`max_connections_per_address`); past it new ones are refused.
+cap refuses it. Connections from one address that are past that stage (talking or
+logged in) are capped as well (`max_connections_per_address`); past it new ones are
+refused.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from .config import Settings
 
 # How far an unauthenticated connection has got.
 SILENT, TALKING, AUTHENTICATING = 0, 1, 2
-STALLED = 10.0  # seconds
+SILENT_GRACE = 2.0  # seconds
+STALLED = 10.0
 
 
 @dataclass
@@ -50,8 +54,12 @@ class ConnectionLimits:
         """A ticket for a new connection, or None with the reason it is refused. `drop`
         closes this connection if it is dropped later to make room."""
         cap = self.settings.max_connections_per_address
-        if cap and self._per_address[address] >= cap:
-            return None, "max_connections_per_address"
+        if cap:
+            # Silent sockets are the startup caps' business; this one limits real use.
+            silent = sum(1 for p in self._pending.values()
+                         if p.address == address and p.stage == SILENT)
+            if self._per_address[address] - silent >= cap:
+                return None, "max_connections_per_address"
         same = [t for t, p in self._pending.items() if p.address == address]
         if len(same) >= self.settings.max_startups_per_address:
             victim = self._droppable(same)
@@ -101,11 +109,12 @@ class ConnectionLimits:
         stalled = None
         for ticket in tickets:
             pending = self._pending[ticket]
-            if pending.stage == SILENT and pending.has_sent():
+            age = now - pending.opened
+            if pending.stage == SILENT and age >= SILENT_GRACE:
+                if not pending.has_sent():
+                    return ticket
                 pending.stage = TALKING
-            if pending.stage == SILENT:
-                return ticket
-            if stalled is None and now - pending.opened > STALLED:
+            if stalled is None and age > STALLED:
                 stalled = ticket
         return stalled
 

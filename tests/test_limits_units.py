@@ -38,9 +38,13 @@ def test_per_address_cap_drops_silent_connections_oldest_first():
     admit("10.0.0.1", "c")
     caps.progressed(a, limits.AUTHENTICATING)
     talking.add("b")  # its bytes wait in the socket, unread yet: it is talking
-    admit("10.0.0.1", "d")  # full: c is the only silent one
+    admit("10.0.0.1", "d")  # full, but c has been silent only for a moment
+    assert dropped == []
+    clock.now += limits.SILENT_GRACE
+    admit("10.0.0.1", "e")  # now c has been silent too long (b is talking)
     assert dropped == ["c"]
-    admit("10.0.0.1", "e")  # d is silent now
+    clock.now += limits.SILENT_GRACE
+    admit("10.0.0.1", "f")  # then d
     assert dropped == ["c", "d"]
     admit("10.0.0.2", "other")  # another address has room of its own
     assert dropped == ["c", "d"]
@@ -65,6 +69,8 @@ def test_global_cap_refuses_when_nothing_can_be_dropped():
     admit("10.0.0.2", "x")
     admit("10.0.0.3", "y")
     assert dropped == []
+    assert caps.admit("10.0.0.4", lambda: None, lambda: False) == (None, "max_startups")
+    clock.now += limits.SILENT_GRACE  # x and y have been silent too long
     admit("10.0.0.4", "z")
     assert dropped == ["x"]
     talking.update({"y", "z", "w"})
