@@ -82,13 +82,15 @@ def test_address_cap_refuses_and_a_drop_frees_room_at_once():
     caps, admit, dropped, talking, clock = tracker(max_connections_per_address=2,
                                                    max_startups_per_address=2)
     one = admit("10.0.0.1", "one")
-    admit("10.0.0.1", "two")
+    two = admit("10.0.0.1", "two")
     caps.authenticated(one)
-    assert admit("10.0.0.1", "three") is None  # two connections already
+    assert admit("10.0.0.1", "silent") is not None  # silent sockets do not count here
+    caps.progressed(two, limits.TALKING)
+    assert admit("10.0.0.1", "three") is None  # two real connections already
     caps.closed(one)
     assert admit("10.0.0.1", "four") is not None
     caps.closed(one)  # closing twice changes nothing
-    assert caps.connections == 2
+    assert caps.connections == 3
 
 
 def run_header(data: bytes):
