@@ -391,7 +391,7 @@ async def cmd_authorized_keys(settings, args, db):
 async def cmd_shell(settings, args):
     from .openssh import shell
 
-    return await shell(settings, args.key)
+    return await shell(settings, args.key, args.config)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,10 +15,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
+import selectors
 import sys
 from pathlib import Path
 
-from . import access, commands, logs, sshkeys
+from . import access, commands, config, logs, sshkeys
 from .commands import git as git_command
 from .commands.context import Context
 from .config import Settings
@@ -29,6 +31,11 @@ from .twosv.sealing import Sealer
 
 log = logging.getLogger("gateway.shell")
 SHELL_LOG = "shell.log"  # in the data dir: stderr is the user's under sshd
+# sshd hands the forced command to the login shell (`$SHELL -c`): its words are left
+# unquoted, so only characters that no shell treats specially may appear in them.
+PLAIN_WORD = re.compile(r"[A-Za-z0-9_./+:=@%,-]+")
+# A client may send variables (sshd's AcceptEnv): none of these may steer the shell.
+IGNORED_ENV_PREFIXES = ("GATEWAY_", "PYTHON")
 
 
 async def authorized_keys(settings: Settings, db, config_file: str | None, user: str,
@@ -42,56 +49,114 @@ async def authorized_keys(settings: Settings, db, config_file: str | None, user:
         return None
     if await access.identity_for_key(db, key.fingerprint) is None:
         return None
+    # The config file this lookup used, so that the shell reads the same one.
+    config_file = config_file or os.environ.get("GATEWAY_CONFIG")
     command = _forced_command(settings, config_file, key.fingerprint)
     # `restrict`: no forwarding of any kind; `pty` back on for the 2SV enrolment's QR code.
     return f'restrict,pty,command="{command}" {key_type} {key_blob}'
 
 
 def _forced_command(settings: Settings, config_file: str | None, fingerprint: str) -> str:
-    words = [sys.executable, "-m", "gateway", "--data-dir", str(settings.data_dir.resolve())]
+    # -I: no PYTHON* variables, no user site-packages, not the login's working directory
+    # on sys.path (sshd starts the command in the unix user's home).
+    words = [sys.executable, "-I", "-m", "gateway", "--data-dir",
+             str(settings.data_dir.resolve())]
     if config_file:
         words += ["--config", str(Path(config_file).resolve())]
     words += ["shell", "--key", fingerprint]
     for word in words:
-        if any(c in word for c in "\"\\ \n\r\t'$`") or not word.isprintable():
-            raise Refusal(f"Cannot put {word!r} in a forced command: move the gateway or its "
-                          "data directory to a path without spaces or quotes")
+        if not PLAIN_WORD.fullmatch(word):
+            raise Refusal(f"Cannot put {word!r} in a forced command: use paths for Python, "
+                          "the data directory and the config file made only of letters, "
+                          "digits and . _ - / + : = @ % ,")
     return " ".join(words)
 
 
-async def shell(settings: Settings, fingerprint: str) -> int:
+async def shell(settings: Settings, fingerprint: str, config_file: str | None = None) -> int:
     """Run one SSH command for the key sshd verified; the exit status for sshd."""
+    settings = _settings_without_client_env(settings, config_file)
+    settings.spare_workers = 0  # one request, one worker: none kept waiting for the next
     _log_to_data_dir(settings)
+    try:
+        return await _run(settings, fingerprint)
+    except Refusal:
+        raise  # meant for the user
+    except Exception as exc:
+        # As under `gateway serve`: one line for the user, the details in the log.
+        log_event(log, "session.failed", logging.ERROR, peer=_peer(),
+                  error=f"{exc.__class__.__name__}: {exc}")
+        log.debug("session failure details", exc_info=True)
+        raise Refusal("internal error; the operator has the details") from None
+
+
+async def _run(settings: Settings, fingerprint: str) -> int:
     line = os.environ.get("SSH_ORIGINAL_COMMAND")
     peer = _peer()
+    verb, target = commands.describe(line)
     db = await store_db.connect(settings.db_path, migrate_schema=False)
     try:
         identity = await access.identity_for_key(db, fingerprint)
-        if identity is None:
+        if identity is None:  # removed, or the account disabled, since sshd asked
+            log_event(log, "auth.failed", peer=peer, key=fingerprint, via="openssh")
             raise Refusal("This key is no longer accepted")
+        try:
+            sealer = Sealer.load(settings.master_key_path)
+        except Refusal as refusal:  # the operator's to fix; no path for the user
+            raise RuntimeError(refusal.message) from None
         stdin, stdout, stderr = await _standard_streams()
-        ctx = Context(settings, db, identity, stdin, stdout, stderr, peer,
-                      Sealer.load(settings.master_key_path))
-        verb, target = commands.describe(line)
+        ctx = Context(settings, db, identity, stdin, stdout, stderr, peer, sealer)
         log_event(log, "auth.ok", peer=peer, account=identity.account, key=fingerprint,
                   via="openssh")
-        status = await commands.run(ctx, line)
+        status = 1
+        try:
+            status = await commands.run(ctx, line)
+            await stdout.drain()
+            await stderr.drain()
+        except (BrokenPipeError, ConnectionError):
+            status = 1  # the client went away
+        except Exception as exc:
+            # As under `gateway serve`: one line for the user, the details in the log.
+            log_event(log, "session.failed", logging.ERROR, peer=peer, verb=verb,
+                      error=f"{exc.__class__.__name__}: {exc}")
+            log.debug("session failure details", exc_info=True)
+            try:
+                stderr.write(b"ERROR: internal error; the operator has the details\n")
+                await stderr.drain()
+            except Exception:
+                pass
         log_event(log, "command", peer=peer, account=identity.account, verb=verb,
                   target=target, status=status, via="openssh")
-        await stdout.drain()
         return status
     finally:
         await db.close()
 
 
+def _settings_without_client_env(settings: Settings, config_file: str | None) -> Settings:
+    """The settings from the data dir and config file alone. sshd may have passed on
+    variables the client sent (AcceptEnv): GATEWAY_* would otherwise change settings or
+    the master key, PYTHON* what the Git workers load."""
+    ignored = [name for name in os.environ if name.startswith(IGNORED_ENV_PREFIXES)]
+    if not ignored:
+        return settings
+    for name in ignored:
+        del os.environ[name]
+    return config.load(str(settings.data_dir), config_file)
+
+
 def _peer() -> str:
-    parts = os.environ.get("SSH_CONNECTION", "").split()
+    parts = (os.environ.get("SSH_CONNECTION") or os.environ.get("SSH_CLIENT") or "").split()
     return f"{parts[0]}:{parts[1]}" if len(parts) >= 2 else "-"
 
 
 def _log_to_data_dir(settings: Settings) -> None:
     """Our log and the workers' go to DATA/shell.log: stderr belongs to the user here."""
-    fd = os.open(settings.data_dir / SHELL_LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        fd = os.open(settings.data_dir / SHELL_LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT,
+                     0o600)
+    except OSError:
+        # Said to the user, who can tell the operator; no path or errno for them.
+        raise Refusal("The gateway cannot write its log; the operator has to check the "
+                      "data directory's owner and permissions") from None
     git_command.set_worker_log_fd(fd)
     handler = logging.StreamHandler(os.fdopen(os.dup(fd), "a", buffering=1))
     handler.setFormatter(logs.StructuredFormatter(settings.log_format, tracebacks=False))
@@ -123,21 +188,41 @@ class _BlockingReader:
         return await asyncio.to_thread(os.read, self.fd, n if n > 0 else 65536)
 
 
-async def _standard_streams():
-    """stdin, stdout, stderr as the Reader/Writer that commands expect."""
-    loop = asyncio.get_running_loop()
+def _pollable(fd: int) -> bool:
+    """Whether the event loop can watch fd: sshd's pipes, sockets and ptys, yes; a regular
+    file or /dev/null (a test, an operator trying it by hand), no."""
     try:
-        reader = asyncio.StreamReader(limit=1 << 20)
-        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
-                                     os.fdopen(0, "rb", buffering=0, closefd=False))
+        with selectors.DefaultSelector() as selector:
+            selector.register(fd, selectors.EVENT_READ)
+        return True
     except (OSError, ValueError):
-        reader = _BlockingReader(0)
+        return False
+
+
+async def _standard_streams():
+    """stdin, stdout, stderr as the Reader/Writer that commands expect. Under `ssh -t`
+    they are sshd's pty, whose line discipline echoes and ends lines itself: unlike under
+    `gateway serve`, no terminal wrapper is needed."""
+    loop = asyncio.get_running_loop()
+    reader = _BlockingReader(0)
+    if _pollable(0):
+        try:
+            stream = asyncio.StreamReader(limit=1 << 20)
+            await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stream),
+                                         os.fdopen(0, "rb", buffering=0, closefd=False))
+            reader = stream
+        except (OSError, ValueError):
+            pass
     writers = []
     for fd in (1, 2):
-        try:
-            transport, protocol = await loop.connect_write_pipe(
-                asyncio.streams.FlowControlMixin, os.fdopen(fd, "wb", buffering=0, closefd=False))
-            writers.append(asyncio.StreamWriter(transport, protocol, None, loop))
-        except (OSError, ValueError):
-            writers.append(_BlockingWriter(fd))
+        writer = _BlockingWriter(fd)
+        if _pollable(fd):
+            try:
+                transport, protocol = await loop.connect_write_pipe(
+                    asyncio.streams.FlowControlMixin,
+                    os.fdopen(fd, "wb", buffering=0, closefd=False))
+                writer = asyncio.StreamWriter(transport, protocol, None, loop)
+            except (OSError, ValueError):
+                pass
+        writers.append(writer)
     return reader, writers[0], writers[1]

@@ -1,6 +1,7 @@
 """Behind OpenSSH (issue #7 item 7): a real sshd on loopback with `gateway authorized-keys`
 as its AuthorizedKeysCommand and `gateway shell` as the forced command; the real ssh and
-git clients get the gateway's commands, policy and 2SV."""
+git clients get the gateway's commands, policy and 2SV. A `gateway serve` runs on the
+same data directory, so that the answers of the two paths can be compared."""
 
 from __future__ import annotations
 
@@ -17,18 +18,18 @@ from pathlib import Path
 import pyotp
 import pytest
 
-from conftest import Gateway, local_git, make_key, unique
+from conftest import GATEWAY, Gateway, User, free_port, local_git, make_key, unique
+from test_twosv import CODE_RE, URI_RE, code_at, fresh_code
 
 SSHD = "/usr/sbin/sshd"
-URI_RE = re.compile(r"URI:\s+(otpauth://\S+)")
 
 
 class Sshd:
     """An sshd of its own in front of a gateway data dir (gateway serve is not needed)."""
 
-    def __init__(self, g: Gateway, root: Path) -> None:
+    def __init__(self, g: Gateway, root: Path, port: int) -> None:
         self.g = g
-        self.port = g.port  # the gateway does not listen; sshd takes its port
+        self.port = port
         # sshd runs the keys command only from a root-owned path nobody else can write to,
         # all the way up: /tmp (mode 1777) will not do.
         self.bin_dir = Path("/usr/local/libexec") / f"gateway-test-{uuid.uuid4().hex[:8]}"
@@ -54,6 +55,8 @@ AuthorizedKeysFile none
 AuthorizedKeysCommand {keys_command} %u %t %k
 AuthorizedKeysCommandUser root
 LogLevel VERBOSE
+# The gateway must not let a client steer it with variables: let sshd pass them on.
+AcceptEnv GATEWAY_* PYTHON*
 """)
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
         self.log = open(root / "sshd.log", "ab")
@@ -74,10 +77,15 @@ LogLevel VERBOSE
         self.proc.wait(10)
         shutil.rmtree(self.bin_dir, ignore_errors=True)
 
-    def ssh(self, key: Path, *command: str, input: str = "") -> subprocess.CompletedProcess:
-        return subprocess.run([*self.g.ssh_command(key), "-p", str(self.port), "root@127.0.0.1",
-                               *command], input=input, capture_output=True, text=True,
-                              env=self.g.env, timeout=60)
+    def ssh(self, key: Path, *command: str, input: str = "",
+            extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+        return subprocess.run([*self.g.ssh_command(key), *extra, "-p", str(self.port),
+                               "root@127.0.0.1", *command], input=input, capture_output=True,
+                              text=True, env=self.g.env, timeout=60)
+
+    def serve_ssh(self, key: Path, *command: str, input: str = "") -> subprocess.CompletedProcess:
+        """The same, through `gateway serve` (login name root there too: one ssh_user)."""
+        return self.g.ssh(key, *command, input=input, login="root")
 
     def git(self, key: Path, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
         env = {**self.g.env, "GIT_SSH_COMMAND": " ".join(self.g.ssh_command(key))}
@@ -86,6 +94,9 @@ LogLevel VERBOSE
 
     def url(self, path: str) -> str:
         return f"ssh://root@127.0.0.1:{self.port}/{path}.git"
+
+    def serve_url(self, path: str) -> str:
+        return f"ssh://root@127.0.0.1:{self.g.port}/{path}.git"
 
 
 @pytest.fixture(scope="module")
@@ -96,11 +107,44 @@ def front(tmp_path_factory):
     g = Gateway(root / "gw")
     g.cli("init")
     # sshd logs users in as a unix user: root here, so the gateway's login name is root;
-    # messages show sshd's port.
-    (g.data / "gateway.toml").write_text(f'ssh_user = "root"\nssh_port = {g.port}\n')
-    sshd = Sshd(g, root)
+    # messages show sshd's port (on both paths, so that their answers can be compared).
+    port = free_port()
+    (g.data / "gateway.toml").write_text(
+        f'ssh_user = "root"\nssh_port = {port}\ntwosv_backoff_seconds = 2\n')
+    g.start()
+    sshd = Sshd(g, root, port)
     yield sshd
     sshd.stop()
+    g.stop()
+
+
+def fingerprint(pub: Path) -> str:
+    return subprocess.run(["ssh-keygen", "-lf", str(pub)], capture_output=True, text=True,
+                          check=True).stdout.split()[1]
+
+
+def enrol(front: Sshd, user: User) -> str:
+    """`2sv enable` through sshd: the QR page, then a code from the secret it shows."""
+    proc = subprocess.Popen([*front.g.ssh_command(user.key), "-p", str(front.port),
+                             "root@127.0.0.1", "2sv", "enable"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=front.g.env)
+    out = b""
+    deadline = time.monotonic() + 30
+    while not URI_RE.search(out.decode(errors="replace")) and time.monotonic() < deadline:
+        chunk = proc.stdout.read1(4096)
+        if not chunk:
+            break
+        out += chunk
+    assert "█" in out.decode(errors="replace") or "▀" in out.decode(errors="replace")  # QR
+    secret = pyotp.parse_uri(URI_RE.search(out.decode()).group(1)).secret
+    rest, err = proc.communicate(code_at(secret).encode() + b"\n", timeout=30)
+    assert proc.returncode == 0, err
+    assert len(CODE_RE.findall((out + rest).decode())) == 6  # the recovery codes, once
+    return secret
+
+
+def same(a: subprocess.CompletedProcess, b: subprocess.CompletedProcess) -> None:
+    assert (a.returncode, a.stdout, a.stderr) == (b.returncode, b.stdout, b.stderr), (a, b)
 
 
 def keys_line(g: Gateway, user: str, pub: Path) -> subprocess.CompletedProcess:
@@ -114,11 +158,29 @@ def test_authorized_keys_prints_a_forced_command_only_for_known_enabled_keys(fro
     line = keys_line(g, "root", alice.pub)
     assert line.returncode == 0 and line.stderr == ""
     out = line.stdout.strip()
-    fingerprint = subprocess.run(["ssh-keygen", "-lf", str(alice.pub)], capture_output=True,
-                                 text=True).stdout.split()[1]
     assert out.startswith('restrict,pty,command="') and out.endswith(
         " ".join(alice.pub.read_text().split()[:2]))
-    assert f"shell --key {fingerprint}\"" in out and f"--data-dir {g.data.resolve()}" in out
+    assert f" -I -m gateway --data-dir {g.data.resolve()} shell --key {fingerprint(alice.pub)}\"" in out
+    assert "\n" not in out
+    # The config file the lookup read is the one the shell is told to read.
+    config = g.data / "gateway.toml"
+    g.env["GATEWAY_CONFIG"] = str(config)
+    try:
+        assert f"--config {config.resolve()} shell" in keys_line(g, "root", alice.pub).stdout
+    finally:
+        del g.env["GATEWAY_CONFIG"]
+    # An access key gets a line too; a path the login shell would split or expand, none.
+    deploy = make_key(tmp_path, "deploy")
+    g.cli("access-key", "add", g.repo(g.workspace((alice, "admin"))), f"{deploy}.pub")
+    assert "shell --key" in keys_line(g, "root", Path(f"{deploy}.pub")).stdout
+    odd = tmp_path / "odd $(touch x).toml"
+    shutil.copy(config, odd)
+    key_type, blob = alice.pub.read_text().split()[:2]
+    refused = subprocess.run([*GATEWAY, "--data-dir", str(g.data), "--config", str(odd),
+                              "authorized-keys", "root", key_type, blob],
+                             capture_output=True, text=True, env=g.env)
+    assert refused.returncode == 1 and refused.stdout == ""
+    assert refused.stderr.startswith("ERROR: Cannot put") and refused.stderr.count("\n") == 1
     stranger = make_key(tmp_path, "stranger")
     assert keys_line(g, "root", Path(str(stranger) + ".pub")).stdout == ""
     assert keys_line(g, "git", alice.pub).stdout == ""  # not the login name sshd serves
@@ -155,7 +217,28 @@ def test_commands_clone_and_push_through_sshd(front, tmp_path):
     assert "event=command" in log and "Traceback" not in log
 
 
-def test_workspace_2sv_policy_and_enrolment_through_sshd(front, tmp_path):
+def test_same_answers_as_gateway_serve(front, tmp_path):
+    g = front.g
+    alice, reader, outsider = g.user(), g.user(), g.user()
+    ws = g.workspace((alice, "admin"), (reader, "read"))
+    path = g.repo(ws)
+    for command in ((), ("whoami",), ("help",), ("2sv", "status"), ("recovery-codes",),
+                    ("workspace", "show", ws), ("no-such-command", "x"), ("2sv", "verify"),
+                    ("git-upload-pack", "'nobody/none.git'"), ("git-receive-pack", f"'{path}'")):
+        for user in (alice, outsider):
+            same(front.ssh(user.key, *command), front.serve_ssh(user.key, *command))
+    for user, args in ((outsider, ("ls-remote",)), (reader, ("push", "--all"))):
+        clone = tmp_path / unique("c")
+        local_git("init", "-q", str(clone), cwd=tmp_path, env=g.env)
+        local_git("commit", "-q", "--allow-empty", "-m", "x", cwd=clone, env=g.env)
+        via_sshd = front.git(user.key, *args, front.url(path), cwd=clone)
+        via_serve = front.git(user.key, *args, front.serve_url(path), cwd=clone)
+        assert via_sshd.returncode != 0 and "ERROR: " in via_sshd.stderr
+        assert via_sshd.stderr.replace(str(front.port), "P") == via_serve.stderr.replace(
+            str(g.port), "P")
+
+
+def test_workspace_2sv_policy_and_session_through_sshd(front, tmp_path):
     g = front.g
     admin, member = g.user(), g.user()
     ws = g.workspace((admin, "admin"), (member, "write"))
@@ -164,23 +247,87 @@ def test_workspace_2sv_policy_and_enrolment_through_sshd(front, tmp_path):
     refused = front.git(member.key, "ls-remote", front.url(path))
     assert refused.returncode != 0
     assert f'ERROR: Workspace "{ws}" requires two-step verification.' in refused.stderr
-    assert f"ssh -p {g.port} root@127.0.0.1 2sv enable" in refused.stderr
-    # Enrol over sshd: the QR page, then a code from the secret it shows.
-    proc = subprocess.Popen([*g.ssh_command(member.key), "-p", str(front.port), "root@127.0.0.1",
-                             "2sv", "enable"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=g.env)
-    out = b""
-    deadline = time.monotonic() + 30
-    while not URI_RE.search(out.decode(errors="replace")) and time.monotonic() < deadline:
-        chunk = proc.stdout.read1(4096)
-        if not chunk:
-            break
-        out += chunk
-    secret = pyotp.parse_uri(URI_RE.search(out.decode()).group(1)).secret
-    rest, err = proc.communicate(pyotp.TOTP(secret).now().encode() + b"\n", timeout=30)
-    assert proc.returncode == 0, err
-    assert re.search(r"[0-9a-z]{5}-[0-9a-z]{5}", (out + rest).decode())  # recovery codes
+    assert f"ssh -p {front.port} root@127.0.0.1 2sv enable" in refused.stderr
+    secret = enrol(front, member)
     allowed = front.git(member.key, "ls-remote", front.url(path))
     assert allowed.returncode == 0, allowed.stderr
-    status = front.ssh(member.key, "2sv", "status")
-    assert status.returncode == 0 and "on" in status.stdout.lower()
+    assert "on" in front.ssh(member.key, "2sv", "status").stdout.lower()
+    # `session`: each key needs a `2sv verify`; sessions opened through sshd count for
+    # gateway serve too, one database behind both.
+    g.cli("workspace", "require-2sv", ws, "session", "--window", "5")
+    expected = (f'ERROR: Workspace "{ws}" requires a verified two-step session.\n'
+                f"Open one with: ssh -p {front.port} root@127.0.0.1 2sv verify")
+    for url in (front.url(path), front.serve_url(path)):
+        refused = front.git(member.key, "ls-remote", url)
+        assert refused.returncode != 0 and expected in refused.stderr
+    assert "requires a verified two-step session" in front.ssh(member.key).stdout
+    wrong = front.ssh(member.key, "2sv", "verify", input="000000\n"
+                      if code_at(secret) != "000000" else "111111\n")
+    assert wrong.returncode != 0 and "ERROR: " in wrong.stderr
+    # Typed at a terminal (`ssh -tt`): sshd's pty echoes, erases and ends the line.
+    code = fresh_code(secret)
+    typed = code[:3] + "9\x7f" + code[3:] + "\r"
+    verified = subprocess.run([*g.ssh_command(member.key), "-tt", "-p", str(front.port),
+                               "root@127.0.0.1", "2sv", "verify"], input=typed.encode(),
+                              capture_output=True, env=g.env, timeout=60)  # bytes: \r kept
+    assert verified.returncode == 0, verified
+    assert b"Two-step session open" in verified.stdout and b"\r\n" in verified.stdout
+    for url in (front.url(path), front.serve_url(path)):
+        allowed = front.git(member.key, "ls-remote", url)
+        assert allowed.returncode == 0, allowed.stderr
+    # Another key of the same account has no session of its own.
+    second = make_key(g.keys_dir, unique("second"))
+    g.cli("key", "add", member.name, f"{second}.pub", "--title", "second")
+    refused = front.git(second, "ls-remote", front.url(path))
+    assert refused.returncode != 0 and expected in refused.stderr
+
+
+def test_access_keys_and_refused_keys_through_sshd(front, tmp_path):
+    g = front.g
+    owner = g.user()
+    ws = g.workspace((owner, "admin"))
+    path = g.repo(ws)
+    seed = tmp_path / "seed"
+    assert front.git(owner.key, "clone", "-q", front.url(path), str(seed)).returncode == 0
+    local_git("commit", "-q", "--allow-empty", "-m", "first", cwd=seed, env=g.env)
+    assert front.git(owner.key, "push", "-q", "origin", "HEAD:main", cwd=seed).returncode == 0
+    deploy = make_key(tmp_path, "deploy")
+    g.cli("access-key", "add", path, f"{deploy}.pub", "--title", "ci")
+    clone = tmp_path / "deploy-clone"
+    result = front.git(deploy, "clone", "-q", front.url(path), str(clone))
+    assert result.returncode == 0, result.stderr
+    local_git("commit", "-q", "--allow-empty", "-m", "from ci", cwd=clone, env=g.env)
+    push = front.git(deploy, "push", "origin", "HEAD:main", cwd=clone)
+    assert push.returncode != 0
+    assert f'ERROR: Permission to {path} denied to access key "ci" (read-only).' in push.stderr
+    # Disabled: sshd gets no line and refuses; enabled again, back in.
+    g.cli("account", "disable", owner.name)
+    refused = front.ssh(owner.key, "whoami")
+    assert refused.returncode == 255 and "Permission denied" in refused.stderr
+    g.cli("account", "enable", owner.name)
+    assert front.ssh(owner.key, "whoami").stdout.strip() != ""
+    # A key removed after sshd looked it up: the forced command itself refuses it.
+    g.cli("key", "remove", fingerprint(owner.pub))
+    assert front.ssh(owner.key, "whoami").returncode == 255
+    late = g.cli("shell", "--key", fingerprint(owner.pub), check=False)
+    assert late.returncode == 1 and late.stdout == ""
+    assert late.stderr == "ERROR: This key is no longer accepted\n"
+
+
+def test_variables_a_client_sends_change_nothing(front, tmp_path):
+    """sshd passes on what AcceptEnv allows: no GATEWAY_* setting, master key or Python
+    variable of the client's may reach the gateway (Gogs' CVE-2024-39930 was of this kind)."""
+    g = front.g
+    user = g.user()
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    canary = tmp_path / "canary"
+    (evil / "sitecustomize.py").write_text(f"open({str(canary)!r}, 'w').write('ran')\n")
+    sent = ("-o", f"SetEnv=GATEWAY_SSH_PORT=1 GATEWAY_MASTER_KEY=zz PYTHONPATH={evil} "
+            f"GATEWAY_DATA_DIR={tmp_path}")
+    result = front.ssh(user.key, "no-such-command", extra=sent)
+    assert result.returncode == 1
+    assert result.stderr == ("ERROR: Unknown command: no-such-command\n"
+                             f"Run 'ssh -p {front.port} root@127.0.0.1 help' to see the commands.\n")
+    assert front.ssh(user.key, "whoami", extra=sent).stdout.strip() == user.name
+    assert not canary.exists()
