@@ -440,9 +440,8 @@ def ssh_level(w: World, slow_gateway: Gateway) -> Result:
         result.check(took < 10, f"slow client ({'trickling' if trickle else 'silent'}) held "
                                 f"{took:.1f} s with login_timeout 3")
     result.check(slow_gateway.proc.poll() is None, "slow-client server still up")
-    result.notes = (f"{len(ENV_ATTACKS)} environment variables (LD_PRELOAD of a library that "
-                    f"{'shown to create' if preload_works else 'COULD NOT be shown to create'} a file when "
-                    f"loaded), port/unix/agent/X11 forwarding, sftp, scp, auth limit, slow clients")
+    result.notes = (f"{len(ENV_ATTACKS)} environment variables (LD_PRELOAD of a library "
+                    f"{'that creates' if preload_works else 'NOT shown to create'} a file when loaded), port/unix/agent/X11 forwarding, sftp, scp, auth limit, slow clients")
     return result
 
 
@@ -808,16 +807,19 @@ def faults(g: Gateway, w: World, rounds: int, cuts: int) -> Result:
 def load(g: Gateway, w: World, clones: int, sockets: int) -> Result:
     result = Result("load (concurrent clones, socket flood)")
 
-    def clone(n: int) -> bool:
+    def clone(n: int) -> tuple[bool, str]:
         target = w.work / f"load{n}"
         r = g.git(w.alice, "clone", "-q", g.url(w.path), str(target), check=False)
         ok = r.returncode == 0 and local_git("rev-parse", "HEAD", cwd=target).strip() == w.tip
         subprocess.run(["rm", "-rf", str(target)])
-        return ok
+        return ok, " / ".join(r.stderr.strip().splitlines()[:2])[:200]
 
+    failed: dict[str, int] = {}
     with ThreadPoolExecutor(max_workers=clones) as pool:
-        for n, ok in enumerate(pool.map(clone, range(clones))):
-            result.check(ok, f"concurrent clone {n}")
+        for n, (ok, why) in enumerate(pool.map(clone, range(clones))):
+            result.check(ok, f"concurrent clone {n}: {why}")
+            if not ok:
+                failed[why] = failed.get(why, 0) + 1
     flood = []
     try:
         for _ in range(sockets):
@@ -830,5 +832,7 @@ def load(g: Gateway, w: World, clones: int, sockets: int) -> Result:
     finally:
         for s in flood:
             s.close()
-    result.notes = f"{clones} clones at once; ls-remote with {sockets} silent sockets open"
+    result.notes = (f"{clones} clones at once, each checked out and compared; ls-remote with "
+                    f"{sockets} silent sockets open took {took:.2f} s"
+                    + (f"; failed clones said: {failed}" if failed else ""))
     return result
