@@ -150,8 +150,8 @@ DESCRIPTIONS = {
                      "hook_timeout", _between(0, 7 * DAY)),
     "max_startups": ("connections not yet authenticated, in all: when full, a silent or "
                      "stalled one is dropped, else the new one refused", _between(1, 100000)),
-    "max_startups_per_address": ("connections not yet authenticated from one address: when "
-                                 "full, a silent or stalled one is dropped",
+    "max_startups_per_address": ("an address's share of max_startups: when the cap is full, "
+                                 "addresses over their share lose connections first",
                                  _between(1, 100000)),
     "max_connections_per_address": ("connections from one address that have sent "
                                     "something; more are refused; 0: no limit",

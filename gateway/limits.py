@@ -1,19 +1,17 @@
 """Caps on connections, so that a flood of sockets cannot keep real users out.
 
 Connections that have not authenticated yet are capped in all (`max_startups`, after
-OpenSSH's MaxStartups) and per address (`max_startups_per_address`). When a cap is full,
-an unauthenticated connection that is not getting anywhere is dropped to make room:
-one that has sent nothing for SILENT_GRACE seconds (its socket is checked, so a client
-whose bytes have arrived but are not read yet counts as talking; the grace covers a
-client that connected but has not had the CPU to write yet), else one whose handshake
-has run for more than STALLED seconds (a real one takes well under a second), oldest
-first. Sockets
-an attacker holds open then cannot keep out a client that is busy logging in, and many
-real clients behind one address (a CI farm) are never dropped for each other. With no
-such connection to drop, a full per-address cap lets the new one in, and a full global
-cap refuses it. Connections from one address that are past that stage (talking or
-logged in) are capped as well (`max_connections_per_address`); past it new ones are
-refused.
+OpenSSH's MaxStartups). When the cap is full, an unauthenticated connection that is not
+getting anywhere is dropped to make room, first from addresses with more than
+`max_startups_per_address` of them: one that has sent nothing for SILENT_GRACE seconds
+(its socket is checked, so a client whose bytes have arrived but are not read yet counts
+as talking; the grace covers a client that connected but has not had the CPU to write
+yet), else one whose handshake has run for more than STALLED seconds, oldest first. With
+nothing to drop, the new connection is refused. Below the cap nothing is dropped, so
+many real clients behind one address (a CI farm) are never dropped for each other, and
+sockets an attacker holds open cannot keep out a client that is logging in.
+Connections from one address that are past that stage (talking or logged in) are capped
+as well (`max_connections_per_address`); past it new ones are refused.
 """
 
 from __future__ import annotations
@@ -60,13 +58,8 @@ class ConnectionLimits:
                          if p.address == address and p.stage == SILENT)
             if self._per_address[address] - silent >= cap:
                 return None, "max_connections_per_address"
-        same = [t for t, p in self._pending.items() if p.address == address]
-        if len(same) >= self.settings.max_startups_per_address:
-            victim = self._droppable(same)
-            if victim is not None:
-                self._drop(victim)
         if len(self._pending) >= self.settings.max_startups:
-            victim = self._droppable(list(self._pending))
+            victim = self._droppable(self._crowded_first())
             if victim is None:
                 return None, "max_startups"
             self._drop(victim)
@@ -102,6 +95,13 @@ class ConnectionLimits:
     @property
     def connections(self) -> int:
         return len(self._address_of)
+
+    def _crowded_first(self) -> list[int]:
+        """Pending tickets, those of addresses over their share first, oldest first."""
+        count = Counter(p.address for p in self._pending.values())
+        share = self.settings.max_startups_per_address
+        crowded = [t for t, p in self._pending.items() if count[p.address] > share]
+        return crowded + [t for t in self._pending if count[self._pending[t].address] <= share]
 
     def _droppable(self, tickets: list[int]) -> int | None:
         """The oldest silent connection, else the oldest stalled one, else None."""

@@ -228,34 +228,49 @@ def test_port_in_use_is_one_line(private):
 # --- limits -------------------------------------------------------------------------------
 
 
+def open_sockets(g: Gateway, count: int) -> list[socket.socket]:
+    return [socket.create_connection(("127.0.0.1", g.port), timeout=5) for _ in range(count)]
+
+
+def is_closed(s: socket.socket) -> bool:
+    s.settimeout(2)
+    try:
+        while s.recv(4096):
+            pass
+        return True
+    except ConnectionResetError:
+        return True
+    except (TimeoutError, OSError):
+        return False
+
+
 def test_a_flood_of_unauthenticated_sockets_does_not_keep_a_user_out(private, tmp_path):
     g = private()
     user, path, _ = seeded(g, tmp_path)
-    flood = []
+    flood = open_sockets(g, 300)
     try:
-        for _ in range(300):
-            s = socket.create_connection(("127.0.0.1", g.port), timeout=5)
-            flood.append(s)
-        took = ls_remote_ok(g, user, path)
+        took = ls_remote_ok(g, user, path)  # at once, by default settings
         assert took < 5, took
-        # Once silent for a while, the oldest are dropped to make room for new ones.
-        time.sleep(2.5)
-        for _ in range(60):
-            flood.append(socket.create_connection(("127.0.0.1", g.port), timeout=5))
-        dropped = 0
-        for s in flood[:50]:
-            s.settimeout(2)
-            try:
-                while s.recv(4096):
-                    pass
-                dropped += 1
-            except (TimeoutError, OSError):
-                pass
-        assert dropped == 50, dropped
+    finally:
+        for s in flood:
+            s.close()
+
+
+def test_a_full_startup_cap_drops_the_silent_to_let_a_user_in(private, tmp_path):
+    g = private("max_startups = 50\n")
+    user, path, _ = seeded(g, tmp_path)
+    flood = open_sockets(g, 120)  # 50 held, the rest refused: the cap is full
+    try:
+        assert sum(is_closed(s) for s in flood[50:]) == 70
+        time.sleep(2.5)  # silent for a while: now they may be dropped to make room
+        assert ls_remote_ok(g, user, path) < 5
+        assert is_closed(flood[0])  # the oldest silent one made room
+        assert not is_closed(flood[49])
     finally:
         for s in flood:
             s.close()
     assert events(g, "connection.dropped")
+    assert [e for e in events(g, "connection.refused") if e["reason"] == "max_startups"]
 
 
 def test_connections_per_address_are_capped(private, tmp_path):
