@@ -6,7 +6,6 @@ same data directory, so that the answers of the two paths can be compared."""
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import socket
 import subprocess
