@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test install clean adversarial
+.PHONY: serve test install clean adversarial bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ test: $(STAMP)
 
 adversarial: $(STAMP)
 	$(VENV)/bin/python -m adversarial
+
+# The gateway side by side with OpenSSH + C git (bench/compare.py; --scale, --profile).
+bench: $(STAMP)
+	$(VENV)/bin/python bench/compare.py
 
 clean:
 	rm -rf $(VENV) *.egg-info
