@@ -4,6 +4,9 @@
   lack one) and costs a parse on every request: reachability is always walked instead.
 - `filter` (partial clone) is advertised but the lazy fetches that follow are refused:
   it is not advertised, and a client's `filter` request is ignored so the clone is full.
+- Packs are built by `sendpack` from the stored packs' bytes (pack reuse) rather than by
+  dulwich, which inflates and deflates every object; shallow requests and repositories
+  whose packs `storedpacks` cannot read still go through dulwich.
 - `git archive --remote` arguments: dulwich only takes full ref names and breaks on
   `--prefix=X`; tree-ishes are resolved the way Git does for the common forms.
 """
@@ -18,11 +21,15 @@ from dulwich.archive import tar_stream
 from dulwich.errors import GitProtocolError
 from dulwich.object_store import GraphTraversalReachability
 from dulwich.objects import Commit, Tag, Tree, valid_hexsha
-from dulwich.protocol import CAPABILITY_FILTER, SIDE_BAND_CHANNEL_DATA
+from dulwich.pack import write_pack_from_container
+from dulwich.protocol import CAPABILITY_FILTER, CAPABILITY_NO_DONE, CAPABILITY_OFS_DELTA, \
+    CAPABILITY_SIDE_BAND_64K, CAPABILITY_THIN_PACK, SIDE_BAND_CHANNEL_DATA
 from dulwich.repo import Repo
-from dulwich.server import Backend, UploadArchiveHandler, UploadPackHandler
+from dulwich.server import Backend, UploadArchiveHandler, UploadPackHandler, _ProtocolGraphWalker
 
-from . import receive
+from . import receive, sendpack, storedpacks
+
+SIDE_BAND_DATA_MAX = 65515  # a pkt-line's 65520 bytes less its length and channel
 
 
 class OneRepoBackend(Backend):
@@ -57,6 +64,73 @@ class GatewayUploadPackHandler(UploadPackHandler):
     def set_client_capabilities(self, caps: Iterable[bytes]) -> None:
         # git 2.39 sends a bare `filter` even when it was not advertised.
         super().set_client_capabilities(_without_filter(caps))
+
+    @classmethod
+    def required_capabilities(cls) -> tuple[bytes, ...]:
+        # dulwich requires side-band-64k, thin-pack and ofs-delta because its packs may
+        # use them; sendpack uses each only when the client asked for it.
+        return ()
+
+    def handle(self) -> None:
+        """dulwich's UploadPackHandler.handle, with the pack built by `sendpack`."""
+        self._processing_have_lines = True
+        repo, store = self.repo, self.repo.object_store
+        walker = _ProtocolGraphWalker(self, store, repo.get_peeled, repo.refs.get_symrefs)
+        refs = {ref: sha for ref, sha in repo.get_refs().items() if sha in store}
+        wants = walker.determine_wants(refs, None)
+        if not wants:
+            return
+        reader = None if walker.shallow or walker.unshallow else storedpacks.open_reader(repo)
+        if reader is None:
+            self._send_with_dulwich(walker, wants)
+            return
+        try:
+            haves = store.find_common_revisions(walker)
+            if not walker.handle_done(not self.has_capability(CAPABILITY_NO_DONE), self._done_received):
+                return
+            self._start_pack_send_phase()
+            shas, client_has = sendpack.objects_to_send(reader, wants, haves, self.get_tagged(refs, repo))
+            self.progress(f"counting objects: {len(shas)}, done.\n".encode("ascii"))
+            thin = self.has_capability(CAPABILITY_THIN_PACK)
+            sendpack.write_pack(self._pack_writer(), reader, shas, self.has_capability(CAPABILITY_OFS_DELTA),
+                                client_has if thin else set())
+            self.proto.write_pkt_line(None)
+        finally:
+            reader.close()
+
+    def _pack_writer(self):
+        if not self.has_capability(CAPABILITY_SIDE_BAND_64K):
+            return self.proto.write
+        write = self.proto.write
+        header = b"%04x" % (SIDE_BAND_DATA_MAX + 5) + bytes([SIDE_BAND_CHANNEL_DATA])
+
+        def write_sideband(data: bytes) -> None:
+            view = memoryview(data)
+            for at in range(0, len(view), SIDE_BAND_DATA_MAX):
+                piece = view[at:at + SIDE_BAND_DATA_MAX]
+                if len(piece) == SIDE_BAND_DATA_MAX:
+                    write(header)
+                else:
+                    write(b"%04x" % (len(piece) + 5) + bytes([SIDE_BAND_CHANNEL_DATA]))
+                write(piece)
+
+        return write_sideband
+
+    def _send_with_dulwich(self, walker, wants: list[bytes]) -> None:
+        # The rest of dulwich's own handle(): shallow and unshallow requests.
+        missing = self.repo.find_missing_objects(lambda refs, depth=None: wants, walker, self.progress,
+                                                 get_tagged=self.get_tagged)
+        if missing is None:
+            return
+        object_ids = list(missing)
+        if not walker.handle_done(not self.has_capability(CAPABILITY_NO_DONE), self._done_received):
+            return
+        self._start_pack_send_phase()
+        self.progress(f"counting objects: {len(object_ids)}, done.\n".encode("ascii"))
+        reuse = self.has_capability(CAPABILITY_THIN_PACK) and self.has_capability(CAPABILITY_OFS_DELTA)
+        write_pack_from_container(self.write_pack_data, self.repo.object_store, object_ids,
+                                  object_format=self.repo.object_format, reuse_deltas=reuse)
+        self.proto.write_pkt_line(None)
 
 
 class GatewayUploadArchiveHandler(UploadArchiveHandler):

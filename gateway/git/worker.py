@@ -32,6 +32,7 @@ from dulwich.protocol import ReceivableProtocol
 
 from ..logs import StructuredFormatter
 from .handlers import HANDLERS, OneRepoBackend, open_repo
+from .storedpacks import PackError
 
 OUTPUT_BUFFER = 64 * 1024
 PR_SET_PDEATHSIG = 1
@@ -106,6 +107,11 @@ def main(argv: list[str]) -> int:
         print("ERROR: protocol error: malformed request", file=sys.stderr)
         return 1
     except BrokenPipeError:
+        return 1
+    except PackError as exc:
+        log.error("stored pack damaged: %s %s: %s", service, repo_dir, exc)
+        print("ERROR: the repository's stored data failed a check; the operator has been told",
+              file=sys.stderr)
         return 1
     except Exception as exc:
         log.error("git worker failed: %s %s: %s: %s", service, repo_dir, exc.__class__.__name__, exc)

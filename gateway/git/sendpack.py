@@ -1,0 +1,285 @@
+"""Upload-pack's fast path: which objects to send, and the pack that sends them.
+
+`objects_to_send` is the walk C git's `rev-list --objects` does: commits newest first
+from the wants, stopping where every commit still queued is one the client has (reachable
+from its haves); then the trees and blobs of the commits to send, minus those of the
+boundary commits the client has. It may send a little more than needed (commit dates that
+go backwards), never less.
+
+`write_pack` copies each entry's stored bytes: a delta whose base is also sent keeps its
+delta (re-pointed at the base's new offset), a delta whose base the client has goes as a
+REF_DELTA when the client accepts a thin pack; anything else goes whole, inflated from
+its delta and deflated once.
+"""
+
+from __future__ import annotations
+
+import binascii
+import hashlib
+import heapq
+import zlib
+from collections.abc import Callable, Iterable
+
+from dulwich.objects import parse_tree
+
+from .storedpacks import OFS_DELTA, REF_DELTA, SHA_LEN, ObjectReader, encode_header, encode_ofs, \
+    parse_header, parse_ofs
+
+COMMIT, TREE, BLOB, TAG = 1, 2, 3, 4
+GITLINK_MODE = 0o160000
+DIR_MODE = 0o040000
+CHUNK = 1 << 20
+
+
+def _commit_links(raw: bytes) -> tuple[bytes, list[bytes], int]:
+    """(tree, parents, committer time) from a commit's header lines."""
+    tree, parents, when = b"", [], 0
+    for line in raw.split(b"\n\n", 1)[0].split(b"\n"):
+        if line.startswith(b"tree "):
+            tree = line[5:]
+        elif line.startswith(b"parent "):
+            parents.append(line[7:])
+        elif line.startswith(b"committer "):
+            try:
+                when = int(line.rsplit(b" ", 2)[1])
+            except (IndexError, ValueError):
+                when = 0
+            break
+    return tree, parents, when
+
+
+def _tag_target(raw: bytes) -> bytes:
+    first = raw.split(b"\n", 1)[0]
+    if not first.startswith(b"object "):
+        raise ValueError("a tag without an object line")
+    return first[7:]
+
+
+class Walk:
+    def __init__(self, reader: ObjectReader) -> None:
+        self.reader = reader
+        self.commits: dict[bytes, tuple[bytes, list[bytes], int]] = {}
+
+    def commit(self, sha: bytes) -> tuple[bytes, list[bytes], int]:
+        links = self.commits.get(sha)
+        if links is None:
+            type_num, raw = self.reader.read(sha)
+            if type_num != COMMIT:
+                raise ValueError(f"{sha.decode()} is not a commit")
+            links = self.commits[sha] = _commit_links(raw)
+        return links
+
+    def peel(self, sha: bytes, tags: list[bytes] | None = None) -> tuple[int, bytes]:
+        """Follow tags to what they point at; the tags passed on the way go in `tags`."""
+        while True:
+            type_num, raw = self.reader.read(sha)
+            if type_num != TAG:
+                return type_num, sha
+            if tags is not None:
+                tags.append(sha)
+            sha = _tag_target(raw)
+
+    def commits_to_send(self, wants: Iterable[bytes], haves: Iterable[bytes]) -> tuple[list[bytes], set[bytes]]:
+        """The commits reachable from `wants` but not from `haves` (newest first), and
+        the commits the client has that those commits' parents include (the boundary)."""
+        uninteresting: set[bytes] = set()
+        queue: list[tuple[int, int, bytes]] = []
+        queued: set[bytes] = set()
+        counter = 0
+
+        def push(sha: bytes) -> None:
+            nonlocal counter
+            if sha not in queued:
+                queued.add(sha)
+                counter += 1
+                heapq.heappush(queue, (-self.commit(sha)[2], counter, sha))
+
+        for sha in haves:
+            uninteresting.add(sha)
+            push(sha)
+        for sha in wants:
+            push(sha)
+        order: list[bytes] = []
+        while queue:
+            if uninteresting and all(sha in uninteresting for _, _, sha in queue):
+                break  # what is left is the client's
+            _, _, sha = heapq.heappop(queue)
+            _, parents, _ = self.commit(sha)
+            if sha in uninteresting:
+                self._mark_uninteresting(parents, uninteresting)
+            else:
+                order.append(sha)
+            for parent in parents:
+                push(parent)
+        send = [sha for sha in order if sha not in uninteresting]
+        boundary = {p for sha in send for p in self.commits[sha][1] if p in uninteresting}
+        return send, boundary
+
+    def _mark_uninteresting(self, parents: list[bytes], uninteresting: set[bytes]) -> None:
+        """Mark parents, and whatever we already know of their ancestry, as the client's."""
+        stack = list(parents)
+        while stack:
+            sha = stack.pop()
+            if sha in uninteresting:
+                continue
+            uninteresting.add(sha)
+            known = self.commits.get(sha)
+            if known is not None:
+                stack.extend(known[1])
+
+    def tree_objects(self, root: bytes, seen: set[bytes], out: list[bytes]) -> None:
+        """Append to `out` the trees and blobs under `root` not in `seen`, adding them to it."""
+        if root in seen:
+            return
+        seen.add(root)
+        out.append(root)
+        stack = [root]
+        read = self.reader.read
+        while stack:
+            type_num, raw = read(stack.pop())
+            if type_num != TREE:
+                raise ValueError("a tree entry is not a tree")
+            for _name, mode, sha in parse_tree(raw, SHA_LEN):
+                if sha in seen or mode == GITLINK_MODE:
+                    continue
+                seen.add(sha)
+                out.append(sha)
+                if mode & 0o170000 == DIR_MODE:
+                    stack.append(sha)
+
+
+def objects_to_send(reader: ObjectReader, wants: Iterable[bytes], haves: Iterable[bytes],
+                    tagged: dict[bytes, bytes]) -> tuple[list[bytes], set[bytes]]:
+    """Hex names of the objects a client with `haves` needs for `wants`, in pack order
+    (commits newest first, then tags, then trees and blobs), and the objects we know the
+    client has. `tagged` maps a peeled object to the annotated tag to send with it
+    (include-tag)."""
+    walk = Walk(reader)
+    want_commits: list[bytes] = []
+    other: list[tuple[int, bytes]] = []
+    tags: list[bytes] = []
+    for sha in wants:
+        type_num, peeled = walk.peel(sha, tags)
+        if type_num == COMMIT:
+            want_commits.append(peeled)
+        else:
+            other.append((type_num, peeled))
+    have_commits: list[bytes] = []
+    client_has: set[bytes] = set()
+    for sha in haves:
+        try:
+            type_num, peeled = walk.peel(sha)
+        except KeyError:
+            continue
+        client_has.add(sha)
+        if type_num == COMMIT:
+            have_commits.append(peeled)
+        else:
+            client_has.add(peeled)
+
+    commits, boundary = walk.commits_to_send(want_commits, have_commits)
+    # Everything under the boundary's trees the client has: not sent.
+    for sha in boundary:
+        walk.tree_objects(walk.commits[sha][0], client_has, [])
+
+    sent = set(commits)
+    for peeled, tag in tagged.items():
+        if peeled in sent:
+            walk.peel(tag, tags)
+    tags = [t for t in dict.fromkeys(tags) if t not in client_has]
+
+    seen = set(client_has)
+    seen.update(tags)
+    trees_and_blobs: list[bytes] = []
+    for sha in commits:
+        walk.tree_objects(walk.commits[sha][0], seen, trees_and_blobs)
+    for type_num, sha in other:
+        if type_num == TREE:
+            walk.tree_objects(sha, seen, trees_and_blobs)
+        elif sha not in seen:
+            seen.add(sha)
+            trees_and_blobs.append(sha)
+    return commits + tags + trees_and_blobs, client_has
+
+
+class PackOut:
+    """Pack bytes on their way out: counted, hashed for the trailer, sent in large pieces."""
+
+    def __init__(self, write: Callable[[bytes], object]) -> None:
+        self.write = write
+        self.offset = 0
+        self.sha = hashlib.sha1()
+        self.pending: list[bytes] = []
+        self.pending_bytes = 0
+
+    def add(self, data: bytes) -> None:
+        self.sha.update(data)
+        self.offset += len(data)
+        self.pending.append(data)
+        self.pending_bytes += len(data)
+        if self.pending_bytes >= CHUNK:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            self.write(b"".join(self.pending))
+            self.pending, self.pending_bytes = [], 0
+
+    def finish(self) -> None:
+        self.flush()
+        self.write(self.sha.digest())
+
+
+def write_pack(write: Callable[[bytes], object], reader: ObjectReader, shas: list[bytes],
+               ofs_delta: bool, client_has: set[bytes]) -> None:
+    """Send a pack of `shas`. A delta whose base the client has (`client_has`: empty
+    unless the client takes a thin pack) goes as a REF_DELTA against it."""
+    out = PackOut(write)
+    out.add(b"PACK" + (2).to_bytes(4, "big") + len(shas).to_bytes(4, "big"))
+    written: dict[tuple[int, int], int] = {}  # (pack, entry) -> offset in this pack
+    sending = set(shas)
+    for sha in shas:
+        found = reader.locate(sha)
+        if found is None:
+            _write_whole(out, *reader.read(sha))
+            continue
+        pack, k = found
+        start = out.offset
+        data = pack.entry(k)
+        type_num, size, pos = parse_header(data)
+        if type_num == OFS_DELTA:
+            distance, after = parse_ofs(data, pos)
+            base_k = pack.at_offset(pack.starts[k] - distance)
+            base = pack.names[base_k]
+            base_at = written.get((id(pack), base_k))
+            if base_at is not None and ofs_delta:
+                out.add(data[:pos] + encode_ofs(start - base_at) + data[after:])
+            elif _base_available(reader, binascii.hexlify(base), pack, base_k, sending, client_has):
+                out.add(encode_header(REF_DELTA, size) + base + data[after:])
+            else:
+                _write_whole(out, *reader.read_entry(pack, k))
+        elif type_num == REF_DELTA:
+            base_name = binascii.hexlify(data[pos:pos + SHA_LEN])
+            located = reader.locate(base_name)
+            if _base_available(reader, base_name, pack, located[1] if located and located[0] is pack else -1,
+                               sending, client_has):
+                out.add(data)
+            else:
+                _write_whole(out, *reader.read_entry(pack, k))
+        else:
+            out.add(data)
+        written[(id(pack), k)] = start
+    out.finish()
+
+
+def _base_available(reader: ObjectReader, base_name: bytes, pack, base_k: int,
+                    sending: set[bytes], client_has: set[bytes]) -> bool:
+    """Can a delta name its base? Yes if the client has it, or if this pack sends it
+    from the same stored pack (so no two deltas can end up based on each other)."""
+    if base_name in client_has:
+        return True
+    return base_name in sending and reader.locate(base_name) == (pack, base_k)
+
+
+def _write_whole(out: PackOut, type_num: int, content: bytes) -> None:
+    out.add(encode_header(type_num, len(content)) + zlib.compress(content, 1))

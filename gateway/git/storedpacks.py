@@ -1,0 +1,228 @@
+"""Reading a repository's packs as they are stored, for upload-pack's fast path.
+
+dulwich answers "what is object X" by inflating it (and its delta chain) every time, and
+to find where an object's compressed bytes end it has to inflate them. Upload-pack wants
+the opposite: the stored bytes of each entry untouched, so that it can copy them into the
+pack it sends (what C git calls pack reuse). The pack index (.idx v2) already says where
+every entry starts, so the entries sorted by offset say where each one ends, and its CRC
+says whether the bytes read are the bytes that were written.
+
+Only SHA-1 packs with a v2 index are read here; anything else makes `open_reader` return
+None and the caller uses dulwich's own path. Loose objects and objects in packs we do not
+read are asked of dulwich's object store.
+"""
+
+from __future__ import annotations
+
+import binascii
+import bisect
+import os
+import sys
+import zlib
+from array import array
+from collections import OrderedDict
+
+from dulwich.pack import apply_delta
+
+OFS_DELTA, REF_DELTA = 6, 7
+IDX_V2 = b"\377tOc\x00\x00\x00\x02"
+SHA_LEN = 20
+CACHE_BYTES = 32 << 20  # inflated delta bases kept, for the walk over trees
+
+
+class PackError(Exception):
+    """A stored pack failed a check: its data is not what its index says."""
+
+
+def _be_array(code: str, data: bytes) -> array:
+    values = array(code, data)
+    if sys.byteorder == "little":
+        values.byteswap()
+    return values
+
+
+class StoredPack:
+    """One pack and its v2 index. Entries are numbered by their order in the pack."""
+
+    def __init__(self, basename: str) -> None:
+        with open(basename + ".idx", "rb") as f:
+            idx = f.read()
+        if idx[:8] != IDX_V2:
+            raise ValueError("not a v2 pack index")
+        count = int.from_bytes(idx[8 + 255 * 4:8 + 256 * 4], "big")
+        start = 8 + 256 * 4
+        names = idx[start:start + SHA_LEN * count]
+        start += SHA_LEN * count
+        crcs = _be_array("I", idx[start:start + 4 * count])
+        start += 4 * count
+        offsets = _be_array("I", idx[start:start + 4 * count])
+        start += 4 * count
+        large = _be_array("Q", idx[start:len(idx) - 2 * SHA_LEN])
+        if count and max(offsets) & 0x80000000:
+            offsets = array("Q", (large[o & 0x7FFFFFFF] if o & 0x80000000 else o for o in offsets))
+        self.fd = os.open(basename + ".pack", os.O_RDONLY)
+        pack_size = os.fstat(self.fd).st_size
+        order = sorted(range(count), key=offsets.__getitem__)
+        hexnames = binascii.hexlify(names)
+        # Entry k (in pack order): its name, where it starts and ends, its CRC.
+        self.number = {hexnames[2 * SHA_LEN * i:2 * SHA_LEN * (i + 1)]: k for k, i in enumerate(order)}
+        self.names = [names[SHA_LEN * i:SHA_LEN * (i + 1)] for i in order]
+        self.starts = array("Q", (offsets[i] for i in order))
+        self.starts.append(pack_size - SHA_LEN)
+        self.crcs = array("I", (crcs[i] for i in order))
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+    def entry(self, k: int) -> bytes:
+        """The stored bytes of entry k (header and compressed data), checked against the CRC."""
+        start, end = self.starts[k], self.starts[k + 1]
+        data = os.pread(self.fd, end - start, start)
+        if len(data) != end - start or zlib.crc32(data) != self.crcs[k]:
+            raise PackError(f"entry at offset {start} fails its CRC check")
+        return data
+
+    def at_offset(self, offset: int) -> int:
+        k = bisect.bisect_left(self.starts, offset)
+        if k >= len(self.names) or self.starts[k] != offset:
+            raise PackError(f"no entry starts at offset {offset}")
+        return k
+
+
+def parse_header(data: bytes) -> tuple[int, int, int]:
+    """(type, inflated size, header length) of a stored entry; the base's reference
+    (OFS_DELTA's distance, REF_DELTA's name) is not part of the length."""
+    byte = data[0]
+    type_num, size, shift, pos = (byte >> 4) & 7, byte & 15, 4, 1
+    while byte & 0x80:
+        byte = data[pos]
+        size |= (byte & 0x7F) << shift
+        shift += 7
+        pos += 1
+    return type_num, size, pos
+
+
+def parse_ofs(data: bytes, pos: int) -> tuple[int, int]:
+    """OFS_DELTA's distance back to its base, and the position after it."""
+    byte = data[pos]
+    distance = byte & 0x7F
+    pos += 1
+    while byte & 0x80:
+        byte = data[pos]
+        distance = ((distance + 1) << 7) | (byte & 0x7F)
+        pos += 1
+    return distance, pos
+
+
+def encode_ofs(distance: int) -> bytes:
+    out = [distance & 0x7F]
+    distance >>= 7
+    while distance:
+        distance -= 1
+        out.append(0x80 | (distance & 0x7F))
+        distance >>= 7
+    return bytes(reversed(out))
+
+
+def encode_header(type_num: int, size: int) -> bytes:
+    out = []
+    byte = (type_num << 4) | (size & 15)
+    size >>= 4
+    while size:
+        out.append(byte | 0x80)
+        byte = size & 0x7F
+        size >>= 7
+    out.append(byte)
+    return bytes(out)
+
+
+def inflate(data: bytes, pos: int, size: int) -> bytes:
+    try:
+        out = zlib.decompressobj().decompress(data[pos:], size + 1)
+    except zlib.error as exc:
+        raise PackError(f"stored data does not inflate: {exc}") from None
+    if len(out) != size:
+        raise PackError("stored data inflates to the wrong size")
+    return out
+
+
+class ObjectReader:
+    """Finds objects in the stored packs and reads them whole (deltas applied)."""
+
+    def __init__(self, store, packs: list[StoredPack]) -> None:
+        self.store = store
+        self.packs = packs
+        self._cache: OrderedDict[tuple[int, int], tuple[int, bytes]] = OrderedDict()
+        self._cached_bytes = 0
+
+    def close(self) -> None:
+        for pack in self.packs:
+            pack.close()
+
+    def locate(self, sha: bytes) -> tuple[StoredPack, int] | None:
+        for pack in self.packs:
+            k = pack.number.get(sha)
+            if k is not None:
+                return pack, k
+        return None
+
+    def read(self, sha: bytes) -> tuple[int, bytes]:
+        """(type, content) of an object by hex name; KeyError if the repository lacks it."""
+        found = self.locate(sha)
+        if found is None:
+            return self.store.get_raw(sha)
+        return self.read_entry(*found)
+
+    def read_entry(self, pack: StoredPack, k: int) -> tuple[int, bytes]:
+        key = (id(pack), k)
+        hit = self._cache.get(key)
+        if hit is not None:
+            self._cache.move_to_end(key)
+            return hit
+        data = pack.entry(k)
+        type_num, size, pos = parse_header(data)
+        if type_num == OFS_DELTA:
+            distance, pos = parse_ofs(data, pos)
+            base_type, base = self.read_entry(pack, pack.at_offset(pack.starts[k] - distance))
+        elif type_num == REF_DELTA:
+            base_name = binascii.hexlify(data[pos:pos + SHA_LEN])
+            pos += SHA_LEN
+            base_type, base = self.read(base_name)
+        else:
+            result = (type_num, inflate(data, pos, size))
+            self._remember(key, result)
+            return result
+        try:
+            content = apply_delta(base, inflate(data, pos, size))
+        except (ValueError, AssertionError, IndexError) as exc:
+            raise PackError(f"a delta does not apply: {exc}") from None
+        if isinstance(content, list):
+            content = b"".join(content)
+        result = (base_type, content)
+        self._remember(key, result)
+        return result
+
+    def _remember(self, key: tuple[int, int], value: tuple[int, bytes]) -> None:
+        # Trees and commits are read once each in a walk, but a delta chain's bases many times.
+        self._cache[key] = value
+        self._cached_bytes += len(value[1])
+        while self._cached_bytes > CACHE_BYTES and len(self._cache) > 1:
+            _, (_, old) = self._cache.popitem(last=False)
+            self._cached_bytes -= len(old)
+
+
+def open_reader(repo) -> ObjectReader | None:
+    """A reader over the repository's packs, or None if one cannot be read here
+    (not SHA-1, or an index that is not v2): then dulwich serves the request."""
+    store = repo.object_store
+    if getattr(store.object_format, "name", "sha1") != "sha1":
+        return None
+    packs: list[StoredPack] = []
+    try:
+        for pack in store.packs:
+            packs.append(StoredPack(pack._basename))
+    except (OSError, ValueError):
+        for opened in packs:
+            opened.close()
+        return None
+    return ObjectReader(store, packs)
