@@ -203,6 +203,8 @@ def test_worker_closes_the_repository(packed_repo):
 
 def test_worker_writes_in_large_chunks(packed_repo):
     bare, head = packed_repo
+    for i in range(40):  # a ref advertisement of many small pkt-lines
+        subprocess.run(["git", "tag", f"t{i}", f"HEAD~{i}"], cwd=bare, check=True)
     sink = CountingSink()
     worker.serve("git-upload-pack", str(bare), io.BytesIO(_fetch_request(head)), sink)
     pkt_lines, data = 0, bytes(sink.data)
@@ -210,9 +212,24 @@ def test_worker_writes_in_large_chunks(packed_repo):
         size = int(data[:4], 16)
         data = data[max(size, 4):]
         pkt_lines += 1
-    # One write per pkt-line made clones 6x slower; the worker coalesces them.
-    assert pkt_lines > 100
-    assert sink.writes * 20 < pkt_lines, (sink.writes, pkt_lines)
+    # One write per small pkt-line made clones 6x slower; the worker coalesces them.
+    assert pkt_lines > 20
+    assert sink.writes * 10 < pkt_lines, (sink.writes, pkt_lines)
+    # A pack of several side-band pkt-lines goes out one whole pkt-line per write or more.
+    big = bare.parent / "big"
+    subprocess.run(["git", "clone", "-q", str(bare), str(big)], check=True)
+    (big / "random.bin").write_bytes(os.urandom(1 << 20))
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t"}
+    subprocess.run(["git", "add", "random.bin"], cwd=big, check=True)
+    subprocess.run(["git", "commit", "-qm", "random"], cwd=big, check=True, env=env)
+    subprocess.run(["git", "push", "-q", str(bare), "HEAD:main"], cwd=big, check=True)
+    new_head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=big, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    sink = CountingSink()
+    worker.serve("git-upload-pack", str(bare), io.BytesIO(_fetch_request(new_head)), sink)
+    assert len(sink.data) > 1 << 20
+    assert len(sink.data) / sink.writes > 40_000, (len(sink.data), sink.writes)
 
 
 # --- the store ------------------------------------------------------------------------

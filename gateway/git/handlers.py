@@ -109,10 +109,9 @@ class GatewayUploadPackHandler(UploadPackHandler):
             for at in range(0, len(view), SIDE_BAND_DATA_MAX):
                 piece = view[at:at + SIDE_BAND_DATA_MAX]
                 if len(piece) == SIDE_BAND_DATA_MAX:
-                    write(header)
+                    write(header + piece)  # one write: a pkt-line is larger than the buffer
                 else:
-                    write(b"%04x" % (len(piece) + 5) + bytes([SIDE_BAND_CHANNEL_DATA]))
-                write(piece)
+                    write(b"%04x" % (len(piece) + 5) + bytes([SIDE_BAND_CHANNEL_DATA]) + piece)
 
         return write_sideband
 
