@@ -295,3 +295,58 @@ def test_damaged_pack_gives_one_line_and_the_server_keeps_serving(gw, repo, work
     assert "Traceback" not in failed.stderr
     other = gw.repo(gw.workspace((alice, "write")))
     assert gw.git(alice, "ls-remote", gw.url(other)).returncode == 0
+
+
+def test_a_clone_after_a_push_has_the_push(gw, repo, work):
+    # Clones of an unchanged repository reuse the first one's object list
+    # (gateway-clone-objects); a push must make the next clone walk again.
+    alice, path, tree = repo
+    commit(tree, "a.txt")
+    push(gw, alice, path, tree)
+    for name in ("c1", "c2"):
+        gw.git(alice, "clone", "-q", "--mirror", gw.url(path), str(work / name))
+    server = gw.repo_dir(path)
+    assert (server / "gateway-clone-objects").exists()
+    new = commit(tree, "b.txt")
+    push(gw, alice, path, tree)
+    local_git("tag", "-a", "v1", "-m", "one", cwd=tree)
+    push(gw, alice, path, tree, "v1")
+    clone = work / "c3"
+    gw.git(alice, "clone", "-q", "--mirror", gw.url(path), str(clone))
+    client_fsck(clone)
+    assert has_object(clone, new)
+    assert all_objects(clone) == all_objects(server)
+
+
+def test_a_clone_cache_file_that_is_damaged_is_ignored(gw, repo, work):
+    alice, path, tree = repo
+    commit(tree, "a.txt")
+    push(gw, alice, path, tree)
+    server = gw.repo_dir(path)
+    gw.git(alice, "clone", "-q", "--mirror", gw.url(path), str(work / "c1"))
+    cache = server / "gateway-clone-objects"
+    cache.write_bytes(cache.read_bytes()[:-7])
+    gw.git(alice, "clone", "-q", "--mirror", gw.url(path), str(work / "c2"))
+    client_fsck(work / "c2")
+    cache.write_bytes(b"something else entirely")
+    gw.git(alice, "clone", "-q", "--mirror", gw.url(path), str(work / "c3"))
+    client_fsck(work / "c3")
+    assert all_objects(work / "c3") == all_objects(server)
+
+
+def test_clone_of_a_repository_repacked_into_one_pack(gw, repo, work):
+    # The stored pack holds exactly what a clone needs: it is sent as it is.
+    alice, path, tree = repo
+    for i in range(5):
+        commit(tree, "big.txt", big_text(i))
+    local_git("tag", "-a", "v1", "-m", "one", cwd=tree)
+    push(gw, alice, path, tree, "main", "v1")
+    server = gw.repo_dir(path)
+    subprocess.run(["git", "repack", "-a", "-d", "-f", "-q"], cwd=server, check=True)
+    clone = work / "clone"
+    gw.git(alice, "clone", "-q", "--mirror", gw.url(path), str(clone))
+    client_fsck(clone)
+    assert all_objects(clone) == all_objects(server)
+    stored = next((server / "objects" / "pack").glob("*.pack")).read_bytes()
+    received = next((clone / "objects" / "pack").glob("*.pack")).read_bytes()
+    assert received == stored

@@ -27,7 +27,7 @@ from dulwich.protocol import CAPABILITY_FILTER, CAPABILITY_NO_DONE, CAPABILITY_O
 from dulwich.repo import Repo
 from dulwich.server import Backend, UploadArchiveHandler, UploadPackHandler, _ProtocolGraphWalker
 
-from . import receive, sendpack, storedpacks
+from . import clonecache, receive, sendpack, storedpacks
 
 SIDE_BAND_DATA_MAX = 65515  # a pkt-line's 65520 bytes less its length and channel
 
@@ -89,14 +89,30 @@ class GatewayUploadPackHandler(UploadPackHandler):
             if not walker.handle_done(not self.has_capability(CAPABILITY_NO_DONE), self._done_received):
                 return
             self._start_pack_send_phase()
-            shas, client_has = sendpack.objects_to_send(reader, wants, haves, self.get_tagged(refs, repo))
+            tagged = self.get_tagged(refs, repo)
+            if haves:
+                shas, client_has = sendpack.objects_to_send(reader, wants, haves, tagged)
+            else:
+                shas, client_has = self._clone_objects(reader, refs, wants, tagged), set()
             self.progress(f"counting objects: {len(shas)}, done.\n".encode("ascii"))
-            thin = self.has_capability(CAPABILITY_THIN_PACK)
-            sendpack.write_pack(self._pack_writer(), reader, shas, self.has_capability(CAPABILITY_OFS_DELTA),
-                                client_has if thin else set())
+            ofs_delta = self.has_capability(CAPABILITY_OFS_DELTA)
+            whole = sendpack.whole_pack(reader, shas) if ofs_delta and not haves else None
+            if whole is not None:
+                sendpack.send_whole(self._pack_writer(), whole)
+            else:
+                thin = self.has_capability(CAPABILITY_THIN_PACK)
+                sendpack.write_pack(self._pack_writer(), reader, shas, ofs_delta, client_has if thin else set())
             self.proto.write_pkt_line(None)
         finally:
             reader.close()
+
+    def _clone_objects(self, reader, refs, wants: list[bytes], tagged: dict[bytes, bytes]) -> list[bytes]:
+        cache_key = clonecache.key(refs, wants, tagged)
+        shas = clonecache.load(self.repo.path, cache_key)
+        if shas is None:
+            shas, _ = sendpack.objects_to_send(reader, wants, [], tagged)
+            clonecache.save(self.repo.path, cache_key, shas)
+        return shas
 
     def _pack_writer(self):
         if not self.has_capability(CAPABILITY_SIDE_BAND_64K):

@@ -17,13 +17,14 @@ from __future__ import annotations
 import binascii
 import hashlib
 import heapq
+import os
 import zlib
 from collections.abc import Callable, Iterable
 
 from dulwich.objects import parse_tree
 
-from .storedpacks import OFS_DELTA, REF_DELTA, SHA_LEN, ObjectReader, encode_header, encode_ofs, \
-    parse_header, parse_ofs
+from .storedpacks import OFS_DELTA, REF_DELTA, SHA_LEN, ObjectReader, PackError, StoredPack, encode_header, \
+    encode_ofs, parse_header, parse_ofs
 
 COMMIT, TREE, BLOB, TAG = 1, 2, 3, 4
 GITLINK_MODE = 0o160000
@@ -283,3 +284,31 @@ def _base_available(reader: ObjectReader, base_name: bytes, pack, base_k: int,
 
 def _write_whole(out: PackOut, type_num: int, content: bytes) -> None:
     out.add(encode_header(type_num, len(content)) + zlib.compress(content, 1))
+
+
+def whole_pack(reader: ObjectReader, shas: list[bytes]) -> StoredPack | None:
+    """The stored pack holding exactly `shas`, if there is one: a clone of a repository
+    repacked since its last change. It is sent as it is stored."""
+    for pack in reader.packs:
+        if len(pack.names) == len(shas) and pack.number.keys() == set(shas):
+            return pack
+    return None
+
+
+def send_whole(write: Callable[[bytes], object], pack: StoredPack) -> None:
+    """Send a stored pack as it is. Its checksum is verified on the way: the trailer goes
+    out only if the bytes sent are the bytes that were written."""
+    end = pack.starts[-1]  # where the entries end and the trailer begins
+    digest = hashlib.sha1()
+    at = 0
+    while at < end:
+        data = os.pread(pack.fd, min(CHUNK, end - at), at)
+        if not data:
+            raise PackError("the pack is shorter than its index says")
+        digest.update(data)
+        write(data)
+        at += len(data)
+    trailer = os.pread(pack.fd, SHA_LEN, end)
+    if trailer != digest.digest():
+        raise PackError("the pack's checksum does not match its contents")
+    write(trailer)

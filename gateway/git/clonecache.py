@@ -1,0 +1,62 @@
+"""What a full clone sends, remembered until a ref changes.
+
+The object walk is most of a clone's CPU in the worker, and every clone of an unchanged
+repository walks to the same answer. The first clone after a change writes the list of
+objects it sent to `gateway-clone-objects` in the repository; the next clone with the
+same refs, wants and tags reads it back instead of walking. Any ref change gives a
+different key, so a stale list is never used; objects are never deleted while a ref
+still reaches them, so the list stays valid across repacks.
+"""
+
+from __future__ import annotations
+
+import binascii
+import hashlib
+import os
+import tempfile
+
+FILE = "gateway-clone-objects"
+MAGIC = b"GWCLONE1\n"
+SHA_LEN = 20
+
+
+def key(refs: dict[bytes, bytes], wants: list[bytes], tagged: dict[bytes, bytes]) -> bytes:
+    digest = hashlib.sha256()
+    for name in sorted(refs):
+        digest.update(b"ref %s %s\n" % (name, refs[name]))
+    for sha in sorted(wants):
+        digest.update(b"want %s\n" % sha)
+    for peeled in sorted(tagged):
+        digest.update(b"tag %s %s\n" % (peeled, tagged[peeled]))
+    return digest.hexdigest().encode()
+
+
+def load(repo_dir: str, cache_key: bytes) -> list[bytes] | None:
+    try:
+        with open(os.path.join(repo_dir, FILE), "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    head = MAGIC + cache_key + b"\n"
+    body = data[len(head):]
+    if not data.startswith(head) or len(body) % SHA_LEN:
+        return None
+    names = binascii.hexlify(body)
+    return [names[i:i + 2 * SHA_LEN] for i in range(0, len(names), 2 * SHA_LEN)]
+
+
+def save(repo_dir: str, cache_key: bytes, shas: list[bytes]) -> None:
+    """Written whole under a temporary name, then renamed: a reader never sees half."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=FILE + ".", dir=repo_dir)
+    except OSError:
+        return  # a read-only repository: clones just walk
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(MAGIC + cache_key + b"\n" + binascii.unhexlify(b"".join(shas)))
+        os.replace(tmp, os.path.join(repo_dir, FILE))
+    except OSError:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
