@@ -489,24 +489,29 @@ def scratch(sides: Sides, label: str) -> Path:
 
 
 def bench_clone(sides: Sides, res: Results, name: str, runs: int, label: str,
-                memory: bool) -> dict[str, Path]:
+                memory: bool, nothing_cached: bool = False) -> dict[str, Path]:
     """Full clones (--no-checkout: the transfer and index-pack, not writing a work tree),
-    sampling the server's memory; returns one clone per side for the fetches after."""
+    sampling the server's memory; returns one clone per side for the fetches after.
+    `nothing_cached`: the gateway's object list of the last clone is removed before each
+    clone, as after a force-push or a deletion, so the gateway walks the whole history."""
     last: dict[str, Path] = {}
+    when = ", nothing cached" if nothing_cached else ""
     for run in range(runs):
         for side in alternate(run):
             dest = scratch(sides, f"clone-{side}") / "c"
+            if nothing_cached and side == "gateway":
+                (sides.server_dir(side, name) / "gateway-clone-objects").unlink(missing_ok=True)
             cpu = tree_cpu(sides.server_pid(side))
             with Sampler(sides.server_pid(side)) as sampler:
                 elapsed = sides.timed_git("clone", "-q", "--no-checkout", sides.url(side, name), str(dest))
             time.sleep(0.3)  # the session's processes are reaped
             res.add(label, side, elapsed)
-            res.add(f"server CPU per {name} clone (process tree, s)", side,
+            res.add(f"server CPU per {name} clone{when} (process tree, s)", side,
                     tree_cpu(sides.server_pid(side)) - cpu)
             if memory:
-                res.add(f"server peak memory during the {name} clone (process tree RSS, MB)", side,
+                res.add(f"server peak memory during the {name} clone{when} (process tree RSS, MB)", side,
                         sampler.peak_rss / 1024)
-                res.add(f"the same as PSS (shared pages divided among processes, MB)", side,
+                res.add(f"the same as PSS{when} (shared pages divided among processes, MB)", side,
                         sampler.peak_pss / 1024)
             sides.fsck(dest, f"{side} clone of {name}")
             if side in last:
@@ -717,6 +722,8 @@ def main_compare(args, root: Path) -> None:
         idle = {side: tree_kb(sides.server_pid(side))[0] / 1024 for side in SIDES}
         if not args.quick:
             bench_clone(sides, res, "small", args.runs, "full clone (small, s)", memory=False)
+        bench_clone(sides, res, big, args.runs, f"full clone ({big}, nothing cached, s)", memory=True,
+                    nothing_cached=True)
         clones = bench_clone(sides, res, big, args.runs, f"full clone ({big}, s)", memory=True)
         bench_fetches(sides, res, big, args.runs, clones)
         bench_ls_remote(sides, res, big)

@@ -350,3 +350,38 @@ def test_clone_of_a_repository_repacked_into_one_pack(gw, repo, work):
     stored = next((server / "objects" / "pack").glob("*.pack")).read_bytes()
     received = next((clone / "objects" / "pack").glob("*.pack")).read_bytes()
     assert received == stored
+
+
+def test_clones_after_fast_forwards_force_pushes_and_deletions(gw, repo, work):
+    # A clone after fast-forwards extends the last clone's object list; after a force-push
+    # or a deletion it walks again. Either way it gets exactly what the refs reach.
+    alice, path, tree = repo
+    server = gw.repo_dir(path)
+    commit(tree, "a.txt")
+    push(gw, alice, path, tree)
+    local_git("checkout", "-q", "-b", "topic", cwd=tree)
+    secret = commit(tree, "secret.txt", "only on topic\n")
+    push(gw, alice, path, tree, "topic")
+    local_git("checkout", "-q", "main", cwd=tree)
+
+    def clone_matches(name: str) -> Path:
+        clone = work / name
+        gw.git(alice, "clone", "-q", "--mirror", gw.url(path), str(clone))
+        client_fsck(clone)
+        assert all_objects(clone) == all_objects(server)
+        return clone
+
+    clone_matches("c1")
+    commit(tree, "b.txt")
+    local_git("tag", "-a", "v1", "-m", "one", cwd=tree)
+    push(gw, alice, path, tree, "main", "v1")  # fast-forward and a new tag
+    clone_matches("c2")
+    local_git("reset", "-q", "--hard", "HEAD~1", cwd=tree)
+    commit(tree, "c.txt")
+    push(gw, alice, path, tree, "--force", "main", "--delete", "v1")  # history rewritten
+    assert not has_object(clone_matches("c3"), local_git("rev-parse", "v1", cwd=tree).strip())
+    push(gw, alice, path, tree, "--delete", "topic")
+    assert not has_object(clone_matches("c4"), secret)
+    local_git("tag", "-a", "v0", "-m", "zero", "HEAD~1", cwd=tree)
+    push(gw, alice, path, tree, "v0")  # a new tag on a commit the last clone had
+    assert local_git("cat-file", "-t", "v0", cwd=clone_matches("c5")).strip() == "tag"

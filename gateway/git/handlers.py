@@ -108,10 +108,17 @@ class GatewayUploadPackHandler(UploadPackHandler):
 
     def _clone_objects(self, reader, refs, wants: list[bytes], tagged: dict[bytes, bytes]) -> list[bytes]:
         cache_key = clonecache.key(refs, wants, tagged)
-        shas = clonecache.load(self.repo.path, cache_key)
+        cached = clonecache.load(self.repo.path)
+        if cached is not None and cached.key == cache_key:
+            return cached.shas
+        shas = None
+        if cached is not None:
+            shas = sendpack.extend_clone_objects(reader, cached.roots, cached.shas, wants, tagged)
         if shas is None:
             shas, _ = sendpack.objects_to_send(reader, wants, [], tagged)
-            clonecache.save(self.repo.path, cache_key, shas)
+        sent = set(shas)
+        roots = list(dict.fromkeys(wants)) + [tag for tag in tagged.values() if tag in sent]
+        clonecache.save(self.repo.path, cache_key, roots, shas)
         return shas
 
     def _pack_writer(self):

@@ -203,6 +203,29 @@ def objects_to_send(reader: ObjectReader, wants: Iterable[bytes], haves: Iterabl
     return commits + tags + trees_and_blobs, client_has
 
 
+def extend_clone_objects(reader: ObjectReader, old_roots: list[bytes], old_shas: list[bytes],
+                         wants: list[bytes], tagged: dict[bytes, bytes]) -> list[bytes] | None:
+    """A full clone's objects for `wants`, from an earlier clone's (`old_shas`, reachable
+    from `old_roots`) and a walk of what is new only. That holds when everything the old
+    roots reach is still reachable from the wants (fast-forwards, new refs); after a
+    deletion or a force-push, None: the caller walks the whole history."""
+    try:
+        gone, _ = objects_to_send(reader, old_roots, wants, {})
+    except KeyError:
+        return None  # an old root is no longer in the repository
+    if gone:
+        return None
+    new, _ = objects_to_send(reader, wants, old_roots, tagged)
+    known = set(old_shas)
+    shas = old_shas + [sha for sha in new if sha not in known]
+    known.update(new)
+    if not all(sha in known for sha in wants):
+        return None
+    if any(peeled in known and tag not in known for peeled, tag in tagged.items()):
+        return None  # a new tag on an old commit: include-tag must send it
+    return shas
+
+
 class PackOut:
     """Pack bytes on their way out: counted, hashed for the trailer, sent in large pieces."""
 
