@@ -378,8 +378,9 @@ def test_server_killed_mid_push_recovers(private, work):
             kill_group(proc)
             proc.communicate()
             pytest.fail(f"round {rnd} ({point}): git push hung after the server died")
-        # PDEATHSIG: no worker outlives the server.
-        if point != "after 1.5 s":
+        # PDEATHSIG: no worker outlives the server. Once the pack is in, a fast machine
+        # may finish the push before the worker is looked for.
+        if point not in ("after 1.5 s", "pack fully received"):
             assert pids, f"round {rnd} ({point}): no worker seen while the push ran"
         assert wait_until(lambda: all(process_state(p) in (None, "Z") for p in pids), 5), \
             f"round {rnd} ({point}): workers {[(p, process_state(p)) for p in pids]} outlived the server"

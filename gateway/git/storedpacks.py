@@ -27,7 +27,7 @@ from dulwich.pack import apply_delta
 OFS_DELTA, REF_DELTA = 6, 7
 IDX_V2 = b"\377tOc\x00\x00\x00\x02"
 SHA_LEN = 20
-CACHE_BYTES = 32 << 20  # inflated delta bases kept, for the walk over trees
+CACHE_BYTES = 8 << 20  # inflated delta bases kept, for the walk over trees
 
 
 class PackError(Exception):
