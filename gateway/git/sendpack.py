@@ -140,8 +140,9 @@ class Walk:
             type_num, raw = read(stack.pop())
             if type_num != TREE:
                 raise ValueError("a tree entry is not a tree")
-            for _name, mode, sha in parse_tree(raw, SHA_LEN):
-                if sha in seen or mode == GITLINK_MODE:
+            # Most entries were seen under an earlier commit: filter them in one pass.
+            for _name, mode, sha in [entry for entry in parse_tree(raw, SHA_LEN) if entry[2] not in seen]:
+                if sha in seen or mode == GITLINK_MODE:  # a name twice in one tree; a submodule
                     continue
                 seen.add(sha)
                 out.append(sha)

@@ -174,6 +174,8 @@ class ObjectReader:
         return self.read_entry(*found)
 
     def read_entry(self, pack: StoredPack, k: int) -> tuple[int, bytes]:
+        """(type, content) of entry k. What is read is kept a while: the older versions
+        of a tree are deltas on the newer, read just before them."""
         key = (id(pack), k)
         hit = self._cache.get(key)
         if hit is not None:
@@ -187,7 +189,8 @@ class ObjectReader:
         elif type_num == REF_DELTA:
             base_name = binascii.hexlify(data[pos:pos + SHA_LEN])
             pos += SHA_LEN
-            base_type, base = self.read(base_name)
+            found = self.locate(base_name)
+            base_type, base = self.read_entry(*found) if found else self.store.get_raw(base_name)
         else:
             result = (type_num, inflate(data, pos, size))
             self._remember(key, result)
@@ -203,7 +206,6 @@ class ObjectReader:
         return result
 
     def _remember(self, key: tuple[int, int], value: tuple[int, bytes]) -> None:
-        # Trees and commits are read once each in a walk, but a delta chain's bases many times.
         self._cache[key] = value
         self._cached_bytes += len(value[1])
         while self._cached_bytes > CACHE_BYTES and len(self._cache) > 1:
