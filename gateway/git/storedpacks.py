@@ -20,7 +20,6 @@ import os
 import sys
 import zlib
 from array import array
-from collections import OrderedDict
 
 from dulwich.pack import apply_delta
 
@@ -152,7 +151,9 @@ class ObjectReader:
     def __init__(self, store, packs: list[StoredPack]) -> None:
         self.store = store
         self.packs = packs
-        self._cache: OrderedDict[tuple[int, int], tuple[int, bytes]] = OrderedDict()
+        for n, pack in enumerate(packs):
+            pack.key_base = n << 40  # a cache key per (pack, entry), as one int
+        self._cache: dict[int, tuple[int, bytes]] = {}  # oldest first
         self._cached_bytes = 0
 
     def close(self) -> None:
@@ -168,49 +169,47 @@ class ObjectReader:
 
     def read(self, sha: bytes) -> tuple[int, bytes]:
         """(type, content) of an object by hex name; KeyError if the repository lacks it."""
-        found = self.locate(sha)
-        if found is None:
-            return self.store.get_raw(sha)
-        return self.read_entry(*found)
+        for pack in self.packs:
+            k = pack.number.get(sha)
+            if k is not None:
+                return self.read_entry(pack, k)
+        return self.store.get_raw(sha)
 
     def read_entry(self, pack: StoredPack, k: int) -> tuple[int, bytes]:
         """(type, content) of entry k. What is read is kept a while: the older versions
-        of a tree are deltas on the newer, read just before them."""
-        key = (id(pack), k)
+        of a tree are deltas on the newer, read just before them. (The CRC is left to
+        the writer: inflating checks the data's own checksum.)"""
+        key = pack.key_base + k
         hit = self._cache.get(key)
         if hit is not None:
-            self._cache.move_to_end(key)
             return hit
-        data = pack.entry(k)
+        start = pack.starts[k]
+        data = os.pread(pack.fd, pack.starts[k + 1] - start, start)
         type_num, size, pos = parse_header(data)
         if type_num == OFS_DELTA:
             distance, pos = parse_ofs(data, pos)
-            base_type, base = self.read_entry(pack, pack.at_offset(pack.starts[k] - distance))
+            base_type, base = self.read_entry(pack, pack.at_offset(start - distance))
         elif type_num == REF_DELTA:
             base_name = binascii.hexlify(data[pos:pos + SHA_LEN])
             pos += SHA_LEN
-            found = self.locate(base_name)
-            base_type, base = self.read_entry(*found) if found else self.store.get_raw(base_name)
+            base_type, base = self.read(base_name)
         else:
-            result = (type_num, inflate(data, pos, size))
-            self._remember(key, result)
-            return result
+            return self._remember(key, (type_num, inflate(data, pos, size)))
         try:
             content = apply_delta(base, inflate(data, pos, size))
         except (ValueError, AssertionError, IndexError) as exc:
             raise PackError(f"a delta does not apply: {exc}") from None
         if isinstance(content, list):
             content = b"".join(content)
-        result = (base_type, content)
-        self._remember(key, result)
-        return result
+        return self._remember(key, (base_type, content))
 
-    def _remember(self, key: tuple[int, int], value: tuple[int, bytes]) -> None:
-        self._cache[key] = value
+    def _remember(self, key: int, value: tuple[int, bytes]) -> tuple[int, bytes]:
+        cache = self._cache
+        cache[key] = value
         self._cached_bytes += len(value[1])
-        while self._cached_bytes > CACHE_BYTES and len(self._cache) > 1:
-            _, (_, old) = self._cache.popitem(last=False)
-            self._cached_bytes -= len(old)
+        while self._cached_bytes > CACHE_BYTES and len(cache) > 1:
+            self._cached_bytes -= len(cache.pop(next(iter(cache)))[1])
+        return value
 
 
 def open_reader(repo) -> ObjectReader | None:
