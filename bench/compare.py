@@ -59,6 +59,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 from conftest import Gateway, free_port  # noqa: E402  (the test fixtures' server driver)
+from gateway.config import Settings  # noqa: E402
 
 CACHE = Path(os.environ.get("GATEWAY_BENCH_CACHE", "/tmp/gateway-bench-cache"))
 GENERATOR_VERSION = 2
@@ -748,7 +749,7 @@ def main_compare(args, root: Path) -> None:
         f"Same client for both: `ssh -o Ciphers={CIPHER} -o KexAlgorithms={KEX} "
         f"-o HostKeyAlgorithms={HOSTKEY_ALG}`, ed25519 user key, protocol v0 (the gateway has no v2), "
         f"clones with --no-checkout then `git fsck --full`; gateway with default settings "
-        f"(spare_workers = 2). Client and servers on one machine over loopback: "
+        f"(spare_workers = {Settings().spare_workers}). Client and servers on one machine over loopback: "
         f"{machine()}. {versions()}. Run took {elapsed / 60:.1f} min."
     )
     print_table(res, caption)

@@ -42,7 +42,7 @@ class Settings:
     log_level: str = "info"
     log_format: str = "logfmt"
     metrics_listen: str = ""
-    spare_workers: int = 2
+    spare_workers: int = 1
     # Pushes (SPEC §7)
     hook_timeout: int = 60
     max_push_bytes: int = 2 * 1024**3
