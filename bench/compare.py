@@ -962,18 +962,25 @@ def main_profile(args, root: Path) -> None:
         out.unlink()
         return elapsed
 
+    cache = server / "gateway-clone-objects"
+
+    def uncached(label: str, argv: list[str]) -> float:
+        cache.unlink(missing_ok=True)  # as after a force-push: the object walk runs
+        return run(label, argv)
+
+    worker = [python, "-m", "gateway.git.worker", "git-upload-pack", str(server)]
     c_git = [run("C git upload-pack", ["git-upload-pack", str(server)]) for _ in range(3)]
-    worker = [run("gateway worker", [python, "-m", "gateway.git.worker", "git-upload-pack", str(server)])
-              for _ in range(3)]
+    walking = [uncached("gateway worker, nothing cached", worker) for _ in range(3)]
+    cached = [run("gateway worker, object list cached", worker) for _ in range(3)]
     prof = root / "worker.prof"
-    profiled = run("gateway worker under cProfile",
-                   [python, "-m", "cProfile", "-o", str(prof), "-m", "gateway.git.worker",
-                    "git-upload-pack", str(server)])
+    profiled = uncached("gateway worker under cProfile, nothing cached",
+                        [python, "-m", "cProfile", "-o", str(prof), *worker[1:]])
     print(f"\nProfile of one full clone of the {name} repository in the gateway's worker "
           f"(`python -m gateway.git.worker git-upload-pack REPO` with a captured request on stdin, "
           f"output to a file).\nC git upload-pack: median {statistics.median(c_git):.2f} s; "
-          f"gateway worker: median {statistics.median(worker):.2f} s; under cProfile {profiled:.1f} s. "
-          f"{machine()}.\n")
+          f"gateway worker: median {statistics.median(walking):.2f} s with nothing cached (the object "
+          f"walk runs), {statistics.median(cached):.2f} s with the last clone's object list; profiled "
+          f"with nothing cached: {profiled:.1f} s under cProfile. {machine()}.\n")
     for order in ("tottime", "cumulative"):
         text = io.StringIO()
         stats = pstats.Stats(str(prof), stream=text)

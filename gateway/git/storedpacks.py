@@ -226,4 +226,6 @@ def open_reader(repo) -> ObjectReader | None:
         for opened in packs:
             opened.close()
         return None
+    # Largest first: most lookups end at the first pack tried.
+    packs.sort(key=lambda pack: len(pack.names), reverse=True)
     return ObjectReader(store, packs)
