@@ -28,6 +28,14 @@ def client_fsck(clone: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def mirror_clone(gw, user, path: str, dest: Path) -> Path:
+    """A mirror clone, checked: fsck clean, and the very objects the server's refs reach."""
+    gw.git(user, "clone", "-q", "--mirror", gw.url(path), str(dest))
+    client_fsck(dest)
+    assert all_objects(dest) == all_objects(gw.repo_dir(path))
+    return dest
+
+
 def has_object(clone: Path, sha: str) -> bool:
     return subprocess.run(["git", "cat-file", "-e", sha], cwd=clone).returncode == 0
 
@@ -63,10 +71,7 @@ def test_clone_from_many_pushes_is_complete(gw, repo, work):
     fsck(gw, path)
     packs = list((gw.repo_dir(path) / "objects" / "pack").glob("*.pack"))
     assert len(packs) >= 6
-    clone = work / "clone"
-    gw.git(alice, "clone", "-q", "--mirror", gw.url(path), str(clone))
-    client_fsck(clone)
-    assert all_objects(clone) == all_objects(gw.repo_dir(path))
+    mirror_clone(gw, alice, path, work / "clone")
 
 
 def test_fetch_of_a_changed_file_is_complete(gw, repo, work):
@@ -110,9 +115,7 @@ def test_objects_only_a_deleted_branch_reached_are_not_sent(gw, repo, work):
     push(gw, alice, path, tree, "secret")
     push(gw, alice, path, tree, "--delete", "secret")
     assert (gw.repo_dir(path) / "objects").exists()
-    clone = work / "clone"
-    gw.git(alice, "clone", "-q", "--mirror", gw.url(path), str(clone))
-    client_fsck(clone)
+    clone = mirror_clone(gw, alice, path, work / "clone")
     assert not has_object(clone, secret) and not has_object(clone, blob)
 
 
@@ -146,10 +149,7 @@ def test_commit_dates_that_go_backwards(gw, repo, work):
     gw.git(alice, "fetch", "-q", "origin", cwd=clone)
     assert local_git("rev-parse", "origin/main", cwd=clone).strip() == merge
     client_fsck(clone)
-    fresh = work / "fresh"
-    gw.git(alice, "clone", "-q", "--mirror", gw.url(path), str(fresh))
-    client_fsck(fresh)
-    assert all_objects(fresh) == all_objects(gw.repo_dir(path))
+    mirror_clone(gw, alice, path, work / "fresh")
 
 
 def test_annotated_tags_follow_and_tags_of_tags(gw, repo, work):
@@ -190,11 +190,121 @@ def test_loose_objects_and_a_repack_by_c_git(gw, repo, work):
     loose_commit = subprocess.run(["git", "commit-tree", loose_tree, "-p", tip, "-m", "loose"], cwd=server,
                                   capture_output=True, text=True, check=True).stdout.strip()
     local_git("update-ref", "refs/heads/loose", loose_commit, cwd=server)
-    clone = work / "clone"
-    gw.git(alice, "clone", "-q", "--mirror", gw.url(path), str(clone))
-    client_fsck(clone)
-    assert all_objects(clone) == all_objects(server)
-    assert has_object(clone, blob)
+    assert has_object(mirror_clone(gw, alice, path, work / "clone"), blob)
+
+
+def test_a_clone_after_a_push_has_the_push(gw, repo, work):
+    # Clones of an unchanged repository reuse the first one's object list
+    # (gateway-clone-objects); a push must make the next clone walk again.
+    alice, path, tree = repo
+    commit(tree, "a.txt")
+    push(gw, alice, path, tree)
+    for name in ("c1", "c2"):
+        mirror_clone(gw, alice, path, work / name)
+    server = gw.repo_dir(path)
+    assert (server / "gateway-clone-objects").exists()
+    new = commit(tree, "b.txt")
+    push(gw, alice, path, tree)
+    local_git("tag", "-a", "v1", "-m", "one", cwd=tree)
+    push(gw, alice, path, tree, "v1")
+    assert has_object(mirror_clone(gw, alice, path, work / "c3"), new)
+
+
+def test_a_clone_cache_file_that_is_damaged_is_ignored(gw, repo, work):
+    alice, path, tree = repo
+    commit(tree, "a.txt")
+    push(gw, alice, path, tree)
+    server = gw.repo_dir(path)
+    mirror_clone(gw, alice, path, work / "c1")
+    cache = server / "gateway-clone-objects"
+    cache.write_bytes(cache.read_bytes()[:-7])
+    mirror_clone(gw, alice, path, work / "c2")
+    cache.write_bytes(b"something else entirely")
+    mirror_clone(gw, alice, path, work / "c3")
+
+
+def test_clone_of_a_repository_repacked_into_one_pack(gw, repo, work):
+    # The stored pack holds exactly what a clone needs: it is sent as it is.
+    alice, path, tree = repo
+    for i in range(5):
+        commit(tree, "big.txt", big_text(i))
+    local_git("tag", "-a", "v1", "-m", "one", cwd=tree)
+    push(gw, alice, path, tree, "main", "v1")
+    server = gw.repo_dir(path)
+    subprocess.run(["git", "repack", "-a", "-d", "-f", "-q"], cwd=server, check=True)
+    clone = mirror_clone(gw, alice, path, work / "clone")
+    stored = next((server / "objects" / "pack").glob("*.pack")).read_bytes()
+    received = next((clone / "objects" / "pack").glob("*.pack")).read_bytes()
+    assert received == stored
+
+
+def test_clones_after_fast_forwards_force_pushes_and_deletions(gw, repo, work):
+    # A clone after fast-forwards extends the last clone's object list; after a force-push
+    # or a deletion it walks again. Either way it gets exactly what the refs reach.
+    alice, path, tree = repo
+    commit(tree, "a.txt")
+    push(gw, alice, path, tree)
+    local_git("checkout", "-q", "-b", "topic", cwd=tree)
+    secret = commit(tree, "secret.txt", "only on topic\n")
+    push(gw, alice, path, tree, "topic")
+    local_git("checkout", "-q", "main", cwd=tree)
+
+    def clone_matches(name: str) -> Path:
+        return mirror_clone(gw, alice, path, work / name)
+
+    clone_matches("c1")
+    commit(tree, "b.txt")
+    local_git("tag", "-a", "v1", "-m", "one", cwd=tree)
+    push(gw, alice, path, tree, "main", "v1")  # fast-forward and a new tag
+    clone_matches("c2")
+    local_git("reset", "-q", "--hard", "HEAD~1", cwd=tree)
+    commit(tree, "c.txt")
+    push(gw, alice, path, tree, "--force", "main", "--delete", "v1")  # history rewritten
+    assert not has_object(clone_matches("c3"), local_git("rev-parse", "v1", cwd=tree).strip())
+    push(gw, alice, path, tree, "--delete", "topic")
+    assert not has_object(clone_matches("c4"), secret)
+    local_git("tag", "-a", "v0", "-m", "zero", "HEAD~1", cwd=tree)
+    push(gw, alice, path, tree, "v0")  # a new tag on a commit the last clone had
+    assert local_git("cat-file", "-t", "v0", cwd=clone_matches("c5")).strip() == "tag"
+
+
+def test_a_missing_object_gives_one_line(gw, repo, work):
+    # A ref that reaches an object the repository lost (a loose file deleted by hand).
+    alice, path, tree = repo
+    commit(tree, "a.txt")
+    push(gw, alice, path, tree)
+    server = gw.repo_dir(path)
+    blob = subprocess.run(["git", "hash-object", "-w", "--stdin"], cwd=server, input="soon gone\n",
+                          capture_output=True, text=True, check=True).stdout.strip()
+    lost_tree = subprocess.run(["git", "mktree"], cwd=server, input=f"100644 blob {blob}\tgone.txt\n",
+                               capture_output=True, text=True, check=True).stdout.strip()
+    lost = subprocess.run(["git", "commit-tree", lost_tree, "-p", "main", "-m", "lost"], cwd=server,
+                          capture_output=True, text=True, check=True).stdout.strip()
+    local_git("update-ref", "refs/heads/lost", lost, cwd=server)
+    (server / "objects" / lost_tree[:2] / lost_tree[2:]).unlink()
+    failed = gw.git(alice, "clone", gw.url(path), str(work / "clone"), check=False)
+    assert failed.returncode != 0
+    assert "ERROR: the repository's stored data failed a check" in failed.stderr
+    assert "Traceback" not in failed.stderr
+    assert gw.git(alice, "ls-remote", gw.url(path)).returncode == 0
+
+
+def test_damaged_pack_gives_one_line_and_the_server_keeps_serving(gw, repo, work):
+    alice, path, tree = repo
+    commit(tree, "big.txt", big_text(7))
+    push(gw, alice, path, tree)
+    server = gw.repo_dir(path)
+    pack = next((server / "objects" / "pack").glob("*.pack"))
+    data = bytearray(pack.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    pack.chmod(0o644)
+    pack.write_bytes(bytes(data))
+    failed = gw.git(alice, "clone", gw.url(path), str(work / "clone"), check=False)
+    assert failed.returncode != 0
+    assert "ERROR: the repository's stored data failed a check" in failed.stderr
+    assert "Traceback" not in failed.stderr
+    other = gw.repo(gw.workspace((alice, "write")))
+    assert gw.git(alice, "ls-remote", gw.url(other)).returncode == 0
 
 
 # --- the worker alone, fed requests no stock client sends ------------------------------------
@@ -277,111 +387,3 @@ def test_thin_pack_only_for_a_client_that_asks(deltified, work):
     thin, result = run_worker(server, request([tip], [parent], "side-band-64k ofs-delta thin-pack"))
     assert result.returncode == 0, result.stderr
     assert len(thin) < len(thick) // 4  # big.txt as a delta against the client's version
-
-
-def test_damaged_pack_gives_one_line_and_the_server_keeps_serving(gw, repo, work):
-    alice, path, tree = repo
-    commit(tree, "big.txt", big_text(7))
-    push(gw, alice, path, tree)
-    server = gw.repo_dir(path)
-    pack = next((server / "objects" / "pack").glob("*.pack"))
-    data = bytearray(pack.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    pack.chmod(0o644)
-    pack.write_bytes(bytes(data))
-    failed = gw.git(alice, "clone", gw.url(path), str(work / "clone"), check=False)
-    assert failed.returncode != 0
-    assert "ERROR: the repository's stored data failed a check" in failed.stderr
-    assert "Traceback" not in failed.stderr
-    other = gw.repo(gw.workspace((alice, "write")))
-    assert gw.git(alice, "ls-remote", gw.url(other)).returncode == 0
-
-
-def test_a_clone_after_a_push_has_the_push(gw, repo, work):
-    # Clones of an unchanged repository reuse the first one's object list
-    # (gateway-clone-objects); a push must make the next clone walk again.
-    alice, path, tree = repo
-    commit(tree, "a.txt")
-    push(gw, alice, path, tree)
-    for name in ("c1", "c2"):
-        gw.git(alice, "clone", "-q", "--mirror", gw.url(path), str(work / name))
-    server = gw.repo_dir(path)
-    assert (server / "gateway-clone-objects").exists()
-    new = commit(tree, "b.txt")
-    push(gw, alice, path, tree)
-    local_git("tag", "-a", "v1", "-m", "one", cwd=tree)
-    push(gw, alice, path, tree, "v1")
-    clone = work / "c3"
-    gw.git(alice, "clone", "-q", "--mirror", gw.url(path), str(clone))
-    client_fsck(clone)
-    assert has_object(clone, new)
-    assert all_objects(clone) == all_objects(server)
-
-
-def test_a_clone_cache_file_that_is_damaged_is_ignored(gw, repo, work):
-    alice, path, tree = repo
-    commit(tree, "a.txt")
-    push(gw, alice, path, tree)
-    server = gw.repo_dir(path)
-    gw.git(alice, "clone", "-q", "--mirror", gw.url(path), str(work / "c1"))
-    cache = server / "gateway-clone-objects"
-    cache.write_bytes(cache.read_bytes()[:-7])
-    gw.git(alice, "clone", "-q", "--mirror", gw.url(path), str(work / "c2"))
-    client_fsck(work / "c2")
-    cache.write_bytes(b"something else entirely")
-    gw.git(alice, "clone", "-q", "--mirror", gw.url(path), str(work / "c3"))
-    client_fsck(work / "c3")
-    assert all_objects(work / "c3") == all_objects(server)
-
-
-def test_clone_of_a_repository_repacked_into_one_pack(gw, repo, work):
-    # The stored pack holds exactly what a clone needs: it is sent as it is.
-    alice, path, tree = repo
-    for i in range(5):
-        commit(tree, "big.txt", big_text(i))
-    local_git("tag", "-a", "v1", "-m", "one", cwd=tree)
-    push(gw, alice, path, tree, "main", "v1")
-    server = gw.repo_dir(path)
-    subprocess.run(["git", "repack", "-a", "-d", "-f", "-q"], cwd=server, check=True)
-    clone = work / "clone"
-    gw.git(alice, "clone", "-q", "--mirror", gw.url(path), str(clone))
-    client_fsck(clone)
-    assert all_objects(clone) == all_objects(server)
-    stored = next((server / "objects" / "pack").glob("*.pack")).read_bytes()
-    received = next((clone / "objects" / "pack").glob("*.pack")).read_bytes()
-    assert received == stored
-
-
-def test_clones_after_fast_forwards_force_pushes_and_deletions(gw, repo, work):
-    # A clone after fast-forwards extends the last clone's object list; after a force-push
-    # or a deletion it walks again. Either way it gets exactly what the refs reach.
-    alice, path, tree = repo
-    server = gw.repo_dir(path)
-    commit(tree, "a.txt")
-    push(gw, alice, path, tree)
-    local_git("checkout", "-q", "-b", "topic", cwd=tree)
-    secret = commit(tree, "secret.txt", "only on topic\n")
-    push(gw, alice, path, tree, "topic")
-    local_git("checkout", "-q", "main", cwd=tree)
-
-    def clone_matches(name: str) -> Path:
-        clone = work / name
-        gw.git(alice, "clone", "-q", "--mirror", gw.url(path), str(clone))
-        client_fsck(clone)
-        assert all_objects(clone) == all_objects(server)
-        return clone
-
-    clone_matches("c1")
-    commit(tree, "b.txt")
-    local_git("tag", "-a", "v1", "-m", "one", cwd=tree)
-    push(gw, alice, path, tree, "main", "v1")  # fast-forward and a new tag
-    clone_matches("c2")
-    local_git("reset", "-q", "--hard", "HEAD~1", cwd=tree)
-    commit(tree, "c.txt")
-    push(gw, alice, path, tree, "--force", "main", "--delete", "v1")  # history rewritten
-    assert not has_object(clone_matches("c3"), local_git("rev-parse", "v1", cwd=tree).strip())
-    push(gw, alice, path, tree, "--delete", "topic")
-    assert not has_object(clone_matches("c4"), secret)
-    local_git("tag", "-a", "v0", "-m", "zero", "HEAD~1", cwd=tree)
-    push(gw, alice, path, tree, "v0")  # a new tag on a commit the last clone had
-    assert local_git("cat-file", "-t", "v0", cwd=clone_matches("c5")).strip() == "tag"

@@ -90,10 +90,13 @@ class GatewayUploadPackHandler(UploadPackHandler):
                 return
             self._start_pack_send_phase()
             tagged = self.get_tagged(refs, repo)
-            if haves:
-                shas, client_has = sendpack.objects_to_send(reader, wants, haves, tagged)
-            else:
-                shas, client_has = self._clone_objects(reader, refs, wants, tagged), set()
+            try:
+                if haves:
+                    shas, client_has = sendpack.objects_to_send(reader, wants, haves, tagged)
+                else:
+                    shas, client_has = self._clone_objects(reader, refs, wants, tagged), set()
+            except KeyError as exc:  # a ref reaches an object the repository lacks
+                raise storedpacks.PackError(f"object {exc} is missing") from None
             self.progress(f"counting objects: {len(shas)}, done.\n".encode("ascii"))
             ofs_delta = self.has_capability(CAPABILITY_OFS_DELTA)
             whole = sendpack.whole_pack(reader, shas) if ofs_delta and not haves else None

@@ -52,7 +52,7 @@ def _commit_links(raw: bytes) -> tuple[bytes, list[bytes], int]:
 def _tag_target(raw: bytes) -> bytes:
     first = raw.split(b"\n", 1)[0]
     if not first.startswith(b"object "):
-        raise ValueError("a tag without an object line")
+        raise PackError("a tag without an object line")
     return first[7:]
 
 
@@ -62,11 +62,12 @@ class Walk:
         self.commits: dict[bytes, tuple[bytes, list[bytes], int]] = {}
 
     def commit(self, sha: bytes) -> tuple[bytes, list[bytes], int]:
+        """(tree, parents, committer time); PackError if the object is not a commit."""
         links = self.commits.get(sha)
         if links is None:
             type_num, raw = self.reader.read(sha)
             if type_num != COMMIT:
-                raise ValueError(f"{sha.decode()} is not a commit")
+                raise PackError(f"{sha.decode()} is not a commit")
             links = self.commits[sha] = _commit_links(raw)
         return links
 
@@ -139,7 +140,7 @@ class Walk:
         while stack:
             type_num, raw = read(stack.pop())
             if type_num != TREE:
-                raise ValueError("a tree entry is not a tree")
+                raise PackError("a tree entry is not a tree")
             # Most entries were seen under an earlier commit: filter them in one pass.
             for _name, mode, sha in [entry for entry in parse_tree(raw, SHA_LEN) if entry[2] not in seen]:
                 if sha in seen or mode == GITLINK_MODE:  # a name twice in one tree; a submodule
