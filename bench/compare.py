@@ -490,18 +490,19 @@ def scratch(sides: Sides, label: str) -> Path:
 
 
 def bench_clone(sides: Sides, res: Results, name: str, runs: int, label: str,
-                memory: bool, nothing_cached: bool = False) -> dict[str, Path]:
+                memory: bool, when: str = "", forget: tuple[str, ...] = ()) -> dict[str, Path]:
     """Full clones (--no-checkout: the transfer and index-pack, not writing a work tree),
     sampling the server's memory; returns one clone per side for the fetches after.
-    `nothing_cached`: the gateway's object list of the last clone is removed before each
-    clone, as after a force-push or a deletion, so the gateway walks the whole history."""
+    `forget`: files of the gateway's repository removed before each of its clones
+    (`gateway-clone-objects`: as after any push; `gateway-commit-objects` as well: as
+    for the first clone of a repository the gateway never served); `when` says which."""
     last: dict[str, Path] = {}
-    when = ", nothing cached" if nothing_cached else ""
     for run in range(runs):
         for side in alternate(run):
             dest = scratch(sides, f"clone-{side}") / "c"
-            if nothing_cached and side == "gateway":
-                (sides.server_dir(side, name) / "gateway-clone-objects").unlink(missing_ok=True)
+            if side == "gateway":
+                for file in forget:
+                    (sides.server_dir(side, name) / file).unlink(missing_ok=True)
             cpu = tree_cpu(sides.server_pid(side))
             with Sampler(sides.server_pid(side)) as sampler:
                 elapsed = sides.timed_git("clone", "-q", "--no-checkout", sides.url(side, name), str(dest))
@@ -723,8 +724,10 @@ def main_compare(args, root: Path) -> None:
         idle = {side: tree_kb(sides.server_pid(side))[0] / 1024 for side in SIDES}
         if not args.quick:
             bench_clone(sides, res, "small", args.runs, "full clone (small, s)", memory=False)
-        bench_clone(sides, res, big, args.runs, f"full clone ({big}, nothing cached, s)", memory=True,
-                    nothing_cached=True)
+        bench_clone(sides, res, big, args.runs, f"full clone ({big}, first ever, s)", memory=True,
+                    when=", first ever", forget=("gateway-clone-objects", "gateway-commit-objects"))
+        bench_clone(sides, res, big, args.runs, f"full clone ({big}, first after a push, s)", memory=True,
+                    when=", first after a push", forget=("gateway-clone-objects",))
         clones = bench_clone(sides, res, big, args.runs, f"full clone ({big}, s)", memory=True)
         bench_fetches(sides, res, big, args.runs, clones)
         bench_ls_remote(sides, res, big)
@@ -962,25 +965,29 @@ def main_profile(args, root: Path) -> None:
         out.unlink()
         return elapsed
 
-    cache = server / "gateway-clone-objects"
-
-    def uncached(label: str, argv: list[str]) -> float:
-        cache.unlink(missing_ok=True)  # as after a force-push: the object walk runs
+    def forgetting(files: tuple[str, ...], label: str, argv: list[str]) -> float:
+        for file in files:
+            (server / file).unlink(missing_ok=True)
         return run(label, argv)
 
+    first_ever = ("gateway-clone-objects", "gateway-commit-objects")
+    after_push = ("gateway-clone-objects",)
     worker = [python, "-m", "gateway.git.worker", "git-upload-pack", str(server)]
     c_git = [run("C git upload-pack", ["git-upload-pack", str(server)]) for _ in range(3)]
-    walking = [uncached("gateway worker, nothing cached", worker) for _ in range(3)]
-    cached = [run("gateway worker, object list cached", worker) for _ in range(3)]
+    firsts = [forgetting(first_ever, "gateway worker, first ever", worker) for _ in range(3)]
+    afters = [forgetting(after_push, "gateway worker, first after a push", worker) for _ in range(3)]
+    agains = [run("gateway worker, unchanged", worker) for _ in range(3)]
     prof = root / "worker.prof"
-    profiled = uncached("gateway worker under cProfile, nothing cached",
-                        [python, "-m", "cProfile", "-o", str(prof), *worker[1:]])
+    profiled = forgetting(first_ever, "gateway worker under cProfile, first ever",
+                          [python, "-m", "cProfile", "-o", str(prof), *worker[1:]])
     print(f"\nProfile of one full clone of the {name} repository in the gateway's worker "
           f"(`python -m gateway.git.worker git-upload-pack REPO` with a captured request on stdin, "
-          f"output to a file).\nC git upload-pack: median {statistics.median(c_git):.2f} s; "
-          f"gateway worker: median {statistics.median(walking):.2f} s with nothing cached (the object "
-          f"walk runs), {statistics.median(cached):.2f} s with the last clone's object list; profiled "
-          f"with nothing cached: {profiled:.1f} s under cProfile. {machine()}.\n")
+          f"output to a file).\nC git upload-pack: median {statistics.median(c_git):.2f} s. "
+          f"Gateway worker, medians: {statistics.median(firsts):.2f} s for the first clone ever (every "
+          f"commit's trees diffed), {statistics.median(afters):.2f} s for the first after a push (the "
+          f"commits walked, their kept lists read), {statistics.median(agains):.2f} s for a clone of an "
+          f"unchanged repository (the last clone's list read); the first clone ever under cProfile: "
+          f"{profiled:.1f} s. {machine()}.\n")
     for order in ("tottime", "cumulative"):
         text = io.StringIO()
         stats = pstats.Stats(str(prof), stream=text)

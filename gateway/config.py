@@ -165,7 +165,8 @@ DESCRIPTIONS = {
     "metrics_listen": ("HOST:PORT of the Prometheus /metrics, /health and /ready "
                        "listener; empty: off", _optional_address),
     "spare_workers": ("Git worker processes kept started and waiting, to save Python's "
-                      "start-up on each request; 0: start one per request", _between(0, 64)),
+                      "start-up on each request (about 25 MB each; requests beyond them at "
+                      "once wait about 0.1 s for one); 0: start one per request", _between(0, 64)),
     "hook_timeout": ("seconds a Git hook may run", _between(1, DAY)),
     "max_push_bytes": ("largest pack a push may send; 0: no limit", _between(0, 2**62)),
     "issuer": ("name shown in authenticator apps", _not_empty),

@@ -204,9 +204,14 @@ CLIENTS = 10
 ROUNDS = int(os.environ.get("PUSH_FAULTS_ROUNDS", "50"))
 
 
-def test_concurrent_pushes_to_one_branch_lose_no_update(gw, work):
+def test_concurrent_pushes_to_one_branch_lose_no_update(private, work):
     """10 clones push to main at once, 50 times: exactly one push per round is accepted,
     every accepted commit is in main's history, every other push is told it was rejected."""
+    # A worker ready for each client, so that the ten pushes overlap (with one spare,
+    # the first push is done before the last worker has started, and every loser sees
+    # the new tip and gives up in its own client: the server's compare-and-swap is
+    # what this test is for).
+    gw = private(f"spare_workers = {CLIENTS}\n")
     started = time.monotonic()
     offset = len(gw.server_log())
     writers = [gw.user() for _ in range(3)]

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import Gateway, local_git
+from gateway.git.commitobjects import CommitObjects
 from test_git import commit, fsck
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -239,8 +240,8 @@ def test_clone_of_a_repository_repacked_into_one_pack(gw, repo, work):
 
 
 def test_clones_after_fast_forwards_force_pushes_and_deletions(gw, repo, work):
-    # A clone after fast-forwards extends the last clone's object list; after a force-push
-    # or a deletion it walks again. Either way it gets exactly what the refs reach.
+    # After each ref change the clone's list is made again from the commits' kept lists:
+    # it must hold exactly what the refs reach.
     alice, path, tree = repo
     commit(tree, "a.txt")
     push(gw, alice, path, tree)
@@ -305,6 +306,59 @@ def test_damaged_pack_gives_one_line_and_the_server_keeps_serving(gw, repo, work
     assert "Traceback" not in failed.stderr
     other = gw.repo(gw.workspace((alice, "write")))
     assert gw.git(alice, "ls-remote", gw.url(other)).returncode == 0
+
+
+def test_histories_whose_tree_diffs_are_not_simple(gw, repo, work):
+    # Each commit's trees and blobs are kept as a diff against its first parent: moves,
+    # renames, reverts, mode changes, a file that becomes a directory, a submodule, an
+    # empty commit and merges must all still add up to every object the refs reach.
+    alice, path, tree = repo
+    commit(tree, "a/one.txt", "one\n")
+    commit(tree, "a/two.txt", "two\n")
+    local_git("mv", "a/one.txt", "b-one.txt", cwd=tree)
+    local_git("commit", "-q", "-m", "move a file up", cwd=tree)
+    local_git("mv", "a", "renamed", cwd=tree)
+    local_git("commit", "-q", "-m", "rename a directory", cwd=tree)
+    commit(tree, "b-one.txt", "changed\n")
+    commit(tree, "b-one.txt", "one\n", message="revert to the first version")
+    (tree / "b-one.txt").chmod(0o755)
+    local_git("commit", "-q", "-am", "mode only", cwd=tree)
+    local_git("rm", "-q", "renamed/two.txt", cwd=tree)
+    commit(tree, "renamed/two.txt/inside.txt", "now a directory\n")
+    local_git("update-index", "--add", "--cacheinfo", f"160000,{'1' * 40},sub", cwd=tree)
+    local_git("commit", "-q", "-m", "a submodule", cwd=tree)
+    local_git("commit", "-q", "--allow-empty", "-m", "empty", cwd=tree)
+    local_git("checkout", "-q", "-b", "side", "HEAD~3", cwd=tree)
+    commit(tree, "side.txt", "side\n")
+    commit(tree, "renamed/three.txt", "three\n")
+    local_git("checkout", "-q", "main", cwd=tree)
+    local_git("merge", "-q", "-m", "merge side", "side", cwd=tree)
+    local_git("checkout", "-q", "side", cwd=tree)
+    local_git("merge", "-q", "-m", "merge main into side", "main", cwd=tree)
+    local_git("checkout", "-q", "main", cwd=tree)
+    push(gw, alice, path, tree, "main", "side")
+    server = gw.repo_dir(path)
+    mirror_clone(gw, alice, path, work / "c1")  # makes every commit's list
+    (server / "gateway-clone-objects").unlink()
+    mirror_clone(gw, alice, path, work / "c2")  # reads them back
+
+
+def test_kept_commit_lists_damaged_or_cut_short_are_made_again(gw, repo, work):
+    alice, path, tree = repo
+    for i in range(6):
+        commit(tree, f"f{i}.txt")
+    push(gw, alice, path, tree)
+    server = gw.repo_dir(path)
+    mirror_clone(gw, alice, path, work / "c1")
+    kept = server / "gateway-commit-objects"
+    whole = kept.read_bytes()
+    for n, damaged in enumerate([whole[:len(whole) // 2], whole[:40] + bytes([whole[40] ^ 1]) + whole[41:]]):
+        kept.write_bytes(damaged)
+        (server / "gateway-clone-objects").unlink()
+        mirror_clone(gw, alice, path, work / f"c{n + 2}")
+        assert kept.read_bytes() != damaged
+        lists = CommitObjects(str(server)).lists
+        assert len(lists) == 6 and all(lists.values())  # every record whole again
 
 
 # --- the worker alone, fed requests no stock client sends ------------------------------------

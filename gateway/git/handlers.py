@@ -28,6 +28,7 @@ from dulwich.repo import Repo
 from dulwich.server import Backend, UploadArchiveHandler, UploadPackHandler, _ProtocolGraphWalker
 
 from . import clonecache, receive, sendpack, storedpacks
+from .commitobjects import CommitObjects
 
 SIDE_BAND_DATA_MAX = 65515  # a pkt-line's 65520 bytes less its length and channel
 
@@ -110,18 +111,15 @@ class GatewayUploadPackHandler(UploadPackHandler):
             reader.close()
 
     def _clone_objects(self, reader, refs, wants: list[bytes], tagged: dict[bytes, bytes]) -> list[bytes]:
+        """A clone's objects: the last clone's list if the refs are the same, else the
+        commits' kept lists (commitobjects.py)."""
         cache_key = clonecache.key(refs, wants, tagged)
-        cached = clonecache.load(self.repo.path)
-        if cached is not None and cached.key == cache_key:
-            return cached.shas
-        shas = None
-        if cached is not None:
-            shas = sendpack.extend_clone_objects(reader, cached.roots, cached.shas, wants, tagged)
+        shas = clonecache.load(self.repo.path, cache_key)
         if shas is None:
-            shas, _ = sendpack.objects_to_send(reader, wants, [], tagged)
-        sent = set(shas)
-        roots = list(dict.fromkeys(wants)) + [tag for tag in tagged.values() if tag in sent]
-        clonecache.save(self.repo.path, cache_key, roots, shas)
+            commit_objects = CommitObjects(self.repo.path)
+            shas, _ = sendpack.objects_to_send(reader, wants, [], tagged, commit_objects)
+            commit_objects.save()
+            clonecache.save(self.repo.path, cache_key, shas)
         return shas
 
     def _pack_writer(self):

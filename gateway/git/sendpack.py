@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable
 
 from dulwich.objects import parse_tree
 
+from .commitobjects import CommitObjects
 from .storedpacks import OFS_DELTA, REF_DELTA, SHA_LEN, ObjectReader, PackError, StoredPack, encode_header, \
     encode_ofs, parse_header, parse_ofs
 
@@ -136,13 +137,9 @@ class Walk:
         seen.add(root)
         out.append(root)
         stack = [root]
-        read = self.reader.read
         while stack:
-            type_num, raw = read(stack.pop())
-            if type_num != TREE:
-                raise PackError("a tree entry is not a tree")
             # Most entries were seen under an earlier commit: filter them in one pass.
-            for _name, mode, sha in [entry for entry in parse_tree(raw, SHA_LEN) if entry[2] not in seen]:
+            for _name, mode, sha in [entry for entry in self._entries(stack.pop()) if entry[2] not in seen]:
                 if sha in seen or mode == GITLINK_MODE:  # a name twice in one tree; a submodule
                     continue
                 seen.add(sha)
@@ -150,13 +147,46 @@ class Walk:
                 if mode & 0o170000 == DIR_MODE:
                     stack.append(sha)
 
+    def introduced(self, sha: bytes) -> list[bytes]:
+        """The trees and blobs of commit `sha` not at the same path in its first parent
+        (all of its tree for a root commit): see commitobjects.py."""
+        tree, parents, _ = self.commit(sha)
+        old_root = self.commit(parents[0])[0] if parents else None
+        if tree == old_root:
+            return []
+        out, seen = [tree], {tree}
+        stack = [(tree, old_root)]
+        while stack:
+            new, old = stack.pop()
+            before = {name: (mode, sha) for name, mode, sha in self._entries(old)} if old else {}
+            for name, mode, sha in self._entries(new):
+                if sha in seen or mode == GITLINK_MODE:
+                    continue
+                was = before.get(name)
+                if was is not None and was[1] == sha:
+                    continue  # the parent has it at the same path
+                seen.add(sha)
+                out.append(sha)
+                if mode & 0o170000 == DIR_MODE:
+                    stack.append((sha, was[1] if was is not None and was[0] & 0o170000 == DIR_MODE else None))
+        return out
+
+    def _entries(self, tree: bytes) -> list[tuple[bytes, int, bytes]]:
+        type_num, raw = self.reader.read(tree)
+        if type_num != TREE:
+            raise PackError("a tree entry is not a tree")
+        return parse_tree(raw, SHA_LEN)
+
 
 def objects_to_send(reader: ObjectReader, wants: Iterable[bytes], haves: Iterable[bytes],
-                    tagged: dict[bytes, bytes]) -> tuple[list[bytes], set[bytes]]:
+                    tagged: dict[bytes, bytes], commit_objects: CommitObjects | None = None,
+                    ) -> tuple[list[bytes], set[bytes]]:
     """Hex names of the objects a client with `haves` needs for `wants`, in pack order
     (commits newest first, then tags, then trees and blobs), and the objects we know the
     client has. `tagged` maps a peeled object to the annotated tag to send with it
-    (include-tag)."""
+    (include-tag). With `commit_objects` (for a clone: it may send objects a client with
+    haves already has), each commit's trees and blobs come from its kept list, made
+    from a tree diff the first time it is needed."""
     walk = Walk(reader)
     want_commits: list[bytes] = []
     other: list[tuple[int, bytes]] = []
@@ -195,7 +225,17 @@ def objects_to_send(reader: ObjectReader, wants: Iterable[bytes], haves: Iterabl
     seen.update(tags)
     trees_and_blobs: list[bytes] = []
     for sha in commits:
-        walk.tree_objects(walk.commits[sha][0], seen, trees_and_blobs)
+        if commit_objects is None:
+            walk.tree_objects(walk.commits[sha][0], seen, trees_and_blobs)
+            continue
+        brought = commit_objects.get(sha)
+        if brought is None:
+            brought = walk.introduced(sha)
+            commit_objects.put(sha, brought)
+        for obj in brought:
+            if obj not in seen:
+                seen.add(obj)
+                trees_and_blobs.append(obj)
     for type_num, sha in other:
         if type_num == TREE:
             walk.tree_objects(sha, seen, trees_and_blobs)
@@ -203,29 +243,6 @@ def objects_to_send(reader: ObjectReader, wants: Iterable[bytes], haves: Iterabl
             seen.add(sha)
             trees_and_blobs.append(sha)
     return commits + tags + trees_and_blobs, client_has
-
-
-def extend_clone_objects(reader: ObjectReader, old_roots: list[bytes], old_shas: list[bytes],
-                         wants: list[bytes], tagged: dict[bytes, bytes]) -> list[bytes] | None:
-    """A full clone's objects for `wants`, from an earlier clone's (`old_shas`, reachable
-    from `old_roots`) and a walk of what is new only. That holds when everything the old
-    roots reach is still reachable from the wants (fast-forwards, new refs); after a
-    deletion or a force-push, None: the caller walks the whole history."""
-    try:
-        gone, _ = objects_to_send(reader, old_roots, wants, {})
-    except KeyError:
-        return None  # an old root is no longer in the repository
-    if gone:
-        return None
-    new, _ = objects_to_send(reader, wants, old_roots, tagged)
-    known = set(old_shas)
-    shas = old_shas + [sha for sha in new if sha not in known]
-    known.update(new)
-    if not all(sha in known for sha in wants):
-        return None
-    if any(peeled in known and tag not in known for peeled, tag in tagged.items()):
-        return None  # a new tag on an old commit: include-tag must send it
-    return shas
 
 
 class PackOut:
