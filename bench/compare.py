@@ -612,8 +612,18 @@ def bench_parallel_clones(sides: Sides, res: Results, name: str, runs: int, n: i
             log(f"{n} clones {side} run {run + 1}: {elapsed:.2f} s")
 
 
-def bench_ls_remote_during_clone(sides: Sides, res: Results, name: str, runs: int,
-                                 delay: float = 1.0) -> None:
+def pack_arriving(pack_dir: Path) -> int:
+    """Bytes of the pack a clone is receiving so far (git's temporary pack file)."""
+    size = 0
+    for path in pack_dir.glob("tmp_pack_*"):
+        with contextlib.suppress(FileNotFoundError):  # renamed once complete
+            size = max(size, path.stat().st_size)
+    return size
+
+
+def bench_ls_remote_during_clone(sides: Sides, res: Results, name: str, runs: int) -> None:
+    """An ls-remote of the small repository started once the large clone's pack is
+    arriving (its temporary pack holds 5 MB), so that both requests are served at once."""
     for run in range(runs):
         for side in alternate(run):
             dest = scratch(sides, f"busy-{side}") / "c"
@@ -621,16 +631,20 @@ def bench_ls_remote_during_clone(sides: Sides, res: Results, name: str, runs: in
                                       str(dest)], env=sides.env, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, start_new_session=True)
             STARTED.append(clone)
-            time.sleep(delay)
-            still_running = clone.poll() is None
+            deadline = time.monotonic() + 60
+            while clone.poll() is None and time.monotonic() < deadline:
+                if pack_arriving(dest / ".git" / "objects" / "pack") > 5_000_000:
+                    break
+                time.sleep(0.005)
             elapsed = sides.timed_git("ls-remote", sides.url(side, "small"))
+            still_running = clone.poll() is None
             if clone.wait(1800) != 0:
                 fail(f"clone from {side} (with an ls-remote beside it) failed: "
                      f"{clone.stderr.read().decode(errors='replace')[-800:]}")
             sides.fsck(dest, f"{side} clone of {name} with an ls-remote beside it")
             shutil.rmtree(dest.parent, ignore_errors=True)
             if not still_running:
-                log(f"warning: the {side} clone had ended before the ls-remote started")
+                log(f"warning: the {side} clone ended before the ls-remote did")
             res.add(f"ls-remote while a {name} clone runs (latency, s)", side, elapsed)
             log(f"ls-remote during clone {side} run {run + 1}: {elapsed:.3f} s")
 
