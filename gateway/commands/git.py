@@ -128,13 +128,19 @@ async def relay(proc: asyncio.subprocess.Process, stdin: Reader, stdout: Writer,
 
     feeder = asyncio.create_task(feed())
     watcher = asyncio.create_task(watch_idle()) if idle_timeout else None
+    copies = [asyncio.create_task(copy(proc.stdout, stdout)), asyncio.create_task(copy(proc.stderr, stderr))]
     try:
-        await asyncio.gather(copy(proc.stdout, stdout), copy(proc.stderr, stderr))
+        await asyncio.gather(*copies)
         return await proc.wait()
     finally:
-        feeder.cancel()
-        if watcher is not None:
-            watcher.cancel()
+        for task in (feeder, watcher, *copies):
+            if task is not None:
+                task.cancel()
         if proc.returncode is None:
             proc.kill()
-            await proc.wait()
+        # Close the pipes before waiting: Python 3.11's Process.wait() returns only once
+        # every pipe has reached EOF, and after a client is cut off mid-clone nothing
+        # reads the worker's output to its end (a session and its pipes were left
+        # waiting for ever, seen in the adversarial suite).
+        proc._transport.close()  # type: ignore[attr-defined]
+        await proc.wait()
