@@ -37,6 +37,22 @@ def mirror_clone(gw, user, path: str, dest: Path) -> Path:
     return dest
 
 
+def commit_on_server(server: Path, parent: str, name: str, content: str) -> tuple[str, str, str]:
+    """A commit written by C git straight into the server's repository, as loose objects
+    (a blob, a tree holding it, a commit on `parent`): (blob, tree, commit)."""
+    def run(*args: str, input: str | None = None) -> str:
+        return subprocess.run(["git", *args], cwd=server, input=input, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    blob = run("hash-object", "-w", "--stdin", input=content)
+    tree = run("mktree", input=f"100644 blob {blob}\t{name}\n")
+    return blob, tree, run("commit-tree", tree, "-p", parent, "-m", name)
+
+
+def repack_with_c_git(server: Path) -> None:
+    """One pack with C git's own deltas (OFS_DELTA, newest versions whole)."""
+    subprocess.run(["git", "repack", "-a", "-d", "-f", "-q"], cwd=server, check=True)
+
+
 def has_object(clone: Path, sha: str) -> bool:
     return subprocess.run(["git", "cat-file", "-e", sha], cwd=clone).returncode == 0
 
@@ -182,14 +198,8 @@ def test_loose_objects_and_a_repack_by_c_git(gw, repo, work):
         commit(tree, "big.txt", big_text(i))
     push(gw, alice, path, tree)
     server = gw.repo_dir(path)
-    subprocess.run(["git", "repack", "-a", "-d", "-f", "-q"], cwd=server, check=True)
-    blob = subprocess.run(["git", "hash-object", "-w", "--stdin"], cwd=server, input="loose\n",
-                          capture_output=True, text=True, check=True).stdout.strip()
-    tip = local_git("rev-parse", "main", cwd=server).strip()
-    loose_tree = subprocess.run(["git", "mktree"], cwd=server, input=f"100644 blob {blob}\tloose.txt\n",
-                                capture_output=True, text=True, check=True).stdout.strip()
-    loose_commit = subprocess.run(["git", "commit-tree", loose_tree, "-p", tip, "-m", "loose"], cwd=server,
-                                  capture_output=True, text=True, check=True).stdout.strip()
+    repack_with_c_git(server)
+    blob, _, loose_commit = commit_on_server(server, "main", "loose.txt", "loose\n")
     local_git("update-ref", "refs/heads/loose", loose_commit, cwd=server)
     assert has_object(mirror_clone(gw, alice, path, work / "clone"), blob)
 
@@ -232,7 +242,7 @@ def test_clone_of_a_repository_repacked_into_one_pack(gw, repo, work):
     local_git("tag", "-a", "v1", "-m", "one", cwd=tree)
     push(gw, alice, path, tree, "main", "v1")
     server = gw.repo_dir(path)
-    subprocess.run(["git", "repack", "-a", "-d", "-f", "-q"], cwd=server, check=True)
+    repack_with_c_git(server)
     clone = mirror_clone(gw, alice, path, work / "clone")
     stored = next((server / "objects" / "pack").glob("*.pack")).read_bytes()
     received = next((clone / "objects" / "pack").glob("*.pack")).read_bytes()
@@ -275,12 +285,7 @@ def test_a_missing_object_gives_one_line(gw, repo, work):
     commit(tree, "a.txt")
     push(gw, alice, path, tree)
     server = gw.repo_dir(path)
-    blob = subprocess.run(["git", "hash-object", "-w", "--stdin"], cwd=server, input="soon gone\n",
-                          capture_output=True, text=True, check=True).stdout.strip()
-    lost_tree = subprocess.run(["git", "mktree"], cwd=server, input=f"100644 blob {blob}\tgone.txt\n",
-                               capture_output=True, text=True, check=True).stdout.strip()
-    lost = subprocess.run(["git", "commit-tree", lost_tree, "-p", "main", "-m", "lost"], cwd=server,
-                          capture_output=True, text=True, check=True).stdout.strip()
+    _, lost_tree, lost = commit_on_server(server, "main", "gone.txt", "soon gone\n")
     local_git("update-ref", "refs/heads/lost", lost, cwd=server)
     (server / "objects" / lost_tree[:2] / lost_tree[2:]).unlink()
     failed = gw.git(alice, "clone", gw.url(path), str(work / "clone"), check=False)
@@ -414,7 +419,7 @@ def deltified(gw, repo, work) -> tuple[Path, str, str]:
         commit(tree, "big.txt", big_text(i))
     push(gw, alice, path, tree)
     server = gw.repo_dir(path)
-    subprocess.run(["git", "repack", "-a", "-d", "-f", "-q"], cwd=server, check=True)
+    repack_with_c_git(server)
     commit(tree, "big.txt", big_text(4))
     push(gw, alice, path, tree)
     tip = local_git("rev-parse", "main", cwd=server).strip()
