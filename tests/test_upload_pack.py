@@ -366,6 +366,35 @@ def test_kept_commit_lists_damaged_or_cut_short_are_made_again(gw, repo, work):
         assert len(lists) == 6 and all(lists.values())  # every record whole again
 
 
+def test_fetches_into_a_shallow_clone_then_unshallow(gw, repo, work):
+    # A shallow client's fetch takes the fast path (its haves are commits it has);
+    # --unshallow takes dulwich's. Both end with a complete, consistent repository.
+    alice, path, tree = repo
+    for i in range(4):
+        commit(tree, "big.txt", big_text(i))
+    push(gw, alice, path, tree)
+    shallow = work / "shallow"
+    gw.git(alice, "clone", "-q", "--depth", "1", gw.url(path), str(shallow))
+    commit(tree, "big.txt", big_text(9))
+    new = commit(tree, "more.txt", "more\n")
+    push(gw, alice, path, tree)
+    gw.git(alice, "fetch", "-q", "origin", cwd=shallow)
+    assert local_git("rev-parse", "origin/main", cwd=shallow).strip() == new
+    assert local_git("show", "origin/main:big.txt", cwd=shallow) == big_text(9)
+    client_fsck(shallow)
+    # A branch from below the shallow point: its history down to the root comes with it.
+    local_git("checkout", "-q", "-b", "old", "main~4", cwd=tree)
+    old = commit(tree, "old.txt", "old\n")
+    push(gw, alice, path, tree, "old")
+    gw.git(alice, "fetch", "-q", "origin", "old:refs/remotes/origin/old", cwd=shallow)
+    assert local_git("rev-list", "--count", "origin/old", cwd=shallow).strip() == "3"
+    assert local_git("rev-parse", "origin/old", cwd=shallow).strip() == old
+    client_fsck(shallow)
+    gw.git(alice, "fetch", "-q", "--unshallow", "origin", cwd=shallow)
+    assert local_git("rev-list", "--count", "origin/main", cwd=shallow).strip() == "6"
+    client_fsck(shallow)
+
+
 # --- the worker alone, fed requests no stock client sends ------------------------------------
 
 

@@ -22,7 +22,7 @@ from dulwich.errors import GitProtocolError
 from dulwich.object_store import GraphTraversalReachability
 from dulwich.objects import Commit, Tag, Tree, valid_hexsha
 from dulwich.pack import write_pack_from_container
-from dulwich.protocol import CAPABILITY_FILTER, CAPABILITY_NO_DONE, CAPABILITY_OFS_DELTA, \
+from dulwich.protocol import COMMAND_DEEPEN, COMMAND_SHALLOW, CAPABILITY_FILTER, CAPABILITY_NO_DONE, CAPABILITY_OFS_DELTA, \
     CAPABILITY_SIDE_BAND_64K, CAPABILITY_THIN_PACK, SIDE_BAND_CHANNEL_DATA
 from dulwich.repo import Repo
 from dulwich.server import Backend, UploadArchiveHandler, UploadPackHandler, _ProtocolGraphWalker
@@ -58,6 +58,21 @@ def _without_filter(caps: Iterable[bytes]) -> list[bytes]:
     return [c for c in caps if c != CAPABILITY_FILTER and not c.startswith(CAPABILITY_FILTER + b"=")]
 
 
+class GatewayGraphWalker(_ProtocolGraphWalker):
+    def _handle_shallow_request(self, wants) -> None:
+        # dulwich expects `deepen` after a client's `shallow` lines; a fetch into a shallow
+        # clone sends its shallow commits and no `deepen` ("unexpected flush-pkt" before).
+        while True:
+            command, value = self.read_proto_line((COMMAND_DEEPEN, COMMAND_SHALLOW, None))
+            if command is None:
+                return  # not deepening: the shallow commits only bound the walk
+            if command == COMMAND_DEEPEN:
+                self.unread_proto_line(command, value)
+                super()._handle_shallow_request(wants)
+                return
+            self.client_shallow.add(value)
+
+
 class GatewayUploadPackHandler(UploadPackHandler):
     def capabilities(self) -> list[bytes]:
         return _without_filter(super().capabilities())
@@ -76,7 +91,7 @@ class GatewayUploadPackHandler(UploadPackHandler):
         """dulwich's UploadPackHandler.handle, with the pack built by `sendpack`."""
         self._processing_have_lines = True
         repo, store = self.repo, self.repo.object_store
-        walker = _ProtocolGraphWalker(self, store, repo.get_peeled, repo.refs.get_symrefs)
+        walker = GatewayGraphWalker(self, store, repo.get_peeled, repo.refs.get_symrefs)
         refs = {ref: sha for ref, sha in repo.get_refs().items() if sha in store}
         wants = walker.determine_wants(refs, None)
         if not wants:
@@ -93,7 +108,8 @@ class GatewayUploadPackHandler(UploadPackHandler):
             tagged = self.get_tagged(refs, repo)
             try:
                 if haves:
-                    shas, client_has = sendpack.objects_to_send(reader, wants, haves, tagged)
+                    shas, client_has = sendpack.objects_to_send(reader, wants, haves, tagged,
+                                                                shallow=walker.client_shallow)
                 else:
                     shas, client_has = self._clone_objects(reader, refs, wants, tagged), set()
             except KeyError as exc:  # a ref reaches an object the repository lacks
@@ -123,6 +139,7 @@ class GatewayUploadPackHandler(UploadPackHandler):
         return shas
 
     def _pack_writer(self):
+        # Not dulwich's write_sideband: it copies the rest of the data for every pkt-line.
         if not self.has_capability(CAPABILITY_SIDE_BAND_64K):
             return self.proto.write
         write = self.proto.write

@@ -21,11 +21,13 @@ import os
 import zlib
 from collections.abc import Callable, Iterable
 
+from dulwich.object_format import SHA1
 from dulwich.objects import parse_tree
+from dulwich.pack import pack_object_header
 
 from .commitobjects import CommitObjects
-from .storedpacks import OFS_DELTA, REF_DELTA, SHA_LEN, ObjectReader, PackError, StoredPack, encode_header, \
-    encode_ofs, parse_header, parse_ofs
+from .storedpacks import OFS_DELTA, REF_DELTA, SHA_LEN, ObjectReader, PackError, StoredPack, parse_header, \
+    parse_ofs
 
 COMMIT, TREE, BLOB, TAG = 1, 2, 3, 4
 GITLINK_MODE = 0o160000
@@ -58,8 +60,11 @@ def _tag_target(raw: bytes) -> bytes:
 
 
 class Walk:
-    def __init__(self, reader: ObjectReader) -> None:
+    def __init__(self, reader: ObjectReader, shallow: Iterable[bytes] = ()) -> None:
         self.reader = reader
+        # A shallow client's boundary commits: walked as if they had no parents, as the
+        # client has them (so nothing below them is taken as the client's).
+        self.shallow = frozenset(shallow)
         self.commits: dict[bytes, tuple[bytes, list[bytes], int]] = {}
 
     def commit(self, sha: bytes) -> tuple[bytes, list[bytes], int]:
@@ -69,7 +74,8 @@ class Walk:
             type_num, raw = self.reader.read(sha)
             if type_num != COMMIT:
                 raise PackError(f"{sha.decode()} is not a commit")
-            links = self.commits[sha] = _commit_links(raw)
+            tree, parents, when = _commit_links(raw)
+            links = self.commits[sha] = (tree, [] if sha in self.shallow else parents, when)
         return links
 
     def peel(self, sha: bytes, tags: list[bytes] | None = None) -> tuple[int, bytes]:
@@ -180,14 +186,14 @@ class Walk:
 
 def objects_to_send(reader: ObjectReader, wants: Iterable[bytes], haves: Iterable[bytes],
                     tagged: dict[bytes, bytes], commit_objects: CommitObjects | None = None,
-                    ) -> tuple[list[bytes], set[bytes]]:
+                    shallow: Iterable[bytes] = ()) -> tuple[list[bytes], set[bytes]]:
     """Hex names of the objects a client with `haves` needs for `wants`, in pack order
     (commits newest first, then tags, then trees and blobs), and the objects we know the
     client has. `tagged` maps a peeled object to the annotated tag to send with it
     (include-tag). With `commit_objects` (for a clone: it may send objects a client with
     haves already has), each commit's trees and blobs come from its kept list, made
-    from a tree diff the first time it is needed."""
-    walk = Walk(reader)
+    from a tree diff the first time it is needed. `shallow`: the client's shallow commits."""
+    walk = Walk(reader, shallow)
     want_commits: list[bytes] = []
     other: list[tuple[int, bytes]] = []
     tags: list[bytes] = []
@@ -296,16 +302,14 @@ def write_pack(write: Callable[[bytes], object], reader: ObjectReader, shas: lis
             base = pack.names[base_k]
             base_at = written.get((id(pack), base_k))
             if base_at is not None and ofs_delta:
-                out.add(data[:pos] + encode_ofs(start - base_at) + data[after:])
-            elif _base_available(reader, binascii.hexlify(base), pack, base_k, sending, client_has):
-                out.add(encode_header(REF_DELTA, size) + base + data[after:])
+                out.add(pack_object_header(OFS_DELTA, start - base_at, size, SHA1) + data[after:])
+            elif _base_available(reader, binascii.hexlify(base), pack, sending, client_has):
+                out.add(pack_object_header(REF_DELTA, base, size, SHA1) + data[after:])
             else:
                 _write_whole(out, *reader.read_entry(pack, k))
         elif type_num == REF_DELTA:
             base_name = binascii.hexlify(data[pos:pos + SHA_LEN])
-            located = reader.locate(base_name)
-            if _base_available(reader, base_name, pack, located[1] if located and located[0] is pack else -1,
-                               sending, client_has):
+            if _base_available(reader, base_name, pack, sending, client_has):
                 out.add(data)
             else:
                 _write_whole(out, *reader.read_entry(pack, k))
@@ -315,17 +319,18 @@ def write_pack(write: Callable[[bytes], object], reader: ObjectReader, shas: lis
     out.finish()
 
 
-def _base_available(reader: ObjectReader, base_name: bytes, pack, base_k: int,
+def _base_available(reader: ObjectReader, base_name: bytes, pack: StoredPack,
                     sending: set[bytes], client_has: set[bytes]) -> bool:
     """Can a delta name its base? Yes if the client has it, or if this pack sends it
     from the same stored pack (so no two deltas can end up based on each other)."""
     if base_name in client_has:
         return True
-    return base_name in sending and reader.locate(base_name) == (pack, base_k)
+    found = reader.locate(base_name)
+    return base_name in sending and found is not None and found[0] is pack
 
 
 def _write_whole(out: PackOut, type_num: int, content: bytes) -> None:
-    out.add(encode_header(type_num, len(content)) + zlib.compress(content, 1))
+    out.add(pack_object_header(type_num, None, len(content), SHA1) + zlib.compress(content, 1))
 
 
 def whole_pack(reader: ObjectReader, shas: list[bytes]) -> StoredPack | None:

@@ -26,7 +26,7 @@ from dulwich.pack import apply_delta
 OFS_DELTA, REF_DELTA = 6, 7
 IDX_V2 = b"\377tOc\x00\x00\x00\x02"
 SHA_LEN = 20
-CACHE_BYTES = 8 << 20  # inflated delta bases kept, for the walk over trees
+CACHE_BYTES = 8 << 20  # inflated objects kept: a tree walk reads delta chains newest first
 
 
 class PackError(Exception):
@@ -113,28 +113,6 @@ def parse_ofs(data: bytes, pos: int) -> tuple[int, int]:
     return distance, pos
 
 
-def encode_ofs(distance: int) -> bytes:
-    out = [distance & 0x7F]
-    distance >>= 7
-    while distance:
-        distance -= 1
-        out.append(0x80 | (distance & 0x7F))
-        distance >>= 7
-    return bytes(reversed(out))
-
-
-def encode_header(type_num: int, size: int) -> bytes:
-    out = []
-    byte = (type_num << 4) | (size & 15)
-    size >>= 4
-    while size:
-        out.append(byte | 0x80)
-        byte = size & 0x7F
-        size >>= 7
-    out.append(byte)
-    return bytes(out)
-
-
 def inflate(data: bytes, pos: int, size: int) -> bytes:
     try:
         out = zlib.decompressobj().decompress(data[pos:], size + 1)
@@ -169,11 +147,8 @@ class ObjectReader:
 
     def read(self, sha: bytes) -> tuple[int, bytes]:
         """(type, content) of an object by hex name; KeyError if the repository lacks it."""
-        for pack in self.packs:
-            k = pack.number.get(sha)
-            if k is not None:
-                return self.read_entry(pack, k)
-        return self.store.get_raw(sha)
+        found = self.locate(sha)
+        return self.read_entry(*found) if found else self.store.get_raw(sha)
 
     def read_entry(self, pack: StoredPack, k: int) -> tuple[int, bytes]:
         """(type, content) of entry k. What is read is kept a while: the older versions
