@@ -28,6 +28,19 @@ async def identity_for_key(db: aiosqlite.Connection, fingerprint: str) -> policy
                            access_repo_id=bound.repo_id, access_write=bound.write)
 
 
+async def still_valid(db: aiosqlite.Connection, identity: policy.Identity) -> bool:
+    """Whether the key a session logged in with still stands as it did (not removed,
+    account not disabled, same binding). Checked for each session of a connection, and
+    again right before anything changes state, since a prompt can wait for minutes."""
+    if identity.is_access_key:
+        bound = await access_keys.find(db, identity.key_fingerprint)
+        return (bound is not None and bound.repo_id == identity.access_repo_id
+                and bound.write == identity.access_write)
+    stored = await keys.find(db, identity.key_fingerprint)
+    return (stored is not None and not stored.account_disabled
+            and stored.account_id == identity.account_id and stored.kind == identity.key_kind)
+
+
 async def two_step_facts(db: aiosqlite.Connection, identity: policy.Identity) -> policy.TwoStepFacts:
     if identity.is_access_key:
         return policy.TwoStepFacts()

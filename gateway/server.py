@@ -219,7 +219,7 @@ async def handle_session(process: asyncssh.SSHServerProcess) -> None:
             # A connection of its own: the server's shared one only reads keys.
             db = await store_db.connect(server.settings.db_path, migrate_schema=False)
             try:
-                if await still_valid(db, server.identity):
+                if await access.still_valid(db, server.identity):
                     status = await run_command(process, server, db)
                 else:
                     process.stderr.write(b"ERROR: This key is no longer accepted\n")
@@ -263,18 +263,6 @@ async def run_command(process: asyncssh.SSHServerProcess, server: GatewaySSHServ
     ctx = Context(server.settings, db, server.identity, stdin, stdout, stderr, server.peer,
                   server.gateway.sealer)
     return await commands.run(ctx, process.command)
-
-
-async def still_valid(db: aiosqlite.Connection, identity: Identity) -> bool:
-    """A connection can carry many sessions: check, for each, that the key it logged in
-    with still stands as it did (not removed, account not disabled, same binding)."""
-    if identity.is_access_key:
-        bound = await access_keys.find(db, identity.key_fingerprint)
-        return (bound is not None and bound.repo_id == identity.access_repo_id
-                and bound.write == identity.access_write)
-    stored = await keys.find(db, identity.key_fingerprint)
-    return (stored is not None and not stored.account_disabled
-            and stored.account_id == identity.account_id and stored.kind == identity.key_kind)
 
 
 class Gateway:

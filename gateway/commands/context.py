@@ -14,9 +14,9 @@ from typing import Protocol
 
 import aiosqlite
 
-from ..errors import Refusal
-
+from .. import access
 from ..config import Settings
+from ..errors import Refusal
 from ..policy import Identity
 from ..twosv.sealing import Sealer
 
@@ -49,6 +49,12 @@ class Context:
     async def say(self, text: str) -> None:
         self.stdout.write((text + "\n").encode())
         await self.stdout.drain()
+
+    async def check_still_valid(self) -> None:
+        """Refuse if the key was removed or the account disabled since the session began
+        (called right before a change of state: a prompt may have waited for minutes)."""
+        if not await access.still_valid(self.db, self.identity):
+            raise Refusal("This key is no longer accepted; nothing changed.")
 
     async def ask(self, prompt: str) -> str | None:
         """Show a prompt and read one line of answer from stdin (with or without a
