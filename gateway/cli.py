@@ -15,8 +15,9 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from . import access, config, datadir, keydir, names, sshkeys
+from . import access, config, datadir, events, keydir, names, sshkeys
 from .errors import Refusal, UsageError
+from .names import shown
 from .git import repos as disk
 from .store import access_keys, accounts, audit, keys, repos, workspaces
 from .store import db as store_db
@@ -43,6 +44,20 @@ def _read_key_source(source: str) -> list[sshkeys.PublicKey]:
     return sshkeys.parse_text(text)
 
 
+async def _tell_hooks_of_new_keys(settings, account: str, fingerprints: list[str],
+                                  event: str = "key.add") -> None:
+    """Every key that can log in reaches the 2sv-event.d hooks, as the owner's own do."""
+    for fingerprint in fingerprints:
+        await events.notify(settings.hooks_dir, account, event, detail=fingerprint)
+
+
+def _login_key_line(key: keys.StoredKey) -> str:
+    kind = "security key" if key.kind == "security-key" else "key"
+    added = time.strftime("%Y-%m-%d", time.gmtime(key.created_at))
+    return (f"  {key.fingerprint}  {key.algorithm}  {kind}, added {added} by {key.source}  "
+            f"{shown(key.title)}")
+
+
 async def _add_keys(db, account: accounts.Account, parsed: list[sshkeys.PublicKey],
                     title: str | None) -> list[str]:
     """Add keys (uncommitted: the caller commits, then prints what this returns)."""
@@ -65,6 +80,7 @@ async def cmd_account_add(settings, args, db):
     await audit.write(db, "operator", "account.add", name)
     added = await _add_keys(db, account, parsed, None)
     await db.commit()
+    await _tell_hooks_of_new_keys(settings, name, [k.fingerprint for k in parsed])
     print("\n".join([f"Created account {name}", *added]))
 
 
@@ -75,7 +91,7 @@ async def cmd_account_list(settings, args, db):
                             for a in found])
     for account in found:
         state = "disabled" if account.disabled else "active"
-        print(f"{account.name}\t{account.email or '-'}\t{state}")
+        print(f"{account.name}\t{shown(account.email) or '-'}\t{state}")
 
 
 async def cmd_account_show(settings, args, db):
@@ -88,15 +104,16 @@ async def cmd_account_show(settings, args, db):
             "two_step": {"enabled": twosv.enabled, "methods": twosv.methods,
                          "recovery_codes_left": twosv.codes_left},
             "keys": [{"fingerprint": k.fingerprint, "title": k.title, "algorithm": k.algorithm,
-                      "kind": k.kind, "source": k.source} for k in account_keys],
+                      "kind": k.kind, "source": k.source, "created_at": k.created_at}
+                     for k in account_keys],
         })
     print(f"account:  {account.name}")
-    print(f"email:    {account.email or '-'}")
+    print(f"email:    {shown(account.email) or '-'}")
     print(f"state:    {'disabled' if account.disabled else 'active'}")
     print(f"two-step verification: {'enabled (' + ', '.join(twosv.methods) + ')' if twosv.enabled else 'disabled'}")
-    print(f"keys:     {len(account_keys)}")
+    print(f"keys that log in: {len(account_keys)}")
     for key in account_keys:
-        print(f"  {key.fingerprint}  {key.algorithm}  {key.title}  ({key.source})")
+        print(_login_key_line(key))
 
 
 async def _set_disabled(args, db, disabled: bool):
@@ -120,8 +137,10 @@ async def cmd_account_enable(settings, args, db):
 
 async def cmd_key_add(settings, args, db):
     account = await accounts.get(db, names.account_name(args.account))
-    added = await _add_keys(db, account, _read_key_source(args.file), args.title)
+    parsed = _read_key_source(args.file)
+    added = await _add_keys(db, account, parsed, args.title)
     await db.commit()
+    await _tell_hooks_of_new_keys(settings, account.name, [k.fingerprint for k in parsed])
     print("\n".join(added))
 
 
@@ -134,7 +153,8 @@ async def cmd_key_list(settings, args, db):
                              "algorithm": k.algorithm, "kind": k.kind, "source": k.source}
                             for k in found])
     for key in found:
-        print(f"{key.account}\t{key.fingerprint}\t{key.algorithm}\t{key.title}\t{key.source}")
+        print(f"{key.account}\t{key.fingerprint}\t{key.algorithm}\t{shown(key.title)}\t{key.source}"
+              f"\t{key.kind}")
 
 
 async def cmd_key_remove(settings, args, db):
@@ -147,11 +167,22 @@ async def cmd_key_remove(settings, args, db):
     removed = await keys.remove(db, args.fingerprint)
     await audit.write(db, "operator", "key.remove", removed.account, detail=removed.fingerprint)
     await db.commit()
-    print(f"Removed key {removed.fingerprint} ({removed.title}) from {removed.account}")
+    print(f"Removed key {removed.fingerprint} ({shown(removed.title)}) from {removed.account}")
+    # A stolen key's holder may have added keys of their own: show what still logs in.
+    left = await keys.list_for(db, removed.account)
+    print(f"{removed.account} still has {len(left)} key(s) that log in:" if left
+          else f"{removed.account} has no key left that logs in.")
+    for key in left:
+        print(_login_key_line(key))
+    if any(k.kind == "security-key" for k in left):
+        print("Security keys are removed by their owner (security-key remove, with a code); "
+              f"to stop every login at once: gateway account disable {removed.account}")
 
 
 async def cmd_keys_sync(settings, args, db):
     report = await keydir.sync(db, Path(args.keydir) if args.keydir else settings.keydir)
+    for account, fingerprint in report.added_keys:
+        await _tell_hooks_of_new_keys(settings, account, [fingerprint])
     for name in report.created_accounts:
         print(f"created account {name}")
     for line in report.added:
@@ -199,8 +230,9 @@ async def cmd_access_key_add(settings, args, db):
     repo = await repos.find(db, path.workspace, path.name)
     if repo is None:
         raise Refusal(f"No such repository: {path}")
-    added = []
+    added, bound = [], []
     for key in _read_key_source(args.file):
+        bound.append(key.fingerprint)
         title = args.title or key.comment or f"access-{key.fingerprint[7:15]}"
         await access_keys.add(db, repo.id, key, title, args.write)
         await audit.write(db, "operator", "access_key.add", repo.full_name,
@@ -208,6 +240,9 @@ async def cmd_access_key_add(settings, args, db):
         added.append(f"Added access key {key.fingerprint} ({title}) to {repo.full_name}, "
                      f"{'read and write' if args.write else 'read-only'}")
     await db.commit()
+    for fingerprint in bound:
+        await events.notify(settings.hooks_dir, f"access-key:{repo.full_name}", "access_key.add",
+                            detail=fingerprint)
     print("\n".join(added))
 
 
@@ -217,14 +252,14 @@ async def cmd_access_key_list(settings, args, db):
         return _print_json([{"repository": k.repository, "fingerprint": k.fingerprint,
                              "title": k.title, "write": k.write} for k in found])
     for key in found:
-        print(f"{key.repository}\t{key.fingerprint}\t{key.title}\t{'write' if key.write else 'read'}")
+        print(f"{key.repository}\t{key.fingerprint}\t{shown(key.title)}\t{'write' if key.write else 'read'}")
 
 
 async def cmd_access_key_remove(settings, args, db):
     removed = await access_keys.remove(db, args.fingerprint)
     await audit.write(db, "operator", "access_key.remove", removed.repository, detail=removed.fingerprint)
     await db.commit()
-    print(f"Removed access key {removed.fingerprint} ({removed.title}) from {removed.repository}")
+    print(f"Removed access key {removed.fingerprint} ({shown(removed.title)}) from {removed.repository}")
 
 
 async def cmd_workspace_list(settings, args, db):
@@ -338,8 +373,9 @@ async def cmd_audit(settings, args, db):
         return _print_json([asdict(e) for e in entries])
     for entry in entries:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(entry.at))
-        detail = f" {entry.detail}" if entry.detail else ""
-        print(f"{stamp} {entry.actor} {entry.action} {entry.target} {entry.outcome}{detail}")
+        detail = f" {shown(entry.detail)}" if entry.detail else ""
+        print(f"{stamp} {shown(entry.actor)} {shown(entry.action)} {shown(entry.target)} "
+              f"{shown(entry.outcome)}{detail}")
 
 
 # --- init and serve -------------------------------------------------------------------

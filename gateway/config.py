@@ -50,6 +50,7 @@ class Settings:
     issuer: str = "gateway"
     recovery_codes: int = 6
     twosv_backoff_seconds: int = 30
+    recovery_codes_need_second_factor: bool = False
 
     @property
     def listen_host(self) -> str:
@@ -173,6 +174,10 @@ DESCRIPTIONS = {
     "recovery_codes": ("recovery codes made at 2SV enrolment", _between(1, 50)),
     "twosv_backoff_seconds": ("wait after repeated wrong 2SV codes (SPEC §5)",
                               _between(1, DAY)),
+    "recovery_codes_need_second_factor": (
+        "showing recovery codes, adding a security key and regenerating the codes need a "
+        "code from the app or a security-key login, for every account (always so for "
+        "members of a workspace with the session policy)", None),
 }
 SETTING_NAMES = [f.name for f in fields(Settings) if f.name != "data_dir"]
 assert set(SETTING_NAMES) == set(DESCRIPTIONS), "every setting is described"

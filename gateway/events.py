@@ -1,6 +1,8 @@
 """2SV events: written to the audit log and handed to `HOOKS_DIR/2sv-event.d/*`.
 
 Each executable there gets one JSON object on stdin, so operators can notify the user.
+A key that can log in being added or removed is such an event too, whoever did it: a
+stolen key's holder adding one of their own is how they would stay in.
 Events never hold a secret or a code.
 """
 
@@ -27,6 +29,13 @@ async def twosv_event(
 ) -> None:
     await audit.write(db, account, event, account, outcome=outcome, detail=detail)
     await db.commit()
+    await notify(hooks_dir, account, event, outcome=outcome, detail=detail,
+                 key_fingerprint=key_fingerprint, remote_addr=remote_addr)
+
+
+async def notify(hooks_dir: Path, account: str, event: str, *, outcome: str = "ok",
+                 detail: str = "", key_fingerprint: str = "", remote_addr: str = "") -> None:
+    """Hand an event (already audited by the caller) to the hooks."""
     payload = {
         "event": event, "account": account, "outcome": outcome, "detail": detail,
         "key_fingerprint": key_fingerprint, "remote_addr": remote_addr,

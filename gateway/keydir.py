@@ -23,6 +23,7 @@ class SyncReport:
     added: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     created_accounts: list[str] = field(default_factory=list)
+    added_keys: list[tuple[str, str]] = field(default_factory=list)  # (account, fingerprint)
     errors: list[str] = field(default_factory=list)
 
 
@@ -62,7 +63,7 @@ def _scan(keydir: Path, report: SyncReport) -> tuple[list[_Wanted], set[str]]:
                     raise Refusal("empty title")
                 wanted.extend(_read_file(path, account, title))
             except Refusal as refusal:
-                report.errors.append(f"{path}: {refusal.message}")
+                report.errors.append(f"{names.shown(str(path))}: {refusal.message}")
                 broken_accounts.add(account)
     return wanted, broken_accounts
 
@@ -79,7 +80,7 @@ async def sync(db: aiosqlite.Connection, keydir: Path) -> SyncReport:
         if existing is not None:
             if existing.account != item.account:
                 report.errors.append(
-                    f"{item.file}: key {item.key.fingerprint} already belongs to account "
+                    f"{names.shown(str(item.file))}: key {item.key.fingerprint} already belongs to account "
                     f"{existing.account}"
                 )
             continue
@@ -91,10 +92,11 @@ async def sync(db: aiosqlite.Connection, keydir: Path) -> SyncReport:
         try:
             await keys.add(db, account.id, item.key, item.title, source="keydir")
         except Refusal as refusal:  # e.g. the key is an access key: report it, go on
-            report.errors.append(f"{item.file}: {refusal.message}")
+            report.errors.append(f"{names.shown(str(item.file))}: {refusal.message}")
             continue
         await audit.write(db, "operator", "key.add", item.account, detail=item.key.fingerprint)
         report.added.append(f"{item.account} {item.key.fingerprint} {item.title}")
+        report.added_keys.append((item.account, item.key.fingerprint))
     for stored in await keys.list_for(db):
         if (
             stored.source == "keydir"
@@ -107,6 +109,6 @@ async def sync(db: aiosqlite.Connection, keydir: Path) -> SyncReport:
                 continue
             await keys.remove(db, stored.fingerprint)
             await audit.write(db, "operator", "key.remove", stored.account, detail=stored.fingerprint)
-            report.removed.append(f"{stored.account} {stored.fingerprint} {stored.title}")
+            report.removed.append(f"{stored.account} {stored.fingerprint} {names.shown(stored.title)}")
     await db.commit()
     return report

@@ -33,7 +33,7 @@ class StructuredFormatter(logging.Formatter):
         if record.exc_info and self.tracebacks:
             fields["traceback"] = self.formatException(record.exc_info)
         if self.style == "json":
-            return json.dumps(fields, default=str, ensure_ascii=False)
+            return json.dumps(fields, default=str)  # non-ASCII escaped: no bidi tricks
         return " ".join(f"{key}={_logfmt_value(value)}" for key, value in fields.items())
 
 
@@ -45,7 +45,7 @@ def _logfmt_value(value: object) -> str:
     text = str(value)
     if text and all(c.isprintable() and c not in ' ="\\' for c in text):
         return text
-    return json.dumps(text, ensure_ascii=False)  # quoted, control characters escaped
+    return json.dumps(text)  # quoted; controls, escapes and bidi characters escaped
 
 
 def setup(level: str, style: str) -> None:

@@ -17,10 +17,39 @@ REPO_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
 ROLES = ("read", "write", "admin")
 
 
-def printable(text: str, limit: int = 80) -> str:
-    """Make untrusted text safe to echo back on one line."""
+def printable(text: str, limit: int | None = 80) -> str:
+    """Make untrusted text safe to echo back on one line: every character that is not
+    printable (controls, escapes, newlines, bidi overrides) becomes '?'."""
     cleaned = "".join(ch if ch.isprintable() else "?" for ch in text)
-    return cleaned if len(cleaned) <= limit else cleaned[: limit - 3] + "..."
+    return cleaned if limit is None or len(cleaned) <= limit else cleaned[: limit - 3] + "..."
+
+
+def shown(text: str | None) -> str:
+    """Stored text on its way to a terminal or an audit line, whole but escaped: rows
+    written before titles were checked may still hold anything."""
+    return printable(text or "", None)
+
+
+MAX_TITLE = 100
+MAX_EMAIL = 254
+
+
+def title(text: str, what: str = "title") -> str:
+    """A key's title: one printable line (no escapes, newlines or bidi controls), bounded,
+    since it is shown to its owner, in listings and in the audit log."""
+    if not text.strip() or len(text) > MAX_TITLE or not text.isprintable():
+        raise Refusal(f"Invalid {what}: {printable(text)!r} (one line of at most {MAX_TITLE} "
+                      "printable characters)")
+    return text
+
+
+def email(text: str | None) -> str | None:
+    if text is None:
+        return None
+    if (len(text) > MAX_EMAIL or "@" not in text or not text.isprintable()
+            or any(ch.isspace() for ch in text)):
+        raise Refusal(f"Invalid email address: {printable(text)!r}")
+    return text
 
 
 # The audit log's name for the operator's command line.

@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
+from .names import printable
+
 
 class Action(Enum):
     READ = "read"
@@ -83,7 +85,7 @@ def decide(
             return not_found
         if action is Action.WRITE and not identity.access_write:
             return Deny(f"Permission to {repo.full_name} denied to access key "
-                        f'"{identity.key_title}" (read-only).', "read-only access key")
+                        f'"{printable(identity.key_title)}" (read-only).', "read-only access key")
         return Allow()  # access keys are not subject to the 2SV policy
     if not (repo.exists and (repo.public or repo.role is not None)):
         # Missing and unreadable look the same, so names of private repositories never leak.

@@ -44,7 +44,8 @@ def team(gw, work):
 
 def test_policy_on_refuses_member_without_2sv_until_they_enrol(gw, team, work):
     admin, member, ws, private, public, _ = team
-    on = gw.ssh(admin, "workspace", "require-2sv", ws, "on")
+    admin_secret = team[5]
+    on = gw.ssh(admin, "workspace", "require-2sv", ws, "on", input=fresh_code(admin_secret) + "\n")
     assert on.returncode == 0, on.stderr
     assert member.name in on.stdout  # told who loses access
     expected = (f'ERROR: Workspace "{ws}" requires two-step verification.\n'
@@ -92,7 +93,8 @@ def fingerprint(user_key: Path) -> str:
 
 def test_policy_session_needs_a_verified_session_per_key(gw, team, work):
     admin, member, ws, private, public, admin_secret = team
-    assert gw.ssh(admin, "workspace", "require-2sv", ws, "session", "--window", "5").returncode == 0
+    assert gw.ssh(admin, "workspace", "require-2sv", ws, "session", "--window", "5",
+                  input=fresh_code(admin_secret) + "\n").returncode == 0
     secret, codes, _ = enable(gw, member)
     expected = (f'ERROR: Workspace "{ws}" requires a verified two-step session.\n'
                 f"Open one with: {ssh_base(gw)} 2sv verify")
@@ -126,7 +128,9 @@ def test_only_admins_with_2sv_set_the_policy(gw, work):
     outsider = gw.user()
     hidden = gw.ssh(outsider, "workspace", "show", ws)
     assert hidden.returncode != 0 and f"Workspace not found: {ws}" in hidden.stderr
-    enable(gw, admin)
+    admin_secret, _, _ = enable(gw, admin)
+    # One code opens a two-step session; the policy changes below ride on it.
+    assert gw.ssh(admin, "2sv", "verify", input=fresh_code(admin_secret) + "\n").returncode == 0
     for bad in (("maybe",), ("session", "--window", "0"), ("session", "--window", "10081"),
                 ("on", "--window"), ("on", "extra")):
         result = gw.ssh(admin, "workspace", "require-2sv", ws, *bad)
@@ -162,8 +166,9 @@ def test_operator_require_2sv_lists_who_would_lose_access(gw, work):
 
 
 def test_access_keys_are_read_only_bound_and_outside_the_policy(gw, team, work):
-    admin, member, ws, private, public, _ = team
-    assert gw.ssh(admin, "workspace", "require-2sv", ws, "on").returncode == 0
+    admin, member, ws, private, public, admin_secret = team
+    assert gw.ssh(admin, "workspace", "require-2sv", ws, "on",
+                  input=fresh_code(admin_secret) + "\n").returncode == 0
     deploy_key = make_key(gw.keys_dir, unique("deploy"))
     gw.cli("access-key", "add", private, f"{deploy_key}.pub", "--title", "ci")
     deploy = User("deploy", deploy_key)

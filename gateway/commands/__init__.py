@@ -7,14 +7,14 @@ from __future__ import annotations
 
 from ..errors import Refusal
 from ..names import printable
-from . import git, info, recovery, security_key, twosv, workspace
+from . import git, info, login_keys, recovery, security_key, twosv, workspace
 from .context import Context
 from .parse import GatewayCommand, GitRequest, parse
 
 SIMPLE_COMMANDS = {"": info.greeting, "help": info.help_text, "whoami": info.whoami}
 COMMANDS_WITH_ARGS = {
     "2sv": twosv.run, "recovery-codes": recovery.run, "security-key": security_key.run,
-    "workspace": workspace.run,
+    "workspace": workspace.run, "keys": login_keys.run,
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .. import access, policy
+from ..names import shown
 from ..store import repos, workspaces
 from . import twosv
 from .context import Context
@@ -11,7 +12,7 @@ from .context import Context
 async def greeting(ctx: Context) -> int:
     who = ctx.identity
     await ctx.say(
-        f'Hi {who.account}! You\'ve authenticated with key "{who.key_title}" '
+        f'Hi {who.account}! You\'ve authenticated with key "{shown(who.key_title)}" '
         f"({who.key_fingerprint}). Shell access is disabled; use git to clone and push."
     )
     state = await twosv.service(ctx).state()
@@ -46,7 +47,7 @@ async def access_key_greeting(ctx: Context) -> int:
     repo = await repos.find_by_id(ctx.db, who.access_repo_id)
     mode = "read and write" if who.access_write else "read-only"
     await ctx.say(
-        f'Hi! You\'ve authenticated with access key "{who.key_title}" ({who.key_fingerprint}) '
+        f'Hi! You\'ve authenticated with access key "{shown(who.key_title)}" ({who.key_fingerprint}) '
         f"for {repo.full_name if repo else '?'} ({mode}). Shell access is disabled; use git."
     )
     return 0
@@ -70,6 +71,7 @@ async def help_text(ctx: Context) -> int:
         f"  {s.ssh_command('2sv status|enable|disable|replace|verify')}\n"
         f"  {s.ssh_command('recovery-codes [regenerate]')}\n"
         f"  {s.ssh_command('security-key list|add TITLE|remove FINGERPRINT')}\n"
+        f"  {s.ssh_command('keys [remove FINGERPRINT]')}   the keys that log in to your account\n"
         f"  {s.ssh_command('workspace show NAME | require-2sv NAME on|off|session')}\n"
         "Answers to questions are read from standard input, so they can be piped in."
     )

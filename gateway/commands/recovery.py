@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from ..errors import Refusal
 from .context import Context
-from .twosv import event, second_factor, service, show_new_codes
+from .twosv import codes_guarded, event, guarded_factor, second_factor, service, show_new_codes
 
 
 async def show(ctx: Context) -> int:
     svc = service(ctx)
     if not (await svc.state()).enabled:
         raise Refusal("Two-step verification is not enabled, so there are no recovery codes.")
+    if await codes_guarded(ctx):  # not for the SSH key alone (SPEC §5)
+        await second_factor(ctx, svc, recovery_codes=False)
+        await ctx.check_still_valid()
     codes = await svc.recovery_codes()
     await event(ctx, "2sv.recovery_codes_shown")
     await ctx.say("Your recovery codes (each works once):")
@@ -30,7 +33,8 @@ async def regenerate(ctx: Context) -> int:
     answer = await ctx.ask("This replaces all your recovery codes. Type yes to go on: ")
     if answer is None or answer.strip().lower() != "yes":
         raise Refusal("Not confirmed; your recovery codes are unchanged.")
-    await second_factor(ctx, svc)
+    await guarded_factor(ctx, svc)
+    await ctx.check_still_valid()
     codes = await svc.new_recovery_codes(ctx.settings.recovery_codes)
     await event(ctx, "2sv.recovery_codes_regenerated")
     await show_new_codes(ctx, codes)

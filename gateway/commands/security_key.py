@@ -8,26 +8,23 @@ from __future__ import annotations
 
 from .. import sshkeys
 from ..errors import Refusal
-from ..names import printable
+from .. import names
+from ..names import printable, shown
 from ..store import keys
 from .context import Context
-from .twosv import event, second_factor, service, show_new_codes
-
-MAX_TITLE = 100
-
+from .twosv import event, guarded_factor, second_factor, service, show_new_codes
 
 async def list_keys(ctx: Context) -> int:
     found = [k for k in await keys.list_for(ctx.db, ctx.identity.account) if k.kind == "security-key"]
     if not found:
         await ctx.say("No security keys registered.")
     for key in found:
-        await ctx.say(f"{key.fingerprint}  {key.algorithm}  {key.title}")
+        await ctx.say(f"{key.fingerprint}  {key.algorithm}  {shown(key.title)}")
     return 0
 
 
 async def add(ctx: Context, title: str) -> int:
-    if not title.strip() or len(title) > MAX_TITLE or not title.isprintable():
-        raise Refusal(f"Invalid title: {printable(title)!r}")
+    names.title(title)
     svc = service(ctx)
     state = await svc.state()
     line = await ctx.ask("Paste the security key's public key line (ssh-keygen -t ed25519-sk): ")
@@ -38,7 +35,8 @@ async def add(ctx: Context, title: str) -> int:
         raise Refusal("Not a security key: expected an sk-ssh-ed25519@openssh.com or "
                       "sk-ecdsa-sha2-nistp256@openssh.com public key")
     if state.enabled:
-        await second_factor(ctx, svc)
+        await guarded_factor(ctx, svc)
+    await ctx.check_still_valid()
     codes = await svc.add_security_key(key, title, 0 if state.enabled else ctx.settings.recovery_codes,
                                        state)
     await event(ctx, "2sv.security_key_added", detail=key.fingerprint)
@@ -57,6 +55,7 @@ async def remove(ctx: Context, fingerprint: str) -> int:
         raise Refusal(f"No security key {printable(fingerprint)} on your account")
     # Always a second factor: a security key is a 2SV method and a login key of its owner.
     await second_factor(ctx, svc)
+    await ctx.check_still_valid()
     last_method = await svc.remove_security_key(fingerprint)
     await event(ctx, "2sv.security_key_removed", detail=fingerprint)
     await ctx.say(f"Security key {fingerprint} removed.")

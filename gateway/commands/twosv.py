@@ -12,7 +12,9 @@ import segno
 
 from .. import events
 from ..errors import Refusal
-from ..twosv import totp
+from ..names import shown
+from ..store import workspaces
+from ..twosv import recovery, totp
 from ..twosv.service import Accepted, CodeRefused, Throttled, TwoStep
 from .context import Context
 
@@ -33,14 +35,38 @@ async def event(ctx: Context, name: str, outcome: str = "ok", detail: str = "") 
     )
 
 
+async def codes_guarded(ctx: Context) -> bool:
+    """Whether the recovery codes are kept from the SSH key alone (SPEC §5): under a
+    workspace with the `session` policy, or by the setting. Where they are not, a key's
+    holder can read them, so a recovery code proves nothing beyond the key."""
+    if ctx.settings.recovery_codes_need_second_factor:
+        return True
+    return any(workspace.require_2sv == "session"
+               for workspace, _role in await workspaces.memberships(ctx.db, ctx.identity.account_id))
+
+
 async def second_factor(ctx: Context, svc: TwoStep,
-                        prompt: str = "Verification code or recovery code: ") -> Accepted:
-    """Ask for a code, unless this login was made with a registered security key."""
-    if ctx.identity.key_kind == "security-key":
+                        prompt: str = "Verification code or recovery code: ", *,
+                        recovery_codes: bool = True, security_key_login: bool = True) -> Accepted:
+    """Ask for a code, unless this login was made with a registered security key (and
+    `security_key_login` lets it count). Without `recovery_codes`, only a code from the
+    authenticator app (or that login) will do: for what a stolen SSH key must not reach."""
+    if security_key_login and ctx.identity.key_kind == "security-key":
         return Accepted("security-key")
+    if not recovery_codes:
+        if not (await svc.state()).totp:
+            raise Refusal("This needs a code from your authenticator app or a login with one of "
+                          "your security keys (ssh -i ~/.ssh/id_ed25519_sk ...); a recovery code "
+                          "is not enough here.")
+        prompt = "Code from your authenticator app: "
     answer = await ctx.ask(prompt)
     if answer is None:
         raise Refusal("No code given; nothing changed.")
+    if not recovery_codes and totp.normalise(answer) is None:
+        if recovery.normalise(answer) is None:
+            raise Refusal("A verification code is six digits.")
+        raise Refusal("A recovery code is not enough here: type the code from your "
+                      "authenticator app, or log in with one of your security keys.")
     try:
         accepted = await svc.check(answer)
     except CodeRefused as refused:
@@ -91,6 +117,12 @@ async def enrol_app(ctx: Context, svc: TwoStep) -> tuple[str, int]:
     raise Refusal("No correct code; nothing changed.")
 
 
+async def guarded_factor(ctx: Context, svc: TwoStep) -> Accepted:
+    """The second factor for showing or replacing recovery codes and adding a security key:
+    where the codes are guarded, a recovery code does not count (SPEC §5)."""
+    return await second_factor(ctx, svc, recovery_codes=not await codes_guarded(ctx))
+
+
 async def show_new_codes(ctx: Context, codes: list[str]) -> None:
     await ctx.say("\nYour recovery codes (each works once):")
     for code in codes:
@@ -118,6 +150,7 @@ async def enable(ctx: Context, svc: TwoStep) -> int:
     if state.enabled:
         await second_factor(ctx, svc)  # adding a method to 2SV that is on
     secret, step = await enrol_app(ctx, svc)
+    await ctx.check_still_valid()
     codes = await svc.enrol(secret, step, 0 if state.enabled else ctx.settings.recovery_codes, state)
     await event(ctx, "2sv.enable", detail="totp")
     await ctx.say("Two-step verification is now on.")
@@ -130,6 +163,7 @@ async def disable(ctx: Context, svc: TwoStep) -> int:
     if not (await svc.state()).enabled:
         raise Refusal("Two-step verification is not enabled.")
     await second_factor(ctx, svc)
+    await ctx.check_still_valid()
     await svc.disable()
     await event(ctx, "2sv.disable")
     await ctx.say("Two-step verification is now off. Your recovery codes no longer work.")
@@ -141,9 +175,13 @@ async def replace(ctx: Context, svc: TwoStep) -> int:
     if not state.totp:
         raise Refusal("There is no authenticator app to replace; to add one: "
                       f"{ctx.settings.ssh_command('2sv enable')}")
-    await second_factor(ctx, svc, "Code from your old device, or a recovery code: ")
+    # The old device's code or a recovery code, even after a security-key login: a
+    # security key planted with a stolen SSH key must not be enough to take the app over.
+    await second_factor(ctx, svc, "Code from your old device, or a recovery code: ",
+                        security_key_login=False)
     # The old secret keeps working until the new device has shown a correct code.
     secret, step = await enrol_app(ctx, svc)
+    await ctx.check_still_valid()
     await svc.enrol(secret, step, 0, state)
     await event(ctx, "2sv.replace")
     await ctx.say("Your new device is set up; codes from the old one no longer work.")
@@ -154,10 +192,11 @@ async def verify(ctx: Context, svc: TwoStep) -> int:
     if not (await svc.state()).enabled:
         raise Refusal("Two-step verification is not enabled. Turn it on with: "
                       f"{ctx.settings.ssh_command('2sv enable')}")
-    await second_factor(ctx, svc)
-    await svc.open_session(ctx.identity.key_fingerprint)
+    accepted = await second_factor(ctx, svc)
+    await ctx.check_still_valid()
+    await svc.open_session(ctx.identity.key_fingerprint, accepted.kind)
     await event(ctx, "2sv.verify")
-    await ctx.say(f'Verified. Two-step session open for key "{ctx.identity.key_title}" '
+    await ctx.say(f'Verified. Two-step session open for key "{shown(ctx.identity.key_title)}" '
                   f"({ctx.identity.key_fingerprint}).")
     return 0
 

@@ -6,9 +6,13 @@ import re
 
 from .. import access, names
 from ..errors import Refusal
+from ..store import twosv as twosv_store
 from ..store import workspaces
 from .context import Context
-from .twosv import service
+from .twosv import codes_guarded, second_factor, service
+
+# A two-step session counts for a policy change only if it is this fresh (minutes).
+FRESH_SESSION = 15
 
 
 async def _membership(ctx: Context, name: str) -> tuple[workspaces.Workspace, str]:
@@ -53,9 +57,16 @@ async def require_2sv(ctx: Context, name: str, policy_word: str, window: int | N
     access.check_policy(policy_word, window)
     if role != "admin":
         raise Refusal(f'Only admins of workspace "{workspace.name}" can change its policy.')
-    if policy_word != "off" and not (await service(ctx).state()).enabled:
+    svc = service(ctx)
+    if not (await svc.state()).enabled:
+        # Also to turn it off: the change needs a second factor (below).
         raise Refusal("Enable two-step verification on your own account first: "
                       f"{ctx.settings.ssh_command('2sv enable')}")
+    await _fresh_factor(ctx, svc, workspace)
+    # The code prompt may have waited: the key and the admin role must still stand.
+    await ctx.check_still_valid()
+    if await workspaces.role_of(ctx.db, workspace.id, ctx.identity.account_id) != "admin":
+        raise Refusal(f'Only admins of workspace "{workspace.name}" can change its policy.')
     await access.set_policy(ctx.db, workspace, policy_word, window, ctx.identity.account)
     await ctx.say(f'Workspace "{workspace.name}" now requires: {policy_word}.')
     if policy_word != "off":
@@ -64,6 +75,23 @@ async def require_2sv(ctx: Context, name: str, policy_word: str, window: int | N
             await ctx.say("Members without two-step verification, who cannot use its private "
                           f"repositories or push until they turn it on: {', '.join(lacking)}")
     return 0
+
+
+async def _fresh_factor(ctx: Context, svc, workspace: workspaces.Workspace) -> None:
+    """A stolen admin key alone must not open the workspace: a policy change needs a
+    security-key login, a fresh two-step session for this key, or a code now. Recovery
+    codes (typed, or behind the session) count only where the key alone cannot read them."""
+    if ctx.identity.key_kind == "security-key":
+        return
+    guarded = await codes_guarded(ctx)
+    who = (ctx.identity.key_fingerprint, ctx.identity.account_id)
+    verified_at = await twosv_store.session_verified_at(ctx.db, *who)
+    window = min(workspace.session_window, FRESH_SESSION) * 60
+    if verified_at is not None and verified_at <= ctx.clock() < verified_at + window:
+        if guarded or await twosv_store.session_method(ctx.db, *who) in ("totp", "security-key"):
+            return
+    await second_factor(ctx, svc, "Verification code (to change the workspace's policy): ",
+                        recovery_codes=guarded)
 
 
 def _parse_window(args: list[str]) -> int | None:

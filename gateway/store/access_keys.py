@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import aiosqlite
 
 from ..errors import Refusal
+from ..names import title as checked_title
 from ..sshkeys import PublicKey
 from . import keys
 from .db import now
@@ -35,6 +36,7 @@ def _row(row: aiosqlite.Row) -> AccessKey:
 
 
 async def add(db: aiosqlite.Connection, repo_id: int, key: PublicKey, title: str, write: bool) -> None:
+    title = checked_title(title, "access key title")
     # One fingerprint, one owner: never both an account key and an access key.
     if await keys.find(db, key.fingerprint) is not None or await find(db, key.fingerprint):
         raise Refusal(f"Key {key.fingerprint} is already in use")

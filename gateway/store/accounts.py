@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import aiosqlite
 
 from ..errors import Refusal
+from ..names import email as checked_email
 from .db import now
 
 
@@ -23,6 +24,7 @@ def _row(row: aiosqlite.Row) -> Account:
 
 
 async def add(db: aiosqlite.Connection, name: str, email: str | None) -> Account:
+    email = checked_email(email)
     try:
         cursor = await db.execute(
             "INSERT INTO accounts (name, email, created_at) VALUES (?, ?, ?)",

@@ -100,6 +100,11 @@ MIGRATIONS: list[str] = [
         created_at INTEGER NOT NULL
     );
     """,
+    # 4: how a two-step session was opened ('totp', 'recovery-code', 'security-key'):
+    # a session opened with a recovery code the SSH key alone could read proves less.
+    """
+    ALTER TABLE twosv_sessions ADD COLUMN method TEXT NOT NULL DEFAULT 'unknown';
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

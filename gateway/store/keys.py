@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import aiosqlite
 
 from ..errors import Refusal
+from ..names import title as checked_title
 from ..sshkeys import PublicKey
 from .db import now
 
@@ -23,6 +24,7 @@ class StoredKey:
     title: str
     kind: str
     source: str
+    created_at: int
 
 
 _SELECT = """
@@ -35,7 +37,7 @@ def _row(row: aiosqlite.Row) -> StoredKey:
     return StoredKey(
         row["id"], row["account_id"], row["account"], bool(row["account_disabled"]),
         row["fingerprint"], row["algorithm"], row["public_key"], row["title"],
-        row["kind"], row["source"],
+        row["kind"], row["source"], row["created_at"],
     )
 
 
@@ -43,6 +45,7 @@ async def add(
     db: aiosqlite.Connection, account_id: int, key: PublicKey, title: str, source: str = "cli",
     kind: str = "auth",
 ) -> None:
+    title = checked_title(title)
     existing = await find(db, key.fingerprint)
     async with db.execute("SELECT 1 FROM access_keys WHERE fingerprint = ?", (key.fingerprint,)) as c:
         is_access_key = await c.fetchone() is not None

@@ -119,13 +119,26 @@ async def delete_all(db: aiosqlite.Connection, account_id: int) -> None:
 # --- two-step sessions ----------------------------------------------------------------
 
 
-async def open_session(db: aiosqlite.Connection, fingerprint: str, account_id: int, now: float) -> None:
+async def open_session(db: aiosqlite.Connection, fingerprint: str, account_id: int, now: float,
+                       method: str) -> None:
     await db.execute(
-        "INSERT INTO twosv_sessions (key_fingerprint, account_id, verified_at) VALUES (?, ?, ?)"
+        "INSERT INTO twosv_sessions (key_fingerprint, account_id, verified_at, method)"
+        " VALUES (?, ?, ?, ?)"
         " ON CONFLICT (key_fingerprint) DO UPDATE SET verified_at = excluded.verified_at,"
-        " account_id = excluded.account_id",
-        (fingerprint, account_id, now),
+        " account_id = excluded.account_id, method = excluded.method",
+        (fingerprint, account_id, now, method),
     )
+
+
+async def session_method(db: aiosqlite.Connection, fingerprint: str,
+                         account_id: int) -> str | None:
+    """How the key's two-step session was opened, or None without one."""
+    async with db.execute(
+        "SELECT method FROM twosv_sessions WHERE key_fingerprint = ? AND account_id = ?",
+        (fingerprint, account_id),
+    ) as cursor:
+        row = await cursor.fetchone()
+    return row[0] if row else None
 
 
 async def session_verified_at(db: aiosqlite.Connection, fingerprint: str,

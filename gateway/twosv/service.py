@@ -235,8 +235,8 @@ class TwoStep:
         await self.db.commit()
         return not after.enabled
 
-    async def open_session(self, fingerprint: str) -> None:
-        await store.open_session(self.db, fingerprint, self.account_id, self.clock())
+    async def open_session(self, fingerprint: str, method: str) -> None:
+        await store.open_session(self.db, fingerprint, self.account_id, self.clock(), method)
         await self.db.commit()
 
 
