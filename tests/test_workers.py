@@ -390,7 +390,7 @@ def test_request_watch_finds_the_end_of_a_request(service, stream, done_at):
 
 def test_slots_are_shared_by_every_process_on_the_data_dir(tmp_path):
     async def go():
-        one, other = WorkerSlots(tmp_path / "w"), WorkerSlots(tmp_path / "w")
+        one, other = WorkerSlots(tmp_path / "w.lock"), WorkerSlots(tmp_path / "w.lock")
         a = await one.acquire("account 1", False, total=2, per_owner=1, timeout=0)
         with pytest.raises(Refusal, match="from this account"):
             await other.acquire("account 1", False, total=2, per_owner=1, timeout=0.3)

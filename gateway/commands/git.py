@@ -134,9 +134,9 @@ def _owner(identity: policy.Identity) -> str:
 
 def worker_slots(settings) -> WorkerSlots:
     global _slots
-    directory = settings.data_dir / "workers"
-    if _slots is None or _slots.directory != directory:
-        _slots = WorkerSlots(directory)
+    path = settings.data_dir / "workers.lock"
+    if _slots is None or _slots.path != path:
+        _slots = WorkerSlots(path)
     return _slots
 
 
@@ -201,6 +201,8 @@ async def relay(proc: asyncio.subprocess.Process, stdin: Reader, stdout: Writer,
 
     def cut_off(message: str) -> None:
         nonlocal cut
+        if cut:
+            return  # one line, even if both timers fire
         cut = True
         stderr.write(f"ERROR: {message}; closing\n".encode())
         _kill(proc)
