@@ -149,6 +149,8 @@ def test_an_access_key_over_its_cap_is_refused_and_others_still_get_through(caps
     assert tip in other.stdout
     assert metric(scrape(caps), "gateway_git_requests_refused_total",
                   reason="per_account") == before + 1
+    refused = [line for line in caps.server_log().splitlines() if "event=git.refused" in line]
+    assert refused and "reason=per_account" in refused[-1] and "access-key:ci" in refused[-1]
     # Once its sessions are gone the key clones again.
     caps.git(deploy, "clone", "-q", caps.url(path), str(tmp_path / "after"))
 
@@ -310,7 +312,8 @@ def test_a_trickling_client_is_cut_at_request_timeout_and_its_worker_freed(timed
     assert err.decode() == ("ERROR: The Git request did not arrive in full within 3 seconds; "
                             "closing\n")
     assert not git_workers(timed.repo_dir(path))
-    assert "event=git.request_timeout" in timed.server_log()
+    cut = [line for line in timed.server_log().splitlines() if "event=git.cut" in line]
+    assert cut and f"account={admin.name}" in cut[-1] and "reason=request_timeout" in cut[-1]
 
 
 def test_clones_fetches_and_pushes_still_work_under_a_short_request_timeout(timed, tmp_path):

@@ -14,7 +14,7 @@ from .. import access, metrics, policy
 from ..errors import Refusal
 from ..git import repos as disk
 from ..git.pool import WorkerPool
-from ..git.slots import WorkerSlots
+from ..git.slots import Full, WorkerSlots
 from ..logs import log_event
 from ..store import audit
 from .context import Context, Reader, Writer
@@ -87,9 +87,14 @@ async def run(ctx: Context, request: GitRequest) -> int:
         await _audit_denied(ctx, action, facts, f"{reason} (at the first command)")
         return message
 
-    held = await worker_slots(ctx.settings).acquire(
-        _owner(ctx.identity), ctx.identity.is_access_key, ctx.settings.max_git_workers,
-        ctx.settings.max_git_workers_per_account, ctx.settings.git_queue_timeout)
+    try:
+        held = await worker_slots(ctx.settings).acquire(
+            _owner(ctx.identity), ctx.identity.is_access_key, ctx.settings.max_git_workers,
+            ctx.settings.max_git_workers_per_account, ctx.settings.git_queue_timeout)
+    except Full as full:
+        log_event(log, "git.refused", logging.WARNING, account=ctx.identity.account,
+                  repository=repo.full_name, reason=full.reason)
+        raise
     try:
         proc = await worker_pool(ctx.settings).start_job(request.service, str(repo_dir), env)
         outcome = await relay(proc, ctx.stdin, ctx.stdout, ctx.stderr,
@@ -98,6 +103,9 @@ async def run(ctx: Context, request: GitRequest) -> int:
                               service=request.service, first_bytes=recheck)
     finally:
         held.release()
+    if outcome.cut is not None:
+        log_event(log, "git.cut", logging.WARNING, account=ctx.identity.account,
+                  repository=repo.full_name, reason=outcome.cut)
     if outcome.refusal is not None:
         raise Refusal(outcome.refusal)
     if action is policy.Action.WRITE and outcome.status == 0:
@@ -153,6 +161,7 @@ def worker_pool(settings) -> WorkerPool:
 class Outcome:
     status: int
     refusal: str | None = None  # set when the first-command re-check refused
+    cut: str | None = None  # why the worker was killed: idle_timeout or request_timeout
 
 
 async def relay(proc: asyncio.subprocess.Process, stdin: Reader, stdout: Writer, stderr: Writer,
@@ -167,7 +176,7 @@ async def relay(proc: asyncio.subprocess.Process, stdin: Reader, stdout: Writer,
     watch = RequestWatch(service)
     request_done = asyncio.Event()
     refusal: str | None = None
-    cut = False
+    cut: str | None = None
 
     async def feed() -> None:
         nonlocal last_moved, refusal
@@ -199,11 +208,11 @@ async def relay(proc: asyncio.subprocess.Process, stdin: Reader, stdout: Writer,
             sink.write(data)
             await sink.drain()
 
-    def cut_off(message: str) -> None:
+    def cut_off(reason: str, message: str) -> None:
         nonlocal cut
         if cut:
             return  # one line, even if both timers fire
-        cut = True
+        cut = reason
         stderr.write(f"ERROR: {message}; closing\n".encode())
         _kill(proc)
 
@@ -211,7 +220,7 @@ async def relay(proc: asyncio.subprocess.Process, stdin: Reader, stdout: Writer,
         while True:
             await asyncio.sleep(min(idle_timeout, 5))
             if time.monotonic() - last_moved > idle_timeout:
-                cut_off(f"Nothing sent or received for {idle_timeout} seconds")
+                cut_off("idle_timeout", f"Nothing sent or received for {idle_timeout} seconds")
                 return
 
     async def watch_request() -> None:
@@ -220,8 +229,8 @@ async def relay(proc: asyncio.subprocess.Process, stdin: Reader, stdout: Writer,
             await asyncio.wait_for(request_done.wait(), request_timeout)
         except asyncio.TimeoutError:
             metrics.GIT_REQUESTS_REFUSED.labels("request_timeout").inc()
-            log_event(log, "git.request_timeout", seconds=request_timeout)
-            cut_off(f"The Git request did not arrive in full within {request_timeout} seconds")
+            cut_off("request_timeout",
+                    f"The Git request did not arrive in full within {request_timeout} seconds")
 
     feeder = asyncio.create_task(feed())
     watchers = [asyncio.create_task(watch_idle()) if idle_timeout else None,
@@ -232,7 +241,7 @@ async def relay(proc: asyncio.subprocess.Process, stdin: Reader, stdout: Writer,
         status = await proc.wait()
         if refusal is not None or cut:
             status = 1  # not the worker's own status: it was killed
-        return Outcome(status, refusal)
+        return Outcome(status, refusal, cut)
     finally:
         for task in (feeder, *watchers, *copies):
             if task is not None:

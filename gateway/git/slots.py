@@ -37,6 +37,14 @@ OWNER_SPAN = 1 << 20  # room for one account's cap (the setting allows up to 100
 FLOCK = "hhxxxxqqixxxx"
 
 
+class Full(Refusal):
+    """A cap was still full at the end of the wait; `reason` is busy or per_account."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 class Held:
     """The slots one request holds; `release` gives them back (once)."""
 
@@ -96,11 +104,11 @@ class WorkerSlots:
         if not has_owner:
             metrics.GIT_REQUESTS_REFUSED.labels("per_account").inc()
             who = "access key" if owner_is_key else "account"
-            raise Refusal(f"Too many Git requests at once from this {who} ({per_owner} "
-                          "running); try again in a minute")
+            raise Full(f"Too many Git requests at once from this {who} ({per_owner} "
+                       "running); try again in a minute", "per_account")
         metrics.GIT_REQUESTS_REFUSED.labels("busy").inc()
-        raise Refusal(f"The server is busy: all {total} Git workers are in use; "
-                      "try again in a minute")
+        raise Full(f"The server is busy: all {total} Git workers are in use; "
+                   "try again in a minute", "busy")
 
     def freed(self) -> None:
         """Wake this process's waiters at once (others' find out at their next poll)."""
