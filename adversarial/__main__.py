@@ -2,7 +2,7 @@
 
     python -m adversarial            the full suite (10,000 command lines, 20 kill rounds, 200 clones)
     python -m adversarial --quick    a bounded run for CI (the test suite runs this)
-    python -m adversarial --only ssh a single class (exec, paths, ssh, protocol, 2sv, stolen-key, load, faults)
+    python -m adversarial --only ssh a single class (repeatable; the names are in CLASSES)
 
 Exit status 1 if any input was mishandled; the inputs are printed below the table.
 """
@@ -17,11 +17,14 @@ import time
 import traceback
 from pathlib import Path
 
-from . import stolen_key, suite
+from . import stolen_key, suite, workers
+
+CLASSES = ["exec", "paths", "ssh", "protocol", "2sv", "stolen-key", "load", "faults", "workers"]
 
 SIZES = {  # quick, full
     "exec": (1500, 10000), "through_ssh": (20, 100), "protocol": (60, 400),
     "guesses": (20, 40), "kill_rounds": (5, 20), "cuts": (4, 10), "clones": (50, 200), "sockets": (500, 500),
+    "flood": (12, 40), "trickle": (3, 3),
 }
 
 
@@ -29,8 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="bounded run (CI)")
     parser.add_argument("--only", action="append", metavar="CLASS",
-                        choices=["exec", "paths", "ssh", "protocol", "2sv", "stolen-key", "load",
-                                 "faults"],
+                        choices=CLASSES,
                         help="run only this class (repeatable)")
     args = parser.parse_args(argv)
     size = {k: v[0] if args.quick else v[1] for k, v in SIZES.items()}
@@ -60,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
             "stolen-key": lambda: stolen_key.stolen_key(g),
             "load": lambda: suite.load(g, w, size["clones"], size["sockets"]),
             "faults": lambda: suite.faults(g, w, size["kill_rounds"], size["cuts"]),
+            "workers": lambda: workers.workers(root / "workers", size["flood"], size["trickle"]),
         }
         for name, step in steps.items():
             if args.only and name not in args.only:

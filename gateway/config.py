@@ -43,6 +43,11 @@ class Settings:
     log_format: str = "logfmt"
     metrics_listen: str = ""
     spare_workers: int = 1
+    # Git workers (finding 4): caps, the queue, the time a request has to arrive
+    max_git_workers: int = 32
+    max_git_workers_per_account: int = 16
+    git_queue_timeout: int = 120
+    request_timeout: int = 60
     # Pushes (SPEC §7)
     hook_timeout: int = 60
     max_push_bytes: int = 2 * 1024**3
@@ -168,6 +173,17 @@ DESCRIPTIONS = {
     "spare_workers": ("Git worker processes kept started and waiting, to save Python's "
                       "start-up on each request (about 25 MB each; requests beyond them at "
                       "once wait about 0.1 s for one); 0: start one per request", _between(0, 64)),
+    "max_git_workers": ("Git requests served at once by the whole server (each holds a "
+                        "worker, about 25 MB); more wait for git_queue_timeout; 0: no cap",
+                        _between(0, 100000)),
+    "max_git_workers_per_account": ("Git requests served at once for one account (each "
+                                    "access key counts on its own); more wait as above; "
+                                    "0: no cap", _between(0, 100000)),
+    "git_queue_timeout": ("seconds a Git request over a cap waits for a worker before it "
+                          "is refused", _between(0, DAY)),
+    "request_timeout": ("seconds a Git client has, from the advertisement, to send its "
+                        "whole request (a fetch's wants and haves, a push's commands); "
+                        "0: no limit", _between(0, DAY)),
     "hook_timeout": ("seconds a Git hook may run", _between(1, DAY)),
     "max_push_bytes": ("largest pack a push may send; 0: no limit", _between(0, 2**62)),
     "issuer": ("name shown in authenticator apps", _not_empty),

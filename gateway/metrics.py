@@ -29,6 +29,13 @@ DURATION = Histogram("gateway_command_duration_seconds", "Command duration by ve
                      buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800))
 BYTES = Counter("gateway_session_bytes", "Bytes through sessions' standard streams",
                 ["direction"])
+GIT_WORKERS_RUNNING = Gauge("gateway_git_workers_running",
+                            "Git requests holding a worker slot now (max_git_workers)")
+GIT_REQUESTS_QUEUED = Gauge("gateway_git_requests_queued",
+                            "Git requests waiting for a worker slot now")
+GIT_REQUESTS_REFUSED = Counter("gateway_git_requests_refused",
+                               "Git requests refused or cut: busy, per_account, "
+                               "request_timeout, access_changed", ["reason"])
 
 MAX_REQUEST = 8192
 

@@ -330,3 +330,85 @@ def test_variables_a_client_sends_change_nothing(front, tmp_path):
                              f"Run 'ssh -p {front.port} root@127.0.0.1 help' to see the commands.\n")
     assert front.ssh(user.key, "whoami", extra=sent).stdout.strip() == user.name
     assert not canary.exists()
+
+
+@pytest.fixture(scope="module")
+def capped(tmp_path_factory):
+    """sshd in front of a data dir whose settings cap Git workers at 1 per account."""
+    if os.geteuid() != 0 or not os.path.exists(SSHD):
+        pytest.fail("these tests run OpenSSH's sshd as root (.ci/run installs openssh-server)")
+    root = tmp_path_factory.mktemp("openssh-caps")
+    g = Gateway(root / "gw")
+    g.cli("init")
+    port = free_port()
+    (g.data / "gateway.toml").write_text(
+        f'ssh_user = "root"\nssh_port = {port}\nmax_git_workers_per_account = 1\n'
+        "git_queue_timeout = 1\nrequest_timeout = 3\n")
+    g.start()
+    sshd = Sshd(g, root, port)
+    yield sshd
+    sshd.stop()
+    g.stop()
+
+
+def test_worker_caps_request_timeout_and_the_recheck_through_sshd(capped, tmp_path):
+    """One cap for both transports (lock files in the data dir): a session held through
+    sshd counts against the same account through gateway serve, and the other way round;
+    request_timeout and the first-command re-check apply under `gateway shell` too."""
+    import asyncio
+
+    import asyncssh
+
+    g = capped.g
+    owner, member = g.user(), g.user()
+    ws = g.workspace((owner, "admin"), (member, "read"))
+    path = g.repo(ws)
+    seed = tmp_path / "seed"
+    assert capped.git(owner.key, "clone", "-q", capped.url(path), str(seed)).returncode == 0
+    local_git("commit", "-q", "--allow-empty", "-m", "first", cwd=seed, env=g.env)
+    assert capped.git(owner.key, "push", "-q", "origin", "HEAD:main", cwd=seed).returncode == 0
+    tip = local_git("rev-parse", "HEAD", cwd=seed).strip()
+    line = ("ERROR: Too many Git requests at once from this account (1 running); "
+            "try again in a minute")
+
+    async def hold(port: int, key: Path):
+        conn = await asyncssh.connect("127.0.0.1", port, username="root",
+                                      client_keys=[str(key)], known_hosts=None,
+                                      agent_path=None, config=None)
+        proc = await conn.create_process(f"git-upload-pack '{path}.git'", encoding=None)
+        while (head := await asyncio.wait_for(proc.stdout.readexactly(4), 20)) != b"0000":
+            await proc.stdout.readexactly(int(head, 16) - 4)
+        return conn, proc
+
+    async def go():
+        answers = {}
+        for name, port, other in (("sshd", capped.port, capped.serve_url),
+                                  ("serve", g.port, capped.url)):
+            conn, proc = await hold(port, owner.key)
+            answers[name] = await asyncio.to_thread(
+                capped.git, owner.key, "ls-remote", other(path))
+            # Held past request_timeout with nothing sent: cut, with the line.
+            err = await asyncio.wait_for(proc.stderr.read(), 20)
+            await proc.wait_closed()
+            answers[name + " cut"] = err.decode()
+            conn.close()
+        conn, proc = await hold(capped.port, member.key)
+        await asyncio.to_thread(g.cli, "member", "remove", ws, member.name)
+        proc.stdin.write(b"%04x" % (len(f"want {tip}\n") + 4) + f"want {tip}\n".encode()
+                         + b"00000009done\n")
+        proc.stdin.write_eof()
+        out, err = await asyncio.gather(proc.stdout.read(), proc.stderr.read())
+        conn.close()
+        answers["recheck"] = (out, err.decode())
+        return answers
+
+    answers = asyncio.run(go())
+    for name in ("sshd", "serve"):
+        assert answers[name].returncode != 0 and line in answers[name].stderr, answers[name]
+        assert answers[name + " cut"] == ("ERROR: The Git request did not arrive in full "
+                                          "within 3 seconds; closing\n"), answers
+    out, err = answers["recheck"]
+    assert b"PACK" not in out and err.startswith(f"ERROR: Repository not found: {path}"), err
+    # Nothing held any more: both transports serve the account again.
+    assert capped.git(owner.key, "ls-remote", capped.url(path)).returncode == 0
+    assert capped.git(owner.key, "ls-remote", capped.serve_url(path)).returncode == 0

@@ -1,4 +1,5 @@
-"""Serving a Git request: one access decision, then a worker process speaks Git."""
+"""Serving a Git request: one access decision, a worker slot (slots.py), then a worker
+process speaks Git; the decision is made again when the client's first command arrives."""
 
 from __future__ import annotations
 
@@ -6,11 +7,14 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
-from .. import access, policy
+from .. import access, metrics, policy
 from ..errors import Refusal
 from ..git import repos as disk
 from ..git.pool import WorkerPool
+from ..git.slots import Full, WorkerSlots
 from ..logs import log_event
 from ..store import audit
 from .context import Context, Reader, Writer
@@ -25,6 +29,7 @@ ACTIONS = {
     "git-receive-pack": policy.Action.WRITE,
 }
 _pool: WorkerPool | None = None
+_slots: WorkerSlots | None = None
 _log_fd: int | None = None
 
 
@@ -44,18 +49,9 @@ def set_worker_log_fd(fd: int) -> None:
 
 async def run(ctx: Context, request: GitRequest) -> int:
     action = ACTIONS[request.service]
-    facts, repo = await access.repo_facts(ctx.db, ctx.identity, request.path)
-    two_step = await access.two_step_facts(ctx.db, ctx.identity)
-    decision = policy.decide(ctx.identity, two_step, facts, action, ctx.clock(),
-                             ssh=ctx.settings.ssh_command(""))
-    log_event(log, "decision", account=ctx.identity.account, action=action.value,
-              repository=facts.asked_as,
-              result="deny" if isinstance(decision, policy.Deny) else "allow",
-              reason=getattr(decision, "reason", ""))
+    decision, facts, repo = await _decide(ctx, request, action)
     if isinstance(decision, policy.Deny):
-        await audit.write(ctx.db, ctx.identity.account, f"repo.{action.value}", facts.asked_as,
-                          outcome="denied", detail=decision.reason)
-        await ctx.db.commit()
+        await _audit_denied(ctx, action, facts, decision.reason)
         raise Refusal(decision.message)
     assert repo is not None
     repo_dir = disk.resolve(ctx.settings.repos_dir, repo.workspace, repo.name)
@@ -73,13 +69,83 @@ async def run(ctx: Context, request: GitRequest) -> int:
         "GATEWAY_HOOK_TIMEOUT": str(ctx.settings.hook_timeout),
         "GATEWAY_MAX_PUSH_BYTES": str(ctx.settings.max_push_bytes),
     }
-    proc = await worker_pool(ctx.settings).start_job(request.service, str(repo_dir), env)
-    status = await relay(proc, ctx.stdin, ctx.stdout, ctx.stderr,
-                         idle_timeout=ctx.settings.idle_timeout)
-    if action is policy.Action.WRITE and status == 0:
+
+    async def recheck() -> str | None:
+        """At the client's first bytes after the advertisement: the key, membership and
+        2SV policy again, since a session may have sat there since before a removal."""
+        if not await access.still_valid(ctx.db, ctx.identity):
+            message, reason = "This key is no longer accepted", "key no longer accepted"
+        else:
+            again, again_facts, _ = await _decide(ctx, request, action, "first-command")
+            if isinstance(again, policy.Allow) and again_facts.repo_id == repo.id:
+                return None
+            if isinstance(again, policy.Deny):
+                message, reason = again.message, again.reason
+            else:  # removed and made again under the same name: not the one advertised
+                message, reason = f"Repository not found: {facts.asked_as}", "repository replaced"
+        metrics.GIT_REQUESTS_REFUSED.labels("access_changed").inc()
+        await _audit_denied(ctx, action, facts, f"{reason} (at the first command)")
+        return message
+
+    try:
+        held = await worker_slots(ctx.settings).acquire(
+            _owner(ctx.identity), ctx.identity.is_access_key, ctx.settings.max_git_workers,
+            ctx.settings.max_git_workers_per_account, ctx.settings.git_queue_timeout)
+    except Full as full:
+        log_event(log, "git.refused", logging.WARNING, account=ctx.identity.account,
+                  repository=repo.full_name, reason=full.reason)
+        raise
+    try:
+        proc = await worker_pool(ctx.settings).start_job(request.service, str(repo_dir), env)
+        outcome = await relay(proc, ctx.stdin, ctx.stdout, ctx.stderr,
+                              idle_timeout=ctx.settings.idle_timeout,
+                              request_timeout=ctx.settings.request_timeout,
+                              service=request.service, first_bytes=recheck)
+    finally:
+        held.release()
+    if outcome.cut is not None:
+        log_event(log, "git.cut", logging.WARNING, account=ctx.identity.account,
+                  repository=repo.full_name, reason=outcome.cut)
+    if outcome.refusal is not None:
+        raise Refusal(outcome.refusal)
+    if action is policy.Action.WRITE and outcome.status == 0:
         await audit.write(ctx.db, ctx.identity.account, "repo.push", repo.full_name)
         await ctx.db.commit()
-    return status
+    return outcome.status
+
+
+async def _decide(ctx: Context, request: GitRequest, action: policy.Action, stage: str = "request"):
+    facts, repo = await access.repo_facts(ctx.db, ctx.identity, request.path)
+    two_step = await access.two_step_facts(ctx.db, ctx.identity)
+    decision = policy.decide(ctx.identity, two_step, facts, action, ctx.clock(),
+                             ssh=ctx.settings.ssh_command(""))
+    log_event(log, "decision", account=ctx.identity.account, action=action.value,
+              repository=facts.asked_as,
+              result="deny" if isinstance(decision, policy.Deny) else "allow",
+              reason=getattr(decision, "reason", ""), stage=stage)
+    return decision, facts, repo
+
+
+async def _audit_denied(ctx: Context, action: policy.Action, facts: policy.RepoFacts,
+                        reason: str) -> None:
+    await audit.write(ctx.db, ctx.identity.account, f"repo.{action.value}", facts.asked_as,
+                      outcome="denied", detail=reason)
+    await ctx.db.commit()
+
+
+def _owner(identity: policy.Identity) -> str:
+    """Whose share of the workers a request uses: an account's, or an access key's own."""
+    if identity.is_access_key:
+        return f"access-key {identity.key_fingerprint}"
+    return f"account {identity.account_id}"
+
+
+def worker_slots(settings) -> WorkerSlots:
+    global _slots
+    path = settings.data_dir / "workers.lock"
+    if _slots is None or _slots.path != path:
+        _slots = WorkerSlots(path)
+    return _slots
 
 
 def worker_pool(settings) -> WorkerPool:
@@ -91,22 +157,47 @@ def worker_pool(settings) -> WorkerPool:
     return _pool
 
 
+@dataclass
+class Outcome:
+    status: int
+    refusal: str | None = None  # set when the first-command re-check refused
+    cut: str | None = None  # why the worker was killed: idle_timeout or request_timeout
+
+
 async def relay(proc: asyncio.subprocess.Process, stdin: Reader, stdout: Writer, stderr: Writer,
-                idle_timeout: int = 0) -> int:
+                idle_timeout: int = 0, request_timeout: int = 0, service: str = "",
+                first_bytes: Callable[[], Awaitable[str | None]] | None = None) -> Outcome:
     """Pass bytes between the client and a worker until it exits; kill it if we are cut
-    off, or if no byte has moved either way for `idle_timeout` seconds (0: never)."""
+    off, if no byte has moved either way for `idle_timeout` seconds, or if the client has
+    not sent its whole request (RequestWatch) `request_timeout` seconds after the relay
+    began (0: never, for both). `first_bytes` runs when the client's first bytes arrive,
+    before the worker sees them: a message it returns refuses the request."""
     last_moved = time.monotonic()
+    watch = RequestWatch(service)
+    request_done = asyncio.Event()
+    refusal: str | None = None
+    cut: str | None = None
 
     async def feed() -> None:
-        nonlocal last_moved
+        nonlocal last_moved, refusal
+        checked = first_bytes is None
         try:
             while data := await stdin.read(CHUNK):
                 last_moved = time.monotonic()
+                if not checked:
+                    checked = True
+                    refusal = await _checked(first_bytes)
+                    if refusal is not None:
+                        _kill(proc)
+                        return
+                if not request_done.is_set() and watch.feed(data):
+                    request_done.set()
                 proc.stdin.write(data)
                 await proc.stdin.drain()
         except Exception:
             pass  # the client went away, or the worker finished without reading everything
         finally:
+            request_done.set()  # at end of input there is nothing more to wait for
             # EOF for the worker in every case, so that it never waits for input for ever.
             proc.stdin.close()
 
@@ -117,23 +208,42 @@ async def relay(proc: asyncio.subprocess.Process, stdin: Reader, stdout: Writer,
             sink.write(data)
             await sink.drain()
 
+    def cut_off(reason: str, message: str) -> None:
+        nonlocal cut
+        if cut:
+            return  # one line, even if both timers fire
+        cut = reason
+        stderr.write(f"ERROR: {message}; closing\n".encode())
+        _kill(proc)
+
     async def watch_idle() -> None:
         while True:
             await asyncio.sleep(min(idle_timeout, 5))
             if time.monotonic() - last_moved > idle_timeout:
-                stderr.write(f"ERROR: Nothing sent or received for {idle_timeout} seconds; "
-                             "closing\n".encode())
-                proc.kill()
+                cut_off("idle_timeout", f"Nothing sent or received for {idle_timeout} seconds")
                 return
 
+    async def watch_request() -> None:
+        # Bytes trickling in keep the idle timer quiet; this one counts from the start.
+        try:
+            await asyncio.wait_for(request_done.wait(), request_timeout)
+        except asyncio.TimeoutError:
+            metrics.GIT_REQUESTS_REFUSED.labels("request_timeout").inc()
+            cut_off("request_timeout",
+                    f"The Git request did not arrive in full within {request_timeout} seconds")
+
     feeder = asyncio.create_task(feed())
-    watcher = asyncio.create_task(watch_idle()) if idle_timeout else None
+    watchers = [asyncio.create_task(watch_idle()) if idle_timeout else None,
+                asyncio.create_task(watch_request()) if request_timeout else None]
     copies = [asyncio.create_task(copy(proc.stdout, stdout)), asyncio.create_task(copy(proc.stderr, stderr))]
     try:
         await asyncio.gather(*copies)
-        return await proc.wait()
+        status = await proc.wait()
+        if refusal is not None or cut:
+            status = 1  # not the worker's own status: it was killed
+        return Outcome(status, refusal, cut)
     finally:
-        for task in (feeder, watcher, *copies):
+        for task in (feeder, *watchers, *copies):
             if task is not None:
                 task.cancel()
         if proc.returncode is None:
@@ -144,3 +254,80 @@ async def relay(proc: asyncio.subprocess.Process, stdin: Reader, stdout: Writer,
         # waiting for ever, seen in the adversarial suite).
         proc._transport.close()  # type: ignore[attr-defined]
         await proc.wait()
+
+
+def _kill(proc: asyncio.subprocess.Process) -> None:
+    try:
+        proc.kill()
+    except ProcessLookupError:
+        pass  # it has just exited
+
+
+async def _checked(check: Callable[[], Awaitable[str | None]]) -> str | None:
+    """The re-check's answer; a failure in it refuses, as a bug does elsewhere."""
+    try:
+        return await check()
+    except Exception as exc:
+        log_event(log, "git.recheck_failed", logging.ERROR,
+                  error=f"{exc.__class__.__name__}: {exc}")
+        log.debug("re-check failure details", exc_info=True)
+        return "internal error; the operator has the details"
+
+
+HEX = frozenset(b"0123456789abcdefABCDEF")
+
+
+class RequestWatch:
+    """Tells when a client has sent its whole request, from its pkt-lines' 4-byte lengths
+    alone (and the bytes of lines short enough to be `done`): upload-pack's ends with
+    `done` (or is one flush-pkt: nothing wanted), receive-pack's commands and
+    upload-archive's arguments with the first flush-pkt. What comes after (a push's
+    pack) is the idle timeout's. Bytes that are not pkt-lines end the watch: the worker
+    refuses them itself."""
+
+    def __init__(self, service: str) -> None:
+        self._upload_pack = service == "git-upload-pack"
+        self._head = b""
+        self._left = 0  # payload bytes of the current line still to come
+        self._short: bytearray | None = None  # the payload, kept only for short lines
+        self._lines = 0
+        self.done = False
+
+    def feed(self, data: bytes) -> bool:
+        i = 0
+        while i < len(data) and not self.done:
+            if self._left:
+                take = min(self._left, len(data) - i)
+                if self._short is not None:
+                    self._short += data[i:i + take]
+                self._left -= take
+                i += take
+                if not self._left:
+                    self._line_ended()
+                continue
+            need = 4 - len(self._head)
+            self._head += data[i:i + need]
+            i += need
+            if len(self._head) < 4:
+                break
+            head, self._head = self._head, b""
+            if not HEX.issuperset(head):
+                self.done = True
+                break
+            length = int(head, 16)
+            if length == 0:
+                self.done = not self._upload_pack or self._lines == 0
+            elif length < 4:
+                self.done = True  # not in protocol v0: the worker refuses it
+            else:
+                self._left = length - 4
+                self._short = bytearray() if self._left <= 5 else None
+                if not self._left:
+                    self._line_ended()
+        return self.done
+
+    def _line_ended(self) -> None:
+        self._lines += 1
+        if self._upload_pack and self._short is not None and bytes(self._short) in (b"done", b"done\n"):
+            self.done = True
+        self._short = None
