@@ -11,6 +11,7 @@ from .. import access, policy
 from ..errors import Refusal
 from ..git import repos as disk
 from ..git.pool import WorkerPool
+from ..git.receive import NOTHING_MOVED
 from ..logs import log_event
 from ..store import audit
 from .context import Context, Reader, Writer
@@ -73,9 +74,14 @@ async def run(ctx: Context, request: GitRequest) -> int:
         "GATEWAY_HOOK_TIMEOUT": str(ctx.settings.hook_timeout),
         "GATEWAY_MAX_PUSH_BYTES": str(ctx.settings.max_push_bytes),
     }
+    if action is policy.Action.WRITE:
+        env["GATEWAY_PUSH_REF_NAMESPACES"] = " ".join(ctx.settings.push_ref_namespaces)
+        env["GATEWAY_ALLOW_UNUSUAL_REF_NAMES"] = "1" if ctx.settings.allow_unusual_ref_names else "0"
     proc = await worker_pool(ctx.settings).start_job(request.service, str(repo_dir), env)
     status = await relay(proc, ctx.stdin, ctx.stdout, ctx.stderr,
                          idle_timeout=ctx.settings.idle_timeout)
+    if action is policy.Action.WRITE and status == NOTHING_MOVED:
+        return 0  # served, and every ref refused (or none sent): nothing to audit
     if action is policy.Action.WRITE and status == 0:
         await audit.write(ctx.db, ctx.identity.account, "repo.push", repo.full_name)
         await ctx.db.commit()

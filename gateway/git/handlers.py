@@ -259,8 +259,9 @@ class GatewayReceivePackHandler:
     def __init__(self, backend: OneRepoBackend, args: list[str], proto) -> None:
         self.pipeline = receive.ReceivePack(backend.repo, proto, receive.Settings.from_env(dict(os.environ)))
 
-    def handle(self) -> None:
-        self.pipeline.handle()
+    def handle(self) -> int:
+        """0, or receive.NOTHING_MOVED when the push moved no ref."""
+        return 0 if self.pipeline.handle() else receive.NOTHING_MOVED
 
 
 HANDLERS = {

@@ -40,8 +40,9 @@ PR_SET_PDEATHSIG = 1
 log = logging.getLogger("gateway.git")
 
 
-def serve(service: str, repo_dir: str, stdin: BinaryIO, stdout: BinaryIO) -> None:
-    """Serve one request; raises on protocol errors. Always closes the repository."""
+def serve(service: str, repo_dir: str, stdin: BinaryIO, stdout: BinaryIO) -> int:
+    """Serve one request; raises on protocol errors. Always closes the repository.
+    Returns the exit status: 0, or receive.NOTHING_MOVED for a push that moved no ref."""
     out = io.BufferedWriter(stdout, buffer_size=OUTPUT_BUFFER)
 
     def recv(size: int) -> bytes:
@@ -52,10 +53,11 @@ def serve(service: str, repo_dir: str, stdin: BinaryIO, stdout: BinaryIO) -> Non
     try:
         proto = ReceivableProtocol(recv, out.write)
         handler = HANDLERS[service](OneRepoBackend(repo), [repo_dir], proto)
-        handler.handle()
+        status = handler.handle() or 0
         out.flush()
     finally:
         repo.close()
+    return status
 
 
 def read_job(stdin: BinaryIO) -> list[str] | None:
@@ -95,7 +97,7 @@ def main(argv: list[str]) -> int:
     stdin = io.FileIO(0, "rb", closefd=False)
     stdout = io.FileIO(1, "wb", closefd=False)
     try:
-        serve(service, repo_dir, stdin, stdout)
+        return serve(service, repo_dir, stdin, stdout)
     except HangupException:
         return 1  # the client went away; nobody is left to tell
     except GitProtocolError as exc:
@@ -118,7 +120,6 @@ def main(argv: list[str]) -> int:
         log.debug("git worker failure details", exc_info=True)
         print("ERROR: internal error while serving the repository", file=sys.stderr)
         return 1
-    return 0
 
 
 def _setup_logging() -> None:
