@@ -326,3 +326,18 @@ def test_every_hook_runs_without_replacements(gw, seeded, hooks, work):
     gw.git(alice, "push", "origin", "HEAD:main", cwd=clone)
     assert sorted(record.read_text().splitlines()) == [
         "post-receive 1", "post-update 1", "pre-receive 1", "update 1"]
+
+
+def test_a_ref_name_with_a_space_is_that_refs_funny_refname(gw, seeded):
+    """As C git reads a command: the name is the rest of the line. Before, the whole push
+    ended with a protocol error and no report."""
+    alice, path, clone, first, repo_dir, offset = seeded
+    result = receive_pack(gw, alice, path, commands(
+        (ZERO, first.encode(), b"refs/heads/sp ace"), (ZERO, first.encode(), b"refs/heads/fine"))
+        + pack_of())
+    assert b"ng refs/heads/sp ace funny refname\n" in result.stdout, result.stdout
+    assert report_of(result.stdout)["refs/heads/fine"] == "ok"
+    assert result.returncode == 0
+    refs = bare_refs(repo_dir)
+    assert refs["refs/heads/fine"] == first and not any(" " in r for r in refs)
+    ok_after(gw, alice, path, clone, offset)

@@ -167,7 +167,9 @@ class ReceivePack:
         line, caps = extract_capabilities(line)
         self.caps = set(caps)
         while line:
-            parts = line.rstrip(b"\n").split(b" ")
+            # As C git: the ref name is the rest of the line, so that a name with a
+            # space in it is that ref's `funny refname`, not a broken push.
+            parts = line.rstrip(b"\n").split(b" ", 2)
             if len(parts) != 3 or not valid_hexsha(parts[0]) or not valid_hexsha(parts[1]):
                 raise GitProtocolError("invalid ref update line from the client")
             commands.append(Command(parts[0], parts[1], parts[2]))
