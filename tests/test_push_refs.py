@@ -19,9 +19,13 @@ from test_push_faults import (ZERO, assert_clean_log, bare_refs, commands, log_s
                               report_of, seed)  # noqa: F401  (private is a fixture)
 
 
-def pushes_audited(g: Gateway, account: str) -> int:
+def push_rows(g: Gateway, account: str) -> list[dict]:
     entries = json.loads(g.cli("audit", "--account", account, "--json", "--limit", "1000").stdout)
-    return sum(1 for e in entries if e["action"] == "repo.push")
+    return [e for e in entries if e["action"] == "repo.push"]
+
+
+def pushes_audited(g: Gateway, account: str) -> int:
+    return len(push_rows(g, account))
 
 
 @pytest.fixture
@@ -341,3 +345,31 @@ def test_a_ref_name_with_a_space_is_that_refs_funny_refname(gw, seeded):
     refs = bare_refs(repo_dir)
     assert refs["refs/heads/fine"] == first and not any(" " in r for r in refs)
     ok_after(gw, alice, path, clone, offset)
+
+
+def test_the_audit_row_names_the_refs_that_moved(gw, seeded):
+    alice, path, clone, first, repo_dir, offset = seeded
+    gw.git(alice, "push", "origin", "HEAD:refs/heads/a", cwd=clone)
+    assert push_rows(gw, alice.name)[-1]["detail"] == "1 ref: refs/heads/a"
+    commit(clone, "more.txt")
+    result = gw.git(alice, "push", "origin", "HEAD:main", "HEAD:refs/heads/a/b",
+                    "HEAD:refs/tags/t1", cwd=clone, check=False)
+    assert result.returncode != 0  # a/b was refused
+    row = push_rows(gw, alice.name)[-1]
+    assert row["target"] == path and row["outcome"] == "ok"
+    assert row["detail"] == "2 refs: refs/heads/main refs/tags/t1", row
+    # A push of many refs names the first 50 of them.
+    many = [f"HEAD:refs/heads/many/{n:03d}" for n in range(60)]
+    gw.git(alice, "push", "origin", *many, cwd=clone)
+    detail = push_rows(gw, alice.name)[-1]["detail"]
+    assert detail.startswith("60 refs: refs/heads/many/000 ") and detail.endswith(" ...")
+    assert len(detail.split()) == 2 + 50 + 1, detail
+
+
+def test_unusual_names_are_escaped_in_the_audit(private, work):
+    g = private("allow_unusual_ref_names = true\n")
+    alice, path, clone, first = seed(g, work)
+    g.git(alice, "push", "origin", "HEAD:refs/heads/evil\u202egpj", cwd=clone)
+    detail = push_rows(g, alice.name)[-1]["detail"]
+    assert detail == "1 ref: refs/heads/evil\\u202egpj", detail
+    assert "\u202e" not in g.cli("audit", "--account", alice.name).stdout

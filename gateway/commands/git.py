@@ -10,8 +10,7 @@ import time
 from .. import access, policy
 from ..errors import Refusal
 from ..git import repos as disk
-from ..git.pool import WorkerPool
-from ..git.receive import NOTHING_MOVED
+from ..git.pool import WorkerPool, read_status
 from ..logs import log_event
 from ..store import audit
 from .context import Context, Reader, Writer
@@ -78,14 +77,29 @@ async def run(ctx: Context, request: GitRequest) -> int:
         env["GATEWAY_PUSH_REF_NAMESPACES"] = " ".join(ctx.settings.push_ref_namespaces)
         env["GATEWAY_ALLOW_UNUSUAL_REF_NAMES"] = "1" if ctx.settings.allow_unusual_ref_names else "0"
     proc = await worker_pool(ctx.settings).start_job(request.service, str(repo_dir), env)
-    status = await relay(proc, ctx.stdin, ctx.stdout, ctx.stderr,
-                         idle_timeout=ctx.settings.idle_timeout)
-    if action is policy.Action.WRITE and status == NOTHING_MOVED:
-        return 0  # served, and every ref refused (or none sent): nothing to audit
-    if action is policy.Action.WRITE and status == 0:
-        await audit.write(ctx.db, ctx.identity.account, "repo.push", repo.full_name)
+    try:
+        status = await relay(proc, ctx.stdin, ctx.stdout, ctx.stderr,
+                             idle_timeout=ctx.settings.idle_timeout)
+    finally:
+        report = read_status(proc)
+    # A push is audited by the refs it moved, which the worker reports as soon as they
+    # have moved (before it answers the client), whatever its exit status: a push whose
+    # refs were all refused leaves no row.
+    if action is policy.Action.WRITE and isinstance(report.get("moved"), int) and report["moved"] > 0:
+        await audit.write(ctx.db, ctx.identity.account, "repo.push", repo.full_name,
+                          detail=moved_detail(report))
         await ctx.db.commit()
     return status
+
+
+def moved_detail(report: dict) -> str:
+    """`N refs: NAME ...` with anything that does not print escaped (a ref name may hold
+    bidi controls if the operator allows them; the audit is read at a terminal)."""
+    refs = [r for r in report.get("refs", []) if isinstance(r, str)]
+    names = " ".join("".join(c if c.isprintable() and c != " " else f"\\u{ord(c):04x}" for c in r)
+                     for r in refs)
+    more = " ..." if report["moved"] > len(refs) else ""
+    return f"{report['moved']} ref{'s' if report['moved'] != 1 else ''}: {names}{more}"
 
 
 def worker_pool(settings) -> WorkerPool:

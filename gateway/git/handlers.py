@@ -259,9 +259,8 @@ class GatewayReceivePackHandler:
     def __init__(self, backend: OneRepoBackend, args: list[str], proto) -> None:
         self.pipeline = receive.ReceivePack(backend.repo, proto, receive.Settings.from_env(dict(os.environ)))
 
-    def handle(self) -> int:
-        """0, or receive.NOTHING_MOVED when the push moved no ref."""
-        return 0 if self.pipeline.handle() else receive.NOTHING_MOVED
+    def handle(self) -> None:
+        self.pipeline.handle()
 
 
 HANDLERS = {

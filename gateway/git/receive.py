@@ -19,6 +19,7 @@ The quarantine is removed whatever happens.
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import os
 import shutil
@@ -73,10 +74,11 @@ class Command:
 # What the server tells the worker itself, not its hooks.
 WORKER_ONLY_VARIABLES = ("GATEWAY_LOG_FD", "GATEWAY_LOG_LEVEL", "GATEWAY_LOG_FORMAT",
                          "GATEWAY_MAX_PUSH_BYTES", "GATEWAY_PUSH_REF_NAMESPACES",
-                         "GATEWAY_ALLOW_UNUSUAL_REF_NAMES")
-# The worker's exit status when it served a push correctly and no ref moved: the server
-# writes no `repo.push` audit row for it (and the session still ends with status 0).
-NOTHING_MOVED = 3
+                         "GATEWAY_ALLOW_UNUSUAL_REF_NAMES", "GATEWAY_STATUS_FD")
+# How many moved refs the worker names to the server (pool.py's status pipe), and how
+# much of each name: well under a pipe's 64 KiB, so that the one write never waits.
+STATUS_REFS = 50
+STATUS_REF_CHARS = 100
 
 
 @dataclass
@@ -87,6 +89,7 @@ class Settings:
     hook_env: dict = field(default_factory=dict)
     namespaces: tuple[str, ...] = refcheck.DEFAULT_NAMESPACES
     allow_unusual_ref_names: bool = False
+    status_fd: int | None = None
 
     @classmethod
     def from_env(cls, env: dict) -> "Settings":
@@ -97,9 +100,11 @@ class Settings:
         hook_env["PATH"] = env.get("PATH", "/usr/bin:/bin")
         namespaces = tuple(env.get("GATEWAY_PUSH_REF_NAMESPACES", "").split()) \
             or refcheck.DEFAULT_NAMESPACES
+        status_fd = env.get("GATEWAY_STATUS_FD", "")
         return cls(env.get("GATEWAY_HOOKS_DIR") or None,
                    float(env.get("GATEWAY_HOOK_TIMEOUT") or 60), max_bytes or None, hook_env,
-                   namespaces, env.get("GATEWAY_ALLOW_UNUSUAL_REF_NAMES") == "1")
+                   namespaces, env.get("GATEWAY_ALLOW_UNUSUAL_REF_NAMES") == "1",
+                   int(status_fd) if status_fd.isdigit() else None)
 
 
 class ReceivePack:
@@ -139,8 +144,9 @@ class ReceivePack:
             if quarantine is not None:
                 quarantine.close()
                 shutil.rmtree(quarantine.path, ignore_errors=True)
-        self._report(unpack_status, commands)
         updated = [c for c in commands if c.error is None]
+        self._tell_server(updated)  # before the report: the client may be gone by then
+        self._report(unpack_status, commands)
         if updated:
             self._hook("post-receive", b"".join(c.line() for c in updated), options=options)
             self._hook("post-update", b"", args=[c.ref.decode() for c in updated], options=options)
@@ -373,6 +379,16 @@ class ReceivePack:
         env.update(extra_env or {})
         return hooks.run(self.settings.hooks_dir, name, list(args), stdin, env,
                          self.settings.hook_timeout, self._say)
+
+    def _tell_server(self, moved: list[Command]) -> None:
+        """The refs that moved, for the server's audit row (see pool.py)."""
+        if self.settings.status_fd is None or not moved:
+            return
+        names = [c.ref.decode("utf-8", "replace")[:STATUS_REF_CHARS] for c in moved[:STATUS_REFS]]
+        try:
+            os.write(self.settings.status_fd, json.dumps({"moved": len(moved), "refs": names}).encode())
+        except OSError:
+            pass  # the server is gone; nobody is left to tell
 
     def _report(self, unpack_status: bytes, commands: list[Command]) -> None:
         if b"report-status" not in self.caps:

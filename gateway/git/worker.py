@@ -40,9 +40,8 @@ PR_SET_PDEATHSIG = 1
 log = logging.getLogger("gateway.git")
 
 
-def serve(service: str, repo_dir: str, stdin: BinaryIO, stdout: BinaryIO) -> int:
-    """Serve one request; raises on protocol errors. Always closes the repository.
-    Returns the exit status: 0, or receive.NOTHING_MOVED for a push that moved no ref."""
+def serve(service: str, repo_dir: str, stdin: BinaryIO, stdout: BinaryIO) -> None:
+    """Serve one request; raises on protocol errors. Always closes the repository."""
     out = io.BufferedWriter(stdout, buffer_size=OUTPUT_BUFFER)
 
     def recv(size: int) -> bytes:
@@ -53,11 +52,10 @@ def serve(service: str, repo_dir: str, stdin: BinaryIO, stdout: BinaryIO) -> int
     try:
         proto = ReceivableProtocol(recv, out.write)
         handler = HANDLERS[service](OneRepoBackend(repo), [repo_dir], proto)
-        status = handler.handle() or 0
+        handler.handle()
         out.flush()
     finally:
         repo.close()
-    return status
 
 
 def read_job(stdin: BinaryIO) -> list[str] | None:
@@ -97,7 +95,7 @@ def main(argv: list[str]) -> int:
     stdin = io.FileIO(0, "rb", closefd=False)
     stdout = io.FileIO(1, "wb", closefd=False)
     try:
-        return serve(service, repo_dir, stdin, stdout)
+        serve(service, repo_dir, stdin, stdout)
     except HangupException:
         return 1  # the client went away; nobody is left to tell
     except GitProtocolError as exc:
@@ -120,6 +118,7 @@ def main(argv: list[str]) -> int:
         log.debug("git worker failure details", exc_info=True)
         print("ERROR: internal error while serving the repository", file=sys.stderr)
         return 1
+    return 0
 
 
 def _setup_logging() -> None:
