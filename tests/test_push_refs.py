@@ -14,7 +14,7 @@ import pytest
 from conftest import Gateway, local_git, unique
 from test_git import commit, fsck
 from test_push import SHIPPED_HOOKS, hooks  # noqa: F401  (a fixture)
-from test_push_faults import (ZERO, assert_clean_log, bare_refs, commands, log_since,
+from test_push_faults import (ZERO, assert_clean_log, bare_refs, commands, log_since, wait_until,
                               new_history, pack_of, private, receive_pack, ref_locks,
                               report_of, seed)  # noqa: F401  (private is a fixture)
 
@@ -373,3 +373,23 @@ def test_unusual_names_are_escaped_in_the_audit(private, work):
     detail = push_rows(g, alice.name)[-1]["detail"]
     assert detail == "1 ref: refs/heads/evil\\u202egpj", detail
     assert "\u202e" not in g.cli("audit", "--account", alice.name).stdout
+
+
+def test_a_push_whose_client_goes_away_after_its_refs_moved_is_audited(gw, seeded, hooks, work):
+    alice, path, clone, first, repo_dir, offset = seeded
+    hooks("post-receive.d/40-slow", "#!/bin/sh\ncat >/dev/null\nsleep 5\n")
+    audited = pushes_audited(gw, alice.name)
+    body = commands((ZERO, first.encode(), b"refs/heads/gone")) + pack_of()
+    client = subprocess.Popen(
+        [*gw.ssh_command(alice.key), "-p", str(gw.port), "git@127.0.0.1",
+         f"git-receive-pack '{path}.git'"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, env=gw.env)
+    client.stdin.write(body)
+    client.stdin.flush()
+    try:
+        assert wait_until(lambda: "refs/heads/gone" in bare_refs(repo_dir), 20)
+    finally:
+        client.kill()
+        client.wait()
+    assert wait_until(lambda: pushes_audited(gw, alice.name) == audited + 1, 20)
+    assert push_rows(gw, alice.name)[-1]["detail"] == "1 ref: refs/heads/gone"

@@ -78,18 +78,19 @@ async def run(ctx: Context, request: GitRequest) -> int:
         env["GATEWAY_ALLOW_UNUSUAL_REF_NAMES"] = "1" if ctx.settings.allow_unusual_ref_names else "0"
     proc = await worker_pool(ctx.settings).start_job(request.service, str(repo_dir), env)
     try:
-        status = await relay(proc, ctx.stdin, ctx.stdout, ctx.stderr,
-                             idle_timeout=ctx.settings.idle_timeout)
+        return await relay(proc, ctx.stdin, ctx.stdout, ctx.stderr,
+                           idle_timeout=ctx.settings.idle_timeout)
     finally:
+        # A push is audited by the refs it moved, which the worker reports as soon as
+        # they have moved (before it answers the client): whatever its exit status, and
+        # even if the client went away after that; a push whose refs were all refused
+        # leaves no row.
         report = read_status(proc)
-    # A push is audited by the refs it moved, which the worker reports as soon as they
-    # have moved (before it answers the client), whatever its exit status: a push whose
-    # refs were all refused leaves no row.
-    if action is policy.Action.WRITE and isinstance(report.get("moved"), int) and report["moved"] > 0:
-        await audit.write(ctx.db, ctx.identity.account, "repo.push", repo.full_name,
-                          detail=moved_detail(report))
-        await ctx.db.commit()
-    return status
+        moved = report.get("moved")
+        if action is policy.Action.WRITE and isinstance(moved, int) and moved > 0:
+            await audit.write(ctx.db, ctx.identity.account, "repo.push", repo.full_name,
+                              detail=moved_detail(report))
+            await ctx.db.commit()
 
 
 def moved_detail(report: dict) -> str:
