@@ -81,16 +81,18 @@ async def run(ctx: Context, request: GitRequest) -> int:
         return await relay(proc, ctx.stdin, ctx.stdout, ctx.stderr,
                            idle_timeout=ctx.settings.idle_timeout)
     finally:
-        # A push is audited by the refs it moved, which the worker reports as soon as
-        # they have moved (before it answers the client): whatever its exit status, and
-        # even if the client went away after that; a push whose refs were all refused
-        # leaves no row.
-        report = read_status(proc)
-        moved = report.get("moved")
-        if action is policy.Action.WRITE and isinstance(moved, int) and moved > 0:
-            await audit.write(ctx.db, ctx.identity.account, "repo.push", repo.full_name,
-                              detail=moved_detail(report))
-            await ctx.db.commit()
+        await _audit_push(ctx, action, repo.full_name, read_status(proc))
+
+
+async def _audit_push(ctx: Context, action: policy.Action, repository: str, report: dict) -> None:
+    """A push is audited by the refs it moved, which the worker reports as soon as they
+    have moved (before it answers the client): whatever its exit status, and even if the
+    client went away after that. A push whose refs were all refused leaves no row."""
+    moved = report.get("moved")
+    if action is policy.Action.WRITE and isinstance(moved, int) and moved > 0:
+        await audit.write(ctx.db, ctx.identity.account, "repo.push", repository,
+                          detail=moved_detail(report))
+        await ctx.db.commit()
 
 
 def moved_detail(report: dict) -> str:
