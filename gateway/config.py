@@ -51,6 +51,8 @@ class Settings:
     # Pushes (SPEC §7)
     hook_timeout: int = 60
     max_push_bytes: int = 2 * 1024**3
+    push_ref_namespaces: tuple[str, ...] = ("refs/heads/", "refs/tags/")
+    allow_unusual_ref_names: bool = False
     # Two-step verification (SPEC §5)
     issuer: str = "gateway"
     recovery_codes: int = 6
@@ -133,6 +135,15 @@ def _not_empty(value: str) -> str | None:
     return None if value.strip() else "must not be empty"
 
 
+def _namespaces(value: tuple[str, ...]) -> str | None:
+    from .git.refcheck import valid_namespace
+
+    if not value:
+        return "must list at least one namespace"
+    bad = [v for v in value if not valid_namespace(v)]
+    return f"has {bad[0]!r}: each must be 'refs/' or like 'refs/notes/'" if bad else None
+
+
 def _ssh_user(value: str) -> str | None:
     ok = value and all(c.isalnum() or c in "._-" for c in value) and not value.startswith("-")
     return None if ok else "must be a login name (letters, digits, '.', '_', '-')"
@@ -186,6 +197,10 @@ DESCRIPTIONS = {
                         "0: no limit", _between(0, DAY)),
     "hook_timeout": ("seconds a Git hook may run", _between(1, DAY)),
     "max_push_bytes": ("largest pack a push may send; 0: no limit", _between(0, 2**62)),
+    "push_ref_namespaces": ("ref prefixes a push may create, update or delete (others get "
+                            "an `ng`); e.g. add \"refs/notes/\"", _namespaces),
+    "allow_unusual_ref_names": ("accept ref names with C1 control or bidirectional "
+                                "characters, and refs/heads/HEAD", None),
     "issuer": ("name shown in authenticator apps", _not_empty),
     "recovery_codes": ("recovery codes made at 2SV enrolment", _between(1, 50)),
     "twosv_backoff_seconds": ("wait after repeated wrong 2SV codes (SPEC §5)",
@@ -282,6 +297,8 @@ def _from_env(settings: Settings, name: str, raw: str):
         if lowered in ("0", "false", "no", "off"):
             return False
         raise Refusal(f"{env_name(name)} must be true or false (got {raw!r})")
+    if isinstance(current, tuple):
+        return [word for word in raw.replace(",", " ").split()]
     if isinstance(current, int):
         try:
             return int(raw.strip())
@@ -306,6 +323,10 @@ def _apply(settings: Settings, key: str, value, where: str) -> None:
     elif isinstance(current, int):
         if isinstance(value, bool) or not isinstance(value, int):
             raise Refusal(f"{where} must be a whole number")
+    elif isinstance(current, tuple):
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise Refusal(f"{where} must be a list of strings")
+        value = tuple(value)
     elif not isinstance(value, str):
         raise Refusal(f"{where} must be a string")
     check = DESCRIPTIONS[key][1]
@@ -333,6 +354,8 @@ def render(settings: Settings, sources: dict[str, str]) -> list[str]:
             text = "true" if value else "false"
         elif isinstance(value, int):
             text = str(value)
+        elif isinstance(value, tuple):
+            text = json.dumps(list(value))
         else:
             text = json.dumps(str(value))
         lines.append(f"{name} = {text}  # {sources[name]}: {DESCRIPTIONS[name][0]}")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from .. import access, metrics, policy
 from ..errors import Refusal
 from ..git import repos as disk
-from ..git.pool import WorkerPool
+from ..git.pool import WorkerPool, read_status
 from ..git.slots import Full, WorkerSlots
 from ..logs import log_event
 from ..store import audit
@@ -69,6 +69,9 @@ async def run(ctx: Context, request: GitRequest) -> int:
         "GATEWAY_HOOK_TIMEOUT": str(ctx.settings.hook_timeout),
         "GATEWAY_MAX_PUSH_BYTES": str(ctx.settings.max_push_bytes),
     }
+    if action is policy.Action.WRITE:
+        env["GATEWAY_PUSH_REF_NAMESPACES"] = " ".join(ctx.settings.push_ref_namespaces)
+        env["GATEWAY_ALLOW_UNUSUAL_REF_NAMES"] = "1" if ctx.settings.allow_unusual_ref_names else "0"
 
     async def recheck() -> str | None:
         """At the client's first bytes after the advertisement: the key, membership and
@@ -97,10 +100,13 @@ async def run(ctx: Context, request: GitRequest) -> int:
         raise
     try:
         proc = await worker_pool(ctx.settings).start_job(request.service, str(repo_dir), env)
-        outcome = await relay(proc, ctx.stdin, ctx.stdout, ctx.stderr,
-                              idle_timeout=ctx.settings.idle_timeout,
-                              request_timeout=ctx.settings.request_timeout,
-                              service=request.service, first_bytes=recheck)
+        try:
+            outcome = await relay(proc, ctx.stdin, ctx.stdout, ctx.stderr,
+                                  idle_timeout=ctx.settings.idle_timeout,
+                                  request_timeout=ctx.settings.request_timeout,
+                                  service=request.service, first_bytes=recheck)
+        finally:
+            await _audit_push(ctx, action, repo.full_name, read_status(proc))
     finally:
         held.release()
     if outcome.cut is not None:
@@ -108,9 +114,6 @@ async def run(ctx: Context, request: GitRequest) -> int:
                   repository=repo.full_name, reason=outcome.cut)
     if outcome.refusal is not None:
         raise Refusal(outcome.refusal)
-    if action is policy.Action.WRITE and outcome.status == 0:
-        await audit.write(ctx.db, ctx.identity.account, "repo.push", repo.full_name)
-        await ctx.db.commit()
     return outcome.status
 
 
@@ -146,6 +149,27 @@ def worker_slots(settings) -> WorkerSlots:
     if _slots is None or _slots.path != path:
         _slots = WorkerSlots(path)
     return _slots
+
+
+async def _audit_push(ctx: Context, action: policy.Action, repository: str, report: dict) -> None:
+    """A push is audited by the refs it moved, which the worker reports as soon as they
+    have moved (before it answers the client): whatever its exit status, and even if the
+    client went away after that. A push whose refs were all refused leaves no row."""
+    moved = report.get("moved")
+    if action is policy.Action.WRITE and isinstance(moved, int) and moved > 0:
+        await audit.write(ctx.db, ctx.identity.account, "repo.push", repository,
+                          detail=moved_detail(report))
+        await ctx.db.commit()
+
+
+def moved_detail(report: dict) -> str:
+    """`N refs: NAME ...` with anything that does not print escaped (a ref name may hold
+    bidi controls if the operator allows them; the audit is read at a terminal)."""
+    refs = [r for r in report.get("refs", []) if isinstance(r, str)]
+    names = " ".join("".join(c if c.isprintable() and c != " " else f"\\u{ord(c):04x}" for c in r)
+                     for r in refs)
+    more = " ..." if report["moved"] > len(refs) else ""
+    return f"{report['moved']} ref{'s' if report['moved'] != 1 else ''}: {names}{more}"
 
 
 def worker_pool(settings) -> WorkerPool:

@@ -4,6 +4,9 @@ Starting Python and importing dulwich takes about 0.2 s, which a worker started 
 request puts on every clone, fetch and ls-remote. The pool keeps a few workers that have
 done their imports and wait for a job on stdin (see worker.py); a request takes one and
 a replacement starts in the background. Each worker serves one job and exits.
+
+Each worker also gets a pipe of its own, `GATEWAY_STATUS_FD`, on which it tells the
+server what it did that the Git stream does not say: which refs a push moved.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import os
 import sys
 
 WORKER = [sys.executable, "-m", "gateway.git.worker"]
+MAX_STATUS = 64 * 1024  # a pipe's capacity: the worker writes less, in one write
 
 
 class WorkerPool:
@@ -32,6 +36,8 @@ class WorkerPool:
             candidate = self._ready.pop(0)
             if candidate.returncode is None:
                 proc = candidate
+            else:
+                close_status(candidate)
         self._top_up()
         if proc is None:  # none ready (pool off, or all taken): start one for this job
             proc = await self._spawn()
@@ -53,16 +59,27 @@ class WorkerPool:
             self._starting -= 1
         if self._closed:
             proc.kill()
+            close_status(proc)
         else:
             self._ready.append(proc)
 
     async def _spawn(self) -> asyncio.subprocess.Process:
-        return await asyncio.create_subprocess_exec(
-            *WORKER, "--job", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, pass_fds=(self._log_fd,),
-            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-                 "GATEWAY_LOG_FD": str(self._log_fd)},
-        )
+        status, status_for_worker = os.pipe()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *WORKER, "--job", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE, pass_fds=(self._log_fd, status_for_worker),
+                env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                     "GATEWAY_LOG_FD": str(self._log_fd),
+                     "GATEWAY_STATUS_FD": str(status_for_worker)},
+            )
+        except BaseException:
+            os.close(status)
+            raise
+        finally:
+            os.close(status_for_worker)
+        proc.gateway_status_fd = status  # type: ignore[attr-defined]
+        return proc
 
     def fill(self) -> None:
         """Start the spare workers (at server start)."""
@@ -74,4 +91,34 @@ class WorkerPool:
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
+            close_status(proc)
         self._ready.clear()
+
+
+def read_status(proc: asyncio.subprocess.Process) -> dict:
+    """What the worker reported on its status pipe (it has exited: the pipe holds all
+    of it), then the pipe is closed. {} if it reported nothing."""
+    fd = getattr(proc, "gateway_status_fd", None)
+    if fd is None:
+        return {}
+    data = b""
+    try:
+        os.set_blocking(fd, False)
+        while len(data) < MAX_STATUS and (chunk := os.read(fd, 65536)):
+            data += chunk
+    except OSError:
+        pass  # nothing more there (a child still holding the pipe open)
+    finally:
+        close_status(proc)
+    try:
+        status = json.loads(data.decode("utf-8"))
+    except ValueError:
+        return {}
+    return status if isinstance(status, dict) else {}
+
+
+def close_status(proc: asyncio.subprocess.Process) -> None:
+    fd = getattr(proc, "gateway_status_fd", None)
+    if fd is not None:
+        proc.gateway_status_fd = None  # type: ignore[attr-defined]
+        os.close(fd)

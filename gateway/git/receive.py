@@ -19,6 +19,8 @@ The quarantine is removed whatever happens.
 from __future__ import annotations
 
 import fcntl
+import json
+import logging
 import os
 import shutil
 import stat
@@ -39,10 +41,10 @@ from dulwich.protocol import (
     pkt_line,
     symref_capabilities,
 )
-from dulwich.refs import check_ref_format
+from dulwich.file import FileLocked
 from dulwich.repo import Repo
 
-from . import hooks, packin
+from . import hooks, packin, refcheck
 
 ZERO = b"0" * 40
 CAPABILITIES = [b"report-status", b"delete-refs", b"quiet", b"atomic", b"ofs-delta",
@@ -50,6 +52,8 @@ CAPABILITIES = [b"report-status", b"delete-refs", b"quiet", b"atomic", b"ofs-del
 GITLINK_MODE = 0o160000
 QUARANTINE_PREFIX = "incoming-"
 MAX_PUSH_OPTIONS = 100
+
+log = logging.getLogger("gateway.git")
 
 
 @dataclass
@@ -69,7 +73,12 @@ class Command:
 
 # What the server tells the worker itself, not its hooks.
 WORKER_ONLY_VARIABLES = ("GATEWAY_LOG_FD", "GATEWAY_LOG_LEVEL", "GATEWAY_LOG_FORMAT",
-                         "GATEWAY_MAX_PUSH_BYTES")
+                         "GATEWAY_MAX_PUSH_BYTES", "GATEWAY_PUSH_REF_NAMESPACES",
+                         "GATEWAY_ALLOW_UNUSUAL_REF_NAMES", "GATEWAY_STATUS_FD")
+# How many moved refs the worker names to the server (pool.py's status pipe), and how
+# much of each name: well under a pipe's 64 KiB, so that the one write never waits.
+STATUS_REFS = 50
+STATUS_REF_CHARS = 100
 
 
 @dataclass
@@ -78,6 +87,9 @@ class Settings:
     hook_timeout: float = 60.0
     max_push_bytes: int | None = None
     hook_env: dict = field(default_factory=dict)
+    namespaces: tuple[str, ...] = refcheck.DEFAULT_NAMESPACES
+    allow_unusual_ref_names: bool = False
+    status_fd: int | None = None
 
     @classmethod
     def from_env(cls, env: dict) -> "Settings":
@@ -86,8 +98,13 @@ class Settings:
         hook_env = {k: v for k, v in env.items()
                     if k.startswith("GATEWAY_") and k not in WORKER_ONLY_VARIABLES}
         hook_env["PATH"] = env.get("PATH", "/usr/bin:/bin")
+        namespaces = tuple(env.get("GATEWAY_PUSH_REF_NAMESPACES", "").split()) \
+            or refcheck.DEFAULT_NAMESPACES
+        status_fd = env.get("GATEWAY_STATUS_FD", "")
         return cls(env.get("GATEWAY_HOOKS_DIR") or None,
-                   float(env.get("GATEWAY_HOOK_TIMEOUT") or 60), max_bytes or None, hook_env)
+                   float(env.get("GATEWAY_HOOK_TIMEOUT") or 60), max_bytes or None, hook_env,
+                   namespaces, env.get("GATEWAY_ALLOW_UNUSUAL_REF_NAMES") == "1",
+                   int(status_fd) if status_fd.isdigit() else None)
 
 
 class ReceivePack:
@@ -99,15 +116,17 @@ class ReceivePack:
 
     # --- the conversation ----------------------------------------------------------------
 
-    def handle(self) -> None:
+    def handle(self) -> bool:
+        """Serve one push; True when some ref moved."""
         self._advertise()
         commands, options = self._read_commands()
         if not commands:
-            return
+            return False
         seen: set[bytes] = set()
         for command in commands:
             command.error = self._check_command(command, seen)
             seen.add(command.ref)
+        self._check_conflicts(commands)
         unpack_status = b"ok"
         quarantine = None
         try:
@@ -125,13 +144,15 @@ class ReceivePack:
             if quarantine is not None:
                 quarantine.close()
                 shutil.rmtree(quarantine.path, ignore_errors=True)
-        self._report(unpack_status, commands)
         updated = [c for c in commands if c.error is None]
+        self._tell_server(updated)  # before the report: the client may be gone by then
+        self._report(unpack_status, commands)
         if updated:
             self._hook("post-receive", b"".join(c.line() for c in updated), options=options)
             self._hook("post-update", b"", args=[c.ref.decode() for c in updated], options=options)
         if self._sideband:
             self.proto.write_pkt_line(None)
+        return bool(updated)
 
     def _advertise(self) -> None:
         refs = sorted(self.repo.get_refs().items())
@@ -152,7 +173,9 @@ class ReceivePack:
         line, caps = extract_capabilities(line)
         self.caps = set(caps)
         while line:
-            parts = line.rstrip(b"\n").split(b" ")
+            # As C git: the ref name is the rest of the line, so that a name with a
+            # space in it is that ref's `funny refname`, not a broken push.
+            parts = line.rstrip(b"\n").split(b" ", 2)
             if len(parts) != 3 or not valid_hexsha(parts[0]) or not valid_hexsha(parts[1]):
                 raise GitProtocolError("invalid ref update line from the client")
             commands.append(Command(parts[0], parts[1], parts[2]))
@@ -177,9 +200,10 @@ class ReceivePack:
     # --- checks ----------------------------------------------------------------------
 
     def _check_command(self, command: Command, earlier: set[bytes]) -> bytes | None:
-        if (not command.ref.startswith(b"refs/") or not check_ref_format(command.ref)
-                or not _is_utf8(command.ref)):
-            return b"funny refname"
+        problem = refcheck.name_problem(command.ref, self.settings.namespaces,
+                                        self.settings.allow_unusual_ref_names)
+        if problem is not None:
+            return problem
         if command.ref in earlier:
             return b"duplicate ref"
         if command.old == ZERO and command.is_delete:
@@ -187,6 +211,17 @@ class ReceivePack:
         if command.is_delete and command.ref not in self.repo.refs:
             return b"no such ref"
         return None
+
+    def _check_conflicts(self, commands: list[Command]) -> None:
+        """Directory/file conflicts with the refs there are now (loose and packed) and
+        within the push: the ref gets C git's `failed to update ref` and its message."""
+        live = [c for c in commands if c.error is None]
+        existing = [r for r in self.repo.refs.allkeys() if r.startswith(b"refs/")]
+        found = refcheck.conflicts(existing, [(c.ref, c.is_delete) for c in live])
+        for command in live:
+            if command.ref in found:
+                command.error = b"failed to update ref"
+                self._say(b"error: " + found[command.ref] + b"\n")
 
     def _receive_pack(self) -> DiskObjectStore:
         objects = self.repo.object_store.path
@@ -251,7 +286,9 @@ class ReceivePack:
 
     def _update_refs(self, commands: list[Command], atomic: bool,
                      quarantine: DiskObjectStore | None) -> None:
-        """Compare-and-swap each ref; the objects move in only if some ref will move."""
+        """Compare-and-swap each ref; the objects move in only if some ref will move.
+        Under the lock, the old values and the conflicts are checked again (another push
+        may have moved refs since) before any ref moves."""
         refs = self.repo.refs
 
         def current(ref: bytes) -> bytes:
@@ -260,23 +297,44 @@ class ReceivePack:
             except KeyError:
                 return ZERO
 
-        stale = [c for c in commands if current(c.ref) != c.old]
-        if atomic and stale:
-            for command in commands:
-                command.error = b"failed to update ref" if command in stale else b"atomic push failed"
-            return
-        if quarantine is not None and len(stale) < len(commands):
-            self._move_in(quarantine)
         for command in commands:
-            old = None if command.old == ZERO else command.old
-            if command in stale:
-                done = False
-            elif command.is_delete:
-                done = refs.remove_if_equals(command.ref, old)
-            else:
-                done = refs.set_if_equals(command.ref, old, command.new)
-            if not done:
+            if current(command.ref) != command.old:
                 command.error = b"failed to update ref"
+        self._check_conflicts(commands)
+        if atomic and any(c.error for c in commands):
+            self._refuse_all(commands, b"atomic push failed")
+            return
+        moving = [c for c in commands if c.error is None]
+        if quarantine is not None and moving:
+            self._move_in(quarantine)
+        # Deletions first: `refs/heads/a` gives way to `refs/heads/a/b` in one push.
+        moving.sort(key=lambda c: not c.is_delete)
+        moved: list[Command] = []
+        for command in moving:
+            if self._move_ref(command, command.old, command.new):
+                moved.append(command)
+                continue
+            command.error = b"failed to update ref"
+            if atomic:
+                for done in reversed(moved):  # all or none: put back what moved
+                    self._move_ref(done, done.new, done.old)
+                self._refuse_all(commands, b"atomic push failed")
+                return
+
+    def _move_ref(self, command: Command, old: bytes, new: bytes) -> bool:
+        """One compare-and-swap; False (with C git's message) if it could not be made."""
+        refs = self.repo.refs
+        try:
+            if new == ZERO:
+                return refs.remove_if_equals(command.ref, None if old == ZERO else old)
+            return refs.set_if_equals(command.ref, None if old == ZERO else old, new)
+        except (OSError, FileLocked) as exc:
+            # A lock file or a directory in the way that the checks could not see (a
+            # writer other than the gateway): the ref stays as it was.
+            log.warning("cannot update ref %r in %s: %s", command.ref,
+                        self.repo.controldir(), exc.__class__.__name__)
+            self._say(b"error: cannot lock ref '" + command.ref + b"'\n")
+            return False
 
     def _refuse_all(self, commands: list[Command], reason: bytes) -> None:
         for command in commands:
@@ -311,6 +369,9 @@ class ReceivePack:
               options: list[bytes] = (), extra_env: dict | None = None) -> bool:
         env = dict(self.settings.hook_env)
         env["GIT_DIR"] = os.path.abspath(self.repo.controldir())
+        # A hook's git must see the objects as they are: a pushed refs/replace/ ref would
+        # otherwise rewrite history for `git merge-base` and friends.
+        env["GIT_NO_REPLACE_OBJECTS"] = "1"
         if b"push-options" in self.caps:
             env["GIT_PUSH_OPTION_COUNT"] = str(len(options))
             for i, option in enumerate(options):
@@ -318,6 +379,16 @@ class ReceivePack:
         env.update(extra_env or {})
         return hooks.run(self.settings.hooks_dir, name, list(args), stdin, env,
                          self.settings.hook_timeout, self._say)
+
+    def _tell_server(self, moved: list[Command]) -> None:
+        """The refs that moved, for the server's audit row (see pool.py)."""
+        if self.settings.status_fd is None or not moved:
+            return
+        names = [c.ref.decode("utf-8", "replace")[:STATUS_REF_CHARS] for c in moved[:STATUS_REFS]]
+        try:
+            os.write(self.settings.status_fd, json.dumps({"moved": len(moved), "refs": names}).encode())
+        except OSError:
+            pass  # the server is gone; nobody is left to tell
 
     def _report(self, unpack_status: bytes, commands: list[Command]) -> None:
         if b"report-status" not in self.caps:
