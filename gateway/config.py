@@ -46,6 +46,7 @@ class Settings:
     # Pushes (SPEC §7)
     hook_timeout: int = 60
     max_push_bytes: int = 2 * 1024**3
+    fsck_objects: bool = True
     # Two-step verification (SPEC §5)
     issuer: str = "gateway"
     recovery_codes: int = 6
@@ -169,6 +170,8 @@ DESCRIPTIONS = {
                       "once wait about 0.1 s for one); 0: start one per request", _between(0, 64)),
     "hook_timeout": ("seconds a Git hook may run", _between(1, DAY)),
     "max_push_bytes": ("largest pack a push may send; 0: no limit", _between(0, 2**62)),
+    "fsck_objects": ("check every object a push brings as C git's receive.fsckObjects "
+                     "does, and refuse the push on an error", None),
     "issuer": ("name shown in authenticator apps", _not_empty),
     "recovery_codes": ("recovery codes made at 2SV enrolment", _between(1, 50)),
     "twosv_backoff_seconds": ("wait after repeated wrong 2SV codes (SPEC §5)",

@@ -19,6 +19,7 @@ The quarantine is removed whatever happens.
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import shutil
 import stat
@@ -42,7 +43,8 @@ from dulwich.protocol import (
 from dulwich.refs import check_ref_format
 from dulwich.repo import Repo
 
-from . import hooks, packin
+from ..logs import log_event
+from . import fsck, hooks, packin
 
 ZERO = b"0" * 40
 CAPABILITIES = [b"report-status", b"delete-refs", b"quiet", b"atomic", b"ofs-delta",
@@ -50,6 +52,7 @@ CAPABILITIES = [b"report-status", b"delete-refs", b"quiet", b"atomic", b"ofs-del
 GITLINK_MODE = 0o160000
 QUARANTINE_PREFIX = "incoming-"
 MAX_PUSH_OPTIONS = 100
+log = logging.getLogger("gateway.git")
 
 
 @dataclass
@@ -69,7 +72,7 @@ class Command:
 
 # What the server tells the worker itself, not its hooks.
 WORKER_ONLY_VARIABLES = ("GATEWAY_LOG_FD", "GATEWAY_LOG_LEVEL", "GATEWAY_LOG_FORMAT",
-                         "GATEWAY_MAX_PUSH_BYTES")
+                         "GATEWAY_MAX_PUSH_BYTES", "GATEWAY_FSCK_OBJECTS")
 
 
 @dataclass
@@ -78,6 +81,7 @@ class Settings:
     hook_timeout: float = 60.0
     max_push_bytes: int | None = None
     hook_env: dict = field(default_factory=dict)
+    fsck_objects: bool = True
 
     @classmethod
     def from_env(cls, env: dict) -> "Settings":
@@ -87,7 +91,8 @@ class Settings:
                     if k.startswith("GATEWAY_") and k not in WORKER_ONLY_VARIABLES}
         hook_env["PATH"] = env.get("PATH", "/usr/bin:/bin")
         return cls(env.get("GATEWAY_HOOKS_DIR") or None,
-                   float(env.get("GATEWAY_HOOK_TIMEOUT") or 60), max_bytes or None, hook_env)
+                   float(env.get("GATEWAY_HOOK_TIMEOUT") or 60), max_bytes or None, hook_env,
+                   env.get("GATEWAY_FSCK_OBJECTS", "1") != "0")
 
 
 class ReceivePack:
@@ -117,7 +122,9 @@ class ReceivePack:
                 except Exception as exc:  # a broken, truncated or oversized pack
                     unpack_status = _one_line(exc) or b"unpacker error"
                     self._refuse_all(commands, b"unpacker error")
-                if quarantine is not None:
+                if quarantine is not None and self.settings.fsck_objects:
+                    unpack_status = self._fsck(commands, quarantine)
+                if quarantine is not None and unpack_status == b"ok":
                     self._check_connectivity(commands, quarantine)
             if unpack_status == b"ok":
                 self._run_checks_and_update(commands, options, quarantine)
@@ -205,6 +212,18 @@ class ReceivePack:
             shutil.rmtree(path, ignore_errors=True)
             raise
         return quarantine
+
+    def _fsck(self, commands: list[Command], quarantine: DiskObjectStore) -> bytes:
+        """C git's fsck of every new object (fsck.py); an error refuses the whole push."""
+        problems = fsck.check_new_objects(quarantine, self.repo.object_store)
+        self._say(fsck.report(problems))
+        if not any(p.is_error for p in problems):
+            return b"ok"
+        log_event(log, "push.fsck", level=logging.WARNING, repository=self.repo.controldir(),
+                  objects=len({p.sha for p in problems if p.is_error}),
+                  first=next(f"{p.sha.decode()}:{p.msg_id}" for p in problems if p.is_error))
+        self._refuse_all(commands, b"unpacker error")
+        return b"fsck error in packed object"
 
     def _check_connectivity(self, commands: list[Command], quarantine: DiskObjectStore) -> None:
         """Every object reachable from a new tip is either new (in the quarantine) or
