@@ -40,6 +40,7 @@ MAX_REPORTED = 20  # lines shown to the client; the rest are counted
 WARNINGS = {"badTagName", "missingTaggerEntry", "gitattributesSymlink", "gitignoreSymlink",
             "mailmapSymlink"}
 STANDARD_MODES = {0o100755, 0o100644, 0o120000, 0o040000, 0o160000}
+_MODES = {b"%o" % mode: mode for mode in STANDARD_MODES}
 NULL_SHA = b"\0" * 20
 TYPE_NAMES = {Commit.type_num: "commit", Tree.type_num: "tree", Blob.type_num: "blob",
               Tag.type_num: "tag"}
@@ -142,8 +143,10 @@ def _new_in_pack(pack, quarantine, store) -> Iterator[tuple[bytes, int, bytes]]:
                 types[link] = types[offset]
             return types[offset]
 
+        stored = list(store.packs)  # looked at once: dulwich rescans the directory on a miss
         wanted = {offset for offset, sha in by_offset.items()
-                  if type_of(offset) != Blob.type_num and sha_to_hex(sha) not in store}
+                  if type_of(offset) != Blob.type_num and not any(sha in p for p in stored)
+                  and not store.contains_loose(sha_to_hex(sha))}
         outside = [o for o in wanted if types[o] is None]
         walker = _Inflater(f, pack.object_format.hash_func, resolve_ext_ref=quarantine.get_raw)
         recorded: set[int] = set()
@@ -237,45 +240,54 @@ class Checker:
 
     def check_tree(self, sha: bytes, data: bytes) -> None:
         found: dict[str, str] = {}  # msg_id -> text, once each, as C git reports them
-        previous: tuple[int, bytes] | None = None
+        previous_mode, previous_name = 0, None
         candidates: list[bytes] = []
         pos, end = 0, len(data)
         while pos < end:
             space = data.find(b" ", pos)
             nul = data.find(b"\0", space + 1) if space >= 0 else -1
             mode_text = data[pos:space]
-            if (space < 0 or nul < 0 or nul + 21 > end or not mode_text
-                    or mode_text.strip(b"01234567")):
+            mode = _MODES.get(mode_text)  # the usual modes, without int()
+            if mode is None:
+                if (space < 0 or nul < 0 or not mode_text or mode_text.strip(b"01234567")):
+                    self.add(sha, "badTree", "cannot be parsed as a tree")
+                    return
+                mode = int(mode_text, 8)
+                if mode_text[0] == 0x30:  # "0"
+                    found["zeroPaddedFilemode"] = "contains zero-padded file modes"
+                if mode not in STANDARD_MODES:
+                    found["badFilemode"] = "contains bad file modes"
+                mode &= 0xFFFF  # what C git reads into its 16-bit mode
+            if nul + 21 > end:
                 self.add(sha, "badTree", "cannot be parsed as a tree")
                 return
-            mode, name, entry = int(mode_text, 8), data[space + 1:nul], data[nul + 1:nul + 21]
-            short_mode = mode & 0xFFFF  # what C git reads into its 16-bit mode
+            name, entry = data[space + 1:nul], data[nul + 1:nul + 21]
             pos = nul + 21
-            if not name:
-                found["emptyName"] = "contains empty pathname"
+            if not name or b"/" in name or name == b"." or name == b"..":
+                if not name:
+                    found["emptyName"] = "contains empty pathname"
+                elif name == b".":
+                    found["hasDot"] = "contains '.'"
+                elif name == b"..":
+                    found["hasDotdot"] = "contains '..'"
+                else:
+                    found["fullPathname"] = "contains full pathnames"
             if entry == NULL_SHA:
                 found["nullSha1"] = "contains entries pointing to null sha1"
-            if b"/" in name:
-                found["fullPathname"] = "contains full pathnames"
-            if name == b".":
-                found["hasDot"] = "contains '.'"
-            elif name == b"..":
-                found["hasDotdot"] = "contains '..'"
-            if mode_text[0] == 0x30:  # "0"
-                found["zeroPaddedFilemode"] = "contains zero-padded file modes"
-            if mode not in STANDARD_MODES:
-                found["badFilemode"] = "contains bad file modes"
             if len(name) > MAX_TREE_ENTRY_LEN:
                 found["largePathname"] = "contains excessively large pathname"
             if name[:1] in b".gGmM\xe2\xef" or b"\\" in name:  # else none of the forms
-                self._special_name(sha, name, short_mode, entry, found)
-            if previous is not None:
-                order = _order(previous[0], previous[1], short_mode, name, candidates)
+                self._special_name(sha, name, mode, entry, found)
+            # Names that differ before either ends are in order if the first is less;
+            # only a name that is a prefix of the other needs the full rule.
+            if previous_name is not None and not (previous_name < name
+                                                  and not name.startswith(previous_name)):
+                order = _order(previous_mode, previous_name, mode, name, candidates)
                 if order == _UNORDERED:
                     found["treeNotSorted"] = "not properly sorted"
                 elif order == _DUPLICATE:
                     found["duplicateEntries"] = "contains duplicate file entries"
-            previous = (short_mode, name)
+            previous_mode, previous_name = mode, name
         for msg_id, text in found.items():
             self.add(sha, msg_id, text)
 
