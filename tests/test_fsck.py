@@ -507,3 +507,24 @@ def test_report_escapes_and_bounds():
     assert "\x1b" not in text and "a\\x1b[2Jb\\x0ac" in text
     assert text.count("\n") == checker.MAX_REPORTED + 2  # + "... and N more" + "fatal:"
     assert "and 11 more" in text and text.endswith("fatal: fsck error in packed object\n")
+
+
+def test_only_objects_new_to_the_repository_are_checked(tmp_path):
+    """A quarantine's object that the store already has (a thin pack's base, appended by
+    packin) is not new: a legacy tree there is not held against the push."""
+    from dulwich.object_store import DiskObjectStore
+
+    legacy = RawObject.of(Tree, tree_bytes((b"0100644", b"old.txt", SHA)))
+    fresh = RawObject.of(Tree, tree_bytes((b"100644", b".git", SHA)))
+    stores = {}
+    for name in ("store", "quarantine", "empty"):
+        (tmp_path / name / "pack").mkdir(parents=True)
+        (tmp_path / name / "info").mkdir()
+        stores[name] = DiskObjectStore(str(tmp_path / name))
+    stores["store"].add_objects([(legacy, None)])
+    stores["quarantine"].add_objects([(legacy, None), (fresh, None)])
+    found = checker.check_new_objects(stores["quarantine"], stores["store"])
+    assert [(p.sha, p.msg_id) for p in found] == [(fresh.id, "hasDotgit")]
+    found = checker.check_new_objects(stores["quarantine"], stores["empty"])
+    assert sorted((p.sha, p.msg_id) for p in found) == sorted(
+        [(fresh.id, "hasDotgit"), (legacy.id, "zeroPaddedFilemode")])
