@@ -528,3 +528,29 @@ def test_only_objects_new_to_the_repository_are_checked(tmp_path):
     found = checker.check_new_objects(stores["quarantine"], stores["empty"])
     assert sorted((p.sha, p.msg_id) for p in found) == sorted(
         [(fresh.id, "hasDotgit"), (legacy.id, "zeroPaddedFilemode")])
+
+
+def test_the_fast_path_for_usual_trees_agrees_with_the_entry_by_entry_rules():
+    """Random small trees (names from a hostile alphabet, modes usual and not, any
+    order): the regular-expression fast path finds exactly what the full rules find."""
+    import random
+
+    rng = random.Random(4)
+    alphabet = [b"a", b"b", b".", b"g", b"G", b"i", b"t", b"/", b"\\", b"~", b"1", b" ",
+                b"-", b"\xe2\x80\x8c"]
+    modes = [b"100644", b"100755", b"40000", b"120000", b"160000", b"0100644", b"100664"]
+    for _ in range(3000):
+        entries = []
+        for _ in range(rng.randint(0, 6)):
+            name = rng.choice([b"a", b"a.b", b"a-b", b"ab", b"a0", b".gitmodules", b"g"]) \
+                if rng.random() < 0.5 else b"".join(rng.choice(alphabet)
+                                                   for _ in range(rng.randint(0, 4)))
+            entries.append((rng.choice(modes), name, rng.choice([SHA, b"\0" * 20])))
+        if rng.random() < 0.7:
+            entries.sort(key=lambda e: e[1] + (b"/" if e[0] == b"40000" else b""))
+        data = tree_bytes(*entries)
+        fast, slow = checker.Checker(), checker.Checker()
+        fast.check_tree(b"0" * 40, data)
+        slow._check_tree_entries(b"0" * 40, data)
+        assert sorted(fast.problems, key=repr) == sorted(slow.problems, key=repr), entries
+        assert fast.gitmodules == slow.gitmodules, entries

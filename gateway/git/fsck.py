@@ -41,6 +41,11 @@ WARNINGS = {"badTagName", "missingTaggerEntry", "gitattributesSymlink", "gitigno
             "mailmapSymlink"}
 STANDARD_MODES = {0o100755, 0o100644, 0o120000, 0o040000, 0o160000}
 _MODES = {b"%o" % mode: mode for mode in STANDARD_MODES}
+_USUAL_ENTRY = re.compile(rb"(100644|100755|120000|40000|160000) ([^\0/]+)\0(.{20})", re.S)
+_USUAL_TREE = re.compile(rb"(?:(?:100644|100755|120000|40000|160000) [^\0/]+\0.{20})*", re.S)
+# A name that could be .git, .gitmodules, ... in some file system's eyes starts with one of
+# these bytes (HFS+'s ignorable code points start with \xe2 or \xef) or has a backslash.
+_SPECIAL_FIRST = b".gGmM\xe2\xef"
 NULL_SHA = b"\0" * 20
 TYPE_NAMES = {Commit.type_num: "commit", Tree.type_num: "tree", Blob.type_num: "blob",
               Tag.type_num: "tag"}
@@ -119,6 +124,13 @@ def _new_in_pack(pack, quarantine, store) -> Iterator[tuple[bytes, int, bytes]]:
     """The pack's commits, trees and tags that the store lacks. Object headers are read
     first to learn every object's type without inflating it (a delta has its base's
     type), then only the wanted objects and their delta bases are inflated, once each."""
+    # The store's packs and loose objects, looked at once: dulwich's `sha in store`
+    # rescans the pack directory and opens a file on every miss.
+    packs, loose = list(store.packs), set(store._iter_loose_objects())
+
+    def _stored(sha: bytes) -> bool:
+        return any(sha in p for p in packs) or sha_to_hex(sha) in loose
+
     by_offset = {offset: sha for sha, offset, _crc in pack.index.iterentries()}
     offset_of = {sha: offset for offset, sha in by_offset.items()}
     with open(pack._basename + ".pack", "rb") as f:
@@ -143,10 +155,8 @@ def _new_in_pack(pack, quarantine, store) -> Iterator[tuple[bytes, int, bytes]]:
                 types[link] = types[offset]
             return types[offset]
 
-        stored = list(store.packs)  # looked at once: dulwich rescans the directory on a miss
         wanted = {offset for offset, sha in by_offset.items()
-                  if type_of(offset) != Blob.type_num and not any(sha in p for p in stored)
-                  and not store.contains_loose(sha_to_hex(sha))}
+                  if type_of(offset) != Blob.type_num and not _stored(sha)}
         outside = [o for o in wanted if types[o] is None]
         walker = _Inflater(f, pack.object_format.hash_func, resolve_ext_ref=quarantine.get_raw)
         recorded: set[int] = set()
@@ -239,6 +249,32 @@ class Checker:
     # --- trees ------------------------------------------------------------------------
 
     def check_tree(self, sha: bytes, data: bytes) -> None:
+        if not self._usual_tree(sha, data):
+            self._check_tree_entries(sha, data)
+
+    def _usual_tree(self, sha: bytes, data: bytes) -> bool:
+        """The common case at C speed (regular expressions, list operations): standard
+        modes, plain names, in order, no duplicates. False: look entry by entry."""
+        if not _USUAL_TREE.fullmatch(data):
+            return False
+        entries = _USUAL_ENTRY.findall(data)
+        names = [name for _mode, name, _sha in entries]
+        if (b"." in names or b".." in names or len(set(names)) != len(names)
+                or max(map(len, names), default=0) > MAX_TREE_ENTRY_LEN
+                or NULL_SHA in [entry for _mode, _name, entry in entries]):
+            return False
+        keys = [name + b"/" if mode == b"40000" else name for mode, name, _sha in entries]
+        if not all(a < b for a, b in zip(keys, keys[1:])):
+            return False
+        found: dict[str, str] = {}
+        for mode, name, entry in entries:
+            if name[:1] in _SPECIAL_FIRST or b"\\" in name:
+                self._special_name(sha, name, _MODES[mode], entry, found)
+        for msg_id, text in found.items():
+            self.add(sha, msg_id, text)
+        return True
+
+    def _check_tree_entries(self, sha: bytes, data: bytes) -> None:
         found: dict[str, str] = {}  # msg_id -> text, once each, as C git reports them
         previous_mode, previous_name = 0, None
         candidates: list[bytes] = []
@@ -276,7 +312,7 @@ class Checker:
                 found["nullSha1"] = "contains entries pointing to null sha1"
             if len(name) > MAX_TREE_ENTRY_LEN:
                 found["largePathname"] = "contains excessively large pathname"
-            if name[:1] in b".gGmM\xe2\xef" or b"\\" in name:  # else none of the forms
+            if name[:1] in _SPECIAL_FIRST or b"\\" in name:
                 self._special_name(sha, name, mode, entry, found)
             # Names that differ before either ends are in order if the first is less;
             # only a name that is a prefix of the other needs the full rule.
