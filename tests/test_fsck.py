@@ -554,3 +554,36 @@ def test_the_fast_path_for_usual_trees_agrees_with_the_entry_by_entry_rules():
         slow._check_tree_entries(b"0" * 40, data)
         assert sorted(fast.problems, key=repr) == sorted(slow.problems, key=repr), entries
         assert fast.gitmodules == slow.gitmodules, entries
+
+
+def test_sizes_are_read_from_pack_entries_without_inflating(tmp_path):
+    """A .gitmodules or .gitattributes above its limit is refused by the size in its pack
+    entry (a delta's result size from the delta's header), never read into memory."""
+    from dulwich.object_store import DiskObjectStore
+
+    repo = tmp_path / "r.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(repo)], check=True)
+    base = b"".join(b"line %d of a long file\n" % i for i in range(100000))
+    shas = [hash_object(repo, "blob", base + tail) for tail in (b"", b"one more\n", b"x")]
+    subprocess.run(["git", "pack-objects", "-q", "objects/pack/pack"], cwd=repo, check=True,
+                   input="\n".join(shas).encode(), capture_output=True)
+    listing = subprocess.run("git verify-pack -v objects/pack/*.idx", shell=True, cwd=repo,
+                             capture_output=True, text=True).stdout
+    assert any(line.split()[0] in shas and len(line.split()) >= 7 for line in listing.splitlines()
+               if line[:1].isalnum()), listing  # at least one of them is a delta
+    store = DiskObjectStore(str(repo / "objects"))
+    for sha in shas:
+        size = int(local_git("cat-file", "-s", sha, cwd=repo))
+        assert checker._packed_size(store, sha.encode()) == (Blob.type_num, size)
+        assert checker._read(store, store, sha.encode(), 1024) == (Blob.type_num, None)
+    assert checker._read(store, store, shas[0].encode(), 10**8)[1] == base
+
+
+def test_large_gitmodules_is_refused(gw, repo):
+    alice, path, clone, first, refused, unchanged = repo
+    big = b"".join(b"# padding line %d\n" % i for i in range(80000))  # 1.5 MB
+    blob = hash_object(clone, "blob", b'[submodule "x"]\n\tpath = x\n' + big)
+    tree = hash_object(clone, "tree", tree_bytes((b"100644", b".gitmodules", bytes.fromhex(blob))))
+    tip = commit_on(clone, tree, first)
+    result = gw.git(alice, "push", "origin", f"{tip}:refs/heads/main", cwd=clone, check=False)
+    refused(result, tip, tree, blob, msg_id="gitmodulesLarge")

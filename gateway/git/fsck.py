@@ -25,10 +25,11 @@ from __future__ import annotations
 import os
 import re
 import stat
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from dulwich.objects import Blob, Commit, Tag, Tree, sha_to_hex
+from dulwich.objects import Blob, Commit, Tag, Tree, hex_to_sha, sha_to_hex
 from dulwich.pack import OFS_DELTA, REF_DELTA, DeltaChainIterator, UnpackedObject
 from dulwich.refs import check_ref_format
 
@@ -36,6 +37,7 @@ GITMODULES_MAX = 1024 * 1024  # C git: core.bigFileThreshold; ours is parsed in 
 ATTRIBUTES_MAX = 100 * 1024 * 1024  # C git's ATTR_MAX_FILE_SIZE
 ATTRIBUTES_LINE_MAX = 2048  # C git's ATTR_MAX_LINE_LENGTH
 MAX_TREE_ENTRY_LEN = 4096  # C git's fsck.c max_tree_entry_len
+_LONG_LINE = re.compile(rb"[^\n]{%d}" % ATTRIBUTES_LINE_MAX)
 MAX_REPORTED = 20  # lines shown to the client; the rest are counted
 WARNINGS = {"badTagName", "missingTaggerEntry", "gitattributesSymlink", "gitignoreSymlink",
             "mailmapSymlink"}
@@ -91,16 +93,56 @@ def check_new_objects(quarantine, store) -> list[Problem]:
     checker = Checker()
     for sha, type_num, data in _new_objects(quarantine, store):
         checker.check(sha, type_num, data)
-    checker.finish(lambda sha: _read(quarantine, sha))
+    checker.finish(lambda sha, limit: _read(quarantine, store, sha, limit))
     return checker.problems
 
 
-def _read(quarantine, sha: bytes) -> tuple[int, bytes] | None:
+def _read(quarantine, store, sha: bytes, limit: int) -> tuple[int, bytes | None] | None:
+    """(type, data) of an object, data None if it is larger than `limit` (known from its
+    pack entry without inflating it); None if it is missing (the connectivity check
+    refuses the push then)."""
+    size = _packed_size(quarantine, sha)
+    if size is None:
+        size = _packed_size(store, sha)
     try:
-        type_num, data = quarantine.get_raw(sha)
+        if size is not None and size[1] > limit:
+            return size[0], None
+        return quarantine.get_raw(sha)
     except KeyError:
-        return None  # missing: the connectivity check refuses the push
-    return type_num, data
+        return None
+
+
+def _packed_size(store, sha: bytes) -> tuple[int, int] | None:
+    """(type, size) of a packed object; a delta's type is left as its base's would be
+    found by reading, so a delta reports a blob's type only to be read later if small."""
+    raw = hex_to_sha(sha)
+    for pack in store.packs:
+        try:
+            offset = pack.index.object_offset(raw)
+        except KeyError:
+            continue
+        with open(pack._basename + ".pack", "rb") as f:
+            kind, _base, size, length = _header(f.fileno(), offset)
+            if kind not in (OFS_DELTA, REF_DELTA):
+                return kind, size
+            # A delta starts with its base's size and its result's size.
+            head = zlib.decompressobj().decompress(os.pread(f.fileno(), 512, offset + length), 32)
+            _source, pos = _varint(head, 0)
+            target, _ = _varint(head, pos)
+            return Blob.type_num, target
+    return None
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while pos < len(data):
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            break
+    return value, pos
 
 
 def _new_objects(quarantine, store) -> Iterator[tuple[bytes, int, bytes]]:
@@ -135,7 +177,7 @@ def _new_in_pack(pack, quarantine, store) -> Iterator[tuple[bytes, int, bytes]]:
     offset_of = {sha: offset for offset, sha in by_offset.items()}
     with open(pack._basename + ".pack", "rb") as f:
         fd = f.fileno()
-        headers = {offset: _header(fd, offset) for offset in by_offset}
+        headers = {offset: _header(fd, offset)[:2] for offset in by_offset}
         types: dict[int, int | None] = {}
 
         def type_of(offset: int) -> int | None:
@@ -182,16 +224,19 @@ def _new_in_pack(pack, quarantine, store) -> Iterator[tuple[bytes, int, bytes]]:
             yield sha, type_num, data
 
 
-def _header(fd: int, offset: int) -> tuple[int, int | bytes | None]:
-    """(pack type, delta base) of the entry at `offset`: an OFS_DELTA's base is a
-    distance back, a REF_DELTA's a binary sha."""
+def _header(fd: int, offset: int) -> tuple[int, int | bytes | None, int, int]:
+    """(pack type, delta base, size, header length) of the entry at `offset`: an
+    OFS_DELTA's base is a distance back, a REF_DELTA's a binary sha; the size is the
+    object's, or a delta's (not its result's)."""
     head = os.pread(fd, 64, offset)
     byte = head[0]
     kind = (byte >> 4) & 7
-    i = 1
+    size, shift, i = byte & 0x0F, 4, 1
     while byte & 0x80:
         byte = head[i]
         i += 1
+        size |= (byte & 0x7F) << shift
+        shift += 7
     if kind == OFS_DELTA:
         byte = head[i]
         i += 1
@@ -200,10 +245,10 @@ def _header(fd: int, offset: int) -> tuple[int, int | bytes | None]:
             byte = head[i]
             i += 1
             distance = ((distance + 1) << 7) | (byte & 0x7F)
-        return kind, distance
+        return kind, distance, size, i
     if kind == REF_DELTA:
-        return kind, head[i:i + 20]
-    return kind, None
+        return kind, head[i:i + 20], size, i + 20
+    return kind, None, size, i
 
 
 # --- one object at a time ---------------------------------------------------------------
@@ -228,16 +273,21 @@ class Checker:
             self.add(sha, "unknownType", f"unknown type '{type_num}'")
 
     def finish(self, read) -> None:
-        """The blobs found at .gitmodules/.gitattributes paths; `read(sha)` gives
-        (type, data) or None for a missing object."""
-        for shas, what, not_blob in ((self.gitmodules, ".gitmodules", "gitmodulesBlob"),
-                                     (self.gitattributes, ".gitattributes", "gitattributesBlob")):
+        """The blobs found at .gitmodules/.gitattributes paths; `read(sha, limit)` gives
+        (type, data), data None above `limit` bytes, or None for a missing object."""
+        for shas, what, not_blob, limit, large in (
+                (self.gitmodules, ".gitmodules", "gitmodulesBlob", GITMODULES_MAX,
+                 "gitmodulesLarge"),
+                (self.gitattributes, ".gitattributes", "gitattributesBlob", ATTRIBUTES_MAX,
+                 "gitattributesLarge")):
             for sha in sorted(shas):
-                found = read(sha)
+                found = read(sha, limit)
                 if found is None:
                     continue
                 type_num, data = found
-                if type_num != Blob.type_num:
+                if data is None:
+                    self.add(sha, large, f"{what} too large to parse")
+                elif type_num != Blob.type_num:
                     self.add(sha, not_blob, f"non-blob found at {what}")
                 elif what == ".gitmodules":
                     self.check_gitmodules(sha, data)
@@ -381,7 +431,7 @@ class Checker:
     def check_gitattributes(self, sha: bytes, data: bytes) -> None:
         if len(data) > ATTRIBUTES_MAX:
             self.add(sha, "gitattributesLarge", ".gitattributes too large to parse")
-        elif any(len(line) >= ATTRIBUTES_LINE_MAX for line in data.split(b"\n")):
+        elif _LONG_LINE.search(data):
             self.add(sha, "gitattributesLineLength", ".gitattributes has too long lines to parse")
 
 
