@@ -313,6 +313,37 @@ def test_fsck_objects_off_accepts_legacy_objects(private, tmp_path):
     assert bare_refs(g.repo_dir(path))["refs/heads/main"] == tip
 
 
+def test_a_repository_can_accept_one_class_of_legacy_objects(gw, repo):
+    """The operator's per-repository exception, in C git's words: `git config
+    receive.fsck.zeroPaddedFilemode warn` in the repository. Other classes stay errors."""
+    alice, path, clone, first, refused, unchanged = repo
+    local_git("config", "receive.fsck.zeroPaddedFilemode", "warn", cwd=gw.repo_dir(path))
+    blob = bytes.fromhex(hash_object(clone, "blob", b"old\n"))
+    hostile = hash_object(clone, "tree", tree_bytes((b"0100644", b".git", blob)))
+    tip = commit_on(clone, hostile, first)
+    result = gw.git(alice, "push", "origin", f"{tip}:refs/heads/main", cwd=clone, check=False)
+    refused(result, tip, hostile, msg_id="hasDotgit")
+    assert f"remote: warning: object {hostile}: zeroPaddedFilemode: " in result.stderr
+    legacy = hash_object(clone, "tree", tree_bytes((b"0100644", b"old.txt", blob)))
+    tip = commit_on(clone, legacy, first)
+    result = gw.git(alice, "push", "origin", f"{tip}:refs/heads/main", cwd=clone)
+    assert f"remote: warning: object {legacy}: zeroPaddedFilemode: " in result.stderr
+    assert bare_refs(gw.repo_dir(path))["refs/heads/main"] == tip
+
+
+def test_levels_change_severities():
+    data = tree_bytes((b"0100644", b"a", SHA))
+    for levels, expected in [({}, [("zeroPaddedFilemode", True)]),
+                             ({"zeropaddedfilemode": "warn"}, [("zeroPaddedFilemode", False)]),
+                             ({"zeropaddedfilemode": "ignore"}, [])]:
+        c = checker.Checker(levels)
+        c.check(b"0" * 40, Tree.type_num, data)
+        assert [(p.msg_id, p.is_error) for p in c.problems] == expected, levels
+    c = checker.Checker({"missingtaggerentry": "error"})
+    c.check(b"0" * 40, Tag.type_num, b"object " + SHA.hex().encode() + b"\ntype commit\ntag v\n\nm\n")
+    assert [(p.msg_id, p.is_error) for p in c.problems] == [("missingTaggerEntry", True)]
+
+
 def test_thin_pack_base_already_stored_is_not_checked(private, tmp_path):
     """A legacy tree the repository already has (accepted while fsck_objects was off)
     serves as a delta base of a thin pack: it is old, and the new push is accepted."""

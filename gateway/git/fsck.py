@@ -17,7 +17,8 @@ with three deliberate differences, all stricter: `badFilemode` (C git: a warning
 differently by a client) are errors, and a .gitmodules above GITMODULES_MAX is
 `gitmodulesLarge`. C git's INFO classes that only warn (a tag without a tagger, a tag
 name that is not a ref name, a symlinked .gitignore/.gitattributes/.mailmap) are
-reported as warnings and accepted.
+reported as warnings and accepted. A repository can change any class with C git's own
+`receive.fsck.<msg-id> = error|warn|ignore` in its config (levels_from_config).
 """
 
 from __future__ import annotations
@@ -58,10 +59,7 @@ class Problem:
     sha: bytes  # hex
     msg_id: str  # C git's camelCase message id
     text: str  # may quote the object's own bytes, escaped
-
-    @property
-    def is_error(self) -> bool:
-        return self.msg_id not in WARNINGS
+    is_error: bool = True
 
     def line(self) -> bytes:
         level = "error" if self.is_error else "warning"
@@ -87,10 +85,26 @@ def shown(data: bytes) -> str:
 
 # --- the whole push -----------------------------------------------------------------------
 
-def check_new_objects(quarantine, store) -> list[Problem]:
+def levels_from_config(config) -> dict[str, str]:
+    """The repository's own exceptions, in C git's words: `receive.fsck.<msg-id>` set to
+    `error`, `warn` or `ignore` (`git config receive.fsck.zeroPaddedFilemode warn`)."""
+    levels = {}
+    try:
+        items = list(config.items((b"receive", b"fsck")))
+    except KeyError:
+        return levels
+    for key, value in items:
+        level = value.decode("ascii", "replace").strip().lower()
+        if level in ("error", "warn", "ignore"):
+            levels[key.decode("ascii", "replace").lower()] = level
+    return levels
+
+
+def check_new_objects(quarantine, store, levels: dict[str, str] | None = None) -> list[Problem]:
     """Every new commit, tree and tag of the quarantine, and the .gitmodules and
-    .gitattributes blobs new trees name."""
-    checker = Checker()
+    .gitattributes blobs new trees name. `levels`: msg id (lower case) -> error, warn or
+    ignore, the repository's exceptions to the defaults."""
+    checker = Checker(levels)
     for sha, type_num, data in _new_objects(quarantine, store):
         checker.check(sha, type_num, data)
     checker.finish(lambda sha, limit: _read(quarantine, store, sha, limit))
@@ -254,13 +268,17 @@ def _header(fd: int, offset: int) -> tuple[int, int | bytes | None, int, int]:
 # --- one object at a time ---------------------------------------------------------------
 
 class Checker:
-    def __init__(self) -> None:
+    def __init__(self, levels: dict[str, str] | None = None) -> None:
         self.problems: list[Problem] = []
         self.gitmodules: set[bytes] = set()  # hex shas of blobs named .gitmodules
         self.gitattributes: set[bytes] = set()
+        self.levels = levels or {}
 
     def add(self, sha: bytes, msg_id: str, text: str) -> None:
-        self.problems.append(Problem(sha, msg_id, text))
+        level = self.levels.get(msg_id.lower())
+        if level != "ignore":
+            error = msg_id not in WARNINGS if level is None else level == "error"
+            self.problems.append(Problem(sha, msg_id, text, error))
 
     def check(self, sha: bytes, type_num: int, data: bytes) -> None:
         if type_num == Tree.type_num:

@@ -215,7 +215,8 @@ class ReceivePack:
 
     def _fsck(self, commands: list[Command], quarantine: DiskObjectStore) -> bytes:
         """C git's fsck of every new object (fsck.py); an error refuses the whole push."""
-        problems = fsck.check_new_objects(quarantine, self.repo.object_store)
+        problems = fsck.check_new_objects(quarantine, self.repo.object_store,
+                                          fsck.levels_from_config(self.repo.get_config()))
         self._say(fsck.report(problems))
         if not any(p.is_error for p in problems):
             return b"ok"
