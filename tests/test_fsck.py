@@ -538,6 +538,7 @@ def test_report_escapes_and_bounds():
     assert "\x1b" not in text and "a\\x1b[2Jb\\x0ac" in text
     assert text.count("\n") == checker.MAX_REPORTED + 2  # + "... and N more" + "fatal:"
     assert "and 11 more" in text and text.endswith("fatal: fsck error in packed object\n")
+    assert checker.shown(b"-" * 10000) == "-" * 200 + "..."
 
 
 def test_only_objects_new_to_the_repository_are_checked(tmp_path):

@@ -77,10 +77,12 @@ def report(problems: list[Problem]) -> bytes:
     return text
 
 
-def shown(data: bytes) -> str:
-    """Bytes from an object as one printable line: no control characters reach a terminal."""
-    text = data.decode("utf-8", "backslashreplace")
-    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
+def shown(data: bytes, limit: int = 200) -> str:
+    """Bytes from an object as a short printable line: no control characters reach a
+    terminal, and a megabyte of url does not reach it either."""
+    text = data[:limit].decode("utf-8", "backslashreplace")
+    text = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
+    return text + ("..." if len(data) > limit else "")
 
 
 # --- the whole push -----------------------------------------------------------------------
