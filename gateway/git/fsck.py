@@ -4,7 +4,7 @@ C git's receive-pack with `receive.fsckObjects` runs `index-pack --strict`: ever
 object of the pack is checked, warnings count as errors, and one bad object refuses the
 whole push (`unpack ... abnormal exit`, each ref `unpacker error`). The same here, with
 C git's message ids (`hasDotgit`, `treeNotSorted`, `gitmodulesUrl`, ...) so that a
-user's search for the message finds Git's documentation (git help fsck-msgids).
+user's search for the message finds Git's documentation (FSCK MESSAGES, git help fsck).
 
 Only objects new in the push are read: those in the quarantine's packs and not already
 in the repository (a thin pack's bases, appended by packin, are old). Blobs are not
