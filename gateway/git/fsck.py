@@ -190,19 +190,25 @@ def _new_in_pack(pack, quarantine, store) -> Iterator[tuple[bytes, int, bytes]]:
         return any(sha in p for p in packs) or sha_to_hex(sha) in loose
 
     by_offset = {offset: sha for sha, offset, _crc in pack.index.iterentries()}
-    offset_of = {sha: offset for offset, sha in by_offset.items()}
     with open(pack._basename + ".pack", "rb") as f:
         fd = f.fileno()
-        headers = {offset: _header(fd, offset)[:2] for offset in by_offset}
-        types: dict[int, int | None] = {}
+        # A whole object's type alone (a small int, no tuple each), a delta's (type, base).
+        headers: dict[int, int | tuple] = {}
+        for offset in by_offset:
+            kind, base, _size, _length = _header(fd, offset)
+            headers[offset] = (kind, base) if kind in (OFS_DELTA, REF_DELTA) else kind
+        ref_bases = {h[1] for h in headers.values() if type(h) is tuple and h[0] == REF_DELTA}
+        offset_of = {sha: offset for offset, sha in by_offset.items() if sha in ref_bases}
+        types: dict[int, int | None] = {}  # deltas' types, once known
 
         def type_of(offset: int) -> int | None:
             chain = []
             while offset not in types:
-                kind, base = headers[offset]
-                if kind not in (OFS_DELTA, REF_DELTA):
-                    types[offset] = kind
+                header = headers[offset]
+                if type(header) is not tuple:
+                    types[offset] = header
                     break
+                kind, base = header
                 chain.append(offset)
                 base_offset = offset - base if kind == OFS_DELTA else offset_of.get(base)
                 if base_offset not in headers:
@@ -214,17 +220,19 @@ def _new_in_pack(pack, quarantine, store) -> Iterator[tuple[bytes, int, bytes]]:
             return types[offset]
 
         wanted = {offset for offset, sha in by_offset.items()
-                  if type_of(offset) != Blob.type_num and not _stored(sha)}
-        outside = [o for o in wanted if types[o] is None]
+                  if (headers[offset] if type(headers[offset]) is not tuple else type_of(offset))
+                  != Blob.type_num and not _stored(sha)}
+        outside = [o for o in wanted if types.get(o, 0) is None]
         walker = _Inflater(f, pack.object_format.hash_func, resolve_ext_ref=quarantine.get_raw)
         recorded: set[int] = set()
-        todo = [o for o in wanted if types[o] is not None]
+        todo = [o for o in wanted if types.get(o, 0) is not None]
         while todo:
             offset = todo.pop()
             if offset in recorded:
                 continue
             recorded.add(offset)
-            kind, base = headers[offset]
+            header = headers[offset]
+            kind, base = header if type(header) is tuple else (header, None)
             walker.record(UnpackedObject(kind, delta_base=base, offset=offset))
             if kind == OFS_DELTA:
                 todo.append(offset - base)
