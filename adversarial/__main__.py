@@ -17,15 +17,16 @@ import time
 import traceback
 from pathlib import Path
 
-from . import refs, stolen_key, suite, workers
+from . import refs, stolen_key, suite, trees, workers
 
-CLASSES = ["exec", "paths", "ssh", "protocol", "refs", "2sv", "stolen-key", "load", "faults",
+CLASSES = ["exec", "paths", "ssh", "protocol", "refs", "trees", "2sv", "stolen-key", "load", "faults",
            "workers"]
 
 SIZES = {  # quick, full
     "exec": (1500, 10000), "through_ssh": (20, 100), "protocol": (60, 400),
     "guesses": (20, 40), "ref_names": (100, 400), "kill_rounds": (5, 20), "cuts": (4, 10),
     "clones": (50, 200), "sockets": (500, 500), "flood": (12, 40), "trickle": (3, 3),
+    "trees": (60, 300),
 }
 
 
@@ -60,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
             "ssh": lambda: suite.ssh_level(w, slow),
             "protocol": lambda: suite.protocol(w, size["protocol"]),
             "refs": lambda: refs.refs_class(w, size["ref_names"]),
+            "trees": lambda: trees.trees(w, size["trees"]),
             "2sv": lambda: suite.two_step(g, size["guesses"]),
             "stolen-key": lambda: stolen_key.stolen_key(g),
             "load": lambda: suite.load(g, w, size["clones"], size["sockets"]),

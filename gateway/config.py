@@ -53,6 +53,7 @@ class Settings:
     max_push_bytes: int = 2 * 1024**3
     push_ref_namespaces: tuple[str, ...] = ("refs/heads/", "refs/tags/")
     allow_unusual_ref_names: bool = False
+    fsck_objects: bool = True
     # Two-step verification (SPEC §5)
     issuer: str = "gateway"
     recovery_codes: int = 6
@@ -201,6 +202,8 @@ DESCRIPTIONS = {
                             "an `ng`); e.g. add \"refs/notes/\"", _namespaces),
     "allow_unusual_ref_names": ("accept ref names with C1 control or bidirectional "
                                 "characters, and refs/heads/HEAD", None),
+    "fsck_objects": ("check every object a push brings as C git's receive.fsckObjects "
+                     "does, and refuse the push on an error", None),
     "issuer": ("name shown in authenticator apps", _not_empty),
     "recovery_codes": ("recovery codes made at 2SV enrolment", _between(1, 50)),
     "twosv_backoff_seconds": ("wait after repeated wrong 2SV codes (SPEC §5)",

@@ -68,6 +68,7 @@ async def run(ctx: Context, request: GitRequest) -> int:
         "GATEWAY_HOOKS_DIR": str(ctx.settings.hooks_dir.resolve()),
         "GATEWAY_HOOK_TIMEOUT": str(ctx.settings.hook_timeout),
         "GATEWAY_MAX_PUSH_BYTES": str(ctx.settings.max_push_bytes),
+        "GATEWAY_FSCK_OBJECTS": "1" if ctx.settings.fsck_objects else "0",
     }
     if action is policy.Action.WRITE:
         env["GATEWAY_PUSH_REF_NAMESPACES"] = " ".join(ctx.settings.push_ref_namespaces)

@@ -44,7 +44,8 @@ from dulwich.protocol import (
 from dulwich.file import FileLocked
 from dulwich.repo import Repo
 
-from . import hooks, packin, refcheck
+from ..logs import log_event
+from . import fsck, hooks, packin, refcheck
 
 ZERO = b"0" * 40
 CAPABILITIES = [b"report-status", b"delete-refs", b"quiet", b"atomic", b"ofs-delta",
@@ -52,6 +53,7 @@ CAPABILITIES = [b"report-status", b"delete-refs", b"quiet", b"atomic", b"ofs-del
 GITLINK_MODE = 0o160000
 QUARANTINE_PREFIX = "incoming-"
 MAX_PUSH_OPTIONS = 100
+log = logging.getLogger("gateway.git")
 
 log = logging.getLogger("gateway.git")
 
@@ -74,7 +76,8 @@ class Command:
 # What the server tells the worker itself, not its hooks.
 WORKER_ONLY_VARIABLES = ("GATEWAY_LOG_FD", "GATEWAY_LOG_LEVEL", "GATEWAY_LOG_FORMAT",
                          "GATEWAY_MAX_PUSH_BYTES", "GATEWAY_PUSH_REF_NAMESPACES",
-                         "GATEWAY_ALLOW_UNUSUAL_REF_NAMES", "GATEWAY_STATUS_FD")
+                         "GATEWAY_ALLOW_UNUSUAL_REF_NAMES", "GATEWAY_STATUS_FD",
+                         "GATEWAY_FSCK_OBJECTS")
 # How many moved refs the worker names to the server (pool.py's status pipe), and how
 # much of each name: well under a pipe's 64 KiB, so that the one write never waits.
 STATUS_REFS = 50
@@ -90,6 +93,7 @@ class Settings:
     namespaces: tuple[str, ...] = refcheck.DEFAULT_NAMESPACES
     allow_unusual_ref_names: bool = False
     status_fd: int | None = None
+    fsck_objects: bool = True
 
     @classmethod
     def from_env(cls, env: dict) -> "Settings":
@@ -104,7 +108,8 @@ class Settings:
         return cls(env.get("GATEWAY_HOOKS_DIR") or None,
                    float(env.get("GATEWAY_HOOK_TIMEOUT") or 60), max_bytes or None, hook_env,
                    namespaces, env.get("GATEWAY_ALLOW_UNUSUAL_REF_NAMES") == "1",
-                   int(status_fd) if status_fd.isdigit() else None)
+                   int(status_fd) if status_fd.isdigit() else None,
+                   env.get("GATEWAY_FSCK_OBJECTS", "1") != "0")
 
 
 class ReceivePack:
@@ -136,7 +141,9 @@ class ReceivePack:
                 except Exception as exc:  # a broken, truncated or oversized pack
                     unpack_status = _one_line(exc) or b"unpacker error"
                     self._refuse_all(commands, b"unpacker error")
-                if quarantine is not None:
+                if quarantine is not None and self.settings.fsck_objects:
+                    unpack_status = self._fsck(commands, quarantine)
+                if quarantine is not None and unpack_status == b"ok":
                     self._check_connectivity(commands, quarantine)
             if unpack_status == b"ok":
                 self._run_checks_and_update(commands, options, quarantine)
@@ -240,6 +247,19 @@ class ReceivePack:
             shutil.rmtree(path, ignore_errors=True)
             raise
         return quarantine
+
+    def _fsck(self, commands: list[Command], quarantine: DiskObjectStore) -> bytes:
+        """C git's fsck of every new object (fsck.py); an error refuses the whole push."""
+        problems = fsck.check_new_objects(quarantine, self.repo.object_store,
+                                          fsck.levels_from_config(self.repo.get_config()))
+        self._say(fsck.report(problems))
+        if not any(p.is_error for p in problems):
+            return b"ok"
+        log_event(log, "push.fsck", level=logging.WARNING, repository=self.repo.controldir(),
+                  objects=len({p.sha for p in problems if p.is_error}),
+                  first=next(f"{p.sha.decode()}:{p.msg_id}" for p in problems if p.is_error))
+        self._refuse_all(commands, b"unpacker error")
+        return b"fsck error in packed object"
 
     def _check_connectivity(self, commands: list[Command], quarantine: DiskObjectStore) -> None:
         """Every object reachable from a new tip is either new (in the quarantine) or
