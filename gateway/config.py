@@ -46,6 +46,10 @@ class Settings:
     # Pushes (SPEC §7)
     hook_timeout: int = 60
     max_push_bytes: int = 2 * 1024**3
+    # Inflated sizes (delta and zlib bombs): GitHub refuses files over 100 MB.
+    max_object_bytes: int = 100 * 1024**2
+    max_push_inflated_bytes: int = 8 * 1024**3
+    worker_memory_limit: int = 2 * 1024**3
     # Two-step verification (SPEC §5)
     issuer: str = "gateway"
     recovery_codes: int = 6
@@ -127,6 +131,12 @@ def _not_empty(value: str) -> str | None:
     return None if value.strip() else "must not be empty"
 
 
+def _memory_limit(value: int) -> str | None:
+    # Below about 200 MiB a worker cannot even serve a small clone.
+    return None if value == 0 or 256 * 1024**2 <= value <= 2**62 else \
+        "must be 0 (no limit) or at least 268435456 (256 MiB)"
+
+
 def _ssh_user(value: str) -> str | None:
     ok = value and all(c.isalnum() or c in "._-" for c in value) and not value.startswith("-")
     return None if ok else "must be a login name (letters, digits, '.', '_', '-')"
@@ -169,6 +179,12 @@ DESCRIPTIONS = {
                       "once wait about 0.1 s for one); 0: start one per request", _between(0, 64)),
     "hook_timeout": ("seconds a Git hook may run", _between(1, DAY)),
     "max_push_bytes": ("largest pack a push may send; 0: no limit", _between(0, 2**62)),
+    "max_object_bytes": ("largest object (file) a push may hold once inflated, and the "
+                         "largest file git archive sends; 0: no limit", _between(0, 2**62)),
+    "max_push_inflated_bytes": ("the most a push's objects may come to once inflated; "
+                                "0: no limit", _between(0, 2**62)),
+    "worker_memory_limit": ("bytes of memory (RLIMIT_DATA) one Git worker process may "
+                            "allocate; 0: no limit", _memory_limit),
     "issuer": ("name shown in authenticator apps", _not_empty),
     "recovery_codes": ("recovery codes made at 2SV enrolment", _between(1, 50)),
     "twosv_backoff_seconds": ("wait after repeated wrong 2SV codes (SPEC §5)",

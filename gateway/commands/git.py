@@ -72,6 +72,9 @@ async def run(ctx: Context, request: GitRequest) -> int:
         "GATEWAY_HOOKS_DIR": str(ctx.settings.hooks_dir.resolve()),
         "GATEWAY_HOOK_TIMEOUT": str(ctx.settings.hook_timeout),
         "GATEWAY_MAX_PUSH_BYTES": str(ctx.settings.max_push_bytes),
+        "GATEWAY_MAX_OBJECT_BYTES": str(ctx.settings.max_object_bytes),
+        "GATEWAY_MAX_PUSH_INFLATED_BYTES": str(ctx.settings.max_push_inflated_bytes),
+        "GATEWAY_WORKER_MEMORY_LIMIT": str(ctx.settings.worker_memory_limit),
     }
     proc = await worker_pool(ctx.settings).start_job(request.service, str(repo_dir), env)
     status = await relay(proc, ctx.stdin, ctx.stdout, ctx.stderr,

@@ -69,7 +69,8 @@ class Command:
 
 # What the server tells the worker itself, not its hooks.
 WORKER_ONLY_VARIABLES = ("GATEWAY_LOG_FD", "GATEWAY_LOG_LEVEL", "GATEWAY_LOG_FORMAT",
-                         "GATEWAY_MAX_PUSH_BYTES")
+                         "GATEWAY_MAX_PUSH_BYTES", "GATEWAY_MAX_OBJECT_BYTES",
+                         "GATEWAY_MAX_PUSH_INFLATED_BYTES", "GATEWAY_WORKER_MEMORY_LIMIT")
 
 
 @dataclass
@@ -78,6 +79,7 @@ class Settings:
     hook_timeout: float = 60.0
     max_push_bytes: int | None = None
     hook_env: dict = field(default_factory=dict)
+    limits: packin.Limits = packin.Limits()
 
     @classmethod
     def from_env(cls, env: dict) -> "Settings":
@@ -87,7 +89,8 @@ class Settings:
                     if k.startswith("GATEWAY_") and k not in WORKER_ONLY_VARIABLES}
         hook_env["PATH"] = env.get("PATH", "/usr/bin:/bin")
         return cls(env.get("GATEWAY_HOOKS_DIR") or None,
-                   float(env.get("GATEWAY_HOOK_TIMEOUT") or 60), max_bytes or None, hook_env)
+                   float(env.get("GATEWAY_HOOK_TIMEOUT") or 60), max_bytes or None, hook_env,
+                   packin.Limits.from_env(env))
 
 
 class ReceivePack:
@@ -199,7 +202,7 @@ class ReceivePack:
         quarantine = DiskObjectStore(path)
         try:
             packin.receive_pack(quarantine, self.proto.read, self.proto.recv,
-                                self.settings.max_push_bytes)
+                                self.settings.max_push_bytes, self.settings.limits)
         except BaseException:
             quarantine.close()
             shutil.rmtree(path, ignore_errors=True)
