@@ -38,6 +38,7 @@ from dulwich.errors import GitProtocolError, HangupException
 from dulwich.protocol import ReceivableProtocol
 
 from ..logs import StructuredFormatter, log_event
+from .archive import ArchiveRefused
 from .handlers import HANDLERS, OneRepoBackend, open_repo
 from .storedpacks import PackError
 
@@ -115,6 +116,10 @@ def main(argv: list[str]) -> int:
         print("ERROR: protocol error: malformed request", file=sys.stderr)
         return 1
     except BrokenPipeError:
+        return 1
+    except ArchiveRefused as exc:
+        log_event(log, "git.refused", service=service, repository=repo_dir, reason=str(exc))
+        print(f"ERROR: {exc}", file=sys.stderr)
         return 1
     except MemoryError:
         log_event(log, "git.out_of_memory", level=logging.WARNING, service=service,
