@@ -49,7 +49,7 @@ class Settings:
     # Inflated sizes (delta and zlib bombs): GitHub refuses files over 100 MB.
     max_object_bytes: int = 100 * 1024**2
     max_push_inflated_bytes: int = 8 * 1024**3
-    worker_memory_limit: int = 2 * 1024**3
+    worker_memory_limit: int = 1024**3
     # Two-step verification (SPEC §5)
     issuer: str = "gateway"
     recovery_codes: int = 6

@@ -29,7 +29,7 @@ from dulwich.archive import UnsafeArchivePathError, _is_unsafe_archive_path
 from dulwich.index import cleanup_mode
 from dulwich.objects import Blob, Tree
 
-from .packin import delta_sizes, size_text
+from .packin import delta_sizes, sizes_text
 from .storedpacks import OFS_DELTA, REF_DELTA, SHA_LEN, ObjectReader, PackError, StoredPack, \
     parse_header, parse_ofs
 
@@ -65,9 +65,8 @@ def plan(store, reader: ObjectReader | None, tree: Tree, prefix: bytes,
                 continue  # missing, or not a blob: dulwich leaves it out as well
             size, where = found
             if max_object_bytes and size > max_object_bytes:
-                raise ArchiveRefused(
-                    f"a file of {size_text(size)} exceeds the limit of "
-                    f"{size_text(max_object_bytes)} (max_object_bytes)")
+                raise ArchiveRefused(f"a file of {sizes_text(size, max_object_bytes)} "
+                                     "(max_object_bytes)")
             files.append(_File(path, entry.mode, entry.sha, size, where))
     except UnsafeArchivePathError:
         raise ArchiveRefused("the tree holds a path that is not safe in an archive "

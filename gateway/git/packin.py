@@ -71,8 +71,8 @@ class Limits:
 
     def check_object(self, size: int, what: str = "object") -> None:
         if self.max_object_bytes and size > self.max_object_bytes:
-            raise LimitExceeded(f"{what} of {size_text(size)} exceeds the limit of "
-                                f"{size_text(self.max_object_bytes)} (max_object_bytes)")
+            raise LimitExceeded(f"{what} of {sizes_text(size, self.max_object_bytes)} "
+                                "(max_object_bytes)")
 
     def check_total(self, total: int) -> None:
         if self.max_inflated_bytes and total > self.max_inflated_bytes:
@@ -86,6 +86,14 @@ def size_text(n: int) -> str:
             value = n / scale
             return f"{value:.0f} {unit}" if value >= 10 or value == int(value) else f"{value:.1f} {unit}"
     return f"{n} bytes"
+
+
+def sizes_text(size: int, limit: int) -> str:
+    """"N exceeds the limit of M", in bytes where rounding would make them look equal."""
+    a, b = size_text(size), size_text(limit)
+    if a == b or a.split()[0] == b.split()[0] + ".0":
+        a, b = f"{size} bytes", f"{limit} bytes"
+    return f"{a} exceeds the limit of {b}"
 
 
 def delta_sizes(head: bytes) -> tuple[int, int] | None:
