@@ -2,7 +2,8 @@
 
     python -m adversarial            the full suite (10,000 command lines, 20 kill rounds, 200 clones)
     python -m adversarial --quick    a bounded run for CI (the test suite runs this)
-    python -m adversarial --only ssh a single class (exec, paths, ssh, protocol, 2sv, load, faults)
+    python -m adversarial --only ssh a single class (exec, paths, ssh, protocol, 2sv, load, faults,
+                                     bombs)
 
 Exit status 1 if any input was mishandled; the inputs are printed below the table.
 """
@@ -17,7 +18,7 @@ import time
 import traceback
 from pathlib import Path
 
-from . import suite
+from . import bombs, suite
 
 SIZES = {  # quick, full
     "exec": (1500, 10000), "through_ssh": (20, 100), "protocol": (60, 400),
@@ -29,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="bounded run (CI)")
     parser.add_argument("--only", action="append", metavar="CLASS",
-                        choices=["exec", "paths", "ssh", "protocol", "2sv", "load", "faults"],
+                        choices=["exec", "paths", "ssh", "protocol", "2sv", "load", "faults", "bombs"],
                         help="run only this class (repeatable)")
     args = parser.parse_args(argv)
     size = {k: v[0] if args.quick else v[1] for k, v in SIZES.items()}
@@ -58,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
             "2sv": lambda: suite.two_step(g, size["guesses"]),
             "load": lambda: suite.load(g, w, size["clones"], size["sockets"]),
             "faults": lambda: suite.faults(g, w, size["kill_rounds"], size["cuts"]),
+            "bombs": lambda: bombs.bombs(w),
         }
         for name, step in steps.items():
             if args.only and name not in args.only:
