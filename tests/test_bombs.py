@@ -13,6 +13,7 @@ import io
 import os
 import subprocess
 import tarfile
+import zlib
 from pathlib import Path
 
 import pytest
@@ -263,3 +264,38 @@ def test_archive_of_an_unsafe_path_is_a_clean_refusal(bombed):
     log = bombed.server_log()[offset:]
     assert "level=info event=git.refused" in log, log
     assert "level=error" not in log and "Traceback" not in log, log
+
+
+def test_archive_of_a_loose_huge_blob_is_refused_cheaply(bombed):
+    """The same for a loose object (256 MiB of zeros in a 260 KB file): its size comes
+    from its header, nothing is inflated."""
+    alice, path, repo_dir = world(bombed)
+    size = 256 * MiB
+    digest = hashlib.sha1(b"blob %d\x00" % size)
+    comp = zlib.compressobj(9)
+    parts = [comp.compress(b"blob %d\x00" % size)]
+    for _ in range(size // MiB):
+        digest.update(bytes(MiB))
+        parts.append(comp.compress(bytes(MiB)))
+    parts.append(comp.flush())
+    sha = digest.hexdigest()
+    loose = repo_dir / "objects" / sha[:2] / sha[2:]
+    loose.parent.mkdir(exist_ok=True)
+    loose.write_bytes(b"".join(parts))
+    repo = Repo(str(repo_dir))
+    tree = Tree()
+    tree.add(b"zeros.bin", 0o100644, sha.encode())
+    c = Commit()
+    c.tree = tree.id
+    c.author = c.committer = b"Plant <plant@example.com>"
+    c.author_time = c.commit_time = 1700000000
+    c.author_timezone = c.commit_timezone = 0
+    c.message = b"loose\n"
+    repo.object_store.add_object(tree)
+    repo.object_store.add_object(c)
+    repo.refs[b"refs/heads/main"] = c.id
+    repo.close()
+    result, peak = archive(bombed, alice, path, repo_dir, "HEAD")
+    err = result.stderr.decode(errors="replace")
+    assert "ERROR: a file of 256 MiB exceeds the limit of 100 MiB (max_object_bytes)" in err, err
+    assert peak < 100 * MiB, pb.mb(peak)

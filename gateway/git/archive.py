@@ -63,10 +63,13 @@ def plan(store, reader: ObjectReader | None, tree: Tree, prefix: bytes,
             found = _locate(store, reader, entry.sha)
             if found is None:
                 continue  # missing, or not a blob: dulwich leaves it out as well
-            size, where = found
+            size, base_size, where = found
             if max_object_bytes and size > max_object_bytes:
                 raise ArchiveRefused(f"a file of {sizes_text(size, max_object_bytes)} "
                                      "(max_object_bytes)")
+            if max_object_bytes and base_size > max_object_bytes:
+                raise ArchiveRefused(f"a file stored as a delta on an object of "
+                                     f"{sizes_text(base_size, max_object_bytes)} (max_object_bytes)")
             files.append(_File(path, entry.mode, entry.sha, size, where))
     except UnsafeArchivePathError:
         raise ArchiveRefused("the tree holds a path that is not safe in an archive "
@@ -90,15 +93,20 @@ def _walk(store, tree: Tree, root: bytes):
             yield path, entry
 
 
-def _locate(store, reader: ObjectReader | None, sha: bytes) -> tuple[int, tuple | None] | None:
-    """(size, where) of a blob without inflating it; None if it is not a blob here."""
+def _locate(store, reader: ObjectReader | None, sha: bytes) -> tuple[int, int, tuple | None] | None:
+    """(size, its delta base's size or 0, where) of a blob without inflating it; None if
+    it is not a blob here."""
     found = reader.locate(sha) if reader is not None else None
     if found is None:
+        loose = _loose_header(store, sha)
+        if loose is not None:
+            kind, size = loose
+            return (size, 0, None) if kind == b"blob" else None
         try:
-            obj = store[sha]
+            obj = store[sha]  # in a pack storedpacks cannot read: dulwich, whole
         except KeyError:
             return None
-        return (obj.raw_length(), None) if isinstance(obj, Blob) else None
+        return (obj.raw_length(), 0, None) if isinstance(obj, Blob) else None
     pack, k = found
     start, end = pack.starts[k], pack.starts[k + 1]
     head = os.pread(pack.fd, min(end - start, 64), start)
@@ -110,7 +118,7 @@ def _locate(store, reader: ObjectReader | None, sha: bytes) -> tuple[int, tuple 
         base = binascii.hexlify(head[pos:pos + SHA_LEN])
         pos += SHA_LEN
     elif type_num == BLOB:
-        return size, (pack, k, "whole", start + pos)
+        return size, 0, (pack, k, "whole", start + pos)
     else:
         return None
     # A delta: its result's size is at the start of the delta data.
@@ -119,7 +127,19 @@ def _locate(store, reader: ObjectReader | None, sha: bytes) -> tuple[int, tuple 
     sizes = delta_sizes(first)
     if sizes is None:
         raise PackError("a stored delta is cut short")
-    return sizes[1], (pack, k, "delta", (base, start + pos, size, sizes[0]))
+    return sizes[1], sizes[0], (pack, k, "delta", (base, start + pos, size, sizes[0]))
+
+
+def _loose_header(store, sha: bytes) -> tuple[bytes, int] | None:
+    """(type, size) of a loose object from its first inflated bytes, None if not loose."""
+    try:
+        with open(store._get_shafile_path(sha), "rb") as f:
+            first = zlib.decompressobj().decompress(f.read(4096), 64)
+    except (OSError, zlib.error):
+        return None
+    kind, _, rest = first.partition(b" ")
+    size = rest.split(b"\0", 1)[0]
+    return (kind, int(size)) if size.isdigit() else None
 
 
 def stream(store, reader: ObjectReader | None, files: list[_File], mtime: int,
