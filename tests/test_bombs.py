@@ -92,6 +92,9 @@ def test_bomb_is_refused_with_bounded_memory(bombed, name):
     assert peak < BOUND, pb.mb(peak)
     assert "internal error" not in err and "Traceback" not in err
     refused_cleanly(bombed, path, repo_dir, before, offset)
+    if "(max_" in message:  # a limit's refusal is logged for the operator
+        assert "level=info event=git.refused service=git-receive-pack" in \
+            bombed.server_log()[offset:]
 
 
 def test_chain_of_legal_deltas_stays_bounded(bombed):
@@ -151,7 +154,7 @@ def test_worker_memory_limit_gives_one_clean_error(private):
     assert "(worker_memory_limit)" in status, (status, err)
     assert peak < BOUND, pb.mb(peak)
     refused_cleanly(g, path, repo_dir, before, offset)
-    assert "worker_memory_limit" in g.server_log()[offset:]
+    assert "event=git.out_of_memory" in g.server_log()[offset:]
 
 
 def test_worker_memory_limit_is_checked(tmp_path):

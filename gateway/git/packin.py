@@ -47,6 +47,8 @@ from dulwich.pack import (
     write_pack_index,
 )
 
+from ..logs import log_event
+
 PACK_MODE = 0o444
 MiB = 1024 * 1024
 INFLATE_STEP = MiB  # the most the first pass inflates at once
@@ -348,9 +350,17 @@ def receive_pack(store: DiskObjectStore, read_all: Callable[[int], bytes],
         return base
     except MemoryError:
         _remove(path)
-        log.warning("push refused: the pack needed more memory than worker_memory_limit allows")
+        log_event(log, "git.out_of_memory", level=logging.WARNING, service="git-receive-pack",
+                  repository=os.path.dirname(os.path.dirname(os.path.abspath(store.path))),
+                  limit=os.environ.get("GATEWAY_WORKER_MEMORY_LIMIT", ""))
         raise LimitExceeded("the pack needs more memory than the server allows a request "
                             "(worker_memory_limit)") from None
+    except LimitExceeded as exc:
+        _remove(path)
+        log_event(log, "git.refused", service="git-receive-pack",
+                  repository=os.path.dirname(os.path.dirname(os.path.abspath(store.path))),
+                  reason=str(exc))
+        raise
     except BaseException:
         _remove(path)
         raise
