@@ -193,7 +193,8 @@ def mb(n: int) -> str:
 def plant_huge_blob(repo_dir: Path, size: int = 256 * MiB, ref: str = "refs/heads/huge") -> str:
     """Write, on the server's side, a commit whose tree holds `huge.bin`: SIZE bytes made
     by one delta from a 64 KiB blob (16 KB on disk), as a push before the limits could
-    leave. Uses C git's index-pack; returns the commit's name."""
+    leave. Its parent commit holds only the 64 KiB base (`small.txt`). Uses C git's
+    index-pack; returns the commit's name."""
     from dulwich.objects import Commit, Tree
 
     base = b"A" * 65536
@@ -207,17 +208,23 @@ def plant_huge_blob(repo_dir: Path, size: int = 256 * MiB, ref: str = "refs/head
     tree = Tree()
     tree.add(b"huge.bin", 0o100644, huge_id)
     tree.add(b"small.txt", 0o100644, blob_sha(base).hex().encode())
-    c = Commit()
-    c.tree = tree.id
-    c.author = c.committer = b"Plant <plant@example.com>"
-    c.author_time = c.commit_time = 1700000000
-    c.author_timezone = c.commit_timezone = 0
-    c.message = b"a huge blob\n"
+    first_tree = Tree()
+    first_tree.add(b"small.txt", 0o100644, blob_sha(base).hex().encode())
+    commits = []
+    for t, message in ((first_tree, b"the base\n"), (tree, b"a huge blob\n")):
+        c = Commit()
+        c.tree = t.id
+        c.parents = [commits[-1].id] if commits else []
+        c.author = c.committer = b"Plant <plant@example.com>"
+        c.author_time = c.commit_time = 1700000000
+        c.author_timezone = c.commit_timezone = 0
+        c.message = message
+        commits.append(c)
     ops = b"\x80" * (prefix_size // 65536) + bytes([len(tail)]) + tail
     delta = _varint(len(base)) + _varint(prefix_size + len(tail)) + ops
     entries = [_entry_header(BLOB, len(base)) + zlib.compress(base),
                _entry_header(REF_DELTA, len(delta)) + blob_sha(base) + zlib.compress(delta, 9)]
-    for obj in (tree, c):
+    for obj in (first_tree, tree, *commits):
         raw = obj.as_raw_string()
         entries.append(_entry_header(obj.type_num, len(raw)) + zlib.compress(raw))
     subprocess.run(["git", "index-pack", "--stdin"], input=pack(entries), cwd=repo_dir,

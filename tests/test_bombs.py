@@ -12,6 +12,7 @@ import hashlib
 import io
 import os
 import subprocess
+import sys
 import tarfile
 import zlib
 from pathlib import Path
@@ -302,3 +303,32 @@ def test_archive_of_a_loose_huge_blob_is_refused_cheaply(bombed):
     err = result.stderr.decode(errors="replace")
     assert "ERROR: a file of 256 MiB exceeds the limit of 100 MiB (max_object_bytes)" in err, err
     assert peak < 100 * MiB, pb.mb(peak)
+
+
+def test_thick_fetch_of_a_huge_delta_is_streamed(tmp_path):
+    """A fetch by a client that has the base but takes no thin pack gets the 256 MiB
+    delta's result whole: applied and deflated in pieces (537 MiB peak before), and
+    C git's index-pack finds the right object in it."""
+    from test_upload_pack import entry_types, request
+
+    server = tmp_path / "s.git"
+    local_git("init", "-q", "--bare", str(server), cwd=tmp_path)
+    tip = pb.plant_huge_blob(server, 256 * MiB, "refs/heads/main")
+    parent = local_git("rev-parse", "main~1", cwd=server).strip()
+    huge = local_git("rev-parse", "main:huge.bin", cwd=server).strip()
+    proc = subprocess.Popen([sys.executable, "-m", "gateway.git.worker", "git-upload-pack",
+                             str(server)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    with pb.PeakWatcher(lambda: [proc.pid]) as watcher:
+        out, err = proc.communicate(request([tip], [parent], "side-band-64k ofs-delta"), 120)
+    assert proc.returncode == 0, err
+    assert watcher.peak < 100 * MiB, pb.mb(watcher.peak)
+    pack, pos = bytearray(), 0
+    while pos < len(out):  # side-band-64k, channel 1
+        size = int(out[pos:pos + 4], 16)
+        line = out[pos + 4:pos + size] if size else b""
+        pos += size or 4
+        if line[:1] == b"\x01" and (pack or line[1:5] == b"PACK"):
+            pack += line[1:]
+    types = entry_types(bytes(pack), tmp_path, strict=False)
+    assert types.get(huge) == 3  # sent whole, as a blob, with the right name

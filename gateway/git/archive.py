@@ -205,6 +205,32 @@ def _content(store, reader: ObjectReader | None, f: _File) -> Iterator[bytes]:
     yield from _apply_pieces(base, delta)
 
 
+def large_delta(reader: ObjectReader, pack: StoredPack, k: int) -> tuple[int, int, Iterator[bytes]] | None:
+    """A stored delta whose result is over STREAM_ABOVE: (type, size, the result in
+    pieces), its base read whole; None for anything else (read it whole). For
+    upload-pack, which must sometimes send a delta's result whole."""
+    start, end = pack.starts[k], pack.starts[k + 1]
+    head = os.pread(pack.fd, min(end - start, 64), start)
+    type_num, size, pos = parse_header(head)
+    if type_num == OFS_DELTA:
+        distance, pos = parse_ofs(head, pos)
+        base_ref: int | bytes = pack.at_offset(start - distance)
+    elif type_num == REF_DELTA:
+        base_ref = binascii.hexlify(head[pos:pos + SHA_LEN])
+        pos += SHA_LEN
+    else:
+        return None
+    first = zlib.decompressobj().decompress(os.pread(pack.fd, min(end - start - pos, 4096), start + pos), 32)
+    sizes = delta_sizes(first)
+    if sizes is None or sizes[1] <= STREAM_ABOVE:
+        return None
+    base_type, base = reader.read_entry(pack, base_ref) if isinstance(base_ref, int) else reader.read(base_ref)
+    if len(base) != sizes[0]:
+        raise PackError("a stored delta's base has the wrong size")
+    delta = b"".join(_inflate_pieces(pack, start + pos, end, size))
+    return base_type, sizes[1], _apply_pieces(base, delta)
+
+
 def _inflate_pieces(pack: StoredPack, at: int, end: int, size: int) -> Iterator[bytes]:
     inflater = zlib.decompressobj()
     pending = b""
