@@ -332,3 +332,28 @@ def test_thick_fetch_of_a_huge_delta_is_streamed(tmp_path):
             pack += line[1:]
     types = entry_types(bytes(pack), tmp_path, strict=False)
     assert types.get(huge) == 3  # sent whole, as a blob, with the right name
+
+
+def test_a_delta_with_a_malformed_header_is_refused(bombed):
+    """Sizes that never end (more than 64 bits) are refused on the first pass."""
+    alice, path, repo_dir = world(bombed)
+    base = b"A" * 100
+    delta = b"\xff" * 30 + b"\x01"
+    entries = [pb._entry_header(pb.BLOB, len(base)) + zlib.compress(base),
+               pb._entry_header(pb.REF_DELTA, len(delta)) + pb.blob_sha(base) + zlib.compress(delta)]
+    before, offset = packs(repo_dir), len(bombed.server_log())
+    status, _, err = push_raw(bombed, alice, path, repo_dir, pb.pack(entries))
+    assert status == "a delta's header is malformed", (status, err)
+    refused_cleanly(bombed, path, repo_dir, before, offset)
+
+
+def test_size_texts():
+    from gateway.git.packin import Limits, LimitExceeded, delta_sizes, sizes_text
+
+    assert sizes_text(300 * MiB, 100 * MiB) == "300 MiB exceeds the limit of 100 MiB"
+    assert sizes_text(8 * MiB + 1, 8 * MiB) == "8388609 bytes exceeds the limit of 8388608 bytes"
+    assert delta_sizes(b"\x80\x01\x05") == (128, 5)
+    assert delta_sizes(b"\x80") is None and delta_sizes(b"\xff" * 20) is None
+    Limits(0, 0).check_object(2**62)  # 0: no limit
+    with pytest.raises(LimitExceeded, match=r"\(max_object_bytes\)"):
+        Limits(10, 0).check_object(11)

@@ -160,10 +160,11 @@ class _BoundedCopier(PackStreamCopier):
         head, unused = self._inflate(size, want_head=type_num in DELTA_TYPES)
         if type_num in DELTA_TYPES:
             sizes = delta_sizes(head)
-            if sizes is not None:
-                self.limits.check_object(sizes[0], "a delta's base")
-                self.limits.check_object(sizes[1], "a delta's result")
-                size = sizes[1]
+            if sizes is None:  # cut short, or a size of more than 64 bits
+                raise zlib.error("a delta's header is malformed")
+            self.limits.check_object(sizes[0], "a delta's base")
+            self.limits.check_object(sizes[1], "a delta's result")
+            size = sizes[1]
         self.total += size
         self.limits.check_total(self.total)
         return UnpackedObject(type_num, delta_base=delta_base, decomp_len=size,
