@@ -17,10 +17,10 @@ import time
 import traceback
 from pathlib import Path
 
-from . import refs, stolen_key, suite, trees, workers
+from . import bombs, refs, stolen_key, suite, trees, workers
 
 CLASSES = ["exec", "paths", "ssh", "protocol", "refs", "trees", "2sv", "stolen-key", "load", "faults",
-           "workers"]
+           "workers", "bombs"]
 
 SIZES = {  # quick, full
     "exec": (1500, 10000), "through_ssh": (20, 100), "protocol": (60, 400),
@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             "load": lambda: suite.load(g, w, size["clones"], size["sockets"]),
             "faults": lambda: suite.faults(g, w, size["kill_rounds"], size["cuts"]),
             "workers": lambda: workers.workers(root / "workers", size["flood"], size["trickle"]),
+            "bombs": lambda: bombs.bombs(w),
         }
         for name, step in steps.items():
             if args.only and name not in args.only:

@@ -789,7 +789,10 @@ def faults(g: Gateway, w: World, rounds: int, cuts: int) -> Result:
         proc = subprocess.Popen(argv, cwd=w.clone, env=env, start_new_session=True,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_until(lambda: git_workers(repo_dir) or proc.poll() is not None, 10, 0.01)
-        os.killpg(proc.pid, signal.SIGKILL)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass  # the client finished before it could be cut
         proc.wait()
     wait_until(lambda: not git_workers(repo_dir), 15)
     steady()

@@ -54,6 +54,10 @@ class Settings:
     push_ref_namespaces: tuple[str, ...] = ("refs/heads/", "refs/tags/")
     allow_unusual_ref_names: bool = False
     fsck_objects: bool = True
+    # Inflated sizes (delta and zlib bombs): GitHub refuses files over 100 MB.
+    max_object_bytes: int = 100 * 1024**2
+    max_push_inflated_bytes: int = 8 * 1024**3
+    worker_memory_limit: int = 1024**3
     # Two-step verification (SPEC §5)
     issuer: str = "gateway"
     recovery_codes: int = 6
@@ -143,6 +147,10 @@ def _namespaces(value: tuple[str, ...]) -> str | None:
         return "must list at least one namespace"
     bad = [v for v in value if not valid_namespace(v)]
     return f"has {bad[0]!r}: each must be 'refs/' or like 'refs/notes/'" if bad else None
+def _memory_limit(value: int) -> str | None:
+    # Below about 200 MiB a worker cannot even serve a small clone.
+    return None if value == 0 or 256 * 1024**2 <= value <= 2**62 else \
+        "must be 0 (no limit) or at least 268435456 (256 MiB)"
 
 
 def _ssh_user(value: str) -> str | None:
@@ -204,6 +212,12 @@ DESCRIPTIONS = {
                                 "characters, and refs/heads/HEAD", None),
     "fsck_objects": ("check every object a push brings as C git's receive.fsckObjects "
                      "does, and refuse the push on an error", None),
+    "max_object_bytes": ("largest object (file) a push may hold once inflated, and the "
+                         "largest file git archive sends; 0: no limit", _between(0, 2**62)),
+    "max_push_inflated_bytes": ("the most a push's objects may come to once inflated; "
+                                "0: no limit", _between(0, 2**62)),
+    "worker_memory_limit": ("bytes of memory (RLIMIT_DATA) one Git worker process may "
+                            "allocate; 0: no limit", _memory_limit),
     "issuer": ("name shown in authenticator apps", _not_empty),
     "recovery_codes": ("recovery codes made at 2SV enrolment", _between(1, 50)),
     "twosv_backoff_seconds": ("wait after repeated wrong 2SV codes (SPEC §5)",

@@ -14,7 +14,7 @@ def test_bounded_adversarial_suite_handles_every_input():
     result = subprocess.run([sys.executable, "-m", "adversarial", "--quick"], cwd=ROOT,
                             capture_output=True, text=True, timeout=600)
     table = [line for line in result.stdout.splitlines() if line.startswith("| ")][1:]
-    assert len(table) == 11, result.stdout + result.stderr[-3000:]
+    assert len(table) == 12, result.stdout + result.stderr[-3000:]
     for row in table:
         name, tried, handled = [cell.strip() for cell in row.strip("|").split("|")[:3]]
         assert int(tried) > 0 and tried == handled, row + "\n" + result.stdout

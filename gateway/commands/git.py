@@ -69,6 +69,9 @@ async def run(ctx: Context, request: GitRequest) -> int:
         "GATEWAY_HOOK_TIMEOUT": str(ctx.settings.hook_timeout),
         "GATEWAY_MAX_PUSH_BYTES": str(ctx.settings.max_push_bytes),
         "GATEWAY_FSCK_OBJECTS": "1" if ctx.settings.fsck_objects else "0",
+        "GATEWAY_MAX_OBJECT_BYTES": str(ctx.settings.max_object_bytes),
+        "GATEWAY_MAX_PUSH_INFLATED_BYTES": str(ctx.settings.max_push_inflated_bytes),
+        "GATEWAY_WORKER_MEMORY_LIMIT": str(ctx.settings.worker_memory_limit),
     }
     if action is policy.Action.WRITE:
         env["GATEWAY_PUSH_REF_NAMESPACES"] = " ".join(ctx.settings.push_ref_namespaces)

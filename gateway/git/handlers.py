@@ -8,7 +8,9 @@
   dulwich, which inflates and deflates every object; shallow requests and repositories
   whose packs `storedpacks` cannot read still go through dulwich.
 - `git archive --remote` arguments: dulwich only takes full ref names and breaks on
-  `--prefix=X`; tree-ishes are resolved the way Git does for the common forms.
+  `--prefix=X`; tree-ishes are resolved the way Git does for the common forms. The tar
+  stream is `archive.py`'s: dulwich's holds every file whole, and its refusal of an
+  unsafe path showed as an internal error.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import os
 import time
 from collections.abc import Iterable
 
-from dulwich.archive import tar_stream
 from dulwich.errors import GitProtocolError
 from dulwich.object_store import GraphTraversalReachability
 from dulwich.objects import Commit, Tag, Tree, valid_hexsha
@@ -27,7 +28,7 @@ from dulwich.protocol import COMMAND_DEEPEN, COMMAND_SHALLOW, CAPABILITY_FILTER,
 from dulwich.repo import Repo
 from dulwich.server import Backend, UploadArchiveHandler, UploadPackHandler, _ProtocolGraphWalker
 
-from . import clonecache, receive, sendpack, storedpacks
+from . import archive, clonecache, receive, sendpack, storedpacks
 from .commitobjects import CommitObjects
 
 SIDE_BAND_DATA_MAX = 65515  # a pkt-line's 65520 bytes less its length and channel
@@ -189,11 +190,20 @@ class GatewayUploadArchiveHandler(UploadArchiveHandler):
             self.proto.write_pkt_line(f"NACK {exc}".encode())
             self.proto.write_pkt_line(None)
             return
-        self.proto.write_pkt_line(b"ACK")
-        self.proto.write_pkt_line(None)
-        mtime = int(time.time())
-        for chunk in tar_stream(self.repo.object_store, tree, mtime, prefix.encode(), fmt):
-            self.proto.write_sideband(SIDE_BAND_CHANNEL_DATA, chunk)
+        store = self.repo.object_store
+        reader = storedpacks.open_reader(self.repo)
+        try:
+            # Checked before ACK: a refusal (archive.ArchiveRefused) is then a clean error.
+            files = archive.plan(store, reader, tree, prefix.encode(),
+                                 int(os.environ.get("GATEWAY_MAX_OBJECT_BYTES") or 0))
+            self.proto.write_pkt_line(b"ACK")
+            self.proto.write_pkt_line(None)
+            for chunk in archive.stream(store, reader, files, int(time.time()), fmt):
+                for at in range(0, len(chunk), SIDE_BAND_DATA_MAX):
+                    self.proto.write_sideband(SIDE_BAND_CHANNEL_DATA, chunk[at:at + SIDE_BAND_DATA_MAX])
+        finally:
+            if reader is not None:
+                reader.close()
         self.proto.write_pkt_line(None)
 
     def _parse(self, arguments: list[str]) -> tuple[Tree, str, str]:

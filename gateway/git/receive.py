@@ -77,7 +77,8 @@ class Command:
 WORKER_ONLY_VARIABLES = ("GATEWAY_LOG_FD", "GATEWAY_LOG_LEVEL", "GATEWAY_LOG_FORMAT",
                          "GATEWAY_MAX_PUSH_BYTES", "GATEWAY_PUSH_REF_NAMESPACES",
                          "GATEWAY_ALLOW_UNUSUAL_REF_NAMES", "GATEWAY_STATUS_FD",
-                         "GATEWAY_FSCK_OBJECTS")
+                         "GATEWAY_FSCK_OBJECTS", "GATEWAY_MAX_OBJECT_BYTES",
+                         "GATEWAY_MAX_PUSH_INFLATED_BYTES", "GATEWAY_WORKER_MEMORY_LIMIT")
 # How many moved refs the worker names to the server (pool.py's status pipe), and how
 # much of each name: well under a pipe's 64 KiB, so that the one write never waits.
 STATUS_REFS = 50
@@ -94,6 +95,7 @@ class Settings:
     allow_unusual_ref_names: bool = False
     status_fd: int | None = None
     fsck_objects: bool = True
+    limits: packin.Limits = packin.Limits()
 
     @classmethod
     def from_env(cls, env: dict) -> "Settings":
@@ -109,7 +111,8 @@ class Settings:
                    float(env.get("GATEWAY_HOOK_TIMEOUT") or 60), max_bytes or None, hook_env,
                    namespaces, env.get("GATEWAY_ALLOW_UNUSUAL_REF_NAMES") == "1",
                    int(status_fd) if status_fd.isdigit() else None,
-                   env.get("GATEWAY_FSCK_OBJECTS", "1") != "0")
+                   env.get("GATEWAY_FSCK_OBJECTS", "1") != "0",
+                   packin.Limits.from_env(env))
 
 
 class ReceivePack:
@@ -241,7 +244,7 @@ class ReceivePack:
         quarantine = DiskObjectStore(path)
         try:
             packin.receive_pack(quarantine, self.proto.read, self.proto.recv,
-                                self.settings.max_push_bytes)
+                                self.settings.max_push_bytes, self.settings.limits)
         except BaseException:
             quarantine.close()
             shutil.rmtree(path, ignore_errors=True)

@@ -14,6 +14,12 @@ lets two clones use two cores, and frees every file descriptor and mmap when it 
 
 Output is buffered and written in large chunks, and flushed before every blocking read:
 otherwise the client waits for a reply that sits in our buffer.
+
+Once it has its job, the worker limits its own memory (setting `worker_memory_limit`,
+as RLIMIT_DATA: the heap and private anonymous mappings, which is where inflated objects
+live; the read-only maps of pack files are not counted, so a large repository's packs
+do not use up the limit). Running into it is a MemoryError: one ERROR line for the user,
+one log line for the operator.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import io
 import json
 import logging
 import os
+import resource
 import signal
 import sys
 from typing import BinaryIO
@@ -30,7 +37,8 @@ from typing import BinaryIO
 from dulwich.errors import GitProtocolError, HangupException
 from dulwich.protocol import ReceivableProtocol
 
-from ..logs import StructuredFormatter
+from ..logs import StructuredFormatter, log_event
+from .archive import ArchiveRefused
 from .handlers import HANDLERS, OneRepoBackend, open_repo
 from .storedpacks import PackError
 
@@ -90,6 +98,7 @@ def main(argv: list[str]) -> int:
         print("ERROR: bad worker invocation", file=sys.stderr)
         return 2
     service, repo_dir = argv
+    limit_memory(int(os.environ.get("GATEWAY_WORKER_MEMORY_LIMIT") or 0))
     os.chdir(repo_dir)
     # Unbuffered raw stdin: a read returns what is there, so no pkt-line waits in a buffer.
     stdin = io.FileIO(0, "rb", closefd=False)
@@ -108,6 +117,16 @@ def main(argv: list[str]) -> int:
         return 1
     except BrokenPipeError:
         return 1
+    except ArchiveRefused as exc:
+        log_event(log, "git.refused", service=service, repository=repo_dir, reason=str(exc))
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return 1
+    except MemoryError:
+        log_event(log, "git.out_of_memory", level=logging.WARNING, service=service,
+                  repository=repo_dir, limit=os.environ.get("GATEWAY_WORKER_MEMORY_LIMIT", ""))
+        print("ERROR: the request needs more memory than the server allows one request "
+              "(worker_memory_limit); the operator has been told", file=sys.stderr)
+        return 1
     except PackError as exc:
         log.error("stored pack damaged: %s %s: %s", service, repo_dir, exc)
         print("ERROR: the repository's stored data failed a check; the operator has been told",
@@ -121,11 +140,23 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def limit_memory(limit: int) -> None:
+    """RLIMIT_DATA for this process (0: leave it). Only lowered, never raised."""
+    if limit <= 0:
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    if soft == resource.RLIM_INFINITY or limit < soft:
+        resource.setrlimit(resource.RLIMIT_DATA, (limit, hard))
+
+
 def _setup_logging() -> None:
     # The operator's log is a descriptor the server hands over; stderr goes to the user.
     log_fd = os.environ.get("GATEWAY_LOG_FD")
     stream = os.fdopen(int(log_fd), "w", buffering=1) if log_fd else open(os.devnull, "w")
-    level = logging.DEBUG if os.environ.get("GATEWAY_LOG_LEVEL") == "debug" else logging.WARNING
+    # The server's level: info lines (clean refusals) reach the operator too.
+    level = getattr(logging, os.environ.get("GATEWAY_LOG_LEVEL", "warning").upper(), logging.WARNING)
     handler = logging.StreamHandler(stream)
     handler.setFormatter(StructuredFormatter(os.environ.get("GATEWAY_LOG_FORMAT", "logfmt"),
                                              tracebacks=level == logging.DEBUG))
