@@ -84,11 +84,11 @@ async def _fresh_factor(ctx: Context, svc, workspace: workspaces.Workspace) -> N
     if ctx.identity.key_kind == "security-key":
         return
     guarded = await codes_guarded(ctx)
-    who = (ctx.identity.key_fingerprint, ctx.identity.account_id)
-    verified_at = await twosv_store.session_verified_at(ctx.db, *who)
+    found = await twosv_store.session(ctx.db, ctx.identity.key_fingerprint,
+                                      ctx.identity.account_id)
     window = min(workspace.session_window, FRESH_SESSION) * 60
-    if verified_at is not None and verified_at <= ctx.clock() < verified_at + window:
-        if guarded or await twosv_store.session_method(ctx.db, *who) in ("totp", "security-key"):
+    if found is not None and found[0] <= ctx.clock() < found[0] + window:
+        if guarded or found[1] in ("totp", "security-key"):
             return
     await second_factor(ctx, svc, "Verification code (to change the workspace's policy): ",
                         recovery_codes=guarded)

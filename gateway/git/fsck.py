@@ -34,6 +34,8 @@ from dulwich.objects import Blob, Commit, Tag, Tree, hex_to_sha, sha_to_hex
 from dulwich.pack import OFS_DELTA, REF_DELTA, DeltaChainIterator, UnpackedObject
 from dulwich.refs import check_ref_format
 
+from .packin import delta_sizes
+
 GITMODULES_MAX = 1024 * 1024  # C git: core.bigFileThreshold; ours is parsed in Python
 ATTRIBUTES_MAX = 100 * 1024 * 1024  # C git's ATTR_MAX_FILE_SIZE
 ATTRIBUTES_LINE_MAX = 2048  # C git's ATTR_MAX_LINE_LENGTH
@@ -143,22 +145,9 @@ def _packed_size(store, sha: bytes) -> tuple[int, int] | None:
                 return kind, size
             # A delta starts with its base's size and its result's size.
             head = zlib.decompressobj().decompress(os.pread(f.fileno(), 512, offset + length), 32)
-            _source, pos = _varint(head, 0)
-            target, _ = _varint(head, pos)
-            return Blob.type_num, target
+            sizes = delta_sizes(head)
+            return Blob.type_num, sizes[1] if sizes else 0
     return None
-
-
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while pos < len(data):
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            break
-    return value, pos
 
 
 def _new_objects(quarantine, store) -> Iterator[tuple[bytes, int, bytes]]:

@@ -130,22 +130,19 @@ async def open_session(db: aiosqlite.Connection, fingerprint: str, account_id: i
     )
 
 
-async def session_method(db: aiosqlite.Connection, fingerprint: str,
-                         account_id: int) -> str | None:
-    """How the key's two-step session was opened, or None without one."""
+async def session(db: aiosqlite.Connection, fingerprint: str,
+                  account_id: int) -> tuple[float, str] | None:
+    """When the key's two-step session was opened and how, or None without one."""
     async with db.execute(
-        "SELECT method FROM twosv_sessions WHERE key_fingerprint = ? AND account_id = ?",
+        "SELECT verified_at, method FROM twosv_sessions WHERE key_fingerprint = ?"
+        " AND account_id = ?",
         (fingerprint, account_id),
     ) as cursor:
         row = await cursor.fetchone()
-    return row[0] if row else None
+    return (row[0], row[1]) if row else None
 
 
 async def session_verified_at(db: aiosqlite.Connection, fingerprint: str,
                               account_id: int) -> float | None:
-    async with db.execute(
-        "SELECT verified_at FROM twosv_sessions WHERE key_fingerprint = ? AND account_id = ?",
-        (fingerprint, account_id),
-    ) as cursor:
-        row = await cursor.fetchone()
-    return row[0] if row else None
+    found = await session(db, fingerprint, account_id)
+    return found[0] if found else None
