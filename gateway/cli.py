@@ -397,7 +397,11 @@ async def cmd_serve(settings, args):
         return loaded
 
     settings = with_listen(settings)
-    await datadir.initialise(settings)
+    if await datadir.initialise(settings):
+        # The first ssh asks the user to trust one of these: show them where they start.
+        print(f"New host keys in {settings.host_keys_dir} (the first ssh asks to trust one):")
+        for line in datadir.host_key_fingerprints(settings):
+            print(f"Host key: {line}", flush=True)
     await server.run(settings, lambda: with_listen(config.load(args.data_dir, args.config)))
 
 
