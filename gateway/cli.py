@@ -37,10 +37,17 @@ def _read_key_source(source: str) -> list[sshkeys.PublicKey]:
     if source == "-":
         text = sys.stdin.read()
     else:
+        shown_path = names.printable(source, None)
         try:
             text = Path(source).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise Refusal(f"Cannot read key file {source}: {exc.__class__.__name__}") from None
+        except FileNotFoundError:
+            raise Refusal(f"Cannot read key file: no such file: {shown_path}") from None
+        except OSError as exc:
+            raise Refusal(f"Cannot read key file {shown_path}: "
+                          f"{exc.strerror or exc.__class__.__name__}") from None
+        except UnicodeDecodeError:
+            raise Refusal(f"Cannot read key file {shown_path}: it is not UTF-8 text "
+                          "(expected an OpenSSH public key, the .pub file)") from None
     return sshkeys.parse_text(text)
 
 
@@ -64,7 +71,7 @@ async def _add_keys(db, account: accounts.Account, parsed: list[sshkeys.PublicKe
     done = []
     for key in parsed:
         key_title = title or key.comment or f"key-{key.fingerprint[7:15]}"
-        await keys.add(db, account.id, key, key_title)
+        await keys.add(db, account.id, key, key_title, say_where=True)
         await audit.write(db, "operator", "key.add", account.name, detail=key.fingerprint)
         done.append(f"Added key {key.fingerprint} ({key_title}) to {account.name}")
     return done
@@ -321,9 +328,12 @@ async def cmd_repo_add(settings, args, db):
     path = names.repo_path(args.repo)
     branch = names.branch_name(args.default_branch)
     workspace = await workspaces.get(db, path.workspace)
+    existing = await repos.find(db, workspace.name, path.name)
+    if existing is not None:  # names match case-insensitively: say the stored spelling
+        raise Refusal(f"Repository already exists: {existing.full_name}")
     # The record and the directory must appear together: insert, create on disk, and
     # commit only once the repository exists.
-    await repos.add(db, workspace.id, path.name, args.public, branch)
+    await repos.add(db, workspace.id, path.name, args.public, branch, workspace.name)
     try:
         disk.create(settings.repos_dir, workspace.name, path.name, branch)
     except BaseException:
@@ -369,6 +379,8 @@ async def cmd_audit(settings, args, db):
         raise UsageError("--limit must be at least 1")
     actor = names.account_name(args.account) if args.account else None
     entries = await audit.read(db, actor, args.limit)
+    if actor and not entries and await accounts.find(db, actor) is None:
+        raise Refusal(f"No such account: {actor} ('gateway account list' shows them)")
     if args.json:
         return _print_json([asdict(e) for e in entries])
     for entry in entries:

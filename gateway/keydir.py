@@ -90,7 +90,7 @@ async def sync(db: aiosqlite.Connection, keydir: Path) -> SyncReport:
             report.created_accounts.append(item.account)
             await audit.write(db, "operator", "account.add", item.account, detail="keydir")
         try:
-            await keys.add(db, account.id, item.key, item.title, source="keydir")
+            await keys.add(db, account.id, item.key, item.title, source="keydir", say_where=True)
         except Refusal as refusal:  # e.g. the key is an access key: report it, go on
             report.errors.append(f"{names.shown(str(item.file))}: {refusal.message}")
             continue
