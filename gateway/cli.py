@@ -421,6 +421,10 @@ async def cmd_config_check(settings, args):
     settings, sources = config.load_with_sources(args.data_dir, args.config)
     for line in config.render(settings, sources):
         print(line)
+    print(f"# messages users copy say: {settings.ssh_command('...')}")
+    warning = settings.loopback_host_warning()
+    if warning:
+        print(f"# WARNING: {warning}")
     datadir.check(settings)
     print(f"# OK: settings valid; data directory {settings.data_dir.resolve()} usable")
 

@@ -321,6 +321,9 @@ class Gateway:
         await sync_keydir(settings)
         self.ready = True
         log_event(log, "listening", address=settings.listen, data_dir=str(settings.data_dir))
+        if settings.loopback_host_warning():
+            log_event(log, "settings.warning", logging.WARNING,
+                      problem=settings.loopback_host_warning())
 
     async def _ssh_options(self) -> asyncssh.SSHServerConnectionOptions:
         settings = self.settings
