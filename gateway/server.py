@@ -304,6 +304,8 @@ class Gateway:
 
     async def start(self) -> None:
         settings = self.settings
+        # Looks the machine's name up now (getfqdn may ask DNS), not in a session's message.
+        host_warning = settings.loopback_host_warning()
         self._listener = _listen(settings.listen_host, settings.listen_port, "listen")
         metrics_sock = None
         if settings.metrics_listen:
@@ -321,9 +323,8 @@ class Gateway:
         await sync_keydir(settings)
         self.ready = True
         log_event(log, "listening", address=settings.listen, data_dir=str(settings.data_dir))
-        if settings.loopback_host_warning():
-            log_event(log, "settings.warning", logging.WARNING,
-                      problem=settings.loopback_host_warning())
+        if host_warning:
+            log_event(log, "settings.warning", logging.WARNING, problem=host_warning)
 
     async def _ssh_options(self) -> asyncssh.SSHServerConnectionOptions:
         settings = self.settings
