@@ -212,6 +212,11 @@ def test_operator_messages_say_what_happened(gw, tmp_path):
     line = one_error(gw.cli("key", "add", gw.user().name, str(tmp_path), check=False))
     assert "Is a directory" in line and "Error" not in line.split(":", 1)[1]
 
+    private = one_error(gw.cli("key", "add", gw.user().name, str(make_key(tmp_path, "p")),
+                               check=False))
+    assert "This is a private key" in private and ".pub" in private
+    assert "BEGIN" not in private and "OPENSSH" not in private
+
     ws = gw.workspace()
     gw.repo(ws, "Widgets")
     line = one_error(gw.cli("repo", "add", f"{ws}/widgets", check=False))
@@ -250,9 +255,12 @@ def test_keydir_conflict_with_an_access_key_says_where(gw, tmp_path):
     keydir = tmp_path / "keydir"
     keydir.mkdir()
     shutil.copy(f"{deploy}.pub", keydir / f"{unique('kd')}.pub")
+    (keydir / f"{unique('gone')}.pub").symlink_to(tmp_path / "nowhere.pub")
     result = gw.cli("keys", "sync", "--keydir", str(keydir), check=False)
     assert result.returncode == 1
     assert f"it is the access key of repository {repo}" in result.stderr, result.stderr
+    assert "cannot read: No such file or directory" in result.stderr, result.stderr
+    assert "FileNotFoundError" not in result.stderr
 
 
 # --- 9. SSH command typos -------------------------------------------------------------------
