@@ -166,6 +166,9 @@ async def cmd_key_list(settings, args, db):
 
 async def cmd_key_remove(settings, args, db):
     found = await keys.find(db, args.fingerprint)
+    if found is None and await access_keys.find(db, args.fingerprint) is not None:
+        raise Refusal(f"{names.printable(args.fingerprint)} is an access key: "
+                      f"gateway access-key remove {names.printable(args.fingerprint)}")
     if found is not None and found.kind == "security-key":
         # No operator command turns off someone's 2SV (SPEC §5): the owner removes it.
         raise Refusal(f"{found.fingerprint} is a security key, a two-step method of "
@@ -236,7 +239,7 @@ async def cmd_access_key_add(settings, args, db):
     path = names.repo_path(args.repo)
     repo = await repos.find(db, path.workspace, path.name)
     if repo is None:
-        raise Refusal(f"No such repository: {path}")
+        raise Refusal(f"No such repository: {path} ('gateway repo list' shows them)")
     added, bound = [], []
     for key in _read_key_source(args.file):
         bound.append(key.fingerprint)
@@ -363,7 +366,7 @@ async def cmd_repo_remove(settings, args, db):
     path = names.repo_path(args.repo)
     repo = await repos.find(db, path.workspace, path.name)
     if repo is None:
-        raise Refusal(f"No such repository: {path}")
+        raise Refusal(f"No such repository: {path} ('gateway repo list' shows them)")
     await repos.remove(db, repo.id)
     moved = disk.move_aside(settings.repos_dir, settings.trash_dir, repo.workspace, repo.name)
     await audit.write(db, "operator", "repo.remove", repo.full_name, detail=str(moved or ""))

@@ -236,6 +236,20 @@ def test_operator_messages_say_what_happened(gw, tmp_path):
     line = one_error(gw.cli("access-key", "add", repo, f"{owner.key}.pub", check=False))
     assert line.endswith(f"it logs in to account {owner.name}"), line
 
+    # What does not exist says how to make it, or where to look.
+    ghost_ws, ghost = unique("nows"), unique("noacct")
+    line = one_error(gw.cli("repo", "add", f"{ghost_ws}/widgets", check=False))
+    assert line == f"ERROR: No such workspace: {ghost_ws} (create it with: gateway workspace " \
+        f"add {ghost_ws})"
+    line = one_error(gw.cli("member", "add", ws, ghost, check=False))
+    assert line == f"ERROR: No such account: {ghost} (create it with: gateway account add {ghost})"
+    line = one_error(gw.cli("access-key", "add", f"{ws}/nothing", f"{deploy}.pub", check=False))
+    assert line == f"ERROR: No such repository: {ws}/nothing ('gateway repo list' shows them)"
+    fingerprint = json.loads(gw.cli("access-key", "list", "--json").stdout)
+    fingerprint = next(k["fingerprint"] for k in fingerprint if k["repository"] == repo)
+    line = one_error(gw.cli("key", "remove", fingerprint, check=False))
+    assert line == f"ERROR: {fingerprint} is an access key: gateway access-key remove {fingerprint}"
+
     nobody = unique("nobody")
     for args in (("audit", "--account", nobody), ("audit", "--account", nobody, "--json")):
         line = one_error(gw.cli(*args, check=False))
