@@ -2,28 +2,34 @@
 # Both install into a local virtual environment (.venv) first.
 PYTHON ?= python3
 VENV := .venv
-STAMP := $(VENV)/.installed
+# Two stamps: `make serve` needs only the gateway; the tests also need the test extra.
+RUNTIME := $(VENV)/.installed-runtime
+TESTING := $(VENV)/.installed-test
 
 .PHONY: serve test install clean adversarial bench
 
-$(STAMP): pyproject.toml
+$(RUNTIME): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet -e .
+	touch $(RUNTIME)
+
+$(TESTING): $(RUNTIME)
 	$(VENV)/bin/pip install --quiet -e '.[test]'
-	touch $(STAMP)
+	touch $(TESTING)
 
-install: $(STAMP)
+install: $(TESTING)
 
-serve: $(STAMP)
+serve: $(RUNTIME)
 	$(VENV)/bin/gateway --data-dir ./var serve --listen 127.0.0.1:2222
 
-test: $(STAMP)
+test: $(TESTING)
 	$(VENV)/bin/pytest -q
 
-adversarial: $(STAMP)
+adversarial: $(TESTING)
 	$(VENV)/bin/python -m adversarial
 
 # The gateway side by side with OpenSSH + C git (bench/compare.py; --scale, --profile).
-bench: $(STAMP)
+bench: $(TESTING)
 	$(VENV)/bin/python bench/compare.py
 
 clean:

@@ -37,10 +37,17 @@ def _read_key_source(source: str) -> list[sshkeys.PublicKey]:
     if source == "-":
         text = sys.stdin.read()
     else:
+        shown_path = names.printable(source, None)
         try:
             text = Path(source).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise Refusal(f"Cannot read key file {source}: {exc.__class__.__name__}") from None
+        except FileNotFoundError:
+            raise Refusal(f"Cannot read key file: no such file: {shown_path}") from None
+        except OSError as exc:
+            raise Refusal(f"Cannot read key file {shown_path}: "
+                          f"{exc.strerror or exc.__class__.__name__}") from None
+        except UnicodeDecodeError:
+            raise Refusal(f"Cannot read key file {shown_path}: it is not UTF-8 text "
+                          "(expected an OpenSSH public key, the .pub file)") from None
     return sshkeys.parse_text(text)
 
 
@@ -64,7 +71,7 @@ async def _add_keys(db, account: accounts.Account, parsed: list[sshkeys.PublicKe
     done = []
     for key in parsed:
         key_title = title or key.comment or f"key-{key.fingerprint[7:15]}"
-        await keys.add(db, account.id, key, key_title)
+        await keys.add(db, account.id, key, key_title, say_where=True)
         await audit.write(db, "operator", "key.add", account.name, detail=key.fingerprint)
         done.append(f"Added key {key.fingerprint} ({key_title}) to {account.name}")
     return done
@@ -159,6 +166,9 @@ async def cmd_key_list(settings, args, db):
 
 async def cmd_key_remove(settings, args, db):
     found = await keys.find(db, args.fingerprint)
+    if found is None and await access_keys.find(db, args.fingerprint) is not None:
+        raise Refusal(f"{names.printable(args.fingerprint)} is an access key: "
+                      f"gateway access-key remove {names.printable(args.fingerprint)}")
     if found is not None and found.kind == "security-key":
         # No operator command turns off someone's 2SV (SPEC §5): the owner removes it.
         raise Refusal(f"{found.fingerprint} is a security key, a two-step method of "
@@ -229,7 +239,7 @@ async def cmd_access_key_add(settings, args, db):
     path = names.repo_path(args.repo)
     repo = await repos.find(db, path.workspace, path.name)
     if repo is None:
-        raise Refusal(f"No such repository: {path}")
+        raise Refusal(f"No such repository: {path} ('gateway repo list' shows them)")
     added, bound = [], []
     for key in _read_key_source(args.file):
         bound.append(key.fingerprint)
@@ -321,9 +331,12 @@ async def cmd_repo_add(settings, args, db):
     path = names.repo_path(args.repo)
     branch = names.branch_name(args.default_branch)
     workspace = await workspaces.get(db, path.workspace)
+    existing = await repos.find(db, workspace.name, path.name)
+    if existing is not None:  # names match case-insensitively: say the stored spelling
+        raise Refusal(f"Repository already exists: {existing.full_name}")
     # The record and the directory must appear together: insert, create on disk, and
     # commit only once the repository exists.
-    await repos.add(db, workspace.id, path.name, args.public, branch)
+    await repos.add(db, workspace.id, path.name, args.public, branch, workspace.name)
     try:
         disk.create(settings.repos_dir, workspace.name, path.name, branch)
     except BaseException:
@@ -353,7 +366,7 @@ async def cmd_repo_remove(settings, args, db):
     path = names.repo_path(args.repo)
     repo = await repos.find(db, path.workspace, path.name)
     if repo is None:
-        raise Refusal(f"No such repository: {path}")
+        raise Refusal(f"No such repository: {path} ('gateway repo list' shows them)")
     await repos.remove(db, repo.id)
     moved = disk.move_aside(settings.repos_dir, settings.trash_dir, repo.workspace, repo.name)
     await audit.write(db, "operator", "repo.remove", repo.full_name, detail=str(moved or ""))
@@ -369,6 +382,8 @@ async def cmd_audit(settings, args, db):
         raise UsageError("--limit must be at least 1")
     actor = names.account_name(args.account) if args.account else None
     entries = await audit.read(db, actor, args.limit)
+    if actor and not entries and await accounts.find(db, actor) is None:
+        raise Refusal(f"No such account: {actor} ('gateway account list' shows them)")
     if args.json:
         return _print_json([asdict(e) for e in entries])
     for entry in entries:
@@ -397,7 +412,11 @@ async def cmd_serve(settings, args):
         return loaded
 
     settings = with_listen(settings)
-    await datadir.initialise(settings)
+    if await datadir.initialise(settings):
+        # The first ssh asks the user to trust one of these: show them where they start.
+        print(f"New host keys in {settings.host_keys_dir} (the first ssh asks to trust one):")
+        for line in datadir.host_key_fingerprints(settings):
+            print(f"Host key: {line}", flush=True)
     await server.run(settings, lambda: with_listen(config.load(args.data_dir, args.config)))
 
 
@@ -405,6 +424,10 @@ async def cmd_config_check(settings, args):
     settings, sources = config.load_with_sources(args.data_dir, args.config)
     for line in config.render(settings, sources):
         print(line)
+    print(f"# messages users copy say: {settings.ssh_command('...')}")
+    warning = settings.loopback_host_warning()
+    if warning:
+        print(f"# WARNING: {warning}")
     datadir.check(settings)
     print(f"# OK: settings valid; data directory {settings.data_dir.resolve()} usable")
 

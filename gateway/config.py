@@ -77,7 +77,17 @@ class Settings:
         if self.ssh_host:
             return self.ssh_host
         host = self.listen_host
-        return "localhost" if host in ("", "0.0.0.0", "::") else host
+        # Listening on every address: the machine's name reaches it from elsewhere,
+        # where "localhost" in a copied clone URL would point at the user's own machine.
+        return machine_name() if host in ANY_ADDRESS else host
+
+    def loopback_host_warning(self) -> str | None:
+        """Why messages would send other machines' users to themselves, if they would."""
+        if is_loopback(self.listen_host) or not is_loopback(self.public_host):
+            return None
+        return (f"messages users copy (clone URLs, 2SV hints) say {self.public_host!r}, "
+                f"a loopback name, but the gateway listens on {self.listen}: clients on "
+                "other machines cannot reach it there; set ssh_host to the name they use")
 
     @property
     def public_port(self) -> int:
@@ -108,6 +118,37 @@ class Settings:
     @property
     def master_key_path(self) -> Path:
         return self.data_dir / "master.key"
+
+
+ANY_ADDRESS = ("", "0.0.0.0", "::")
+LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback")
+
+
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    host = host.strip("[]").lower().rstrip(".")
+    if host in LOOPBACK_NAMES or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+_machine_name: str | None = None
+
+
+def machine_name() -> str:
+    """The machine's fully qualified name, else its host name, else "localhost" (which
+    `config check` then warns about). Looked up once: getfqdn may ask DNS."""
+    global _machine_name
+    if _machine_name is None:
+        import socket
+
+        candidates = (socket.getfqdn(), socket.gethostname())
+        _machine_name = next((c for c in candidates if c and not is_loopback(c)), "localhost")
+    return _machine_name
 
 
 # --- what each setting means and which values make sense --------------------------------
@@ -163,7 +204,8 @@ DAY = 86400
 DESCRIPTIONS = {
     "listen": ("HOST:PORT the SSH server listens on", _address),
     "ssh_user": ("the SSH login name users type (git@host)", _ssh_user),
-    "ssh_host": ("host name shown in messages (empty: the listen host)", None),
+    "ssh_host": ("host name shown in messages users copy (empty: the listen host, or the "
+                 "machine's name when listening on every address)", None),
     "ssh_port": ("port shown in messages (0: the listen port)", _between(0, 65535)),
     "hooks_dir": ("server-side Git hooks and 2SV event hooks (SPEC §7)", None),
     "keydir": ("directory of public keys synced into accounts at start and on SIGHUP", None),

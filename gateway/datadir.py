@@ -86,12 +86,15 @@ def check(settings: Settings) -> None:
             raise Refusal(f"{path} is owned by uid {st.st_uid}, not uid {me}: chown it")
 
 
-async def initialise(settings: Settings) -> None:
-    """Create whatever is missing; safe to run again on an existing data dir."""
+async def initialise(settings: Settings) -> bool:
+    """Create whatever is missing; safe to run again on an existing data dir. True if
+    host keys were made now (their fingerprints are then worth showing)."""
     check(settings)
     settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     settings.repos_dir.mkdir(exist_ok=True)
+    new_keys = not all((settings.host_keys_dir / name).exists() for name in HOST_KEY_ALGORITHMS)
     ensure_host_keys(settings)
     ensure_master_key(settings)
     db = await store_db.connect(settings.db_path)
     await db.close()
+    return new_keys

@@ -38,8 +38,10 @@ class _Wanted:
 def _read_file(path: Path, account: str, title: str | None) -> list[_Wanted]:
     try:
         text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise Refusal(f"cannot read: {exc.__class__.__name__}") from None
+    except OSError as exc:  # a dangling symlink, a directory, no permission
+        raise Refusal(f"cannot read: {exc.strerror or exc.__class__.__name__}") from None
+    except UnicodeDecodeError:
+        raise Refusal("cannot read: it is not UTF-8 text (expected OpenSSH public keys)") from None
     parsed = sshkeys.parse_text(text)
     return [_Wanted(account, title or key.comment or "keydir", key, path) for key in parsed]
 
@@ -90,7 +92,7 @@ async def sync(db: aiosqlite.Connection, keydir: Path) -> SyncReport:
             report.created_accounts.append(item.account)
             await audit.write(db, "operator", "account.add", item.account, detail="keydir")
         try:
-            await keys.add(db, account.id, item.key, item.title, source="keydir")
+            await keys.add(db, account.id, item.key, item.title, source="keydir", say_where=True)
         except Refusal as refusal:  # e.g. the key is an access key: report it, go on
             report.errors.append(f"{names.shown(str(item.file))}: {refusal.message}")
             continue

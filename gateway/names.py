@@ -78,12 +78,30 @@ def workspace_name(name: str) -> str:
     return lowered
 
 
+def _repo_name_problem(name: str) -> str | None:
+    """Which rule a repository name breaks, in the words an operator can act on."""
+    if not name:
+        return "it is empty"
+    if name.lower().endswith(".git"):
+        return (f"it ends in '.git', which URLs add themselves (NAME.git means NAME): "
+                f"use {printable(name[:-4])!r}")
+    if len(name) > 100:
+        return f"it has {len(name)} characters, at most 100 are allowed"
+    if name[0] in ".-":
+        return f"it starts with {name[0]!r}"
+    if ".." in name:
+        return "it contains '..'"
+    bad = next((ch for ch in name if not REPO_NAME_RE.fullmatch("a" + ch)), None)
+    if bad is not None:
+        return f"it contains {printable(bad)!r}: use letters, digits, '_', '.' and '-'"
+    return None
+
+
 def repo_name(name: str) -> str:
-    if not REPO_NAME_RE.fullmatch(name) or ".." in name or name.lower().endswith(".git"):
-        raise Refusal(
-            f"Invalid repository name: {printable(name)!r} (use letters, digits, '_', '.' "
-            "and '-', at most 100 characters, not starting with '.' or '-', no '..')"
-        )
+    problem = _repo_name_problem(name)
+    if problem is not None or not REPO_NAME_RE.fullmatch(name):
+        raise Refusal(f"Invalid repository name: {printable(name)!r}: "
+                      + (problem or "use letters, digits, '_', '.' and '-'"))
     return name
 
 

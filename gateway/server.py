@@ -24,7 +24,7 @@ from collections.abc import Callable
 import aiosqlite
 import asyncssh
 
-from . import access, commands, events, keydir, limits, logs, metrics, proxyproto, sshkeys
+from . import access, commands, events, keydir, limits, logs, metrics, names, proxyproto, sshkeys
 from .commands.context import Context
 from .commands.git import worker_pool
 from .config import Settings
@@ -54,6 +54,7 @@ class GatewaySSHServer(asyncssh.SSHServer):
         self.peer = ""
         self.ticket: int | None = None
         self.failures = 0
+        self._refused_because = "unknown-key"  # why the last key was refused, for the log
         self.identity: Identity | None = None
         self.sessions = 0
         self.opened = time.monotonic()
@@ -75,12 +76,15 @@ class GatewaySSHServer(asyncssh.SSHServer):
         verify = conn.validate_public_key
 
         async def validate_and_record(username, key_data, msg, signature) -> bool:
+            self._refused_because = "bad-signature"  # unless validate_public_key says why
             ok = await verify(username, key_data, msg, signature)
             if ok and msg:
                 # The signature over this key checked out: it alone decides who this is.
                 ok = await self._set_identity(key_data)
+                if not ok:
+                    self._refused_because = "key-removed"
             if not ok:
-                self._count_failure(key_data)
+                self._count_failure(key_data, username)
             return ok
 
         conn.validate_public_key = validate_and_record  # type: ignore[method-assign]
@@ -93,10 +97,13 @@ class GatewaySSHServer(asyncssh.SSHServer):
                   account=self.identity.account if self.identity else "-",
                   seconds=round(time.monotonic() - self.opened, 3))
 
-    def _count_failure(self, key_data: bytes) -> None:
+    def _count_failure(self, key_data: bytes, username: str) -> None:
         self.failures += 1
         metrics.AUTH.labels("failed").inc()
-        log_event(log, "auth.failed", peer=self.peer, key=sshkeys.fingerprint(key_data),
+        # The user name is the client's text: escaped and bounded (logfmt quotes the rest),
+        # so the operator can tell `ssh root@...` from a key nobody registered.
+        log_event(log, "auth.failed", peer=self.peer, user=names.printable(username, 64),
+                  reason=self._refused_because, key=sshkeys.fingerprint(key_data),
                   attempt=self.failures)
         if self.failures >= self.settings.max_auth_tries and self.conn is not None:
             log_event(log, "auth.too_many", peer=self.peer, attempts=self.failures)
@@ -115,12 +122,18 @@ class GatewaySSHServer(asyncssh.SSHServer):
     async def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
         # Only says whether this key may be tried; identity is not decided here.
         if username != self.settings.ssh_user:
+            self._refused_because = "unknown-user"
             return False
         fingerprint = sshkeys.fingerprint(key.public_data)
         stored = await keys.find(self.db, fingerprint)
         if stored is not None:
+            if stored.account_disabled:
+                self._refused_because = "account-disabled"
             return not stored.account_disabled
-        return await access_keys.find(self.db, fingerprint) is not None
+        if await access_keys.find(self.db, fingerprint) is not None:
+            return True
+        self._refused_because = "unknown-key"
+        return False
 
     async def _set_identity(self, key_data: bytes) -> bool:
         self.identity = await access.identity_for_key(self.db, sshkeys.fingerprint(key_data))
@@ -291,6 +304,8 @@ class Gateway:
 
     async def start(self) -> None:
         settings = self.settings
+        # Looks the machine's name up now (getfqdn may ask DNS), not in a session's message.
+        host_warning = settings.loopback_host_warning()
         self._listener = _listen(settings.listen_host, settings.listen_port, "listen")
         metrics_sock = None
         if settings.metrics_listen:
@@ -308,6 +323,8 @@ class Gateway:
         await sync_keydir(settings)
         self.ready = True
         log_event(log, "listening", address=settings.listen, data_dir=str(settings.data_dir))
+        if host_warning:
+            log_event(log, "settings.warning", logging.WARNING, problem=host_warning)
 
     async def _ssh_options(self) -> asyncssh.SSHServerConnectionOptions:
         settings = self.settings

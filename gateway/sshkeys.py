@@ -70,6 +70,9 @@ def parse_line(line: str) -> PublicKey:
 
 def parse_text(text: str) -> list[PublicKey]:
     """Every key line in a file; blank lines and `#` comments are skipped."""
+    if "PRIVATE KEY-----" in text:  # the usual first-hour slip; echo none of it
+        raise Refusal("This is a private key: give its public half, the .pub file "
+                      "(e.g. ~/.ssh/id_ed25519.pub), and keep the private key to yourself")
     keys = []
     for line in text.splitlines():
         if line.strip() and not line.lstrip().startswith("#"):

@@ -904,5 +904,7 @@ def test_audit_account_filter_includes_membership_changes(gw):
 def test_audit_refusals(gw):
     refused(gw, "audit", "--account", "Bad_Name")
     refused(gw, "audit", "--limit", "-1", status=2)
-    entries = audit(gw, "--account", unique("ghost"))
-    assert entries == []
+    # An account that does not exist is said to be so (issue 22), not an empty history.
+    ghost = unique("ghost")
+    refused(gw, "audit", "--account", ghost, match=f"No such account: {ghost}")
+    refused(gw, "audit", "--account", ghost, "--json", match=f"No such account: {ghost}")

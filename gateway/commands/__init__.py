@@ -10,6 +10,7 @@ from ..names import printable
 from . import git, info, login_keys, recovery, security_key, twosv, workspace
 from .context import Context
 from .parse import GatewayCommand, GitRequest, parse
+from .suggest import did_you_mean
 
 SIMPLE_COMMANDS = {"": info.greeting, "help": info.help_text, "whoami": info.whoami}
 COMMANDS_WITH_ARGS = {
@@ -71,7 +72,9 @@ async def _gateway_command(ctx: Context, command: GatewayCommand) -> int:
         if command.args:
             raise Refusal(f"Invalid command: {command.name or 'the greeting'} takes no arguments")
         return await handler(ctx)
+    # Suggest only what people type; git types the Git verbs itself.
+    hint = did_you_mean(command.name, [*SIMPLE_COMMANDS, *COMMANDS_WITH_ARGS][1:])
     raise Refusal(
-        f"Unknown command: {printable(command.name, 60)}\n"
+        f"Unknown command: {printable(command.name, 60)}{'.' + hint if hint else ''}\n"
         f"Run '{ctx.settings.ssh_command('help')}' to see the commands."
     )

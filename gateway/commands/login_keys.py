@@ -14,6 +14,7 @@ from ..errors import Refusal
 from ..names import printable, shown
 from ..store import keys
 from .context import Context
+from .suggest import usage
 from .twosv import event, second_factor, service
 
 
@@ -66,5 +67,5 @@ async def run(ctx: Context, args: tuple[str, ...]) -> int:
         return await list_keys(ctx)
     if len(args) == 2 and args[0] == "remove":
         return await remove(ctx, args[1])
-    raise Refusal(f"Usage: {ctx.settings.ssh_command('keys [list] | keys remove FINGERPRINT')}")
+    raise usage(ctx, "keys", "[list] | keys remove FINGERPRINT", args, ("list", "remove"))
 

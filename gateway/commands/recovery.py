@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..errors import Refusal
 from .context import Context
+from .suggest import usage
 from .twosv import codes_guarded, event, guarded_factor, second_factor, service, show_new_codes
 
 
@@ -46,4 +47,4 @@ async def run(ctx: Context, args: tuple[str, ...]) -> int:
         return await show(ctx)
     if args == ("regenerate",):
         return await regenerate(ctx)
-    raise Refusal(f"Usage: {ctx.settings.ssh_command('recovery-codes [regenerate]')}")
+    raise usage(ctx, "recovery-codes", "[regenerate]", args, ("regenerate",))

@@ -12,6 +12,7 @@ from .. import names
 from ..names import printable, shown
 from ..store import keys
 from .context import Context
+from .suggest import usage
 from .twosv import event, guarded_factor, second_factor, service, show_new_codes
 
 async def list_keys(ctx: Context) -> int:
@@ -71,4 +72,5 @@ async def run(ctx: Context, args: tuple[str, ...]) -> int:
         return await add(ctx, args[1])
     if len(args) == 2 and args[0] == "remove":
         return await remove(ctx, args[1])
-    raise Refusal(f"Usage: {ctx.settings.ssh_command('security-key list|add TITLE|remove FINGERPRINT')}")
+    raise usage(ctx, "security-key", "list|add TITLE|remove FINGERPRINT", args,
+                ("list", "add", "remove"))

@@ -17,6 +17,7 @@ from ..store import workspaces
 from ..twosv import recovery, totp
 from ..twosv.service import Accepted, CodeRefused, Throttled, TwoStep
 from .context import Context
+from .suggest import usage
 
 ENROL_ATTEMPTS = 3
 
@@ -207,5 +208,5 @@ SUBCOMMANDS = {"status": status, "enable": enable, "disable": disable, "replace"
 
 async def run(ctx: Context, args: tuple[str, ...]) -> int:
     if len(args) != 1 or args[0] not in SUBCOMMANDS:
-        raise Refusal(f"Usage: {ctx.settings.ssh_command('2sv status|enable|disable|replace|verify')}")
+        raise usage(ctx, "2sv", "status|enable|disable|replace|verify", args, SUBCOMMANDS)
     return await SUBCOMMANDS[args[0]](ctx, service(ctx))

@@ -9,6 +9,7 @@ from ..errors import Refusal
 from ..store import twosv as twosv_store
 from ..store import workspaces
 from .context import Context
+from .suggest import usage
 from .twosv import codes_guarded, second_factor, service
 
 # A two-step session counts for a policy change only if it is this fresh (minutes).
@@ -107,5 +108,5 @@ async def run(ctx: Context, args: tuple[str, ...]) -> int:
         return await show(ctx, args[1])
     if len(args) >= 3 and args[0] == "require-2sv":
         return await require_2sv(ctx, args[1], args[2], _parse_window(list(args[3:])))
-    raise Refusal("Usage: "
-                  f"{ctx.settings.ssh_command('workspace show NAME | require-2sv NAME on|off|session [--window MINUTES]')}")
+    raise usage(ctx, "workspace", "show NAME | require-2sv NAME on|off|session [--window MINUTES]",
+                args, ("show", "require-2sv"))

@@ -38,8 +38,10 @@ def _row(row: aiosqlite.Row) -> AccessKey:
 async def add(db: aiosqlite.Connection, repo_id: int, key: PublicKey, title: str, write: bool) -> None:
     title = checked_title(title, "access key title")
     # One fingerprint, one owner: never both an account key and an access key.
-    if await keys.find(db, key.fingerprint) is not None or await find(db, key.fingerprint):
-        raise Refusal(f"Key {key.fingerprint} is already in use")
+    # Only the operator adds access keys, so the refusal may say who holds the key.
+    where = await keys.where_used(db, key.fingerprint)
+    if where is not None:
+        raise Refusal(f"Key {key.fingerprint} is already in use: {where}")
     await db.execute(
         "INSERT INTO access_keys (repo_id, fingerprint, algorithm, public_key, title, write,"
         " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",

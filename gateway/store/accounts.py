@@ -44,7 +44,7 @@ async def find(db: aiosqlite.Connection, name: str) -> Account | None:
 async def get(db: aiosqlite.Connection, name: str) -> Account:
     account = await find(db, name)
     if account is None:
-        raise Refusal(f"No such account: {name}")
+        raise Refusal(f"No such account: {name} (create it with: gateway account add {name})")
     return account
 
 

@@ -41,16 +41,29 @@ def _row(row: aiosqlite.Row) -> StoredKey:
     )
 
 
+async def where_used(db: aiosqlite.Connection, fingerprint: str) -> str | None:
+    """Who holds a key already, for the operator ("account bob", "the access key of
+    acme/widgets"); never shown over SSH, where it would name someone else's account."""
+    existing = await find(db, fingerprint)
+    if existing is not None:
+        return f"it logs in to account {existing.account}"
+    async with db.execute(
+        "SELECT w.name || '/' || r.name FROM access_keys k JOIN repos r ON r.id = k.repo_id"
+        " JOIN workspaces w ON w.id = r.workspace_id WHERE k.fingerprint = ?", (fingerprint,)
+    ) as cursor:
+        row = await cursor.fetchone()
+    return f"it is the access key of repository {row[0]}" if row else None
+
+
 async def add(
     db: aiosqlite.Connection, account_id: int, key: PublicKey, title: str, source: str = "cli",
-    kind: str = "auth",
+    kind: str = "auth", say_where: bool = False,
 ) -> None:
     title = checked_title(title)
-    existing = await find(db, key.fingerprint)
-    async with db.execute("SELECT 1 FROM access_keys WHERE fingerprint = ?", (key.fingerprint,)) as c:
-        is_access_key = await c.fetchone() is not None
-    if existing is not None or is_access_key:
-        raise Refusal(f"Key {key.fingerprint} is already in use")
+    where = await where_used(db, key.fingerprint)
+    if where is not None:
+        raise Refusal(f"Key {key.fingerprint} is already in use"
+                      + (f": {where}" if say_where else ""))
     await db.execute(
         "INSERT INTO ssh_keys (account_id, fingerprint, algorithm, public_key, title, kind,"
         " source, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",

@@ -40,7 +40,8 @@ def _row(row: aiosqlite.Row) -> Repo:
 
 
 async def add(
-    db: aiosqlite.Connection, workspace_id: int, name: str, public: bool, default_branch: str
+    db: aiosqlite.Connection, workspace_id: int, name: str, public: bool, default_branch: str,
+    workspace: str = "",
 ) -> None:
     try:
         await db.execute(
@@ -49,7 +50,8 @@ async def add(
             (workspace_id, name, int(public), default_branch, now()),
         )
     except aiosqlite.IntegrityError:
-        raise Refusal(f"Repository already exists: {name}") from None
+        raise Refusal(f"Repository already exists: {workspace}/{name}" if workspace
+                      else f"Repository already exists: {name}") from None
 
 
 async def find(db: aiosqlite.Connection, workspace: str, name: str) -> Repo | None:

@@ -47,7 +47,7 @@ async def find(db: aiosqlite.Connection, name: str) -> Workspace | None:
 async def get(db: aiosqlite.Connection, name: str) -> Workspace:
     workspace = await find(db, name)
     if workspace is None:
-        raise Refusal(f"No such workspace: {name}")
+        raise Refusal(f"No such workspace: {name} (create it with: gateway workspace add {name})")
     return workspace
 
 
