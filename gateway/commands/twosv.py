@@ -11,7 +11,7 @@ from ..errors import Refusal
 from ..names import shown
 from ..store import workspaces
 from ..twosv import recovery, totp
-from ..twosv.service import Accepted, CodeRefused, Throttled, TwoStep
+from ..twosv.service import PENDING_SECONDS, Accepted, CodeRefused, Throttled, TwoStep
 from .context import Context
 
 ENROL_ATTEMPTS = 3
@@ -111,12 +111,13 @@ def enrol_screen(uri: str, account_label: str, secret: str, terminal: bool) -> l
 
 
 async def enrol_app(ctx: Context, svc: TwoStep) -> tuple[str, int]:
-    """Show a new secret as QR code and text; return it with the step of a correct code.
+    """Show a secret as QR code and text; return it with the step of a correct code.
 
-    Nothing is stored here: the caller stores the secret only after a correct code, so an
-    interrupted enrolment leaves no orphan secret behind. Every try is for the secret
-    shown: a wrong code, an empty line or a typo never brings a new one."""
-    secret = totp.new_secret()
+    The caller makes it the account's secret only after a correct code, so an interrupted
+    enrolment leaves 2SV as it was. Every try is for the secret shown: a wrong code, an
+    empty line or a typo does not bring a new one, nor does running the command again
+    within PENDING_SECONDS (the entry added to the app keeps working)."""
+    secret = await svc.enrolment_secret()
     uri = totp.provisioning_uri(secret, ctx.identity.account, ctx.settings.issuer)
     label = f"{ctx.settings.issuer}:{ctx.identity.account}"
     for line in enrol_screen(uri, label, secret, ctx.terminal):
@@ -140,8 +141,8 @@ async def enrol_app(ctx: Context, svc: TwoStep) -> tuple[str, int]:
         tries += 1
         if tries < ENROL_ATTEMPTS:
             prompt = await _again(ctx, "That code does not match; check the time on your device.")
-    raise Refusal("No correct code; nothing changed. Each new `2sv enable` shows a new key: "
-                  "delete this entry from your app first.")
+    raise Refusal("No correct code; nothing changed. Run the command again within "
+                  f"{PENDING_SECONDS // 60} minutes and it shows the same key.")
 
 
 async def _again(ctx: Context, message: str) -> str:
