@@ -15,7 +15,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from . import access, config, datadir, events, keydir, names, sshkeys
+from . import access, config, datadir, events, keydir, names, sshkeys, workspace_text
 from .errors import Refusal, UsageError
 from .names import shown
 from .git import repos as disk
@@ -224,15 +224,15 @@ async def cmd_workspace_require_2sv(settings, args, db):
     access.check_policy(args.policy, args.window)
     lacking = await access.members_without_2sv(db, workspace.id) if args.policy != "off" else []
     if lacking:
-        print("Members without two-step verification, who would lose access to private "
-              f"repositories and pushes: {', '.join(lacking)}")
+        print(workspace_text.lacking_2sv(lacking, applied=False))
     elif args.policy != "off":
         print("Every member has two-step verification.")
     if args.dry_run:
         print(f"Dry run: {workspace.name} stays at require-2sv={workspace.require_2sv}.")
         return 0
     await access.set_policy(db, workspace, args.policy, args.window, "operator")
-    print(f"Workspace {workspace.name} now requires: {args.policy}")
+    window = args.window if args.window is not None else workspace.session_window
+    print(workspace_text.policy_changed(workspace.name, args.policy, window))
 
 
 async def cmd_access_key_add(settings, args, db):
@@ -292,13 +292,7 @@ async def cmd_workspace_show(settings, args, db):
             "members": [asdict(m) | {"two_step": m.account not in lacking} for m in members],
             "repositories": [{"name": r.name, "public": r.public} for r in repo_list],
         })
-    print(f"workspace:    {workspace.name}")
-    print(f"require-2sv:  {workspace.require_2sv} (session window {workspace.session_window} min)")
-    print(f"members:      {len(members)}")
-    for member in members:
-        state = "2SV off" if member.account in lacking else "2SV on"
-        unmet = " (does not meet the policy)" if state == "2SV off" and workspace.require_2sv != "off" else ""
-        print(f"  {member.account}\t{member.role}\t{state}{unmet}")
+    print("\n".join(workspace_text.show(workspace, members, lacking)))
     print(f"repositories: {len(repo_list)}")
     for repo in repo_list:
         print(f"  {repo.name}\t{'public' if repo.public else 'private'}")

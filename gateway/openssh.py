@@ -104,7 +104,9 @@ async def _run(settings: Settings, fingerprint: str) -> int:
         except Refusal as refusal:  # the operator's to fix; no path for the user
             raise RuntimeError(refusal.message) from None
         stdin, stdout, stderr = await _standard_streams()
-        ctx = Context(settings, db, identity, stdin, stdout, stderr, peer, sealer)
+        # sshd's pty (ssh -t) is a real terminal: it echoes and cooks lines itself.
+        ctx = Context(settings, db, identity, stdin, stdout, stderr, peer, sealer,
+                      terminal=os.isatty(1) and not commands.is_git(line))
         log_event(log, "auth.ok", peer=peer, account=identity.account, key=fingerprint,
                   via="openssh")
         status = 1

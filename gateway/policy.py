@@ -103,10 +103,18 @@ def decide(
         if repo.require_2sv == "session" and not session_open(identity, two_step, repo, now):
             return Deny(
                 f'Workspace "{repo.workspace}" requires a verified two-step session.\n'
-                f"Open one with: {ssh} 2sv verify",
+                f"Open one with: {ssh} 2sv verify\n" + session_key_hint(identity),
                 "workspace requires a 2SV session; none open for this key",
             )
     return Allow()
+
+
+def session_key_hint(identity: Identity) -> str:
+    """A session belongs to one key, and plain `ssh` may offer another than Git did: say
+    which key needs it (the client's file name is not known here)."""
+    return (f'It must be opened with the key used here: "{printable(identity.key_title)}" '
+            f"({identity.key_fingerprint}); if ssh offers another key first, add -i with "
+            "this key's file.")
 
 
 def session_open(identity: Identity, two_step: TwoStepFacts, repo: RepoFacts, now: float) -> bool:

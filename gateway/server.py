@@ -270,11 +270,12 @@ async def run_command(process: asyncssh.SSHServerProcess, server: GatewaySSHServ
     stdin = metrics.CountingReader(process.stdin, metrics.BYTES.labels("in"))
     stdout = metrics.CountingWriter(process.stdout, metrics.BYTES.labels("out"))
     stderr = metrics.CountingWriter(process.stderr, metrics.BYTES.labels("out"))
-    if process.get_terminal_type() and not commands.is_git(process.command):
+    terminal = bool(process.get_terminal_type()) and not commands.is_git(process.command)
+    if terminal:
         stdout, stderr = CrlfWriter(stdout), CrlfWriter(stderr)
         stdin = CookedReader(stdin, stdout)
     ctx = Context(server.settings, db, server.identity, stdin, stdout, stderr, server.peer,
-                  server.gateway.sealer)
+                  server.gateway.sealer, terminal=terminal)
     return await commands.run(ctx, process.command)
 
 

@@ -16,7 +16,8 @@ NOT_FOUND = "Repository not found: acme/w"
 DENIED = "Permission to acme/w denied to alice."
 NEEDS_2SV = 'Workspace "acme" requires two-step verification.\nTurn it on with: ' + SSH + " 2sv enable"
 NEEDS_SESSION = ('Workspace "acme" requires a verified two-step session.\nOpen one with: '
-                 + SSH + " 2sv verify")
+                 + SSH + ' 2sv verify\nIt must be opened with the key used here: "laptop" '
+                 "(SHA256:laptop); if ssh offers another key first, add -i with this key's file.")
 SESSIONS = {"none": None, "open": NOW - 60, "expired": NOW - 16 * 60}
 
 

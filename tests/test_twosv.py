@@ -93,12 +93,13 @@ def test_enable_shows_qr_details_and_recovery_codes(gw, alice):
     assert "Two-step verification is disabled." in gw.ssh(alice, "2sv", "status").stdout
     session = Session(gw, alice, "2sv", "enable")
     uri = session.read_until(URI_RE).group(1)
+    session.read_until(re.compile(r"Key: +[A-Z2-7 ]+\n"))  # the URI comes first, the Key last
     out = session.out.decode()
     assert "▀" in out or "█" in out  # the QR code, drawn with block characters
     assert f"Account: gateway:{alice.name}" in out
     parsed = pyotp.parse_uri(uri)
     assert uri.startswith(f"otpauth://totp/gateway:{alice.name}?")
-    assert "issuer=gateway" in uri
+    assert parsed.issuer == "gateway"  # from the label: the URI carries only what apps need
     assert len(parsed.byte_secret()) == 20  # 160 bits
     key_line = re.search(r"Key:\s+([A-Z2-7 ]+)", out).group(1)
     assert key_line.replace(" ", "") == parsed.secret
@@ -351,3 +352,38 @@ def test_answers_typed_at_a_terminal(gw, alice):
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Two-step session open" in result.stdout
     assert "\r\n" in result.stdout  # lines end as a terminal needs
+
+
+def wrong_codes(secret: str, count: int) -> list[str]:
+    valid = {code_at(secret, offset) for offset in (-1, 0, 1, 2)}
+    return [c for c in (f"{d}" * 6 for d in range(10)) if c not in valid][:count]
+
+
+def test_enrolment_typos_are_not_tries_and_a_rerun_shows_the_same_key(gw, alice):
+    """An empty line or a malformed answer is asked again without using one of the three
+    tries; after three wrong codes, `2sv enable` again shows the same key, so the entry
+    already added to the app works."""
+    first = Session(gw, alice, "2sv", "enable")
+    uri = first.read_until(URI_RE).group(1)
+    secret = pyotp.parse_uri(uri).secret
+    wrong = wrong_codes(secret, 3)
+    for answer in ("", "12345", wrong[0], "", "not a code", wrong[1], wrong[2]):
+        first.answer(answer)
+    failed = first.finish()
+    assert failed.returncode != 0
+    assert "ERROR: No correct code; nothing changed." in failed.stderr
+    assert failed.stdout.count("does not match") == 2  # the third wrong code ends it
+    assert failed.stdout.count("A verification code is six digits.") == 2
+    assert failed.stdout.count("URI:") == 1  # one secret for every try
+    again = Session(gw, alice, "2sv", "enable")
+    assert again.read_until(URI_RE).group(1) == uri
+    again.answer(code_at(secret))
+    done = again.finish()
+    assert done.returncode == 0, done.stderr
+    assert "Two-step verification is now on." in done.stdout
+    # Once confirmed, it is no longer pending: a new device gets a new key.
+    replace = Session(gw, alice, "2sv", "replace")
+    replace.answer(fresh_code(secret))
+    assert pyotp.parse_uri(replace.read_until(URI_RE).group(1)).secret != secret
+    replace.proc.stdin.close()
+    assert replace.finish().returncode != 0

@@ -196,3 +196,50 @@ def test_access_keys_are_read_only_bound_and_outside_the_policy(gw, team, work):
     assert reverse.returncode == 1 and "already in use" in reverse.stderr
     listed = json.loads(gw.cli("access-key", "list", "--json").stdout)
     assert {k["title"] for k in listed if k["repository"] == private} >= {"ci"}
+
+
+def test_admin_setting_session_keeps_their_key_and_says_which_key_needs_one(gw, work):
+    """The code typed for the change opens the admin's session too, so they are not locked
+    out; a refusal names the key that needs `2sv verify`, for when plain ssh offers another."""
+    admin = gw.user()
+    ws = gw.workspace((admin, "admin"))
+    private = seeded_repo(gw, admin, ws, work)
+    admin_secret, recovery_codes, _ = enable(gw, admin)
+    changed = gw.ssh(admin, "workspace", "require-2sv", ws, "session",
+                     input=fresh_code(admin_secret) + "\n")
+    assert changed.returncode == 0, changed.stderr
+    assert (f'Workspace "{ws}" now requires: session (a verified two-step session, 15 min '
+            "window).") in changed.stdout
+    assert 'Your two-step session for this key, "' in changed.stdout
+    assert f"({fingerprint(admin.key)}), lasts 15 more min" in changed.stdout
+    gw.git(admin, "ls-remote", gw.url(private))  # not locked out
+    # Another key of the admin's: refused, and told which key needs the session.
+    second = make_key(gw.keys_dir, unique("second"))
+    gw.cli("key", "add", admin.name, f"{second}.pub", "--title", "desk")
+    other = User(admin.name, second)
+    refused = gw.git(other, "ls-remote", gw.url(private), check=False)
+    assert refused.returncode != 0
+    assert (f'ERROR: Workspace "{ws}" requires a verified two-step session.\n'
+            f"Open one with: {ssh_base(gw)} 2sv verify\n"
+            f'It must be opened with the key used here: "desk" ({fingerprint(second)}); '
+            "if ssh offers another key first, add -i with this key's file.") in refused.stderr
+    assert fingerprint(admin.key) not in refused.stderr  # the key with a session is not it
+    verify = gw.ssh(other, "2sv", "verify", input=recovery_codes[0] + "\n")  # the code is used
+    assert verify.returncode == 0, verify.stderr
+    gw.git(other, "ls-remote", gw.url(private))
+
+
+def test_cli_and_ssh_word_the_policy_and_show_the_same(gw, team):
+    admin, member, ws, private, public, admin_secret = team
+    over_ssh = gw.ssh(admin, "workspace", "require-2sv", ws, "on",
+                      input=fresh_code(admin_secret) + "\n").stdout
+    by_cli = gw.cli("workspace", "require-2sv", ws, "on").stdout
+    line = f'Workspace "{ws}" now requires: on.'
+    assert line in over_ssh.splitlines() and line in by_cli.splitlines()
+    lacking = [text for text in over_ssh.splitlines() if text.startswith("Members without")]
+    assert lacking and member.name in lacking[0]
+    shown_ssh = gw.ssh(admin, "workspace", "show", ws).stdout.splitlines()
+    shown_cli = gw.cli("workspace", "show", ws).stdout.splitlines()
+    assert shown_cli[:len(shown_ssh)] == shown_ssh  # the CLI adds the repositories after
+    assert f"  {member.name}\twrite  2SV off (does not meet the policy)" in shown_ssh
+    assert shown_cli[len(shown_ssh)].startswith("repositories:")

@@ -44,6 +44,7 @@ class Context:
     remote_addr: str = ""
     sealer: Sealer | None = None
     clock: Callable[[], float] = time.time
+    terminal: bool = False  # the client asked for a pty: one user at a terminal
     _pending: bytes = field(default=b"", repr=False)
 
     async def say(self, text: str) -> None:
@@ -59,8 +60,12 @@ class Context:
     async def ask(self, prompt: str) -> str | None:
         """Show a prompt and read one line of answer from stdin (with or without a
         terminal); None when stdin closed first. Over-long answers are refused."""
-        # On a line of its own: without a terminal, nothing echoes the answer's newline.
-        self.stderr.write(prompt.rstrip().encode() + b"\n")
+        # Without a terminal, on a line of its own: nothing echoes the answer's newline.
+        # With one, the answer is typed after the prompt, as in any terminal program.
+        if self.terminal:
+            self.stderr.write(prompt.rstrip().encode() + b" ")
+        else:
+            self.stderr.write(prompt.rstrip().encode() + b"\n")
         await self.stderr.drain()
         while b"\n" not in self._pending:
             if len(self._pending) > MAX_ANSWER:

@@ -6,16 +6,12 @@ can be scripted: `echo 123456 | ssh -p 2222 git@host 2sv disable`.
 
 from __future__ import annotations
 
-import io
-
-import segno
-
-from .. import events
+from .. import events, qr
 from ..errors import Refusal
 from ..names import shown
 from ..store import workspaces
 from ..twosv import recovery, totp
-from ..twosv.service import Accepted, CodeRefused, Throttled, TwoStep
+from ..twosv.service import PENDING_SECONDS, Accepted, CodeRefused, Throttled, TwoStep
 from .context import Context
 from .suggest import usage
 
@@ -84,38 +80,82 @@ async def second_factor(ctx: Context, svc: TwoStep,
     return accepted
 
 
-def qr_text(uri: str) -> str:
-    out = io.StringIO()
-    segno.make(uri, error="m").terminal(out=out, compact=True)
-    return out.getvalue()
+# The smallest terminal the enrolment screen is laid out for.
+SCREEN_LINES, SCREEN_COLUMNS = 24, 80
+# Answers that are not codes at all (empty, malformed) are asked again, not counted as
+# tries; past this many in one enrolment the command gives up.
+MAX_NON_CODES = 10
+UP_AND_CLEAR = "\x1b[A\r\x1b[K"  # back to the line of the last answer, erased
+
+
+def enrol_screen(uri: str, account_label: str, secret: str, terminal: bool) -> list[str]:
+    """What `2sv enable` shows before its prompt, laid out so that in an 80x24 terminal the
+    whole QR code (quiet zone too), the Account and Key and the prompt are on screen at
+    once: the URI (for apps that take a link) comes first, where it may scroll off. The
+    quiet zone shrinks from 4 modules (towards 2) only where a long name needs it."""
+    key = " ".join(secret[i:i + 4] for i in range(0, len(secret), 4))
+    above = ["Scan this QR code with your authenticator app, or type in the Account and Key:"]
+    below = [f"Account: {account_label}   Key: {key}"]
+    if len(below[0]) >= SCREEN_COLUMNS:  # a long name: the Key stays next to the prompt
+        above, below = [*above, f"Account: {account_label}"], [f"Key:     {key}"]
+    # Without a terminal the prompt has a line of its own and the answer is typed below it.
+    # With one the answer follows the prompt, but its Enter still moves down a line (and
+    # the screen once, when the prompt is on the last line): the lines above may go.
+    code = qr.make(uri)
+
+    def fits(border: int) -> bool:
+        kept = qr.lines(code, border) + len(below) + 2
+        return kept + (len(above) - 1 if terminal else len(above)) <= SCREEN_LINES
+
+    border = next((b for b in (4, 3, 2) if fits(b)), 2)
+    return [f"URI: {uri}", *above, *qr.render(code, border, colour=terminal), *below]
 
 
 async def enrol_app(ctx: Context, svc: TwoStep) -> tuple[str, int]:
-    """Show a new secret as QR code and text; return it with the step of a correct code.
+    """Show a secret as QR code and text; return it with the step of a correct code.
 
-    Nothing is stored here: the caller stores the secret only after a correct code, so an
-    interrupted enrolment leaves no orphan secret behind."""
-    secret = totp.new_secret()
+    The caller makes it the account's secret only after a correct code, so an interrupted
+    enrolment leaves 2SV as it was. Every try is for the secret shown: a wrong code, an
+    empty line or a typo does not bring a new one, nor does running the command again
+    within PENDING_SECONDS (the entry added to the app keeps working)."""
+    secret = await svc.enrolment_secret(ctx.identity.key_fingerprint)
     uri = totp.provisioning_uri(secret, ctx.identity.account, ctx.settings.issuer)
-    await ctx.say("Scan this QR code with your authenticator app:\n")
-    await ctx.say(qr_text(uri))
-    await ctx.say("Or enter these details in the app by hand:")
-    await ctx.say(f"  Account: {ctx.settings.issuer}:{ctx.identity.account}")
-    await ctx.say(f"  Key:     {' '.join(secret[i:i + 4] for i in range(0, len(secret), 4))}")
-    await ctx.say(f"  URI:     {uri}\n")
-    for _ in range(ENROL_ATTEMPTS):
-        answer = await ctx.ask("Enter the 6-digit code the app shows: ")
+    label = f"{ctx.settings.issuer}:{ctx.identity.account}"
+    for line in enrol_screen(uri, label, secret, ctx.terminal):
+        await ctx.say(line)
+    tries = non_codes = 0
+    prompt = "Enter the 6-digit code the app shows:"
+    while tries < ENROL_ATTEMPTS:
+        answer = await ctx.ask(prompt)
         if answer is None:
             raise Refusal("No code given; nothing changed.")
         try:
             step = svc.check_new_secret(secret, answer)
-        except Refusal as refusal:
-            await ctx.say(f"{refusal.message} Try again.")
+        except Refusal as refusal:  # not a code at all (an empty line too): not a try
+            non_codes += 1
+            if non_codes > MAX_NON_CODES:
+                raise Refusal("No code given; nothing changed.") from None
+            prompt = await _again(ctx, refusal.message if answer.strip() else "")
             continue
         if step is not None:
             return secret, step
-        await ctx.say("That code does not match; check the time on your device and try again.")
-    raise Refusal("No correct code; nothing changed.")
+        tries += 1
+        if tries < ENROL_ATTEMPTS:
+            prompt = await _again(ctx, "That code does not match; check the time on your device.")
+    raise Refusal("No correct code; nothing changed. Run the command again within "
+                  f"{PENDING_SECONDS // 60} minutes and it shows the same key.")
+
+
+async def _again(ctx: Context, message: str) -> str:
+    """Say why the answer is asked again; return the prompt to ask it with. At a terminal
+    the message and prompt replace the last answer's line, so nothing scrolls."""
+    if not ctx.terminal:
+        if message:
+            await ctx.say(f"{message} Try again.")
+        return "Enter the 6-digit code the app shows:"
+    ctx.stdout.write(f"{UP_AND_CLEAR}{message}{' ' if message else ''}".encode())
+    await ctx.stdout.drain()
+    return "Try again:" if message else "Enter the 6-digit code the app shows:"
 
 
 async def guarded_factor(ctx: Context, svc: TwoStep) -> Accepted:

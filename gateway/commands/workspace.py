@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import re
 
-from .. import access, names
+from .. import access, names, workspace_text
 from ..errors import Refusal
 from ..store import twosv as twosv_store
 from ..store import workspaces
 from .context import Context
 from .suggest import usage
+from ..twosv.service import Accepted
 from .twosv import codes_guarded, second_factor, service
 
 # A two-step session counts for a policy change only if it is this fresh (minutes).
@@ -30,26 +31,12 @@ async def _membership(ctx: Context, name: str) -> tuple[workspaces.Workspace, st
     return workspace, role
 
 
-def _describe(workspace: workspaces.Workspace) -> str:
-    if workspace.require_2sv == "session":
-        return f"session (a verified two-step session, {workspace.session_window} min window)"
-    return workspace.require_2sv
-
-
 async def show(ctx: Context, name: str) -> int:
     workspace, role = await _membership(ctx, name)
     members = await workspaces.members(ctx.db, workspace.id)
-    lacking = set(await access.members_without_2sv(ctx.db, workspace.id)) if role == "admin" else set()
-    await ctx.say(f"workspace:    {workspace.name}")
-    await ctx.say(f"require-2sv:  {_describe(workspace)}")
-    await ctx.say(f"members:      {len(members)}")
-    for member in members:
-        note = ""
-        if role == "admin":
-            note = "  2SV off" if member.account in lacking else "  2SV on"
-            if member.account in lacking and workspace.require_2sv != "off":
-                note += " (does not meet the policy)"
-        await ctx.say(f"  {member.account}\t{member.role}{note}")
+    lacking = set(await access.members_without_2sv(ctx.db, workspace.id)) if role == "admin" else None
+    for line in workspace_text.show(workspace, members, lacking):
+        await ctx.say(line)
     return 0
 
 
@@ -63,36 +50,59 @@ async def require_2sv(ctx: Context, name: str, policy_word: str, window: int | N
         # Also to turn it off: the change needs a second factor (below).
         raise Refusal("Enable two-step verification on your own account first: "
                       f"{ctx.settings.ssh_command('2sv enable')}")
-    await _fresh_factor(ctx, svc, workspace)
+    typed = await _fresh_factor(ctx, svc, workspace)
     # The code prompt may have waited: the key and the admin role must still stand.
     await ctx.check_still_valid()
     if await workspaces.role_of(ctx.db, workspace.id, ctx.identity.account_id) != "admin":
         raise Refusal(f'Only admins of workspace "{workspace.name}" can change its policy.')
+    if policy_word == "session" and typed is not None:
+        # The code just typed is what `2sv verify` asks for: the admin's own key keeps
+        # working under the new policy instead of being refused at the next command.
+        await svc.open_session(ctx.identity.key_fingerprint, typed.kind)
     await access.set_policy(ctx.db, workspace, policy_word, window, ctx.identity.account)
-    await ctx.say(f'Workspace "{workspace.name}" now requires: {policy_word}.')
+    new_window = window if window is not None else workspace.session_window
+    await ctx.say(workspace_text.policy_changed(workspace.name, policy_word, new_window))
+    if policy_word == "session":
+        await ctx.say(await _own_session(ctx, new_window))
     if policy_word != "off":
         lacking = await access.members_without_2sv(ctx.db, workspace.id)
         if lacking:
-            await ctx.say("Members without two-step verification, who cannot use its private "
-                          f"repositories or push until they turn it on: {', '.join(lacking)}")
+            await ctx.say(workspace_text.lacking_2sv(lacking, applied=True))
     return 0
 
 
-async def _fresh_factor(ctx: Context, svc, workspace: workspaces.Workspace) -> None:
-    """A stolen admin key alone must not open the workspace: a policy change needs a
-    security-key login, a fresh two-step session for this key, or a code now. Recovery
-    codes (typed, or behind the session) count only where the key alone cannot read them."""
+async def _own_session(ctx: Context, window: int) -> str:
+    """What the new `session` policy means for the admin's own keys, right now."""
     if ctx.identity.key_kind == "security-key":
-        return
+        return "Logins with your security keys count as a two-step session."
+    key = f'"{names.printable(ctx.identity.key_title)}" ({ctx.identity.key_fingerprint})'
+    verified_at = await twosv_store.session_verified_at(ctx.db, ctx.identity.key_fingerprint,
+                                                        ctx.identity.account_id)
+    seconds = 0 if verified_at is None else verified_at + window * 60 - ctx.clock()
+    left = -int(-seconds // 60)  # whole minutes, rounded up
+    again = ctx.settings.ssh_command("2sv verify")
+    if left <= 0:
+        return f"This key, {key}, has no open two-step session: open one with: {again}"
+    return (f"Your two-step session for this key, {key}, lasts {left} more min; each other key "
+            f"of yours needs its own. After that, open a new one with: {again}")
+
+
+async def _fresh_factor(ctx: Context, svc, workspace: workspaces.Workspace) -> Accepted | None:
+    """A stolen admin key alone must not open the workspace: a policy change needs a
+    security-key login, a fresh two-step session for this key, or a code now (returned).
+    Recovery codes (typed, or behind the session) count only where the key alone cannot
+    read them."""
+    if ctx.identity.key_kind == "security-key":
+        return None
     guarded = await codes_guarded(ctx)
     found = await twosv_store.session(ctx.db, ctx.identity.key_fingerprint,
                                       ctx.identity.account_id)
     window = min(workspace.session_window, FRESH_SESSION) * 60
     if found is not None and found[0] <= ctx.clock() < found[0] + window:
         if guarded or found[1] in ("totp", "security-key"):
-            return
-    await second_factor(ctx, svc, "Verification code (to change the workspace's policy): ",
-                        recovery_codes=guarded)
+            return None
+    return await second_factor(ctx, svc, "Verification code (to change the workspace's policy): ",
+                               recovery_codes=guarded)
 
 
 def _parse_window(args: list[str]) -> int | None:

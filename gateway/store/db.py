@@ -105,6 +105,12 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE twosv_sessions ADD COLUMN method TEXT NOT NULL DEFAULT 'unknown';
     """,
+    # 5: the secret an enrolment showed, sealed, until a correct code or for a few
+    # minutes: `2sv enable` run again shows the same one, so the app's entry still works.
+    """
+    ALTER TABLE twosv ADD COLUMN pending_secret BLOB;
+    ALTER TABLE twosv ADD COLUMN pending_until REAL NOT NULL DEFAULT 0;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

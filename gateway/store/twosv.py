@@ -45,9 +45,26 @@ async def _ensure(db: aiosqlite.Connection, account_id: int) -> None:
 async def set_totp(db: aiosqlite.Connection, account_id: int, sealed: bytes, last_step: int) -> None:
     await _ensure(db, account_id)
     await db.execute(
-        "UPDATE twosv SET totp_secret = ?, last_step = ? WHERE account_id = ?",
+        "UPDATE twosv SET totp_secret = ?, last_step = ?, pending_secret = NULL,"
+        " pending_until = 0 WHERE account_id = ?",
         (sealed, last_step, account_id),
     )
+
+
+async def pending(db: aiosqlite.Connection, account_id: int, now: float) -> bytes | None:
+    """The sealed secret of an enrolment shown before and not yet confirmed, if recent."""
+    async with db.execute(
+        "SELECT pending_secret FROM twosv WHERE account_id = ? AND pending_until > ?",
+        (account_id, now),
+    ) as cursor:
+        row = await cursor.fetchone()
+    return row[0] if row else None
+
+
+async def set_pending(db: aiosqlite.Connection, account_id: int, sealed: bytes, until: float) -> None:
+    await _ensure(db, account_id)
+    await db.execute("UPDATE twosv SET pending_secret = ?, pending_until = ? WHERE account_id = ?",
+                     (sealed, until, account_id))
 
 
 async def claim_step(db: aiosqlite.Connection, account_id: int, step: int) -> bool:

@@ -23,6 +23,9 @@ from ..store import twosv as store
 from . import recovery, throttle, totp
 from .sealing import Sealer
 
+# How long an enrolment's secret, shown but not confirmed, is shown again (seconds).
+PENDING_SECONDS = 10 * 60
+
 
 @dataclass(frozen=True)
 class State:
@@ -150,6 +153,26 @@ class TwoStep:
         raise CodeRefused(message, failures)
 
     # --- changes ----------------------------------------------------------------------
+
+    async def enrolment_secret(self, fingerprint: str) -> str:
+        """The secret to show for an enrolment: the one shown in the last PENDING_SECONDS
+        to the same SSH key and not confirmed yet, if any (the user may have added it to
+        the app already), else a new one, kept sealed for that long. Confirming it
+        (`enrol`) clears it. The key is part of the sealing context, so another key of the
+        account (a stolen old one) never sees a secret its owner is enrolling."""
+        context = self._pending_context(fingerprint)
+        sealed = await store.pending(self.db, self.account_id, self.clock())
+        if sealed is not None:
+            with contextlib.suppress(RuntimeError):  # sealed for another key: a new one
+                return self.sealer.open(sealed, context).decode()
+        secret = totp.new_secret()
+        await store.set_pending(self.db, self.account_id, self.sealer.seal(secret.encode(), context),
+                                self.clock() + PENDING_SECONDS)
+        await self.db.commit()
+        return secret
+
+    def _pending_context(self, fingerprint: str) -> str:
+        return f"totp-pending:{self.account_id}:{fingerprint}"
 
     def check_new_secret(self, secret: str, typed: str) -> int | None:
         """The step at which a code for a secret being enrolled matched (not stored yet)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import re
+from urllib.parse import quote
 
 import pyotp
 
@@ -52,6 +53,8 @@ def hotp_matches(secret: str, code: str, counter: int, *, digits: int = DIGITS) 
 
 
 def provisioning_uri(secret: str, account: str, issuer: str) -> str:
-    return pyotp.TOTP(secret, digits=DIGITS, interval=STEP_SECONDS).provisioning_uri(
-        name=account, issuer_name=issuer
-    )
+    """Only what apps need: the label `issuer:account` (apps take the issuer from it) and
+    the secret, last, where the QR code can carry it compactly (gateway/qr.py). Digits,
+    period and algorithm are the defaults, so they are left out."""
+    label = f"{quote(issuer, safe='')}:{quote(account, safe='')}"
+    return f"otpauth://totp/{label}?secret={secret}"
