@@ -355,3 +355,21 @@ def test_stored_escapes_are_shown_escaped_everywhere(gw):
     assert "t?[2J?" in outputs[0]
     audit_text = gw.cli("audit", "--account", alice.name).stdout
     assert not re.search(r"^2026-01-01T00:00:00Z operator fake", audit_text, re.M)
+
+
+def test_a_pending_enrolment_key_is_shown_again_only_to_the_same_ssh_key(gw):
+    """A failed `2sv enable` keeps its key for a rerun; another key of the account (the
+    stolen old laptop's) must not be shown it, or its holder could read every code."""
+    from test_twosv import URI_RE
+    alice = gw.user()
+    old_path = make_key(gw.keys_dir, unique("old"))
+    gw.cli("key", "add", alice.name, f"{old_path}.pub")
+
+    def shown_secret(user: User) -> str:
+        result = gw.ssh(user, "2sv", "enable", input="")
+        assert result.returncode != 0 and "No code given" in result.stderr
+        return URI_RE.search(result.stdout).group(1)
+
+    first = shown_secret(alice)
+    assert shown_secret(alice) == first
+    assert shown_secret(User(alice.name, old_path)) != first
