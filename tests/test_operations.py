@@ -320,15 +320,24 @@ def test_sessions_per_connection_are_capped(private):
 
     async def go():
         async with _asyncssh(g, user.key) as conn:
-            # Two prompts held open (2sv verify waits for a code), then a third session.
-            held = [await conn.create_process("2sv verify") for _ in range(2)]
+            # Two prompts held open (2sv enable waits for a code; `2sv verify` would end at
+            # once for an account without 2SV), then a third session.
+            held = [await conn.create_process("2sv enable") for _ in range(2)]
+            for p in held:
+                await p.stderr.readline()  # its prompt: the session is running
             with pytest.raises(asyncssh.ChannelOpenError):
                 await conn.run("whoami")
             for p in held:
                 p.stdin.write_eof()
                 await p.wait()
-            result = await conn.run("whoami")  # room again
-            return result
+            # Room again, once the server has counted the two ended sessions out (the
+            # client can see a channel close a moment before that).
+            for _ in range(50):
+                try:
+                    return await conn.run("whoami")
+                except asyncssh.ChannelOpenError:
+                    await asyncio.sleep(0.1)
+            return await conn.run("whoami")
 
     result = asyncio.run(go())
     assert result.exit_status == 0 and user.name in result.stdout
