@@ -6,14 +6,14 @@ made with it counts as the second factor.
 
 from __future__ import annotations
 
-from .. import sshkeys
+from .. import names, sshkeys
 from ..errors import Refusal
-from .. import names
 from ..names import printable, shown
 from ..store import keys
 from .context import Context
 from .suggest import usage
 from .twosv import event, guarded_factor, second_factor, service, show_new_codes
+
 
 async def list_keys(ctx: Context) -> int:
     found = [k for k in await keys.list_for(ctx.db, ctx.identity.account) if k.kind == "security-key"]
