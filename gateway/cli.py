@@ -16,6 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from . import access, config, datadir, events, keydir, names, sshkeys, workspace_text
+from .commands import login_keys
 from .errors import Refusal, UsageError
 from .names import shown
 from .git import repos as disk
@@ -51,18 +52,14 @@ def _read_key_source(source: str) -> list[sshkeys.PublicKey]:
     return sshkeys.parse_text(text)
 
 
-async def _tell_hooks_of_new_keys(settings, account: str, fingerprints: list[str],
-                                  event: str = "key.add") -> None:
+async def _tell_hooks_of_new_keys(settings, account: str, fingerprints: list[str]) -> None:
     """Every key that can log in reaches the 2sv-event.d hooks, as the owner's own do."""
     for fingerprint in fingerprints:
-        await events.notify(settings.hooks_dir, account, event, detail=fingerprint)
+        await events.notify(settings.hooks_dir, account, "key.add", detail=fingerprint)
 
 
 def _login_key_line(key: keys.StoredKey) -> str:
-    kind = "security key" if key.kind == "security-key" else "key"
-    added = time.strftime("%Y-%m-%d", time.gmtime(key.created_at))
-    return (f"  {key.fingerprint}  {key.algorithm}  {kind}, added {added} by {key.source}  "
-            f"{shown(key.title)}")
+    return "  " + login_keys.describe(key)
 
 
 async def _add_keys(db, account: accounts.Account, parsed: list[sshkeys.PublicKey],
@@ -190,9 +187,8 @@ async def cmd_key_remove(settings, args, db):
 
 
 async def cmd_keys_sync(settings, args, db):
-    report = await keydir.sync(db, Path(args.keydir) if args.keydir else settings.keydir)
-    for account, fingerprint in report.added_keys:
-        await _tell_hooks_of_new_keys(settings, account, [fingerprint])
+    report = await keydir.sync(db, Path(args.keydir) if args.keydir else settings.keydir,
+                               settings.hooks_dir)
     for name in report.created_accounts:
         print(f"created account {name}")
     for line in report.added:

@@ -188,8 +188,10 @@ def _namespaces(value: tuple[str, ...]) -> str | None:
         return "must list at least one namespace"
     bad = [v for v in value if not valid_namespace(v)]
     return f"has {bad[0]!r}: each must be 'refs/' or like 'refs/notes/'" if bad else None
+
+
 def _memory_limit(value: int) -> str | None:
-    # Below about 200 MiB a worker cannot even serve a small clone.
+    # Below about 200 MiB a worker cannot even serve a small clone: 256 MiB at the least.
     return None if value == 0 or 256 * 1024**2 <= value <= 2**62 else \
         "must be 0 (no limit) or at least 268435456 (256 MiB)"
 
@@ -357,7 +359,7 @@ def _from_env(settings: Settings, name: str, raw: str):
             return False
         raise Refusal(f"{env_name(name)} must be true or false (got {raw!r})")
     if isinstance(current, tuple):
-        return [word for word in raw.replace(",", " ").split()]
+        return raw.replace(",", " ").split()
     if isinstance(current, int):
         try:
             return int(raw.strip())

@@ -1,8 +1,8 @@
 """2SV events: written to the audit log and handed to `HOOKS_DIR/2sv-event.d/*`.
 
 Each executable there gets one JSON object on stdin, so operators can notify the user.
-A key that can log in being added or removed is such an event too, whoever did it: a
-stolen key's holder adding one of their own is how they would stay in.
+A key that can log in being added is such an event too, whoever added it (a stolen key's
+holder adding one of their own is how they would stay in), and so is a user removing one.
 Events never hold a secret or a code.
 """
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import aiosqlite
 
-from . import names, sshkeys
+from . import events, names, sshkeys
 from .errors import Refusal
 from .store import accounts, audit, keys
 
@@ -23,7 +23,6 @@ class SyncReport:
     added: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     created_accounts: list[str] = field(default_factory=list)
-    added_keys: list[tuple[str, str]] = field(default_factory=list)  # (account, fingerprint)
     errors: list[str] = field(default_factory=list)
 
 
@@ -70,10 +69,12 @@ def _scan(keydir: Path, report: SyncReport) -> tuple[list[_Wanted], set[str]]:
     return wanted, broken_accounts
 
 
-async def sync(db: aiosqlite.Connection, keydir: Path) -> SyncReport:
+async def sync(db: aiosqlite.Connection, keydir: Path,
+               hooks_dir: Path | None = None) -> SyncReport:
     if not keydir.is_dir():
         raise Refusal(f"Keydir not found: {keydir}")
     report = SyncReport()
+    added: list[_Wanted] = []
     wanted, broken_accounts = _scan(keydir, report)
     wanted_fingerprints = set()
     for item in wanted:
@@ -97,8 +98,8 @@ async def sync(db: aiosqlite.Connection, keydir: Path) -> SyncReport:
             report.errors.append(f"{names.shown(str(item.file))}: {refusal.message}")
             continue
         await audit.write(db, "operator", "key.add", item.account, detail=item.key.fingerprint)
+        added.append(item)
         report.added.append(f"{item.account} {item.key.fingerprint} {item.title}")
-        report.added_keys.append((item.account, item.key.fingerprint))
     for stored in await keys.list_for(db):
         if (
             stored.source == "keydir"
@@ -113,4 +114,7 @@ async def sync(db: aiosqlite.Connection, keydir: Path) -> SyncReport:
             await audit.write(db, "operator", "key.remove", stored.account, detail=stored.fingerprint)
             report.removed.append(f"{stored.account} {stored.fingerprint} {names.shown(stored.title)}")
     await db.commit()
+    if hooks_dir is not None:  # keys that log in reach the 2sv-event.d hooks (events.py)
+        for item in added:
+            await events.notify(hooks_dir, item.account, "key.add", detail=item.key.fingerprint)
     return report

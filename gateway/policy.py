@@ -92,8 +92,7 @@ def decide(
         return not_found
     if action is Action.WRITE and repo.role not in WRITE_ROLES:
         return Deny(f"Permission to {repo.full_name} denied to {identity.account}.", "no write role")
-    policy_applies = repo.require_2sv != "off" and (action is Action.WRITE or not repo.public)
-    if policy_applies:
+    if workspace_policy_applies(repo, action):
         if not two_step.enabled:
             return Deny(
                 f'Workspace "{repo.workspace}" requires two-step verification.\n'
@@ -107,6 +106,11 @@ def decide(
                 "workspace requires a 2SV session; none open for this key",
             )
     return Allow()
+
+
+def workspace_policy_applies(repo: RepoFacts, action: Action) -> bool:
+    """Whether the workspace's 2SV policy bears on this action (public reads stay open)."""
+    return repo.require_2sv != "off" and (action is Action.WRITE or not repo.public)
 
 
 def session_key_hint(identity: Identity) -> str:

@@ -24,7 +24,7 @@ from collections.abc import Callable
 import aiosqlite
 import asyncssh
 
-from . import access, commands, events, keydir, limits, logs, metrics, names, proxyproto, sshkeys
+from . import access, commands, keydir, limits, logs, metrics, names, proxyproto, sshkeys
 from .commands.context import Context
 from .commands.git import worker_pool
 from .config import Settings
@@ -547,15 +547,13 @@ async def sync_keydir(settings: Settings) -> None:
         return
     db = await store_db.connect(settings.db_path, migrate_schema=False)
     try:
-        report = await keydir.sync(db, settings.keydir)
+        report = await keydir.sync(db, settings.keydir, settings.hooks_dir)
     except Refusal as refusal:
         log_event(log, "keydir.failed", logging.WARNING, error=refusal.message)
         return
     finally:
         await db.close()
     log_event(log, "keydir.sync", added=len(report.added), removed=len(report.removed))
-    for account, fingerprint in report.added_keys:  # keys that log in reach the hooks
-        await events.notify(settings.hooks_dir, account, "key.add", detail=fingerprint)
     for error in report.errors:
         log_event(log, "keydir.error", logging.WARNING, error=error)
 

@@ -132,14 +132,19 @@ def test_replace_asks_for_the_old_factor_even_after_a_security_key_login(gw):
     assert "Scan this QR code" not in replaced.stdout
 
 
-def test_adding_any_login_key_reaches_the_hooks(gw, hook_events):
+def test_adding_any_login_key_reaches_the_hooks(gw, hook_events, tmp_path):
     alice = gw.user()
     extra = make_key(gw.keys_dir, unique("extra"))
     gw.cli("key", "add", alice.name, f"{extra}.pub", "--title", "extra")
     sk = SoftwareSecurityKey()
     assert gw.ssh(alice, "security-key", "add", "yk", input=sk.line + "\n").returncode == 0
+    (tmp_path / "keydir" / alice.name).mkdir(parents=True)
+    dropped = make_key(tmp_path, "dropped")
+    (tmp_path / "keydir" / alice.name / "dropped.pub").write_text(Path(f"{dropped}.pub").read_text())
+    gw.cli("keys", "sync", "--keydir", str(tmp_path / "keydir"))
     mine = [(e["event"], e["detail"]) for e in hook_events() if e["account"] == alice.name]
     assert ("key.add", fingerprint(extra)) in mine
+    assert ("key.add", fingerprint(dropped)) in mine
     assert ("2sv.security_key_added", sk.get_fingerprint("sha256")) in mine
 
 

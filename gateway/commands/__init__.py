@@ -73,7 +73,7 @@ async def _gateway_command(ctx: Context, command: GatewayCommand) -> int:
             raise Refusal(f"Invalid command: {command.name or 'the greeting'} takes no arguments")
         return await handler(ctx)
     # Suggest only what people type; git types the Git verbs itself.
-    hint = did_you_mean(command.name, [*SIMPLE_COMMANDS, *COMMANDS_WITH_ARGS][1:])
+    hint = did_you_mean(command.name, [c for c in (*SIMPLE_COMMANDS, *COMMANDS_WITH_ARGS) if c])
     raise Refusal(
         f"Unknown command: {printable(command.name, 60)}{'.' + hint if hint else ''}\n"
         f"Run '{ctx.settings.ssh_command('help')}' to see the commands."

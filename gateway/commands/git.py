@@ -123,7 +123,9 @@ async def run(ctx: Context, request: GitRequest) -> int:
 
 async def _decide(ctx: Context, request: GitRequest, action: policy.Action, stage: str = "request"):
     facts, repo = await access.repo_facts(ctx.db, ctx.identity, request.path)
-    two_step = await access.two_step_facts(ctx.db, ctx.identity)
+    # The account's 2SV state costs several queries; only a policy that applies reads it.
+    two_step = (await access.two_step_facts(ctx.db, ctx.identity)
+                if policy.workspace_policy_applies(facts, action) else policy.TwoStepFacts())
     decision = policy.decide(ctx.identity, two_step, facts, action, ctx.clock(),
                              ssh=ctx.settings.ssh_command(""))
     log_event(log, "decision", account=ctx.identity.account, action=action.value,

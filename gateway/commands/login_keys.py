@@ -18,7 +18,8 @@ from .suggest import usage
 from .twosv import event, second_factor, service
 
 
-def describe(key: keys.StoredKey, in_use: str) -> str:
+def describe(key: keys.StoredKey, in_use: str = "") -> str:
+    """One login key on one line, for its owner (`keys`) and the operator's CLI."""
     kind = "security key" if key.kind == "security-key" else "key"
     added = time.strftime("%Y-%m-%d", time.gmtime(key.created_at))
     this = "  (this login)" if key.fingerprint == in_use else ""
@@ -35,10 +36,10 @@ async def list_keys(ctx: Context) -> int:
     return 0
 
 
-async def remove(ctx: Context, fingerprint: str) -> int:
-    own = {k.fingerprint: k for k in await keys.list_for(ctx.db, ctx.identity.account)}
-    key = own.get(fingerprint)
-    if key is None:
+async def _own_plain_key(ctx: Context, fingerprint: str) -> keys.StoredKey:
+    """The caller's own key that `keys remove` may remove, or a refusal saying why not."""
+    key = await keys.find(ctx.db, fingerprint)
+    if key is None or key.account_id != ctx.identity.account_id:
         raise Refusal(f"No key {printable(fingerprint)} on your account")
     if key.kind == "security-key":
         raise Refusal("That is a security key, a two-step method too; remove it with: "
@@ -46,6 +47,11 @@ async def remove(ctx: Context, fingerprint: str) -> int:
     if key.source == "keydir":
         raise Refusal("That key comes from the operator's keydir; ask the operator to remove "
                       "its file (a sync would add it back).")
+    return key
+
+
+async def remove(ctx: Context, fingerprint: str) -> int:
+    key = await _own_plain_key(ctx, fingerprint)
     svc = service(ctx)
     if (await svc.state()).enabled:
         await second_factor(ctx, svc)
@@ -54,6 +60,7 @@ async def remove(ctx: Context, fingerprint: str) -> int:
         if answer is None or answer.strip().lower() != "yes":
             raise Refusal("Not confirmed; nothing changed.")
     await ctx.check_still_valid()
+    await _own_plain_key(ctx, fingerprint)  # the prompt may have waited: still so?
     await keys.remove(ctx.db, fingerprint)
     await event(ctx, "key.remove", detail=fingerprint)
     await ctx.say(f"Key {fingerprint} removed; it no longer logs in.")

@@ -75,7 +75,7 @@ async def _own_session(ctx: Context, window: int) -> str:
     """What the new `session` policy means for the admin's own keys, right now."""
     if ctx.identity.key_kind == "security-key":
         return "Logins with your security keys count as a two-step session."
-    key = f'"{names.printable(ctx.identity.key_title)}" ({ctx.identity.key_fingerprint})'
+    key = f'"{names.shown(ctx.identity.key_title)}" ({ctx.identity.key_fingerprint})'
     verified_at = await twosv_store.session_verified_at(ctx.db, ctx.identity.key_fingerprint,
                                                         ctx.identity.account_id)
     seconds = 0 if verified_at is None else verified_at + window * 60 - ctx.clock()

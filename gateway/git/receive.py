@@ -55,8 +55,6 @@ QUARANTINE_PREFIX = "incoming-"
 MAX_PUSH_OPTIONS = 100
 log = logging.getLogger("gateway.git")
 
-log = logging.getLogger("gateway.git")
-
 
 @dataclass
 class Command:
