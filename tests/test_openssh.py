@@ -6,6 +6,7 @@ same data directory, so that the answers of the two paths can be compared."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -129,7 +130,9 @@ def enrol(front: Sshd, user: User) -> str:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=front.g.env)
     out = b""
     deadline = time.monotonic() + 30
-    while not URI_RE.search(out.decode(errors="replace")) and time.monotonic() < deadline:
+    # The URI comes first and the Key line last: read the whole page before the code.
+    key_line = re.compile(r"Key: +[A-Z2-7 ]+\n")
+    while not key_line.search(out.decode(errors="replace")) and time.monotonic() < deadline:
         chunk = proc.stdout.read1(4096)
         if not chunk:
             break
