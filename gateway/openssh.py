@@ -21,13 +21,12 @@ import sys
 from pathlib import Path
 
 from . import access, commands, config, logs, sshkeys
-from .commands import git as git_command
 from .commands.context import Context
 from .config import Settings
 from .errors import Refusal
 from .logs import log_event
 from .store import db as store_db
-from .twosv.sealing import Sealer
+from .app import App
 
 log = logging.getLogger("gateway.shell")
 SHELL_LOG = "shell.log"  # in the data dir: stderr is the user's under sshd
@@ -76,9 +75,9 @@ async def shell(settings: Settings, fingerprint: str, config_file: str | None = 
     """Run one SSH command for the key sshd verified; the exit status for sshd."""
     settings = _settings_without_client_env(settings, config_file)
     settings.spare_workers = 0  # one request, one worker: none kept waiting for the next
-    _log_to_data_dir(settings)
+    log_fd = _log_to_data_dir(settings)
     try:
-        return await _run(settings, fingerprint)
+        return await _run(settings, fingerprint, log_fd)
     except Refusal:
         raise  # meant for the user
     except Exception as exc:
@@ -89,7 +88,7 @@ async def shell(settings: Settings, fingerprint: str, config_file: str | None = 
         raise Refusal("internal error; the operator has the details") from None
 
 
-async def _run(settings: Settings, fingerprint: str) -> int:
+async def _run(settings: Settings, fingerprint: str, log_fd: int) -> int:
     line = os.environ.get("SSH_ORIGINAL_COMMAND")
     peer = _peer()
     verb, target = commands.describe(line)
@@ -100,12 +99,12 @@ async def _run(settings: Settings, fingerprint: str) -> int:
             log_event(log, "auth.failed", peer=peer, key=fingerprint, via="openssh")
             raise Refusal("This key is no longer accepted")
         try:
-            sealer = Sealer.load(settings.master_key_path)
+            app = App.load(settings, worker_log_fd=log_fd)
         except Refusal as refusal:  # the operator's to fix; no path for the user
             raise RuntimeError(refusal.message) from None
         stdin, stdout, stderr = await _standard_streams()
         # sshd's pty (ssh -t) is a real terminal: it echoes and cooks lines itself.
-        ctx = Context(settings, db, identity, stdin, stdout, stderr, peer, sealer,
+        ctx = Context(app, db, identity, stdin, stdout, stderr, peer,
                       terminal=os.isatty(1) and not commands.is_git(line))
         log_event(log, "auth.ok", peer=peer, account=identity.account, key=fingerprint,
                   via="openssh")
@@ -150,7 +149,7 @@ def _peer() -> str:
     return f"{parts[0]}:{parts[1]}" if len(parts) >= 2 else "-"
 
 
-def _log_to_data_dir(settings: Settings) -> None:
+def _log_to_data_dir(settings: Settings) -> int:
     """Our log and the workers' go to DATA/shell.log: stderr belongs to the user here."""
     try:
         fd = os.open(settings.data_dir / SHELL_LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT,
@@ -159,12 +158,12 @@ def _log_to_data_dir(settings: Settings) -> None:
         # Said to the user, who can tell the operator; no path or errno for them.
         raise Refusal("The gateway cannot write its log; the operator has to check the "
                       "data directory's owner and permissions") from None
-    git_command.set_worker_log_fd(fd)
     handler = logging.StreamHandler(os.fdopen(os.dup(fd), "a", buffering=1))
     handler.setFormatter(logs.StructuredFormatter(settings.log_format, tracebacks=False))
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(getattr(logging, settings.log_level.upper(), logging.INFO))
+    return fd  # the workers' log too
 
 
 class _BlockingWriter:

@@ -25,8 +25,8 @@ import aiosqlite
 import asyncssh
 
 from . import access, commands, keydir, limits, logs, metrics, names, proxyproto, sshkeys
+from .app import App
 from .commands.context import Context
-from .commands.git import worker_pool
 from .config import Settings
 from .datadir import ensure_host_keys
 from .errors import Refusal
@@ -37,7 +37,6 @@ from .policy import Identity
 from .store import access_keys, keys
 from .store import db as store_db
 from .terminal import CookedReader, CrlfWriter
-from .twosv.sealing import Sealer
 
 log = logging.getLogger("gateway")
 
@@ -274,8 +273,8 @@ async def run_command(process: asyncssh.SSHServerProcess, server: GatewaySSHServ
     if terminal:
         stdout, stderr = CrlfWriter(stdout), CrlfWriter(stderr)
         stdin = CookedReader(stdin, stdout)
-    ctx = Context(server.settings, db, server.identity, stdin, stdout, stderr, server.peer,
-                  server.gateway.sealer, terminal=terminal)
+    ctx = Context(server.gateway.app, db, server.identity, stdin, stdout, stderr, server.peer,
+                  terminal=terminal)
     return await commands.run(ctx, process.command)
 
 
@@ -294,7 +293,7 @@ class Gateway:
         self.draining = False
         self.ready = False
         self.db: aiosqlite.Connection | None = None
-        self.sealer: Sealer | None = None
+        self.app: App | None = None
         self._options: asyncssh.SSHServerConnectionOptions | None = None
         self._host_keys: list = []
         self._listener: socket.socket | None = None
@@ -311,7 +310,7 @@ class Gateway:
         metrics_sock = None
         if settings.metrics_listen:
             metrics_sock = _listen(*_split(settings.metrics_listen), "metrics_listen")
-        self.sealer = Sealer.load(settings.master_key_path)
+        self.app = App.load(settings)
         self.db = await store_db.connect(settings.db_path)
         self._host_keys = [asyncssh.read_private_key(p) for p in ensure_host_keys(settings)]
         self._options = await self._ssh_options()
@@ -319,7 +318,7 @@ class Gateway:
         if metrics_sock is not None:
             self._metrics_server = await metrics.serve_http(
                 metrics_sock, ready=lambda: self.ready and not self.draining)
-        worker_pool(settings).fill()
+        self.app.git.pool.fill()
         self._spawn(self._accept_loop())
         await sync_keydir(settings)
         self.ready = True
@@ -376,7 +375,8 @@ class Gateway:
             pass
         if self._metrics_server is not None:
             self._metrics_server.close()
-        await worker_pool(self.settings).close()
+        if self.app is not None:
+            await self.app.git.pool.close()
         if self.db is not None:
             await self.db.close()
         log_event(log, "stopped")

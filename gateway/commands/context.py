@@ -10,7 +10,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import aiosqlite
 
@@ -19,6 +19,9 @@ from ..config import Settings
 from ..errors import Refusal
 from ..policy import Identity
 from ..twosv.sealing import Sealer
+
+if TYPE_CHECKING:
+    from ..app import App
 
 MAX_ANSWER = 1024
 
@@ -35,17 +38,24 @@ class Writer(Protocol):
 
 @dataclass
 class Context:
-    settings: Settings
+    app: "App"
     db: aiosqlite.Connection
     identity: Identity
     stdin: Reader
     stdout: Writer
     stderr: Writer
     remote_addr: str = ""
-    sealer: Sealer | None = None
     clock: Callable[[], float] = time.time
     terminal: bool = False  # the client asked for a pty: one user at a terminal
     _pending: bytes = field(default=b"", repr=False)
+
+    @property
+    def settings(self) -> Settings:
+        return self.app.settings
+
+    @property
+    def sealer(self) -> Sealer:
+        return self.app.sealer
 
     async def say(self, text: str) -> None:
         self.stdout.write((text + "\n").encode())

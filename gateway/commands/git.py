@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from .. import access, metrics, policy
 from ..errors import Refusal
 from ..git import repos as disk
-from ..git.pool import WorkerPool, read_status
-from ..git.slots import Full, WorkerSlots
+from ..git.pool import read_status
+from ..git.slots import Full
 from ..logs import log_event
 from ..store import audit
 from .context import Context, Reader, Writer
@@ -28,23 +28,6 @@ ACTIONS = {
     "git-upload-archive": policy.Action.READ,
     "git-receive-pack": policy.Action.WRITE,
 }
-_pool: WorkerPool | None = None
-_slots: WorkerSlots | None = None
-_log_fd: int | None = None
-
-
-def worker_log_fd() -> int:
-    """Where workers write their log: a copy of the server's stderr (the user's stderr
-    is the session's), unless set_worker_log_fd chose another."""
-    global _log_fd
-    if _log_fd is None:
-        _log_fd = os.dup(2)
-    return _log_fd
-
-
-def set_worker_log_fd(fd: int) -> None:
-    global _log_fd
-    _log_fd = fd
 
 
 async def run(ctx: Context, request: GitRequest) -> int:
@@ -57,7 +40,7 @@ async def run(ctx: Context, request: GitRequest) -> int:
     repo_dir = disk.resolve(ctx.settings.repos_dir, repo.workspace, repo.name)
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "GATEWAY_LOG_FD": str(worker_log_fd()),
+        "GATEWAY_LOG_FD": str(ctx.app.git.log_fd),
         "GATEWAY_LOG_LEVEL": ctx.settings.log_level,
         "GATEWAY_LOG_FORMAT": ctx.settings.log_format,
         "GATEWAY_ACCOUNT": ctx.identity.account,
@@ -95,7 +78,7 @@ async def run(ctx: Context, request: GitRequest) -> int:
         return message
 
     try:
-        held = await worker_slots(ctx.settings).acquire(
+        held = await ctx.app.git.slots.acquire(
             _owner(ctx.identity), ctx.identity.is_access_key, ctx.settings.max_git_workers,
             ctx.settings.max_git_workers_per_account, ctx.settings.git_queue_timeout)
     except Full as full:
@@ -103,7 +86,7 @@ async def run(ctx: Context, request: GitRequest) -> int:
                   repository=repo.full_name, reason=full.reason)
         raise
     try:
-        proc = await worker_pool(ctx.settings).start_job(request.service, str(repo_dir), env)
+        proc = await ctx.app.git.pool.start_job(request.service, str(repo_dir), env)
         try:
             outcome = await relay(proc, ctx.stdin, ctx.stdout, ctx.stderr,
                                   idle_timeout=ctx.settings.idle_timeout,
@@ -149,14 +132,6 @@ def _owner(identity: policy.Identity) -> str:
     return f"account {identity.account_id}"
 
 
-def worker_slots(settings) -> WorkerSlots:
-    global _slots
-    path = settings.data_dir / "workers.lock"
-    if _slots is None or _slots.path != path:
-        _slots = WorkerSlots(path)
-    return _slots
-
-
 async def _audit_push(ctx: Context, action: policy.Action, repository: str, report: dict) -> None:
     """A push is audited by the refs it moved, which the worker reports as soon as they
     have moved (before it answers the client): whatever its exit status, and even if the
@@ -176,15 +151,6 @@ def moved_detail(report: dict) -> str:
                      for r in refs)
     more = " ..." if report["moved"] > len(refs) else ""
     return f"{report['moved']} ref{'s' if report['moved'] != 1 else ''}: {names}{more}"
-
-
-def worker_pool(settings) -> WorkerPool:
-    """The process's pool; its size follows the setting (which SIGHUP may change)."""
-    global _pool
-    if _pool is None:
-        _pool = WorkerPool(settings.spare_workers, worker_log_fd())
-    _pool.spare = settings.spare_workers
-    return _pool
 
 
 @dataclass

@@ -16,6 +16,8 @@ import json
 import os
 import sys
 
+from .slots import WorkerSlots
+
 WORKER = [sys.executable, "-m", "gateway.git.worker"]
 MAX_STATUS = 64 * 1024  # a pipe's capacity: the worker writes less, in one write
 
@@ -93,6 +95,23 @@ class WorkerPool:
                 await proc.wait()
             close_status(proc)
         self._ready.clear()
+
+
+class GitWorkers:
+    """One process's Git workers: the pool of spares, the machine-wide worker slots
+    (slots.py) and the descriptor workers write their log to."""
+
+    def __init__(self, settings, log_fd: int | None = None) -> None:
+        self.settings = settings  # SIGHUP changes it in place: the pool follows
+        # By default a copy of the server's stderr: the user's stderr is the session's.
+        self.log_fd = os.dup(2) if log_fd is None else log_fd
+        self._pool = WorkerPool(settings.spare_workers, self.log_fd)
+        self.slots = WorkerSlots(settings.data_dir / "workers.lock")
+
+    @property
+    def pool(self) -> WorkerPool:
+        self._pool.spare = self.settings.spare_workers
+        return self._pool
 
 
 def read_status(proc: asyncio.subprocess.Process) -> dict:
