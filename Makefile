@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 # Every install takes its versions from the lock file (`make lock` rewrites it).
 CONSTRAINTS := constraints.txt
-PIP_INSTALL := $(VENV)/bin/pip install --quiet -c $(CONSTRAINTS)
+PIP := $(VENV)/bin/pip
 # Three stamps: `make serve` needs only the gateway; the tests and the linters also need
 # their extras.
 RUNTIME := $(VENV)/.installed-runtime
@@ -15,15 +15,15 @@ LINTING := $(VENV)/.installed-lint
 
 $(RUNTIME): pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
-	$(PIP_INSTALL) -e .
+	$(PIP) install --quiet -e . -c $(CONSTRAINTS)
 	touch $(RUNTIME)
 
 $(TESTING): $(RUNTIME)
-	$(PIP_INSTALL) -e '.[test]'
+	$(PIP) install --quiet -e '.[test]' -c $(CONSTRAINTS)
 	touch $(TESTING)
 
 $(LINTING): $(RUNTIME)
-	$(PIP_INSTALL) -e '.[lint]'
+	$(PIP) install --quiet -e '.[lint]' -c $(CONSTRAINTS)
 	touch $(LINTING)
 
 install: $(TESTING) $(LINTING)
