@@ -91,7 +91,9 @@ def decide(
         # Missing and unreadable look the same, so names of private repositories never leak.
         return not_found
     if action is Action.WRITE and repo.role not in WRITE_ROLES:
-        return Deny(f"Permission to {repo.full_name} denied to {identity.account}.", "no write role")
+        return Deny(
+            f"Permission to {repo.full_name} denied to {identity.account}.", "no write role"
+        )
     if workspace_policy_applies(repo, action):
         if not two_step.enabled:
             return Deny(

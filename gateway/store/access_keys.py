@@ -35,7 +35,9 @@ def _row(row: aiosqlite.Row) -> AccessKey:
                      row["algorithm"], row["title"], bool(row["write"]))
 
 
-async def add(db: aiosqlite.Connection, repo_id: int, key: PublicKey, title: str, write: bool) -> None:
+async def add(
+    db: aiosqlite.Connection, repo_id: int, key: PublicKey, title: str, write: bool
+) -> None:
     title = checked_title(title, "access key title")
     # One fingerprint, one owner: never both an account key and an access key.
     # Only the operator adds access keys, so the refusal may say who holds the key.

@@ -8,7 +8,7 @@ import aiosqlite
 
 from ..errors import Refusal
 from ..names import email as checked_email
-from .db import now
+from .db import inserted_id, now
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ async def add(db: aiosqlite.Connection, name: str, email: str | None) -> Account
         )
     except aiosqlite.IntegrityError:
         raise Refusal(f"Account already exists: {name}") from None
-    return Account(cursor.lastrowid, name, email, False)
+    return Account(inserted_id(cursor), name, email, False)
 
 
 async def find(db: aiosqlite.Connection, name: str) -> Account | None:

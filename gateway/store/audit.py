@@ -31,6 +31,7 @@ async def write(
 
 
 async def read(db: aiosqlite.Connection, account: str | None, limit: int) -> list[Entry]:
+    args: tuple[str | int, ...]
     if account is None:
         query, args = "SELECT * FROM audit ORDER BY id DESC LIMIT ?", (limit,)
     else:
@@ -38,5 +39,5 @@ async def read(db: aiosqlite.Connection, account: str | None, limit: int) -> lis
         query = "SELECT * FROM audit WHERE actor = ? OR target = ? ORDER BY id DESC LIMIT ?"
         args = (account, account, limit)
     async with db.execute(query, args) as cursor:
-        rows = await cursor.fetchall()
+        rows = list(await cursor.fetchall())
     return [Entry(*tuple(row)) for row in reversed(rows)]

@@ -134,7 +134,7 @@ async def connect(path: Path, migrate_schema: bool = True) -> aiosqlite.Connecti
 
 async def migrate(db: aiosqlite.Connection) -> None:
     async with db.execute("PRAGMA user_version") as cursor:
-        (version,) = await cursor.fetchone()
+        (version,) = one(await cursor.fetchone())
     if version > SCHEMA_VERSION:
         raise RuntimeError(
             f"database schema version {version} is newer than this gateway ({SCHEMA_VERSION})"
@@ -144,7 +144,7 @@ async def migrate(db: aiosqlite.Connection) -> None:
         await db.execute("BEGIN IMMEDIATE")
         try:
             async with db.execute("PRAGMA user_version") as cursor:
-                (current,) = await cursor.fetchone()
+                (current,) = one(await cursor.fetchone())
             if current == number:  # another process may have migrated meanwhile
                 for statement in MIGRATIONS[number].split(";"):
                     if statement.strip():
@@ -158,3 +158,18 @@ async def migrate(db: aiosqlite.Connection) -> None:
 
 def now() -> int:
     return int(time.time())
+
+
+def one(row: aiosqlite.Row | None) -> aiosqlite.Row:
+    """The row of a query that always returns one (a PRAGMA, an UPDATE ... RETURNING of
+    a row known to exist): None there is a bug, so it fails loudly."""
+    if row is None:
+        raise RuntimeError("the query returned no row")
+    return row
+
+
+def inserted_id(cursor: aiosqlite.Cursor) -> int:
+    """The id of the row the INSERT on `cursor` just added."""
+    if cursor.lastrowid is None:
+        raise RuntimeError("the INSERT added no row")
+    return cursor.lastrowid

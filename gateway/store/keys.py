@@ -78,6 +78,7 @@ async def find(db: aiosqlite.Connection, fingerprint: str) -> StoredKey | None:
 
 
 async def list_for(db: aiosqlite.Connection, account: str | None = None) -> list[StoredKey]:
+    args: tuple[str, ...]
     if account is None:
         query, args = _SELECT + " ORDER BY a.name, k.id", ()
     else:

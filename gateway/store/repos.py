@@ -69,6 +69,7 @@ async def find_by_id(db: aiosqlite.Connection, repo_id: int) -> Repo | None:
 
 
 async def list_all(db: aiosqlite.Connection, workspace: str | None = None) -> list[Repo]:
+    args: tuple[str, ...]
     if workspace is None:
         query, args = _SELECT + " ORDER BY w.name, r.name", ()
     else:

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import aiosqlite
 
+from .db import one
+
 
 @dataclass(frozen=True)
 class TwoSVRow:
@@ -42,7 +44,9 @@ async def _ensure(db: aiosqlite.Connection, account_id: int) -> None:
     await db.execute("INSERT OR IGNORE INTO twosv (account_id) VALUES (?)", (account_id,))
 
 
-async def set_totp(db: aiosqlite.Connection, account_id: int, sealed: bytes, last_step: int) -> None:
+async def set_totp(
+    db: aiosqlite.Connection, account_id: int, sealed: bytes, last_step: int
+) -> None:
     await _ensure(db, account_id)
     await db.execute(
         "UPDATE twosv SET totp_secret = ?, last_step = ?, pending_secret = NULL,"
@@ -61,7 +65,9 @@ async def pending(db: aiosqlite.Connection, account_id: int, now: float) -> byte
     return row[0] if row else None
 
 
-async def set_pending(db: aiosqlite.Connection, account_id: int, sealed: bytes, until: float) -> None:
+async def set_pending(
+    db: aiosqlite.Connection, account_id: int, sealed: bytes, until: float
+) -> None:
     await _ensure(db, account_id)
     await db.execute("UPDATE twosv SET pending_secret = ?, pending_until = ? WHERE account_id = ?",
                      (sealed, until, account_id))
@@ -82,8 +88,8 @@ async def record_failure(db: aiosqlite.Connection, account_id: int) -> int:
         "UPDATE twosv SET failures = failures + 1 WHERE account_id = ? RETURNING failures",
         (account_id,),
     ) as cursor:
-        (failures,) = await cursor.fetchone()
-    return failures
+        (failures,) = one(await cursor.fetchone())
+    return int(failures)
 
 
 async def lock_until(db: aiosqlite.Connection, account_id: int, until: float) -> None:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import aiosqlite
 
 from ..errors import Refusal
-from .db import now
+from .db import inserted_id, now
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ async def add(db: aiosqlite.Connection, name: str) -> Workspace:
         )
     except aiosqlite.IntegrityError:
         raise Refusal(f"Workspace already exists: {name}") from None
-    return Workspace(cursor.lastrowid, name, "off", 15)
+    return Workspace(inserted_id(cursor), name, "off", 15)
 
 
 async def find(db: aiosqlite.Connection, name: str) -> Workspace | None:
@@ -65,7 +65,9 @@ async def members(db: aiosqlite.Connection, workspace_id: int) -> list[Member]:
         return [Member(row[0], row[1]) for row in await cursor.fetchall()]
 
 
-async def set_member(db: aiosqlite.Connection, workspace_id: int, account_id: int, role: str) -> None:
+async def set_member(
+    db: aiosqlite.Connection, workspace_id: int, account_id: int, role: str
+) -> None:
     await db.execute(
         "INSERT INTO members (workspace_id, account_id, role) VALUES (?, ?, ?)"
         " ON CONFLICT (workspace_id, account_id) DO UPDATE SET role = excluded.role",

@@ -26,7 +26,7 @@ class Sealer:
         self._aead = AESGCM(key)
 
     @classmethod
-    def load(cls, master_key_path: Path) -> "Sealer":
+    def load(cls, master_key_path: Path) -> Sealer:
         from_env = os.environ.get("GATEWAY_MASTER_KEY")
         if from_env:
             try:
@@ -46,4 +46,6 @@ class Sealer:
         try:
             return self._aead.decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], context.encode())
         except InvalidTag:
-            raise RuntimeError(f"sealed value for {context} does not open with this master key") from None
+            raise RuntimeError(
+                f"sealed value for {context} does not open with this master key"
+            ) from None

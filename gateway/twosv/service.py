@@ -11,8 +11,9 @@ import contextlib
 import hmac
 import math
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import NoReturn
 
 import aiosqlite
 
@@ -82,6 +83,13 @@ class TwoStep:
             codes_total=len(codes),
         )
 
+    def _sealing(self) -> Sealer:
+        """The master key's sealer: everything but `state` needs it (the CLI and the
+        access decision make a TwoStep without one, only to read the state)."""
+        if self.sealer is None:
+            raise RuntimeError("this TwoStep was made without the master key's sealer")
+        return self.sealer
+
     def _secret_context(self) -> str:
         return f"totp:{self.account_id}"
 
@@ -121,7 +129,7 @@ class TwoStep:
         if code is not None:
             if row is None or row.totp_secret is None:
                 raise Refusal("This account has no authenticator app; use a recovery code.")
-            secret = self.sealer.open(row.totp_secret, self._secret_context()).decode()
+            secret = self._sealing().open(row.totp_secret, self._secret_context()).decode()
             step = totp.matching_step(secret, code, now)
             if step is None:
                 await self._fail("Wrong verification code.")
@@ -131,11 +139,13 @@ class TwoStep:
             return Accepted("totp")
         rcode = recovery.normalise(typed)
         if rcode is None:
-            raise Refusal("A verification code is six digits, a recovery code looks like xxxxx-xxxxx.")
+            raise Refusal(
+                "A verification code is six digits, a recovery code looks like xxxxx-xxxxx."
+            )
         codes = await store.codes(self.db, self.account_id)
         match = None
         for stored in codes:
-            plain = self.sealer.open(stored.sealed, self._code_context()).decode()
+            plain = self._sealing().open(stored.sealed, self._code_context()).decode()
             if hmac.compare_digest(plain, rcode) and match is None:
                 match = stored
         if match is None or not await store.use_code(self.db, match.id, int(now)):
@@ -144,7 +154,7 @@ class TwoStep:
         left = sum(1 for c in codes if c.used_at is None) - 1
         return Accepted("recovery-code", codes_left=left)
 
-    async def _fail(self, message: str) -> None:
+    async def _fail(self, message: str) -> NoReturn:
         """Count a wrong code (committed by `check`) and refuse."""
         failures = await store.record_failure(self.db, self.account_id)
         backoff = throttle.backoff_after(failures, self.backoff_base)
@@ -164,10 +174,14 @@ class TwoStep:
         sealed = await store.pending(self.db, self.account_id, self.clock())
         if sealed is not None:
             with contextlib.suppress(RuntimeError):  # sealed for another key: a new one
-                return self.sealer.open(sealed, context).decode()
+                return self._sealing().open(sealed, context).decode()
         secret = totp.new_secret()
-        await store.set_pending(self.db, self.account_id, self.sealer.seal(secret.encode(), context),
-                                self.clock() + PENDING_SECONDS)
+        await store.set_pending(
+            self.db,
+            self.account_id,
+            self._sealing().seal(secret.encode(), context),
+            self.clock() + PENDING_SECONDS,
+        )
         await self.db.commit()
         return secret
 
@@ -187,13 +201,13 @@ class TwoStep:
         the state the user's decision was based on: if 2SV changed meanwhile (another
         session turned it on), nothing is written."""
         async with self._write(expected):
-            sealed = self.sealer.seal(secret.encode(), self._secret_context())
+            sealed = self._sealing().seal(secret.encode(), self._secret_context())
             await store.set_totp(self.db, self.account_id, sealed, step)
             await store.reset_failures(self.db, self.account_id)
             return await self._replace_codes(new_codes) if new_codes else []
 
     @contextlib.asynccontextmanager
-    async def _write(self, expected: State):
+    async def _write(self, expected: State) -> AsyncIterator[None]:
         await self.db.execute("BEGIN IMMEDIATE")
         try:
             now = await self.state()
@@ -208,7 +222,7 @@ class TwoStep:
 
     async def _replace_codes(self, count: int) -> list[str]:
         plain = [recovery.new_code() for _ in range(count)]
-        sealed = [self.sealer.seal(code.encode(), self._code_context()) for code in plain]
+        sealed = [self._sealing().seal(code.encode(), self._code_context()) for code in plain]
         await store.replace_codes(self.db, self.account_id, sealed)
         return [recovery.display(code) for code in plain]
 
@@ -221,7 +235,7 @@ class TwoStep:
         """Every code with whether it was used, for its owner's eyes only."""
         result = []
         for stored in await store.codes(self.db, self.account_id):
-            plain = self.sealer.open(stored.sealed, self._code_context()).decode()
+            plain = self._sealing().open(stored.sealed, self._code_context()).decode()
             result.append((recovery.display(plain), stored.used_at is not None))
         return result
 
@@ -237,7 +251,9 @@ class TwoStep:
         async with self._write(expected):
             existing = await keys.find(self.db, key.fingerprint)
             if existing is None:
-                await keys.add(self.db, self.account_id, key, title, source="ssh", kind="security-key")
+                await keys.add(
+                    self.db, self.account_id, key, title, source="ssh", kind="security-key"
+                )
             elif existing.account_id == self.account_id and existing.kind == "auth":
                 await keys.set_kind(self.db, key.fingerprint, "security-key")
             else:
