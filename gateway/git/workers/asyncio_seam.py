@@ -4,7 +4,7 @@
 `_transport` does. The relay (commands/git.py) needs it because Python 3.11's
 `Process.wait()` returns only once every pipe has reached EOF, and after a client is
 cut off mid-clone nothing reads the worker's output to its end (a session and its pipes
-were left waiting for ever, seen in the adversarial suite). `tests/test_seam_dulwich.py`
+were left waiting for ever, seen in the adversarial suite). `tests/test_seam_asyncio.py`
 checks it is still there.
 """
 
