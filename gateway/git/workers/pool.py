@@ -16,9 +16,13 @@ import asyncio
 import json
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from .job import Job
 from .slots import WorkerSlots
+
+if TYPE_CHECKING:
+    from ...config import Settings
 
 WORKER = [sys.executable, "-m", "gateway.git.workers.worker"]
 MAX_STATUS = 64 * 1024  # a pipe's capacity: the worker writes less, in one write
@@ -100,7 +104,7 @@ class GitWorkers:
     """One process's Git workers: the pool of spares, the machine-wide worker slots
     (slots.py) and the descriptor workers write their log to."""
 
-    def __init__(self, settings, log_fd: int | None = None) -> None:
+    def __init__(self, settings: Settings, log_fd: int | None = None) -> None:
         self.settings = settings  # SIGHUP changes it in place: the pool follows
         # By default a copy of the server's stderr: the user's stderr is the session's.
         self.log_fd = os.dup(2) if log_fd is None else log_fd
