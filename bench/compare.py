@@ -12,7 +12,7 @@ What it starts (and stops, whatever happens):
   git-receive-pack from PATH on bare repositories in a temporary directory;
 - a private `gateway serve` (tests/conftest.py's Gateway, default settings) with one
   account, one workspace and the same repositories, copied on disk into the repository
-  paths the CLI created (gateway/git/repos.py: DATA/repos/WORKSPACE/NAME.git).
+  paths the CLI created (gateway/git/layout.py: DATA/repos/WORKSPACE/NAME.git).
 
 The repositories are generated deterministically (fixed seed, fixed dates) with
 `git fast-import`, then `git gc` (so they have a commit-graph and, being bare, a bitmap,
@@ -986,7 +986,7 @@ def main_profile(args, root: Path) -> None:
 
     first_ever = ("gateway-clone-objects", "gateway-commit-objects")
     after_push = ("gateway-clone-objects",)
-    worker = [python, "-m", "gateway.git.worker", "git-upload-pack", str(server)]
+    worker = [python, "-m", "gateway.git.workers.worker", "git-upload-pack", str(server)]
     c_git = [run("C git upload-pack", ["git-upload-pack", str(server)]) for _ in range(3)]
     firsts = [forgetting(first_ever, "gateway worker, first ever", worker) for _ in range(3)]
     afters = [forgetting(after_push, "gateway worker, first after a push", worker) for _ in range(3)]
@@ -995,7 +995,7 @@ def main_profile(args, root: Path) -> None:
     profiled = forgetting(first_ever, "gateway worker under cProfile, first ever",
                           [python, "-m", "cProfile", "-o", str(prof), *worker[1:]])
     print(f"\nProfile of one full clone of the {name} repository in the gateway's worker "
-          f"(`python -m gateway.git.worker git-upload-pack REPO` with a captured request on stdin, "
+          f"(`python -m gateway.git.workers.worker git-upload-pack REPO` with a captured request on stdin, "
           f"output to a file).\nC git upload-pack: median {statistics.median(c_git):.2f} s. "
           f"Gateway worker, medians: {statistics.median(firsts):.2f} s for the first clone ever (every "
           f"commit's trees diffed), {statistics.median(afters):.2f} s for the first after a push (the "

@@ -1,4 +1,4 @@
-"""What the fsck of received objects costs a push (gateway/git/fsck.py).
+"""What the fsck of received objects costs a push (gateway/git/receive/fsck.py).
 
     .venv/bin/python bench/fsck_cost.py [--commits 6000] [--push [--runs 3]]
 
@@ -27,7 +27,7 @@ from dulwich.object_store import DiskObjectStore
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
-from gateway.git import fsck  # noqa: E402
+from gateway.git.receive import fsck  # noqa: E402
 
 
 def generate(repo: Path, commits: int) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .config import Settings
-from .git.pool import GitWorkers
+from .git.workers.pool import GitWorkers
 from .twosv.sealing import Sealer
 
 

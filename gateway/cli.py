@@ -19,7 +19,7 @@ from . import access, config, datadir, events, keydir, names, sshkeys, workspace
 from .commands import login_keys
 from .errors import Refusal, UsageError
 from .names import shown
-from .git import repos as disk
+from .git import layout
 from .store import access_keys, accounts, audit, keys, repos, workspaces
 from .store import db as store_db
 from .twosv.service import TwoStep
@@ -328,7 +328,7 @@ async def cmd_repo_add(settings, args, db):
     # commit only once the repository exists.
     await repos.add(db, workspace.id, path.name, args.public, branch, workspace.name)
     try:
-        disk.create(settings.repos_dir, workspace.name, path.name, branch)
+        layout.create(settings.repos_dir, workspace.name, path.name, branch)
     except BaseException:
         await db.rollback()
         raise
@@ -358,7 +358,7 @@ async def cmd_repo_remove(settings, args, db):
     if repo is None:
         raise Refusal(f"No such repository: {path} ('gateway repo list' shows them)")
     await repos.remove(db, repo.id)
-    moved = disk.move_aside(settings.repos_dir, settings.trash_dir, repo.workspace, repo.name)
+    moved = layout.move_aside(settings.repos_dir, settings.trash_dir, repo.workspace, repo.name)
     await audit.write(db, "operator", "repo.remove", repo.full_name, detail=str(moved or ""))
     await db.commit()
     print(f"Removed repository {repo.full_name}" + (f"; its data was moved to {moved}" if moved else ""))

@@ -182,7 +182,7 @@ def _not_empty(value: str) -> str | None:
 
 
 def _namespaces(value: tuple[str, ...]) -> str | None:
-    from .git.refcheck import valid_namespace
+    from .git.receive.refcheck import valid_namespace
 
     if not value:
         return "must list at least one namespace"

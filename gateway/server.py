@@ -30,7 +30,7 @@ from .commands.context import Context
 from .config import Settings
 from .datadir import ensure_host_keys
 from .errors import Refusal
-from .git import repos
+from .git import layout
 from .limits import ConnectionLimits
 from .logs import log_event
 from .policy import Identity
@@ -314,7 +314,7 @@ class Gateway:
         self.db = await store_db.connect(settings.db_path)
         self._host_keys = [asyncssh.read_private_key(p) for p in ensure_host_keys(settings)]
         self._options = await self._ssh_options()
-        repos.sweep_all(settings.repos_dir)
+        layout.sweep_all(settings.repos_dir)
         if metrics_sock is not None:
             self._metrics_server = await metrics.serve_http(
                 metrics_sock, ready=lambda: self.ready and not self.draining)

@@ -204,7 +204,7 @@ def git_workers(repo_dir: Path) -> list[int]:
             cwd = os.readlink(entry / "cwd")
         except OSError:
             continue
-        if b"gateway.git.worker" in cmdline and state != "Z" and (
+        if b"gateway.git.workers.worker" in cmdline and state != "Z" and (
                 cwd == target or target.encode() in cmdline):
             pids.append(int(entry.name))
     return pids

@@ -316,7 +316,7 @@ def test_thick_fetch_of_a_huge_delta_is_streamed(tmp_path):
     tip = pb.plant_huge_blob(server, 256 * MiB, "refs/heads/main")
     parent = local_git("rev-parse", "main~1", cwd=server).strip()
     huge = local_git("rev-parse", "main:huge.bin", cwd=server).strip()
-    proc = subprocess.Popen([sys.executable, "-m", "gateway.git.worker", "git-upload-pack",
+    proc = subprocess.Popen([sys.executable, "-m", "gateway.git.workers.worker", "git-upload-pack",
                              str(server)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
     with pb.PeakWatcher(lambda: [proc.pid]) as watcher:
@@ -348,7 +348,7 @@ def test_a_delta_with_a_malformed_header_is_refused(bombed):
 
 
 def test_size_texts():
-    from gateway.git.packin import Limits, LimitExceeded, delta_sizes, sizes_text
+    from gateway.git.receive.packreader import Limits, LimitExceeded, delta_sizes, sizes_text
 
     assert sizes_text(300 * MiB, 100 * MiB) == "300 MiB exceeds the limit of 100 MiB"
     assert sizes_text(8 * MiB + 1, 8 * MiB) == "8388609 bytes exceeds the limit of 8388608 bytes"

@@ -1,4 +1,4 @@
-"""fsck of received objects (gateway/git/fsck.py): C git's receive.fsckObjects classes.
+"""fsck of received objects (gateway/git/receive/fsck.py): C git's receive.fsckObjects classes.
 
 End to end: hostile trees, commits, tags and .gitmodules pushed with the real `git push`
 (the client does not check what it sends) and as raw packs to receive-pack; each push is
@@ -22,7 +22,7 @@ from conftest import local_git
 from test_git import commit, fsck
 from test_push_faults import (assert_clean_log, bare_refs, commands, has_object, log_since,
                               make_commit, no_quarantine_soon, pack_of, parse_pkts, private, seed)
-from gateway.git import fsck as checker
+from gateway.git.receive import fsck as checker
 
 assert private  # a fixture, used by name
 SHA = bytes(range(1, 21))  # some entry's binary sha

@@ -1,13 +1,15 @@
-"""Unit tests of the ref checks (gateway/git/refcheck.py) and their two settings."""
+"""Unit tests of the ref checks (gateway/git/receive/refcheck.py) and their two settings."""
 
 from __future__ import annotations
+
+import io
 
 import pytest
 
 from gateway import config
 from gateway.errors import Refusal
-from gateway.git import refcheck
-from gateway.git.receive import Settings
+from gateway.git.receive import refcheck
+from gateway.git.workers.job import Job
 
 DEFAULT = refcheck.DEFAULT_NAMESPACES
 
@@ -75,14 +77,16 @@ def test_deletions_in_the_same_push_make_way():
 
 
 def test_settings_reach_the_worker():
-    env = {"GATEWAY_PUSH_REF_NAMESPACES": "refs/heads/ refs/notes/",
-           "GATEWAY_ALLOW_UNUSUAL_REF_NAMES": "1", "PATH": "/bin"}
-    settings = Settings.from_env(env)
+    job = Job("git-receive-pack", "/r.git", push_ref_namespaces=("refs/heads/", "refs/notes/"),
+              allow_unusual_ref_names=True, path="/bin")
+    header = job.header()
+    assert Job.from_header(io.BytesIO(header + b"0000")) == job  # read back field by field
+    settings = job.push_settings()
     assert settings.namespaces == ("refs/heads/", "refs/notes/")
     assert settings.allow_unusual_ref_names is True
     assert "GATEWAY_PUSH_REF_NAMESPACES" not in settings.hook_env  # the worker's, not the hooks'
-    assert Settings.from_env({}).namespaces == DEFAULT
-    assert Settings.from_env({}).allow_unusual_ref_names is False
+    assert Job("git-receive-pack", "/r.git").push_settings().namespaces == DEFAULT
+    assert Job("git-receive-pack", "/r.git").push_settings().allow_unusual_ref_names is False
 
 
 @pytest.mark.parametrize("toml, expected", [

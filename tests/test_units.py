@@ -13,7 +13,8 @@ import pytest
 from gateway import names, sshkeys
 from gateway.commands.parse import GatewayCommand, GitRequest, parse
 from gateway.errors import Refusal
-from gateway.git import worker
+from gateway.git.workers import worker
+from gateway.git.workers.job import Job
 from gateway.store import db as store_db
 
 
@@ -196,7 +197,7 @@ def test_worker_closes_the_repository(packed_repo):
     assert _open_pack_handles() == (0, 0)
     for _ in range(5):
         sink = CountingSink()
-        worker.serve("git-upload-pack", str(bare), io.BytesIO(_fetch_request(head)), sink)
+        worker.serve(Job("git-upload-pack", str(bare)), io.BytesIO(_fetch_request(head)), sink)
         assert b"PACK" in sink.data
     assert _open_pack_handles() == (0, 0)
 
@@ -206,7 +207,7 @@ def test_worker_writes_in_large_chunks(packed_repo):
     for i in range(40):  # a ref advertisement of many small pkt-lines
         subprocess.run(["git", "tag", f"t{i}", f"HEAD~{i}"], cwd=bare, check=True)
     sink = CountingSink()
-    worker.serve("git-upload-pack", str(bare), io.BytesIO(_fetch_request(head)), sink)
+    worker.serve(Job("git-upload-pack", str(bare)), io.BytesIO(_fetch_request(head)), sink)
     pkt_lines, data = 0, bytes(sink.data)
     while data:  # count the pkt-lines the handler produced
         size = int(data[:4], 16)
@@ -227,7 +228,7 @@ def test_worker_writes_in_large_chunks(packed_repo):
     new_head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=big, capture_output=True, text=True,
                               check=True).stdout.strip()
     sink = CountingSink()
-    worker.serve("git-upload-pack", str(bare), io.BytesIO(_fetch_request(new_head)), sink)
+    worker.serve(Job("git-upload-pack", str(bare)), io.BytesIO(_fetch_request(new_head)), sink)
     assert len(sink.data) > 1 << 20
     assert len(sink.data) / sink.writes > 40_000, (len(sink.data), sink.writes)
 

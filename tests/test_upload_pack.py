@@ -1,4 +1,4 @@
-"""Upload-pack's fast path (pack reuse, gateway/git/sendpack.py): what a client receives
+"""Upload-pack's fast path (pack reuse, gateway/git/upload/packwriter.py): what a client receives
 is complete, minimal where it must be, and a valid pack however the server stored it."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import Gateway, local_git
-from gateway.git.commitobjects import CommitObjects
+from gateway.git.upload.commitobjects import CommitObjects
 from test_git import commit, fsck
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -404,7 +404,7 @@ def pkt(data: bytes) -> bytes:
 
 def run_worker(server: Path, request: bytes) -> tuple[bytes, subprocess.CompletedProcess]:
     """The pack the worker sends for a v0 request (side-band-64k demultiplexed)."""
-    result = subprocess.run([sys.executable, "-m", "gateway.git.worker", "git-upload-pack", str(server)],
+    result = subprocess.run([sys.executable, "-m", "gateway.git.workers.worker", "git-upload-pack", str(server)],
                             input=request, capture_output=True, cwd=ROOT, timeout=120)
     out, pos, pack = result.stdout, 0, bytearray()
     while pos < len(out):

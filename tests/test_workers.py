@@ -21,7 +21,7 @@ import pytest
 from conftest import Gateway, User, free_port, git_workers, local_git, make_key, unique
 from gateway.commands.git import RequestWatch
 from gateway.errors import Refusal
-from gateway.git.slots import WorkerSlots
+from gateway.git.workers.slots import WorkerSlots
 
 CAPS = "max_git_workers = 3\nmax_git_workers_per_account = 2\ngit_queue_timeout = 2\n"
 

@@ -12,9 +12,11 @@ from dataclasses import dataclass
 
 from .. import access, metrics, policy
 from ..errors import Refusal
-from ..git import repos as disk
-from ..git.pool import read_status
-from ..git.slots import Full
+from ..git import layout
+from ..git.workers.asyncio_seam import close_pipes
+from ..git.workers.job import Job
+from ..git.workers.pool import read_status
+from ..git.workers.slots import Full
 from ..logs import log_event
 from ..store import audit
 from .context import Context, Reader, Writer
@@ -37,28 +39,28 @@ async def run(ctx: Context, request: GitRequest) -> int:
         await _audit_denied(ctx, action, facts, decision.reason)
         raise Refusal(decision.message)
     assert repo is not None
-    repo_dir = disk.resolve(ctx.settings.repos_dir, repo.workspace, repo.name)
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "GATEWAY_LOG_FD": str(ctx.app.git.log_fd),
-        "GATEWAY_LOG_LEVEL": ctx.settings.log_level,
-        "GATEWAY_LOG_FORMAT": ctx.settings.log_format,
-        "GATEWAY_ACCOUNT": ctx.identity.account,
-        "GATEWAY_WORKSPACE": repo.workspace,
-        "GATEWAY_REPOSITORY": repo.full_name,
-        "GATEWAY_KEY_FINGERPRINT": ctx.identity.key_fingerprint,
-        "GATEWAY_REMOTE_ADDR": ctx.remote_addr,
-        "GATEWAY_HOOKS_DIR": str(ctx.settings.hooks_dir.resolve()),
-        "GATEWAY_HOOK_TIMEOUT": str(ctx.settings.hook_timeout),
-        "GATEWAY_MAX_PUSH_BYTES": str(ctx.settings.max_push_bytes),
-        "GATEWAY_FSCK_OBJECTS": "1" if ctx.settings.fsck_objects else "0",
-        "GATEWAY_MAX_OBJECT_BYTES": str(ctx.settings.max_object_bytes),
-        "GATEWAY_MAX_PUSH_INFLATED_BYTES": str(ctx.settings.max_push_inflated_bytes),
-        "GATEWAY_WORKER_MEMORY_LIMIT": str(ctx.settings.worker_memory_limit),
-    }
-    if action is policy.Action.WRITE:
-        env["GATEWAY_PUSH_REF_NAMESPACES"] = " ".join(ctx.settings.push_ref_namespaces)
-        env["GATEWAY_ALLOW_UNUSUAL_REF_NAMES"] = "1" if ctx.settings.allow_unusual_ref_names else "0"
+    repo_dir = layout.resolve(ctx.settings.repos_dir, repo.workspace, repo.name)
+    job = Job(
+        service=request.service,
+        repo_dir=str(repo_dir),
+        account=ctx.identity.account,
+        workspace=repo.workspace,
+        repository=repo.full_name,
+        key_fingerprint=ctx.identity.key_fingerprint,
+        remote_addr=ctx.remote_addr,
+        path=os.environ.get("PATH", "/usr/bin:/bin"),
+        hooks_dir=str(ctx.settings.hooks_dir.resolve()),
+        hook_timeout=ctx.settings.hook_timeout,
+        max_push_bytes=ctx.settings.max_push_bytes,
+        max_object_bytes=ctx.settings.max_object_bytes,
+        max_push_inflated_bytes=ctx.settings.max_push_inflated_bytes,
+        fsck_objects=ctx.settings.fsck_objects,
+        push_ref_namespaces=tuple(ctx.settings.push_ref_namespaces),
+        allow_unusual_ref_names=ctx.settings.allow_unusual_ref_names,
+        log_level=ctx.settings.log_level,
+        log_format=ctx.settings.log_format,
+        worker_memory_limit=ctx.settings.worker_memory_limit,
+    )
 
     async def recheck() -> str | None:
         """At the client's first bytes after the advertisement: the key, membership and
@@ -86,7 +88,7 @@ async def run(ctx: Context, request: GitRequest) -> int:
                   repository=repo.full_name, reason=full.reason)
         raise
     try:
-        proc = await ctx.app.git.pool.start_job(request.service, str(repo_dir), env)
+        proc = await ctx.app.git.pool.start_job(job)
         try:
             outcome = await relay(proc, ctx.stdin, ctx.stdout, ctx.stderr,
                                   idle_timeout=ctx.settings.idle_timeout,
@@ -244,11 +246,8 @@ async def relay(proc: asyncio.subprocess.Process, stdin: Reader, stdout: Writer,
                 task.cancel()
         if proc.returncode is None:
             proc.kill()
-        # Close the pipes before waiting: Python 3.11's Process.wait() returns only once
-        # every pipe has reached EOF, and after a client is cut off mid-clone nothing
-        # reads the worker's output to its end (a session and its pipes were left
-        # waiting for ever, seen in the adversarial suite).
-        proc._transport.close()  # type: ignore[attr-defined]
+        # Close the pipes before waiting, or wait() may wait for ever (asyncio_seam.py).
+        close_pipes(proc)
         await proc.wait()
 
 

@@ -5,7 +5,7 @@ result of its compare-and-swap, has no connectivity check and leaves a truncated
 behind. This handler does, in order:
 
 1. read the commands (and push options), then the pack into a quarantine directory that
-   fetches cannot see (`objects/incoming-PID-*`, with the real store as an alternate);
+   fetches cannot see (quarantine.py: `objects/incoming-PID-*`, the store its alternate);
 2. check connectivity: every object a new tip needs is in the quarantine or the store;
 3. run `pre-receive` (it can read the quarantined objects, as Git's hooks can), then
    `update` for each ref;
@@ -22,9 +22,7 @@ import fcntl
 import json
 import logging
 import os
-import shutil
 import stat
-import tempfile
 from collections.abc import Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -44,14 +42,13 @@ from dulwich.protocol import (
 from dulwich.file import FileLocked
 from dulwich.repo import Repo
 
-from ..logs import log_event
-from . import fsck, hooks, packin, refcheck
+from ...logs import log_event
+from . import fsck, hooks, packreader, quarantine as quarantines, refcheck
 
 ZERO = b"0" * 40
 CAPABILITIES = [b"report-status", b"delete-refs", b"quiet", b"atomic", b"ofs-delta",
                 b"side-band-64k", b"push-options", b"agent=gateway"]
 GITLINK_MODE = 0o160000
-QUARANTINE_PREFIX = "incoming-"
 MAX_PUSH_OPTIONS = 100
 log = logging.getLogger("gateway.git")
 
@@ -71,12 +68,6 @@ class Command:
         return self.old + b" " + self.new + b" " + self.ref + b"\n"
 
 
-# What the server tells the worker itself, not its hooks.
-WORKER_ONLY_VARIABLES = ("GATEWAY_LOG_FD", "GATEWAY_LOG_LEVEL", "GATEWAY_LOG_FORMAT",
-                         "GATEWAY_MAX_PUSH_BYTES", "GATEWAY_PUSH_REF_NAMESPACES",
-                         "GATEWAY_ALLOW_UNUSUAL_REF_NAMES", "GATEWAY_STATUS_FD",
-                         "GATEWAY_FSCK_OBJECTS", "GATEWAY_MAX_OBJECT_BYTES",
-                         "GATEWAY_MAX_PUSH_INFLATED_BYTES", "GATEWAY_WORKER_MEMORY_LIMIT")
 # How many moved refs the worker names to the server (pool.py's status pipe), and how
 # much of each name: well under a pipe's 64 KiB, so that the one write never waits.
 STATUS_REFS = 50
@@ -84,37 +75,21 @@ STATUS_REF_CHARS = 100
 
 
 @dataclass
-class Settings:
+class PushSettings:
+    """What the push pipeline applies, from the worker's job (workers/job.py)."""
     hooks_dir: str | None = None
     hook_timeout: float = 60.0
     max_push_bytes: int | None = None
-    hook_env: dict = field(default_factory=dict)
+    hook_env: dict[str, str] = field(default_factory=dict)  # every hook starts from it
     namespaces: tuple[str, ...] = refcheck.DEFAULT_NAMESPACES
     allow_unusual_ref_names: bool = False
-    status_fd: int | None = None
+    status_fd: int | None = None  # the pool's status pipe (workers/pool.py)
     fsck_objects: bool = True
-    limits: packin.Limits = packin.Limits()
-
-    @classmethod
-    def from_env(cls, env: dict) -> "Settings":
-        """What the server hands the worker: the GATEWAY_* variables (also for hooks)."""
-        max_bytes = int(env.get("GATEWAY_MAX_PUSH_BYTES") or 0)
-        hook_env = {k: v for k, v in env.items()
-                    if k.startswith("GATEWAY_") and k not in WORKER_ONLY_VARIABLES}
-        hook_env["PATH"] = env.get("PATH", "/usr/bin:/bin")
-        namespaces = tuple(env.get("GATEWAY_PUSH_REF_NAMESPACES", "").split()) \
-            or refcheck.DEFAULT_NAMESPACES
-        status_fd = env.get("GATEWAY_STATUS_FD", "")
-        return cls(env.get("GATEWAY_HOOKS_DIR") or None,
-                   float(env.get("GATEWAY_HOOK_TIMEOUT") or 60), max_bytes or None, hook_env,
-                   namespaces, env.get("GATEWAY_ALLOW_UNUSUAL_REF_NAMES") == "1",
-                   int(status_fd) if status_fd.isdigit() else None,
-                   env.get("GATEWAY_FSCK_OBJECTS", "1") != "0",
-                   packin.Limits.from_env(env))
+    limits: packreader.Limits = packreader.Limits()
 
 
 class ReceivePack:
-    def __init__(self, repo: Repo, proto, settings: Settings) -> None:
+    def __init__(self, repo: Repo, proto, settings: PushSettings) -> None:
         self.repo = repo
         self.proto = proto
         self.settings = settings
@@ -150,8 +125,7 @@ class ReceivePack:
                 self._run_checks_and_update(commands, options, quarantine)
         finally:
             if quarantine is not None:
-                quarantine.close()
-                shutil.rmtree(quarantine.path, ignore_errors=True)
+                quarantines.remove(quarantine)
         updated = [c for c in commands if c.error is None]
         self._tell_server(updated)  # before the report: the client may be gone by then
         self._report(unpack_status, commands)
@@ -232,20 +206,12 @@ class ReceivePack:
                 self._say(b"error: " + found[command.ref] + b"\n")
 
     def _receive_pack(self) -> DiskObjectStore:
-        objects = self.repo.object_store.path
-        sweep_quarantines(objects)
-        path = tempfile.mkdtemp(prefix=f"{QUARANTINE_PREFIX}{os.getpid()}-", dir=objects)
-        os.mkdir(os.path.join(path, "pack"))
-        os.mkdir(os.path.join(path, "info"))
-        with open(os.path.join(path, "info", "alternates"), "w") as f:
-            f.write(os.path.abspath(objects) + "\n")
-        quarantine = DiskObjectStore(path)
+        quarantine = quarantines.create(self.repo.object_store.path)
         try:
-            packin.receive_pack(quarantine, self.proto.read, self.proto.recv,
-                                self.settings.max_push_bytes, self.settings.limits)
+            packreader.receive_pack(quarantine, self.proto.read, self.proto.recv,
+                                    self.settings.max_push_bytes, self.settings.limits)
         except BaseException:
-            quarantine.close()
-            shutil.rmtree(path, ignore_errors=True)
+            quarantines.remove(quarantine)
             raise
         return quarantine
 
@@ -327,7 +293,7 @@ class ReceivePack:
             return
         moving = [c for c in commands if c.error is None]
         if quarantine is not None and moving:
-            self._move_in(quarantine)
+            quarantines.move_in(quarantine, self.repo.object_store.path)
         # Deletions first: `refs/heads/a` gives way to `refs/heads/a/b` in one push.
         moving.sort(key=lambda c: not c.is_delete)
         moved: list[Command] = []
@@ -363,16 +329,6 @@ class ReceivePack:
                 command.error = reason
 
     # --- side effects ----------------------------------------------------------------
-
-    def _move_in(self, quarantine: DiskObjectStore) -> None:
-        """Packs first, then their indexes: a reader never sees an index without its pack."""
-        source = os.path.join(quarantine.path, "pack")
-        target = os.path.join(self.repo.object_store.path, "pack")
-        names = sorted(os.listdir(source), key=lambda n: (not n.endswith(".pack"), n.endswith(".idx")))
-        for name in names:
-            if name.startswith("tmp_"):
-                continue
-            os.rename(os.path.join(source, name), os.path.join(target, name))
 
     @contextmanager
     def _refs_lock(self):
@@ -474,20 +430,6 @@ def _one_line(exc: BaseException) -> bytes:
     return str(exc).replace("\n", " ")[:200].encode("utf-8", "replace")
 
 
-def sweep_quarantines(objects_dir: str, all_of_them: bool = False) -> None:
-    """Remove quarantines left by pushes whose process died (killed mid-push); at
-    start-up, when no push of ours can be running, all of them (a pid may be reused)."""
-    try:
-        entries = os.listdir(objects_dir)
-    except OSError:
-        return
-    for name in entries:
-        if name.startswith(QUARANTINE_PREFIX):
-            pid = name[len(QUARANTINE_PREFIX):].split("-", 1)[0]
-            if all_of_them or (pid.isdigit() and not _alive(int(pid))):
-                shutil.rmtree(os.path.join(objects_dir, name), ignore_errors=True)
-
-
 def sweep_ref_locks(git_dir: str) -> None:
     """Remove ref lock files a killed push left. Only when the server starts: then no
     push of ours can be holding one."""
@@ -503,13 +445,3 @@ def _unlink(path: str) -> None:
         os.unlink(path)
     except OSError:
         pass
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -5,8 +5,9 @@ request puts on every clone, fetch and ls-remote. The pool keeps a few workers t
 done their imports and wait for a job on stdin (see worker.py); a request takes one and
 a replacement starts in the background. Each worker serves one job and exits.
 
-Each worker also gets a pipe of its own, `GATEWAY_STATUS_FD`, on which it tells the
-server what it did that the Git stream does not say: which refs a push moved.
+Each worker also gets a pipe of its own (`--status-fd`, by number on its command line,
+as is the operator's log, `--log-fd`), on which it tells the server what it did that the
+Git stream does not say: which refs a push moved. What to do arrives as a Job (job.py).
 """
 
 from __future__ import annotations
@@ -15,10 +16,15 @@ import asyncio
 import json
 import os
 import sys
+from typing import TYPE_CHECKING
 
+from .job import Job
 from .slots import WorkerSlots
 
-WORKER = [sys.executable, "-m", "gateway.git.worker"]
+if TYPE_CHECKING:
+    from ...config import Settings
+
+WORKER = [sys.executable, "-m", "gateway.git.workers.worker"]
 MAX_STATUS = 64 * 1024  # a pipe's capacity: the worker writes less, in one write
 
 
@@ -30,9 +36,8 @@ class WorkerPool:
         self._starting = 0
         self._closed = False
 
-    async def start_job(self, service: str, repo_dir: str,
-                        env: dict[str, str]) -> asyncio.subprocess.Process:
-        """A worker running `service` on `repo_dir` with `env`, its pipes ready to relay."""
+    async def start_job(self, job: Job) -> asyncio.subprocess.Process:
+        """A worker serving `job`, its pipes ready to relay."""
         proc = None
         while self._ready and proc is None:
             candidate = self._ready.pop(0)
@@ -43,8 +48,7 @@ class WorkerPool:
         self._top_up()
         if proc is None:  # none ready (pool off, or all taken): start one for this job
             proc = await self._spawn()
-        header = json.dumps({"argv": [service, repo_dir], "env": env}).encode()
-        proc.stdin.write(len(header).to_bytes(4, "big") + header)
+        proc.stdin.write(job.header())
         return proc
 
     def _top_up(self) -> None:
@@ -69,11 +73,10 @@ class WorkerPool:
         status, status_for_worker = os.pipe()
         try:
             proc = await asyncio.create_subprocess_exec(
-                *WORKER, "--job", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                *WORKER, "--job", "--log-fd", str(self._log_fd), "--status-fd", str(status_for_worker),
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE, pass_fds=(self._log_fd, status_for_worker),
-                env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-                     "GATEWAY_LOG_FD": str(self._log_fd),
-                     "GATEWAY_STATUS_FD": str(status_for_worker)},
+                env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
             )
         except BaseException:
             os.close(status)
@@ -101,7 +104,7 @@ class GitWorkers:
     """One process's Git workers: the pool of spares, the machine-wide worker slots
     (slots.py) and the descriptor workers write their log to."""
 
-    def __init__(self, settings, log_fd: int | None = None) -> None:
+    def __init__(self, settings: Settings, log_fd: int | None = None) -> None:
         self.settings = settings  # SIGHUP changes it in place: the pool follows
         # By default a copy of the server's stderr: the user's stderr is the session's.
         self.log_fd = os.dup(2) if log_fd is None else log_fd

@@ -1,13 +1,16 @@
 """Runs one Git service for one connection, in its own process.
 
-    python -m gateway.git.worker SERVICE REPO_DIR
-    python -m gateway.git.worker --job     (the job arrives on stdin; see pool.py)
+    python -m gateway.git.workers.worker SERVICE REPO_DIR
+    python -m gateway.git.workers.worker --job --log-fd N --status-fd M
+                                            (the job arrives on stdin; see pool.py)
 
 The server gives it a job only after the identity and the access decision are settled,
 with a repository path it resolved itself; this process only speaks Git on stdin/stdout.
 With `--job` it is started ahead of time with its imports done, and waits for a job
-header (service, repository, environment) before the Git bytes; it serves one job and
-exits, so no state passes from one request to the next. While serving, its working
+header (job.py: service, repository, the facts for hooks, the settings) before the Git
+bytes; it serves one job and exits, so no state passes from one request to the next.
+Started with SERVICE REPO_DIR (by hand, by the benchmarks), it serves with the Job's
+defaults: no hooks, no limits, no log. While serving, its working
 directory is the repository.
 dulwich is synchronous, and a process of its own keeps it off the server's event loop,
 lets two clones use two cores, and frees every file descriptor and mmap when it ends.
@@ -26,7 +29,6 @@ from __future__ import annotations
 
 import ctypes
 import io
-import json
 import logging
 import os
 import resource
@@ -37,10 +39,11 @@ from typing import BinaryIO
 from dulwich.errors import GitProtocolError, HangupException
 from dulwich.protocol import ReceivableProtocol
 
-from ..logs import StructuredFormatter, log_event
-from .archive import ArchiveRefused
-from .handlers import HANDLERS, OneRepoBackend, open_repo
-from .storedpacks import PackError
+from ...logs import StructuredFormatter, log_event
+from ..handlers import HANDLERS, open_repo
+from ..upload.archive import ArchiveRefused
+from ..upload.storedpacks import PackError
+from .job import BadJob, Job
 
 OUTPUT_BUFFER = 64 * 1024
 PR_SET_PDEATHSIG = 1
@@ -48,7 +51,7 @@ PR_SET_PDEATHSIG = 1
 log = logging.getLogger("gateway.git")
 
 
-def serve(service: str, repo_dir: str, stdin: BinaryIO, stdout: BinaryIO) -> None:
+def serve(job: Job, stdin: BinaryIO, stdout: BinaryIO, status_fd: int | None = None) -> None:
     """Serve one request; raises on protocol errors. Always closes the repository."""
     out = io.BufferedWriter(stdout, buffer_size=OUTPUT_BUFFER)
 
@@ -56,55 +59,43 @@ def serve(service: str, repo_dir: str, stdin: BinaryIO, stdout: BinaryIO) -> Non
         out.flush()
         return stdin.read(size)
 
-    repo = open_repo(repo_dir)
+    repo = open_repo(job.repo_dir)
     try:
         proto = ReceivableProtocol(recv, out.write)
-        handler = HANDLERS[service](OneRepoBackend(repo), [repo_dir], proto)
-        handler.handle()
+        HANDLERS[job.service](repo, proto, job, status_fd).handle()
         out.flush()
     finally:
         repo.close()
 
 
-def read_job(stdin: BinaryIO) -> list[str] | None:
-    """The job header: 4 bytes of length, then JSON {"argv": [SERVICE, REPO_DIR], "env": {}}.
-    Read exactly, so that not a byte of the Git stream after it is consumed."""
-    head = _read_exactly(stdin, 4)
-    if head is None:
-        return None  # the server stopped before giving this worker a job
-    body = _read_exactly(stdin, int.from_bytes(head, "big"))
-    job = json.loads(body or b"{}")
-    os.environ.update(job["env"])
-    return job["argv"]
-
-
-def _read_exactly(stdin: BinaryIO, n: int) -> bytes | None:
-    data = b""
-    while len(data) < n:
-        chunk = stdin.read(n - len(data))
-        if not chunk:
-            return None
-        data += chunk
-    return data
-
-
 def main(argv: list[str]) -> int:
-    if argv == ["--job"]:
-        argv = read_job(io.FileIO(0, "rb", closefd=False))
-        if argv is None:
-            return 0
-        _setup_logging()
-    if len(argv) != 2 or argv[0] not in HANDLERS:
+    status_fd: int | None = None
+    if argv[:1] == ["--job"]:
+        try:
+            log_fd, status_fd = _descriptors(argv[1:])
+            job = Job.from_header(io.FileIO(0, "rb", closefd=False))
+        except (BadJob, ValueError) as exc:
+            print(f"ERROR: bad worker invocation: {exc}", file=sys.stderr)
+            return 2
+        if job is None:
+            return 0  # the server stopped before giving this worker a job
+        _setup_logging(job, log_fd)
+    elif len(argv) == 2:
+        job = Job(argv[0], argv[1])
+        _setup_logging(job, None)
+    else:
+        job = None
+    if job is None or job.service not in HANDLERS:
         print("ERROR: bad worker invocation", file=sys.stderr)
         return 2
-    service, repo_dir = argv
-    limit_memory(int(os.environ.get("GATEWAY_WORKER_MEMORY_LIMIT") or 0))
+    service, repo_dir = job.service, job.repo_dir
+    limit_memory(job.worker_memory_limit)
     os.chdir(repo_dir)
     # Unbuffered raw stdin: a read returns what is there, so no pkt-line waits in a buffer.
     stdin = io.FileIO(0, "rb", closefd=False)
     stdout = io.FileIO(1, "wb", closefd=False)
     try:
-        serve(service, repo_dir, stdin, stdout)
+        serve(job, stdin, stdout, status_fd)
     except HangupException:
         return 1  # the client went away; nobody is left to tell
     except GitProtocolError as exc:
@@ -123,7 +114,7 @@ def main(argv: list[str]) -> int:
         return 1
     except MemoryError:
         log_event(log, "git.out_of_memory", level=logging.WARNING, service=service,
-                  repository=repo_dir, limit=os.environ.get("GATEWAY_WORKER_MEMORY_LIMIT", ""))
+                  repository=repo_dir, limit=job.worker_memory_limit)
         print("ERROR: the request needs more memory than the server allows one request "
               "(worker_memory_limit); the operator has been told", file=sys.stderr)
         return 1
@@ -140,6 +131,17 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def _descriptors(options: list[str]) -> tuple[int | None, int | None]:
+    """`--log-fd N --status-fd M` (either may be left out): descriptors the pool passed."""
+    found: dict[str, int] = {}
+    items = iter(options)
+    for name in items:
+        if name not in ("--log-fd", "--status-fd") or name in found:
+            raise ValueError(f"unknown option {name[:40]}")
+        found[name] = int(next(items, ""))
+    return found.get("--log-fd"), found.get("--status-fd")
+
+
 def limit_memory(limit: int) -> None:
     """RLIMIT_DATA for this process (0: leave it). Only lowered, never raised."""
     if limit <= 0:
@@ -151,15 +153,13 @@ def limit_memory(limit: int) -> None:
         resource.setrlimit(resource.RLIMIT_DATA, (limit, hard))
 
 
-def _setup_logging() -> None:
+def _setup_logging(job: Job, log_fd: int | None) -> None:
     # The operator's log is a descriptor the server hands over; stderr goes to the user.
-    log_fd = os.environ.get("GATEWAY_LOG_FD")
-    stream = os.fdopen(int(log_fd), "w", buffering=1) if log_fd else open(os.devnull, "w")
+    stream = os.fdopen(log_fd, "w", buffering=1) if log_fd is not None else open(os.devnull, "w")
     # The server's level: info lines (clean refusals) reach the operator too.
-    level = getattr(logging, os.environ.get("GATEWAY_LOG_LEVEL", "warning").upper(), logging.WARNING)
+    level = getattr(logging, job.log_level.upper(), logging.WARNING)
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(StructuredFormatter(os.environ.get("GATEWAY_LOG_FORMAT", "logfmt"),
-                                             tracebacks=level == logging.DEBUG))
+    handler.setFormatter(StructuredFormatter(job.log_format, tracebacks=level == logging.DEBUG))
     logging.basicConfig(level=level, handlers=[handler])
     logging.getLogger("dulwich").setLevel(max(level, logging.WARNING))
 
@@ -175,6 +175,4 @@ def _die_with_parent() -> None:
 
 if __name__ == "__main__":
     _die_with_parent()
-    if sys.argv[1:] != ["--job"]:
-        _setup_logging()
     sys.exit(main(sys.argv[1:]))

@@ -31,7 +31,7 @@ from io import BytesIO
 from itertools import chain
 
 from dulwich.errors import ChecksumMismatch
-from dulwich.object_store import DiskObjectStore, _bound_read_callables
+from dulwich.object_store import DiskObjectStore
 from dulwich.objects import Blob
 from dulwich.pack import (
     DELTA_TYPES,
@@ -40,14 +40,14 @@ from dulwich.pack import (
     PackIndexer,
     PackStreamCopier,
     UnpackedObject,
-    _decode_object_header,
     extend_pack,
     read_pack_header,
     take_msb_bytes,
     write_pack_index,
 )
 
-from ..logs import log_event
+from ...logs import log_event
+from ..dulwich_seam import bound_read_callables, decode_object_header, new_pack_basepath
 
 PACK_MODE = 0o444
 MiB = 1024 * 1024
@@ -65,11 +65,7 @@ class LimitExceeded(ValueError):
 class Limits:
     max_object_bytes: int = 0  # 0: no limit
     max_inflated_bytes: int = 0
-
-    @classmethod
-    def from_env(cls, env: dict) -> "Limits":
-        return cls(int(env.get("GATEWAY_MAX_OBJECT_BYTES") or 0),
-                   int(env.get("GATEWAY_MAX_PUSH_INFLATED_BYTES") or 0))
+    worker_memory_limit: int = 0  # not checked here: named when a pack runs out of memory
 
     def check_object(self, size: int, what: str = "object") -> None:
         if self.max_object_bytes and size > self.max_object_bytes:
@@ -149,7 +145,7 @@ class _BoundedCopier(PackStreamCopier):
         """One entry: its header, checked, then its data inflated step by step and
         dropped (the indexer reads it again from the file)."""
         raw, _ = take_msb_bytes(self.read)
-        type_num, size = _decode_object_header(raw)
+        type_num, size = decode_object_header(raw)
         delta_base: int | bytes | None = None
         if type_num == OFS_DELTA:
             raw, _ = take_msb_bytes(self.read)
@@ -321,7 +317,7 @@ def receive_pack(store: DiskObjectStore, read_all: Callable[[int], bytes],
     Raises (leaving nothing behind) on a truncated, corrupt or oversized pack:
     LimitExceeded for one that passes `limits`, or that runs out of memory."""
     if max_bytes:
-        read_all, read_some = _bound_read_callables(read_all, read_some, max_bytes)
+        read_all, read_some = bound_read_callables(read_all, read_some, max_bytes)
     hash_func = store.object_format.hash_func
     fd, path = tempfile.mkstemp(dir=store.path, prefix="tmp_pack_")
     try:
@@ -338,7 +334,7 @@ def receive_pack(store: DiskObjectStore, read_all: Callable[[int], bytes],
             os.fsync(f.fileno())
         entries.extend(extra)
         entries.sort()
-        base = store._get_pack_basepath(entries)
+        base = new_pack_basepath(store, entries)
         os.chmod(path, PACK_MODE)
         os.rename(path, base + ".pack")
         index_tmp = base + ".idx.tmp"
@@ -353,7 +349,7 @@ def receive_pack(store: DiskObjectStore, read_all: Callable[[int], bytes],
         _remove(path)
         log_event(log, "git.out_of_memory", level=logging.WARNING, service="git-receive-pack",
                   repository=os.path.dirname(os.path.dirname(os.path.abspath(store.path))),
-                  limit=os.environ.get("GATEWAY_WORKER_MEMORY_LIMIT", ""))
+                  limit=limits.worker_memory_limit)
         raise LimitExceeded("the pack needs more memory than the server allows a request "
                             "(worker_memory_limit)") from None
     except LimitExceeded as exc:

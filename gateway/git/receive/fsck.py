@@ -34,7 +34,8 @@ from dulwich.objects import Blob, Commit, Tag, Tree, hex_to_sha, sha_to_hex
 from dulwich.pack import OFS_DELTA, REF_DELTA, DeltaChainIterator, UnpackedObject
 from dulwich.refs import check_ref_format
 
-from .packin import delta_sizes
+from ..dulwich_seam import loose_object_ids, pack_basename
+from .packreader import delta_sizes
 
 GITMODULES_MAX = 1024 * 1024  # C git: core.bigFileThreshold; ours is parsed in Python
 ATTRIBUTES_MAX = 100 * 1024 * 1024  # C git's ATTR_MAX_FILE_SIZE
@@ -139,7 +140,7 @@ def _packed_size(store, sha: bytes) -> tuple[int, int] | None:
             offset = pack.index.object_offset(raw)
         except KeyError:
             continue
-        with open(pack._basename + ".pack", "rb") as f:
+        with open(pack_basename(pack) + ".pack", "rb") as f:
             kind, _base, size, length = _header(f.fileno(), offset)
             if kind not in (OFS_DELTA, REF_DELTA):
                 return kind, size
@@ -153,7 +154,7 @@ def _packed_size(store, sha: bytes) -> tuple[int, int] | None:
 def _new_objects(quarantine, store) -> Iterator[tuple[bytes, int, bytes]]:
     for pack in quarantine.packs:
         yield from _new_in_pack(pack, quarantine, store)
-    for sha in quarantine._iter_loose_objects():  # packin writes none; to be sure
+    for sha in loose_object_ids(quarantine):  # packin writes none; to be sure
         if sha not in store:
             obj = quarantine[sha]
             if obj.type_num != Blob.type_num:
@@ -173,13 +174,13 @@ def _new_in_pack(pack, quarantine, store) -> Iterator[tuple[bytes, int, bytes]]:
     type), then only the wanted objects and their delta bases are inflated, once each."""
     # The store's packs and loose objects, looked at once: dulwich's `sha in store`
     # rescans the pack directory and opens a file on every miss.
-    packs, loose = list(store.packs), set(store._iter_loose_objects())
+    packs, loose = list(store.packs), set(loose_object_ids(store))
 
     def _stored(sha: bytes) -> bool:
         return any(sha in p for p in packs) or sha_to_hex(sha) in loose
 
     by_offset = {offset: sha for sha, offset, _crc in pack.index.iterentries()}
-    with open(pack._basename + ".pack", "rb") as f:
+    with open(pack_basename(pack) + ".pack", "rb") as f:
         fd = f.fileno()
         # A whole object's type alone (a small int, no tuple each), a delta's (type, base).
         headers: dict[int, int | tuple] = {}

@@ -25,11 +25,12 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from dulwich.archive import UnsafeArchivePathError, _is_unsafe_archive_path
+from dulwich.archive import UnsafeArchivePathError
 from dulwich.index import cleanup_mode
 from dulwich.objects import Blob, Tree
 
-from .packin import delta_sizes, sizes_text
+from ..dulwich_seam import is_unsafe_archive_path, loose_object_path
+from ..receive.packreader import delta_sizes, sizes_text
 from .storedpacks import OFS_DELTA, REF_DELTA, SHA_LEN, ObjectReader, PackError, StoredPack, \
     parse_header, parse_ofs
 
@@ -79,7 +80,7 @@ def plan(store, reader: ObjectReader | None, tree: Tree, prefix: bytes,
 
 def _walk(store, tree: Tree, root: bytes):
     for entry in tree.iteritems():
-        if _is_unsafe_archive_path(entry.path):
+        if is_unsafe_archive_path(entry.path):
             raise UnsafeArchivePathError(entry.path)
         path = posixpath.join(root, entry.path)
         if stat.S_ISDIR(entry.mode):
@@ -133,7 +134,7 @@ def _locate(store, reader: ObjectReader | None, sha: bytes) -> tuple[int, int, t
 def _loose_header(store, sha: bytes) -> tuple[bytes, int] | None:
     """(type, size) of a loose object from its first inflated bytes, None if not loose."""
     try:
-        with open(store._get_shafile_path(sha), "rb") as f:
+        with open(loose_object_path(store, sha), "rb") as f:
             first = zlib.decompressobj().decompress(f.read(4096), 64)
     except (OSError, zlib.error):
         return None

@@ -23,6 +23,8 @@ from array import array
 
 from dulwich.pack import apply_delta
 
+from ..dulwich_seam import pack_basename
+
 OFS_DELTA, REF_DELTA = 6, 7
 IDX_V2 = b"\377tOc\x00\x00\x00\x02"
 SHA_LEN = 20
@@ -196,7 +198,7 @@ def open_reader(repo) -> ObjectReader | None:
     packs: list[StoredPack] = []
     try:
         for pack in store.packs:
-            packs.append(StoredPack(pack._basename))
+            packs.append(StoredPack(pack_basename(pack)))
     except (OSError, ValueError):
         for opened in packs:
             opened.close()

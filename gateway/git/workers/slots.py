@@ -25,8 +25,8 @@ import struct
 import time
 from pathlib import Path
 
-from .. import metrics
-from ..errors import Refusal
+from ... import metrics
+from ...errors import Refusal
 
 POLL = 0.25  # seconds between tries while waiting: another process may free a slot
 

@@ -64,7 +64,8 @@ def move_aside(repos_dir: Path, trash_dir: Path, workspace: str, name: str) -> P
 
 def sweep_all(repos_dir: Path) -> None:
     """At start-up: clear what pushes killed with the previous server left behind."""
-    from .receive import sweep_quarantines, sweep_ref_locks
+    from .receive.pipeline import sweep_ref_locks
+    from .receive.quarantine import sweep_quarantines
 
     for repo in repos_dir.glob("*/*.git"):
         if repo.is_dir() and not repo.is_symlink():

@@ -1,0 +1,102 @@
+"""Every private dulwich name the gateway uses, in one place, each with its reason.
+
+dulwich's public API serves a Git server that trusts its clients and builds its packs
+object by object; the gateway needs a few of the steps inside it (the have/want
+negotiation without dulwich's pack writing, a pack read under limits, paths of files
+in the object store). Those steps have private names, which a dulwich release may
+rename without notice: each is reached only through this module, so that an upgrade
+breaks here, and `tests/test_seam_dulwich.py` names what went missing.
+
+Two kinds of reliance:
+- names called or read from outside dulwich: the functions and aliases below;
+- private methods and attributes that the gateway's subclasses override or read from
+  `self` (packreader's copier and indexer, upload_pack's handler and graph walker):
+  listed in SUBCLASS_INTERNALS, checked by the test, used in place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from dulwich.archive import _is_unsafe_archive_path
+from dulwich.object_store import DiskObjectStore, _bound_read_callables
+from dulwich.pack import DeltaChainIterator, Pack, PackIndexer, PackStreamCopier, \
+    PackStreamReader, _decode_object_header
+from dulwich.server import UploadPackHandler, _ProtocolGraphWalker
+
+# upload/upload_pack.py: dulwich's upload-pack negotiation (wants, haves, shallow, `done`)
+# is this class; the gateway keeps it and replaces only the pack writing.
+ProtocolGraphWalker = _ProtocolGraphWalker
+
+# receive/packreader.py: dulwich's own guard that stops reading a push's pack after
+# max_push_bytes, for both the exact and the "what is there" read callables.
+bound_read_callables = _bound_read_callables
+
+# receive/packreader.py: an entry's type and size from its header bytes, in the first pass
+# that checks limits before any object is inflated whole.
+decode_object_header = _decode_object_header
+
+# upload/archive.py: dulwich's rule for paths a tar must not hold (`..`, absolute, `.git`),
+# so that `git archive --remote` refuses what dulwich's own archiver would.
+is_unsafe_archive_path = _is_unsafe_archive_path
+
+
+def pack_basename(pack: Pack) -> str:
+    """A stored pack's path without `.pack`/`.idx`: storedpacks and fsck read the pack
+    file's bytes themselves (pack reuse, fsck of delta chains), and dulwich has no public
+    attribute for it."""
+    return pack._basename
+
+
+def new_pack_basepath(store: DiskObjectStore, entries: list[Any]) -> str:
+    """Where dulwich would name a new pack of `entries` (pack-SHA), so that a pack the
+    gateway wrote itself (packreader) lands where dulwich's readers look."""
+    return store._get_pack_basepath(entries)
+
+
+def loose_object_ids(store: DiskObjectStore) -> Iterator[bytes]:
+    """The loose objects' names, without reading them: fsck checks a quarantine's (it
+    should have none) and asks whether the store has an object."""
+    return store._iter_loose_objects()
+
+
+def loose_object_path(store: DiskObjectStore, sha: bytes) -> str:
+    """The file of a loose object: archive streams it in pieces instead of inflating the
+    whole object as `store[sha]` does."""
+    return store._get_shafile_path(sha)
+
+
+def start_have_lines(handler: UploadPackHandler) -> None:
+    """What dulwich's UploadPackHandler.handle sets first: the graph walker reads `have`
+    lines (not a new request) until `done`. The gateway's handle() replaces dulwich's."""
+    handler._processing_have_lines = True
+
+
+def done_received(handler: UploadPackHandler) -> bool:
+    """Whether the client sent `done` (set by the graph walker), for `handle_done`."""
+    return handler._done_received
+
+
+def start_pack_send_phase(handler: UploadPackHandler) -> None:
+    """dulwich's switch into sending the pack (side-band setup), as its handle() does."""
+    handler._start_pack_send_phase()
+
+
+# Private members the gateway's subclasses override (methods) or read from `self`
+# (attributes set in __init__); why, in the module that does it.
+SUBCLASS_INTERNALS: dict[type, dict[str, tuple[str, ...]]] = {
+    # upload/upload_pack.py GatewayGraphWalker: a fetch into a shallow clone sends its
+    # `shallow` lines without `deepen`; the override reads them before dulwich does.
+    _ProtocolGraphWalker: {"methods": ("_handle_shallow_request",), "attributes": ()},
+    # receive/packreader.py _BoundedCopier.read_objects: dulwich's loop with each entry
+    # skimmed under limits instead of inflated whole.
+    PackStreamReader: {"methods": ("_buf_len",),
+                       "attributes": ("_num_objects", "_rbuf", "_hash_size", "_trailer")},
+    PackStreamCopier: {"methods": ("read_objects",), "attributes": ()},
+    # receive/packreader.py _Indexer: dulwich's delta resolution with a bounded cache of
+    # bases and a parse of every non-blob object.
+    DeltaChainIterator: {"methods": ("_result", "_follow_chain", "_resolve_object"),
+                         "attributes": ("_pending_ofs", "_pending_ref", "_resolve_ext_ref")},
+    PackIndexer: {"methods": ("_result",), "attributes": ()},
+}
