@@ -15,6 +15,7 @@ import aiosqlite
 
 from . import events, names, sshkeys
 from .errors import Refusal
+from .kinds import KeyKind
 from .store import accounts, audit, keys
 
 
@@ -106,7 +107,7 @@ async def sync(db: aiosqlite.Connection, keydir: Path,
             and stored.fingerprint not in wanted_fingerprints
             and stored.account not in broken_accounts
         ):
-            if stored.kind == "security-key":  # a 2SV method now: its owner removes it
+            if stored.kind == KeyKind.SECURITY_KEY:  # a 2SV method now: its owner removes it
                 report.errors.append(f"{stored.account} {stored.fingerprint}: its file is gone, "
                                      "but it is a security key; only its owner can remove it")
                 continue

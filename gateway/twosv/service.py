@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import aiosqlite
 
 from ..errors import Refusal
+from ..kinds import Factor, KeyKind
 from ..sshkeys import PublicKey
 from ..store import keys
 from ..store import twosv as store
@@ -40,7 +41,7 @@ class State:
 
     @property
     def methods(self) -> list[str]:
-        return (["totp"] if self.totp else []) + (["security-key"] if self.security_keys else [])
+        return ([Factor.TOTP] if self.totp else []) + ([Factor.SECURITY_KEY] if self.security_keys else [])
 
     def describe(self) -> str:
         if not self.enabled:
@@ -73,7 +74,7 @@ class TwoStep:
 
     async def state(self) -> State:
         row = await store.get(self.db, self.account_id)
-        sk = [k for k in await keys.list_for(self.db, self.account) if k.kind == "security-key"]
+        sk = [k for k in await keys.list_for(self.db, self.account) if k.kind == KeyKind.SECURITY_KEY]
         codes = await store.codes(self.db, self.account_id)
         return State(
             totp=bool(row and row.totp_secret),
@@ -128,7 +129,7 @@ class TwoStep:
             if not await store.claim_step(self.db, self.account_id, step):
                 await self._fail("That verification code was already used; wait for the next one.")
             await store.reset_failures(self.db, self.account_id)
-            return Accepted("totp")
+            return Accepted(Factor.TOTP)
         rcode = recovery.normalise(typed)
         if rcode is None:
             raise Refusal("A verification code is six digits, a recovery code looks like xxxxx-xxxxx.")
@@ -142,7 +143,7 @@ class TwoStep:
             await self._fail("Wrong or already used recovery code.")
         await store.reset_failures(self.db, self.account_id)
         left = sum(1 for c in codes if c.used_at is None) - 1
-        return Accepted("recovery-code", codes_left=left)
+        return Accepted(Factor.RECOVERY_CODE, codes_left=left)
 
     async def _fail(self, message: str) -> None:
         """Count a wrong code (committed by `check`) and refuse."""
@@ -237,9 +238,9 @@ class TwoStep:
         async with self._write(expected):
             existing = await keys.find(self.db, key.fingerprint)
             if existing is None:
-                await keys.add(self.db, self.account_id, key, title, source="ssh", kind="security-key")
-            elif existing.account_id == self.account_id and existing.kind == "auth":
-                await keys.set_kind(self.db, key.fingerprint, "security-key")
+                await keys.add(self.db, self.account_id, key, title, source="ssh", kind=KeyKind.SECURITY_KEY)
+            elif existing.account_id == self.account_id and existing.kind == KeyKind.LOGIN:
+                await keys.set_kind(self.db, key.fingerprint, KeyKind.SECURITY_KEY)
             else:
                 raise Refusal(f"Key {key.fingerprint} is already in use")
             return await self._replace_codes(new_codes) if new_codes else []
