@@ -1,14 +1,53 @@
-"""How a workspace and its policy are worded, the same by the CLI and over SSH."""
+"""What both the operator's CLI and the SSH commands print, worded in one place: a login
+key's line, the keys left after a removal, a workspace, its members and its 2SV
+requirement. Plain functions from values to text; nothing here reads the database."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Sequence
+
+from .kinds import KeyKind, Requirement
+from .names import shown
+from .store.keys import StoredKey
 from .store.workspaces import Member, Workspace
 
 
+# --- login keys -----------------------------------------------------------------------
+
+
+def login_key(key: StoredKey, in_use: str = "") -> str:
+    """One login key on one line, for its owner (`keys`) and the operator's CLI."""
+    kind = "security key" if key.kind == KeyKind.SECURITY_KEY else "key"
+    added = time.strftime("%Y-%m-%d", time.gmtime(key.created_at))
+    this = "  (this login)" if key.fingerprint == in_use else ""
+    return f"{key.fingerprint}  {key.algorithm}  {kind}, added {added} by {key.source}  " \
+           f"{shown(key.title)}{this}"
+
+
+def login_key_lines(found: Sequence[StoredKey], in_use: str = "") -> list[str]:
+    return ["  " + login_key(key, in_use) for key in found]
+
+
+def keys_left(account: str, left: Sequence[StoredKey]) -> list[str]:
+    """After a key is removed: what still logs in to the account (a stolen key's holder
+    may have added keys of their own), and how to stop them all."""
+    lines = [f"{account} still has {len(left)} key(s) that log in:" if left
+             else f"{account} has no key left that logs in."]
+    lines += login_key_lines(left)
+    if any(k.kind == KeyKind.SECURITY_KEY for k in left):
+        lines.append("Security keys are removed by their owner (security-key remove, with a "
+                     f"code); to stop every login at once: gateway account disable {account}")
+    return lines
+
+
+# --- workspaces and their 2SV requirement ---------------------------------------------
+
+
 def policy(word: str, window: int) -> str:
-    if word == "session":
+    if word == Requirement.SESSION:
         return f"session (a verified two-step session, {window} min window)"
-    return word
+    return str(word)
 
 
 def policy_changed(name: str, word: str, window: int) -> str:
@@ -32,7 +71,7 @@ def show(workspace: Workspace, members: list[Member], lacking: set[str] | None) 
         note = ""
         if lacking is not None:
             note = "  2SV off" if member.account in lacking else "  2SV on"
-            if member.account in lacking and workspace.require_2sv != "off":
+            if member.account in lacking and workspace.require_2sv != Requirement.OFF:
                 note += " (does not meet the policy)"
         lines.append(f"  {member.account}\t{member.role}{note}")
     return lines
