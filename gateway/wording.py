@@ -1,16 +1,17 @@
 """What both the operator's CLI and the SSH commands print, worded in one place: a login
 key's line, the keys left after a removal, a workspace, its members and its 2SV
-requirement. Plain functions from values to text; nothing here reads the database."""
+requirement, the 2SV hints. Plain functions from values to text; nothing here reads the database."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from .kinds import KeyKind, Requirement
 from .names import shown
 from .store.keys import StoredKey
 from .store.workspaces import Member, Workspace
+from .twosv.service import State
 
 
 # --- login keys -----------------------------------------------------------------------
@@ -75,3 +76,20 @@ def show(workspace: Workspace, members: list[Member], lacking: set[str] | None) 
                 note += " (does not meet the policy)"
         lines.append(f"  {member.account}\t{member.role}{note}")
     return lines
+
+
+# --- two-step verification hints ------------------------------------------------------
+
+
+def two_step_state(state: State, ssh_command: Callable[[str], str]) -> list[str]:
+    """The account's 2SV state, and how to turn it on when it is off (greeting, status)."""
+    lines = [state.describe()]
+    if not state.enabled:
+        lines.append(f"Turn it on with: {ssh_command('2sv enable')}")
+    return lines
+
+
+def few_codes_left(left: int, ssh_command: Callable[[str], str]) -> str:
+    """Said when fewer than two recovery codes are left."""
+    return (f"Warning: only {left} recovery codes left. Get a new set with: "
+            f"{ssh_command('recovery-codes regenerate')}")

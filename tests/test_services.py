@@ -19,6 +19,7 @@ from gateway.services import repos as repo_service
 from gateway.services import workspaces as workspace_service
 from gateway.store import audit, keys, workspaces
 from gateway.store import db as store_db
+from gateway.twosv.service import State
 
 
 def new_key(comment: str = "laptop") -> sshkeys.PublicKey:
@@ -186,3 +187,16 @@ async def test_repositories_and_access_keys(db, tmp_path, hooks_dir):
         ("access_key.remove", "acme/widgets", key.fingerprint),
         ("repo.remove", "acme/widgets", str(removed.moved_to)),
     ]
+
+
+def test_two_step_hints_are_worded_once():
+    def ssh(args: str) -> str:
+        return f"ssh -p 2222 git@host {args}"
+
+    assert wording.two_step_state(State(False, 0, 0, 0), ssh) == [
+        "Two-step verification is disabled.", "Turn it on with: ssh -p 2222 git@host 2sv enable"]
+    assert wording.two_step_state(State(True, 1, 3, 10), ssh) == [
+        "Two-step verification is enabled (totp, security-key); 3 of 10 recovery codes left."]
+    assert wording.few_codes_left(1, ssh) == (
+        "Warning: only 1 recovery codes left. Get a new set with: "
+        "ssh -p 2222 git@host recovery-codes regenerate")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .. import access, policy
+from .. import access, policy, wording
 from ..kinds import Requirement
 from ..names import shown
 from ..store import repos, workspaces
@@ -17,9 +17,8 @@ async def greeting(ctx: Context) -> int:
         f"({who.key_fingerprint}). Shell access is disabled; use git to clone and push."
     )
     state = await twosv.service(ctx).state()
-    await ctx.say(state.describe())
-    if not state.enabled:
-        await ctx.say(f"Turn it on with: {ctx.settings.ssh_command('2sv enable')}")
+    for line in wording.two_step_state(state, ctx.settings.ssh_command):
+        await ctx.say(line)
     for line in await unmet_policies(ctx, state.enabled):
         await ctx.say(line)
     return 0

@@ -6,7 +6,7 @@ can be scripted: `echo 123456 | ssh -p 2222 git@host 2sv disable`.
 
 from __future__ import annotations
 
-from .. import events, qr
+from .. import events, qr, wording
 from ..errors import Refusal
 from ..kinds import Factor, KeyKind, Requirement
 from ..names import shown
@@ -76,8 +76,7 @@ async def second_factor(ctx: Context, svc: TwoStep,
     if accepted.kind == Factor.RECOVERY_CODE:
         await event(ctx, "2sv.recovery_code_used", detail=f"left={accepted.codes_left}")
         if accepted.codes_left < 2:
-            await ctx.say(f"Warning: only {accepted.codes_left} recovery codes left. Get a new set "
-                          f"with: {ctx.settings.ssh_command('recovery-codes regenerate')}")
+            await ctx.say(wording.few_codes_left(accepted.codes_left or 0, ctx.settings.ssh_command))
     return accepted
 
 
@@ -177,10 +176,8 @@ async def show_new_codes(ctx: Context, codes: list[str]) -> None:
 
 
 async def status(ctx: Context, svc: TwoStep) -> int:
-    state = await svc.state()
-    await ctx.say(state.describe())
-    if not state.enabled:
-        await ctx.say(f"Turn it on with: {ctx.settings.ssh_command('2sv enable')}")
+    for line in wording.two_step_state(await svc.state(), ctx.settings.ssh_command):
+        await ctx.say(line)
     return 0
 
 
