@@ -12,10 +12,14 @@ import json
 import logging
 import sys
 import time
+from argparse import Namespace
 from dataclasses import asdict
 from pathlib import Path
 
+from aiosqlite import Connection
+
 from . import config, datadir, keydir, names, sshkeys, wording
+from .config import Settings
 from .errors import Refusal, UsageError
 from .kinds import AccessMode, Requirement, Role
 from .names import shown
@@ -35,7 +39,7 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see '{self.prog} --help')")
 
 
-def _print_json(value) -> None:
+def _print_json(value: object) -> None:
     print(json.dumps(value, indent=2, sort_keys=True))
 
 
@@ -57,7 +61,7 @@ def _read_key_source(source: str) -> list[sshkeys.PublicKey]:
     return sshkeys.parse_text(text)
 
 
-def _login_key_lines(found: list[keys.StoredKey]) -> None:
+def _print_login_keys(found: list[keys.StoredKey]) -> None:
     for line in wording.login_key_lines(found):
         print(line)
 
@@ -69,7 +73,7 @@ def _added_lines(added: list[AddedKey]) -> list[str]:
 # --- accounts -------------------------------------------------------------------------
 
 
-async def cmd_account_add(settings, args, db):
+async def cmd_account_add(settings: Settings, args: Namespace, db: Connection) -> int | None:
     name = names.account_name(args.name)  # before the key files are read
     parsed = [key for source in args.key for key in _read_key_source(source)]
     created = await account_service.create(db, name, args.email, parsed, actor=OPERATOR,
@@ -77,7 +81,7 @@ async def cmd_account_add(settings, args, db):
     print("\n".join([f"Created account {created.account.name}", *_added_lines(created.keys)]))
 
 
-async def cmd_account_list(settings, args, db):
+async def cmd_account_list(settings: Settings, args: Namespace, db: Connection) -> int | None:
     found = await account_service.list_all(db)
     if args.json:
         return _print_json([{"name": a.name, "email": a.email, "disabled": a.disabled}
@@ -87,7 +91,7 @@ async def cmd_account_list(settings, args, db):
         print(f"{account.name}\t{shown(account.email) or '-'}\t{state}")
 
 
-async def cmd_account_show(settings, args, db):
+async def cmd_account_show(settings: Settings, args: Namespace, db: Connection) -> int | None:
     shown_account = await account_service.view(db, args.name)
     account, account_keys, twosv = shown_account.account, shown_account.keys, shown_account.two_step
     if args.json:
@@ -104,26 +108,26 @@ async def cmd_account_show(settings, args, db):
     print(f"state:    {'disabled' if account.disabled else 'active'}")
     print(f"two-step verification: {'enabled (' + ', '.join(twosv.methods) + ')' if twosv.enabled else 'disabled'}")
     print(f"keys that log in: {len(account_keys)}")
-    _login_key_lines(account_keys)
+    _print_login_keys(account_keys)
 
 
-async def _set_disabled(args, db, disabled: bool):
+async def _set_disabled(args: Namespace, db: Connection, disabled: bool) -> None:
     name = await account_service.set_disabled(db, args.name, disabled, actor=OPERATOR)
     print(f"{'Disabled' if disabled else 'Enabled'} account {name}")
 
 
-async def cmd_account_disable(settings, args, db):
+async def cmd_account_disable(settings: Settings, args: Namespace, db: Connection) -> int | None:
     await _set_disabled(args, db, True)
 
 
-async def cmd_account_enable(settings, args, db):
+async def cmd_account_enable(settings: Settings, args: Namespace, db: Connection) -> int | None:
     await _set_disabled(args, db, False)
 
 
 # --- keys -----------------------------------------------------------------------------
 
 
-async def cmd_key_add(settings, args, db):
+async def cmd_key_add(settings: Settings, args: Namespace, db: Connection) -> int | None:
     account = await account_service.get(db, args.account)  # before the key file is read
     parsed = _read_key_source(args.file)
     added = await key_service.add(db, account, parsed, args.title, actor=OPERATOR,
@@ -131,7 +135,7 @@ async def cmd_key_add(settings, args, db):
     print("\n".join(_added_lines(added)))
 
 
-async def cmd_key_list(settings, args, db):
+async def cmd_key_list(settings: Settings, args: Namespace, db: Connection) -> int | None:
     if args.account is not None:
         await account_service.get(db, args.account)
     found = await key_service.list_for(db, args.account)
@@ -144,7 +148,7 @@ async def cmd_key_list(settings, args, db):
               f"\t{key.kind}")
 
 
-async def cmd_key_remove(settings, args, db):
+async def cmd_key_remove(settings: Settings, args: Namespace, db: Connection) -> int | None:
     done = await key_service.remove_by_operator(db, args.fingerprint, actor=OPERATOR,
                                                 ssh_command=settings.ssh_command)
     removed = done.key
@@ -153,7 +157,7 @@ async def cmd_key_remove(settings, args, db):
         print(line)
 
 
-async def cmd_keys_sync(settings, args, db):
+async def cmd_keys_sync(settings: Settings, args: Namespace, db: Connection) -> int | None:
     report = await keydir.sync(db, Path(args.keydir) if args.keydir else settings.keydir,
                                settings.hooks_dir)
     for name in report.created_accounts:
@@ -171,16 +175,17 @@ async def cmd_keys_sync(settings, args, db):
 # --- workspaces and members -----------------------------------------------------------
 
 
-async def cmd_workspace_add(settings, args, db):
+async def cmd_workspace_add(settings: Settings, args: Namespace, db: Connection) -> int | None:
     workspace = await workspace_service.create(db, args.name, args.require_2sv, actor=OPERATOR)
     print(f"Created workspace {workspace.name}"
           + (" (requires two-step verification)" if args.require_2sv else ""))
 
 
-async def cmd_workspace_require_2sv(settings, args, db):
+async def cmd_workspace_require_2sv(settings: Settings, args: Namespace,
+                                    db: Connection) -> int | None:
     workspace = await workspace_service.get(db, args.name)
     requirement = workspace_service.check_requirement(args.policy, args.window)
-    lacking = []
+    lacking: list[str] = []
     if requirement != Requirement.OFF:
         lacking = await workspace_service.members_without_2sv(db, workspace.id)
     if lacking:
@@ -195,7 +200,7 @@ async def cmd_workspace_require_2sv(settings, args, db):
     print(wording.policy_changed(change.workspace, change.after, change.window))
 
 
-async def cmd_access_key_add(settings, args, db):
+async def cmd_access_key_add(settings: Settings, args: Namespace, db: Connection) -> int | None:
     repo = await repo_service.get(db, args.repo)  # before the key file is read
     added = await workspace_service.add_access_keys(
         db, repo, _read_key_source(args.file), args.title, args.write, actor=OPERATOR,
@@ -205,21 +210,22 @@ async def cmd_access_key_add(settings, args, db):
                     for k in added))
 
 
-async def cmd_access_key_list(settings, args, db):
+async def cmd_access_key_list(settings: Settings, args: Namespace, db: Connection) -> int | None:
     found = await workspace_service.list_access_keys(db)
     if args.json:
         return _print_json([{"repository": k.repository, "fingerprint": k.fingerprint,
                              "title": k.title, "write": k.write} for k in found])
     for key in found:
-        print(f"{key.repository}\t{key.fingerprint}\t{shown(key.title)}\t{AccessMode.of(key.write)}")
+        print(f"{key.repository}\t{key.fingerprint}\t{shown(key.title)}"
+              f"\t{AccessMode.of(key.write)}")
 
 
-async def cmd_access_key_remove(settings, args, db):
+async def cmd_access_key_remove(settings: Settings, args: Namespace, db: Connection) -> int | None:
     removed = await workspace_service.remove_access_key(db, args.fingerprint, actor=OPERATOR)
     print(f"Removed access key {removed.fingerprint} ({shown(removed.title)}) from {removed.repository}")
 
 
-async def cmd_workspace_list(settings, args, db):
+async def cmd_workspace_list(settings: Settings, args: Namespace, db: Connection) -> int | None:
     found = await workspace_service.list_all(db)
     if args.json:
         return _print_json([{"name": w.name, "require_2sv": w.require_2sv} for w in found])
@@ -227,7 +233,7 @@ async def cmd_workspace_list(settings, args, db):
         print(f"{workspace.name}\trequire-2sv={workspace.require_2sv}")
 
 
-async def cmd_workspace_show(settings, args, db):
+async def cmd_workspace_show(settings: Settings, args: Namespace, db: Connection) -> int | None:
     view = await workspace_service.view(db, args.name)
     workspace, lacking = view.workspace, view.lacking_2sv
     if args.json:
@@ -243,13 +249,13 @@ async def cmd_workspace_show(settings, args, db):
         print(f"  {repo.name}\t{'public' if repo.public else 'private'}")
 
 
-async def cmd_member_add(settings, args, db):
+async def cmd_member_add(settings: Settings, args: Namespace, db: Connection) -> int | None:
     member = await workspace_service.add_member(db, args.workspace, args.account, args.role,
                                                 actor=OPERATOR)
     print(f"{member.account} is now a member of {member.workspace} with role {member.role}")
 
 
-async def cmd_member_remove(settings, args, db):
+async def cmd_member_remove(settings: Settings, args: Namespace, db: Connection) -> int | None:
     member = await workspace_service.remove_member(db, args.workspace, args.account,
                                                    actor=OPERATOR)
     print(f"Removed {member.account} from {member.workspace}")
@@ -258,7 +264,7 @@ async def cmd_member_remove(settings, args, db):
 # --- repositories ---------------------------------------------------------------------
 
 
-async def cmd_repo_add(settings, args, db):
+async def cmd_repo_add(settings: Settings, args: Namespace, db: Connection) -> int | None:
     path = await repo_service.create(db, settings.repos_dir, args.repo, args.public,
                                      args.default_branch, actor=OPERATOR)
     url = f"ssh://{settings.ssh_user}@{settings.public_host}:{settings.public_port}/{path}.git"
@@ -266,7 +272,7 @@ async def cmd_repo_add(settings, args, db):
     print(f"Clone it with: git clone {url}")
 
 
-async def cmd_repo_list(settings, args, db):
+async def cmd_repo_list(settings: Settings, args: Namespace, db: Connection) -> int | None:
     found = await repo_service.list_all(db, args.workspace)
     if args.json:
         return _print_json([{"repository": r.full_name, "public": r.public,
@@ -275,7 +281,7 @@ async def cmd_repo_list(settings, args, db):
         print(f"{repo.full_name}\t{'public' if repo.public else 'private'}\t{repo.default_branch}")
 
 
-async def cmd_repo_remove(settings, args, db):
+async def cmd_repo_remove(settings: Settings, args: Namespace, db: Connection) -> int | None:
     removed = await repo_service.remove(db, settings.repos_dir, settings.trash_dir, args.repo,
                                         actor=OPERATOR)
     moved = removed.moved_to
@@ -285,7 +291,7 @@ async def cmd_repo_remove(settings, args, db):
 # --- audit ----------------------------------------------------------------------------
 
 
-async def cmd_audit(settings, args, db):
+async def cmd_audit(settings: Settings, args: Namespace, db: Connection) -> int | None:
     if args.limit < 1:
         raise UsageError("--limit must be at least 1")
     entries = await audit_service.read(db, args.account, args.limit)

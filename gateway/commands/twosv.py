@@ -76,7 +76,8 @@ async def second_factor(ctx: Context, svc: TwoStep,
     if accepted.kind == Factor.RECOVERY_CODE:
         await event(ctx, "2sv.recovery_code_used", detail=f"left={accepted.codes_left}")
         if accepted.codes_left < 2:
-            await ctx.say(wording.few_codes_left(accepted.codes_left or 0, ctx.settings.ssh_command))
+            await ctx.say(wording.few_codes_left(accepted.codes_left or 0,
+                                                 ctx.settings.ssh_command))
     return accepted
 
 
