@@ -5,9 +5,8 @@ from __future__ import annotations
 import aiosqlite
 
 from . import policy
-from .errors import Refusal
-from .names import RepoPath, printable
-from .store import access_keys, accounts, audit, keys, repos, workspaces
+from .names import RepoPath
+from .store import access_keys, keys, repos, workspaces
 from .store import twosv as twosv_store
 from .twosv.service import TwoStep
 
@@ -66,35 +65,3 @@ async def repo_facts(
         session_window_minutes=repo.session_window,
     )
     return facts, repo
-
-
-POLICIES = ("off", "on", "session")
-MIN_WINDOW, MAX_WINDOW = 1, 7 * 24 * 60  # minutes
-
-
-def check_policy(policy_word: str, window: int | None) -> None:
-    if policy_word not in POLICIES:
-        raise Refusal(f"Invalid policy: {printable(policy_word)!r} (use on, off or session)")
-    if window is not None and not MIN_WINDOW <= window <= MAX_WINDOW:
-        raise Refusal(f"Invalid window: {window} minutes (use 1 to {MAX_WINDOW}, i.e. 7 days)")
-
-
-async def members_without_2sv(db: aiosqlite.Connection, workspace_id: int) -> list[str]:
-    lacking = []
-    for member in await workspaces.members(db, workspace_id):
-        account = await accounts.get(db, member.account)
-        if not (await TwoStep(db, None, account.id, account.name).state()).enabled:
-            lacking.append(account.name)
-    return lacking
-
-
-async def set_policy(
-    db: aiosqlite.Connection, workspace: workspaces.Workspace, policy_word: str,
-    window: int | None, actor: str,
-) -> None:
-    """Change a workspace's policy (validated by `check_policy`) and audit who did it."""
-    new_window = window if window is not None else workspace.session_window
-    await workspaces.set_policy(db, workspace.id, policy_word, new_window)
-    await audit.write(db, actor, "workspace.require_2sv", workspace.name,
-                      detail=f"{workspace.require_2sv} -> {policy_word}, window {new_window} min")
-    await db.commit()

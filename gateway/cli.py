@@ -12,17 +12,26 @@ import json
 import logging
 import sys
 import time
+from argparse import Namespace
 from dataclasses import asdict
 from pathlib import Path
 
-from . import access, config, datadir, events, keydir, names, sshkeys, workspace_text
-from .commands import login_keys
+from aiosqlite import Connection
+
+from . import config, datadir, keydir, names, sshkeys, wording
+from .config import Settings
 from .errors import Refusal, UsageError
+from .kinds import AccessMode, Requirement, Role
 from .names import shown
-from .git import layout
-from .store import access_keys, accounts, audit, keys, repos, workspaces
+from .services import OPERATOR
+from .services import accounts as account_service
+from .services import audit as audit_service
+from .services import keys as key_service
+from .services import repos as repo_service
+from .services import workspaces as workspace_service
+from .services.keys import AddedKey
 from .store import db as store_db
-from .twosv.service import TwoStep
+from .store import keys
 
 
 class _Parser(argparse.ArgumentParser):
@@ -30,7 +39,7 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see '{self.prog} --help')")
 
 
-def _print_json(value) -> None:
+def _print_json(value: object) -> None:
     print(json.dumps(value, indent=2, sort_keys=True))
 
 
@@ -52,44 +61,28 @@ def _read_key_source(source: str) -> list[sshkeys.PublicKey]:
     return sshkeys.parse_text(text)
 
 
-async def _tell_hooks_of_new_keys(settings, account: str, fingerprints: list[str]) -> None:
-    """Every key that can log in reaches the 2sv-event.d hooks, as the owner's own do."""
-    for fingerprint in fingerprints:
-        await events.notify(settings.hooks_dir, account, "key.add", detail=fingerprint)
+def _print_login_keys(found: list[keys.StoredKey]) -> None:
+    for line in wording.login_key_lines(found):
+        print(line)
 
 
-def _login_key_line(key: keys.StoredKey) -> str:
-    return "  " + login_keys.describe(key)
-
-
-async def _add_keys(db, account: accounts.Account, parsed: list[sshkeys.PublicKey],
-                    title: str | None) -> list[str]:
-    """Add keys (uncommitted: the caller commits, then prints what this returns)."""
-    done = []
-    for key in parsed:
-        key_title = title or key.comment or f"key-{key.fingerprint[7:15]}"
-        await keys.add(db, account.id, key, key_title, say_where=True)
-        await audit.write(db, "operator", "key.add", account.name, detail=key.fingerprint)
-        done.append(f"Added key {key.fingerprint} ({key_title}) to {account.name}")
-    return done
+def _added_lines(added: list[AddedKey]) -> list[str]:
+    return [f"Added key {k.fingerprint} ({k.title}) to {k.account}" for k in added]
 
 
 # --- accounts -------------------------------------------------------------------------
 
 
-async def cmd_account_add(settings, args, db):
-    name = names.account_name(args.name)
+async def cmd_account_add(settings: Settings, args: Namespace, db: Connection) -> int | None:
+    name = names.account_name(args.name)  # before the key files are read
     parsed = [key for source in args.key for key in _read_key_source(source)]
-    account = await accounts.add(db, name, args.email)
-    await audit.write(db, "operator", "account.add", name)
-    added = await _add_keys(db, account, parsed, None)
-    await db.commit()
-    await _tell_hooks_of_new_keys(settings, name, [k.fingerprint for k in parsed])
-    print("\n".join([f"Created account {name}", *added]))
+    created = await account_service.create(db, name, args.email, parsed, actor=OPERATOR,
+                                           hooks_dir=settings.hooks_dir)
+    print("\n".join([f"Created account {created.account.name}", *_added_lines(created.keys)]))
 
 
-async def cmd_account_list(settings, args, db):
-    found = await accounts.list_all(db)
+async def cmd_account_list(settings: Settings, args: Namespace, db: Connection) -> int | None:
+    found = await account_service.list_all(db)
     if args.json:
         return _print_json([{"name": a.name, "email": a.email, "disabled": a.disabled}
                             for a in found])
@@ -98,10 +91,9 @@ async def cmd_account_list(settings, args, db):
         print(f"{account.name}\t{shown(account.email) or '-'}\t{state}")
 
 
-async def cmd_account_show(settings, args, db):
-    account = await accounts.get(db, names.account_name(args.name))
-    account_keys = await keys.list_for(db, account.name)
-    twosv = await TwoStep(db, None, account.id, account.name).state()
+async def cmd_account_show(settings: Settings, args: Namespace, db: Connection) -> int | None:
+    shown_account = await account_service.view(db, args.name)
+    account, account_keys, twosv = shown_account.account, shown_account.keys, shown_account.two_step
     if args.json:
         return _print_json({
             "name": account.name, "email": account.email, "disabled": account.disabled,
@@ -116,42 +108,37 @@ async def cmd_account_show(settings, args, db):
     print(f"state:    {'disabled' if account.disabled else 'active'}")
     print(f"two-step verification: {'enabled (' + ', '.join(twosv.methods) + ')' if twosv.enabled else 'disabled'}")
     print(f"keys that log in: {len(account_keys)}")
-    for key in account_keys:
-        print(_login_key_line(key))
+    _print_login_keys(account_keys)
 
 
-async def _set_disabled(args, db, disabled: bool):
-    name = names.account_name(args.name)
-    await accounts.set_disabled(db, name, disabled)
-    await audit.write(db, "operator", "account.disable" if disabled else "account.enable", name)
-    await db.commit()
+async def _set_disabled(args: Namespace, db: Connection, disabled: bool) -> None:
+    name = await account_service.set_disabled(db, args.name, disabled, actor=OPERATOR)
     print(f"{'Disabled' if disabled else 'Enabled'} account {name}")
 
 
-async def cmd_account_disable(settings, args, db):
+async def cmd_account_disable(settings: Settings, args: Namespace, db: Connection) -> int | None:
     await _set_disabled(args, db, True)
 
 
-async def cmd_account_enable(settings, args, db):
+async def cmd_account_enable(settings: Settings, args: Namespace, db: Connection) -> int | None:
     await _set_disabled(args, db, False)
 
 
 # --- keys -----------------------------------------------------------------------------
 
 
-async def cmd_key_add(settings, args, db):
-    account = await accounts.get(db, names.account_name(args.account))
+async def cmd_key_add(settings: Settings, args: Namespace, db: Connection) -> int | None:
+    account = await account_service.get(db, args.account)  # before the key file is read
     parsed = _read_key_source(args.file)
-    added = await _add_keys(db, account, parsed, args.title)
-    await db.commit()
-    await _tell_hooks_of_new_keys(settings, account.name, [k.fingerprint for k in parsed])
-    print("\n".join(added))
+    added = await key_service.add(db, account, parsed, args.title, actor=OPERATOR,
+                                  hooks_dir=settings.hooks_dir)
+    print("\n".join(_added_lines(added)))
 
 
-async def cmd_key_list(settings, args, db):
+async def cmd_key_list(settings: Settings, args: Namespace, db: Connection) -> int | None:
     if args.account is not None:
-        await accounts.get(db, names.account_name(args.account))
-    found = await keys.list_for(db, args.account)
+        await account_service.get(db, args.account)
+    found = await key_service.list_for(db, args.account)
     if args.json:
         return _print_json([{"account": k.account, "fingerprint": k.fingerprint, "title": k.title,
                              "algorithm": k.algorithm, "kind": k.kind, "source": k.source}
@@ -161,32 +148,16 @@ async def cmd_key_list(settings, args, db):
               f"\t{key.kind}")
 
 
-async def cmd_key_remove(settings, args, db):
-    found = await keys.find(db, args.fingerprint)
-    if found is None and await access_keys.find(db, args.fingerprint) is not None:
-        raise Refusal(f"{names.printable(args.fingerprint)} is an access key: "
-                      f"gateway access-key remove {names.printable(args.fingerprint)}")
-    if found is not None and found.kind == "security-key":
-        # No operator command turns off someone's 2SV (SPEC §5): the owner removes it.
-        raise Refusal(f"{found.fingerprint} is a security key, a two-step method of "
-                      f"{found.account}; only its owner can remove it: "
-                      f"{settings.ssh_command('security-key remove ' + found.fingerprint)}")
-    removed = await keys.remove(db, args.fingerprint)
-    await audit.write(db, "operator", "key.remove", removed.account, detail=removed.fingerprint)
-    await db.commit()
+async def cmd_key_remove(settings: Settings, args: Namespace, db: Connection) -> int | None:
+    done = await key_service.remove_by_operator(db, args.fingerprint, actor=OPERATOR,
+                                                ssh_command=settings.ssh_command)
+    removed = done.key
     print(f"Removed key {removed.fingerprint} ({shown(removed.title)}) from {removed.account}")
-    # A stolen key's holder may have added keys of their own: show what still logs in.
-    left = await keys.list_for(db, removed.account)
-    print(f"{removed.account} still has {len(left)} key(s) that log in:" if left
-          else f"{removed.account} has no key left that logs in.")
-    for key in left:
-        print(_login_key_line(key))
-    if any(k.kind == "security-key" for k in left):
-        print("Security keys are removed by their owner (security-key remove, with a code); "
-              f"to stop every login at once: gateway account disable {removed.account}")
+    for line in wording.keys_left(removed.account, done.left):
+        print(line)
 
 
-async def cmd_keys_sync(settings, args, db):
+async def cmd_keys_sync(settings: Settings, args: Namespace, db: Connection) -> int | None:
     report = await keydir.sync(db, Path(args.keydir) if args.keydir else settings.keydir,
                                settings.hooks_dir)
     for name in report.created_accounts:
@@ -204,147 +175,105 @@ async def cmd_keys_sync(settings, args, db):
 # --- workspaces and members -----------------------------------------------------------
 
 
-async def cmd_workspace_add(settings, args, db):
-    name = names.workspace_name(args.name)
-    workspace = await workspaces.add(db, name)
-    await audit.write(db, "operator", "workspace.add", name)
-    if args.require_2sv:
-        await workspaces.set_policy(db, workspace.id, "on", workspace.session_window)
-        await audit.write(db, "operator", "workspace.require_2sv", name, detail="off -> on")
-    await db.commit()
-    print(f"Created workspace {name}" + (" (requires two-step verification)" if args.require_2sv else ""))
+async def cmd_workspace_add(settings: Settings, args: Namespace, db: Connection) -> int | None:
+    workspace = await workspace_service.create(db, args.name, args.require_2sv, actor=OPERATOR)
+    print(f"Created workspace {workspace.name}"
+          + (" (requires two-step verification)" if args.require_2sv else ""))
 
 
-async def cmd_workspace_require_2sv(settings, args, db):
-    workspace = await workspaces.get(db, names.workspace_name(args.name))
-    access.check_policy(args.policy, args.window)
-    lacking = await access.members_without_2sv(db, workspace.id) if args.policy != "off" else []
+async def cmd_workspace_require_2sv(settings: Settings, args: Namespace,
+                                    db: Connection) -> int | None:
+    workspace = await workspace_service.get(db, args.name)
+    requirement = workspace_service.check_requirement(args.policy, args.window)
+    lacking: list[str] = []
+    if requirement != Requirement.OFF:
+        lacking = await workspace_service.members_without_2sv(db, workspace.id)
     if lacking:
-        print(workspace_text.lacking_2sv(lacking, applied=False))
-    elif args.policy != "off":
+        print(wording.lacking_2sv(lacking, applied=False))
+    elif requirement != Requirement.OFF:
         print("Every member has two-step verification.")
     if args.dry_run:
         print(f"Dry run: {workspace.name} stays at require-2sv={workspace.require_2sv}.")
         return 0
-    await access.set_policy(db, workspace, args.policy, args.window, "operator")
-    window = args.window if args.window is not None else workspace.session_window
-    print(workspace_text.policy_changed(workspace.name, args.policy, window))
+    change = await workspace_service.set_requirement(db, workspace, requirement, args.window,
+                                                     actor=OPERATOR)
+    print(wording.policy_changed(change.workspace, change.after, change.window))
 
 
-async def cmd_access_key_add(settings, args, db):
-    path = names.repo_path(args.repo)
-    repo = await repos.find(db, path.workspace, path.name)
-    if repo is None:
-        raise Refusal(f"No such repository: {path} ('gateway repo list' shows them)")
-    added, bound = [], []
-    for key in _read_key_source(args.file):
-        bound.append(key.fingerprint)
-        title = args.title or key.comment or f"access-{key.fingerprint[7:15]}"
-        await access_keys.add(db, repo.id, key, title, args.write)
-        await audit.write(db, "operator", "access_key.add", repo.full_name,
-                          detail=f"{key.fingerprint} {'write' if args.write else 'read'}")
-        added.append(f"Added access key {key.fingerprint} ({title}) to {repo.full_name}, "
-                     f"{'read and write' if args.write else 'read-only'}")
-    await db.commit()
-    for fingerprint in bound:
-        await events.notify(settings.hooks_dir, f"access-key:{repo.full_name}", "access_key.add",
-                            detail=fingerprint)
-    print("\n".join(added))
+async def cmd_access_key_add(settings: Settings, args: Namespace, db: Connection) -> int | None:
+    repo = await repo_service.get(db, args.repo)  # before the key file is read
+    added = await workspace_service.add_access_keys(
+        db, repo, _read_key_source(args.file), args.title, args.write, actor=OPERATOR,
+        hooks_dir=settings.hooks_dir)
+    print("\n".join(f"Added access key {k.fingerprint} ({k.title}) to {k.repository}, "
+                    f"{'read and write' if k.mode == AccessMode.WRITE else 'read-only'}"
+                    for k in added))
 
 
-async def cmd_access_key_list(settings, args, db):
-    found = await access_keys.list_all(db)
+async def cmd_access_key_list(settings: Settings, args: Namespace, db: Connection) -> int | None:
+    found = await workspace_service.list_access_keys(db)
     if args.json:
         return _print_json([{"repository": k.repository, "fingerprint": k.fingerprint,
                              "title": k.title, "write": k.write} for k in found])
     for key in found:
-        print(f"{key.repository}\t{key.fingerprint}\t{shown(key.title)}\t{'write' if key.write else 'read'}")
+        print(f"{key.repository}\t{key.fingerprint}\t{shown(key.title)}"
+              f"\t{AccessMode.of(key.write)}")
 
 
-async def cmd_access_key_remove(settings, args, db):
-    removed = await access_keys.remove(db, args.fingerprint)
-    await audit.write(db, "operator", "access_key.remove", removed.repository, detail=removed.fingerprint)
-    await db.commit()
+async def cmd_access_key_remove(settings: Settings, args: Namespace, db: Connection) -> int | None:
+    removed = await workspace_service.remove_access_key(db, args.fingerprint, actor=OPERATOR)
     print(f"Removed access key {removed.fingerprint} ({shown(removed.title)}) from {removed.repository}")
 
 
-async def cmd_workspace_list(settings, args, db):
-    found = await workspaces.list_all(db)
+async def cmd_workspace_list(settings: Settings, args: Namespace, db: Connection) -> int | None:
+    found = await workspace_service.list_all(db)
     if args.json:
         return _print_json([{"name": w.name, "require_2sv": w.require_2sv} for w in found])
     for workspace in found:
         print(f"{workspace.name}\trequire-2sv={workspace.require_2sv}")
 
 
-async def cmd_workspace_show(settings, args, db):
-    workspace = await workspaces.get(db, names.workspace_name(args.name))
-    members = await workspaces.members(db, workspace.id)
-    repo_list = await repos.list_all(db, workspace.name)
-    lacking = set(await access.members_without_2sv(db, workspace.id))
+async def cmd_workspace_show(settings: Settings, args: Namespace, db: Connection) -> int | None:
+    view = await workspace_service.view(db, args.name)
+    workspace, lacking = view.workspace, view.lacking_2sv
     if args.json:
         return _print_json({
             "name": workspace.name, "require_2sv": workspace.require_2sv,
             "session_window": workspace.session_window,
-            "members": [asdict(m) | {"two_step": m.account not in lacking} for m in members],
-            "repositories": [{"name": r.name, "public": r.public} for r in repo_list],
+            "members": [asdict(m) | {"two_step": m.account not in lacking} for m in view.members],
+            "repositories": [{"name": r.name, "public": r.public} for r in view.repositories],
         })
-    print("\n".join(workspace_text.show(workspace, members, lacking)))
-    print(f"repositories: {len(repo_list)}")
-    for repo in repo_list:
+    print("\n".join(wording.show(workspace, view.members, lacking)))
+    print(f"repositories: {len(view.repositories)}")
+    for repo in view.repositories:
         print(f"  {repo.name}\t{'public' if repo.public else 'private'}")
 
 
-async def cmd_member_add(settings, args, db):
-    workspace = await workspaces.get(db, names.workspace_name(args.workspace))
-    account = await accounts.get(db, names.account_name(args.account))
-    role = names.role(args.role)
-    await workspaces.set_member(db, workspace.id, account.id, role)
-    await audit.write(db, "operator", "member.add", account.name, detail=f"{workspace.name} {role}")
-    await db.commit()
-    print(f"{account.name} is now a member of {workspace.name} with role {role}")
+async def cmd_member_add(settings: Settings, args: Namespace, db: Connection) -> int | None:
+    member = await workspace_service.add_member(db, args.workspace, args.account, args.role,
+                                                actor=OPERATOR)
+    print(f"{member.account} is now a member of {member.workspace} with role {member.role}")
 
 
-async def cmd_member_remove(settings, args, db):
-    workspace = await workspaces.get(db, names.workspace_name(args.workspace))
-    account = await accounts.get(db, names.account_name(args.account))
-    if not await workspaces.remove_member(db, workspace.id, account.id):
-        raise Refusal(f"{account.name} is not a member of {workspace.name}")
-    await audit.write(db, "operator", "member.remove", account.name, detail=workspace.name)
-    await db.commit()
-    print(f"Removed {account.name} from {workspace.name}")
+async def cmd_member_remove(settings: Settings, args: Namespace, db: Connection) -> int | None:
+    member = await workspace_service.remove_member(db, args.workspace, args.account,
+                                                   actor=OPERATOR)
+    print(f"Removed {member.account} from {member.workspace}")
 
 
 # --- repositories ---------------------------------------------------------------------
 
 
-async def cmd_repo_add(settings, args, db):
-    path = names.repo_path(args.repo)
-    branch = names.branch_name(args.default_branch)
-    workspace = await workspaces.get(db, path.workspace)
-    existing = await repos.find(db, workspace.name, path.name)
-    if existing is not None:  # names match case-insensitively: say the stored spelling
-        raise Refusal(f"Repository already exists: {existing.full_name}")
-    # The record and the directory must appear together: insert, create on disk, and
-    # commit only once the repository exists.
-    await repos.add(db, workspace.id, path.name, args.public, branch, workspace.name)
-    try:
-        layout.create(settings.repos_dir, workspace.name, path.name, branch)
-    except BaseException:
-        await db.rollback()
-        raise
-    await audit.write(db, "operator", "repo.add", str(path),
-                      detail="public" if args.public else "private")
-    await db.commit()
+async def cmd_repo_add(settings: Settings, args: Namespace, db: Connection) -> int | None:
+    path = await repo_service.create(db, settings.repos_dir, args.repo, args.public,
+                                     args.default_branch, actor=OPERATOR)
     url = f"ssh://{settings.ssh_user}@{settings.public_host}:{settings.public_port}/{path}.git"
     print(f"Created repository {path} ({'public' if args.public else 'private'})")
     print(f"Clone it with: git clone {url}")
 
 
-async def cmd_repo_list(settings, args, db):
-    workspace = None
-    if args.workspace is not None:
-        workspace = (await workspaces.get(db, names.workspace_name(args.workspace))).name
-    found = await repos.list_all(db, workspace)
+async def cmd_repo_list(settings: Settings, args: Namespace, db: Connection) -> int | None:
+    found = await repo_service.list_all(db, args.workspace)
     if args.json:
         return _print_json([{"repository": r.full_name, "public": r.public,
                              "default_branch": r.default_branch} for r in found])
@@ -352,28 +281,20 @@ async def cmd_repo_list(settings, args, db):
         print(f"{repo.full_name}\t{'public' if repo.public else 'private'}\t{repo.default_branch}")
 
 
-async def cmd_repo_remove(settings, args, db):
-    path = names.repo_path(args.repo)
-    repo = await repos.find(db, path.workspace, path.name)
-    if repo is None:
-        raise Refusal(f"No such repository: {path} ('gateway repo list' shows them)")
-    await repos.remove(db, repo.id)
-    moved = layout.move_aside(settings.repos_dir, settings.trash_dir, repo.workspace, repo.name)
-    await audit.write(db, "operator", "repo.remove", repo.full_name, detail=str(moved or ""))
-    await db.commit()
-    print(f"Removed repository {repo.full_name}" + (f"; its data was moved to {moved}" if moved else ""))
+async def cmd_repo_remove(settings: Settings, args: Namespace, db: Connection) -> int | None:
+    removed = await repo_service.remove(db, settings.repos_dir, settings.trash_dir, args.repo,
+                                        actor=OPERATOR)
+    moved = removed.moved_to
+    print(f"Removed repository {removed.full_name}" + (f"; its data was moved to {moved}" if moved else ""))
 
 
 # --- audit ----------------------------------------------------------------------------
 
 
-async def cmd_audit(settings, args, db):
+async def cmd_audit(settings: Settings, args: Namespace, db: Connection) -> int | None:
     if args.limit < 1:
         raise UsageError("--limit must be at least 1")
-    actor = names.account_name(args.account) if args.account else None
-    entries = await audit.read(db, actor, args.limit)
-    if actor and not entries and await accounts.find(db, actor) is None:
-        raise Refusal(f"No such account: {actor} ('gateway account list' shows them)")
+    entries = await audit_service.read(db, args.account, args.limit)
     if args.json:
         return _print_json([asdict(e) for e in entries])
     for entry in entries:
@@ -508,7 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--require-2sv", action="store_true", help="start with policy on")
     p = command(g, "require-2sv", cmd_workspace_require_2sv)
     p.add_argument("name")
-    p.add_argument("policy", choices=access.POLICIES)
+    p.add_argument("policy", choices=workspace_service.REQUIREMENTS)
     p.add_argument("--window", type=int, help="session window in minutes (1 to 10080)")
     p.add_argument("--dry-run", action="store_true", help="only list who would lose access")
     p = command(g, "list", cmd_workspace_list)
@@ -521,7 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(g, "add", cmd_member_add)
     p.add_argument("workspace")
     p.add_argument("account")
-    p.add_argument("--role", default="write", choices=names.ROLES)
+    p.add_argument("--role", default=str(Role.WRITE), choices=names.ROLES)
     p = command(g, "remove", cmd_member_remove)
     p.add_argument("workspace")
     p.add_argument("account")

@@ -15,6 +15,8 @@ import aiosqlite
 
 from . import events, names, sshkeys
 from .errors import Refusal
+from .kinds import KeyKind
+from .services import OPERATOR
 from .store import accounts, audit, keys
 
 
@@ -70,7 +72,8 @@ def _scan(keydir: Path, report: SyncReport) -> tuple[list[_Wanted], set[str]]:
 
 
 async def sync(db: aiosqlite.Connection, keydir: Path,
-               hooks_dir: Path | None = None) -> SyncReport:
+               hooks_dir: Path | None = None, actor: str = OPERATOR) -> SyncReport:
+    """Add, create and remove as the keydir says, audited as `actor`, in one commit."""
     if not keydir.is_dir():
         raise Refusal(f"Keydir not found: {keydir}")
     report = SyncReport()
@@ -91,13 +94,13 @@ async def sync(db: aiosqlite.Connection, keydir: Path,
         if account is None:
             account = await accounts.add(db, item.account, None)
             report.created_accounts.append(item.account)
-            await audit.write(db, "operator", "account.add", item.account, detail="keydir")
+            await audit.write(db, actor, "account.add", item.account, detail="keydir")
         try:
             await keys.add(db, account.id, item.key, item.title, source="keydir", say_where=True)
         except Refusal as refusal:  # e.g. the key is an access key: report it, go on
             report.errors.append(f"{names.shown(str(item.file))}: {refusal.message}")
             continue
-        await audit.write(db, "operator", "key.add", item.account, detail=item.key.fingerprint)
+        await audit.write(db, actor, "key.add", item.account, detail=item.key.fingerprint)
         added.append(item)
         report.added.append(f"{item.account} {item.key.fingerprint} {item.title}")
     for stored in await keys.list_for(db):
@@ -106,12 +109,12 @@ async def sync(db: aiosqlite.Connection, keydir: Path,
             and stored.fingerprint not in wanted_fingerprints
             and stored.account not in broken_accounts
         ):
-            if stored.kind == "security-key":  # a 2SV method now: its owner removes it
+            if stored.kind == KeyKind.SECURITY_KEY:  # a 2SV method now: its owner removes it
                 report.errors.append(f"{stored.account} {stored.fingerprint}: its file is gone, "
                                      "but it is a security key; only its owner can remove it")
                 continue
             await keys.remove(db, stored.fingerprint)
-            await audit.write(db, "operator", "key.remove", stored.account, detail=stored.fingerprint)
+            await audit.write(db, actor, "key.remove", stored.account, detail=stored.fingerprint)
             report.removed.append(f"{stored.account} {stored.fingerprint} {names.shown(stored.title)}")
     await db.commit()
     if hooks_dir is not None:  # keys that log in reach the 2sv-event.d hooks (events.py)

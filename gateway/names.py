@@ -10,11 +10,12 @@ import re
 from dataclasses import dataclass
 
 from .errors import Refusal
+from .kinds import Role
 
 ACCOUNT_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,38}")
 WORKSPACE_RE = ACCOUNT_RE
 REPO_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
-ROLES = ("read", "write", "admin")
+ROLES = tuple(str(role) for role in Role)  # as argparse offers them
 
 
 def printable(text: str, limit: int | None = 80) -> str:
@@ -105,10 +106,10 @@ def repo_name(name: str) -> str:
     return name
 
 
-def role(value: str) -> str:
+def role(value: str) -> Role:
     if value not in ROLES:
         raise Refusal(f"Invalid role: {printable(value)!r} (use read, write or admin)")
-    return value
+    return Role(value)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
+from .kinds import WRITE_ROLES, KeyKind, Requirement
 from .names import printable
 
 
@@ -28,7 +29,7 @@ class Identity:
     account_id: int  # 0 for an access key
     key_fingerprint: str
     key_title: str
-    key_kind: str = "auth"  # "security-key": the login itself was a second factor
+    key_kind: str = KeyKind.LOGIN  # SECURITY_KEY: the login itself was a second factor
     access_repo_id: int | None = None  # set for access keys only
     access_write: bool = False
 
@@ -56,7 +57,7 @@ class RepoFacts:
     public: bool = False
     role: str | None = None  # the identity's role in the repository's workspace
     workspace: str = ""
-    require_2sv: str = "off"  # off | on | session
+    require_2sv: str = Requirement.OFF
     session_window_minutes: int = 15
 
 
@@ -69,9 +70,6 @@ class Allow:
 class Deny:
     message: str  # shown after "ERROR: "; may hold a second line saying how to comply
     reason: str  # short, for the audit log
-
-
-WRITE_ROLES = ("write", "admin")
 
 
 def decide(
@@ -101,7 +99,7 @@ def decide(
                 f"Turn it on with: {ssh} 2sv enable",
                 "workspace requires 2SV; account has none",
             )
-        if repo.require_2sv == "session" and not session_open(identity, two_step, repo, now):
+        if repo.require_2sv == Requirement.SESSION and not session_open(identity, two_step, repo, now):
             return Deny(
                 f'Workspace "{repo.workspace}" requires a verified two-step session.\n'
                 f"Open one with: {ssh} 2sv verify\n" + session_key_hint(identity),
@@ -112,7 +110,7 @@ def decide(
 
 def workspace_policy_applies(repo: RepoFacts, action: Action) -> bool:
     """Whether the workspace's 2SV policy bears on this action (public reads stay open)."""
-    return repo.require_2sv != "off" and (action is Action.WRITE or not repo.public)
+    return repo.require_2sv != Requirement.OFF and (action is Action.WRITE or not repo.public)
 
 
 def session_key_hint(identity: Identity) -> str:
@@ -124,7 +122,7 @@ def session_key_hint(identity: Identity) -> str:
 
 
 def session_open(identity: Identity, two_step: TwoStepFacts, repo: RepoFacts, now: float) -> bool:
-    if identity.key_kind == "security-key":
+    if identity.key_kind == KeyKind.SECURITY_KEY:
         return True  # logging in with a security key needed its touch: a second factor
     verified = two_step.session_verified_at
     return verified is not None and verified <= now < verified + repo.session_window_minutes * 60

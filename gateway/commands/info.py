@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from .. import access, policy
+from .. import access, policy, wording
+from ..kinds import Requirement
 from ..names import shown
 from ..store import repos, workspaces
 from . import twosv
@@ -16,9 +17,8 @@ async def greeting(ctx: Context) -> int:
         f"({who.key_fingerprint}). Shell access is disabled; use git to clone and push."
     )
     state = await twosv.service(ctx).state()
-    await ctx.say(state.describe())
-    if not state.enabled:
-        await ctx.say(f"Turn it on with: {ctx.settings.ssh_command('2sv enable')}")
+    for line in wording.two_step_state(state, ctx.settings.ssh_command):
+        await ctx.say(line)
     for line in await unmet_policies(ctx, state.enabled):
         await ctx.say(line)
     return 0
@@ -29,12 +29,12 @@ async def unmet_policies(ctx: Context, twosv_enabled: bool) -> list[str]:
     facts = await access.two_step_facts(ctx.db, ctx.identity)
     lines = []
     for workspace, _role in await workspaces.memberships(ctx.db, ctx.identity.account_id):
-        if workspace.require_2sv == "off":
+        if workspace.require_2sv == Requirement.OFF:
             continue
         if not twosv_enabled:
             lines.append(f'Workspace "{workspace.name}" requires two-step verification: '
                          f"{ctx.settings.ssh_command('2sv enable')}")
-        elif workspace.require_2sv == "session":
+        elif workspace.require_2sv == Requirement.SESSION:
             as_repo = policy.RepoFacts("", True, session_window_minutes=workspace.session_window)
             if not policy.session_open(ctx.identity, facts, as_repo, ctx.clock()):
                 lines.append(f'Workspace "{workspace.name}" requires a verified two-step session: '

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .. import wording
 from ..errors import Refusal
 from .context import Context
 from .suggest import usage
@@ -22,8 +23,7 @@ async def show(ctx: Context) -> int:
         await ctx.say(f"  {code}{'  (used)' if used else ''}")
     left = sum(1 for _, used in codes if not used)
     if left < 2:
-        await ctx.say(f"Warning: only {left} recovery codes left. Get a new set with: "
-                      f"{ctx.settings.ssh_command('recovery-codes regenerate')}")
+        await ctx.say(wording.few_codes_left(left, ctx.settings.ssh_command))
     return 0
 
 

@@ -9,14 +9,14 @@ from __future__ import annotations
 from .. import names, sshkeys
 from ..errors import Refusal
 from ..names import printable, shown
-from ..store import keys
+from ..services import keys as key_service
 from .context import Context
 from .suggest import usage
 from .twosv import event, guarded_factor, second_factor, service, show_new_codes
 
 
 async def list_keys(ctx: Context) -> int:
-    found = [k for k in await keys.list_for(ctx.db, ctx.identity.account) if k.kind == "security-key"]
+    found = await key_service.security_keys(ctx.db, ctx.identity.account)
     if not found:
         await ctx.say("No security keys registered.")
     for key in found:
@@ -50,8 +50,7 @@ async def add(ctx: Context, title: str) -> int:
 
 async def remove(ctx: Context, fingerprint: str) -> int:
     svc = service(ctx)
-    own = {k.fingerprint: k for k in await keys.list_for(ctx.db, ctx.identity.account)
-           if k.kind == "security-key"}
+    own = {k.fingerprint: k for k in await key_service.security_keys(ctx.db, ctx.identity.account)}
     if fingerprint not in own:
         raise Refusal(f"No security key {printable(fingerprint)} on your account")
     # Always a second factor: a security key is a 2SV method and a login key of its owner.

@@ -6,8 +6,9 @@ can be scripted: `echo 123456 | ssh -p 2222 git@host 2sv disable`.
 
 from __future__ import annotations
 
-from .. import events, qr
+from .. import events, qr, wording
 from ..errors import Refusal
+from ..kinds import Factor, KeyKind, Requirement
 from ..names import shown
 from ..store import workspaces
 from ..twosv import recovery, totp
@@ -38,7 +39,7 @@ async def codes_guarded(ctx: Context) -> bool:
     holder can read them, so a recovery code proves nothing beyond the key."""
     if ctx.settings.recovery_codes_need_second_factor:
         return True
-    return any(workspace.require_2sv == "session"
+    return any(workspace.require_2sv == Requirement.SESSION
                for workspace, _role in await workspaces.memberships(ctx.db, ctx.identity.account_id))
 
 
@@ -48,8 +49,8 @@ async def second_factor(ctx: Context, svc: TwoStep,
     """Ask for a code, unless this login was made with a registered security key (and
     `security_key_login` lets it count). Without `recovery_codes`, only a code from the
     authenticator app (or that login) will do: for what a stolen SSH key must not reach."""
-    if security_key_login and ctx.identity.key_kind == "security-key":
-        return Accepted("security-key")
+    if security_key_login and ctx.identity.key_kind == KeyKind.SECURITY_KEY:
+        return Accepted(Factor.SECURITY_KEY)
     if not recovery_codes:
         if not (await svc.state()).totp:
             raise Refusal("This needs a code from your authenticator app or a login with one of "
@@ -72,11 +73,11 @@ async def second_factor(ctx: Context, svc: TwoStep,
     except Throttled:  # refused unseen during the back-off: audited too (SPEC §5)
         await event(ctx, "2sv.code_refused", outcome="denied", detail="back-off")
         raise
-    if accepted.kind == "recovery-code":
+    if accepted.kind == Factor.RECOVERY_CODE:
         await event(ctx, "2sv.recovery_code_used", detail=f"left={accepted.codes_left}")
         if accepted.codes_left < 2:
-            await ctx.say(f"Warning: only {accepted.codes_left} recovery codes left. Get a new set "
-                          f"with: {ctx.settings.ssh_command('recovery-codes regenerate')}")
+            await ctx.say(wording.few_codes_left(accepted.codes_left or 0,
+                                                 ctx.settings.ssh_command))
     return accepted
 
 
@@ -176,10 +177,8 @@ async def show_new_codes(ctx: Context, codes: list[str]) -> None:
 
 
 async def status(ctx: Context, svc: TwoStep) -> int:
-    state = await svc.state()
-    await ctx.say(state.describe())
-    if not state.enabled:
-        await ctx.say(f"Turn it on with: {ctx.settings.ssh_command('2sv enable')}")
+    for line in wording.two_step_state(await svc.state(), ctx.settings.ssh_command):
+        await ctx.say(line)
     return 0
 
 
@@ -193,7 +192,7 @@ async def enable(ctx: Context, svc: TwoStep) -> int:
     secret, step = await enrol_app(ctx, svc)
     await ctx.check_still_valid()
     codes = await svc.enrol(secret, step, 0 if state.enabled else ctx.settings.recovery_codes, state)
-    await event(ctx, "2sv.enable", detail="totp")
+    await event(ctx, "2sv.enable", detail=Factor.TOTP)
     await ctx.say("Two-step verification is now on.")
     if codes:
         await show_new_codes(ctx, codes)

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import re
 
-from .. import access, names, workspace_text
+from .. import names, wording
 from ..errors import Refusal
+from ..kinds import Factor, KeyKind, Requirement, Role
+from ..services import workspaces as workspace_service
 from ..store import twosv as twosv_store
 from ..store import workspaces
+from ..twosv.service import Accepted
 from .context import Context
 from .suggest import usage
-from ..twosv.service import Accepted
 from .twosv import codes_guarded, second_factor, service
 
 # A two-step session counts for a policy change only if it is this fresh (minutes).
@@ -34,16 +36,18 @@ async def _membership(ctx: Context, name: str) -> tuple[workspaces.Workspace, st
 async def show(ctx: Context, name: str) -> int:
     workspace, role = await _membership(ctx, name)
     members = await workspaces.members(ctx.db, workspace.id)
-    lacking = set(await access.members_without_2sv(ctx.db, workspace.id)) if role == "admin" else None
-    for line in workspace_text.show(workspace, members, lacking):
+    lacking = None  # each member's 2SV is for admins to see
+    if role == Role.ADMIN:
+        lacking = set(await workspace_service.members_without_2sv(ctx.db, workspace.id))
+    for line in wording.show(workspace, members, lacking):
         await ctx.say(line)
     return 0
 
 
 async def require_2sv(ctx: Context, name: str, policy_word: str, window: int | None) -> int:
     workspace, role = await _membership(ctx, name)
-    access.check_policy(policy_word, window)
-    if role != "admin":
+    requirement = workspace_service.check_requirement(policy_word, window)
+    if role != Role.ADMIN:
         raise Refusal(f'Only admins of workspace "{workspace.name}" can change its policy.')
     svc = service(ctx)
     if not (await svc.state()).enabled:
@@ -53,27 +57,27 @@ async def require_2sv(ctx: Context, name: str, policy_word: str, window: int | N
     typed = await _fresh_factor(ctx, svc, workspace)
     # The code prompt may have waited: the key and the admin role must still stand.
     await ctx.check_still_valid()
-    if await workspaces.role_of(ctx.db, workspace.id, ctx.identity.account_id) != "admin":
+    if await workspaces.role_of(ctx.db, workspace.id, ctx.identity.account_id) != Role.ADMIN:
         raise Refusal(f'Only admins of workspace "{workspace.name}" can change its policy.')
-    if policy_word == "session" and typed is not None:
+    if requirement == Requirement.SESSION and typed is not None:
         # The code just typed is what `2sv verify` asks for: the admin's own key keeps
         # working under the new policy instead of being refused at the next command.
         await svc.open_session(ctx.identity.key_fingerprint, typed.kind)
-    await access.set_policy(ctx.db, workspace, policy_word, window, ctx.identity.account)
-    new_window = window if window is not None else workspace.session_window
-    await ctx.say(workspace_text.policy_changed(workspace.name, policy_word, new_window))
-    if policy_word == "session":
-        await ctx.say(await _own_session(ctx, new_window))
-    if policy_word != "off":
-        lacking = await access.members_without_2sv(ctx.db, workspace.id)
+    change = await workspace_service.set_requirement(ctx.db, workspace, requirement, window,
+                                                     actor=ctx.identity.account)
+    await ctx.say(wording.policy_changed(change.workspace, change.after, change.window))
+    if change.after == Requirement.SESSION:
+        await ctx.say(await _own_session(ctx, change.window))
+    if change.after != Requirement.OFF:
+        lacking = await workspace_service.members_without_2sv(ctx.db, workspace.id)
         if lacking:
-            await ctx.say(workspace_text.lacking_2sv(lacking, applied=True))
+            await ctx.say(wording.lacking_2sv(lacking, applied=True))
     return 0
 
 
 async def _own_session(ctx: Context, window: int) -> str:
     """What the new `session` policy means for the admin's own keys, right now."""
-    if ctx.identity.key_kind == "security-key":
+    if ctx.identity.key_kind == KeyKind.SECURITY_KEY:
         return "Logins with your security keys count as a two-step session."
     key = f'"{names.shown(ctx.identity.key_title)}" ({ctx.identity.key_fingerprint})'
     verified_at = await twosv_store.session_verified_at(ctx.db, ctx.identity.key_fingerprint,
@@ -92,14 +96,14 @@ async def _fresh_factor(ctx: Context, svc, workspace: workspaces.Workspace) -> A
     security-key login, a fresh two-step session for this key, or a code now (returned).
     Recovery codes (typed, or behind the session) count only where the key alone cannot
     read them."""
-    if ctx.identity.key_kind == "security-key":
+    if ctx.identity.key_kind == KeyKind.SECURITY_KEY:
         return None
     guarded = await codes_guarded(ctx)
     found = await twosv_store.session(ctx.db, ctx.identity.key_fingerprint,
                                       ctx.identity.account_id)
     window = min(workspace.session_window, FRESH_SESSION) * 60
     if found is not None and found[0] <= ctx.clock() < found[0] + window:
-        if guarded or found[1] in ("totp", "security-key"):
+        if guarded or found[1] in (Factor.TOTP, Factor.SECURITY_KEY):
             return None
     return await second_factor(ctx, svc, "Verification code (to change the workspace's policy): ",
                                recovery_codes=guarded)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import aiosqlite
 
 from ..errors import Refusal
+from ..kinds import KeyKind
 from ..names import title as checked_title
 from ..sshkeys import PublicKey
 from .db import now
@@ -57,7 +58,7 @@ async def where_used(db: aiosqlite.Connection, fingerprint: str) -> str | None:
 
 async def add(
     db: aiosqlite.Connection, account_id: int, key: PublicKey, title: str, source: str = "cli",
-    kind: str = "auth", say_where: bool = False,
+    kind: str = KeyKind.LOGIN, say_where: bool = False,
 ) -> None:
     title = checked_title(title)
     where = await where_used(db, key.fingerprint)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import aiosqlite
 
 from ..errors import Refusal
+from ..kinds import Requirement
 from .db import inserted_id, now
 
 
@@ -35,7 +36,7 @@ async def add(db: aiosqlite.Connection, name: str) -> Workspace:
         )
     except aiosqlite.IntegrityError:
         raise Refusal(f"Workspace already exists: {name}") from None
-    return Workspace(inserted_id(cursor), name, "off", 15)
+    return Workspace(inserted_id(cursor), name, Requirement.OFF, 15)
 
 
 async def find(db: aiosqlite.Connection, name: str) -> Workspace | None:

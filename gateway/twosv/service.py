@@ -18,6 +18,7 @@ from typing import NoReturn
 import aiosqlite
 
 from ..errors import Refusal
+from ..kinds import Factor, KeyKind
 from ..sshkeys import PublicKey
 from ..store import keys
 from ..store import twosv as store
@@ -40,8 +41,8 @@ class State:
         return self.totp or self.security_keys > 0
 
     @property
-    def methods(self) -> list[str]:
-        return (["totp"] if self.totp else []) + (["security-key"] if self.security_keys else [])
+    def methods(self) -> list[Factor]:
+        return ([Factor.TOTP] if self.totp else []) + ([Factor.SECURITY_KEY] if self.security_keys else [])
 
     def describe(self) -> str:
         if not self.enabled:
@@ -74,7 +75,7 @@ class TwoStep:
 
     async def state(self) -> State:
         row = await store.get(self.db, self.account_id)
-        sk = [k for k in await keys.list_for(self.db, self.account) if k.kind == "security-key"]
+        sk = [k for k in await keys.list_for(self.db, self.account) if k.kind == KeyKind.SECURITY_KEY]
         codes = await store.codes(self.db, self.account_id)
         return State(
             totp=bool(row and row.totp_secret),
@@ -136,7 +137,7 @@ class TwoStep:
             if not await store.claim_step(self.db, self.account_id, step):
                 await self._fail("That verification code was already used; wait for the next one.")
             await store.reset_failures(self.db, self.account_id)
-            return Accepted("totp")
+            return Accepted(Factor.TOTP)
         rcode = recovery.normalise(typed)
         if rcode is None:
             raise Refusal(
@@ -152,7 +153,7 @@ class TwoStep:
             await self._fail("Wrong or already used recovery code.")
         await store.reset_failures(self.db, self.account_id)
         left = sum(1 for c in codes if c.used_at is None) - 1
-        return Accepted("recovery-code", codes_left=left)
+        return Accepted(Factor.RECOVERY_CODE, codes_left=left)
 
     async def _fail(self, message: str) -> NoReturn:
         """Count a wrong code (committed by `check`) and refuse."""
@@ -252,10 +253,10 @@ class TwoStep:
             existing = await keys.find(self.db, key.fingerprint)
             if existing is None:
                 await keys.add(
-                    self.db, self.account_id, key, title, source="ssh", kind="security-key"
+                    self.db, self.account_id, key, title, source="ssh", kind=KeyKind.SECURITY_KEY
                 )
-            elif existing.account_id == self.account_id and existing.kind == "auth":
-                await keys.set_kind(self.db, key.fingerprint, "security-key")
+            elif existing.account_id == self.account_id and existing.kind == KeyKind.LOGIN:
+                await keys.set_kind(self.db, key.fingerprint, KeyKind.SECURITY_KEY)
             else:
                 raise Refusal(f"Key {key.fingerprint} is already in use")
             return await self._replace_codes(new_codes) if new_codes else []

@@ -1,0 +1,95 @@
+"""What both the operator's CLI and the SSH commands print, worded in one place: a login
+key's line, the keys left after a removal, a workspace, its members and its 2SV
+requirement, the 2SV hints. Plain functions from values to text; nothing here reads the database."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+from .kinds import KeyKind, Requirement
+from .names import shown
+from .store.keys import StoredKey
+from .store.workspaces import Member, Workspace
+from .twosv.service import State
+
+
+# --- login keys -----------------------------------------------------------------------
+
+
+def login_key(key: StoredKey, in_use: str = "") -> str:
+    """One login key on one line, for its owner (`keys`) and the operator's CLI."""
+    kind = "security key" if key.kind == KeyKind.SECURITY_KEY else "key"
+    added = time.strftime("%Y-%m-%d", time.gmtime(key.created_at))
+    this = "  (this login)" if key.fingerprint == in_use else ""
+    return f"{key.fingerprint}  {key.algorithm}  {kind}, added {added} by {key.source}  " \
+           f"{shown(key.title)}{this}"
+
+
+def login_key_lines(found: Sequence[StoredKey], in_use: str = "") -> list[str]:
+    return ["  " + login_key(key, in_use) for key in found]
+
+
+def keys_left(account: str, left: Sequence[StoredKey]) -> list[str]:
+    """After a key is removed: what still logs in to the account (a stolen key's holder
+    may have added keys of their own), and how to stop them all."""
+    lines = [f"{account} still has {len(left)} key(s) that log in:" if left
+             else f"{account} has no key left that logs in."]
+    lines += login_key_lines(left)
+    if any(k.kind == KeyKind.SECURITY_KEY for k in left):
+        lines.append("Security keys are removed by their owner (security-key remove, with a "
+                     f"code); to stop every login at once: gateway account disable {account}")
+    return lines
+
+
+# --- workspaces and their 2SV requirement ---------------------------------------------
+
+
+def policy(word: str, window: int) -> str:
+    if word == Requirement.SESSION:
+        return f"session (a verified two-step session, {window} min window)"
+    return str(word)
+
+
+def policy_changed(name: str, word: str, window: int) -> str:
+    return f'Workspace "{name}" now requires: {policy(word, window)}.'
+
+
+def lacking_2sv(names: list[str], applied: bool) -> str:
+    """Who does not meet a policy of `on` or `session`: after it applied, or before."""
+    loses = "cannot use its private repositories or push" if applied else \
+        "would lose access to its private repositories and pushes"
+    return (f"Members without two-step verification, who {loses} until they turn it on: "
+            f"{', '.join(names)}")
+
+
+def show(workspace: Workspace, members: list[Member], lacking: set[str] | None) -> list[str]:
+    """`workspace show`: with `lacking` (to admins and the operator), each member's 2SV."""
+    lines = [f"workspace:    {workspace.name}",
+             f"require-2sv:  {policy(workspace.require_2sv, workspace.session_window)}",
+             f"members:      {len(members)}"]
+    for member in members:
+        note = ""
+        if lacking is not None:
+            note = "  2SV off" if member.account in lacking else "  2SV on"
+            if member.account in lacking and workspace.require_2sv != Requirement.OFF:
+                note += " (does not meet the policy)"
+        lines.append(f"  {member.account}\t{member.role}{note}")
+    return lines
+
+
+# --- two-step verification hints ------------------------------------------------------
+
+
+def two_step_state(state: State, ssh_command: Callable[[str], str]) -> list[str]:
+    """The account's 2SV state, and how to turn it on when it is off (greeting, status)."""
+    lines = [state.describe()]
+    if not state.enabled:
+        lines.append(f"Turn it on with: {ssh_command('2sv enable')}")
+    return lines
+
+
+def few_codes_left(left: int, ssh_command: Callable[[str], str]) -> str:
+    """Said when fewer than two recovery codes are left."""
+    return (f"Warning: only {left} recovery codes left. Get a new set with: "
+            f"{ssh_command('recovery-codes regenerate')}")
