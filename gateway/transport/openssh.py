@@ -87,7 +87,8 @@ async def shell(settings: Settings, fingerprint: str, config_file: str | None = 
     except Refusal:
         raise  # meant for the user
     except Exception as exc:
-        # As under `gateway serve`: one line for the user, the details in the log.
+        # Before the session core could run (the master key, the streams): as there, one
+        # line for the user, the details in the log.
         log_event(log, "session.failed", logging.ERROR, peer=_peer(),
                   error=f"{exc.__class__.__name__}: {exc}")
         log.debug("session failure details", exc_info=True)
