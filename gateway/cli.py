@@ -315,7 +315,7 @@ async def cmd_init(settings, args):
 
 
 async def cmd_serve(settings, args):
-    from . import server  # imported here: the other commands do not need asyncssh's server
+    from .transport import lifecycle  # imported here: the other commands do not need the server
 
     def with_listen(loaded):
         if args.listen:
@@ -328,7 +328,7 @@ async def cmd_serve(settings, args):
         print(f"New host keys in {settings.host_keys_dir} (the first ssh asks to trust one):")
         for line in datadir.host_key_fingerprints(settings):
             print(f"Host key: {line}", flush=True)
-    await server.run(settings, lambda: with_listen(config.load(args.data_dir, args.config)))
+    await lifecycle.run(settings, lambda: with_listen(config.load(args.data_dir, args.config)))
 
 
 async def cmd_config_check(settings, args):
@@ -351,7 +351,7 @@ async def cmd_backup(settings, args):
 
 
 async def cmd_authorized_keys(settings, args, db):
-    from .openssh import authorized_keys
+    from .transport.openssh import authorized_keys
 
     line = await authorized_keys(settings, db, args.config, args.user, args.key_type, args.key_blob)
     if line:
@@ -359,7 +359,7 @@ async def cmd_authorized_keys(settings, args, db):
 
 
 async def cmd_shell(settings, args):
-    from .openssh import shell
+    from .transport.openssh import shell
 
     return await shell(settings, args.key, args.config)
 

@@ -1,4 +1,5 @@
-"""Unit tests: connection caps (limits.py) and PROXY header parsing (proxyproto.py)."""
+"""Unit tests: connection caps (transport/limits.py) and PROXY header parsing
+(transport/proxyproto.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import struct
 
 import pytest
 
-from gateway import limits, proxyproto
+from gateway.transport import limits, proxyproto
 from gateway.config import Settings
 
 

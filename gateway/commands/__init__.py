@@ -1,6 +1,7 @@
 """SSH commands: parse the command line once, run the one command it names.
 
-A refusal becomes one `ERROR: ` line on stderr and a non-zero status.
+`request(line)` parses; `run(ctx, request)` runs. A refusal is raised as a `Refusal`,
+which the session core (gateway/session.py) turns into one `ERROR: ` line on stderr.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from ..errors import Refusal
 from ..names import printable
 from . import git, info, login_keys, recovery, security_key, twosv, workspace
 from .context import Context
-from .parse import GatewayCommand, GitRequest, parse
+from .parse import GatewayCommand, GitRequest, Request, parse
 from .suggest import did_you_mean
 
 SIMPLE_COMMANDS = {"": info.greeting, "help": info.help_text, "whoami": info.whoami}
@@ -23,40 +24,38 @@ SUBCOMMANDS = {"enable", "disable", "replace", "verify", "status", "regenerate",
                "remove", "show", "require-2sv"}
 
 
-def describe(line: str | None) -> tuple[str, str]:
-    """(verb, target) of a command line, safe to log and to use as a metric label: never
-    free text a user typed (a code typed as an argument by mistake stays out of logs)."""
+def request(line: str | None) -> Request:
+    """The command line parsed, once per session; a line that does not parse becomes a
+    request that carries its refusal (run raises it), so it is logged like any other."""
     try:
-        request = parse(line)
-    except Refusal:
-        return "invalid", ""
-    if isinstance(request, GitRequest):
-        return request.service, str(request.path)
-    if request.name == "":
-        return "greeting", ""
-    if request.name not in COMMANDS_WITH_ARGS and request.name not in SIMPLE_COMMANDS:
-        return "unknown", ""
-    sub = request.args[0] if request.args and request.args[0] in SUBCOMMANDS else ""
-    return (f"{request.name} {sub}".strip()), ""
-
-
-def is_git(line: str | None) -> bool:
-    try:
-        return isinstance(parse(line), GitRequest)
-    except Refusal:
-        return False
-
-
-async def run(ctx: Context, line: str | None) -> int:
-    try:
-        request = parse(line)
-        if isinstance(request, GitRequest):
-            return await git.run(ctx, request)
-        return await _gateway_command(ctx, request)
+        command = parse(line)
     except Refusal as refusal:
-        ctx.stderr.write(f"ERROR: {refusal.message}\n".encode())
-        await ctx.stderr.drain()
-        return refusal.status
+        return Request(None, refusal, "invalid", "")
+    verb, target = _describe(command)
+    return Request(command, None, verb, target)
+
+
+def _describe(command: GitRequest | GatewayCommand) -> tuple[str, str]:
+    """(verb, target), safe to log and to use as a metric label: never free text a user
+    typed (a code typed as an argument by mistake stays out of logs)."""
+    if isinstance(command, GitRequest):
+        return command.service, str(command.path)
+    if command.name == "":
+        return "greeting", ""
+    if command.name not in COMMANDS_WITH_ARGS and command.name not in SIMPLE_COMMANDS:
+        return "unknown", ""
+    sub = command.args[0] if command.args and command.args[0] in SUBCOMMANDS else ""
+    return (f"{command.name} {sub}".strip()), ""
+
+
+async def run(ctx: Context, request: Request) -> int:
+    """Run the command; a Refusal propagates to the caller (the session core)."""
+    if request.refusal is not None:
+        raise request.refusal
+    if isinstance(request.command, GitRequest):
+        return await git.run(ctx, request.command)
+    assert request.command is not None  # no refusal: parsed
+    return await _gateway_command(ctx, request.command)
 
 
 async def _gateway_command(ctx: Context, command: GatewayCommand) -> int:

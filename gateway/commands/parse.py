@@ -24,6 +24,21 @@ class GatewayCommand:
     args: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class Request:
+    """A session's command line, parsed once: what to run (or the refusal of a line that
+    does not parse), and the verb and target that logs and metrics may show."""
+
+    command: GitRequest | GatewayCommand | None  # None: `refusal` says why
+    refusal: Refusal | None
+    verb: str  # safe to log and to use as a metric label: never free text a user typed
+    target: str
+
+    @property
+    def is_git(self) -> bool:
+        return isinstance(self.command, GitRequest)
+
+
 def parse(line: str | None) -> GitRequest | GatewayCommand:
     """`None` or an empty line is the greeting (a shell request or a bare `ssh`)."""
     if line is None or not line.strip():

@@ -21,7 +21,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .config import Settings
+from ..config import Settings
 
 # How far an unauthenticated connection has got.
 SILENT, TALKING, AUTHENTICATING = 0, 1, 2

@@ -6,8 +6,9 @@
 gateway knows, with a forced command: `gateway shell --key FINGERPRINT`. sshd runs that
 only after the client proved it holds the key, so the fingerprint in the forced command
 is a verified identity, as a signature-checked key is under `gateway serve`. The shell
-then runs the user's command (`SSH_ORIGINAL_COMMAND`) through the same commands, policy
-and 2SV as the gateway's own server.
+then runs the user's command (`SSH_ORIGINAL_COMMAND`) through the same session core
+(gateway/session.py), commands, policy and 2SV as the gateway's own server; this module
+only makes the standard streams into the session's three.
 """
 
 from __future__ import annotations
@@ -20,13 +21,15 @@ import selectors
 import sys
 from pathlib import Path
 
-from . import access, commands, config, logs, sshkeys
-from .commands.context import Context
-from .config import Settings
-from .errors import Refusal
-from .logs import log_event
-from .store import db as store_db
-from .app import App
+import aiosqlite
+
+from .. import access, config, logs, sshkeys
+from ..app import App
+from ..commands.context import Reader, Writer
+from ..config import Settings
+from ..errors import Refusal
+from ..logs import log_event
+from ..session import Streams, Transport, run_session
 
 log = logging.getLogger("gateway.shell")
 SHELL_LOG = "shell.log"  # in the data dir: stderr is the user's under sshd
@@ -35,9 +38,12 @@ SHELL_LOG = "shell.log"  # in the data dir: stderr is the user's under sshd
 PLAIN_WORD = re.compile(r"[A-Za-z0-9_./+:=@%,-]+")
 # A client may send variables (sshd's AcceptEnv): none of these may steer the shell.
 IGNORED_ENV_PREFIXES = ("GATEWAY_", "PYTHON")
+# sshd's pty (ssh -t) is a real terminal: it echoes and cooks lines itself. Our stdout
+# and stderr are asyncio pipes: drained before the process exits.
+OPENSSH = Transport(via="openssh", cooks_terminal=False, drain_at_end=True)
 
 
-async def authorized_keys(settings: Settings, db, config_file: str | None, user: str,
+async def authorized_keys(settings: Settings, db: aiosqlite.Connection, config_file: str | None, user: str,
                           key_type: str, key_blob: str) -> str | None:
     """The authorized_keys line for this key, or None (sshd then refuses it)."""
     if user != settings.ssh_user:
@@ -81,7 +87,8 @@ async def shell(settings: Settings, fingerprint: str, config_file: str | None = 
     except Refusal:
         raise  # meant for the user
     except Exception as exc:
-        # As under `gateway serve`: one line for the user, the details in the log.
+        # Before the session core could run (the master key, the streams): as there, one
+        # line for the user, the details in the log.
         log_event(log, "session.failed", logging.ERROR, peer=_peer(),
                   error=f"{exc.__class__.__name__}: {exc}")
         log.debug("session failure details", exc_info=True)
@@ -89,47 +96,16 @@ async def shell(settings: Settings, fingerprint: str, config_file: str | None = 
 
 
 async def _run(settings: Settings, fingerprint: str, log_fd: int) -> int:
-    line = os.environ.get("SSH_ORIGINAL_COMMAND")
-    peer = _peer()
-    verb, target = commands.describe(line)
-    db = await store_db.connect(settings.db_path, migrate_schema=False)
     try:
-        identity = await access.identity_for_key(db, fingerprint)
-        if identity is None:  # removed, or the account disabled, since sshd asked
-            log_event(log, "auth.failed", peer=peer, key=fingerprint, via="openssh")
-            raise Refusal("This key is no longer accepted")
-        try:
-            app = App.load(settings, worker_log_fd=log_fd)
-        except Refusal as refusal:  # the operator's to fix; no path for the user
-            raise RuntimeError(refusal.message) from None
-        stdin, stdout, stderr = await _standard_streams()
-        # sshd's pty (ssh -t) is a real terminal: it echoes and cooks lines itself.
-        ctx = Context(app, db, identity, stdin, stdout, stderr, peer,
-                      terminal=os.isatty(1) and not commands.is_git(line))
-        log_event(log, "auth.ok", peer=peer, account=identity.account, key=fingerprint,
-                  via="openssh")
-        status = 1
-        try:
-            status = await commands.run(ctx, line)
-            await stdout.drain()
-            await stderr.drain()
-        except (BrokenPipeError, ConnectionError):
-            status = 1  # the client went away
-        except Exception as exc:
-            # As under `gateway serve`: one line for the user, the details in the log.
-            log_event(log, "session.failed", logging.ERROR, peer=peer, verb=verb,
-                      error=f"{exc.__class__.__name__}: {exc}")
-            log.debug("session failure details", exc_info=True)
-            try:
-                stderr.write(b"ERROR: internal error; the operator has the details\n")
-                await stderr.drain()
-            except Exception:
-                pass
-        log_event(log, "command", peer=peer, account=identity.account, verb=verb,
-                  target=target, status=status, via="openssh")
-        return status
-    finally:
-        await db.close()
+        app = App.load(settings, worker_log_fd=log_fd)
+    except Refusal as refusal:  # the operator's to fix; no path for the user
+        raise RuntimeError(refusal.message) from None
+    stdin, stdout, stderr = await _standard_streams()
+    # The identity is looked up from the fingerprint in the session core: the key may
+    # have been removed, or its account disabled, since sshd asked.
+    return await run_session(app, fingerprint, os.environ.get("SSH_ORIGINAL_COMMAND"),
+                             Streams(stdin, stdout, stderr), peer=_peer(),
+                             terminal=os.isatty(1), transport=OPENSSH)
 
 
 def _settings_without_client_env(settings: Settings, config_file: str | None) -> Settings:
@@ -200,12 +176,12 @@ def _pollable(fd: int) -> bool:
         return False
 
 
-async def _standard_streams():
+async def _standard_streams() -> tuple[Reader, Writer, Writer]:
     """stdin, stdout, stderr as the Reader/Writer that commands expect. Under `ssh -t`
     they are sshd's pty, whose line discipline echoes and ends lines itself: unlike under
     `gateway serve`, no terminal wrapper is needed."""
     loop = asyncio.get_running_loop()
-    reader = _BlockingReader(0)
+    reader: Reader = _BlockingReader(0)
     if _pollable(0):
         try:
             stream = asyncio.StreamReader(limit=1 << 20)
@@ -214,9 +190,9 @@ async def _standard_streams():
             reader = stream
         except (OSError, ValueError):
             pass
-    writers = []
+    writers: list[Writer] = []
     for fd in (1, 2):
-        writer = _BlockingWriter(fd)
+        writer: Writer = _BlockingWriter(fd)
         if _pollable(fd):
             try:
                 transport, protocol = await loop.connect_write_pipe(

@@ -1,0 +1,150 @@
+"""Every asyncssh internal the gateway relies on, in one place, each with its reason.
+
+asyncssh's public API does not give us three things we need: (1) to accept sockets
+ourselves (so the PROXY header and the caps in limits.py come before any SSH work),
+(2) to know which key's *signature* was verified (identity must come from it, not from a
+key merely offered: soft-serve's CVE-2023-43809), and (3) to pass on an exec request that
+is not UTF-8 (asyncssh refuses it at the channel level, so the user would only see "exec
+request failed" instead of our ERROR line). Everything below serves one of these.
+
+`INTERNALS` lists the names and call signatures used here; tests/test_seam_asyncssh.py
+checks them against the installed asyncssh and names what an upgrade removed or changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import asyncssh
+from asyncssh.channel import SSHServerChannel
+from asyncssh.packet import SSHPacket
+
+# (what, the parameters we call it with or replace it by, starting with self)
+INTERNALS: tuple[tuple[str, object, tuple[str, ...]], ...] = (
+    ("SSHServerConnection.__init__", asyncssh.SSHServerConnection, ("self", "loop", "options")),
+    ("SSHServerConnection.data_received", asyncssh.SSHServerConnection,
+     ("self", "data", "datatype")),
+    ("SSHServerConnection.validate_public_key", asyncssh.SSHServerConnection,
+     ("self", "username", "key_data", "msg", "signature")),
+    ("SSHServerChannel._process_exec_request", SSHServerChannel, ("self", "packet")),
+    ("SSHServerChannel._start_session", SSHServerChannel, ("self", "command", "subsystem")),
+    ("SSHServerChannel._service_next_request", SSHServerChannel, ("self",)),
+    ("SSHServerProcess.__init__", asyncssh.SSHServerProcess,
+     ("self", "process_factory", "sftp_factory", "sftp_version", "allow_scp")),
+    ("SSHServerProcess.connection_lost", asyncssh.SSHServerProcess, ("self", "exc")),
+    ("SSHPacket.get_string", SSHPacket, ("self",)),
+    ("SSHPacket.check_end", SSHPacket, ("self",)),
+)
+
+
+def missing_internal(name: str, owner: object, params: tuple[str, ...]) -> str | None:
+    """Why `name` is no longer what this module relies on, or None if it still is."""
+    attribute = name.rpartition(".")[2]
+    function = getattr(owner, attribute, None)
+    if function is None:
+        return f"asyncssh {asyncssh.__version__} has no {name}"
+    try:
+        found = tuple(inspect.signature(function).parameters)
+    except (TypeError, ValueError):
+        return f"asyncssh {asyncssh.__version__}: {name} has no inspectable signature"
+    if found[:len(params)] != params:
+        return (f"asyncssh {asyncssh.__version__}: {name} takes {found}, "
+                f"gateway/transport/asyncssh_seam.py expects it to start with {params}")
+    return None
+
+
+# --- (1) accepting connections ourselves ---------------------------------------------
+
+
+def new_server_connection(loop: asyncio.AbstractEventLoop,
+                          options: asyncssh.SSHServerConnectionOptions,
+                          peer: str, ticket: int | None) -> asyncssh.SSHServerConnection:
+    """The protocol asyncssh's own listener would make for an accepted socket (its
+    constructor is not public API), carrying the peer (after PROXY) and the limits
+    ticket for the connection's SSHServer to read in `connection_made`."""
+    conn = asyncssh.SSHServerConnection(loop, options)
+    conn.gateway_peer = (peer, ticket)  # type: ignore[attr-defined]  # read by peer_of
+    return conn
+
+
+def peer_of(conn: asyncssh.SSHServerConnection) -> tuple[str, int | None]:
+    """What new_server_connection attached: (peer, limits ticket)."""
+    return getattr(conn, "gateway_peer", ("?", None))
+
+
+def on_first_bytes(conn: asyncssh.SSHServerConnection, callback: Callable[[], None]) -> None:
+    """Call `callback` when the client first sends anything (a live client, not one that
+    only opened a socket), then hand `data_received` back to asyncssh's own method: the
+    hook costs nothing after the first packet."""
+    received = conn.data_received
+
+    def data_received(data: bytes, datatype: Any = None) -> None:
+        callback()
+        conn.data_received = received  # type: ignore[method-assign]
+        received(data, datatype)
+
+    conn.data_received = data_received  # type: ignore[method-assign]
+
+
+# --- (2) identity from the verified signature --------------------------------------------
+
+# SSHServerConnection.validate_public_key(username, key_data, msg, signature): asyncssh
+# calls it both for a key merely offered (msg empty) and for a signed request, and checks
+# the signature in it; nothing public says which key finally signed.
+KeyCheck = Callable[[str, bytes, bytes, bytes], Awaitable[bool]]
+
+
+def wrap_key_check(conn: asyncssh.SSHServerConnection,
+                   wrap: Callable[[KeyCheck], KeyCheck]) -> None:
+    """Replace the connection's verification step by `wrap(original)`, which calls the
+    original (the signature check) and then records the key whose signature it checked."""
+    conn.validate_public_key = wrap(conn.validate_public_key)  # type: ignore[method-assign]
+
+
+# --- (3) exec requests that are not UTF-8 ----------------------------------------------
+
+
+def pass_undecodable_commands(channel: asyncssh.SSHServerChannel) -> None:
+    """asyncssh refuses an exec request that is not UTF-8 at the channel level, and the
+    user sees only "exec request failed". Pass it on instead, invalid bytes as surrogates,
+    for the command parser to refuse with an ERROR line like any other bad command.
+
+    The channel looks its request handlers up by name on the instance
+    (`_service_next_request`: `'_process_' + request + '_request'`), so an attribute of
+    this one channel replaces `_process_exec_request`; `_start_session` is what asyncssh's
+    own handler calls once it has the command text."""
+
+    def process_exec_request(packet: SSHPacket) -> bool:
+        command = packet.get_string()
+        packet.check_end()
+        return channel._start_session(  # type: ignore[attr-defined]
+            command=command.decode("utf-8", "surrogateescape"))
+
+    channel._process_exec_request = process_exec_request  # type: ignore[attr-defined]
+
+
+# --- sessions that say when they end -----------------------------------------------------
+
+
+class EndReportingProcess(asyncssh.SSHServerProcess):
+    """A session that reports when it is gone, whether or not a command ever ran (the
+    connection's session count and the graceful stop depend on it). asyncssh makes its
+    SSHServerProcess itself from `process_factory`; returning our own from
+    `session_requested` means calling its constructor, whose positional arguments
+    (process_factory, sftp_factory, sftp_version, allow_scp) are not public API."""
+
+    def __init__(self, on_end: Callable[[], None],
+                 handler: Callable[[asyncssh.SSHServerProcess], Awaitable[None]]) -> None:
+        super().__init__(handler, None, 0, False)  # no SFTP, no SCP
+        self._on_end: Callable[[], None] | None = on_end
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        try:
+            super().connection_lost(exc)
+        finally:
+            if self._on_end is not None:
+                on_end, self._on_end = self._on_end, None
+                on_end()

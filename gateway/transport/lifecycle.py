@@ -1,0 +1,218 @@
+"""The running server (`gateway serve`): start, a graceful stop on SIGTERM, reload on
+SIGHUP, the keydir picked up at both, and the count of connections and sessions in
+flight that the graceful stop waits on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import aiosqlite
+import asyncssh
+
+from .. import keydir, logs, metrics
+from ..app import App
+from ..config import Settings
+from ..datadir import ensure_host_keys
+from ..errors import Refusal
+from ..git import layout
+from ..logs import log_event
+from ..store import db as store_db
+from .connection import GatewaySSHServer
+from .limits import ConnectionLimits
+from .listener import Listener, listen, split_address
+
+log = logging.getLogger("gateway")
+
+# Settings that only a restart changes: SIGHUP logs that they were left as they were.
+RESTART_ONLY = ("listen", "proxy_protocol", "metrics_listen")
+
+
+class Gateway:
+    """The running server: settings, the shared database connection, the listener, and
+    the connections and sessions in flight."""
+
+    def __init__(self, settings: Settings, reload_settings: Callable[[], Settings]) -> None:
+        self.settings = settings
+        self.reload_settings = reload_settings
+        self.limits = ConnectionLimits(settings)
+        self.servers: set[GatewaySSHServer] = set()
+        self.sessions = 0
+        self.no_sessions = asyncio.Event()
+        self.no_sessions.set()
+        self.draining = False
+        self.ready = False
+        self.db: aiosqlite.Connection | None = None
+        self.app: App | None = None
+        self._options: asyncssh.SSHServerConnectionOptions | None = None
+        self._host_keys: list[asyncssh.SSHKey] = []
+        self._listener: Listener | None = None
+        self._metrics_server: asyncio.AbstractServer | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # --- start and stop ---------------------------------------------------------------
+
+    async def start(self) -> None:
+        settings = self.settings
+        # Looks the machine's name up now (getfqdn may ask DNS), not in a session's message.
+        host_warning = settings.loopback_host_warning()
+        sock = listen(settings.listen_host, settings.listen_port, "listen")
+        self._listener = Listener(sock, settings, self.limits, self._current_options,
+                                  self._spawn)
+        metrics_sock = None
+        if settings.metrics_listen:
+            metrics_sock = listen(*split_address(settings.metrics_listen), "metrics_listen")
+        self.app = App.load(settings)
+        self.db = await store_db.connect(settings.db_path)
+        self._host_keys = [asyncssh.read_private_key(p) for p in ensure_host_keys(settings)]
+        self._options = await self._ssh_options()
+        layout.sweep_all(settings.repos_dir)
+        if metrics_sock is not None:
+            self._metrics_server = await metrics.serve_http(
+                metrics_sock, ready=lambda: self.ready and not self.draining)
+        self.app.git.pool.fill()
+        self._spawn(self._listener.accept_loop())
+        await sync_keydir(settings)
+        self.ready = True
+        log_event(log, "listening", address=settings.listen, data_dir=str(settings.data_dir))
+        if host_warning:
+            log_event(log, "settings.warning", logging.WARNING, problem=host_warning)
+
+    def _current_options(self) -> asyncssh.SSHServerConnectionOptions:
+        assert self._options is not None  # made at start, before the accept loop
+        return self._options
+
+    async def _ssh_options(self) -> asyncssh.SSHServerConnectionOptions:
+        settings = self.settings
+        return await asyncssh.SSHServerConnectionOptions.construct(
+            server_factory=lambda: GatewaySSHServer(self),
+            server_host_keys=self._host_keys,
+            encoding=None,  # Git speaks bytes
+            allow_pty=True,  # `ssh -t` gets the greeting; see terminal.py
+            line_editor=False,
+            agent_forwarding=False,
+            x11_forwarding=False,
+            allow_scp=False,
+            password_auth=False,
+            kbdint_auth=False,
+            gss_kex=False,
+            gss_auth=False,
+            host_based_auth=False,
+            login_timeout=settings.login_timeout,
+            keepalive_interval=settings.keepalive_interval or None,
+            keepalive_count_max=3,
+            server_version="gateway",
+        )
+
+    async def stop(self) -> None:
+        """Stop accepting; let running sessions finish for up to `grace_period` seconds;
+        then close every connection. A push cut off here leaves its quarantine, which the
+        next start sweeps: refs only ever hold their old or their new values."""
+        self.draining = True
+        if self._listener is not None:
+            self._listener.close()
+        for task in list(self._tasks):
+            task.cancel()
+        log_event(log, "stopping", sessions=self.sessions, connections=len(self.servers),
+                  grace_seconds=self.settings.grace_period)
+        for server in list(self.servers):
+            if server.sessions == 0 and server.conn is not None:
+                server.conn.close()
+        try:
+            await asyncio.wait_for(self.no_sessions.wait(), self.settings.grace_period)
+        except asyncio.TimeoutError:
+            log_event(log, "stopping.grace_expired", logging.WARNING, sessions=self.sessions)
+        for server in list(self.servers):
+            if server.conn is not None:
+                server.conn.disconnect(asyncssh.DISC_BY_APPLICATION, "Server is shutting down")
+        try:  # sessions cut off kill their workers as they end
+            await asyncio.wait_for(self.no_sessions.wait(), 5)
+        except asyncio.TimeoutError:
+            pass
+        if self._metrics_server is not None:
+            self._metrics_server.close()
+        if self.app is not None:
+            await self.app.git.pool.close()
+        if self.db is not None:
+            await self.db.close()
+        log_event(log, "stopped")
+
+    async def reload(self) -> None:
+        """SIGHUP: read the settings again and resync the keydir; connections stay."""
+        try:
+            new = self.reload_settings()
+        except Refusal as refusal:
+            log_event(log, "reload.failed", logging.ERROR, error=refusal.message)
+            return
+        changed = []
+        for name in vars(new):
+            if name == "data_dir" or getattr(new, name) == getattr(self.settings, name):
+                continue
+            if name in RESTART_ONLY:
+                log_event(log, "reload.needs_restart", logging.WARNING, setting=name)
+                continue
+            setattr(self.settings, name, getattr(new, name))
+            changed.append(name)
+        logs.setup(self.settings.log_level, self.settings.log_format)
+        self._options = await self._ssh_options()  # new connections get new timeouts
+        log_event(log, "reload", changed=",".join(changed) or "-")
+        await sync_keydir(self.settings)
+
+    # --- connections and sessions in flight ----------------------------------------------
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def connection_closed(self, server: GatewaySSHServer) -> None:
+        self.servers.discard(server)
+        if server.ticket is not None:
+            self.limits.closed(server.ticket)
+        metrics.UNAUTHENTICATED.set(self.limits.unauthenticated)
+
+    def session_started(self) -> None:
+        self.sessions += 1
+        self.no_sessions.clear()
+        metrics.SESSIONS.inc()
+
+    def session_ended(self) -> None:
+        self.sessions -= 1
+        metrics.SESSIONS.dec()
+        if self.sessions == 0:
+            self.no_sessions.set()
+
+
+async def sync_keydir(settings: Settings) -> None:
+    """Pick up the keydir at start and on SIGHUP (operators also run `gateway keys sync`)."""
+    if not settings.keydir.is_dir():
+        return
+    db = await store_db.connect(settings.db_path, migrate_schema=False)
+    try:
+        report = await keydir.sync(db, settings.keydir, settings.hooks_dir)
+    except Refusal as refusal:
+        log_event(log, "keydir.failed", logging.WARNING, error=refusal.message)
+        return
+    finally:
+        await db.close()
+    log_event(log, "keydir.sync", added=len(report.added), removed=len(report.removed))
+    for error in report.errors:
+        log_event(log, "keydir.error", logging.WARNING, error=error)
+
+
+async def run(settings: Settings, reload_settings: Callable[[], Settings]) -> None:
+    logs.setup(settings.log_level, settings.log_format)
+    gateway = Gateway(settings, reload_settings)
+    await gateway.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: gateway._spawn(gateway.reload()))
+    print(f"gateway listening on {settings.listen} (data dir {settings.data_dir})", flush=True)
+    await stop.wait()
+    await gateway.stop()

@@ -1,0 +1,47 @@
+"""The asyncssh internals the gateway relies on (gateway/transport/asyncssh_seam.py)
+are still there, with the call signatures it uses: an upgrade that removes or changes
+one fails here, naming it, before any end-to-end test fails in a puzzling way."""
+
+from __future__ import annotations
+
+import inspect
+
+import asyncssh
+import pytest
+
+from gateway.transport import asyncssh_seam
+
+
+@pytest.mark.parametrize("name,owner,params", asyncssh_seam.INTERNALS,
+                         ids=[name for name, _, _ in asyncssh_seam.INTERNALS])
+def test_internal_is_there(name: str, owner: object, params: tuple[str, ...]) -> None:
+    problem = asyncssh_seam.missing_internal(name, owner, params)
+    if problem is not None:
+        pytest.fail(f"{problem}; see gateway/transport/asyncssh_seam.py")
+
+
+def test_key_check_is_a_coroutine_we_can_await() -> None:
+    # wrap_key_check awaits the original: it must stay a coroutine function.
+    assert inspect.iscoroutinefunction(asyncssh.SSHServerConnection.validate_public_key), (
+        "asyncssh SSHServerConnection.validate_public_key is no longer async; "
+        "see gateway/transport/asyncssh_seam.py wrap_key_check")
+
+
+def test_channel_request_handlers_are_looked_up_by_name_on_the_instance() -> None:
+    # pass_undecodable_commands sets `_process_exec_request` on one channel: that works
+    # only while the channel finds its handlers with getattr(self, '_process_...').
+    source = inspect.getsource(asyncssh.channel.SSHChannel._service_next_request)
+    assert "getattr(self, name" in source and "'_process_'" in source, (
+        f"asyncssh {asyncssh.__version__}: SSHChannel._service_next_request no longer looks "
+        "request handlers up by name; see gateway/transport/asyncssh_seam.py "
+        "pass_undecodable_commands")
+
+
+def test_missing_internal_names_what_is_gone() -> None:
+    class Bare:
+        def present(self, a: int) -> None: ...
+
+    assert "has no Bare.absent" in str(asyncssh_seam.missing_internal("Bare.absent", Bare, ("self",)))
+    changed = asyncssh_seam.missing_internal("Bare.present", Bare, ("self", "b"))
+    assert changed is not None and "Bare.present takes ('self', 'a')" in changed
+    assert asyncssh_seam.missing_internal("Bare.present", Bare, ("self", "a")) is None
