@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import GATEWAY, Gateway, local_git, unique
+from testkit import GATEWAY, Gateway, local_git, unique
 from test_twosv import enable, fresh_code
 
 

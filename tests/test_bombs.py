@@ -21,8 +21,8 @@ import pytest
 from dulwich.objects import Blob, Commit, Tree
 from dulwich.repo import Repo
 
-import packbombs as pb
-from conftest import Gateway, git_workers, local_git
+from testkit import Gateway, git_workers, local_git
+from testkit import packbombs as pb
 from test_git import commit, fsck
 from test_push_faults import bare_refs, no_quarantine_soon, private, quarantines  # noqa: F401
 

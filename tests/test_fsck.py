@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from dulwich.objects import Blob, Commit, Tag, Tree
 
-from conftest import local_git
+from testkit import local_git
 from test_git import commit, fsck
 from test_push_faults import (assert_clean_log, bare_refs, commands, has_object, log_since,
                               make_commit, no_quarantine_soon, pack_of, parse_pkts, private, seed)

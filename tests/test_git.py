@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Gateway, User, local_git
+from testkit import Gateway, User, local_git
 
 
 def commit(tree: Path, name: str, content: str | bytes = "", message: str | None = None) -> str:

@@ -20,7 +20,7 @@ import asyncssh
 import pytest
 
 from gateway import config
-from conftest import GATEWAY, Gateway, free_port, local_git, make_key, unique
+from testkit import GATEWAY, Gateway, free_port, local_git, make_key, unique, wait_for
 
 
 @pytest.fixture
@@ -100,15 +100,6 @@ def closed_without_banner(s: socket.socket) -> bool:
         return s.recv(100) == b""
     except ConnectionResetError:
         return True
-
-
-def wait_for(predicate, timeout: float = 10, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
 
 
 def ls_remote_ok(g: Gateway, user, path: str) -> float:

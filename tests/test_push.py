@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Gateway, local_git
+from testkit import Gateway, local_git
 from test_git import commit, fsck, remote_refs
 
 SHIPPED_HOOKS = Path(__file__).resolve().parent.parent / "hooks"

@@ -27,7 +27,7 @@ from dulwich.object_format import DEFAULT_OBJECT_FORMAT
 from dulwich.objects import Blob, Commit, Tag, Tree
 from dulwich.pack import write_pack_objects
 
-from conftest import Gateway, User, git_workers, local_git, unique
+from testkit import Gateway, User, git_workers, local_git, pkt, unique, wait_for
 from test_git import commit, fsck
 
 ZERO = b"0" * 40
@@ -36,16 +36,6 @@ REJECTED = ("[remote rejected]", "[rejected]", "failed to update ref", "fetch fi
 
 
 # --- helpers -------------------------------------------------------------------------
-
-
-def wait_until(predicate, timeout: float, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(interval)
 
 
 def bare_refs(repo_dir: Path) -> dict[str, str]:
@@ -61,7 +51,7 @@ def quarantines(repo_dir: Path) -> list[str]:
 
 def no_quarantine_soon(repo_dir: Path, timeout: float = 5.0) -> bool:
     """The worker needs a moment to notice EOF and remove its quarantine."""
-    return wait_until(lambda: not quarantines(repo_dir), timeout)
+    return wait_for(lambda: not quarantines(repo_dir), timeout)
 
 
 def ref_locks(repo_dir: Path) -> list[str]:
@@ -319,7 +309,7 @@ def test_client_killed_mid_pack_leaves_nothing_behind(gw, work):
         big = commit(clone, f"big{attempt}.bin", os.urandom(8 * MiB))
         proc = start_push(gw, alice, clone, "origin", "main")
         # Kill as soon as part of the pack sits in a quarantine: mid-pack for sure.
-        seen = wait_until(lambda: tmp_pack_size(repo_dir, earlier) > 64 * 1024
+        seen = wait_for(lambda: tmp_pack_size(repo_dir, earlier) > 64 * 1024
                           or proc.poll() is not None, 30, interval=0.005)
         midway = seen and proc.poll() is None and tmp_pack_size(repo_dir, earlier) > 0
         kill_group(proc)
@@ -334,7 +324,7 @@ def test_client_killed_mid_pack_leaves_nothing_behind(gw, work):
         fsck(gw, path)
         if not no_quarantine_soon(repo_dir, 5):
             leftovers.append((attempt, set(quarantines(repo_dir)) - earlier))
-        if not wait_until(lambda: not workers_for(repo_dir), 1):
+        if not wait_for(lambda: not workers_for(repo_dir), 1):
             survivors.append((attempt, workers_for(repo_dir)))
     assert any(hits), "no attempt was killed in the middle of the pack"
     # The next push works (even with a stuck worker around).
@@ -372,7 +362,7 @@ def test_server_killed_mid_push_recovers(private, work):
             "pack fully received": lambda: quarantine_pack_done(repo_dir),
             "after 1.5 s": lambda: False,
         }[point]
-        wait_until(lambda: condition() or proc.poll() is not None,
+        wait_for(lambda: condition() or proc.poll() is not None,
                    1.5 if point == "after 1.5 s" else 30, interval=0.002)
         pids = worker_pids(repo_dir)
         g.proc.kill()
@@ -387,13 +377,13 @@ def test_server_killed_mid_push_recovers(private, work):
         # may finish the push before the worker is looked for.
         if point not in ("after 1.5 s", "pack fully received"):
             assert pids, f"round {rnd} ({point}): no worker seen while the push ran"
-        assert wait_until(lambda: all(process_state(p) in (None, "Z") for p in pids), 5), \
+        assert wait_for(lambda: all(process_state(p) in (None, "Z") for p in pids), 5), \
             f"round {rnd} ({point}): workers {[(p, process_state(p)) for p in pids]} outlived the server"
-        assert wait_until(lambda: not workers_for(repo_dir), 5), workers_for(repo_dir)
+        assert wait_for(lambda: not workers_for(repo_dir), 5), workers_for(repo_dir)
         value = bare_refs(repo_dir).get("refs/heads/main")
         assert value in (old, new), f"round {rnd} ({point}): main = {value}"
         # As a supervisor would, restart once the old processes are gone (reaped).
-        wait_until(lambda: all(process_state(p) is None for p in pids), 10)
+        wait_for(lambda: all(process_state(p) is None for p in pids), 10)
         g.start()
         assert not quarantines(repo_dir), f"round {rnd} ({point})"
         assert not ref_locks(repo_dir), f"round {rnd} ({point})"
@@ -459,10 +449,6 @@ def test_push_over_max_push_bytes_is_refused(private, work):
 
 
 # --- 5. bad protocol input --------------------------------------------------------------
-
-
-def pkt(data: bytes) -> bytes:
-    return f"{len(data) + 4:04x}".encode() + data
 
 
 def commands(*lines: tuple[bytes, bytes, bytes], caps: bytes = b"report-status delete-refs") -> bytes:
@@ -819,7 +805,7 @@ def test_pre_receive_past_hook_timeout_is_stopped(private, work):
     fsck(g, path)
     # The hook (now `sleep 30`) was stopped, not left running.
     pid = int(pidfile.read_text())
-    assert wait_until(lambda: not Path(f"/proc/{pid}").exists(), 2), f"hook {pid} still runs"
+    assert wait_for(lambda: not Path(f"/proc/{pid}").exists(), 2), f"hook {pid} still runs"
 
 
 def test_hook_timeout_holds_when_the_hook_leaves_a_child_behind(private, work):
@@ -841,7 +827,7 @@ def test_hook_timeout_holds_when_the_hook_leaves_a_child_behind(private, work):
         result = g.git(alice, "push", "origin", "main", cwd=clone, check=False)
         elapsed = time.monotonic() - started
     finally:
-        if wait_until(pidfile.exists, 2):
+        if wait_for(pidfile.exists, 2):
             try:
                 os.kill(int(pidfile.read_text()), signal.SIGKILL)
             except (ProcessLookupError, ValueError):

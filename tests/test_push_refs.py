@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Gateway, local_git, unique
+from testkit import Gateway, local_git, unique, wait_for
 from test_git import commit, fsck
 from test_push import SHIPPED_HOOKS, hooks  # noqa: F401  (a fixture)
-from test_push_faults import (ZERO, assert_clean_log, bare_refs, commands, log_since, wait_until,
+from test_push_faults import (ZERO, assert_clean_log, bare_refs, commands, log_since,
                               new_history, pack_of, private, receive_pack, ref_locks,
                               report_of, seed)  # noqa: F401  (private is a fixture)
 
@@ -387,9 +387,9 @@ def test_a_push_whose_client_goes_away_after_its_refs_moved_is_audited(gw, seede
     client.stdin.write(body)
     client.stdin.flush()
     try:
-        assert wait_until(lambda: "refs/heads/gone" in bare_refs(repo_dir), 20)
+        assert wait_for(lambda: "refs/heads/gone" in bare_refs(repo_dir), 20)
     finally:
         client.kill()
         client.wait()
-    assert wait_until(lambda: pushes_audited(gw, alice.name) == audited + 1, 20)
+    assert wait_for(lambda: pushes_audited(gw, alice.name) == audited + 1, 20)
     assert push_rows(gw, alice.name)[-1]["detail"] == "1 ref: refs/heads/gone"

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import pty
-import re
 import signal
 import socket
 import subprocess
@@ -23,7 +22,7 @@ import pytest
 from asyncssh.auth import MSG_USERAUTH_PK_OK, _ClientPublicKeyAuth
 from asyncssh.packet import Boolean, String
 
-from conftest import Gateway, User, git_workers, local_git, make_key
+from testkit import Gateway, User, fingerprint, git_workers, local_git, make_key
 
 GIT_FATAL = "fatal: Could not read from remote repository."
 
@@ -31,18 +30,9 @@ GIT_FATAL = "fatal: Could not read from remote repository."
 # --- helpers -------------------------------------------------------------------------
 
 
-def fingerprint_of(pub: Path) -> str:
-    """The SHA256 fingerprint as `ssh-keygen -lf` prints it."""
-    out = subprocess.run(["ssh-keygen", "-lf", str(pub)], capture_output=True, text=True,
-                         check=True).stdout
-    match = re.search(r"(SHA256:[A-Za-z0-9+/]+)", out)
-    assert match, out
-    return match.group(1)
-
-
 def greeting_line(user: User) -> str:
     return (f'Hi {user.name}! You\'ve authenticated with key "{user.name}@test" '
-            f"({fingerprint_of(user.pub)}). Shell access is disabled; use git to clone and push.")
+            f"({fingerprint(user.pub)}). Shell access is disabled; use git to clone and push.")
 
 
 def hint_line(gw: Gateway) -> str:
@@ -50,7 +40,7 @@ def hint_line(gw: Gateway) -> str:
 
 
 def ssh_base(gw: Gateway, log_level: str = "ERROR") -> list[str]:
-    """OpenSSH options without an identity (the conftest helper fixes one key)."""
+    """OpenSSH options without an identity (the Gateway helper fixes one key)."""
     return [
         "ssh", "-F", "/dev/null", "-o", "StrictHostKeyChecking=no",
         "-o", "UserKnownHostsFile=/dev/null", "-o", f"LogLevel={log_level}",
@@ -193,7 +183,7 @@ def test_greeting_names_the_key_that_signed(gw, world, tmp_path):
     second = make_key(tmp_path, "second")
     gw.cli("key", "add", world.olga.name, str(second) + ".pub", "--title", "work laptop")
     result = gw.ssh(second)
-    fp = fingerprint_of(Path(str(second) + ".pub"))
+    fp = fingerprint(Path(str(second) + ".pub"))
     assert result.stdout.splitlines()[0] == (
         f'Hi {world.olga.name}! You\'ve authenticated with key "work laptop" ({fp}). '
         "Shell access is disabled; use git to clone and push.")

@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Gateway, User, make_key, unique
+from testkit import Gateway, User, fingerprint, make_key, unique
 from test_security_keys import SoftwareSecurityKey, run_with
 from test_twosv import CODE_RE, Session, audit_actions, enable, error_lines, fresh_code
-from test_workspace_policy import fingerprint
 
 NOT_ENOUGH = "A recovery code is not enough here"
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pyotp
 import pytest
 
-from conftest import BACKOFF_SECONDS, Gateway, User
+from testkit import BACKOFF_SECONDS, Gateway, User
 
 URI_RE = re.compile(r"URI:\s+(otpauth://\S+)")
 CODE_RE = re.compile(r"^\s+([0-9a-z]{5}-[0-9a-z]{5})(\s+\(used\))?$", re.M)
