@@ -33,3 +33,42 @@ def gw(tmp_path_factory) -> Gateway:
 def work(tmp_path, gw) -> Path:
     """A scratch directory for clones."""
     return tmp_path
+
+
+@pytest.fixture
+def private(tmp_path):
+    """A server of one's own, to configure, kill and restart; stopped at the end:
+    private(toml="", start=True) -> Gateway."""
+    servers: list[Gateway] = []
+
+    def make(toml: str = "", start: bool = True) -> Gateway:
+        g = Gateway(tmp_path / f"server{len(servers)}")
+        g.cli("init")
+        if toml:
+            (g.data / "gateway.toml").write_text(toml)
+        servers.append(g)
+        if start:
+            g.start()
+        return g
+
+    yield make
+    for g in servers:
+        g.stop()
+
+
+@pytest.fixture
+def hooks(gw: Gateway):
+    """Install hooks into the test server's hooks_dir for one test: hooks(name, script)."""
+    installed: list[Path] = []
+
+    def install(name: str, script: str) -> Path:
+        path = gw.root / "hooks" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(script)
+        path.chmod(0o755)
+        installed.append(path)
+        return path
+
+    yield install
+    for path in installed:
+        path.unlink(missing_ok=True)

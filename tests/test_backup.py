@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from testkit import GATEWAY, Gateway, local_git, unique
-from test_twosv import enable, fresh_code
+from testkit.twosv import enable, fresh_code
 
 
 @pytest.fixture

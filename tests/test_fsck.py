@@ -19,12 +19,12 @@ import pytest
 from dulwich.objects import Blob, Commit, Tag, Tree
 
 from testkit import local_git
-from test_git import commit, fsck
-from test_push_faults import (assert_clean_log, bare_refs, commands, has_object, log_since,
-                              make_commit, no_quarantine_soon, pack_of, parse_pkts, private, seed)
+from testkit.localgit import commit, fsck
+from testkit.pktline import parse_pkts
+from testkit.pushes import assert_clean_log, bare_refs, has_object, log_since, no_quarantine_soon, seed
+from testkit.receivepack import commands, make_commit, pack_of
 from gateway.git import fsck as checker
 
-assert private  # a fixture, used by name
 SHA = bytes(range(1, 21))  # some entry's binary sha
 
 

@@ -19,7 +19,7 @@ import pyotp
 import pytest
 
 from testkit import GATEWAY, Gateway, User, fingerprint, free_port, local_git, make_key, unique
-from test_twosv import CODE_RE, URI_RE, code_at, fresh_code
+from testkit.twosv import CODE_RE, URI_RE, code_at, fresh_code
 
 SSHD = "/usr/sbin/sshd"
 

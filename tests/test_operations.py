@@ -23,26 +23,6 @@ from gateway import config
 from testkit import GATEWAY, Gateway, free_port, local_git, make_key, unique, wait_for
 
 
-@pytest.fixture
-def private(tmp_path):
-    """private(toml, start=True) -> a Gateway of one's own, stopped at the end."""
-    servers: list[Gateway] = []
-
-    def make(toml: str = "", start: bool = True) -> Gateway:
-        g = Gateway(tmp_path / f"server{len(servers)}")
-        g.cli("init")
-        if toml:
-            (g.data / "gateway.toml").write_text(toml)
-        servers.append(g)
-        if start:
-            g.start()
-        return g
-
-    yield make
-    for g in servers:
-        g.stop()
-
-
 def serve(g: Gateway, *extra: str, env: dict | None = None, timeout: float = 20):
     """Run `gateway serve` expecting it to refuse to start: (status, output)."""
     result = subprocess.run(

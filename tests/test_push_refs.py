@@ -12,11 +12,9 @@ from pathlib import Path
 import pytest
 
 from testkit import Gateway, local_git, unique, wait_for
-from test_git import commit, fsck
-from test_push import SHIPPED_HOOKS, hooks  # noqa: F401  (a fixture)
-from test_push_faults import (ZERO, assert_clean_log, bare_refs, commands, log_since,
-                              new_history, pack_of, private, receive_pack, ref_locks,
-                              report_of, seed)  # noqa: F401  (private is a fixture)
+from testkit.localgit import commit, fsck
+from testkit.pushes import SHIPPED_HOOKS, assert_clean_log, bare_refs, log_since, ref_locks, seed
+from testkit.receivepack import ZERO, commands, new_history, pack_of, receive_pack, report_of
 
 
 def push_rows(g: Gateway, account: str) -> list[dict]:

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from testkit import Gateway, User, fingerprint, make_key, unique
-from test_security_keys import SoftwareSecurityKey, run_with
-from test_twosv import CODE_RE, Session, audit_actions, enable, error_lines, fresh_code
+from testkit.security_key import SoftwareSecurityKey, run_with
+from testkit.twosv import CODE_RE, Session, audit_actions, enable, error_lines, fresh_code
 
 NOT_ENOUGH = "A recovery code is not enough here"
 

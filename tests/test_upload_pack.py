@@ -12,7 +12,7 @@ import pytest
 
 from testkit import Gateway, local_git, pkt
 from gateway.git.commitobjects import CommitObjects
-from test_git import commit, fsck
+from testkit.localgit import commit, fsck
 
 ROOT = Path(__file__).resolve().parent.parent
 

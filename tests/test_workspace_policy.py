@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from testkit import Gateway, User, fingerprint, make_key, unique
-from test_git import commit, fsck
-from test_twosv import enable, fresh_code
+from testkit.localgit import commit, fsck
+from testkit.twosv import enable, fresh_code
 
 
 def ssh_base(gw: Gateway) -> str:
