@@ -108,17 +108,20 @@ class InProcessGateway:
         os.close(self.app.git.log_fd)
         await self.db.close()
 
-    async def user(self, name: str, title: str | None = None) -> tuple[User, Identity]:
+    async def user(self, name: str) -> tuple[User, Identity]:
         """An account NAME with one new key, and the identity its login would have."""
+        account = await accounts.add(self.db, name, None)
+        return await self.key(name, account.id, f"{name}@test")
+
+    async def key(self, account: str, account_id: int, title: str) -> tuple[User, Identity]:
+        """One more new key for an account, and the identity a login with it would have."""
         key_dir = self.root / "userkeys"
         key_dir.mkdir(exist_ok=True)
-        path = make_key(key_dir, name)
+        path = make_key(key_dir, f"{account}-{len(list(key_dir.glob('*.pub')))}")
         public = parse_line(Path(f"{path}.pub").read_text())
-        account = await accounts.add(self.db, name, None)
-        await keys.add(self.db, account.id, public, title or f"{name}@test")
+        await keys.add(self.db, account_id, public, title)
         await self.db.commit()
-        identity = Identity(name, account.id, public.fingerprint, title or f"{name}@test")
-        return User(name, path), identity
+        return User(account, path), Identity(account, account_id, public.fingerprint, title)
 
     async def run(self, identity: Identity, line: str | None,
                   input: bytes | str | Answering = b"", terminal: bool = False) -> Outcome:
