@@ -18,8 +18,9 @@ import subprocess
 import asyncssh
 
 from testkit import local_git, pkt, wait_for
+from testkit.sshclient import connect
 
-from .suite import ZERO, Result, World, connect, run
+from .suite import ZERO, Result, World, run
 
 # The unusual code points (C1 controls, Unicode's Bidi_Control), written out here rather
 # than taken from the gateway, so that the oracle is independent of the code it judges.

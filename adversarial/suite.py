@@ -25,6 +25,7 @@ import asyncssh
 import pyotp
 
 from testkit import Gateway, git_workers, local_git, make_key, pkt, wait_for
+from testkit.sshclient import connect
 
 ZERO = "0" * 40
 
@@ -43,11 +44,6 @@ class Result:
             self.handled += 1
         elif len(self.failures) < 20:
             self.failures.append(what)
-
-
-def connect(g: Gateway, key: Path, **kw):
-    return asyncssh.connect("127.0.0.1", g.port, username="git", client_keys=[str(key)],
-                            known_hosts=None, agent_path=None, config=None, **kw)
 
 
 async def run(conn, command, data: bytes = b"", **kw):

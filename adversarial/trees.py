@@ -23,8 +23,9 @@ import asyncssh
 from dulwich.objects import Blob, Commit, Tag, Tree
 
 from testkit import local_git, wait_for
+from testkit.sshclient import connect
 
-from .suite import Result, World, connect, run
+from .suite import Result, World, run
 
 SESSIONS = 10  # one after another on a connection (the suite's server allows 10)
 HFS_IGNORED = ["\u200c", "\u200d", "\u200e", "\u200f", "\u202a", "\u202e", "\u206a", "\ufeff"]

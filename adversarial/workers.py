@@ -15,8 +15,9 @@ import time
 from pathlib import Path
 
 from testkit import Gateway, git_workers, local_git, make_key, pkt, wait_for
+from testkit.sshclient import connect
 
-from .suite import Result, connect
+from .suite import Result
 
 TOTAL, PER_ACCOUNT, QUEUE, REQUEST = 10, 3, 2, 4
 SETTINGS = (f"max_git_workers = {TOTAL}\nmax_git_workers_per_account = {PER_ACCOUNT}\n"

@@ -20,6 +20,7 @@ import pytest
 
 from testkit import (Gateway, User, fingerprint, free_port, git_workers, local_git, make_key, pkt,
                      unique, wait_for)
+from testkit.sshclient import connect
 from gateway.commands.git import RequestWatch
 from gateway.errors import Refusal
 from gateway.git.slots import WorkerSlots
@@ -51,11 +52,6 @@ def seeded(g: Gateway, tmp: Path, *members: tuple[User, str]):
     local_git("commit", "-qm", "a", cwd=clone, env=g.env)
     g.git(admin, "push", "-q", "origin", "HEAD:main", cwd=clone)
     return admin, path, local_git("rev-parse", "HEAD", cwd=clone).strip()
-
-
-def connect(g: Gateway, key: Path):
-    return asyncssh.connect("127.0.0.1", g.port, username="git", client_keys=[str(key)],
-                            known_hosts=None, agent_path=None, config=None)
 
 
 async def read_pkt(stream) -> bytes | None:
