@@ -23,16 +23,13 @@ def bare_refs(repo_dir: Path) -> dict[str, str]:
     return {ref: sha for sha, ref in (line.split(" ", 1) for line in out.splitlines())}
 
 
-
 def quarantines(repo_dir: Path) -> list[str]:
     return sorted(p.name for p in (repo_dir / "objects").glob("incoming-*"))
-
 
 
 def no_quarantine_soon(repo_dir: Path, timeout: float = 5.0) -> bool:
     """The worker needs a moment to notice EOF and remove its quarantine."""
     return wait_for(lambda: not quarantines(repo_dir), timeout)
-
 
 
 def ref_locks(repo_dir: Path) -> list[str]:
@@ -42,7 +39,6 @@ def ref_locks(repo_dir: Path) -> list[str]:
     return found
 
 
-
 def has_object(repo_dir: Path, sha: str | bytes) -> bool:
     if isinstance(sha, bytes):
         sha = sha.decode()
@@ -50,16 +46,13 @@ def has_object(repo_dir: Path, sha: str | bytes) -> bool:
                           capture_output=True).returncode == 0
 
 
-
 def log_since(g: Gateway, offset: int) -> str:
     return g.server_log()[offset:]
-
 
 
 def assert_clean_log(text: str) -> None:
     assert "Traceback" not in text, text[-4000:]
     assert "git worker failed" not in text, text[-4000:]
-
 
 
 def seed(g: Gateway, work: Path, name: str = "clone") -> tuple[User, str, Path, str]:

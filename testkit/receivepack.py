@@ -9,7 +9,7 @@ import subprocess
 import time
 
 from dulwich.object_format import DEFAULT_OBJECT_FORMAT
-from dulwich.objects import Blob, Commit, Tree
+from dulwich.objects import Blob, Commit, ShaFile, Tree
 from dulwich.pack import write_pack_objects
 
 from .keys import User
@@ -19,7 +19,6 @@ from .server import Gateway
 ZERO = b"0" * 40
 
 
-
 def commands(*lines: tuple[bytes, bytes, bytes], caps: bytes = b"report-status delete-refs") -> bytes:
     out = b""
     for i, (old, new, ref) in enumerate(lines):
@@ -27,12 +26,10 @@ def commands(*lines: tuple[bytes, bytes, bytes], caps: bytes = b"report-status d
     return out + b"0000"
 
 
-
-def pack_of(*objects) -> bytes:
+def pack_of(*objects: ShaFile) -> bytes:
     buf = io.BytesIO()
     write_pack_objects(buf.write, list(objects), DEFAULT_OBJECT_FORMAT)
     return buf.getvalue()
-
 
 
 def make_commit(tree: bytes, parents: list[bytes], message: bytes = b"raw commit\n") -> Commit:
@@ -46,7 +43,6 @@ def make_commit(tree: bytes, parents: list[bytes], message: bytes = b"raw commit
     return c
 
 
-
 def new_history(parent: str) -> tuple[Commit, list]:
     """A commit on top of `parent` with a new tree and blob: (commit, [commit, tree, blob])."""
     blob = Blob.from_string(os.urandom(32).hex().encode() + b"\n")
@@ -54,7 +50,6 @@ def new_history(parent: str) -> tuple[Commit, list]:
     tree.add(b"raw.txt", 0o100644, blob.id)
     c = make_commit(tree.id, [parent.encode()])
     return c, [c, tree, blob]
-
 
 
 def report_of(stdout: bytes) -> dict[str, str]:
@@ -76,7 +71,6 @@ def report_of(stdout: bytes) -> dict[str, str]:
                 ref, _, reason = rest.partition(" ")
                 report[ref] = "ng " + reason
     return report
-
 
 
 def receive_pack(g: Gateway, user: User, path: str, body: bytes) -> subprocess.CompletedProcess:
