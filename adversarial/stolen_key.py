@@ -19,8 +19,8 @@ def _codes_in(text: str) -> bool:
 
 
 def stolen_key(g: Gateway) -> Result:
-    from test_security_keys import SoftwareSecurityKey, run_with
-    from test_twosv import Session, enable, fresh_code
+    from testkit.security_key import SoftwareSecurityKey, run_with
+    from testkit.twosv import Session, enable, fresh_code
 
     result = Result("stolen key (2SV takeover, policy, persistence, forged text)")
     victim = g.user()

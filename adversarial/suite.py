@@ -470,7 +470,7 @@ def _agent_and_x11_through_ssh(w: World) -> bool:
 
 
 def _probe_then_sign(w: World) -> bool:
-    from test_ssh import _probe_then_sign as method_for
+    from testkit.sshclient import probe_then_sign as method_for
 
     victim = w.g.user()
     attacker = w.g.user()
@@ -533,7 +533,7 @@ def _no_pack(proc) -> bool:
 
 
 def protocol(w: World, count: int) -> Result:
-    from test_push_faults import commands, make_commit, new_history, pack_of, report_of
+    from testkit.receivepack import commands, make_commit, new_history, pack_of, report_of
 
     result = Result("protocol (pkt-lines, packs, wants)")
     rng = random.Random(5)
@@ -655,7 +655,7 @@ def protocol(w: World, count: int) -> Result:
 # --- 6. 2SV --------------------------------------------------------------------------------
 
 def two_step(g: Gateway, parallel: int) -> Result:
-    from test_twosv import enable, fresh_code
+    from testkit.twosv import enable, fresh_code
 
     result = Result("2SV (brute force, replay, recovery race)")
     brute = g.user()

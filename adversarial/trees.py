@@ -104,8 +104,7 @@ def _variant(rng: random.Random) -> tuple[str, bytes, bytes]:
 
 
 def trees(w: World, count: int) -> Result:
-    from test_fsck import RawObject, sideband, tree_bytes
-    from test_push_faults import commands, make_commit, pack_of
+    from testkit.receivepack import RawObject, commands, make_commit, pack_of, sideband, tree_bytes
 
     result = Result("trees (hostile trees, commits, tags, .gitmodules)")
     g = w.g

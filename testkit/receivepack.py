@@ -79,3 +79,42 @@ def receive_pack(g: Gateway, user: User, path: str, body: bytes) -> subprocess.C
          f"git-receive-pack '{path}.git'"],
         input=body, capture_output=True, env=g.env, timeout=60,
     )
+
+
+class RawObject(Blob):
+    """An object of any type with exactly the bytes given (dulwich would parse them)."""
+
+    @classmethod
+    def of(cls, kind: type, data: bytes) -> "RawObject":
+        obj = type(f"Raw{kind.__name__}", (cls,), {"type_num": kind.type_num,
+                                                   "type_name": kind.type_name})()
+        obj.set_raw_string(data)
+        return obj
+
+
+
+def tree_bytes(*entries: tuple[bytes, bytes, bytes]) -> bytes:
+    return b"".join(mode + b" " + name + b"\0" + sha for mode, name, sha in entries)
+
+
+
+def sideband(stdout: bytes) -> tuple[dict[str, str], str]:
+    """A raw side-band-64k push's report and its `remote:` text."""
+    pkts, _ = parse_pkts(stdout)
+    data, progress = b"", b""
+    for line in pkts[pkts.index(None) + 1:]:
+        if line and line[0] == 1:
+            data += line[1:]
+        elif line and line[0] == 2:
+            progress += line[1:]
+    report = {}
+    for line in parse_pkts(data)[0]:
+        if line:
+            text = line.rstrip(b"\n").decode(errors="replace")
+            kind, _, rest = text.partition(" ")
+            if kind == "unpack":
+                report["unpack"] = rest
+            else:
+                ref, _, reason = rest.partition(" ")
+                report[ref] = "ok" if kind == "ok" else "ng " + reason
+    return report, progress.decode(errors="replace")

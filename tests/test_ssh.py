@@ -19,10 +19,9 @@ from pathlib import Path
 
 import asyncssh
 import pytest
-from asyncssh.auth import MSG_USERAUTH_PK_OK, _ClientPublicKeyAuth
-from asyncssh.packet import Boolean, String
 
 from testkit import Gateway, User, fingerprint, git_workers, local_git, make_key
+from testkit.sshclient import probe_then_sign
 
 GIT_FATAL = "fatal: Could not read from remote repository."
 
@@ -714,44 +713,10 @@ def test_login_timeout(gw, tmp_path):
 # --- 6. offered key vs signing key (CVE-2023-43809) ----------------------------------
 
 
-def _probe_then_sign(victim_public: asyncssh.SSHKey, claim_victim_when_signing: bool):
-    """A client publickey method that first offers VICTIM_PUBLIC without a signature, and
-    when the server answers PK_OK, signs with the client's own key (and, optionally,
-    claims the victim's public key in the signed request)."""
-
-    class ProbeThenSign(_ClientPublicKeyAuth):
-        probes_ok: list[bytes] = []
-
-        async def _start(self) -> None:
-            self._keypair = await self._conn.public_key_auth_requested()
-            if self._keypair is None:
-                self._conn.try_next_auth(next_method=True)
-                return
-            await self.send_request(Boolean(False), String(victim_public.algorithm),
-                                    String(victim_public.public_data))
-
-        def _pk_ok(self, _pkttype, _pktid, packet) -> None:
-            packet.get_string()
-            key_data = packet.get_string()
-            packet.check_end()
-            ProbeThenSign.probes_ok.append(key_data)
-            self.create_task(self._sign())
-
-        async def _sign(self) -> None:
-            claimed = victim_public.public_data if claim_victim_when_signing \
-                else self._keypair.public_data
-            await self.send_request(Boolean(True), String(self._keypair.algorithm),
-                                    String(claimed), key=self._keypair, trivial=False)
-
-        _packet_handlers = {MSG_USERAUTH_PK_OK: _pk_ok}
-
-    return ProbeThenSign
-
-
 def test_identity_comes_from_the_signing_key_not_the_probed_one(gw, world, monkeypatch):
     attacker, victim = world.olga, world.carol
     victim_public = asyncssh.read_public_key(str(victim.pub))
-    method = _probe_then_sign(victim_public, claim_victim_when_signing=False)
+    method = probe_then_sign(victim_public, claim_victim_when_signing=False)
     monkeypatch.setitem(asyncssh.auth._client_auth_handlers, b"publickey", method)
 
     async def attack():
@@ -776,7 +741,7 @@ def test_signature_must_match_the_claimed_key(gw, world, monkeypatch):
     """Probe the victim's key, then send a request claiming it, signed by another key."""
     attacker, victim = world.olga, world.carol
     victim_public = asyncssh.read_public_key(str(victim.pub))
-    method = _probe_then_sign(victim_public, claim_victim_when_signing=True)
+    method = probe_then_sign(victim_public, claim_victim_when_signing=True)
     monkeypatch.setitem(asyncssh.auth._client_auth_handlers, b"publickey", method)
 
     async def attack():

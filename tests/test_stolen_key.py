@@ -364,7 +364,7 @@ def test_stored_escapes_are_shown_escaped_everywhere(gw):
 def test_a_pending_enrolment_key_is_shown_again_only_to_the_same_ssh_key(gw):
     """A failed `2sv enable` keeps its key for a rerun; another key of the account (the
     stolen old laptop's) must not be shown it, or its holder could read every code."""
-    from test_twosv import URI_RE
+    from testkit.twosv import URI_RE
     alice = gw.user()
     old_path = make_key(gw.keys_dir, unique("old"))
     gw.cli("key", "add", alice.name, f"{old_path}.pub")
