@@ -47,8 +47,10 @@ lock:
 serve: $(RUNTIME)
 	$(VENV)/bin/gateway --data-dir ./var serve --listen 127.0.0.1:2222
 
+# In parallel, one pytest-xdist worker a core (each with its own server); PYTEST_ARGS adds
+# options, e.g. PYTEST_ARGS='-n 0' for a serial run.
 test: $(TESTING)
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -n auto $(PYTEST_ARGS)
 
 adversarial: $(TESTING)
 	$(VENV)/bin/python -m adversarial

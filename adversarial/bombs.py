@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import subprocess
 
-from .suite import Result, World, git_workers, wait_until
+from testkit import git_workers, wait_for
+from testkit import packbombs as pb
 
-import packbombs as pb  # tests/ is on the path (suite.py puts it there)
+from .suite import Result, World
 
 MiB = pb.MiB
 BOUND = 300 * MiB
@@ -39,7 +40,7 @@ def bombs(w: World) -> Result:
             done = pb.ssh_receive_pack(g.ssh_command(w.alice.key), g.port, path,
                                        pb.push_body(pack_bytes, b"1" * 40), g.env)
         status = pb.unpack_status(done.stdout)
-        clean = wait_until(lambda: not list((repo_dir / "objects").glob("incoming-*")), 5)
+        clean = wait_for(lambda: not list((repo_dir / "objects").glob("incoming-*")), 5)
         stored = set((repo_dir / "objects" / "pack").glob("*.pack")) != before
         ok = expected in status and watcher.peak < BOUND and clean and not stored
         result.check(ok, f"{what}: unpack {status!r}, peak {pb.mb(watcher.peak)}, "

@@ -17,7 +17,10 @@ import subprocess
 
 import asyncssh
 
-from .suite import ZERO, Result, World, connect, local_git, run, wait_until
+from testkit import local_git, pkt, wait_for
+from testkit.sshclient import connect
+
+from .suite import ZERO, Result, World, run
 
 # The unusual code points (C1 controls, Unicode's Bidi_Control), written out here rather
 # than taken from the gateway, so that the oracle is independent of the code it judges.
@@ -32,10 +35,6 @@ FRAGMENTS = ["a", "b", "x.y", "v1", "..", ".", "/", "//", "@", "@{", "~", "^", "
 CLEAN = ["a", "b", "x.y", "v1", "-", "_", "/c", "\u00e9", "HEAD"]
 PREFIXES = ["refs/heads/", "refs/tags/", "refs/notes/", "refs/replace/", "refs/", "refs/heads",
             "refs/for/", "heads/", ""]
-
-
-def pkt(data: bytes) -> bytes:
-    return f"{len(data) + 4:04x}".encode() + data
 
 
 def commands(lines: list[tuple[bytes, bytes, bytes]], atomic: bool = False) -> bytes:
@@ -200,7 +199,7 @@ def refs_class(w: World, generated: int) -> Result:
     moved = {ref for ref in set(before) | set(after) if before.get(ref) != after.get(ref)}
     result.check(moved == accepted, f"refs moved that should not: {sorted(moved - accepted)[:5]}, "
                                     f"missing: {sorted(accepted - moved)[:5]}")
-    clean = wait_until(lambda: not list((repo_dir / "objects").glob("incoming-*")), 10)
+    clean = wait_for(lambda: not list((repo_dir / "objects").glob("incoming-*")), 10)
     result.check(clean and not list((repo_dir / "refs").rglob("*.lock")), "no quarantine or lock left")
     fsck = subprocess.run(["git", "fsck", "--full"], cwd=repo_dir, capture_output=True)
     result.check(fsck.returncode == 0, f"git fsck --full: {fsck.stderr[-300:]!r}")

@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
-import subprocess
 
-from .suite import Gateway, Result, make_key
-from conftest import User  # noqa: E402  (tests/ is on the path once .suite is imported)
+from testkit import Gateway, User, fingerprint, make_key
+
+from .suite import Result
 
 NOT_ENOUGH = "A recovery code is not enough here"
 
@@ -18,15 +18,9 @@ def _codes_in(text: str) -> bool:
     return re.search(r"^\s+[0-9a-z]{5}-[0-9a-z]{5}", text, re.M) is not None
 
 
-def _fingerprint(public: str) -> str:
-    out = subprocess.run(["ssh-keygen", "-lf", public], capture_output=True, text=True,
-                         check=True).stdout
-    return out.split()[1]
-
-
 def stolen_key(g: Gateway) -> Result:
-    from test_security_keys import SoftwareSecurityKey, run_with
-    from test_twosv import Session, enable, fresh_code
+    from testkit.security_key import SoftwareSecurityKey, run_with
+    from testkit.twosv import Session, enable, fresh_code
 
     result = Result("stolen key (2SV takeover, policy, persistence, forged text)")
     victim = g.user()
@@ -64,18 +58,18 @@ def stolen_key(g: Gateway) -> Result:
     thief = User(victim.name, second)
     waiting = Session(g, thief, "2sv", "verify")
     waiting.proc.stderr.read1(4096)
-    g.cli("key", "remove", _fingerprint(f"{second}.pub"))
+    g.cli("key", "remove", fingerprint(f"{second}.pub"))
     waiting.answer(fresh_code(secret))
     after = waiting.finish()
     db = sqlite3.connect(g.data / "gateway.db")
     rows = db.execute("SELECT count(*) FROM twosv_sessions WHERE key_fingerprint = ?",
-                      (_fingerprint(f"{second}.pub"),)).fetchone()[0]
+                      (fingerprint(f"{second}.pub"),)).fetchone()[0]
     db.close()
     result.check(after.returncode != 0 and rows == 0, "2sv verify answered after the key was revoked")
     # 5. What the operator sees after revoking: every key that still logs in.
     g.cli("key", "add", victim.name, f"{second}.pub")
-    revoked = g.cli("key", "remove", _fingerprint(f"{second}.pub")).stdout
-    result.check("key(s) that log in" in revoked and _fingerprint(f"{victim.key}.pub") in revoked,
+    revoked = g.cli("key", "remove", fingerprint(f"{second}.pub")).stdout
+    result.check("key(s) that log in" in revoked and fingerprint(f"{victim.key}.pub") in revoked,
                  f"key remove lists what still logs in: {revoked!r}")
     # 6. Text that would forge a terminal or an audit line.
     for title in ("a\x1b[2J", "line\n2026-01-01T00:00:00Z operator key.add x ok", "\u202eevil",

@@ -14,7 +14,6 @@ import signal
 import socket
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -25,9 +24,8 @@ from pathlib import Path
 import asyncssh
 import pyotp
 
-TESTS = Path(__file__).resolve().parent.parent / "tests"
-sys.path.insert(0, str(TESTS))
-from conftest import Gateway, git_workers, local_git, make_key  # noqa: E402
+from testkit import Gateway, git_workers, local_git, make_key, pkt, wait_for
+from testkit.sshclient import connect
 
 ZERO = "0" * 40
 
@@ -46,11 +44,6 @@ class Result:
             self.handled += 1
         elif len(self.failures) < 20:
             self.failures.append(what)
-
-
-def connect(g: Gateway, key: Path, **kw):
-    return asyncssh.connect("127.0.0.1", g.port, username="git", client_keys=[str(key)],
-                            known_hosts=None, agent_path=None, config=None, **kw)
 
 
 async def run(conn, command, data: bytes = b"", **kw):
@@ -77,15 +70,6 @@ def open_fds(g: Gateway) -> int:
 
 def threads(g: Gateway) -> int:
     return len(os.listdir(f"/proc/{g.proc.pid}/task"))
-
-
-def wait_until(predicate, timeout: float, interval: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
 
 
 PRE_RECEIVE = """#!/bin/sh
@@ -253,7 +237,7 @@ def command_lines(w: World, count: int, through_ssh: int) -> Result:
         result.check(refused(proc.returncode, proc.stdout, proc.stderr) and w.canaries_intact(),
                      "ssh: " + repr(line)[:200])
     # No process was started for any of them: the server's children are the same spares.
-    result.check(wait_until(lambda: server_children(g) == children, 10),
+    result.check(wait_for(lambda: server_children(g) == children, 10),
                  f"server children {server_children(g)} (were {children})")
     stray = sorted(w.outside_data() - outside)
     result.check(not stray and w.canaries_intact(), f"files written outside the data dir: {stray}")
@@ -471,7 +455,7 @@ def _agent_and_x11_through_ssh(w: World) -> bool:
     agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
     try:
-        wait_until(sock.exists, 10, 0.05)
+        wait_for(sock.exists, 10, 0.05)
         env = {**w.g.env, "SSH_AUTH_SOCK": str(sock), "DISPLAY": ":0"}
         argv = [("LogLevel=DEBUG" if a == "LogLevel=ERROR" else a)  # ssh takes the first
                 for a in w.g.ssh_command(w.alice.key)]
@@ -486,7 +470,7 @@ def _agent_and_x11_through_ssh(w: World) -> bool:
 
 
 def _probe_then_sign(w: World) -> bool:
-    from test_ssh import _probe_then_sign as method_for
+    from testkit.sshclient import probe_then_sign as method_for
 
     victim = w.g.user()
     attacker = w.g.user()
@@ -505,10 +489,6 @@ def _probe_then_sign(w: World) -> bool:
 
 
 # --- 5. protocol ---------------------------------------------------------------------------
-
-def pkt(data: bytes) -> bytes:
-    return b"%04x" % (len(data) + 4) + data
-
 
 CAPS = b" side-band-64k thin-pack ofs-delta"
 
@@ -553,7 +533,7 @@ def _no_pack(proc) -> bool:
 
 
 def protocol(w: World, count: int) -> Result:
-    from test_push_faults import commands, make_commit, new_history, pack_of, report_of
+    from testkit.receivepack import commands, make_commit, new_history, pack_of, report_of
 
     result = Result("protocol (pkt-lines, packs, wants)")
     rng = random.Random(5)
@@ -656,7 +636,7 @@ def protocol(w: World, count: int) -> Result:
                              f"{what}: report {report}")
 
     asyncio.run(run_all())
-    clean = wait_until(lambda: not list((repo_dir / "objects").glob("incoming-*"))
+    clean = wait_for(lambda: not list((repo_dir / "objects").glob("incoming-*"))
                        and not list((repo_dir / "objects").glob("tmp_pack_*"))
                        and not list((repo_dir / "objects" / "pack").glob("tmp_*")), 15)
     result.check(clean, "no quarantine or temporary pack left")
@@ -675,7 +655,7 @@ def protocol(w: World, count: int) -> Result:
 # --- 6. 2SV --------------------------------------------------------------------------------
 
 def two_step(g: Gateway, parallel: int) -> Result:
-    from test_twosv import enable, fresh_code
+    from testkit.twosv import enable, fresh_code
 
     result = Result("2SV (brute force, replay, recovery race)")
     brute = g.user()
@@ -788,15 +768,15 @@ def faults(g: Gateway, w: World, rounds: int, cuts: int) -> Result:
                 else ["git", "push", "-q", "-f", "origin", "HEAD:refs/heads/cut"])
         proc = subprocess.Popen(argv, cwd=w.clone, env=env, start_new_session=True,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_until(lambda: git_workers(repo_dir) or proc.poll() is not None, 10, 0.01)
+        wait_for(lambda: git_workers(repo_dir) or proc.poll() is not None, 10, 0.01)
         try:
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass  # the client finished before it could be cut
         proc.wait()
-    wait_until(lambda: not git_workers(repo_dir), 15)
+    wait_for(lambda: not git_workers(repo_dir), 15)
     steady()
-    settled = wait_until(lambda: not git_workers(repo_dir) and open_fds(g) <= fds
+    settled = wait_for(lambda: not git_workers(repo_dir) and open_fds(g) <= fds
                          and len(server_children(g)) <= children and threads(g) <= tasks, 15)
     result.check(settled, f"after cut clients: fds {open_fds(g)} (was {fds}), children "
                           f"{len(server_children(g))} (was {children}), threads {threads(g)} "

@@ -22,7 +22,10 @@ import time
 import asyncssh
 from dulwich.objects import Blob, Commit, Tag, Tree
 
-from .suite import Result, World, connect, local_git, run, wait_until
+from testkit import local_git, wait_for
+from testkit.sshclient import connect
+
+from .suite import Result, World, run
 
 SESSIONS = 10  # one after another on a connection (the suite's server allows 10)
 HFS_IGNORED = ["\u200c", "\u200d", "\u200e", "\u200f", "\u202a", "\u202e", "\u206a", "\ufeff"]
@@ -101,8 +104,7 @@ def _variant(rng: random.Random) -> tuple[str, bytes, bytes]:
 
 
 def trees(w: World, count: int) -> Result:
-    from test_fsck import RawObject, sideband, tree_bytes
-    from test_push_faults import commands, make_commit, pack_of
+    from testkit.receivepack import RawObject, commands, make_commit, pack_of, sideband, tree_bytes
 
     result = Result("trees (hostile trees, commits, tags, .gitmodules)")
     g = w.g
@@ -178,7 +180,7 @@ def trees(w: World, count: int) -> Result:
     started = time.monotonic()
     asyncio.run(run_all())
     pushed = time.monotonic() - started
-    clean = wait_until(lambda: not list((repo_dir / "objects").glob("incoming-*")), 15)
+    clean = wait_for(lambda: not list((repo_dir / "objects").glob("incoming-*")), 15)
     result.check(clean, "no quarantine left")
     result.check(local_git("for-each-ref", cwd=repo_dir) == before, "no ref changed")
     present = subprocess.run(["git", "cat-file", "--batch-check"], cwd=repo_dir, capture_output=True,

@@ -14,7 +14,10 @@ import asyncio
 import time
 from pathlib import Path
 
-from .suite import Gateway, Result, connect, git_workers, local_git, make_key, wait_until
+from testkit import Gateway, git_workers, local_git, make_key, pkt, wait_for
+from testkit.sshclient import connect
+
+from .suite import Result
 
 TOTAL, PER_ACCOUNT, QUEUE, REQUEST = 10, 3, 2, 4
 SETTINGS = (f"max_git_workers = {TOTAL}\nmax_git_workers_per_account = {PER_ACCOUNT}\n"
@@ -27,10 +30,6 @@ PER_ACCOUNT_LINE = (f"ERROR: Too many Git requests at once from this account ({P
 BUSY_LINE = f"ERROR: The server is busy: all {TOTAL} Git workers are in use; try again in a minute"
 TRICKLE_LINE = (f"ERROR: The Git request did not arrive in full within {REQUEST} seconds; "
                 "closing")
-
-
-def pkt(data: bytes) -> bytes:
-    return b"%04x" % (len(data) + 4) + data
 
 
 async def _advertisement(proc) -> bool:
@@ -157,7 +156,7 @@ def _attack(g: Gateway, root: Path, result: Result, sessions: int, trickling: in
             p.close()
         for c in key_conns + acct_conns:
             c.close()
-        wait_until(lambda: not git_workers(repo_dir), 15)
+        wait_for(lambda: not git_workers(repo_dir), 15)
         many = await asyncio.to_thread(lambda: [g.user() for _ in range(TOTAL + 3)])
         for u in many:
             await asyncio.to_thread(g.cli, "member", "add", ws, u.name)
@@ -185,7 +184,7 @@ def _attack(g: Gateway, root: Path, result: Result, sessions: int, trickling: in
             c.close()
 
     asyncio.run(go())
-    gone = wait_until(lambda: not git_workers(repo_dir), 15)
+    gone = wait_for(lambda: not git_workers(repo_dir), 15)
     result.check(gone, f"workers left after the flood: {git_workers(repo_dir)}")
     bound = idle_mb + (TOTAL + 2) * WORKER_MB
     result.check(peak["mb"] <= bound, f"server tree RSS peaked at {peak['mb']:.0f} MB, "

@@ -10,7 +10,7 @@ What it starts (and stops, whatever happens):
   AuthorizedKeysFile (`UsePAM no`, `StrictModes no`, `PermitRootLogin prohibit-password`,
   `-D -e`), logging in as the current user and running C git's git-upload-pack and
   git-receive-pack from PATH on bare repositories in a temporary directory;
-- a private `gateway serve` (tests/conftest.py's Gateway, default settings) with one
+- a private `gateway serve` (testkit/server.py's Gateway, default settings) with one
   account, one workspace and the same repositories, copied on disk into the repository
   paths the CLI created (gateway/git/layout.py: DATA/repos/WORKSPACE/NAME.git).
 
@@ -57,9 +57,9 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "tests"))
-from conftest import Gateway, free_port  # noqa: E402  (the test fixtures' server driver)
+sys.path.insert(0, str(HERE.parent))  # run as a script: the repo root holds testkit/
 from gateway.config import Settings  # noqa: E402
+from testkit import Gateway, free_port, pkt  # noqa: E402  (the tests' server driver)
 
 CACHE = Path(os.environ.get("GATEWAY_BENCH_CACHE", "/tmp/gateway-bench-cache"))
 GENERATOR_VERSION = 2
@@ -938,10 +938,6 @@ def main_scale(args, root: Path) -> None:
         f"Run took {(time.monotonic() - started) / 60:.1f} min."
     )
     print_table(res, caption, targets=False)
-
-
-def pkt(data: bytes) -> bytes:
-    return b"%04x" % (len(data) + 4) + data
 
 
 def upload_pack_request(server: Path) -> bytes:

@@ -25,8 +25,7 @@ from pathlib import Path
 from dulwich.object_store import DiskObjectStore
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))  # run as a script: the repo root holds testkit/
 from gateway.git.receive import fsck  # noqa: E402
 
 
@@ -57,7 +56,7 @@ def timed(quarantine: Path, store: Path) -> tuple[float, int]:
 
 
 def push_seconds(commits_repo: Path, toml: str, work: Path) -> float:
-    from conftest import Gateway
+    from testkit import Gateway
 
     g = Gateway(work)
     g.cli("init")

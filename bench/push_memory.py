@@ -20,8 +20,8 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from conftest import Gateway  # noqa: E402  (the test fixtures' server driver)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo root holds testkit/
+from testkit import Gateway  # noqa: E402  (the tests' server driver)
 
 BLOB_MB = 10
 

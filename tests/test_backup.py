@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import GATEWAY, Gateway, local_git, unique
-from test_twosv import enable, fresh_code
+from testkit import GATEWAY, Gateway, local_git, unique
+from testkit.twosv import enable, fresh_code
 
 
 @pytest.fixture

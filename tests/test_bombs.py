@@ -21,10 +21,10 @@ import pytest
 from dulwich.objects import Blob, Commit, Tree
 from dulwich.repo import Repo
 
-import packbombs as pb
-from conftest import Gateway, git_workers, local_git
-from test_git import commit, fsck
-from test_push_faults import bare_refs, no_quarantine_soon, private, quarantines  # noqa: F401
+from testkit import Gateway, git_workers, local_git
+from testkit import packbombs as pb
+from testkit.localgit import commit, fsck
+from testkit.pushes import bare_refs, no_quarantine_soon, quarantines
 
 MiB = pb.MiB
 BOUND = 300 * MiB  # the attacks below ask for 1 to 64 GiB

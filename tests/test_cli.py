@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 
-from conftest import GATEWAY, Gateway, User, local_git, make_key, unique
+from testkit import GATEWAY, Gateway, User, fingerprint, local_git, make_key, unique
 
 FINGERPRINT_RE = re.compile(r"SHA256:[A-Za-z0-9+/]{43}")
 
@@ -69,12 +69,6 @@ def refused_all(gw: Gateway, commands: list[tuple[str, ...]], status: int = 1) -
 
 def as_json(result: subprocess.CompletedProcess):
     return json.loads(result.stdout)
-
-
-def fingerprint(pub: Path) -> str:
-    out = subprocess.run(["ssh-keygen", "-lf", str(pub)], capture_output=True, text=True,
-                         check=True).stdout
-    return out.split()[1]
 
 
 def new_key(gw: Gateway, kind: str = "ed25519") -> Path:

@@ -15,7 +15,7 @@ import time
 import pyotp
 import zxingcpp
 
-from conftest import Gateway, User, make_key, unique
+from testkit import Gateway, User, make_key, unique
 from gateway import qr
 
 PROMPT = "Enter the 6-digit code the app shows:"

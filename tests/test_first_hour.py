@@ -17,7 +17,7 @@ from pathlib import Path
 import asyncssh
 import pytest
 
-from conftest import GATEWAY, Gateway, make_key, unique
+from testkit import GATEWAY, Gateway, make_key, unique
 
 ROOT = Path(__file__).resolve().parents[1]
 

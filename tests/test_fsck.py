@@ -18,29 +18,13 @@ from pathlib import Path
 import pytest
 from dulwich.objects import Blob, Commit, Tag, Tree
 
-from conftest import local_git
-from test_git import commit, fsck
-from test_push_faults import (assert_clean_log, bare_refs, commands, has_object, log_since,
-                              make_commit, no_quarantine_soon, pack_of, parse_pkts, private, seed)
+from testkit import local_git
+from testkit.localgit import commit, fsck
+from testkit.pushes import assert_clean_log, bare_refs, has_object, log_since, no_quarantine_soon, seed
+from testkit.receivepack import RawObject, commands, make_commit, pack_of, sideband, tree_bytes
 from gateway.git.receive import fsck as checker
 
-assert private  # a fixture, used by name
 SHA = bytes(range(1, 21))  # some entry's binary sha
-
-
-class RawObject(Blob):
-    """An object of any type with exactly the bytes given (dulwich would parse them)."""
-
-    @classmethod
-    def of(cls, kind: type, data: bytes) -> "RawObject":
-        obj = type(f"Raw{kind.__name__}", (cls,), {"type_num": kind.type_num,
-                                                   "type_name": kind.type_name})()
-        obj.set_raw_string(data)
-        return obj
-
-
-def tree_bytes(*entries: tuple[bytes, bytes, bytes]) -> bytes:
-    return b"".join(mode + b" " + name + b"\0" + sha for mode, name, sha in entries)
 
 
 def hash_object(clone: Path, kind: str, data: bytes) -> str:
@@ -50,28 +34,6 @@ def hash_object(clone: Path, kind: str, data: bytes) -> str:
 
 def commit_on(clone: Path, tree: str, parent: str, message: str = "hostile") -> str:
     return local_git("commit-tree", tree, "-p", parent, "-m", message, cwd=clone).strip()
-
-
-def sideband(stdout: bytes) -> tuple[dict[str, str], str]:
-    """A raw side-band-64k push's report and its `remote:` text."""
-    pkts, _ = parse_pkts(stdout)
-    data, progress = b"", b""
-    for pkt in pkts[pkts.index(None) + 1:]:
-        if pkt and pkt[0] == 1:
-            data += pkt[1:]
-        elif pkt and pkt[0] == 2:
-            progress += pkt[1:]
-    report = {}
-    for line in parse_pkts(data)[0]:
-        if line:
-            text = line.rstrip(b"\n").decode(errors="replace")
-            kind, _, rest = text.partition(" ")
-            if kind == "unpack":
-                report["unpack"] = rest
-            else:
-                ref, _, reason = rest.partition(" ")
-                report[ref] = "ok" if kind == "ok" else "ng " + reason
-    return report, progress.decode(errors="replace")
 
 
 @pytest.fixture

@@ -9,30 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Gateway, User, local_git
-
-
-def commit(tree: Path, name: str, content: str | bytes = "", message: str | None = None) -> str:
-    path = tree / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(content, bytes):
-        path.write_bytes(content)
-    else:
-        path.write_text(content or f"{name}\n")
-    local_git("add", name, cwd=tree)
-    local_git("commit", "-q", "-m", message or f"add {name}", cwd=tree)
-    return local_git("rev-parse", "HEAD", cwd=tree).strip()
-
-
-def fsck(gw: Gateway, path: str) -> None:
-    result = subprocess.run(["git", "fsck", "--full", "--strict"], cwd=gw.repo_dir(path),
-                            capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout + result.stderr
-
-
-def remote_refs(gw: Gateway, user: User, path: str) -> dict[str, str]:
-    out = gw.git(user, "ls-remote", gw.url(path)).stdout
-    return {ref: sha for sha, ref in (line.split("\t") for line in out.splitlines())}
+from testkit import Gateway, local_git
+from testkit.localgit import commit, fsck, remote_refs
 
 
 @pytest.fixture

@@ -11,13 +11,7 @@ import pytest
 
 from gateway.transport import limits, proxyproto
 from gateway.config import Settings
-
-
-class Clock:
-    now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from testkit import Clock
 
 
 def tracker(**settings):

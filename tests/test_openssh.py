@@ -18,8 +18,8 @@ from pathlib import Path
 import pyotp
 import pytest
 
-from conftest import GATEWAY, Gateway, User, free_port, local_git, make_key, unique
-from test_twosv import CODE_RE, URI_RE, code_at, fresh_code
+from testkit import GATEWAY, Gateway, User, fingerprint, free_port, local_git, make_key, unique
+from testkit.twosv import CODE_RE, URI_RE, code_at, fresh_code
 
 SSHD = "/usr/sbin/sshd"
 
@@ -116,11 +116,6 @@ def front(tmp_path_factory):
     yield sshd
     sshd.stop()
     g.stop()
-
-
-def fingerprint(pub: Path) -> str:
-    return subprocess.run(["ssh-keygen", "-lf", str(pub)], capture_output=True, text=True,
-                          check=True).stdout.split()[1]
 
 
 def enrol(front: Sshd, user: User) -> str:

@@ -20,27 +20,8 @@ import asyncssh
 import pytest
 
 from gateway import config
-from conftest import GATEWAY, Gateway, free_port, local_git, make_key, unique
-
-
-@pytest.fixture
-def private(tmp_path):
-    """private(toml, start=True) -> a Gateway of one's own, stopped at the end."""
-    servers: list[Gateway] = []
-
-    def make(toml: str = "", start: bool = True) -> Gateway:
-        g = Gateway(tmp_path / f"server{len(servers)}")
-        g.cli("init")
-        if toml:
-            (g.data / "gateway.toml").write_text(toml)
-        servers.append(g)
-        if start:
-            g.start()
-        return g
-
-    yield make
-    for g in servers:
-        g.stop()
+from testkit import GATEWAY, Gateway, free_port, local_git, make_key, unique, wait_for
+from testkit.sshclient import connect
 
 
 def serve(g: Gateway, *extra: str, env: dict | None = None, timeout: float = 20):
@@ -100,15 +81,6 @@ def closed_without_banner(s: socket.socket) -> bool:
         return s.recv(100) == b""
     except ConnectionResetError:
         return True
-
-
-def wait_for(predicate, timeout: float = 10, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
 
 
 def ls_remote_ok(g: Gateway, user, path: str) -> float:
@@ -309,17 +281,12 @@ def test_login_timeout_cuts_a_silent_client(private):
     assert 1.5 < took < 8, took
 
 
-def _asyncssh(g: Gateway, key: Path):
-    return asyncssh.connect("127.0.0.1", g.port, username="git", client_keys=[str(key)],
-                            known_hosts=None, agent_path=None, config=None)
-
-
 def test_sessions_per_connection_are_capped(private):
     g = private("max_sessions = 2\n")
     user = g.user()
 
     async def go():
-        async with _asyncssh(g, user.key) as conn:
+        async with connect(g, user.key) as conn:
             # Two prompts held open (2sv enable waits for a code; `2sv verify` would end at
             # once for an account without 2SV), then a third session.
             held = [await conn.create_process("2sv enable") for _ in range(2)]
@@ -367,7 +334,7 @@ def test_an_idle_authenticated_connection_is_closed(private):
     user = g.user()
 
     async def go():
-        async with _asyncssh(g, user.key) as conn:
+        async with connect(g, user.key) as conn:
             started = time.monotonic()
             await asyncio.wait_for(conn.wait_closed(), 20)
             return time.monotonic() - started
@@ -516,7 +483,7 @@ def test_sighup_reloads_settings_and_keydir_without_dropping_connections(private
     keydir.mkdir(exist_ok=True)
 
     async def go():
-        async with _asyncssh(g, user.key) as conn:
+        async with connect(g, user.key) as conn:
             assert (await conn.run("whoami")).exit_status == 0
             (g.data / "gateway.toml").write_text("log_format = \"json\"\n")
             (keydir / f"{newcomer}.pub").write_text(Path(str(newcomer_key) + ".pub").read_text())

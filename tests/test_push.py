@@ -8,29 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Gateway, local_git
-from test_git import commit, fsck, remote_refs
-
-SHIPPED_HOOKS = Path(__file__).resolve().parent.parent / "hooks"
-
-
-@pytest.fixture
-def hooks(gw: Gateway):
-    """Install hooks into the test server's hooks_dir for one test: hooks(name, script)."""
-    installed: list[Path] = []
-
-    def install(name: str, script: str) -> Path:
-        path = gw.root / "hooks" / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(script)
-        path.chmod(0o755)
-        installed.append(path)
-        return path
-
-    yield install
-    for path in installed:
-        path.unlink(missing_ok=True)
-
+from testkit import Gateway, local_git
+from testkit.localgit import commit, fsck, remote_refs
+from testkit.pushes import SHIPPED_HOOKS
 
 @pytest.fixture
 def pushed(gw: Gateway, work: Path):

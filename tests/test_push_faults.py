@@ -11,7 +11,6 @@ traceback in the server's log. Nothing here patches the server.
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import re
 import signal
@@ -23,52 +22,19 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from dulwich.object_format import DEFAULT_OBJECT_FORMAT
 from dulwich.objects import Blob, Commit, Tag, Tree
-from dulwich.pack import write_pack_objects
 
-from conftest import Gateway, User, git_workers, local_git, unique
-from test_git import commit, fsck
+from testkit import Gateway, User, git_workers, local_git, pkt, unique, wait_for
+from testkit.localgit import commit, fsck
+from testkit.pushes import (assert_clean_log, bare_refs, has_object, log_since, no_quarantine_soon,
+                            quarantines, ref_locks, seed)
+from testkit.receivepack import ZERO, commands, make_commit, new_history, pack_of, receive_pack, report_of
 
-ZERO = b"0" * 40
 MiB = 1024 * 1024
 REJECTED = ("[remote rejected]", "[rejected]", "failed to update ref", "fetch first")
 
 
 # --- helpers -------------------------------------------------------------------------
-
-
-def wait_until(predicate, timeout: float, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(interval)
-
-
-def bare_refs(repo_dir: Path) -> dict[str, str]:
-    """Every ref of the bare repository as git itself reads them (loose and packed)."""
-    out = subprocess.run(["git", "for-each-ref", "--format=%(objectname) %(refname)"],
-                         cwd=repo_dir, capture_output=True, text=True, check=True).stdout
-    return {ref: sha for sha, ref in (line.split(" ", 1) for line in out.splitlines())}
-
-
-def quarantines(repo_dir: Path) -> list[str]:
-    return sorted(p.name for p in (repo_dir / "objects").glob("incoming-*"))
-
-
-def no_quarantine_soon(repo_dir: Path, timeout: float = 5.0) -> bool:
-    """The worker needs a moment to notice EOF and remove its quarantine."""
-    return wait_until(lambda: not quarantines(repo_dir), timeout)
-
-
-def ref_locks(repo_dir: Path) -> list[str]:
-    found = [str(p.relative_to(repo_dir)) for p in (repo_dir / "refs").rglob("*.lock")]
-    if (repo_dir / "packed-refs.lock").exists():
-        found.append("packed-refs.lock")
-    return found
 
 
 def tmp_pack_size(repo_dir: Path, ignore: set[str] | frozenset = frozenset()) -> int:
@@ -86,13 +52,6 @@ def tmp_pack_size(repo_dir: Path, ignore: set[str] | frozenset = frozenset()) ->
 
 def quarantine_pack_done(repo_dir: Path) -> bool:
     return bool(list((repo_dir / "objects").glob("incoming-*/pack/*.pack")))
-
-
-def has_object(repo_dir: Path, sha: str | bytes) -> bool:
-    if isinstance(sha, bytes):
-        sha = sha.decode()
-    return subprocess.run(["git", "cat-file", "-e", sha], cwd=repo_dir,
-                          capture_output=True).returncode == 0
 
 
 def workers_for(repo_dir: Path) -> list[int]:
@@ -130,18 +89,6 @@ def git_env(g: Gateway, user: User) -> dict:
     return {**g.env, "GIT_SSH_COMMAND": " ".join(g.ssh_command(user.key))}
 
 
-def seed(g: Gateway, work: Path, name: str = "clone") -> tuple[User, str, Path, str]:
-    """A writer, a workspace, a repository and a clone whose first commit is pushed."""
-    alice = g.user()
-    ws = g.workspace((alice, "write"))
-    path = g.repo(ws)
-    clone = work / name
-    g.git(alice, "clone", g.url(path), str(clone))
-    first = commit(clone, "README.md", "hello\n")
-    g.git(alice, "push", "origin", "HEAD:main", cwd=clone)
-    return alice, path, clone, first
-
-
 def start_push(g: Gateway, user: User, clone: Path, *args: str) -> subprocess.Popen:
     """`git push` in its own process group, so that it can be killed with its ssh child."""
     return subprocess.Popen(["git", "push", *args], cwd=clone, env=git_env(g, user),
@@ -164,34 +111,6 @@ def finish(proc: subprocess.Popen, timeout: float = 60) -> tuple[int, str]:
         _, err = proc.communicate()
         raise AssertionError(f"git push still running after {timeout} s: {err.decode(errors='replace')}")
     return proc.returncode, err.decode(errors="replace")
-
-
-def log_since(g: Gateway, offset: int) -> str:
-    return g.server_log()[offset:]
-
-
-def assert_clean_log(text: str) -> None:
-    assert "Traceback" not in text, text[-4000:]
-    assert "git worker failed" not in text, text[-4000:]
-
-
-@pytest.fixture
-def private(tmp_path):
-    """A server of one's own, to configure, kill and restart: private(toml) -> Gateway."""
-    servers: list[Gateway] = []
-
-    def make(toml: str = "") -> Gateway:
-        g = Gateway(tmp_path / f"server{len(servers)}")
-        g.cli("init")
-        if toml:
-            (g.data / "gateway.toml").write_text(toml)
-        servers.append(g)
-        g.start()
-        return g
-
-    yield make
-    for g in servers:
-        g.stop()
 
 
 # --- 1. concurrency ---------------------------------------------------------------------
@@ -319,7 +238,7 @@ def test_client_killed_mid_pack_leaves_nothing_behind(gw, work):
         big = commit(clone, f"big{attempt}.bin", os.urandom(8 * MiB))
         proc = start_push(gw, alice, clone, "origin", "main")
         # Kill as soon as part of the pack sits in a quarantine: mid-pack for sure.
-        seen = wait_until(lambda: tmp_pack_size(repo_dir, earlier) > 64 * 1024
+        seen = wait_for(lambda: tmp_pack_size(repo_dir, earlier) > 64 * 1024
                           or proc.poll() is not None, 30, interval=0.005)
         midway = seen and proc.poll() is None and tmp_pack_size(repo_dir, earlier) > 0
         kill_group(proc)
@@ -334,7 +253,7 @@ def test_client_killed_mid_pack_leaves_nothing_behind(gw, work):
         fsck(gw, path)
         if not no_quarantine_soon(repo_dir, 5):
             leftovers.append((attempt, set(quarantines(repo_dir)) - earlier))
-        if not wait_until(lambda: not workers_for(repo_dir), 1):
+        if not wait_for(lambda: not workers_for(repo_dir), 1):
             survivors.append((attempt, workers_for(repo_dir)))
     assert any(hits), "no attempt was killed in the middle of the pack"
     # The next push works (even with a stuck worker around).
@@ -372,7 +291,7 @@ def test_server_killed_mid_push_recovers(private, work):
             "pack fully received": lambda: quarantine_pack_done(repo_dir),
             "after 1.5 s": lambda: False,
         }[point]
-        wait_until(lambda: condition() or proc.poll() is not None,
+        wait_for(lambda: condition() or proc.poll() is not None,
                    1.5 if point == "after 1.5 s" else 30, interval=0.002)
         pids = worker_pids(repo_dir)
         g.proc.kill()
@@ -387,13 +306,13 @@ def test_server_killed_mid_push_recovers(private, work):
         # may finish the push before the worker is looked for.
         if point not in ("after 1.5 s", "pack fully received"):
             assert pids, f"round {rnd} ({point}): no worker seen while the push ran"
-        assert wait_until(lambda: all(process_state(p) in (None, "Z") for p in pids), 5), \
+        assert wait_for(lambda: all(process_state(p) in (None, "Z") for p in pids), 5), \
             f"round {rnd} ({point}): workers {[(p, process_state(p)) for p in pids]} outlived the server"
-        assert wait_until(lambda: not workers_for(repo_dir), 5), workers_for(repo_dir)
+        assert wait_for(lambda: not workers_for(repo_dir), 5), workers_for(repo_dir)
         value = bare_refs(repo_dir).get("refs/heads/main")
         assert value in (old, new), f"round {rnd} ({point}): main = {value}"
         # As a supervisor would, restart once the old processes are gone (reaped).
-        wait_until(lambda: all(process_state(p) is None for p in pids), 10)
+        wait_for(lambda: all(process_state(p) is None for p in pids), 10)
         g.start()
         assert not quarantines(repo_dir), f"round {rnd} ({point})"
         assert not ref_locks(repo_dir), f"round {rnd} ({point})"
@@ -459,90 +378,6 @@ def test_push_over_max_push_bytes_is_refused(private, work):
 
 
 # --- 5. bad protocol input --------------------------------------------------------------
-
-
-def pkt(data: bytes) -> bytes:
-    return f"{len(data) + 4:04x}".encode() + data
-
-
-def commands(*lines: tuple[bytes, bytes, bytes], caps: bytes = b"report-status delete-refs") -> bytes:
-    out = b""
-    for i, (old, new, ref) in enumerate(lines):
-        out += pkt(old + b" " + new + b" " + ref + (b"\x00" + caps if i == 0 else b"") + b"\n")
-    return out + b"0000"
-
-
-def pack_of(*objects) -> bytes:
-    buf = io.BytesIO()
-    write_pack_objects(buf.write, list(objects), DEFAULT_OBJECT_FORMAT)
-    return buf.getvalue()
-
-
-def make_commit(tree: bytes, parents: list[bytes], message: bytes = b"raw commit\n") -> Commit:
-    c = Commit()
-    c.tree = tree
-    c.parents = parents
-    c.author = c.committer = b"Raw <raw@example.com>"
-    c.author_time = c.commit_time = int(time.time())
-    c.author_timezone = c.commit_timezone = 0
-    c.message = message
-    return c
-
-
-def new_history(parent: str) -> tuple[Commit, list]:
-    """A commit on top of `parent` with a new tree and blob: (commit, [commit, tree, blob])."""
-    blob = Blob.from_string(os.urandom(32).hex().encode() + b"\n")
-    tree = Tree()
-    tree.add(b"raw.txt", 0o100644, blob.id)
-    c = make_commit(tree.id, [parent.encode()])
-    return c, [c, tree, blob]
-
-
-def parse_pkts(data: bytes) -> tuple[list[bytes | None], bytes]:
-    out: list[bytes | None] = []
-    while len(data) >= 4:
-        try:
-            length = int(data[:4], 16)
-        except ValueError:
-            break
-        if length == 0:
-            out.append(None)
-            data = data[4:]
-            continue
-        if length < 4 or len(data) < length:
-            break
-        out.append(data[4:length])
-        data = data[length:]
-    return out, data
-
-
-def report_of(stdout: bytes) -> dict[str, str]:
-    """The report-status after the advertisement: {"unpack": status, ref: "ok"|"ng reason"}."""
-    pkts, _ = parse_pkts(stdout)
-    assert None in pkts, f"no advertisement: {stdout[:200]!r}"
-    report = {}
-    for line in pkts[pkts.index(None) + 1:]:
-        if line is None:
-            continue
-        text = line.rstrip(b"\n").decode(errors="replace")
-        if text.startswith("unpack "):
-            report["unpack"] = text[len("unpack "):]
-        elif text.startswith(("ok ", "ng ")):
-            kind, _, rest = text.partition(" ")
-            if kind == "ok":
-                report[rest] = "ok"
-            else:
-                ref, _, reason = rest.partition(" ")
-                report[ref] = "ng " + reason
-    return report
-
-
-def receive_pack(g: Gateway, user: User, path: str, body: bytes) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [*g.ssh_command(user.key), "-p", str(g.port), "git@127.0.0.1",
-         f"git-receive-pack '{path}.git'"],
-        input=body, capture_output=True, env=g.env, timeout=60,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -819,7 +654,7 @@ def test_pre_receive_past_hook_timeout_is_stopped(private, work):
     fsck(g, path)
     # The hook (now `sleep 30`) was stopped, not left running.
     pid = int(pidfile.read_text())
-    assert wait_until(lambda: not Path(f"/proc/{pid}").exists(), 2), f"hook {pid} still runs"
+    assert wait_for(lambda: not Path(f"/proc/{pid}").exists(), 2), f"hook {pid} still runs"
 
 
 def test_hook_timeout_holds_when_the_hook_leaves_a_child_behind(private, work):
@@ -841,7 +676,7 @@ def test_hook_timeout_holds_when_the_hook_leaves_a_child_behind(private, work):
         result = g.git(alice, "push", "origin", "main", cwd=clone, check=False)
         elapsed = time.monotonic() - started
     finally:
-        if wait_until(pidfile.exists, 2):
+        if wait_for(pidfile.exists, 2):
             try:
                 os.kill(int(pidfile.read_text()), signal.SIGKILL)
             except (ProcessLookupError, ValueError):

@@ -11,12 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Gateway, local_git, unique
-from test_git import commit, fsck
-from test_push import SHIPPED_HOOKS, hooks  # noqa: F401  (a fixture)
-from test_push_faults import (ZERO, assert_clean_log, bare_refs, commands, log_since, wait_until,
-                              new_history, pack_of, private, receive_pack, ref_locks,
-                              report_of, seed)  # noqa: F401  (private is a fixture)
+from testkit import Gateway, local_git, unique, wait_for
+from testkit.localgit import commit, fsck
+from testkit.pushes import SHIPPED_HOOKS, assert_clean_log, bare_refs, log_since, ref_locks, seed
+from testkit.receivepack import ZERO, commands, new_history, pack_of, receive_pack, report_of
 
 
 def push_rows(g: Gateway, account: str) -> list[dict]:
@@ -387,9 +385,9 @@ def test_a_push_whose_client_goes_away_after_its_refs_moved_is_audited(gw, seede
     client.stdin.write(body)
     client.stdin.flush()
     try:
-        assert wait_until(lambda: "refs/heads/gone" in bare_refs(repo_dir), 20)
+        assert wait_for(lambda: "refs/heads/gone" in bare_refs(repo_dir), 20)
     finally:
         client.kill()
         client.wait()
-    assert wait_until(lambda: pushes_audited(gw, alice.name) == audited + 1, 20)
+    assert wait_for(lambda: pushes_audited(gw, alice.name) == audited + 1, 20)
     assert push_rows(gw, alice.name)[-1]["detail"] == "1 ref: refs/heads/gone"

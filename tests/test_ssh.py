@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import pty
-import re
 import signal
 import socket
 import subprocess
@@ -20,10 +19,9 @@ from pathlib import Path
 
 import asyncssh
 import pytest
-from asyncssh.auth import MSG_USERAUTH_PK_OK, _ClientPublicKeyAuth
-from asyncssh.packet import Boolean, String
 
-from conftest import Gateway, User, git_workers, local_git, make_key
+from testkit import Gateway, User, fingerprint, git_workers, local_git, make_key
+from testkit.sshclient import probe_then_sign
 
 GIT_FATAL = "fatal: Could not read from remote repository."
 
@@ -31,18 +29,9 @@ GIT_FATAL = "fatal: Could not read from remote repository."
 # --- helpers -------------------------------------------------------------------------
 
 
-def fingerprint_of(pub: Path) -> str:
-    """The SHA256 fingerprint as `ssh-keygen -lf` prints it."""
-    out = subprocess.run(["ssh-keygen", "-lf", str(pub)], capture_output=True, text=True,
-                         check=True).stdout
-    match = re.search(r"(SHA256:[A-Za-z0-9+/]+)", out)
-    assert match, out
-    return match.group(1)
-
-
 def greeting_line(user: User) -> str:
     return (f'Hi {user.name}! You\'ve authenticated with key "{user.name}@test" '
-            f"({fingerprint_of(user.pub)}). Shell access is disabled; use git to clone and push.")
+            f"({fingerprint(user.pub)}). Shell access is disabled; use git to clone and push.")
 
 
 def hint_line(gw: Gateway) -> str:
@@ -50,7 +39,7 @@ def hint_line(gw: Gateway) -> str:
 
 
 def ssh_base(gw: Gateway, log_level: str = "ERROR") -> list[str]:
-    """OpenSSH options without an identity (the conftest helper fixes one key)."""
+    """OpenSSH options without an identity (the Gateway helper fixes one key)."""
     return [
         "ssh", "-F", "/dev/null", "-o", "StrictHostKeyChecking=no",
         "-o", "UserKnownHostsFile=/dev/null", "-o", f"LogLevel={log_level}",
@@ -193,7 +182,7 @@ def test_greeting_names_the_key_that_signed(gw, world, tmp_path):
     second = make_key(tmp_path, "second")
     gw.cli("key", "add", world.olga.name, str(second) + ".pub", "--title", "work laptop")
     result = gw.ssh(second)
-    fp = fingerprint_of(Path(str(second) + ".pub"))
+    fp = fingerprint(Path(str(second) + ".pub"))
     assert result.stdout.splitlines()[0] == (
         f'Hi {world.olga.name}! You\'ve authenticated with key "work laptop" ({fp}). '
         "Shell access is disabled; use git to clone and push.")
@@ -724,44 +713,10 @@ def test_login_timeout(gw, tmp_path):
 # --- 6. offered key vs signing key (CVE-2023-43809) ----------------------------------
 
 
-def _probe_then_sign(victim_public: asyncssh.SSHKey, claim_victim_when_signing: bool):
-    """A client publickey method that first offers VICTIM_PUBLIC without a signature, and
-    when the server answers PK_OK, signs with the client's own key (and, optionally,
-    claims the victim's public key in the signed request)."""
-
-    class ProbeThenSign(_ClientPublicKeyAuth):
-        probes_ok: list[bytes] = []
-
-        async def _start(self) -> None:
-            self._keypair = await self._conn.public_key_auth_requested()
-            if self._keypair is None:
-                self._conn.try_next_auth(next_method=True)
-                return
-            await self.send_request(Boolean(False), String(victim_public.algorithm),
-                                    String(victim_public.public_data))
-
-        def _pk_ok(self, _pkttype, _pktid, packet) -> None:
-            packet.get_string()
-            key_data = packet.get_string()
-            packet.check_end()
-            ProbeThenSign.probes_ok.append(key_data)
-            self.create_task(self._sign())
-
-        async def _sign(self) -> None:
-            claimed = victim_public.public_data if claim_victim_when_signing \
-                else self._keypair.public_data
-            await self.send_request(Boolean(True), String(self._keypair.algorithm),
-                                    String(claimed), key=self._keypair, trivial=False)
-
-        _packet_handlers = {MSG_USERAUTH_PK_OK: _pk_ok}
-
-    return ProbeThenSign
-
-
 def test_identity_comes_from_the_signing_key_not_the_probed_one(gw, world, monkeypatch):
     attacker, victim = world.olga, world.carol
     victim_public = asyncssh.read_public_key(str(victim.pub))
-    method = _probe_then_sign(victim_public, claim_victim_when_signing=False)
+    method = probe_then_sign(victim_public, claim_victim_when_signing=False)
     monkeypatch.setitem(asyncssh.auth._client_auth_handlers, b"publickey", method)
 
     async def attack():
@@ -786,7 +741,7 @@ def test_signature_must_match_the_claimed_key(gw, world, monkeypatch):
     """Probe the victim's key, then send a request claiming it, signed by another key."""
     attacker, victim = world.olga, world.carol
     victim_public = asyncssh.read_public_key(str(victim.pub))
-    method = _probe_then_sign(victim_public, claim_victim_when_signing=True)
+    method = probe_then_sign(victim_public, claim_victim_when_signing=True)
     monkeypatch.setitem(asyncssh.auth._client_auth_handlers, b"publickey", method)
 
     async def attack():

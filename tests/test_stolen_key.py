@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Gateway, User, make_key, unique
-from test_security_keys import SoftwareSecurityKey, run_with
-from test_twosv import CODE_RE, Session, audit_actions, enable, error_lines, fresh_code
-from test_workspace_policy import fingerprint
+from testkit import Gateway, User, fingerprint, make_key, unique
+from testkit.security_key import SoftwareSecurityKey, run_with
+from testkit.twosv import CODE_RE, Session, audit_actions, enable, error_lines, fresh_code
 
 NOT_ENOUGH = "A recovery code is not enough here"
 
@@ -365,7 +364,7 @@ def test_stored_escapes_are_shown_escaped_everywhere(gw):
 def test_a_pending_enrolment_key_is_shown_again_only_to_the_same_ssh_key(gw):
     """A failed `2sv enable` keeps its key for a rerun; another key of the account (the
     stolen old laptop's) must not be shown it, or its holder could read every code."""
-    from test_twosv import URI_RE
+    from testkit.twosv import URI_RE
     alice = gw.user()
     old_path = make_key(gw.keys_dir, unique("old"))
     gw.cli("key", "add", alice.name, f"{old_path}.pub")

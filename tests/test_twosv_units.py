@@ -15,6 +15,7 @@ from gateway.store import db as store_db
 from gateway.twosv import recovery, throttle, totp
 from gateway.twosv.sealing import Sealer
 from gateway.twosv.service import CodeRefused, TwoStep
+from testkit import Clock
 
 RFC_SEED = base64.b32encode(b"12345678901234567890").decode()
 
@@ -91,14 +92,6 @@ def test_sealing_binds_context():
         sealer.open(sealed, "totp:2")
     with pytest.raises(Refusal):
         Sealer(b"short")
-
-
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from gateway.errors import Refusal
 from gateway.git.workers import worker
 from gateway.git.workers.job import Job
 from gateway.store import db as store_db
+from testkit import pkt
 
 
 # --- names ----------------------------------------------------------------------------
@@ -144,10 +145,6 @@ def test_bad_key_lines(line):
 # --- the git worker -------------------------------------------------------------------
 
 
-def _pkt(data: bytes) -> bytes:
-    return b"%04x" % (len(data) + 4) + data
-
-
 @pytest.fixture
 def packed_repo(tmp_path) -> tuple[Path, str]:
     work = tmp_path / "work"
@@ -182,7 +179,7 @@ class CountingSink(io.RawIOBase):
 
 def _fetch_request(head: str) -> bytes:
     caps = b" multi_ack_detailed side-band-64k thin-pack ofs-delta"
-    return _pkt(b"want " + head.encode() + caps + b"\n") + b"0000" + _pkt(b"done\n")
+    return pkt(b"want " + head.encode() + caps + b"\n") + b"0000" + pkt(b"done\n")
 
 
 def _open_pack_handles() -> tuple[int, int]:

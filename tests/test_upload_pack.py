@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Gateway, local_git
+from testkit import Gateway, local_git, pkt
 from gateway.git.upload.commitobjects import CommitObjects
-from test_git import commit, fsck
+from testkit.localgit import commit, fsck
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -396,10 +396,6 @@ def test_fetches_into_a_shallow_clone_then_unshallow(gw, repo, work):
 
 
 # --- the worker alone, fed requests no stock client sends ------------------------------------
-
-
-def pkt(data: bytes) -> bytes:
-    return b"%04x" % (len(data) + 4) + data
 
 
 def run_worker(server: Path, request: bytes) -> tuple[bytes, subprocess.CompletedProcess]:

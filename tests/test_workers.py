@@ -18,7 +18,9 @@ from pathlib import Path
 import asyncssh
 import pytest
 
-from conftest import Gateway, User, free_port, git_workers, local_git, make_key, unique
+from testkit import (Gateway, User, fingerprint, free_port, git_workers, local_git, make_key, pkt,
+                     unique, wait_for)
+from testkit.sshclient import connect
 from gateway.commands.git import RequestWatch
 from gateway.errors import Refusal
 from gateway.git.workers.slots import WorkerSlots
@@ -50,15 +52,6 @@ def seeded(g: Gateway, tmp: Path, *members: tuple[User, str]):
     local_git("commit", "-qm", "a", cwd=clone, env=g.env)
     g.git(admin, "push", "-q", "origin", "HEAD:main", cwd=clone)
     return admin, path, local_git("rev-parse", "HEAD", cwd=clone).strip()
-
-
-def connect(g: Gateway, key: Path):
-    return asyncssh.connect("127.0.0.1", g.port, username="git", client_keys=[str(key)],
-                            known_hosts=None, agent_path=None, config=None)
-
-
-def pkt(data: bytes) -> bytes:
-    return b"%04x" % (len(data) + 4) + data
 
 
 async def read_pkt(stream) -> bytes | None:
@@ -106,12 +99,6 @@ def metric(text: str, name: str, **labels) -> float:
             if all(f'{k}="{v}"' in line for k, v in labels.items()):
                 total += float(line.rsplit(" ", 1)[1])
     return total
-
-
-def fingerprint(key: Path) -> str:
-    out = subprocess.run(["ssh-keygen", "-lf", f"{key}.pub", "-E", "sha256"], check=True,
-                         capture_output=True, text=True).stdout
-    return out.split()[1]
 
 
 def audit(g: Gateway, account: str) -> list[dict]:
@@ -224,12 +211,7 @@ def test_over_the_server_cap_a_request_queues_costs_no_worker_and_gets_a_freed_s
 
 
 def wait_gauge_zero(g: Gateway) -> bool:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if metric(scrape(g), "gateway_git_workers_running") == 0:
-            return True
-        time.sleep(0.1)
-    return False
+    return wait_for(lambda: metric(scrape(g), "gateway_git_workers_running") == 0, 10, 0.1)
 
 
 # --- the first command ---------------------------------------------------------------------

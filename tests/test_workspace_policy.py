@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from conftest import Gateway, User, make_key, unique
-from test_git import commit, fsck
-from test_twosv import enable, fresh_code
+from testkit import Gateway, User, fingerprint, make_key, unique
+from testkit.localgit import commit, fsck
+from testkit.twosv import enable, fresh_code
 
 
 def ssh_base(gw: Gateway) -> str:
@@ -83,12 +82,6 @@ def _backdate_session(gw: Gateway, fingerprint: str, minutes: int) -> None:
         db.execute("UPDATE twosv_sessions SET verified_at = verified_at - ? WHERE key_fingerprint = ?",
                    (minutes * 60, fingerprint))
     db.close()
-
-
-def fingerprint(user_key: Path) -> str:
-    out = subprocess.run(["ssh-keygen", "-lf", f"{user_key}.pub"], capture_output=True, text=True,
-                         check=True).stdout
-    return out.split()[1]
 
 
 def test_policy_session_needs_a_verified_session_per_key(gw, team, work):

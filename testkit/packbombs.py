@@ -20,6 +20,8 @@ import time
 import zlib
 from pathlib import Path
 
+from .pktline import pkt
+
 MiB = 1024 * 1024
 BLOB, REF_DELTA = 3, 7
 
@@ -120,10 +122,6 @@ def huge_declared(declared: int = 64 * 1024**3) -> bytes:
 
 
 # --- pushing and watching ---------------------------------------------------------------
-
-def pkt(data: bytes) -> bytes:
-    return f"{len(data) + 4:04x}".encode() + data
-
 
 def push_body(pack_bytes: bytes, new: bytes, ref: bytes = b"refs/heads/bomb") -> bytes:
     """Commands creating REF at NEW (hex), then the pack: what git-receive-pack reads."""
