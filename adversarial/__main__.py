@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
             "protocol": lambda: suite.protocol(w, size["protocol"]),
             "refs": lambda: refs.refs_class(w, size["ref_names"]),
             "trees": lambda: trees.trees(w, size["trees"]),
-            "2sv": lambda: suite.two_step(g, size["guesses"]),
+            "2sv": lambda: suite.twosv(g, size["guesses"]),
             "stolen-key": lambda: stolen_key.stolen_key(g),
             "load": lambda: suite.load(g, w, size["clones"], size["sockets"]),
             "faults": lambda: suite.faults(g, w, size["kill_rounds"], size["cuts"]),

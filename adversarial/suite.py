@@ -654,7 +654,7 @@ def protocol(w: World, count: int) -> Result:
 
 # --- 6. 2SV --------------------------------------------------------------------------------
 
-def two_step(g: Gateway, parallel: int) -> Result:
+def twosv(g: Gateway, parallel: int) -> Result:
     from testkit.twosv import enable, fresh_code
 
     result = Result("2SV (brute force, replay, recovery race)")

@@ -1,33 +1,33 @@
-"""Gathering the facts that `policy.decide` needs, from the store."""
+"""Gathering the facts that `decision.decide` needs, from the store."""
 
 from __future__ import annotations
 
 import aiosqlite
 
-from . import policy
+from . import decision
 from .names import RepoPath
 from .store import access_keys, keys, repos, workspaces
 from .store import twosv as twosv_store
-from .twosv.service import TwoStep
+from .twosv.service import TwoSV
 
 
-async def identity_for_key(db: aiosqlite.Connection, fingerprint: str) -> policy.Identity | None:
+async def identity_for_key(db: aiosqlite.Connection, fingerprint: str) -> decision.Identity | None:
     """Who a verified key is: an enabled account's key or an access key; None otherwise.
     Callers must have checked the key's signature (asyncssh here, sshd behind OpenSSH)."""
     stored = await keys.find(db, fingerprint)
     if stored is not None:
         if stored.account_disabled:
             return None
-        return policy.Identity(stored.account, stored.account_id, stored.fingerprint,
+        return decision.Identity(stored.account, stored.account_id, stored.fingerprint,
                                stored.title, stored.kind)
     bound = await access_keys.find(db, fingerprint)
     if bound is None:
         return None
-    return policy.Identity(f"access-key:{bound.title}", 0, bound.fingerprint, bound.title,
+    return decision.Identity(f"access-key:{bound.title}", 0, bound.fingerprint, bound.title,
                            access_repo_id=bound.repo_id, access_write=bound.write)
 
 
-async def still_valid(db: aiosqlite.Connection, identity: policy.Identity) -> bool:
+async def still_valid(db: aiosqlite.Connection, identity: decision.Identity) -> bool:
     """Whether the key a session logged in with still stands as it did (not removed,
     account not disabled, same binding). Checked for each session of a connection, and
     again right before anything changes state, since a prompt can wait for minutes."""
@@ -40,26 +40,26 @@ async def still_valid(db: aiosqlite.Connection, identity: policy.Identity) -> bo
             and stored.account_id == identity.account_id and stored.kind == identity.key_kind)
 
 
-async def two_step_facts(db: aiosqlite.Connection, identity: policy.Identity) -> policy.TwoStepFacts:
+async def twosv_facts(db: aiosqlite.Connection, identity: decision.Identity) -> decision.TwoSVFacts:
     if identity.is_access_key:
-        return policy.TwoStepFacts()
-    state = await TwoStep(db, None, identity.account_id, identity.account).state()
+        return decision.TwoSVFacts()
+    state = await TwoSV(db, None, identity.account_id, identity.account).state()
     verified_at = await twosv_store.session_verified_at(db, identity.key_fingerprint,
                                                         identity.account_id)
-    return policy.TwoStepFacts(state.enabled, verified_at)
+    return decision.TwoSVFacts(state.enabled, verified_at)
 
 
 async def repo_facts(
-    db: aiosqlite.Connection, identity: policy.Identity, path: RepoPath
-) -> tuple[policy.RepoFacts, repos.Repo | None]:
+    db: aiosqlite.Connection, identity: decision.Identity, path: RepoPath
+) -> tuple[decision.RepoFacts, repos.Repo | None]:
     asked = str(path)
     repo = await repos.find(db, path.workspace, path.name)
     if repo is None:
-        return policy.RepoFacts(asked_as=asked, exists=False), None
+        return decision.RepoFacts(asked_as=asked, exists=False), None
     role = None
     if not identity.is_access_key:
         role = await workspaces.role_of(db, repo.workspace_id, identity.account_id)
-    facts = policy.RepoFacts(
+    facts = decision.RepoFacts(
         asked_as=asked, exists=True, repo_id=repo.id, full_name=repo.full_name,
         public=repo.public, role=role, workspace=repo.workspace, require_2sv=repo.require_2sv,
         session_window_minutes=repo.session_window,

@@ -93,7 +93,7 @@ async def cmd_account_list(settings: Settings, args: Namespace, db: Connection) 
 
 async def cmd_account_show(settings: Settings, args: Namespace, db: Connection) -> int | None:
     shown_account = await account_service.view(db, args.name)
-    account, account_keys, twosv = shown_account.account, shown_account.keys, shown_account.two_step
+    account, account_keys, twosv = shown_account.account, shown_account.keys, shown_account.twosv
     if args.json:
         return _print_json({
             "name": account.name, "email": account.email, "disabled": account.disabled,

@@ -34,7 +34,7 @@ from .commands.context import Context, Reader, Writer
 from .commands.parse import Request
 from .errors import Refusal
 from .logs import log_event
-from .policy import Identity
+from .decision import Identity
 from .store import db as store_db
 from .terminal import CookedReader, CrlfWriter
 

@@ -81,7 +81,7 @@ def show(workspace: Workspace, members: list[Member], lacking: set[str] | None) 
 # --- two-step verification hints ------------------------------------------------------
 
 
-def two_step_state(state: State, ssh_command: Callable[[str], str]) -> list[str]:
+def twosv_state(state: State, ssh_command: Callable[[str], str]) -> list[str]:
     """The account's 2SV state, and how to turn it on when it is off (greeting, status)."""
     lines = [state.describe()]
     if not state.enabled:

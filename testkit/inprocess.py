@@ -19,7 +19,7 @@ import aiosqlite
 from gateway.app import App
 from gateway.config import Settings
 from gateway.git.workers.pool import GitWorkers
-from gateway.policy import Identity
+from gateway.decision import Identity
 from gateway.sshkeys import parse_line
 from gateway.store import accounts, keys
 from gateway.store import db as store_db

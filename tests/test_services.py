@@ -193,9 +193,9 @@ def test_two_step_hints_are_worded_once():
     def ssh(args: str) -> str:
         return f"ssh -p 2222 git@host {args}"
 
-    assert wording.two_step_state(State(False, 0, 0, 0), ssh) == [
+    assert wording.twosv_state(State(False, 0, 0, 0), ssh) == [
         "Two-step verification is disabled.", "Turn it on with: ssh -p 2222 git@host 2sv enable"]
-    assert wording.two_step_state(State(True, 1, 3, 10), ssh) == [
+    assert wording.twosv_state(State(True, 1, 3, 10), ssh) == [
         "Two-step verification is enabled (totp, security-key); 3 of 10 recovery codes left."]
     assert wording.few_codes_left(1, ssh) == (
         "Warning: only 1 recovery codes left. Get a new set with: "

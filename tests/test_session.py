@@ -14,7 +14,7 @@ import pytest
 from gateway import access, commands, datadir, sshkeys
 from gateway.app import App
 from gateway.config import Settings
-from gateway.policy import Identity
+from gateway.decision import Identity
 from gateway.session import Streams, Transport, run_session
 from gateway.store import accounts, keys
 from gateway.store import db as store_db

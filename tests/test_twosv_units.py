@@ -14,7 +14,7 @@ from gateway.store import accounts
 from gateway.store import db as store_db
 from gateway.twosv import recovery, throttle, totp
 from gateway.twosv.sealing import Sealer
-from gateway.twosv.service import CodeRefused, TwoStep
+from gateway.twosv.service import CodeRefused, TwoSV
 from testkit import Clock
 
 RFC_SEED = base64.b32encode(b"12345678901234567890").decode()
@@ -95,25 +95,25 @@ def test_sealing_binds_context():
 
 
 @pytest.fixture
-async def two_step(tmp_path):
+async def twosv(tmp_path):
     db = await store_db.connect(tmp_path / "g.db")
     account = await accounts.add(db, "alice", None)
     await db.commit()
     clock = Clock(1_700_000_000.0)
-    svc = TwoStep(db, Sealer(b"m" * 32), account.id, "alice", backoff_base=30, clock=clock)
+    svc = TwoSV(db, Sealer(b"m" * 32), account.id, "alice", backoff_base=30, clock=clock)
     yield svc, clock, db
     await db.close()
 
 
-async def _enrol(svc: TwoStep, clock: Clock) -> tuple[str, list[str]]:
+async def _enrol(svc: TwoSV, clock: Clock) -> tuple[str, list[str]]:
     secret = totp.new_secret()
     step = svc.check_new_secret(secret, pyotp.TOTP(secret).at(clock.now))
     codes = await svc.enrol(secret, step, 6, await svc.state())
     return secret, codes
 
 
-async def test_a_step_is_accepted_once(two_step):
-    svc, clock, _ = two_step
+async def test_a_step_is_accepted_once(twosv):
+    svc, clock, _ = twosv
     secret, _ = await _enrol(svc, clock)
     with pytest.raises(CodeRefused, match="already used"):
         await svc.check(pyotp.TOTP(secret).at(clock.now))  # the enrolment used this step
@@ -127,8 +127,8 @@ async def test_a_step_is_accepted_once(two_step):
     assert (await svc.check(pyotp.TOTP(secret).at(clock.now))).kind == "totp"
 
 
-async def test_backoff_with_clock(two_step):
-    svc, clock, _ = two_step
+async def test_backoff_with_clock(twosv):
+    svc, clock, _ = twosv
     secret, codes = await _enrol(svc, clock)
     for _ in range(4):
         with pytest.raises(CodeRefused):
@@ -152,8 +152,8 @@ async def test_backoff_with_clock(two_step):
     assert row_failures == 0
 
 
-async def test_recovery_codes_once_each_and_parallel(two_step, tmp_path):
-    svc, clock, _ = two_step
+async def test_recovery_codes_once_each_and_parallel(twosv, tmp_path):
+    svc, clock, _ = twosv
     _, codes = await _enrol(svc, clock)
     assert len(codes) == 6
     accepted = await svc.check(codes[0].upper().replace("-", ""))
@@ -163,7 +163,7 @@ async def test_recovery_codes_once_each_and_parallel(two_step, tmp_path):
     # Twenty sessions, each with its own connection as in the server, use one code.
     others = [await store_db.connect(tmp_path / "g.db", migrate_schema=False) for _ in range(20)]
     try:
-        services = [TwoStep(db, svc.sealer, svc.account_id, "alice", clock=clock) for db in others]
+        services = [TwoSV(db, svc.sealer, svc.account_id, "alice", clock=clock) for db in others]
         results = await asyncio.gather(*(s.check(codes[1]) for s in services), return_exceptions=True)
     finally:
         for db in others:
@@ -173,13 +173,13 @@ async def test_recovery_codes_once_each_and_parallel(two_step, tmp_path):
     assert [used for _, used in listed] == [True, True, False, False, False, False]
 
 
-async def test_parallel_guesses_cannot_pass_the_backoff(two_step, tmp_path):
-    svc, clock, _ = two_step
+async def test_parallel_guesses_cannot_pass_the_backoff(twosv, tmp_path):
+    svc, clock, _ = twosv
     secret, _ = await _enrol(svc, clock)
     wrong = "000000" if pyotp.TOTP(secret).at(clock.now) != "000000" else "111111"
     others = [await store_db.connect(tmp_path / "g.db", migrate_schema=False) for _ in range(30)]
     try:
-        services = [TwoStep(db, svc.sealer, svc.account_id, "alice", clock=clock) for db in others]
+        services = [TwoSV(db, svc.sealer, svc.account_id, "alice", clock=clock) for db in others]
         results = await asyncio.gather(*(s.check(wrong) for s in services), return_exceptions=True)
     finally:
         for db in others:
@@ -189,8 +189,8 @@ async def test_parallel_guesses_cannot_pass_the_backoff(two_step, tmp_path):
     assert len(counted) == 5 and len(locked) == 25  # guesses past the fifth were not evaluated
 
 
-async def test_enrolment_refused_if_2sv_changed_meanwhile(two_step):
-    svc, clock, _ = two_step
+async def test_enrolment_refused_if_2sv_changed_meanwhile(twosv):
+    svc, clock, _ = twosv
     before = await svc.state()  # off: the user started `2sv enable`
     await _enrol(svc, clock)  # meanwhile another session turned 2SV on
     intruder_secret = totp.new_secret()

@@ -17,7 +17,7 @@ import aiosqlite
 from .. import access
 from ..config import Settings
 from ..errors import Refusal
-from ..policy import Identity
+from ..decision import Identity
 from ..twosv.sealing import Sealer
 
 if TYPE_CHECKING:

@@ -10,7 +10,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from .. import access, metrics, policy
+from .. import access, metrics, decision
 from ..errors import Refusal
 from ..git import layout
 from ..git.workers.asyncio_seam import close_pipes
@@ -26,18 +26,18 @@ log = logging.getLogger("gateway.git")
 
 CHUNK = 256 * 1024
 ACTIONS = {
-    "git-upload-pack": policy.Action.READ,
-    "git-upload-archive": policy.Action.READ,
-    "git-receive-pack": policy.Action.WRITE,
+    "git-upload-pack": decision.Action.READ,
+    "git-upload-archive": decision.Action.READ,
+    "git-receive-pack": decision.Action.WRITE,
 }
 
 
 async def run(ctx: Context, request: GitRequest) -> int:
     action = ACTIONS[request.service]
-    decision, facts, repo = await _decide(ctx, request, action)
-    if isinstance(decision, policy.Deny):
-        await _audit_denied(ctx, action, facts, decision.reason)
-        raise Refusal(decision.message)
+    verdict, facts, repo = await _decide(ctx, request, action)
+    if isinstance(verdict, decision.Deny):
+        await _audit_denied(ctx, action, facts, verdict.reason)
+        raise Refusal(verdict.message)
     assert repo is not None
     repo_dir = layout.resolve(ctx.settings.repos_dir, repo.workspace, repo.name)
     job = Job(
@@ -69,9 +69,9 @@ async def run(ctx: Context, request: GitRequest) -> int:
             message, reason = "This key is no longer accepted", "key no longer accepted"
         else:
             again, again_facts, _ = await _decide(ctx, request, action, "first-command")
-            if isinstance(again, policy.Allow) and again_facts.repo_id == repo.id:
+            if isinstance(again, decision.Allow) and again_facts.repo_id == repo.id:
                 return None
-            if isinstance(again, policy.Deny):
+            if isinstance(again, decision.Deny):
                 message, reason = again.message, again.reason
             else:  # removed and made again under the same name: not the one advertised
                 message, reason = f"Repository not found: {facts.asked_as}", "repository replaced"
@@ -106,40 +106,40 @@ async def run(ctx: Context, request: GitRequest) -> int:
     return outcome.status
 
 
-async def _decide(ctx: Context, request: GitRequest, action: policy.Action, stage: str = "request"):
+async def _decide(ctx: Context, request: GitRequest, action: decision.Action, stage: str = "request"):
     facts, repo = await access.repo_facts(ctx.db, ctx.identity, request.path)
     # The account's 2SV state costs several queries; only a policy that applies reads it.
-    two_step = (await access.two_step_facts(ctx.db, ctx.identity)
-                if policy.workspace_policy_applies(facts, action) else policy.TwoStepFacts())
-    decision = policy.decide(ctx.identity, two_step, facts, action, ctx.clock(),
+    twosv = (await access.twosv_facts(ctx.db, ctx.identity)
+                if decision.requirement_applies(facts, action) else decision.TwoSVFacts())
+    verdict = decision.decide(ctx.identity, twosv, facts, action, ctx.clock(),
                              ssh=ctx.settings.ssh_command(""))
     log_event(log, "decision", account=ctx.identity.account, action=action.value,
               repository=facts.asked_as,
-              result="deny" if isinstance(decision, policy.Deny) else "allow",
-              reason=getattr(decision, "reason", ""), stage=stage)
-    return decision, facts, repo
+              result="deny" if isinstance(verdict, decision.Deny) else "allow",
+              reason=getattr(verdict, "reason", ""), stage=stage)
+    return verdict, facts, repo
 
 
-async def _audit_denied(ctx: Context, action: policy.Action, facts: policy.RepoFacts,
+async def _audit_denied(ctx: Context, action: decision.Action, facts: decision.RepoFacts,
                         reason: str) -> None:
     await audit.write(ctx.db, ctx.identity.account, f"repo.{action.value}", facts.asked_as,
                       outcome="denied", detail=reason)
     await ctx.db.commit()
 
 
-def _owner(identity: policy.Identity) -> str:
+def _owner(identity: decision.Identity) -> str:
     """Whose share of the workers a request uses: an account's, or an access key's own."""
     if identity.is_access_key:
         return f"access-key {identity.key_fingerprint}"
     return f"account {identity.account_id}"
 
 
-async def _audit_push(ctx: Context, action: policy.Action, repository: str, report: dict) -> None:
+async def _audit_push(ctx: Context, action: decision.Action, repository: str, report: dict) -> None:
     """A push is audited by the refs it moved, which the worker reports as soon as they
     have moved (before it answers the client): whatever its exit status, and even if the
     client went away after that. A push whose refs were all refused leaves no row."""
     moved = report.get("moved")
-    if action is policy.Action.WRITE and isinstance(moved, int) and moved > 0:
+    if action is decision.Action.WRITE and isinstance(moved, int) and moved > 0:
         await audit.write(ctx.db, ctx.identity.account, "repo.push", repository,
                           detail=moved_detail(report))
         await ctx.db.commit()

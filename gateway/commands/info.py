@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .. import access, policy, wording
+from .. import access, decision, wording
 from ..kinds import Requirement
 from ..names import shown
 from ..store import repos, workspaces
@@ -17,7 +17,7 @@ async def greeting(ctx: Context) -> int:
         f"({who.key_fingerprint}). Shell access is disabled; use git to clone and push."
     )
     state = await twosv.service(ctx).state()
-    for line in wording.two_step_state(state, ctx.settings.ssh_command):
+    for line in wording.twosv_state(state, ctx.settings.ssh_command):
         await ctx.say(line)
     for line in await unmet_policies(ctx, state.enabled):
         await ctx.say(line)
@@ -26,7 +26,7 @@ async def greeting(ctx: Context) -> int:
 
 async def unmet_policies(ctx: Context, twosv_enabled: bool) -> list[str]:
     """One line per workspace whose 2SV policy this account does not meet."""
-    facts = await access.two_step_facts(ctx.db, ctx.identity)
+    facts = await access.twosv_facts(ctx.db, ctx.identity)
     lines = []
     for workspace, _role in await workspaces.memberships(ctx.db, ctx.identity.account_id):
         if workspace.require_2sv == Requirement.OFF:
@@ -35,8 +35,8 @@ async def unmet_policies(ctx: Context, twosv_enabled: bool) -> list[str]:
             lines.append(f'Workspace "{workspace.name}" requires two-step verification: '
                          f"{ctx.settings.ssh_command('2sv enable')}")
         elif workspace.require_2sv == Requirement.SESSION:
-            as_repo = policy.RepoFacts("", True, session_window_minutes=workspace.session_window)
-            if not policy.session_open(ctx.identity, facts, as_repo, ctx.clock()):
+            as_repo = decision.RepoFacts("", True, session_window_minutes=workspace.session_window)
+            if not decision.session_open(ctx.identity, facts, as_repo, ctx.clock()):
                 lines.append(f'Workspace "{workspace.name}" requires a verified two-step session: '
                              f"{ctx.settings.ssh_command('2sv verify')}")
     return lines

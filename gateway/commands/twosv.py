@@ -12,17 +12,17 @@ from ..kinds import Factor, KeyKind, Requirement
 from ..names import shown
 from ..store import workspaces
 from ..twosv import recovery, totp
-from ..twosv.service import PENDING_SECONDS, Accepted, CodeRefused, Throttled, TwoStep
+from ..twosv.service import PENDING_SECONDS, Accepted, CodeRefused, Throttled, TwoSV
 from .context import Context
 from .suggest import usage
 
 ENROL_ATTEMPTS = 3
 
 
-def service(ctx: Context) -> TwoStep:
+def service(ctx: Context) -> TwoSV:
     if ctx.sealer is None:
         raise Refusal("Two-step verification is not available on this server")
-    return TwoStep(ctx.db, ctx.sealer, ctx.identity.account_id, ctx.identity.account,
+    return TwoSV(ctx.db, ctx.sealer, ctx.identity.account_id, ctx.identity.account,
                    backoff_base=ctx.settings.twosv_backoff_seconds, clock=ctx.clock)
 
 
@@ -43,7 +43,7 @@ async def codes_guarded(ctx: Context) -> bool:
                for workspace, _role in await workspaces.memberships(ctx.db, ctx.identity.account_id))
 
 
-async def second_factor(ctx: Context, svc: TwoStep,
+async def second_factor(ctx: Context, svc: TwoSV,
                         prompt: str = "Verification code or recovery code: ", *,
                         recovery_codes: bool = True, security_key_login: bool = True) -> Accepted:
     """Ask for a code, unless this login was made with a registered security key (and
@@ -112,7 +112,7 @@ def enrol_screen(uri: str, account_label: str, secret: str, terminal: bool) -> l
     return [f"URI: {uri}", *above, *qr.render(code, border, colour=terminal), *below]
 
 
-async def enrol_app(ctx: Context, svc: TwoStep) -> tuple[str, int]:
+async def enrol_app(ctx: Context, svc: TwoSV) -> tuple[str, int]:
     """Show a secret as QR code and text; return it with the step of a correct code.
 
     The caller makes it the account's secret only after a correct code, so an interrupted
@@ -159,7 +159,7 @@ async def _again(ctx: Context, message: str) -> str:
     return "Try again:" if message else "Enter the 6-digit code the app shows:"
 
 
-async def guarded_factor(ctx: Context, svc: TwoStep) -> Accepted:
+async def guarded_factor(ctx: Context, svc: TwoSV) -> Accepted:
     """The second factor for showing or replacing recovery codes and adding a security key:
     where the codes are guarded, a recovery code does not count (SPEC §5)."""
     return await second_factor(ctx, svc, recovery_codes=not await codes_guarded(ctx))
@@ -176,13 +176,13 @@ async def show_new_codes(ctx: Context, codes: list[str]) -> None:
     )
 
 
-async def status(ctx: Context, svc: TwoStep) -> int:
-    for line in wording.two_step_state(await svc.state(), ctx.settings.ssh_command):
+async def status(ctx: Context, svc: TwoSV) -> int:
+    for line in wording.twosv_state(await svc.state(), ctx.settings.ssh_command):
         await ctx.say(line)
     return 0
 
 
-async def enable(ctx: Context, svc: TwoStep) -> int:
+async def enable(ctx: Context, svc: TwoSV) -> int:
     state = await svc.state()
     if state.totp:
         raise Refusal("Two-step verification with an authenticator app is already on. To move "
@@ -199,7 +199,7 @@ async def enable(ctx: Context, svc: TwoStep) -> int:
     return 0
 
 
-async def disable(ctx: Context, svc: TwoStep) -> int:
+async def disable(ctx: Context, svc: TwoSV) -> int:
     if not (await svc.state()).enabled:
         raise Refusal("Two-step verification is not enabled.")
     await second_factor(ctx, svc)
@@ -210,7 +210,7 @@ async def disable(ctx: Context, svc: TwoStep) -> int:
     return 0
 
 
-async def replace(ctx: Context, svc: TwoStep) -> int:
+async def replace(ctx: Context, svc: TwoSV) -> int:
     state = await svc.state()
     if not state.totp:
         raise Refusal("There is no authenticator app to replace; to add one: "
@@ -228,7 +228,7 @@ async def replace(ctx: Context, svc: TwoStep) -> int:
     return 0
 
 
-async def verify(ctx: Context, svc: TwoStep) -> int:
+async def verify(ctx: Context, svc: TwoSV) -> int:
     if not (await svc.state()).enabled:
         raise Refusal("Two-step verification is not enabled. Turn it on with: "
                       f"{ctx.settings.ssh_command('2sv enable')}")

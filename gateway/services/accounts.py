@@ -11,7 +11,7 @@ from .. import names
 from ..sshkeys import PublicKey
 from ..store import accounts, audit
 from ..store import keys as key_store
-from ..twosv.service import State, TwoStep
+from ..twosv.service import State, TwoSV
 from . import keys as key_service
 from .keys import AddedKey
 
@@ -28,7 +28,7 @@ class AccountView:
 
     account: accounts.Account
     keys: list[key_store.StoredKey]
-    two_step: State
+    twosv: State
 
 
 async def get(db: aiosqlite.Connection, name: str) -> accounts.Account:
@@ -43,7 +43,7 @@ async def list_all(db: aiosqlite.Connection) -> list[accounts.Account]:
 async def view(db: aiosqlite.Connection, name: str) -> AccountView:
     account = await get(db, name)
     found = await key_store.list_for(db, account.name)
-    state = await TwoStep(db, None, account.id, account.name).state()
+    state = await TwoSV(db, None, account.id, account.name).state()
     return AccountView(account, found, state)
 
 

@@ -14,7 +14,7 @@ from ..kinds import AccessMode, Requirement, Role
 from ..names import printable
 from ..sshkeys import PublicKey
 from ..store import access_keys, accounts, audit, repos, workspaces
-from ..twosv.service import TwoStep
+from ..twosv.service import TwoSV
 
 REQUIREMENTS = tuple(str(word) for word in Requirement)  # the words `require-2sv` takes
 MIN_WINDOW, MAX_WINDOW = 1, 7 * 24 * 60  # a session window, in minutes
@@ -113,7 +113,7 @@ async def members_without_2sv(db: aiosqlite.Connection, workspace_id: int) -> li
     lacking = []
     for member in await workspaces.members(db, workspace_id):
         account = await accounts.get(db, member.account)
-        if not (await TwoStep(db, None, account.id, account.name).state()).enabled:
+        if not (await TwoSV(db, None, account.id, account.name).state()).enabled:
             lacking.append(account.name)
     return lacking
 

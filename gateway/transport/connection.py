@@ -22,7 +22,7 @@ import asyncssh
 from .. import access, metrics, names, sshkeys
 from ..config import Settings
 from ..logs import log_event
-from ..policy import Identity
+from ..decision import Identity
 from ..session import Streams, Transport, run_session
 from ..store import access_keys, keys
 from . import asyncssh_seam, limits

@@ -59,7 +59,7 @@ class Accepted:
     codes_left: int | None = None
 
 
-class TwoStep:
+class TwoSV:
     def __init__(
         self, db: aiosqlite.Connection, sealer: Sealer | None, account_id: int, account: str,
         backoff_base: float = 30.0, clock: Callable[[], float] = time.time,
@@ -86,9 +86,9 @@ class TwoStep:
 
     def _sealing(self) -> Sealer:
         """The master key's sealer: everything but `state` needs it (the CLI and the
-        access decision make a TwoStep without one, only to read the state)."""
+        access decision make a TwoSV without one, only to read the state)."""
         if self.sealer is None:
-            raise RuntimeError("this TwoStep was made without the master key's sealer")
+            raise RuntimeError("this TwoSV was made without the master key's sealer")
         return self.sealer
 
     def _secret_context(self) -> str:

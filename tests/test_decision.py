@@ -7,7 +7,7 @@ import itertools
 
 import pytest
 
-from gateway.policy import Action, Allow, Deny, Identity, RepoFacts, TwoStepFacts, decide
+from gateway.decision import Action, Allow, Deny, Identity, RepoFacts, TwoSVFacts, decide
 
 NOW = 1_000_000.0
 SSH = "ssh -p 2222 git@example.org"
@@ -43,8 +43,8 @@ CASES = list(itertools.product(
 @pytest.mark.parametrize("role,public,policy,twosv,session,action", CASES)
 def test_decision_table(role, public, policy, twosv, session, action):
     repo = RepoFacts("acme/w", True, 7, "acme/w", public, role, "acme", policy, 15)
-    two_step = TwoStepFacts(twosv, SESSIONS[session] if twosv else None)
-    decision = decide(ALICE, two_step, repo, action, NOW, ssh=SSH)
+    facts = TwoSVFacts(twosv, SESSIONS[session] if twosv else None)
+    decision = decide(ALICE, facts, repo, action, NOW, ssh=SSH)
     want = expected(role, public, policy, twosv, session, action)
     if want is None:
         assert isinstance(decision, Allow)
@@ -59,13 +59,13 @@ def test_table_has_every_combination():
 @pytest.mark.parametrize("action", tuple(Action))
 def test_missing_repository(action):
     missing = RepoFacts("acme/nope", False)
-    decision = decide(ALICE, TwoStepFacts(True, NOW), missing, action, NOW, ssh=SSH)
+    decision = decide(ALICE, TwoSVFacts(True, NOW), missing, action, NOW, ssh=SSH)
     assert decision == Deny("Repository not found: acme/nope", "not found or not readable")
 
 
 def test_session_window_edges():
     repo = RepoFacts("acme/w", True, 7, "acme/w", False, "write", "acme", "session", 1)
-    opened = TwoStepFacts(True, NOW)
+    opened = TwoSVFacts(True, NOW)
     assert isinstance(decide(ALICE, opened, repo, Action.READ, NOW + 59.9, ssh=SSH), Allow)
     assert isinstance(decide(ALICE, opened, repo, Action.READ, NOW + 60, ssh=SSH), Deny)
     assert isinstance(decide(ALICE, opened, repo, Action.READ, NOW - 1, ssh=SSH), Deny)
@@ -74,7 +74,7 @@ def test_session_window_edges():
 def test_security_key_login_is_a_session():
     repo = RepoFacts("acme/w", True, 7, "acme/w", False, "write", "acme", "session", 15)
     with_sk = Identity("alice", 1, "SHA256:yubi", "yubi", key_kind="security-key")
-    assert isinstance(decide(with_sk, TwoStepFacts(True, None), repo, Action.WRITE, NOW), Allow)
+    assert isinstance(decide(with_sk, TwoSVFacts(True, None), repo, Action.WRITE, NOW), Allow)
 
 
 @pytest.mark.parametrize("write", (False, True))
@@ -83,7 +83,7 @@ def test_access_keys_are_bound_and_exempt_from_policy(write, policy):
     deploy = Identity("access-key:ci", 0, "SHA256:ci", "ci", access_repo_id=7, access_write=write)
     bound = RepoFacts("acme/w", True, 7, "acme/w", False, None, "acme", policy, 15)
     other = RepoFacts("acme/x", True, 8, "acme/x", True, None, "acme", "off", 15)
-    none = TwoStepFacts()
+    none = TwoSVFacts()
     assert isinstance(decide(deploy, none, bound, Action.READ, NOW), Allow)
     push = decide(deploy, none, bound, Action.WRITE, NOW)
     if write:

@@ -39,7 +39,7 @@ class Identity:
 
 
 @dataclass(frozen=True)
-class TwoStepFacts:
+class TwoSVFacts:
     """The identity's two-step state, as far as the decision needs it."""
 
     enabled: bool = False
@@ -73,7 +73,7 @@ class Deny:
 
 
 def decide(
-    identity: Identity, two_step: TwoStepFacts, repo: RepoFacts, action: Action, now: float,
+    identity: Identity, twosv: TwoSVFacts, repo: RepoFacts, action: Action, now: float,
     ssh: str = "ssh git@HOST",
 ) -> Allow | Deny:
     """`ssh` is how users reach the gateway (`ssh -p 2222 git@host`), for instructions."""
@@ -92,14 +92,14 @@ def decide(
         return Deny(
             f"Permission to {repo.full_name} denied to {identity.account}.", "no write role"
         )
-    if workspace_policy_applies(repo, action):
-        if not two_step.enabled:
+    if requirement_applies(repo, action):
+        if not twosv.enabled:
             return Deny(
                 f'Workspace "{repo.workspace}" requires two-step verification.\n'
                 f"Turn it on with: {ssh} 2sv enable",
                 "workspace requires 2SV; account has none",
             )
-        if repo.require_2sv == Requirement.SESSION and not session_open(identity, two_step, repo, now):
+        if repo.require_2sv == Requirement.SESSION and not session_open(identity, twosv, repo, now):
             return Deny(
                 f'Workspace "{repo.workspace}" requires a verified two-step session.\n'
                 f"Open one with: {ssh} 2sv verify\n" + session_key_hint(identity),
@@ -108,7 +108,7 @@ def decide(
     return Allow()
 
 
-def workspace_policy_applies(repo: RepoFacts, action: Action) -> bool:
+def requirement_applies(repo: RepoFacts, action: Action) -> bool:
     """Whether the workspace's 2SV policy bears on this action (public reads stay open)."""
     return repo.require_2sv != Requirement.OFF and (action is Action.WRITE or not repo.public)
 
@@ -121,8 +121,8 @@ def session_key_hint(identity: Identity) -> str:
             "this key's file.")
 
 
-def session_open(identity: Identity, two_step: TwoStepFacts, repo: RepoFacts, now: float) -> bool:
+def session_open(identity: Identity, twosv: TwoSVFacts, repo: RepoFacts, now: float) -> bool:
     if identity.key_kind == KeyKind.SECURITY_KEY:
         return True  # logging in with a security key needed its touch: a second factor
-    verified = two_step.session_verified_at
+    verified = twosv.session_verified_at
     return verified is not None and verified <= now < verified + repo.session_window_minutes * 60
