@@ -19,13 +19,33 @@ from pathlib import Path
 
 from . import bombs, refs, stolen_key, suite, trees, workers
 
-CLASSES = ["exec", "paths", "ssh", "protocol", "refs", "trees", "2sv", "stolen-key", "load", "faults",
-           "workers", "bombs"]
+CLASSES = [
+    "exec",
+    "paths",
+    "ssh",
+    "protocol",
+    "refs",
+    "trees",
+    "2sv",
+    "stolen-key",
+    "load",
+    "faults",
+    "workers",
+    "bombs",
+]
 
 SIZES = {  # quick, full
-    "exec": (1500, 10000), "through_ssh": (20, 100), "protocol": (60, 400),
-    "guesses": (20, 40), "ref_names": (100, 400), "kill_rounds": (5, 20), "cuts": (4, 10),
-    "clones": (50, 200), "sockets": (500, 500), "flood": (12, 40), "trickle": (3, 3),
+    "exec": (1500, 10000),
+    "through_ssh": (20, 100),
+    "protocol": (60, 400),
+    "guesses": (20, 40),
+    "ref_names": (100, 400),
+    "kill_rounds": (5, 20),
+    "cuts": (4, 10),
+    "clones": (50, 200),
+    "sockets": (500, 500),
+    "flood": (12, 40),
+    "trickle": (3, 3),
     "trees": (60, 300),
 }
 
@@ -33,9 +53,13 @@ SIZES = {  # quick, full
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="bounded run (CI)")
-    parser.add_argument("--only", action="append", metavar="CLASS",
-                        choices=CLASSES,
-                        help="run only this class (repeatable)")
+    parser.add_argument(
+        "--only",
+        action="append",
+        metavar="CLASS",
+        choices=CLASSES,
+        help="run only this class (repeatable)",
+    )
     args = parser.parse_args(argv)
     size = {k: v[0] if args.quick else v[1] for k, v in SIZES.items()}
     root = Path(tempfile.mkdtemp(prefix="gateway-adversarial-"))
@@ -46,8 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         g.cli("init")
         suite.write_hooks(root / "hooks")
-        (g.data / "gateway.toml").write_text(f"twosv_backoff_seconds = 60\nmax_sessions = 10\n"
-                                             f"hooks_dir = \"{root / 'hooks'}\"\n")
+        (g.data / "gateway.toml").write_text(
+            f'twosv_backoff_seconds = 60\nmax_sessions = 10\nhooks_dir = "{root / "hooks"}"\n'
+        )
         g.start()
         slow.cli("init")
         (slow.data / "gateway.toml").write_text("login_timeout = 3\n")
@@ -89,12 +114,14 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         g.stop()
         slow.stop()
-    print(f"\n| class of attack | inputs tried | handled correctly | notes |\n|---|---|---|---|")
+    print("\n| class of attack | inputs tried | handled correctly | notes |\n|---|---|---|---|")
     for r in results:
         print(f"| {r.name} | {r.tried} | {r.handled} | {r.notes} |")
     tracebacks = log.count("Traceback")
-    print(f"\nserver alive at the end: {alive}; tracebacks in its log: {tracebacks}; "
-          f"mode: {'quick' if args.quick else 'full'}; {time.monotonic() - started:.0f} s")
+    print(
+        f"\nserver alive at the end: {alive}; tracebacks in its log: {tracebacks}; "
+        f"mode: {'quick' if args.quick else 'full'}; {time.monotonic() - started:.0f} s"
+    )
     bad = [r for r in results if r.handled != r.tried]
     for r in bad:
         print(f"\nMISHANDLED in {r.name}:")

@@ -25,11 +25,17 @@ def bombs(w: World) -> Result:
     g = w.g
     notes = []
     cases = [
-        ("delta bomb (4 deltas declaring 300 MiB)", pb.delta_bomb(4, 300 * MiB)[0],
-         "(max_object_bytes)"),
+        (
+            "delta bomb (4 deltas declaring 300 MiB)",
+            pb.delta_bomb(4, 300 * MiB)[0],
+            "(max_object_bytes)",
+        ),
         ("chain bomb (128 x 16 MiB)", pb.chain_bomb(128), "(max_push_inflated_bytes)"),
-        ("zlib bomb (1000 B declared, 1 GiB inflated)", pb.zlib_bomb(1000, 1024 * MiB),
-         "inflates past its declared size"),
+        (
+            "zlib bomb (1000 B declared, 1 GiB inflated)",
+            pb.zlib_bomb(1000, 1024 * MiB),
+            "inflates past its declared size",
+        ),
         ("huge declared size (64 GiB)", pb.huge_declared(64 * 1024**3), "(max_object_bytes)"),
     ]
     for what, pack_bytes, expected in cases:
@@ -37,14 +43,18 @@ def bombs(w: World) -> Result:
         repo_dir = g.repo_dir(path)
         before = set((repo_dir / "objects" / "pack").glob("*.pack"))
         with pb.PeakWatcher(lambda: git_workers(repo_dir)) as watcher:
-            done = pb.ssh_receive_pack(g.ssh_command(w.alice.key), g.port, path,
-                                       pb.push_body(pack_bytes, b"1" * 40), g.env)
+            done = pb.ssh_receive_pack(
+                g.ssh_command(w.alice.key), g.port, path, pb.push_body(pack_bytes, b"1" * 40), g.env
+            )
         status = pb.unpack_status(done.stdout)
         clean = wait_for(lambda: not list((repo_dir / "objects").glob("incoming-*")), 5)
         stored = set((repo_dir / "objects" / "pack").glob("*.pack")) != before
         ok = expected in status and watcher.peak < BOUND and clean and not stored
-        result.check(ok, f"{what}: unpack {status!r}, peak {pb.mb(watcher.peak)}, "
-                         f"quarantine removed {clean}, stored {stored}")
+        result.check(
+            ok,
+            f"{what}: unpack {status!r}, peak {pb.mb(watcher.peak)}, "
+            f"quarantine removed {clean}, stored {stored}",
+        )
         notes.append(f"{what.split(' (')[0]} {pb.mb(watcher.peak)}")
     # A repository that already holds a 256 MiB blob (16 KB on disk), archived.
     path = g.repo(w.ws)
@@ -52,13 +62,23 @@ def bombs(w: World) -> Result:
     pb.plant_huge_blob(repo_dir, 256 * MiB, "refs/heads/main")
     env = {**g.env, "GIT_SSH_COMMAND": " ".join(g.ssh_command(w.alice.key))}
     with pb.PeakWatcher(lambda: git_workers(repo_dir)) as watcher:
-        done = subprocess.run(["git", "archive", f"--remote={g.url(path)}", "HEAD"],
-                              env=env, capture_output=True, timeout=120)
+        done = subprocess.run(
+            ["git", "archive", f"--remote={g.url(path)}", "HEAD"],
+            env=env,
+            capture_output=True,
+            timeout=120,
+        )
     err = done.stderr.decode(errors="replace")
-    ok = (done.returncode != 0 and "ERROR: a file of 256 MiB exceeds the limit" in err
-          and watcher.peak < BOUND)
-    result.check(ok, f"archive of a stored 256 MiB blob: status {done.returncode}, "
-                     f"peak {pb.mb(watcher.peak)}, {err[-200:]!r}")
+    ok = (
+        done.returncode != 0
+        and "ERROR: a file of 256 MiB exceeds the limit" in err
+        and watcher.peak < BOUND
+    )
+    result.check(
+        ok,
+        f"archive of a stored 256 MiB blob: status {done.returncode}, "
+        f"peak {pb.mb(watcher.peak)}, {err[-200:]!r}",
+    )
     notes.append(f"archive {pb.mb(watcher.peak)}")
     result.notes = "worker peak: " + ", ".join(notes) + "; each refused naming its limit"
     return result

@@ -33,21 +33,43 @@ HFS_IGNORED = ["\u200c", "\u200d", "\u200e", "\u200f", "\u202a", "\u202e", "\u20
 
 def _fixed_names() -> dict[str, list[tuple[bytes, bytes]]]:
     """msg id -> [(mode, name)] entries of a hostile tree (a blob or tree each)."""
-    dotgit = [b".git", b".GIT", b".Git", b"git~1", b"GIT~1", b".git.", b".git ", b".git. . .",
-              b".git::$INDEX_ALLOCATION", ".g\u200cit".encode(), ".\ufeffgit".encode(),
-              b"a\\.git", b"x\\git~1\\hooks"]
+    dotgit = [
+        b".git",
+        b".GIT",
+        b".Git",
+        b"git~1",
+        b"GIT~1",
+        b".git.",
+        b".git ",
+        b".git. . .",
+        b".git::$INDEX_ALLOCATION",
+        ".g\u200cit".encode(),
+        ".\ufeffgit".encode(),
+        b"a\\.git",
+        b"x\\git~1\\hooks",
+    ]
     cases = {f"hasDotgit {n!r}": [(b"40000", n)] for n in dotgit}
-    cases.update({
-        "hasDotdot": [(b"40000", b"..")], "hasDot": [(b"40000", b".")],
-        "fullPathname": [(b"100644", b"a/../../x")], "emptyName": [(b"100644", b"")],
-        "duplicateEntries": [(b"100644", b"a"), (b"100644", b"a")],
-        "duplicateEntries file and dir": [(b"100644", b"a"), (b"100644", b"a.b"), (b"40000", b"a")],
-        "treeNotSorted": [(b"100644", b"b"), (b"100644", b"a")],
-        "zeroPaddedFilemode": [(b"0100644", b"a")], "badFilemode": [(b"100777", b"a")],
-        "badFilemode 100664": [(b"100664", b"a")], "badFilemode 16 bits": [(b"1100644", b"a")],
-        "gitmodulesSymlink": [(b"120000", b".gitmodules")],
-        "largePathname": [(b"100644", b"x" * 5000)],
-    })
+    cases.update(
+        {
+            "hasDotdot": [(b"40000", b"..")],
+            "hasDot": [(b"40000", b".")],
+            "fullPathname": [(b"100644", b"a/../../x")],
+            "emptyName": [(b"100644", b"")],
+            "duplicateEntries": [(b"100644", b"a"), (b"100644", b"a")],
+            "duplicateEntries file and dir": [
+                (b"100644", b"a"),
+                (b"100644", b"a.b"),
+                (b"40000", b"a"),
+            ],
+            "treeNotSorted": [(b"100644", b"b"), (b"100644", b"a")],
+            "zeroPaddedFilemode": [(b"0100644", b"a")],
+            "badFilemode": [(b"100777", b"a")],
+            "badFilemode 100664": [(b"100664", b"a")],
+            "badFilemode 16 bits": [(b"1100644", b"a")],
+            "gitmodulesSymlink": [(b"120000", b".gitmodules")],
+            "largePathname": [(b"100644", b"x" * 5000)],
+        }
+    )
     return cases
 
 
@@ -67,18 +89,18 @@ COMMITS = {  # {tree} and {parent} are filled in
     "missingAuthor": "tree {tree}\nparent {parent}\ncommitter A <a@b> 1 +0000\n\nm\n",
     "missingCommitter": "tree {tree}\nparent {parent}\nauthor A <a@b> 1 +0000\n\nm\n",
     "multipleAuthors": "tree {tree}\nparent {parent}\nauthor A <a@b> 1 +0000\n"
-                       "author B <b@b> 1 +0000\ncommitter A <a@b> 1 +0000\n\nm\n",
+    "author B <b@b> 1 +0000\ncommitter A <a@b> 1 +0000\n\nm\n",
     "badEmail": "tree {tree}\nparent {parent}\nauthor A <a<b> 1 +0000\ncommitter A <a@b> 1 +0000\n\nm\n",
     "zeroPaddedDate": "tree {tree}\nparent {parent}\nauthor A <a@b> 01 +0000\n"
-                      "committer A <a@b> 1 +0000\n\nm\n",
+    "committer A <a@b> 1 +0000\n\nm\n",
     "badDateOverflow": "tree {tree}\nparent {parent}\nauthor A <a@b> 99999999999999999999 +0000\n"
-                       "committer A <a@b> 1 +0000\n\nm\n",
+    "committer A <a@b> 1 +0000\n\nm\n",
     "badTimezone": "tree {tree}\nparent {parent}\nauthor A <a@b> 1 +01000\n"
-                   "committer A <a@b> 1 +0000\n\nm\n",
+    "committer A <a@b> 1 +0000\n\nm\n",
     "missingSpaceBeforeEmail": "tree {tree}\nparent {parent}\nauthor A<a@b> 1 +0000\n"
-                               "committer A <a@b> 1 +0000\n\nm\n",
+    "committer A <a@b> 1 +0000\n\nm\n",
     "nulInHeader": "tree {tree}\nparent {parent}\nauthor A\x00B <a@b> 1 +0000\n"
-                   "committer A <a@b> 1 +0000\n\nm\n",
+    "committer A <a@b> 1 +0000\n\nm\n",
 }
 
 TAGS = {
@@ -129,18 +151,27 @@ def trees(w: World, count: int) -> Result:
     sub = Tree()
     sub.add(b"f", 0o100644, payload.id)
     for what, entries in _fixed_names().items():
-        raw = tree_bytes(*[(m, n, bytes.fromhex((sub.id if m == b"40000" else payload.id).decode()))
-                           for m, n in entries])
+        raw = tree_bytes(
+            *[
+                (m, n, bytes.fromhex((sub.id if m == b"40000" else payload.id).decode()))
+                for m, n in entries
+            ]
+        )
         tree = RawObject.of(Tree, raw)
         inputs.append((what, what.split()[0], b"refs/heads/main", *on_tip(tree, sub, payload)))
-    names = [(".gitmodules", b".gitmodules"), (".GITMODULES", b".GITMODULES"),
-             ("gitmod~1", b"gitmod~1"), ("gi7eba~1", b"gi7eba~1")]
+    names = [
+        (".gitmodules", b".gitmodules"),
+        (".GITMODULES", b".GITMODULES"),
+        ("gitmod~1", b"gitmod~1"),
+        ("gi7eba~1", b"gi7eba~1"),
+    ]
     for what, content in GITMODULES.items():
         label, name = names[len(inputs) % len(names)]
         blob = Blob.from_string(content)
         tree = RawObject.of(Tree, tree_bytes((b"100644", name, bytes.fromhex(blob.id.decode()))))
-        inputs.append((f"{what} as {label}", what.split()[0], b"refs/heads/main",
-                       *on_tip(tree, blob)))
+        inputs.append(
+            (f"{what} as {label}", what.split()[0], b"refs/heads/main", *on_tip(tree, blob))
+        )
     for what, text in COMMITS.items():
         c = RawObject.of(Commit, text.format(tree=tip_tree, parent=tip).encode())
         inputs.append((f"commit {what}", what, b"refs/heads/main", c.id, [c]))
@@ -152,10 +183,15 @@ def trees(w: World, count: int) -> Result:
         msg_id, mode, name = _variant(rng)
         target = sub if mode == b"40000" else hostile_url
         tree = RawObject.of(Tree, tree_bytes((mode, name, bytes.fromhex(target.id.decode()))))
-        inputs.append((f"generated {name!r}", msg_id, b"refs/heads/main",
-                       *on_tip(tree, target, payload)))
-    refused_objects = {o.id.decode() for *_, objects in inputs for o in objects
-                       if o.id not in (sub.id, payload.id, hostile_url.id)}
+        inputs.append(
+            (f"generated {name!r}", msg_id, b"refs/heads/main", *on_tip(tree, target, payload))
+        )
+    refused_objects = {
+        o.id.decode()
+        for *_, objects in inputs
+        for o in objects
+        if o.id not in (sub.id, payload.id, hostile_url.id)
+    }
     before = local_git("for-each-ref", cwd=repo_dir)
 
     async def push(conn, body: bytes):
@@ -165,15 +201,18 @@ def trees(w: World, count: int) -> Result:
     async def run_all() -> None:
         for first in range(0, len(inputs), SESSIONS):
             async with connect(g, w.alice.key) as conn:
-                for what, msg_id, ref, new, objects in inputs[first:first + SESSIONS]:
+                for what, msg_id, ref, new, objects in inputs[first : first + SESSIONS]:
                     old = tip.encode() if ref == b"refs/heads/main" else b"0" * 40
                     body = commands((old, new, ref), caps=b"report-status side-band-64k")
                     try:
                         proc, report, text = await push(conn, body + pack_of(*objects))
-                        ok = (report.get("unpack") == "fsck error in packed object"
-                              and report.get(ref.decode()) == "ng unpacker error"
-                              and f": {msg_id}: " in text and b"Traceback" not in proc.stderr)
-                    except (asyncssh.Error, asyncio.TimeoutError, ValueError) as exc:
+                        ok = (
+                            report.get("unpack") == "fsck error in packed object"
+                            and report.get(ref.decode()) == "ng unpacker error"
+                            and f": {msg_id}: " in text
+                            and b"Traceback" not in proc.stderr
+                        )
+                    except (TimeoutError, asyncssh.Error, ValueError) as exc:
                         ok, report, text = False, {}, repr(exc)
                     result.check(ok, f"{what}: {report} {text[:300]!r}")
 
@@ -183,8 +222,13 @@ def trees(w: World, count: int) -> Result:
     clean = wait_for(lambda: not list((repo_dir / "objects").glob("incoming-*")), 15)
     result.check(clean, "no quarantine left")
     result.check(local_git("for-each-ref", cwd=repo_dir) == before, "no ref changed")
-    present = subprocess.run(["git", "cat-file", "--batch-check"], cwd=repo_dir, capture_output=True,
-                             input="\n".join(sorted(refused_objects)) + "\n", text=True).stdout
+    present = subprocess.run(
+        ["git", "cat-file", "--batch-check"],
+        cwd=repo_dir,
+        capture_output=True,
+        input="\n".join(sorted(refused_objects)) + "\n",
+        text=True,
+    ).stdout
     leaked = [line.split()[0] for line in present.splitlines() if not line.endswith("missing")]
     result.check(not leaked, f"refused objects in the repository: {leaked[:5]}")
     # Legitimate pushes still land: a submodule with a normal .gitmodules, a merge, a tag.
@@ -204,12 +248,18 @@ def trees(w: World, count: int) -> Result:
     result.check(good.returncode == 0, f"legitimate push refused: {good.stderr[-500:]}")
     again = w.work / "trees-again"
     cloned = g.git(w.alice, "clone", "-q", g.url(path), str(again), check=False)
-    result.check(cloned.returncode == 0 and (again / ".gitmodules").exists(),
-                 f"clone after the attacks: {cloned.stderr[-300:]}")
+    result.check(
+        cloned.returncode == 0 and (again / ".gitmodules").exists(),
+        f"clone after the attacks: {cloned.stderr[-300:]}",
+    )
     for where in (repo_dir, again):
         fsck = subprocess.run(["git", "fsck", "--full", "--strict"], cwd=where, capture_output=True)
-        result.check(fsck.returncode == 0, f"git fsck --full --strict in {where.name}: "
-                                           f"{fsck.stderr[-300:]!r}")
-    result.notes = (f"{len(inputs)} hostile pushes over asyncssh in {pushed:.0f} s, each refused "
-                    f"with its message id; then legitimate pushes, a clone, fsck --strict clean")
+        result.check(
+            fsck.returncode == 0,
+            f"git fsck --full --strict in {where.name}: {fsck.stderr[-300:]!r}",
+        )
+    result.notes = (
+        f"{len(inputs)} hostile pushes over asyncssh in {pushed:.0f} s, each refused "
+        f"with its message id; then legitimate pushes, a clone, fsck --strict clean"
+    )
     return result

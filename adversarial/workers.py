@@ -20,16 +20,21 @@ from testkit.sshclient import connect
 from .suite import Result
 
 TOTAL, PER_ACCOUNT, QUEUE, REQUEST = 10, 3, 2, 4
-SETTINGS = (f"max_git_workers = {TOTAL}\nmax_git_workers_per_account = {PER_ACCOUNT}\n"
-            f"git_queue_timeout = {QUEUE}\nrequest_timeout = {REQUEST}\n")
+SETTINGS = (
+    f"max_git_workers = {TOTAL}\nmax_git_workers_per_account = {PER_ACCOUNT}\n"
+    f"git_queue_timeout = {QUEUE}\nrequest_timeout = {REQUEST}\n"
+)
 WORKER_MB = 40  # a stalled worker is about 25 MB resident; room for a clone's working set
-PER_KEY_LINE = (f"ERROR: Too many Git requests at once from this access key ({PER_ACCOUNT} "
-                "running); try again in a minute")
-PER_ACCOUNT_LINE = (f"ERROR: Too many Git requests at once from this account ({PER_ACCOUNT} "
-                    "running); try again in a minute")
+PER_KEY_LINE = (
+    f"ERROR: Too many Git requests at once from this access key ({PER_ACCOUNT} "
+    "running); try again in a minute"
+)
+PER_ACCOUNT_LINE = (
+    f"ERROR: Too many Git requests at once from this account ({PER_ACCOUNT} "
+    "running); try again in a minute"
+)
 BUSY_LINE = f"ERROR: The server is busy: all {TOTAL} Git workers are in use; try again in a minute"
-TRICKLE_LINE = (f"ERROR: The Git request did not arrive in full within {REQUEST} seconds; "
-                "closing")
+TRICKLE_LINE = f"ERROR: The Git request did not arrive in full within {REQUEST} seconds; closing"
 
 
 async def _advertisement(proc) -> bool:
@@ -103,14 +108,14 @@ def _attack(g: Gateway, root: Path, result: Result, sessions: int, trickling: in
     async def flood(key: Path, line: str, label: str) -> list:
         """`sessions` stalled sessions from one key, 8 to a connection."""
         conns = [await connect(g, key) for _ in range(-(-sessions // 8))]
-        outcomes = await asyncio.gather(*(_session(conns[n // 8], path)
-                                          for n in range(sessions)))
+        outcomes = await asyncio.gather(*(_session(conns[n // 8], path) for n in range(sessions)))
         held = [o[1] for o in outcomes if o[0] == "held"]
         for n, (kind, what) in enumerate(outcomes):
             ok = kind == "held" or (kind == "refused" and what.strip() == line)
             result.check(ok, f"{label} session {n}: {kind} {what if kind != 'held' else ''}")
-        result.check(len(held) == PER_ACCOUNT, f"{label}: {len(held)} sessions held, cap "
-                                               f"{PER_ACCOUNT}")
+        result.check(
+            len(held) == PER_ACCOUNT, f"{label}: {len(held)} sessions held, cap {PER_ACCOUNT}"
+        )
         return conns, held
 
     async def go() -> None:
@@ -120,10 +125,13 @@ def _attack(g: Gateway, root: Path, result: Result, sessions: int, trickling: in
         # The floods hold 2 x PER_ACCOUNT workers of TOTAL: a normal clone still gets one,
         # and the trickling clients below theirs.
         target = root / "bystander"
-        clone = await asyncio.to_thread(g.git, bystander, "clone", "-q", g.url(path),
-                                        str(target), check=False)
-        result.check(clone.returncode == 0 and (target / "a.txt").exists(),
-                     f"a normal clone during the flood: {clone.stderr.strip()[:200]}")
+        clone = await asyncio.to_thread(
+            g.git, bystander, "clone", "-q", g.url(path), str(target), check=False
+        )
+        result.check(
+            clone.returncode == 0 and (target / "a.txt").exists(),
+            f"a normal clone during the flood: {clone.stderr.strip()[:200]}",
+        )
         sample()
         # Trickling clients: a byte a second, never idle, never done; cut at REQUEST s.
         trick_conn = await connect(g, owner.key)
@@ -148,8 +156,10 @@ def _attack(g: Gateway, root: Path, result: Result, sessions: int, trickling: in
             err = (await asyncio.wait_for(p.stderr.read(), 20)).decode()
             await p.wait_closed()
             took = time.monotonic() - started
-            result.check(err.strip() == TRICKLE_LINE and took < REQUEST + 10,
-                         f"trickling client {n}: after {took:.1f} s said {err.strip()[:200]!r}")
+            result.check(
+                err.strip() == TRICKLE_LINE and took < REQUEST + 10,
+                f"trickling client {n}: after {took:.1f} s said {err.strip()[:200]!r}",
+            )
         trick_conn.close()
         # Many accounts at once: TOTAL run, the rest wait QUEUE seconds and are told.
         for p in key_held + acct_held:
@@ -175,9 +185,10 @@ def _attack(g: Gateway, root: Path, result: Result, sessions: int, trickling: in
         victim.stdin.write(request)
         victim.stdin.write_eof()
         out, err = await asyncio.gather(victim.stdout.read(), victim.stderr.read())
-        result.check(b"PACK" not in out and err.decode().startswith(
-            f"ERROR: Repository not found: {path}"),
-            f"removed member's advertised session: {err[:200]!r}, {len(out)} bytes out")
+        result.check(
+            b"PACK" not in out and err.decode().startswith(f"ERROR: Repository not found: {path}"),
+            f"removed member's advertised session: {err[:200]!r}, {len(out)} bytes out",
+        )
         for p in held:
             p.close()
         for c in conns:
@@ -187,10 +198,13 @@ def _attack(g: Gateway, root: Path, result: Result, sessions: int, trickling: in
     gone = wait_for(lambda: not git_workers(repo_dir), 15)
     result.check(gone, f"workers left after the flood: {git_workers(repo_dir)}")
     bound = idle_mb + (TOTAL + 2) * WORKER_MB
-    result.check(peak["mb"] <= bound, f"server tree RSS peaked at {peak['mb']:.0f} MB, "
-                                      f"bound {bound:.0f} MB")
+    result.check(
+        peak["mb"] <= bound, f"server tree RSS peaked at {peak['mb']:.0f} MB, bound {bound:.0f} MB"
+    )
     result.check(g.proc.poll() is None, "server still up")
-    result.notes = (f"{sessions} stalled sessions from one access key and from one account "
-                    f"(cap {PER_ACCOUNT}), {TOTAL + 3} accounts at once (cap {TOTAL}), "
-                    f"{trickling} trickling clients cut at {REQUEST} s, a removed member's "
-                    f"session refused; tree RSS {idle_mb:.0f} -> {peak['mb']:.0f} MB")
+    result.notes = (
+        f"{sessions} stalled sessions from one access key and from one account "
+        f"(cap {PER_ACCOUNT}), {TOTAL + 3} accounts at once (cap {TOTAL}), "
+        f"{trickling} trickling clients cut at {REQUEST} s, a removed member's "
+        f"session refused; tree RSS {idle_mb:.0f} -> {peak['mb']:.0f} MB"
+    )

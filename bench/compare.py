@@ -66,8 +66,14 @@ GENERATOR_VERSION = 2
 CIPHER = "chacha20-poly1305@openssh.com"
 KEX = "curve25519-sha256"
 HOSTKEY_ALG = "ssh-ed25519"
-SSH_OPTIONS = ["-o", f"Ciphers={CIPHER}", "-o", f"KexAlgorithms={KEX}",
-               "-o", f"HostKeyAlgorithms={HOSTKEY_ALG}"]
+SSH_OPTIONS = [
+    "-o",
+    f"Ciphers={CIPHER}",
+    "-o",
+    f"KexAlgorithms={KEX}",
+    "-o",
+    f"HostKeyAlgorithms={HOSTKEY_ALG}",
+]
 T0 = 1_600_000_000  # commit dates: T0 + 60 s per commit
 
 # name -> generator parameters. The large one: ~5,000 commits, ~80 MB of pack, one
@@ -94,14 +100,17 @@ def log(message: str) -> None:
 # --- repositories --------------------------------------------------------------------------
 
 
-def fast_import_stream(out, commits: int, text_files: int, blob_bytes: int, seed: int,
-                       tag_every: int, start: int = 0) -> None:
+def fast_import_stream(
+    out, commits: int, text_files: int, blob_bytes: int, seed: int, tag_every: int, start: int = 0
+) -> None:
     """Write a fast-import stream of commits [start, commits) of a deterministic history.
     The state is always computed from commit 0, so a continuation (start > 0) extends a
     repository that holds commits [0, start) with exactly the commits a full run makes."""
     rng = random.Random(seed)
-    texts = [[f"file {k} line {j}: {rng.getrandbits(64):016x}\n" for j in range(300)]
-             for k in range(text_files)]
+    texts = [
+        [f"file {k} line {j}: {rng.getrandbits(64):016x}\n" for j in range(300)]
+        for k in range(text_files)
+    ]
     for i in range(commits):
         k = rng.randrange(text_files)
         for _ in range(3):
@@ -121,9 +130,15 @@ def fast_import_stream(out, commits: int, text_files: int, blob_bytes: int, seed
         changed = range(text_files) if i == 0 else [k]
         for f in changed:
             data = "".join(texts[f]).encode()
-            w(b"M 100644 inline src/mod%02d/file%03d.txt\ndata %d\n%s\n" % (f % 8, f, len(data), data))
+            w(
+                b"M 100644 inline src/mod%02d/file%03d.txt\ndata %d\n%s\n"
+                % (f % 8, f, len(data), data)
+            )
         if blob:
-            w(b"M 100644 inline assets/%02d/blob%05d.bin\ndata %d\n%s\n" % (i % 64, i, len(blob), blob))
+            w(
+                b"M 100644 inline assets/%02d/blob%05d.bin\ndata %d\n%s\n"
+                % (i % 64, i, len(blob), blob)
+            )
         if tag_every and (i + 1) % tag_every == 0:
             w(b"reset refs/tags/v%d\nfrom :%d\n\n" % ((i + 1) // tag_every, i + 1))
 
@@ -137,11 +152,21 @@ def git_local(*args: str, cwd: Path | None = None, input: bytes | None = None) -
 
 
 def fast_import(repo: Path, params: dict, start: int, commits: int) -> None:
-    proc = subprocess.Popen(["git", "--git-dir", str(repo), "fast-import", "--quiet"],
-                            stdin=subprocess.PIPE, env={**os.environ, "GIT_CONFIG_NOSYSTEM": "1"})
+    proc = subprocess.Popen(
+        ["git", "--git-dir", str(repo), "fast-import", "--quiet"],
+        stdin=subprocess.PIPE,
+        env={**os.environ, "GIT_CONFIG_NOSYSTEM": "1"},
+    )
     buf = io.BufferedWriter(proc.stdin, 1 << 20)
-    fast_import_stream(buf, commits, params["text_files"], params["blob_bytes"], params["seed"],
-                       params["tag_every"], start)
+    fast_import_stream(
+        buf,
+        commits,
+        params["text_files"],
+        params["blob_bytes"],
+        params["seed"],
+        params["tag_every"],
+        start,
+    )
     buf.flush()
     proc.stdin.close()
     if proc.wait() != 0:
@@ -152,8 +177,9 @@ def cached_repo(name: str) -> Path:
     """CACHE/NAME-HASH with server.git (the full history, gc'ed) and base (a clone
     without the last INCREMENTAL commits: the client of the incremental fetch)."""
     params = REPOS[name]
-    key = hashlib.sha256(json.dumps([GENERATOR_VERSION, params, INCREMENTAL],
-                                    sort_keys=True).encode()).hexdigest()[:12]
+    key = hashlib.sha256(
+        json.dumps([GENERATOR_VERSION, params, INCREMENTAL], sort_keys=True).encode()
+    ).hexdigest()[:12]
     final = CACHE / f"{name}-{key}"
     if (final / "complete").exists():
         return final
@@ -187,8 +213,12 @@ def repo_facts(server: Path) -> dict:
     objects = dict(line.split(": ") for line in count.splitlines())
     refs = len(git_local("--git-dir", str(server), "for-each-ref").splitlines())
     commits = int(git_local("--git-dir", str(server), "rev-list", "--count", "main").strip())
-    return {"pack_mb": packs / 1e6, "objects": int(objects["in-pack"]) + int(objects["count"]),
-            "refs": refs, "commits": commits}
+    return {
+        "pack_mb": packs / 1e6,
+        "objects": int(objects["in-pack"]) + int(objects["count"]),
+        "refs": refs,
+        "commits": commits,
+    }
 
 
 # --- processes and memory ------------------------------------------------------------------
@@ -258,7 +288,7 @@ class Sampler:
             if self._done.wait(self.interval):
                 return
 
-    def __enter__(self) -> "Sampler":
+    def __enter__(self) -> Sampler:
         self._thread.start()
         return self
 
@@ -273,7 +303,9 @@ def kill_tree(proc: subprocess.Popen | None) -> None:
         return
     rest = descendants(proc.pid)
     with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGTERM) if os.getpgid(proc.pid) == proc.pid else proc.terminate()
+        os.killpg(proc.pid, signal.SIGTERM) if os.getpgid(
+            proc.pid
+        ) == proc.pid else proc.terminate()
     try:
         proc.wait(10)
     except subprocess.TimeoutExpired:
@@ -309,43 +341,56 @@ class OpenSSH:
         if not os.path.exists(sshd):
             log("installing openssh-server")
             subprocess.run(["apt-get", "update", "-q"], check=True)
-            subprocess.run(["apt-get", "install", "-y", "-q", "openssh-server"], check=True,
-                           env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+            subprocess.run(
+                ["apt-get", "install", "-y", "-q", "openssh-server"],
+                check=True,
+                env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+            )
         os.makedirs("/run/sshd", exist_ok=True)  # the privilege separation directory
         if not self.host_key.exists():
-            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.host_key)],
-                           check=True)
+            subprocess.run(
+                ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.host_key)],
+                check=True,
+            )
         self.write_authorized_keys(0)
         config = self.root / "sshd_config"
-        config.write_text("\n".join([
-            f"Port {self.port}",
-            "ListenAddress 127.0.0.1",
-            f"HostKey {self.host_key}",
-            f"PidFile {self.root / 'sshd.pid'}",
-            f"AuthorizedKeysFile {self.authorized}",
-            "UsePAM no",
-            "StrictModes no",
-            "PermitRootLogin prohibit-password",
-            "PasswordAuthentication no",
-            "KbdInteractiveAuthentication no",
-            "PubkeyAuthentication yes",
-            "X11Forwarding no",
-            "AllowTcpForwarding no",
-            "PrintMotd no",
-            "PrintLastLog no",
-            "UseDNS no",
-            "LogLevel ERROR",
-            # sshd runs the command with the user's shell; bash then reads ~/.bashrc (it
-            # detects sshd by SSH_CLIENT and SHLVL < 2). A developer's .bashrc (pyenv init
-            # here) would be charged to OpenSSH, so bash is told it is nested. A Git server
-            # account would have a plain shell or git-shell.
-            *(["SetEnv SHLVL=1"] if self.skip_bashrc else []),
-            "",
-        ]))
+        config.write_text(
+            "\n".join(
+                [
+                    f"Port {self.port}",
+                    "ListenAddress 127.0.0.1",
+                    f"HostKey {self.host_key}",
+                    f"PidFile {self.root / 'sshd.pid'}",
+                    f"AuthorizedKeysFile {self.authorized}",
+                    "UsePAM no",
+                    "StrictModes no",
+                    "PermitRootLogin prohibit-password",
+                    "PasswordAuthentication no",
+                    "KbdInteractiveAuthentication no",
+                    "PubkeyAuthentication yes",
+                    "X11Forwarding no",
+                    "AllowTcpForwarding no",
+                    "PrintMotd no",
+                    "PrintLastLog no",
+                    "UseDNS no",
+                    "LogLevel ERROR",
+                    # sshd runs the command with the user's shell; bash then reads ~/.bashrc (it
+                    # detects sshd by SSH_CLIENT and SHLVL < 2). A developer's .bashrc (pyenv init
+                    # here) would be charged to OpenSSH, so bash is told it is nested. A Git server
+                    # account would have a plain shell or git-shell.
+                    *(["SetEnv SHLVL=1"] if self.skip_bashrc else []),
+                    "",
+                ]
+            )
+        )
         subprocess.run([sshd, "-t", "-f", str(config)], check=True)
         self.log = open(self.root / "sshd.log", "ab")
-        self.proc = subprocess.Popen([sshd, "-D", "-e", "-f", str(config)], stdout=self.log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [sshd, "-D", "-e", "-f", str(config)],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -360,8 +405,10 @@ class OpenSSH:
 
     def write_authorized_keys(self, extra: int) -> None:
         """The benchmark user's key last, after `extra` other (random) ed25519 keys."""
-        lines = [f"ssh-ed25519 {base64.b64encode(blob).decode()} other{i}@bench"
-                 for i, blob in enumerate(random_ed25519_blobs(extra, seed=7))]
+        lines = [
+            f"ssh-ed25519 {base64.b64encode(blob).decode()} other{i}@bench"
+            for i, blob in enumerate(random_ed25519_blobs(extra, seed=7))
+        ]
         lines.append(self.user_pub.read_text().strip())
         tmp = self.authorized.with_suffix(".tmp")
         tmp.write_text("\n".join(lines) + "\n")
@@ -424,13 +471,17 @@ class Sides:
     def server_pid(self, side: str) -> int:
         return self.gw.proc.pid if side == "gateway" else self.ossh.proc.pid
 
-    def git(self, *args: str, cwd: Path | None = None, check: bool = True,
-            timeout: float = 900) -> subprocess.CompletedProcess:
-        result = subprocess.run(["git", *args], cwd=cwd or self.root, env=self.env,
-                                capture_output=True, timeout=timeout)
+    def git(
+        self, *args: str, cwd: Path | None = None, check: bool = True, timeout: float = 900
+    ) -> subprocess.CompletedProcess:
+        result = subprocess.run(
+            ["git", *args], cwd=cwd or self.root, env=self.env, capture_output=True, timeout=timeout
+        )
         if check and result.returncode != 0:
-            raise RuntimeError(f"git {' '.join(args)} failed ({result.returncode}): "
-                               f"{result.stderr.decode(errors='replace')[-2000:]}")
+            raise RuntimeError(
+                f"git {' '.join(args)} failed ({result.returncode}): "
+                f"{result.stderr.decode(errors='replace')[-2000:]}"
+            )
         return result
 
     def timed_git(self, *args: str, cwd: Path | None = None) -> float:
@@ -441,8 +492,10 @@ class Sides:
     def fsck(self, clone: Path, what: str) -> None:
         result = self.git("fsck", "--full", "--no-progress", cwd=clone, check=False)
         if result.returncode != 0:
-            fail(f"git fsck --full failed after {what}: "
-                 f"{(result.stdout + result.stderr).decode(errors='replace')[-1500:]}")
+            fail(
+                f"git fsck --full failed after {what}: "
+                f"{(result.stdout + result.stderr).decode(errors='replace')[-1500:]}"
+            )
 
     def stop(self) -> None:
         try:
@@ -489,8 +542,16 @@ def scratch(sides: Sides, label: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=f"{label}-", dir=sides.root / "clients"))
 
 
-def bench_clone(sides: Sides, res: Results, name: str, runs: int, label: str,
-                memory: bool, when: str = "", forget: tuple[str, ...] = ()) -> dict[str, Path]:
+def bench_clone(
+    sides: Sides,
+    res: Results,
+    name: str,
+    runs: int,
+    label: str,
+    memory: bool,
+    when: str = "",
+    forget: tuple[str, ...] = (),
+) -> dict[str, Path]:
     """Full clones (--no-checkout: the transfer and index-pack, not writing a work tree),
     sampling the server's memory; returns one clone per side for the fetches after.
     `forget`: files of the gateway's repository removed before each of its clones
@@ -505,16 +566,27 @@ def bench_clone(sides: Sides, res: Results, name: str, runs: int, label: str,
                     (sides.server_dir(side, name) / file).unlink(missing_ok=True)
             cpu = tree_cpu(sides.server_pid(side))
             with Sampler(sides.server_pid(side)) as sampler:
-                elapsed = sides.timed_git("clone", "-q", "--no-checkout", sides.url(side, name), str(dest))
+                elapsed = sides.timed_git(
+                    "clone", "-q", "--no-checkout", sides.url(side, name), str(dest)
+                )
             time.sleep(0.3)  # the session's processes are reaped
             res.add(label, side, elapsed)
-            res.add(f"server CPU per {name} clone{when} (process tree, s)", side,
-                    tree_cpu(sides.server_pid(side)) - cpu)
+            res.add(
+                f"server CPU per {name} clone{when} (process tree, s)",
+                side,
+                tree_cpu(sides.server_pid(side)) - cpu,
+            )
             if memory:
-                res.add(f"server peak memory during the {name} clone{when} (process tree RSS, MB)", side,
-                        sampler.peak_rss / 1024)
-                res.add(f"the same as PSS{when} (shared pages divided among processes, MB)", side,
-                        sampler.peak_pss / 1024)
+                res.add(
+                    f"server peak memory during the {name} clone{when} (process tree RSS, MB)",
+                    side,
+                    sampler.peak_rss / 1024,
+                )
+                res.add(
+                    f"the same as PSS{when} (shared pages divided among processes, MB)",
+                    side,
+                    sampler.peak_pss / 1024,
+                )
             sides.fsck(dest, f"{side} clone of {name}")
             if side in last:
                 shutil.rmtree(last[side].parent, ignore_errors=True)
@@ -523,7 +595,9 @@ def bench_clone(sides: Sides, res: Results, name: str, runs: int, label: str,
     return last
 
 
-def bench_fetches(sides: Sides, res: Results, name: str, runs: int, clones: dict[str, Path]) -> None:
+def bench_fetches(
+    sides: Sides, res: Results, name: str, runs: int, clones: dict[str, Path]
+) -> None:
     base = cached_repo(name) / "base"
     tip = git_local("--git-dir", str(cached_repo(name) / "server.git"), "rev-parse", "main").strip()
     for run in range(runs):
@@ -550,12 +624,17 @@ def bench_ls_remote(sides: Sides, res: Results, name: str, count: int = 20) -> N
     for run in range(count):
         for side in alternate(run):
             before = tree_cpu(sides.server_pid(side))
-            res.add(f"ls-remote ({name}, median of {count}, s)", side,
-                    sides.timed_git("ls-remote", sides.url(side, name)))
+            res.add(
+                f"ls-remote ({name}, median of {count}, s)",
+                side,
+                sides.timed_git("ls-remote", sides.url(side, name)),
+            )
             time.sleep(0.05)
             cpu[side] += tree_cpu(sides.server_pid(side)) - before
     for side in SIDES:  # includes starting the spare worker that replaces the one used
-        res.add(f"server CPU per ls-remote (process tree, mean of {count}, s)", side, cpu[side] / count)
+        res.add(
+            f"server CPU per ls-remote (process tree, mean of {count}, s)", side, cpu[side] / count
+        )
     log("ls-remote done")
 
 
@@ -572,15 +651,32 @@ def bench_push(sides: Sides, res: Results, runs: int, megabytes: int) -> None:
             (tree_dir / f"blob{i}.bin").write_bytes(rng.randbytes(min(megabytes, 5) * 1024 * 1024))
         git_local("add", f"push{run}", cwd=work)
         env_date = f"{T0 + 10_000_000 + run} +0000"
-        subprocess.run(["git", "-c", "user.name=Bench", "-c", "user.email=bench@example.com",
-                        "commit", "-qm", f"push {run}"], cwd=work, check=True,
-                       env={**os.environ, "GIT_AUTHOR_DATE": env_date, "GIT_COMMITTER_DATE": env_date})
+        subprocess.run(
+            [
+                "git",
+                "-c",
+                "user.name=Bench",
+                "-c",
+                "user.email=bench@example.com",
+                "commit",
+                "-qm",
+                f"push {run}",
+            ],
+            cwd=work,
+            check=True,
+            env={**os.environ, "GIT_AUTHOR_DATE": env_date, "GIT_COMMITTER_DATE": env_date},
+        )
         sha = git_local("rev-parse", "HEAD", cwd=work).strip()
         for side in alternate(run):
-            elapsed = sides.timed_git("push", "-q", sides.url(side, "push"),
-                                      f"{sha}:refs/heads/bench-{run}", cwd=work)
-            got = git_local("--git-dir", str(sides.server_dir(side, "push")), "rev-parse",
-                            f"refs/heads/bench-{run}").strip()
+            elapsed = sides.timed_git(
+                "push", "-q", sides.url(side, "push"), f"{sha}:refs/heads/bench-{run}", cwd=work
+            )
+            got = git_local(
+                "--git-dir",
+                str(sides.server_dir(side, "push")),
+                "rev-parse",
+                f"refs/heads/bench-{run}",
+            ).strip()
             if got != sha:
                 fail(f"push to {side}: bench-{run} is {got}, expected {sha}")
             res.add(f"push of {megabytes} MB (incompressible, new branch, s)", side, elapsed)
@@ -594,21 +690,31 @@ def bench_parallel_clones(sides: Sides, res: Results, name: str, runs: int, n: i
             base = scratch(sides, f"par-{side}")
             dests = [base / f"c{i}" for i in range(n)]
             started = time.perf_counter()
-            procs = [subprocess.Popen(["git", "clone", "-q", "--no-checkout", sides.url(side, name),
-                                       str(d)], env=sides.env, stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.PIPE, start_new_session=True)
-                     for d in dests]
+            procs = [
+                subprocess.Popen(
+                    ["git", "clone", "-q", "--no-checkout", sides.url(side, name), str(d)],
+                    env=sides.env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                    start_new_session=True,
+                )
+                for d in dests
+            ]
             STARTED.extend(procs)
             errors = [p.communicate(timeout=1800)[1] if p.wait(1800) != 0 else None for p in procs]
             elapsed = time.perf_counter() - started
             for p, err in zip(procs, errors):
                 if err is not None:
-                    fail(f"one of {n} parallel clones from {side} failed: {err.decode(errors='replace')[-800:]}")
+                    fail(
+                        f"one of {n} parallel clones from {side} failed: {err.decode(errors='replace')[-800:]}"
+                    )
             for d in dests:
                 if d.exists():
                     sides.fsck(d, f"parallel clone of {name} from {side}")
             shutil.rmtree(base, ignore_errors=True)
-            res.add(f"{n} clones of {name} at once (wall time until all are done, s)", side, elapsed)
+            res.add(
+                f"{n} clones of {name} at once (wall time until all are done, s)", side, elapsed
+            )
             log(f"{n} clones {side} run {run + 1}: {elapsed:.2f} s")
 
 
@@ -627,9 +733,13 @@ def bench_ls_remote_during_clone(sides: Sides, res: Results, name: str, runs: in
     for run in range(runs):
         for side in alternate(run):
             dest = scratch(sides, f"busy-{side}") / "c"
-            clone = subprocess.Popen(["git", "clone", "-q", "--no-checkout", sides.url(side, name),
-                                      str(dest)], env=sides.env, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, start_new_session=True)
+            clone = subprocess.Popen(
+                ["git", "clone", "-q", "--no-checkout", sides.url(side, name), str(dest)],
+                env=sides.env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+            )
             STARTED.append(clone)
             deadline = time.monotonic() + 60
             while clone.poll() is None and time.monotonic() < deadline:
@@ -639,8 +749,10 @@ def bench_ls_remote_during_clone(sides: Sides, res: Results, name: str, runs: in
             elapsed = sides.timed_git("ls-remote", sides.url(side, "small"))
             still_running = clone.poll() is None
             if clone.wait(1800) != 0:
-                fail(f"clone from {side} (with an ls-remote beside it) failed: "
-                     f"{clone.stderr.read().decode(errors='replace')[-800:]}")
+                fail(
+                    f"clone from {side} (with an ls-remote beside it) failed: "
+                    f"{clone.stderr.read().decode(errors='replace')[-800:]}"
+                )
             sides.fsck(dest, f"{side} clone of {name} with an ls-remote beside it")
             shutil.rmtree(dest.parent, ignore_errors=True)
             if not still_running:
@@ -703,22 +815,36 @@ def print_table(res: Results, caption: str, targets: bool = True) -> None:
 
 
 def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in
-                Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), "?")
-    mem = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
-               if line.startswith("MemTotal:"))
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        "?",
+    )
+    mem = next(
+        int(line.split()[1])
+        for line in Path("/proc/meminfo").read_text().splitlines()
+        if line.startswith("MemTotal:")
+    )
     load = os.getloadavg()
-    return (f"{os.cpu_count()} cores ({cpu}), {mem / 1024 / 1024:.1f} GB RAM, load average "
-            f"{load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f} at the end (the machine is shared)")
+    return (
+        f"{os.cpu_count()} cores ({cpu}), {mem / 1024 / 1024:.1f} GB RAM, load average "
+        f"{load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f} at the end (the machine is shared)"
+    )
 
 
 def versions() -> str:
     import asyncssh
     import dulwich
+
     git = subprocess.run(["git", "--version"], capture_output=True, text=True).stdout.split()[-1]
     ssh = subprocess.run(["ssh", "-V"], capture_output=True, text=True).stderr.split(",")[0]
-    return (f"git {git}, {ssh}, Python {sys.version.split()[0]}, asyncssh {asyncssh.__version__}, "
-            f"dulwich {'.'.join(map(str, dulwich.__version__))}")
+    return (
+        f"git {git}, {ssh}, Python {sys.version.split()[0]}, asyncssh {asyncssh.__version__}, "
+        f"dulwich {'.'.join(map(str, dulwich.__version__))}"
+    )
 
 
 # --- the modes -----------------------------------------------------------------------------
@@ -738,10 +864,26 @@ def main_compare(args, root: Path) -> None:
         idle = {side: tree_kb(sides.server_pid(side))[0] / 1024 for side in SIDES}
         if not args.quick:
             bench_clone(sides, res, "small", args.runs, "full clone (small, s)", memory=False)
-        bench_clone(sides, res, big, args.runs, f"full clone ({big}, first ever, s)", memory=True,
-                    when=", first ever", forget=("gateway-clone-objects", "gateway-commit-objects"))
-        bench_clone(sides, res, big, args.runs, f"full clone ({big}, first after a push, s)", memory=True,
-                    when=", first after a push", forget=("gateway-clone-objects",))
+        bench_clone(
+            sides,
+            res,
+            big,
+            args.runs,
+            f"full clone ({big}, first ever, s)",
+            memory=True,
+            when=", first ever",
+            forget=("gateway-clone-objects", "gateway-commit-objects"),
+        )
+        bench_clone(
+            sides,
+            res,
+            big,
+            args.runs,
+            f"full clone ({big}, first after a push, s)",
+            memory=True,
+            when=", first after a push",
+            forget=("gateway-clone-objects",),
+        )
         clones = bench_clone(sides, res, big, args.runs, f"full clone ({big}, s)", memory=True)
         bench_fetches(sides, res, big, args.runs, clones)
         bench_ls_remote(sides, res, big)
@@ -758,9 +900,12 @@ def main_compare(args, root: Path) -> None:
         f"Medians of {args.runs} runs ({'ls-remote: 20; no-op fetch: ' + str(3 * args.runs)}). "
         f"Repositories: small = {facts['small']['commits']} commits, {facts['small']['objects']} "
         f"objects, {facts['small']['pack_mb']:.1f} MB pack, {facts['small']['refs']} refs"
-        + ("" if args.quick else
-           f"; large = {f['commits']} commits, {f['objects']} objects, {f['pack_mb']:.0f} MB pack "
-           f"(a 16 KiB incompressible blob per commit), {f['refs']} refs")
+        + (
+            ""
+            if args.quick
+            else f"; large = {f['commits']} commits, {f['objects']} objects, {f['pack_mb']:.0f} MB pack "
+            f"(a 16 KiB incompressible blob per commit), {f['refs']} refs"
+        )
         + "; gc'ed by C git (commit-graph, bitmap). sshd runs commands with bash told to skip "
         "~/.bashrc (root's runs pyenv init here: +0.17 s a command). "
         f"Same client for both: `ssh -o Ciphers={CIPHER} -o KexAlgorithms={KEX} "
@@ -774,10 +919,20 @@ def main_compare(args, root: Path) -> None:
 
 async def connect(host: str, port: int, user: str, key: Path, local: str):
     import asyncssh
+
     return await asyncssh.connect(
-        host, port, username=user, client_keys=[str(key)], known_hosts=None,
-        local_addr=(local, 0), encryption_algs=[CIPHER], kex_algs=[KEX],
-        server_host_key_algs=[HOSTKEY_ALG], agent_path=None, config=[])
+        host,
+        port,
+        username=user,
+        client_keys=[str(key)],
+        known_hosts=None,
+        local_addr=(local, 0),
+        encryption_algs=[CIPHER],
+        kex_algs=[KEX],
+        server_host_key_algs=[HOSTKEY_ALG],
+        agent_path=None,
+        config=[],
+    )
 
 
 async def connect_times(port: int, user: str, key: Path, n: int = 20) -> float:
@@ -791,8 +946,15 @@ async def connect_times(port: int, user: str, key: Path, n: int = 20) -> float:
     return statistics.median(times)
 
 
-def insert_scale_rows(db_path: Path, keys: int, repos: int, accounts: int = 10_000,
-                      workspaces: int = 1_000, prefix: str = "scale", seed: int = 11) -> float:
+def insert_scale_rows(
+    db_path: Path,
+    keys: int,
+    repos: int,
+    accounts: int = 10_000,
+    workspaces: int = 1_000,
+    prefix: str = "scale",
+    seed: int = 11,
+) -> float:
     """Accounts with 10 keys each, workspaces with 10 repositories each, each account a
     member of one workspace: written with sqlite3 in one transaction (bench only)."""
     started = time.monotonic()
@@ -801,27 +963,46 @@ def insert_scale_rows(db_path: Path, keys: int, repos: int, accounts: int = 10_0
     with db:
         db.execute("PRAGMA foreign_keys=ON")
         first_account = db.execute("SELECT COALESCE(MAX(id), 0) FROM accounts").fetchone()[0] + 1
-        db.executemany("INSERT INTO accounts (id, name, email, disabled, created_at) VALUES (?, ?, ?, 0, ?)",
-                       ((first_account + a, f"{prefix}{a:05d}", f"{prefix}{a}@example.com", now)
-                        for a in range(accounts)))
+        db.executemany(
+            "INSERT INTO accounts (id, name, email, disabled, created_at) VALUES (?, ?, ?, 0, ?)",
+            (
+                (first_account + a, f"{prefix}{a:05d}", f"{prefix}{a}@example.com", now)
+                for a in range(accounts)
+            ),
+        )
         blobs = random_ed25519_blobs(keys, seed=seed)
         db.executemany(
             "INSERT INTO ssh_keys (account_id, fingerprint, algorithm, public_key, title, kind, source,"
             " created_at) VALUES (?, ?, 'ssh-ed25519', ?, ?, 'auth', 'cli', ?)",
-            ((first_account + i % accounts,
-              "SHA256:" + base64.b64encode(hashlib.sha256(b).digest()).decode().rstrip("="),
-              "ssh-ed25519 " + base64.b64encode(b).decode(), f"key{i}", now)
-             for i, b in enumerate(blobs)))
+            (
+                (
+                    first_account + i % accounts,
+                    "SHA256:" + base64.b64encode(hashlib.sha256(b).digest()).decode().rstrip("="),
+                    "ssh-ed25519 " + base64.b64encode(b).decode(),
+                    f"key{i}",
+                    now,
+                )
+                for i, b in enumerate(blobs)
+            ),
+        )
         first_ws = db.execute("SELECT COALESCE(MAX(id), 0) FROM workspaces").fetchone()[0] + 1
-        db.executemany("INSERT INTO workspaces (id, name, created_at) VALUES (?, ?, ?)",
-                       ((first_ws + w, f"{prefix}ws{w:04d}", now) for w in range(workspaces)))
-        db.executemany("INSERT INTO members (workspace_id, account_id, role) VALUES (?, ?, 'write')",
-                       ((first_ws + a % workspaces, first_account + a) for a in range(accounts)))
-        db.executemany("INSERT INTO repos (workspace_id, name, public, default_branch, created_at)"
-                       " VALUES (?, ?, 0, 'main', ?)",
-                       ((first_ws + r % workspaces, f"repo{r:05d}", now) for r in range(repos)))
-    counts = {t: db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
-              for t in ("ssh_keys", "accounts", "repos", "workspaces")}
+        db.executemany(
+            "INSERT INTO workspaces (id, name, created_at) VALUES (?, ?, ?)",
+            ((first_ws + w, f"{prefix}ws{w:04d}", now) for w in range(workspaces)),
+        )
+        db.executemany(
+            "INSERT INTO members (workspace_id, account_id, role) VALUES (?, ?, 'write')",
+            ((first_ws + a % workspaces, first_account + a) for a in range(accounts)),
+        )
+        db.executemany(
+            "INSERT INTO repos (workspace_id, name, public, default_branch, created_at)"
+            " VALUES (?, ?, 0, 'main', ?)",
+            ((first_ws + r % workspaces, f"repo{r:05d}", now) for r in range(repos)),
+        )
+    counts = {
+        t: db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
+        for t in ("ssh_keys", "accounts", "repos", "workspaces")
+    }
     db.close()
     log(f"inserted scale rows in {time.monotonic() - started:.1f} s: {counts}")
     return time.monotonic() - started
@@ -842,9 +1023,19 @@ async def hold_idle(sides: Sides, side: str, total: int, batch: int, res: Result
     try:
         while len(conns) < total:
             n = min(batch, total - len(conns))
-            made = await asyncio.gather(*(connect("127.0.0.1", port, user, sides.user.key,
-                                                  sources[(len(conns) + i) % len(sources)])
-                                          for i in range(n)), return_exceptions=True)
+            made = await asyncio.gather(
+                *(
+                    connect(
+                        "127.0.0.1",
+                        port,
+                        user,
+                        sides.user.key,
+                        sources[(len(conns) + i) % len(sources)],
+                    )
+                    for i in range(n)
+                ),
+                return_exceptions=True,
+            )
             for m in made:
                 if isinstance(m, BaseException):
                     fail(f"idle connection {len(conns)} to {side} failed: {m!r}")
@@ -853,9 +1044,11 @@ async def hold_idle(sides: Sides, side: str, total: int, batch: int, res: Result
             if len(conns) % 250 == 0:
                 rss, procs = tree_kb(pid)
                 pss, _ = tree_kb(pid, "Pss:")
-                log(f"{side}: {len(conns)} idle connections: tree RSS {rss / 1024:.0f} MB, "
+                log(
+                    f"{side}: {len(conns)} idle connections: tree RSS {rss / 1024:.0f} MB, "
                     f"PSS {pss / 1024:.0f} MB, {procs} processes "
-                    f"({time.monotonic() - started:.0f} s)")
+                    f"({time.monotonic() - started:.0f} s)"
+                )
         await asyncio.sleep(2)
         rss, procs = tree_kb(pid)
         pss, _ = tree_kb(pid, "Pss:")
@@ -864,13 +1057,18 @@ async def hold_idle(sides: Sides, side: str, total: int, batch: int, res: Result
             fail(f"{side}: only {alive} of {total} idle connections still open")
         latencies = [sides.timed_git("ls-remote", sides.url(side, "small")) for _ in range(5)]
         res.add(f"server memory with {total} idle connections (tree RSS, MB)", side, rss / 1024)
-        res.add(f"  per connection, RSS (KB)", side, (rss - base_rss) / total)
-        res.add(f"  per connection, PSS (KB)", side, (pss - base_pss) / total)
-        res.add(f"  server processes", side, procs)
-        res.add(f"ls-remote with {total} idle connections open (median of 5, s)", side,
-                statistics.median(latencies))
-        log(f"{side}: {total} idle: RSS {rss / 1024:.0f} MB, PSS {pss / 1024:.0f} MB, "
-            f"ls-remote {statistics.median(latencies):.3f} s")
+        res.add("  per connection, RSS (KB)", side, (rss - base_rss) / total)
+        res.add("  per connection, PSS (KB)", side, (pss - base_pss) / total)
+        res.add("  server processes", side, procs)
+        res.add(
+            f"ls-remote with {total} idle connections open (median of 5, s)",
+            side,
+            statistics.median(latencies),
+        )
+        log(
+            f"{side}: {total} idle: RSS {rss / 1024:.0f} MB, PSS {pss / 1024:.0f} MB, "
+            f"ls-remote {statistics.median(latencies):.3f} s"
+        )
     finally:
         for c in conns:
             c.close()
@@ -883,7 +1081,10 @@ def delete_scale_rows(db_path: Path, prefix: str = "scale") -> None:
     with db:
         db.execute("PRAGMA foreign_keys=ON")
         like = (prefix + "%",)
-        db.execute("DELETE FROM repos WHERE workspace_id IN (SELECT id FROM workspaces WHERE name LIKE ?)", like)
+        db.execute(
+            "DELETE FROM repos WHERE workspace_id IN (SELECT id FROM workspaces WHERE name LIKE ?)",
+            like,
+        )
         db.execute("DELETE FROM workspaces WHERE name LIKE ?", like)  # members: ON DELETE CASCADE
         db.execute("DELETE FROM accounts WHERE name LIKE ?", like)  # ssh_keys: ON DELETE CASCADE
     db.close()
@@ -905,16 +1106,24 @@ def main_scale(args, root: Path) -> None:
         for round_ in range(2):
             for label, big in (("10 keys", False), ("100,000 keys, 10,000 repos", True)):
                 if big:
-                    sides.ossh.write_authorized_keys(100_000 - 1)  # ours is the last line: the worst case
+                    sides.ossh.write_authorized_keys(
+                        100_000 - 1
+                    )  # ours is the last line: the worst case
                     insert_scale_rows(db_path, keys=100_000 - 10, repos=10_000 - 10)
                 for side in alternate(round_):
                     port = sides.gw.port if side == "gateway" else sides.ossh.port
                     user = "git" if side == "gateway" else sides.ossh.login
-                    res.add(f"connection + auth, {label} (asyncssh client, median of 10, s)", side,
-                            asyncio.run(connect_times(port, user, sides.user.key, 10)))
+                    res.add(
+                        f"connection + auth, {label} (asyncssh client, median of 10, s)",
+                        side,
+                        asyncio.run(connect_times(port, user, sides.user.key, 10)),
+                    )
                     for _ in range(10):
-                        res.add(f"connection + auth + ls-remote, {label} (median of 20, s)", side,
-                                sides.timed_git("ls-remote", sides.url(side, "small")))
+                        res.add(
+                            f"connection + auth + ls-remote, {label} (median of 20, s)",
+                            side,
+                            sides.timed_git("ls-remote", sides.url(side, "small")),
+                        )
                     log(f"round {round_ + 1}: {label} {side} done")
                 if big:
                     sides.ossh.write_authorized_keys(9)
@@ -943,7 +1152,9 @@ def main_scale(args, root: Path) -> None:
 def upload_pack_request(server: Path) -> bytes:
     """What `git clone` (non-interactive, so no-progress) sends to upload-pack v0."""
     shas = []
-    for line in git_local("--git-dir", str(server), "for-each-ref", "--format=%(objectname)").split():
+    for line in git_local(
+        "--git-dir", str(server), "for-each-ref", "--format=%(objectname)"
+    ).split():
         if line not in shas:
             shas.append(line)
     caps = b" multi_ack_detailed side-band-64k thin-pack no-progress include-tag ofs-delta agent=git/2.39.5"
@@ -966,11 +1177,14 @@ def main_profile(args, root: Path) -> None:
         out = root / f"out-{label}"
         started = time.perf_counter()
         with open(request, "rb") as stdin, open(out, "wb") as stdout:
-            result = subprocess.run(argv, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE,
-                                    env=env, cwd=root)
+            result = subprocess.run(
+                argv, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE, env=env, cwd=root
+            )
         elapsed = time.perf_counter() - started
         if result.returncode != 0:
-            fail(f"{label} exited {result.returncode}: {result.stderr.decode(errors='replace')[-800:]}")
+            fail(
+                f"{label} exited {result.returncode}: {result.stderr.decode(errors='replace')[-800:]}"
+            )
         log(f"{label}: {elapsed:.2f} s, {out.stat().st_size / 1e6:.1f} MB out")
         out.unlink()
         return elapsed
@@ -985,19 +1199,26 @@ def main_profile(args, root: Path) -> None:
     worker = [python, "-m", "gateway.git.workers.worker", "git-upload-pack", str(server)]
     c_git = [run("C git upload-pack", ["git-upload-pack", str(server)]) for _ in range(3)]
     firsts = [forgetting(first_ever, "gateway worker, first ever", worker) for _ in range(3)]
-    afters = [forgetting(after_push, "gateway worker, first after a push", worker) for _ in range(3)]
+    afters = [
+        forgetting(after_push, "gateway worker, first after a push", worker) for _ in range(3)
+    ]
     agains = [run("gateway worker, unchanged", worker) for _ in range(3)]
     prof = root / "worker.prof"
-    profiled = forgetting(first_ever, "gateway worker under cProfile, first ever",
-                          [python, "-m", "cProfile", "-o", str(prof), *worker[1:]])
-    print(f"\nProfile of one full clone of the {name} repository in the gateway's worker "
-          f"(`python -m gateway.git.workers.worker git-upload-pack REPO` with a captured request on stdin, "
-          f"output to a file).\nC git upload-pack: median {statistics.median(c_git):.2f} s. "
-          f"Gateway worker, medians: {statistics.median(firsts):.2f} s for the first clone ever (every "
-          f"commit's trees diffed), {statistics.median(afters):.2f} s for the first after a push (the "
-          f"commits walked, their kept lists read), {statistics.median(agains):.2f} s for a clone of an "
-          f"unchanged repository (the last clone's list read); the first clone ever under cProfile: "
-          f"{profiled:.1f} s. {machine()}.\n")
+    profiled = forgetting(
+        first_ever,
+        "gateway worker under cProfile, first ever",
+        [python, "-m", "cProfile", "-o", str(prof), *worker[1:]],
+    )
+    print(
+        f"\nProfile of one full clone of the {name} repository in the gateway's worker "
+        f"(`python -m gateway.git.workers.worker git-upload-pack REPO` with a captured request on stdin, "
+        f"output to a file).\nC git upload-pack: median {statistics.median(c_git):.2f} s. "
+        f"Gateway worker, medians: {statistics.median(firsts):.2f} s for the first clone ever (every "
+        f"commit's trees diffed), {statistics.median(afters):.2f} s for the first after a push (the "
+        f"commits walked, their kept lists read), {statistics.median(agains):.2f} s for a clone of an "
+        f"unchanged repository (the last clone's list read); the first clone ever under cProfile: "
+        f"{profiled:.1f} s. {machine()}.\n"
+    )
     for order in ("tottime", "cumulative"):
         text = io.StringIO()
         stats = pstats.Stats(str(prof), stream=text)
@@ -1005,17 +1226,23 @@ def main_profile(args, root: Path) -> None:
         lines = text.getvalue().splitlines()
         start = next(i for i, line in enumerate(lines) if "ncalls" in line)
         print(f"Top 25 by {order}:\n```")
-        print("\n".join(lines[start:start + 26]))
+        print("\n".join(lines[start : start + 26]))
         print("```\n", flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3, help="repetitions of each measure (median)")
-    parser.add_argument("--quick", action="store_true", help="the small repository only (a smoke test)")
-    parser.add_argument("--scale", action="store_true", help="100,000 keys, 10,000 repos, idle connections")
+    parser.add_argument(
+        "--quick", action="store_true", help="the small repository only (a smoke test)"
+    )
+    parser.add_argument(
+        "--scale", action="store_true", help="100,000 keys, 10,000 repos, idle connections"
+    )
     parser.add_argument("--idle", type=int, default=1000, help="idle connections for --scale")
-    parser.add_argument("--profile", action="store_true", help="profile the worker for one full clone")
+    parser.add_argument(
+        "--profile", action="store_true", help="profile the worker for one full clone"
+    )
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)

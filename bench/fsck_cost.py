@@ -34,17 +34,20 @@ def generate(repo: Path, commits: int) -> None:
     rng = random.Random(7)
     lines = []
     for n in range(commits):
-        lines.append(f"commit refs/heads/main\nmark :{n + 1}\n"
-                     f"committer Bench <bench@example.com> {1700000000 + n} +0000\n"
-                     f"data {len(f'c{n}')}\nc{n}\n")
+        lines.append(
+            f"commit refs/heads/main\nmark :{n + 1}\n"
+            f"committer Bench <bench@example.com> {1700000000 + n} +0000\n"
+            f"data {len(f'c{n}')}\nc{n}\n"
+        )
         if n:
             lines.append(f"from :{n}\n")
         for _ in range(3):
             path = f"d{rng.randrange(20)}/e{rng.randrange(20)}/f{rng.randrange(10)}.txt"
             body = f"{n} {rng.random()}\n" * 5
             lines.append(f"M 100644 inline {path}\ndata {len(body)}\n{body}\n")
-    subprocess.run(["git", "fast-import", "--quiet"], cwd=repo, input="".join(lines).encode(),
-                   check=True)
+    subprocess.run(
+        ["git", "fast-import", "--quiet"], cwd=repo, input="".join(lines).encode(), check=True
+    )
     subprocess.run(["git", "repack", "-a", "-d", "-q"], cwd=repo, check=True)
 
 
@@ -68,8 +71,13 @@ def push_seconds(commits_repo: Path, toml: str, work: Path) -> float:
         path = g.repo(ws)
         env = {**g.env, "GIT_SSH_COMMAND": " ".join(g.ssh_command(user.key))}
         start = time.perf_counter()
-        subprocess.run(["git", "push", "-q", g.url(path), "main"], cwd=commits_repo, env=env,
-                       check=True, capture_output=True)
+        subprocess.run(
+            ["git", "push", "-q", g.url(path), "main"],
+            cwd=commits_repo,
+            env=env,
+            check=True,
+            capture_output=True,
+        )
         return time.perf_counter() - start
     finally:
         g.stop()
@@ -86,14 +94,21 @@ def main() -> None:
         repo = tmp / "history.git"
         t = time.perf_counter()
         generate(repo, args.commits)
-        count = subprocess.run(["git", "count-objects", "-v"], cwd=repo, capture_output=True,
-                               text=True).stdout
+        count = subprocess.run(
+            ["git", "count-objects", "-v"], cwd=repo, capture_output=True, text=True
+        ).stdout
         objects = int(next(l.split()[1] for l in count.splitlines() if l.startswith("in-pack")))
-        kinds = subprocess.run("git cat-file --batch-all-objects --batch-check='%(objecttype)' "
-                               "| sort | uniq -c", shell=True, cwd=repo, capture_output=True,
-                               text=True).stdout.split()
-        print(f"history: {args.commits} commits, {objects} objects ({' '.join(kinds)}), "
-              f"made in {time.perf_counter() - t:.1f} s")
+        kinds = subprocess.run(
+            "git cat-file --batch-all-objects --batch-check='%(objecttype)' | sort | uniq -c",
+            shell=True,
+            cwd=repo,
+            capture_output=True,
+            text=True,
+        ).stdout.split()
+        print(
+            f"history: {args.commits} commits, {objects} objects ({' '.join(kinds)}), "
+            f"made in {time.perf_counter() - t:.1f} s"
+        )
         empty = tmp / "empty.git"
         subprocess.run(["git", "init", "-q", "--bare", str(empty)], check=True)
         seconds, problems = timed(repo / "objects", empty / "objects")
@@ -103,12 +118,14 @@ def main() -> None:
         if args.push:
             times: dict[str, list[float]] = {"on": [], "off": []}
             for run in range(args.runs):
-                for setting in (["on", "off"] if run % 2 == 0 else ["off", "on"]):
+                for setting in ["on", "off"] if run % 2 == 0 else ["off", "on"]:
                     toml = "" if setting == "on" else "fsck_objects = false\n"
                     times[setting].append(push_seconds(repo, toml, tmp / f"{setting}{run}"))
             for setting, values in times.items():
-                print(f"| git push of the history, fsck_objects {setting} (median of "
-                      f"{len(values)}) | {statistics.median(values):.1f} s |")
+                print(
+                    f"| git push of the history, fsck_objects {setting} (median of "
+                    f"{len(values)}) | {statistics.median(values):.1f} s |"
+                )
 
 
 if __name__ == "__main__":

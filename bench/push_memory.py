@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo root holds testkit/
-from testkit import Gateway  # noqa: E402  (the tests' server driver)
+from testkit import Gateway
 
 BLOB_MB = 10
 
@@ -98,8 +98,10 @@ def main() -> None:
         print(f"| server tree peak RSS during push | {peak / 1024:.0f} MB |")
         print(f"| of which the server process alone | {server_peak / 1024:.0f} MB |")
         print(f"| peak - idle | {(peak - idle) / 1024:.0f} MB (target: within 150 MB) |")
-        print(f"| the same, anonymous memory only (no mapped pack pages) | "
-              f"{(peak_anon - idle_anon) / 1024:.0f} MB |")
+        print(
+            f"| the same, anonymous memory only (no mapped pack pages) | "
+            f"{(peak_anon - idle_anon) / 1024:.0f} MB |"
+        )
         print(f"| push duration | {elapsed:.1f} s |")
     finally:
         gw.stop()

@@ -18,13 +18,20 @@ async def identity_for_key(db: aiosqlite.Connection, fingerprint: str) -> decisi
     if stored is not None:
         if stored.account_disabled:
             return None
-        return decision.Identity(stored.account, stored.account_id, stored.fingerprint,
-                               stored.title, stored.kind)
+        return decision.Identity(
+            stored.account, stored.account_id, stored.fingerprint, stored.title, stored.kind
+        )
     bound = await access_keys.find(db, fingerprint)
     if bound is None:
         return None
-    return decision.Identity(f"access-key:{bound.title}", 0, bound.fingerprint, bound.title,
-                           access_repo_id=bound.repo_id, access_write=bound.write)
+    return decision.Identity(
+        f"access-key:{bound.title}",
+        0,
+        bound.fingerprint,
+        bound.title,
+        access_repo_id=bound.repo_id,
+        access_write=bound.write,
+    )
 
 
 async def still_valid(db: aiosqlite.Connection, identity: decision.Identity) -> bool:
@@ -33,19 +40,27 @@ async def still_valid(db: aiosqlite.Connection, identity: decision.Identity) -> 
     again right before anything changes state, since a prompt can wait for minutes."""
     if identity.is_access_key:
         bound = await access_keys.find(db, identity.key_fingerprint)
-        return (bound is not None and bound.repo_id == identity.access_repo_id
-                and bound.write == identity.access_write)
+        return (
+            bound is not None
+            and bound.repo_id == identity.access_repo_id
+            and bound.write == identity.access_write
+        )
     stored = await keys.find(db, identity.key_fingerprint)
-    return (stored is not None and not stored.account_disabled
-            and stored.account_id == identity.account_id and stored.kind == identity.key_kind)
+    return (
+        stored is not None
+        and not stored.account_disabled
+        and stored.account_id == identity.account_id
+        and stored.kind == identity.key_kind
+    )
 
 
 async def twosv_facts(db: aiosqlite.Connection, identity: decision.Identity) -> decision.TwoSVFacts:
     if identity.is_access_key:
         return decision.TwoSVFacts()
     state = await TwoSV(db, None, identity.account_id, identity.account).state()
-    verified_at = await twosv_store.session_verified_at(db, identity.key_fingerprint,
-                                                        identity.account_id)
+    verified_at = await twosv_store.session_verified_at(
+        db, identity.key_fingerprint, identity.account_id
+    )
     return decision.TwoSVFacts(state.enabled, verified_at)
 
 
@@ -60,8 +75,14 @@ async def repo_facts(
     if not identity.is_access_key:
         role = await workspaces.role_of(db, repo.workspace_id, identity.account_id)
     facts = decision.RepoFacts(
-        asked_as=asked, exists=True, repo_id=repo.id, full_name=repo.full_name,
-        public=repo.public, role=role, workspace=repo.workspace, require_2sv=repo.require_2sv,
+        asked_as=asked,
+        exists=True,
+        repo_id=repo.id,
+        full_name=repo.full_name,
+        public=repo.public,
+        role=role,
+        workspace=repo.workspace,
+        require_2sv=repo.require_2sv,
         session_window_minutes=repo.session_window,
     )
     return facts, repo

@@ -19,7 +19,8 @@ class App:
     git: GitWorkers
 
     @classmethod
-    def load(cls, settings: Settings, worker_log_fd: int | None = None) -> "App":
+    def load(cls, settings: Settings, worker_log_fd: int | None = None) -> App:
         """Reads the master key (a Refusal if it is missing or unreadable)."""
-        return cls(settings, Sealer.load(settings.master_key_path),
-                   GitWorkers(settings, worker_log_fd))
+        return cls(
+            settings, Sealer.load(settings.master_key_path), GitWorkers(settings, worker_log_fd)
+        )

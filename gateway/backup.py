@@ -73,18 +73,26 @@ def _write(settings: Settings, dest: Path) -> list[str]:
                 files[f"host_keys/{path.name}"] = _sha256(target)
         lines.append(f"host keys: {dest / 'host_keys'}")
     if os.environ.get("GATEWAY_MASTER_KEY"):
-        lines.append("master key: NOT in this backup, it comes from GATEWAY_MASTER_KEY; keep that "
-                     "value safe with the backup, or the 2SV secrets cannot be opened")
+        lines.append(
+            "master key: NOT in this backup, it comes from GATEWAY_MASTER_KEY; keep that "
+            "value safe with the backup, or the 2SV secrets cannot be opened"
+        )
     elif settings.master_key_path.is_file():
         _copy_private(settings.master_key_path, dest / "master.key")
         files["master.key"] = _sha256(dest / "master.key")
         lines.append(f"master key: {dest / 'master.key'} (mode 0600; it opens the 2SV secrets)")
-    manifest = {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "gateway": __version__, "schema": schema, "files": files}
+    manifest = {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "gateway": __version__,
+        "schema": schema,
+        "files": files,
+    }
     (dest / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    lines.append(f"Backup complete in {dest}. To restore: stop the gateway, copy gateway.db, "
-                 "host_keys/ and master.key into an empty data directory (mode 0700), add the "
-                 "repositories, start it.")
+    lines.append(
+        f"Backup complete in {dest}. To restore: stop the gateway, copy gateway.db, "
+        "host_keys/ and master.key into an empty data directory (mode 0700), add the "
+        "repositories, start it."
+    )
     return lines
 
 

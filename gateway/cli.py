@@ -53,11 +53,14 @@ def _read_key_source(source: str) -> list[sshkeys.PublicKey]:
         except FileNotFoundError:
             raise Refusal(f"Cannot read key file: no such file: {shown_path}") from None
         except OSError as exc:
-            raise Refusal(f"Cannot read key file {shown_path}: "
-                          f"{exc.strerror or exc.__class__.__name__}") from None
+            raise Refusal(
+                f"Cannot read key file {shown_path}: {exc.strerror or exc.__class__.__name__}"
+            ) from None
         except UnicodeDecodeError:
-            raise Refusal(f"Cannot read key file {shown_path}: it is not UTF-8 text "
-                          "(expected an OpenSSH public key, the .pub file)") from None
+            raise Refusal(
+                f"Cannot read key file {shown_path}: it is not UTF-8 text "
+                "(expected an OpenSSH public key, the .pub file)"
+            ) from None
     return sshkeys.parse_text(text)
 
 
@@ -76,16 +79,18 @@ def _added_lines(added: list[AddedKey]) -> list[str]:
 async def cmd_account_add(settings: Settings, args: Namespace, db: Connection) -> int | None:
     name = names.account_name(args.name)  # before the key files are read
     parsed = [key for source in args.key for key in _read_key_source(source)]
-    created = await account_service.create(db, name, args.email, parsed, actor=OPERATOR,
-                                           hooks_dir=settings.hooks_dir)
+    created = await account_service.create(
+        db, name, args.email, parsed, actor=OPERATOR, hooks_dir=settings.hooks_dir
+    )
     print("\n".join([f"Created account {created.account.name}", *_added_lines(created.keys)]))
 
 
 async def cmd_account_list(settings: Settings, args: Namespace, db: Connection) -> int | None:
     found = await account_service.list_all(db)
     if args.json:
-        return _print_json([{"name": a.name, "email": a.email, "disabled": a.disabled}
-                            for a in found])
+        return _print_json(
+            [{"name": a.name, "email": a.email, "disabled": a.disabled} for a in found]
+        )
     for account in found:
         state = "disabled" if account.disabled else "active"
         print(f"{account.name}\t{shown(account.email) or '-'}\t{state}")
@@ -95,18 +100,35 @@ async def cmd_account_show(settings: Settings, args: Namespace, db: Connection) 
     shown_account = await account_service.view(db, args.name)
     account, account_keys, twosv = shown_account.account, shown_account.keys, shown_account.twosv
     if args.json:
-        return _print_json({
-            "name": account.name, "email": account.email, "disabled": account.disabled,
-            "two_step": {"enabled": twosv.enabled, "methods": twosv.methods,
-                         "recovery_codes_left": twosv.codes_left},
-            "keys": [{"fingerprint": k.fingerprint, "title": k.title, "algorithm": k.algorithm,
-                      "kind": k.kind, "source": k.source, "created_at": k.created_at}
-                     for k in account_keys],
-        })
+        return _print_json(
+            {
+                "name": account.name,
+                "email": account.email,
+                "disabled": account.disabled,
+                "two_step": {
+                    "enabled": twosv.enabled,
+                    "methods": twosv.methods,
+                    "recovery_codes_left": twosv.codes_left,
+                },
+                "keys": [
+                    {
+                        "fingerprint": k.fingerprint,
+                        "title": k.title,
+                        "algorithm": k.algorithm,
+                        "kind": k.kind,
+                        "source": k.source,
+                        "created_at": k.created_at,
+                    }
+                    for k in account_keys
+                ],
+            }
+        )
     print(f"account:  {account.name}")
     print(f"email:    {shown(account.email) or '-'}")
     print(f"state:    {'disabled' if account.disabled else 'active'}")
-    print(f"two-step verification: {'enabled (' + ', '.join(twosv.methods) + ')' if twosv.enabled else 'disabled'}")
+    print(
+        f"two-step verification: {'enabled (' + ', '.join(twosv.methods) + ')' if twosv.enabled else 'disabled'}"
+    )
     print(f"keys that log in: {len(account_keys)}")
     _print_login_keys(account_keys)
 
@@ -130,8 +152,9 @@ async def cmd_account_enable(settings: Settings, args: Namespace, db: Connection
 async def cmd_key_add(settings: Settings, args: Namespace, db: Connection) -> int | None:
     account = await account_service.get(db, args.account)  # before the key file is read
     parsed = _read_key_source(args.file)
-    added = await key_service.add(db, account, parsed, args.title, actor=OPERATOR,
-                                  hooks_dir=settings.hooks_dir)
+    added = await key_service.add(
+        db, account, parsed, args.title, actor=OPERATOR, hooks_dir=settings.hooks_dir
+    )
     print("\n".join(_added_lines(added)))
 
 
@@ -140,17 +163,30 @@ async def cmd_key_list(settings: Settings, args: Namespace, db: Connection) -> i
         await account_service.get(db, args.account)
     found = await key_service.list_for(db, args.account)
     if args.json:
-        return _print_json([{"account": k.account, "fingerprint": k.fingerprint, "title": k.title,
-                             "algorithm": k.algorithm, "kind": k.kind, "source": k.source}
-                            for k in found])
+        return _print_json(
+            [
+                {
+                    "account": k.account,
+                    "fingerprint": k.fingerprint,
+                    "title": k.title,
+                    "algorithm": k.algorithm,
+                    "kind": k.kind,
+                    "source": k.source,
+                }
+                for k in found
+            ]
+        )
     for key in found:
-        print(f"{key.account}\t{key.fingerprint}\t{key.algorithm}\t{shown(key.title)}\t{key.source}"
-              f"\t{key.kind}")
+        print(
+            f"{key.account}\t{key.fingerprint}\t{key.algorithm}\t{shown(key.title)}\t{key.source}"
+            f"\t{key.kind}"
+        )
 
 
 async def cmd_key_remove(settings: Settings, args: Namespace, db: Connection) -> int | None:
-    done = await key_service.remove_by_operator(db, args.fingerprint, actor=OPERATOR,
-                                                ssh_command=settings.ssh_command)
+    done = await key_service.remove_by_operator(
+        db, args.fingerprint, actor=OPERATOR, ssh_command=settings.ssh_command
+    )
     removed = done.key
     print(f"Removed key {removed.fingerprint} ({shown(removed.title)}) from {removed.account}")
     for line in wording.keys_left(removed.account, done.left):
@@ -158,8 +194,9 @@ async def cmd_key_remove(settings: Settings, args: Namespace, db: Connection) ->
 
 
 async def cmd_keys_sync(settings: Settings, args: Namespace, db: Connection) -> int | None:
-    report = await keydir.sync(db, Path(args.keydir) if args.keydir else settings.keydir,
-                               settings.hooks_dir)
+    report = await keydir.sync(
+        db, Path(args.keydir) if args.keydir else settings.keydir, settings.hooks_dir
+    )
     for name in report.created_accounts:
         print(f"created account {name}")
     for line in report.added:
@@ -177,12 +214,15 @@ async def cmd_keys_sync(settings: Settings, args: Namespace, db: Connection) -> 
 
 async def cmd_workspace_add(settings: Settings, args: Namespace, db: Connection) -> int | None:
     workspace = await workspace_service.create(db, args.name, args.require_2sv, actor=OPERATOR)
-    print(f"Created workspace {workspace.name}"
-          + (" (requires two-step verification)" if args.require_2sv else ""))
+    print(
+        f"Created workspace {workspace.name}"
+        + (" (requires two-step verification)" if args.require_2sv else "")
+    )
 
 
-async def cmd_workspace_require_2sv(settings: Settings, args: Namespace,
-                                    db: Connection) -> int | None:
+async def cmd_workspace_require_2sv(
+    settings: Settings, args: Namespace, db: Connection
+) -> int | None:
     workspace = await workspace_service.get(db, args.name)
     requirement = workspace_service.check_requirement(args.policy, args.window)
     lacking: list[str] = []
@@ -195,34 +235,57 @@ async def cmd_workspace_require_2sv(settings: Settings, args: Namespace,
     if args.dry_run:
         print(f"Dry run: {workspace.name} stays at require-2sv={workspace.require_2sv}.")
         return 0
-    change = await workspace_service.set_requirement(db, workspace, requirement, args.window,
-                                                     actor=OPERATOR)
+    change = await workspace_service.set_requirement(
+        db, workspace, requirement, args.window, actor=OPERATOR
+    )
     print(wording.policy_changed(change.workspace, change.after, change.window))
 
 
 async def cmd_access_key_add(settings: Settings, args: Namespace, db: Connection) -> int | None:
     repo = await repo_service.get(db, args.repo)  # before the key file is read
     added = await workspace_service.add_access_keys(
-        db, repo, _read_key_source(args.file), args.title, args.write, actor=OPERATOR,
-        hooks_dir=settings.hooks_dir)
-    print("\n".join(f"Added access key {k.fingerprint} ({k.title}) to {k.repository}, "
-                    f"{'read and write' if k.mode == AccessMode.WRITE else 'read-only'}"
-                    for k in added))
+        db,
+        repo,
+        _read_key_source(args.file),
+        args.title,
+        args.write,
+        actor=OPERATOR,
+        hooks_dir=settings.hooks_dir,
+    )
+    print(
+        "\n".join(
+            f"Added access key {k.fingerprint} ({k.title}) to {k.repository}, "
+            f"{'read and write' if k.mode == AccessMode.WRITE else 'read-only'}"
+            for k in added
+        )
+    )
 
 
 async def cmd_access_key_list(settings: Settings, args: Namespace, db: Connection) -> int | None:
     found = await workspace_service.list_access_keys(db)
     if args.json:
-        return _print_json([{"repository": k.repository, "fingerprint": k.fingerprint,
-                             "title": k.title, "write": k.write} for k in found])
+        return _print_json(
+            [
+                {
+                    "repository": k.repository,
+                    "fingerprint": k.fingerprint,
+                    "title": k.title,
+                    "write": k.write,
+                }
+                for k in found
+            ]
+        )
     for key in found:
-        print(f"{key.repository}\t{key.fingerprint}\t{shown(key.title)}"
-              f"\t{AccessMode.of(key.write)}")
+        print(
+            f"{key.repository}\t{key.fingerprint}\t{shown(key.title)}\t{AccessMode.of(key.write)}"
+        )
 
 
 async def cmd_access_key_remove(settings: Settings, args: Namespace, db: Connection) -> int | None:
     removed = await workspace_service.remove_access_key(db, args.fingerprint, actor=OPERATOR)
-    print(f"Removed access key {removed.fingerprint} ({shown(removed.title)}) from {removed.repository}")
+    print(
+        f"Removed access key {removed.fingerprint} ({shown(removed.title)}) from {removed.repository}"
+    )
 
 
 async def cmd_workspace_list(settings: Settings, args: Namespace, db: Connection) -> int | None:
@@ -237,12 +300,17 @@ async def cmd_workspace_show(settings: Settings, args: Namespace, db: Connection
     view = await workspace_service.view(db, args.name)
     workspace, lacking = view.workspace, view.lacking_2sv
     if args.json:
-        return _print_json({
-            "name": workspace.name, "require_2sv": workspace.require_2sv,
-            "session_window": workspace.session_window,
-            "members": [asdict(m) | {"two_step": m.account not in lacking} for m in view.members],
-            "repositories": [{"name": r.name, "public": r.public} for r in view.repositories],
-        })
+        return _print_json(
+            {
+                "name": workspace.name,
+                "require_2sv": workspace.require_2sv,
+                "session_window": workspace.session_window,
+                "members": [
+                    asdict(m) | {"two_step": m.account not in lacking} for m in view.members
+                ],
+                "repositories": [{"name": r.name, "public": r.public} for r in view.repositories],
+            }
+        )
     print("\n".join(wording.show(workspace, view.members, lacking)))
     print(f"repositories: {len(view.repositories)}")
     for repo in view.repositories:
@@ -250,14 +318,14 @@ async def cmd_workspace_show(settings: Settings, args: Namespace, db: Connection
 
 
 async def cmd_member_add(settings: Settings, args: Namespace, db: Connection) -> int | None:
-    member = await workspace_service.add_member(db, args.workspace, args.account, args.role,
-                                                actor=OPERATOR)
+    member = await workspace_service.add_member(
+        db, args.workspace, args.account, args.role, actor=OPERATOR
+    )
     print(f"{member.account} is now a member of {member.workspace} with role {member.role}")
 
 
 async def cmd_member_remove(settings: Settings, args: Namespace, db: Connection) -> int | None:
-    member = await workspace_service.remove_member(db, args.workspace, args.account,
-                                                   actor=OPERATOR)
+    member = await workspace_service.remove_member(db, args.workspace, args.account, actor=OPERATOR)
     print(f"Removed {member.account} from {member.workspace}")
 
 
@@ -265,8 +333,9 @@ async def cmd_member_remove(settings: Settings, args: Namespace, db: Connection)
 
 
 async def cmd_repo_add(settings: Settings, args: Namespace, db: Connection) -> int | None:
-    path = await repo_service.create(db, settings.repos_dir, args.repo, args.public,
-                                     args.default_branch, actor=OPERATOR)
+    path = await repo_service.create(
+        db, settings.repos_dir, args.repo, args.public, args.default_branch, actor=OPERATOR
+    )
     url = f"ssh://{settings.ssh_user}@{settings.public_host}:{settings.public_port}/{path}.git"
     print(f"Created repository {path} ({'public' if args.public else 'private'})")
     print(f"Clone it with: git clone {url}")
@@ -275,17 +344,25 @@ async def cmd_repo_add(settings: Settings, args: Namespace, db: Connection) -> i
 async def cmd_repo_list(settings: Settings, args: Namespace, db: Connection) -> int | None:
     found = await repo_service.list_all(db, args.workspace)
     if args.json:
-        return _print_json([{"repository": r.full_name, "public": r.public,
-                             "default_branch": r.default_branch} for r in found])
+        return _print_json(
+            [
+                {"repository": r.full_name, "public": r.public, "default_branch": r.default_branch}
+                for r in found
+            ]
+        )
     for repo in found:
         print(f"{repo.full_name}\t{'public' if repo.public else 'private'}\t{repo.default_branch}")
 
 
 async def cmd_repo_remove(settings: Settings, args: Namespace, db: Connection) -> int | None:
-    removed = await repo_service.remove(db, settings.repos_dir, settings.trash_dir, args.repo,
-                                        actor=OPERATOR)
+    removed = await repo_service.remove(
+        db, settings.repos_dir, settings.trash_dir, args.repo, actor=OPERATOR
+    )
     moved = removed.moved_to
-    print(f"Removed repository {removed.full_name}" + (f"; its data was moved to {moved}" if moved else ""))
+    print(
+        f"Removed repository {removed.full_name}"
+        + (f"; its data was moved to {moved}" if moved else "")
+    )
 
 
 # --- audit ----------------------------------------------------------------------------
@@ -300,8 +377,10 @@ async def cmd_audit(settings: Settings, args: Namespace, db: Connection) -> int 
     for entry in entries:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(entry.at))
         detail = f" {shown(entry.detail)}" if entry.detail else ""
-        print(f"{stamp} {shown(entry.actor)} {shown(entry.action)} {shown(entry.target)} "
-              f"{shown(entry.outcome)}{detail}")
+        print(
+            f"{stamp} {shown(entry.actor)} {shown(entry.action)} {shown(entry.target)} "
+            f"{shown(entry.outcome)}{detail}"
+        )
 
 
 # --- init and serve -------------------------------------------------------------------
@@ -382,19 +461,31 @@ def build_parser() -> argparse.ArgumentParser:
     command(sub, "init", cmd_init, help="create the data directory; idempotent")
     p = command(sub, "serve", cmd_serve, help="run the SSH server")
     p.add_argument("--listen", help="HOST:PORT (default 127.0.0.1:2222)")
-    p = command(sub, "backup", cmd_backup,
-                help="copy the database, host keys and master key while the gateway runs")
+    p = command(
+        sub,
+        "backup",
+        cmd_backup,
+        help="copy the database, host keys and master key while the gateway runs",
+    )
     p.add_argument("dest", help="a new or empty directory")
-    p = command(sub, "authorized-keys", cmd_authorized_keys,
-                help="for sshd's AuthorizedKeysCommand: the line for a known key, else nothing")
+    p = command(
+        sub,
+        "authorized-keys",
+        cmd_authorized_keys,
+        help="for sshd's AuthorizedKeysCommand: the line for a known key, else nothing",
+    )
     p.add_argument("user", help="the login name (%%u)")
     p.add_argument("key_type", help="the key's type (%%t)")
     p.add_argument("key_blob", help="the key, base64 (%%k)")
     p = command(sub, "shell", cmd_shell, help="sshd's forced command for a gateway key")
     p.add_argument("--key", required=True, help="the verified key's SHA256 fingerprint")
     g = group("config", "settings")
-    command(g, "check", cmd_config_check,
-            help="print the effective settings and where each comes from; check the data dir")
+    command(
+        g,
+        "check",
+        cmd_config_check,
+        help="print the effective settings and where each comes from; check the data dir",
+    )
 
     g = group("account", "manage accounts")
     p = command(g, "add", cmd_account_add)

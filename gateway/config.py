@@ -85,9 +85,11 @@ class Settings:
         """Why messages would send other machines' users to themselves, if they would."""
         if is_loopback(self.listen_host) or not is_loopback(self.public_host):
             return None
-        return (f"messages users copy (clone URLs, 2SV hints) say {self.public_host!r}, "
-                f"a loopback name, but the gateway listens on {self.listen}: clients on "
-                "other machines cannot reach it there; set ssh_host to the name they use")
+        return (
+            f"messages users copy (clone URLs, 2SV hints) say {self.public_host!r}, "
+            f"a loopback name, but the gateway listens on {self.listen}: clients on "
+            "other machines cannot reach it there; set ssh_host to the name they use"
+        )
 
     @property
     def public_port(self) -> int:
@@ -153,6 +155,7 @@ def machine_name() -> str:
 
 # --- what each setting means and which values make sense --------------------------------
 
+
 def _address(value: str) -> str | None:
     try:
         split_address(value)
@@ -168,12 +171,14 @@ def _optional_address(value: str) -> str | None:
 def _between(low: int, high: int):
     def check(value: int) -> str | None:
         return None if low <= value <= high else f"must be between {low} and {high}"
+
     return check
 
 
 def _one_of(*choices: str):
     def check(value: str) -> str | None:
         return None if value in choices else "must be one of " + ", ".join(repr(c) for c in choices)
+
     return check
 
 
@@ -192,8 +197,11 @@ def _namespaces(value: tuple[str, ...]) -> str | None:
 
 def _memory_limit(value: int) -> str | None:
     # Below about 200 MiB a worker cannot even serve a small clone: 256 MiB at the least.
-    return None if value == 0 or 256 * 1024**2 <= value <= 2**62 else \
-        "must be 0 (no limit) or at least 268435456 (256 MiB)"
+    return (
+        None
+        if value == 0 or 256 * 1024**2 <= value <= 2**62
+        else "must be 0 (no limit) or at least 268435456 (256 MiB)"
+    )
 
 
 def _ssh_user(value: str) -> str | None:
@@ -206,70 +214,117 @@ DAY = 86400
 DESCRIPTIONS = {
     "listen": ("HOST:PORT the SSH server listens on", _address),
     "ssh_user": ("the SSH login name users type (git@host)", _ssh_user),
-    "ssh_host": ("host name shown in messages users copy (empty: the listen host, or the "
-                 "machine's name when listening on every address)", None),
+    "ssh_host": (
+        "host name shown in messages users copy (empty: the listen host, or the "
+        "machine's name when listening on every address)",
+        None,
+    ),
     "ssh_port": ("port shown in messages (0: the listen port)", _between(0, 65535)),
     "hooks_dir": ("server-side Git hooks and 2SV event hooks (SPEC §7)", None),
     "keydir": ("directory of public keys synced into accounts at start and on SIGHUP", None),
     "login_timeout": ("seconds a connection has to authenticate", _between(1, 3600)),
     "max_auth_tries": ("failed authentication attempts before disconnecting", _between(1, 100)),
-    "keepalive_interval": ("seconds between keepalives to a silent client; 0: off",
-                           _between(0, DAY)),
-    "idle_timeout": ("seconds a connection may sit with no session, a prompt without an "
-                     "answer or a Git transfer without a byte moving; 0: never; above "
-                     "hook_timeout", _between(0, 7 * DAY)),
-    "max_startups": ("connections not yet authenticated, in all: when full, a silent or "
-                     "stalled one is dropped, else the new one refused", _between(1, 100000)),
-    "max_startups_per_address": ("an address's share of max_startups: when the cap is full, "
-                                 "addresses over their share lose connections first",
-                                 _between(1, 100000)),
-    "max_connections_per_address": ("connections from one address that have sent "
-                                    "something; more are refused; 0: no limit",
-                                    _between(0, 1000000)),
+    "keepalive_interval": (
+        "seconds between keepalives to a silent client; 0: off",
+        _between(0, DAY),
+    ),
+    "idle_timeout": (
+        "seconds a connection may sit with no session, a prompt without an "
+        "answer or a Git transfer without a byte moving; 0: never; above "
+        "hook_timeout",
+        _between(0, 7 * DAY),
+    ),
+    "max_startups": (
+        "connections not yet authenticated, in all: when full, a silent or "
+        "stalled one is dropped, else the new one refused",
+        _between(1, 100000),
+    ),
+    "max_startups_per_address": (
+        "an address's share of max_startups: when the cap is full, "
+        "addresses over their share lose connections first",
+        _between(1, 100000),
+    ),
+    "max_connections_per_address": (
+        "connections from one address that have sent something; more are refused; 0: no limit",
+        _between(0, 1000000),
+    ),
     "max_sessions": ("sessions open at once on one connection", _between(1, 1000)),
-    "proxy_protocol": ("expect a PROXY protocol v1/v2 header from a load balancer on "
-                       "every connection", None),
+    "proxy_protocol": (
+        "expect a PROXY protocol v1/v2 header from a load balancer on every connection",
+        None,
+    ),
     "grace_period": ("seconds running sessions get to finish after SIGTERM", _between(0, DAY)),
     "log_level": ("debug, info, warning or error", _one_of(*LOG_LEVELS)),
     "log_format": ("logfmt or json, one line per event on stderr", _one_of(*LOG_FORMATS)),
-    "metrics_listen": ("HOST:PORT of the Prometheus /metrics, /health and /ready "
-                       "listener; empty: off", _optional_address),
-    "spare_workers": ("Git worker processes kept started and waiting, to save Python's "
-                      "start-up on each request (about 25 MB each; requests beyond them at "
-                      "once wait about 0.1 s for one); 0: start one per request", _between(0, 64)),
-    "max_git_workers": ("Git requests served at once by the whole server (each holds a "
-                        "worker, about 25 MB); more wait for git_queue_timeout; 0: no cap",
-                        _between(0, 100000)),
-    "max_git_workers_per_account": ("Git requests served at once for one account (each "
-                                    "access key counts on its own); more wait as above; "
-                                    "0: no cap", _between(0, 100000)),
-    "git_queue_timeout": ("seconds a Git request over a cap waits for a worker before it "
-                          "is refused", _between(0, DAY)),
-    "request_timeout": ("seconds a Git client has, from the advertisement, to send its "
-                        "whole request (a fetch's wants and haves, a push's commands); "
-                        "0: no limit", _between(0, DAY)),
+    "metrics_listen": (
+        "HOST:PORT of the Prometheus /metrics, /health and /ready listener; empty: off",
+        _optional_address,
+    ),
+    "spare_workers": (
+        "Git worker processes kept started and waiting, to save Python's "
+        "start-up on each request (about 25 MB each; requests beyond them at "
+        "once wait about 0.1 s for one); 0: start one per request",
+        _between(0, 64),
+    ),
+    "max_git_workers": (
+        "Git requests served at once by the whole server (each holds a "
+        "worker, about 25 MB); more wait for git_queue_timeout; 0: no cap",
+        _between(0, 100000),
+    ),
+    "max_git_workers_per_account": (
+        "Git requests served at once for one account (each "
+        "access key counts on its own); more wait as above; "
+        "0: no cap",
+        _between(0, 100000),
+    ),
+    "git_queue_timeout": (
+        "seconds a Git request over a cap waits for a worker before it is refused",
+        _between(0, DAY),
+    ),
+    "request_timeout": (
+        "seconds a Git client has, from the advertisement, to send its "
+        "whole request (a fetch's wants and haves, a push's commands); "
+        "0: no limit",
+        _between(0, DAY),
+    ),
     "hook_timeout": ("seconds a Git hook may run", _between(1, DAY)),
     "max_push_bytes": ("largest pack a push may send; 0: no limit", _between(0, 2**62)),
-    "push_ref_namespaces": ("ref prefixes a push may create, update or delete (others get "
-                            "an `ng`); e.g. add \"refs/notes/\"", _namespaces),
-    "allow_unusual_ref_names": ("accept ref names with C1 control or bidirectional "
-                                "characters, and refs/heads/HEAD", None),
-    "fsck_objects": ("check every object a push brings as C git's receive.fsckObjects "
-                     "does, and refuse the push on an error", None),
-    "max_object_bytes": ("largest object (file) a push may hold once inflated, and the "
-                         "largest file git archive sends; 0: no limit", _between(0, 2**62)),
-    "max_push_inflated_bytes": ("the most a push's objects may come to once inflated; "
-                                "0: no limit", _between(0, 2**62)),
-    "worker_memory_limit": ("bytes of memory (RLIMIT_DATA) one Git worker process may "
-                            "allocate; 0: no limit", _memory_limit),
+    "push_ref_namespaces": (
+        "ref prefixes a push may create, update or delete (others get "
+        'an `ng`); e.g. add "refs/notes/"',
+        _namespaces,
+    ),
+    "allow_unusual_ref_names": (
+        "accept ref names with C1 control or bidirectional characters, and refs/heads/HEAD",
+        None,
+    ),
+    "fsck_objects": (
+        "check every object a push brings as C git's receive.fsckObjects "
+        "does, and refuse the push on an error",
+        None,
+    ),
+    "max_object_bytes": (
+        "largest object (file) a push may hold once inflated, and the "
+        "largest file git archive sends; 0: no limit",
+        _between(0, 2**62),
+    ),
+    "max_push_inflated_bytes": (
+        "the most a push's objects may come to once inflated; 0: no limit",
+        _between(0, 2**62),
+    ),
+    "worker_memory_limit": (
+        "bytes of memory (RLIMIT_DATA) one Git worker process may allocate; 0: no limit",
+        _memory_limit,
+    ),
     "issuer": ("name shown in authenticator apps", _not_empty),
     "recovery_codes": ("recovery codes made at 2SV enrolment", _between(1, 50)),
-    "twosv_backoff_seconds": ("wait after repeated wrong 2SV codes (SPEC §5)",
-                              _between(1, DAY)),
+    "twosv_backoff_seconds": ("wait after repeated wrong 2SV codes (SPEC §5)", _between(1, DAY)),
     "recovery_codes_need_second_factor": (
         "showing recovery codes, adding a security key and regenerating the codes need a "
         "code from the app or a security-key login, for every account (always so for "
-        "members of a workspace with the session policy)", None),
+        "members of a workspace with the session policy)",
+        None,
+    ),
 }
 SETTING_NAMES = [f.name for f in fields(Settings) if f.name != "data_dir"]
 assert set(SETTING_NAMES) == set(DESCRIPTIONS), "every setting is described"
@@ -298,12 +353,14 @@ def parse_listen(value: str) -> str:
 
 # --- loading ----------------------------------------------------------------------------
 
+
 def load(data_dir: str | None = None, config_file: str | None = None) -> Settings:
     return load_with_sources(data_dir, config_file)[0]
 
 
-def load_with_sources(data_dir: str | None = None,
-                      config_file: str | None = None) -> tuple[Settings, dict[str, str]]:
+def load_with_sources(
+    data_dir: str | None = None, config_file: str | None = None
+) -> tuple[Settings, dict[str, str]]:
     """The effective settings, and where each came from ("default", the file, or a
     variable's name)."""
     data_dir = data_dir or os.environ.get("GATEWAY_DATA_DIR") or "var"
@@ -320,9 +377,11 @@ def load_with_sources(data_dir: str | None = None,
             _apply(settings, name, _from_env(settings, name, raw), where=env_name(name))
             sources[name] = env_name(name)
     if settings.idle_timeout and settings.idle_timeout <= settings.hook_timeout:
-        raise Refusal(f"idle_timeout ({settings.idle_timeout}, from {sources['idle_timeout']}) "
-                      f"must be longer than hook_timeout ({settings.hook_timeout}, from "
-                      f"{sources['hook_timeout']}), or 0: a push waits silently for its hooks")
+        raise Refusal(
+            f"idle_timeout ({settings.idle_timeout}, from {sources['idle_timeout']}) "
+            f"must be longer than hook_timeout ({settings.hook_timeout}, from "
+            f"{sources['hook_timeout']}), or 0: a push waits silently for its hooks"
+        )
     return settings, sources
 
 
@@ -371,8 +430,11 @@ def _from_env(settings: Settings, name: str, raw: str):
 def _apply(settings: Settings, key: str, value, where: str) -> None:
     if key not in DESCRIPTIONS:
         hint = _closest(key)
-        raise Refusal(f"{where}: unknown setting" + (f" (did you mean {hint!r}?)" if hint else "")
-                      + "; 'gateway config check' lists them")
+        raise Refusal(
+            f"{where}: unknown setting"
+            + (f" (did you mean {hint!r}?)" if hint else "")
+            + "; 'gateway config check' lists them"
+        )
     current = getattr(settings, key)
     if isinstance(current, Path):
         if not isinstance(value, str) or not value:

@@ -67,8 +67,10 @@ def check(settings: Settings) -> None:
         raise Refusal(f"Data directory {data} is not a directory: point --data-dir elsewhere")
     owner, me = data.stat().st_uid, os.geteuid()
     if owner != me:
-        raise Refusal(f"Data directory {data} is owned by uid {owner}, not by the user running "
-                      f"the gateway (uid {me}): run it as that user, or chown -R it")
+        raise Refusal(
+            f"Data directory {data} is owned by uid {owner}, not by the user running "
+            f"the gateway (uid {me}): run it as that user, or chown -R it"
+        )
     if not os.access(data, os.W_OK | os.X_OK):
         raise Refusal(f"Data directory {data} is not writable: chmod u+rwx {data}")
     secrets_ = [] if os.environ.get("GATEWAY_MASTER_KEY") else [settings.master_key_path]
@@ -80,8 +82,9 @@ def check(settings: Settings) -> None:
         except FileNotFoundError:
             continue
         if st.st_mode & 0o077:
-            raise Refusal(f"{path} can be read by other users (mode {st.st_mode & 0o777:o}): "
-                          f"chmod 600 {path}")
+            raise Refusal(
+                f"{path} can be read by other users (mode {st.st_mode & 0o777:o}): chmod 600 {path}"
+            )
         if st.st_uid != me:
             raise Refusal(f"{path} is owned by uid {st.st_uid}, not uid {me}: chown it")
 

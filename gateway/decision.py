@@ -73,7 +73,11 @@ class Deny:
 
 
 def decide(
-    identity: Identity, twosv: TwoSVFacts, repo: RepoFacts, action: Action, now: float,
+    identity: Identity,
+    twosv: TwoSVFacts,
+    repo: RepoFacts,
+    action: Action,
+    now: float,
     ssh: str = "ssh git@HOST",
 ) -> Allow | Deny:
     """`ssh` is how users reach the gateway (`ssh -p 2222 git@host`), for instructions."""
@@ -82,8 +86,11 @@ def decide(
         if not repo.exists or repo.repo_id != identity.access_repo_id:
             return not_found
         if action is Action.WRITE and not identity.access_write:
-            return Deny(f"Permission to {repo.full_name} denied to access key "
-                        f'"{printable(identity.key_title)}" (read-only).', "read-only access key")
+            return Deny(
+                f"Permission to {repo.full_name} denied to access key "
+                f'"{printable(identity.key_title)}" (read-only).',
+                "read-only access key",
+            )
         return Allow()  # access keys are not subject to the 2SV policy
     if not (repo.exists and (repo.public or repo.role is not None)):
         # Missing and unreadable look the same, so names of private repositories never leak.
@@ -116,9 +123,11 @@ def requirement_applies(repo: RepoFacts, action: Action) -> bool:
 def session_key_hint(identity: Identity) -> str:
     """A session belongs to one key, and plain `ssh` may offer another than Git did: say
     which key needs it (the client's file name is not known here)."""
-    return (f'It must be opened with the key used here: "{printable(identity.key_title)}" '
-            f"({identity.key_fingerprint}); if ssh offers another key first, add -i with "
-            "this key's file.")
+    return (
+        f'It must be opened with the key used here: "{printable(identity.key_title)}" '
+        f"({identity.key_fingerprint}); if ssh offers another key first, add -i with "
+        "this key's file."
+    )
 
 
 def session_open(identity: Identity, twosv: TwoSVFacts, repo: RepoFacts, now: float) -> bool:

@@ -24,21 +24,47 @@ HOOK_TIMEOUT = 10
 
 
 async def twosv_event(
-    db: aiosqlite.Connection, hooks_dir: Path, account: str, event: str, *,
-    outcome: str = "ok", detail: str = "", key_fingerprint: str = "", remote_addr: str = "",
+    db: aiosqlite.Connection,
+    hooks_dir: Path,
+    account: str,
+    event: str,
+    *,
+    outcome: str = "ok",
+    detail: str = "",
+    key_fingerprint: str = "",
+    remote_addr: str = "",
 ) -> None:
     await audit.write(db, account, event, account, outcome=outcome, detail=detail)
     await db.commit()
-    await notify(hooks_dir, account, event, outcome=outcome, detail=detail,
-                 key_fingerprint=key_fingerprint, remote_addr=remote_addr)
+    await notify(
+        hooks_dir,
+        account,
+        event,
+        outcome=outcome,
+        detail=detail,
+        key_fingerprint=key_fingerprint,
+        remote_addr=remote_addr,
+    )
 
 
-async def notify(hooks_dir: Path, account: str, event: str, *, outcome: str = "ok",
-                 detail: str = "", key_fingerprint: str = "", remote_addr: str = "") -> None:
+async def notify(
+    hooks_dir: Path,
+    account: str,
+    event: str,
+    *,
+    outcome: str = "ok",
+    detail: str = "",
+    key_fingerprint: str = "",
+    remote_addr: str = "",
+) -> None:
     """Hand an event (already audited by the caller) to the hooks."""
     payload = {
-        "event": event, "account": account, "outcome": outcome, "detail": detail,
-        "key_fingerprint": key_fingerprint, "remote_addr": remote_addr,
+        "event": event,
+        "account": account,
+        "outcome": outcome,
+        "detail": detail,
+        "key_fingerprint": key_fingerprint,
+        "remote_addr": remote_addr,
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     await run_hooks(hooks_dir / "2sv-event.d", json.dumps(payload).encode() + b"\n")
@@ -52,15 +78,21 @@ async def run_hooks(directory: Path, stdin: bytes) -> None:
             continue
         try:
             proc = await asyncio.create_subprocess_exec(
-                str(path.resolve()), stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+                str(path.resolve()),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,
                 env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
             )
             _, err = await asyncio.wait_for(proc.communicate(stdin), HOOK_TIMEOUT)
             if proc.returncode:
-                log.warning("hook %s exited %s: %s", path.name, proc.returncode,
-                            err.decode(errors="replace").strip()[:200])
-        except asyncio.TimeoutError:
+                log.warning(
+                    "hook %s exited %s: %s",
+                    path.name,
+                    proc.returncode,
+                    err.decode(errors="replace").strip()[:200],
+                )
+        except TimeoutError:
             proc.kill()
             await proc.wait()
             log.warning("hook %s took longer than %s s and was stopped", path.name, HOOK_TIMEOUT)

@@ -71,8 +71,9 @@ def _scan(keydir: Path, report: SyncReport) -> tuple[list[_Wanted], set[str]]:
     return wanted, broken_accounts
 
 
-async def sync(db: aiosqlite.Connection, keydir: Path,
-               hooks_dir: Path | None = None, actor: str = OPERATOR) -> SyncReport:
+async def sync(
+    db: aiosqlite.Connection, keydir: Path, hooks_dir: Path | None = None, actor: str = OPERATOR
+) -> SyncReport:
     """Add, create and remove as the keydir says, audited as `actor`, in one commit."""
     if not keydir.is_dir():
         raise Refusal(f"Keydir not found: {keydir}")
@@ -110,12 +111,16 @@ async def sync(db: aiosqlite.Connection, keydir: Path,
             and stored.account not in broken_accounts
         ):
             if stored.kind == KeyKind.SECURITY_KEY:  # a 2SV method now: its owner removes it
-                report.errors.append(f"{stored.account} {stored.fingerprint}: its file is gone, "
-                                     "but it is a security key; only its owner can remove it")
+                report.errors.append(
+                    f"{stored.account} {stored.fingerprint}: its file is gone, "
+                    "but it is a security key; only its owner can remove it"
+                )
                 continue
             await keys.remove(db, stored.fingerprint)
             await audit.write(db, actor, "key.remove", stored.account, detail=stored.fingerprint)
-            report.removed.append(f"{stored.account} {stored.fingerprint} {names.shown(stored.title)}")
+            report.removed.append(
+                f"{stored.account} {stored.fingerprint} {names.shown(stored.title)}"
+            )
     await db.commit()
     if hooks_dir is not None:  # keys that log in reach the 2sv-event.d hooks (events.py)
         for item in added:

@@ -18,24 +18,34 @@ from .logs import log_event
 log = logging.getLogger("gateway.metrics")
 
 CONNECTIONS = Gauge("gateway_connections_in_flight", "SSH connections open now")
-UNAUTHENTICATED = Gauge("gateway_connections_unauthenticated",
-                        "SSH connections open now that have not authenticated yet")
-CONNECTIONS_TOTAL = Counter("gateway_connections", "SSH connections by what became of them "
-                            "at accept time", ["result"])
+UNAUTHENTICATED = Gauge(
+    "gateway_connections_unauthenticated",
+    "SSH connections open now that have not authenticated yet",
+)
+CONNECTIONS_TOTAL = Counter(
+    "gateway_connections", "SSH connections by what became of them at accept time", ["result"]
+)
 AUTH = Counter("gateway_auth", "Public-key authentication results", ["result"])
 SESSIONS = Gauge("gateway_sessions_in_flight", "SSH sessions (commands) running now")
 COMMANDS = Counter("gateway_commands", "Commands by verb and outcome", ["verb", "outcome"])
-DURATION = Histogram("gateway_command_duration_seconds", "Command duration by verb", ["verb"],
-                     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800))
-BYTES = Counter("gateway_session_bytes", "Bytes through sessions' standard streams",
-                ["direction"])
-GIT_WORKERS_RUNNING = Gauge("gateway_git_workers_running",
-                            "Git requests holding a worker slot now (max_git_workers)")
-GIT_REQUESTS_QUEUED = Gauge("gateway_git_requests_queued",
-                            "Git requests waiting for a worker slot now")
-GIT_REQUESTS_REFUSED = Counter("gateway_git_requests_refused",
-                               "Git requests refused or cut: busy, per_account, "
-                               "request_timeout, access_changed", ["reason"])
+DURATION = Histogram(
+    "gateway_command_duration_seconds",
+    "Command duration by verb",
+    ["verb"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800),
+)
+BYTES = Counter("gateway_session_bytes", "Bytes through sessions' standard streams", ["direction"])
+GIT_WORKERS_RUNNING = Gauge(
+    "gateway_git_workers_running", "Git requests holding a worker slot now (max_git_workers)"
+)
+GIT_REQUESTS_QUEUED = Gauge(
+    "gateway_git_requests_queued", "Git requests waiting for a worker slot now"
+)
+GIT_REQUESTS_REFUSED = Counter(
+    "gateway_git_requests_refused",
+    "Git requests refused or cut: busy, per_account, request_timeout, access_changed",
+    ["reason"],
+)
 
 MAX_REQUEST = 8192
 
@@ -85,17 +95,26 @@ async def serve_http(sock, ready: Callable[[], bool]) -> asyncio.AbstractServer:
             elif path == "/health":
                 status, body, kind = "200 OK", b"ok\n", "text/plain"
             elif path == "/ready":
-                status, body, kind = (("200 OK", b"ready\n", "text/plain") if ready()
-                                      else ("503 Service Unavailable", b"not ready\n", "text/plain"))
+                status, body, kind = (
+                    ("200 OK", b"ready\n", "text/plain")
+                    if ready()
+                    else ("503 Service Unavailable", b"not ready\n", "text/plain")
+                )
             else:
                 status, body, kind = "404 Not Found", b"not found\n", "text/plain"
-            writer.write(f"HTTP/1.1 {status}\r\nContent-Type: {kind}\r\n"
-                         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode())
+            writer.write(
+                f"HTTP/1.1 {status}\r\nContent-Type: {kind}\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+            )
             if method != "HEAD":
                 writer.write(body)
             await writer.drain()
-        except (asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
-                ConnectionError):
+        except (
+            TimeoutError,
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+            ConnectionError,
+        ):
             pass
         finally:
             writer.close()

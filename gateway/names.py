@@ -39,16 +39,22 @@ def title(text: str, what: str = "title") -> str:
     """A key's title: one printable line (no escapes, newlines or bidi controls), bounded,
     since it is shown to its owner, in listings and in the audit log."""
     if not text.strip() or len(text) > MAX_TITLE or not text.isprintable():
-        raise Refusal(f"Invalid {what}: {printable(text)!r} (one line of at most {MAX_TITLE} "
-                      "printable characters)")
+        raise Refusal(
+            f"Invalid {what}: {printable(text)!r} (one line of at most {MAX_TITLE} "
+            "printable characters)"
+        )
     return text
 
 
 def email(text: str | None) -> str | None:
     if text is None:
         return None
-    if (len(text) > MAX_EMAIL or "@" not in text or not text.isprintable()
-            or any(ch.isspace() for ch in text)):
+    if (
+        len(text) > MAX_EMAIL
+        or "@" not in text
+        or not text.isprintable()
+        or any(ch.isspace() for ch in text)
+    ):
         raise Refusal(f"Invalid email address: {printable(text)!r}")
     return text
 
@@ -84,8 +90,10 @@ def _repo_name_problem(name: str) -> str | None:
     if not name:
         return "it is empty"
     if name.lower().endswith(".git"):
-        return (f"it ends in '.git', which URLs add themselves (NAME.git means NAME): "
-                f"use {printable(name[:-4])!r}")
+        return (
+            f"it ends in '.git', which URLs add themselves (NAME.git means NAME): "
+            f"use {printable(name[:-4])!r}"
+        )
     if len(name) > 100:
         return f"it has {len(name)} characters, at most 100 are allowed"
     if name[0] in ".-":
@@ -101,8 +109,10 @@ def _repo_name_problem(name: str) -> str | None:
 def repo_name(name: str) -> str:
     problem = _repo_name_problem(name)
     if problem is not None or not REPO_NAME_RE.fullmatch(name):
-        raise Refusal(f"Invalid repository name: {printable(name)!r}: "
-                      + (problem or "use letters, digits, '_', '.' and '-'"))
+        raise Refusal(
+            f"Invalid repository name: {printable(name)!r}: "
+            + (problem or "use letters, digits, '_', '.' and '-'")
+        )
     return name
 
 

@@ -32,9 +32,9 @@ from . import access, commands, metrics
 from .app import App
 from .commands.context import Context, Reader, Writer
 from .commands.parse import Request
+from .decision import Identity
 from .errors import Refusal
 from .logs import log_event
-from .decision import Identity
 from .store import db as store_db
 from .terminal import CookedReader, CrlfWriter
 
@@ -75,9 +75,17 @@ class Transport:
         return {"via": self.via} if self.via else {}
 
 
-async def run_session(app: App, who: Identity | str, line: str | None, streams: Streams, *,
-                      peer: str, terminal: bool, transport: Transport,
-                      subsystem: str | None = None) -> int:
+async def run_session(
+    app: App,
+    who: Identity | str,
+    line: str | None,
+    streams: Streams,
+    *,
+    peer: str,
+    terminal: bool,
+    transport: Transport,
+    subsystem: str | None = None,
+) -> int:
     """Run one session's command; its exit status.
 
     `who` is the identity decided from a verified signature (re-checked here), or the
@@ -89,8 +97,9 @@ async def run_session(app: App, who: Identity | str, line: str | None, streams: 
 
 
 class _Session:
-    def __init__(self, app: App, who: Identity | str, streams: Streams, peer: str,
-                 transport: Transport) -> None:
+    def __init__(
+        self, app: App, who: Identity | str, streams: Streams, peer: str, transport: Transport
+    ) -> None:
         self.app = app
         self.who = who
         self.streams = streams
@@ -100,8 +109,9 @@ class _Session:
 
     async def run(self, line: str | None, terminal: bool, subsystem: str | None) -> int:
         request = commands.request(line)
-        verb, target = ("subsystem", "") if subsystem is not None else (request.verb,
-                                                                         request.target)
+        verb, target = (
+            ("subsystem", "") if subsystem is not None else (request.verb, request.target)
+        )
         stderr = self.streams.stderr
         started = time.monotonic()
         status = 1
@@ -114,8 +124,15 @@ class _Session:
             status = 1  # the client went away
         except Exception as exc:
             # One line for the operator; the traceback only at log_level = "debug".
-            log_event(log, "session.failed", logging.ERROR, peer=self.peer, verb=verb,
-                      error=f"{exc.__class__.__name__}: {exc}", **self.transport.log_fields())
+            log_event(
+                log,
+                "session.failed",
+                logging.ERROR,
+                peer=self.peer,
+                verb=verb,
+                error=f"{exc.__class__.__name__}: {exc}",
+                **self.transport.log_fields(),
+            )
             log.debug("session failure details", exc_info=True)
             try:
                 stderr.write(INTERNAL_ERROR)
@@ -127,9 +144,17 @@ class _Session:
             seconds = time.monotonic() - started
             metrics.COMMANDS.labels(verb, "ok" if status == 0 else "error").inc()
             metrics.DURATION.labels(verb).observe(seconds)
-            log_event(log, "command", peer=self.peer, account=self.account, verb=verb,
-                      target=target, status=status, seconds=round(seconds, 3),
-                      **self.transport.log_fields())
+            log_event(
+                log,
+                "command",
+                peer=self.peer,
+                account=self.account,
+                verb=verb,
+                target=target,
+                status=status,
+                seconds=round(seconds, 3),
+                **self.transport.log_fields(),
+            )
         return status
 
     async def _with_database(self, request: Request, terminal: bool) -> int:
@@ -162,8 +187,9 @@ class _Session:
         log_event(log, "auth.ok", peer=self.peer, account=identity.account, key=self.who, **via)
         return identity
 
-    async def _command(self, db: aiosqlite.Connection, identity: Identity, request: Request,
-                       terminal: bool) -> int:
+    async def _command(
+        self, db: aiosqlite.Connection, identity: Identity, request: Request, terminal: bool
+    ) -> int:
         stdin: Reader = metrics.CountingReader(self.streams.stdin, metrics.BYTES.labels("in"))
         stdout: Writer = metrics.CountingWriter(self.streams.stdout, metrics.BYTES.labels("out"))
         stderr: Writer = metrics.CountingWriter(self.streams.stderr, metrics.BYTES.labels("out"))
@@ -171,8 +197,7 @@ class _Session:
         if terminal and self.transport.cooks_terminal:
             stdout, stderr = CrlfWriter(stdout), CrlfWriter(stderr)
             stdin = CookedReader(stdin, stdout)
-        ctx = Context(self.app, db, identity, stdin, stdout, stderr, self.peer,
-                      terminal=terminal)
+        ctx = Context(self.app, db, identity, stdin, stdout, stderr, self.peer, terminal=terminal)
         try:
             status = await commands.run(ctx, request)
         except Refusal as refusal:

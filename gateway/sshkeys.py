@@ -62,17 +62,23 @@ def parse_line(line: str) -> PublicKey:
     try:
         key = asyncssh.import_public_key(f"{algorithm} {blob}")
     except (asyncssh.KeyImportError, ValueError):
-        raise Refusal(f"Invalid {printable(algorithm, 40)} public key: {printable(text, 60)!r}") from None
+        raise Refusal(
+            f"Invalid {printable(algorithm, 40)} public key: {printable(text, 60)!r}"
+        ) from None
     if key.get_algorithm() != algorithm:
         raise Refusal(f"Key type {printable(algorithm, 40)!r} does not match the key data")
-    return PublicKey(key.get_algorithm(), blob, printable(comment, 100), key.get_fingerprint("sha256"))
+    return PublicKey(
+        key.get_algorithm(), blob, printable(comment, 100), key.get_fingerprint("sha256")
+    )
 
 
 def parse_text(text: str) -> list[PublicKey]:
     """Every key line in a file; blank lines and `#` comments are skipped."""
     if "PRIVATE KEY-----" in text:  # the usual first-hour slip; echo none of it
-        raise Refusal("This is a private key: give its public half, the .pub file "
-                      "(e.g. ~/.ssh/id_ed25519.pub), and keep the private key to yourself")
+        raise Refusal(
+            "This is a private key: give its public half, the .pub file "
+            "(e.g. ~/.ssh/id_ed25519.pub), and keep the private key to yourself"
+        )
     keys = []
     for line in text.splitlines():
         if line.strip() and not line.lstrip().startswith("#"):

@@ -13,7 +13,6 @@ from .store.keys import StoredKey
 from .store.workspaces import Member, Workspace
 from .twosv.service import State
 
-
 # --- login keys -----------------------------------------------------------------------
 
 
@@ -22,8 +21,10 @@ def login_key(key: StoredKey, in_use: str = "") -> str:
     kind = "security key" if key.kind == KeyKind.SECURITY_KEY else "key"
     added = time.strftime("%Y-%m-%d", time.gmtime(key.created_at))
     this = "  (this login)" if key.fingerprint == in_use else ""
-    return f"{key.fingerprint}  {key.algorithm}  {kind}, added {added} by {key.source}  " \
-           f"{shown(key.title)}{this}"
+    return (
+        f"{key.fingerprint}  {key.algorithm}  {kind}, added {added} by {key.source}  "
+        f"{shown(key.title)}{this}"
+    )
 
 
 def login_key_lines(found: Sequence[StoredKey], in_use: str = "") -> list[str]:
@@ -33,12 +34,17 @@ def login_key_lines(found: Sequence[StoredKey], in_use: str = "") -> list[str]:
 def keys_left(account: str, left: Sequence[StoredKey]) -> list[str]:
     """After a key is removed: what still logs in to the account (a stolen key's holder
     may have added keys of their own), and how to stop them all."""
-    lines = [f"{account} still has {len(left)} key(s) that log in:" if left
-             else f"{account} has no key left that logs in."]
+    lines = [
+        f"{account} still has {len(left)} key(s) that log in:"
+        if left
+        else f"{account} has no key left that logs in."
+    ]
     lines += login_key_lines(left)
     if any(k.kind == KeyKind.SECURITY_KEY for k in left):
-        lines.append("Security keys are removed by their owner (security-key remove, with a "
-                     f"code); to stop every login at once: gateway account disable {account}")
+        lines.append(
+            "Security keys are removed by their owner (security-key remove, with a "
+            f"code); to stop every login at once: gateway account disable {account}"
+        )
     return lines
 
 
@@ -57,17 +63,24 @@ def policy_changed(name: str, word: str, window: int) -> str:
 
 def lacking_2sv(names: list[str], applied: bool) -> str:
     """Who does not meet a policy of `on` or `session`: after it applied, or before."""
-    loses = "cannot use its private repositories or push" if applied else \
-        "would lose access to its private repositories and pushes"
-    return (f"Members without two-step verification, who {loses} until they turn it on: "
-            f"{', '.join(names)}")
+    loses = (
+        "cannot use its private repositories or push"
+        if applied
+        else "would lose access to its private repositories and pushes"
+    )
+    return (
+        f"Members without two-step verification, who {loses} until they turn it on: "
+        f"{', '.join(names)}"
+    )
 
 
 def show(workspace: Workspace, members: list[Member], lacking: set[str] | None) -> list[str]:
     """`workspace show`: with `lacking` (to admins and the operator), each member's 2SV."""
-    lines = [f"workspace:    {workspace.name}",
-             f"require-2sv:  {policy(workspace.require_2sv, workspace.session_window)}",
-             f"members:      {len(members)}"]
+    lines = [
+        f"workspace:    {workspace.name}",
+        f"require-2sv:  {policy(workspace.require_2sv, workspace.session_window)}",
+        f"members:      {len(members)}",
+    ]
     for member in members:
         note = ""
         if lacking is not None:
@@ -91,5 +104,7 @@ def twosv_state(state: State, ssh_command: Callable[[str], str]) -> list[str]:
 
 def few_codes_left(left: int, ssh_command: Callable[[str], str]) -> str:
     """Said when fewer than two recovery codes are left."""
-    return (f"Warning: only {left} recovery codes left. Get a new set with: "
-            f"{ssh_command('recovery-codes regenerate')}")
+    return (
+        f"Warning: only {left} recovery codes left. Get a new set with: "
+        f"{ssh_command('recovery-codes regenerate')}"
+    )

@@ -16,6 +16,18 @@ from .server import BACKOFF_SECONDS, GATEWAY, Gateway
 from .waiting import wait_for
 
 __all__ = [
-    "BACKOFF_SECONDS", "FLUSH", "GATEWAY", "Clock", "Gateway", "User", "fingerprint",
-    "free_port", "git_workers", "local_git", "make_key", "pkt", "unique", "wait_for",
+    "BACKOFF_SECONDS",
+    "FLUSH",
+    "GATEWAY",
+    "Clock",
+    "Gateway",
+    "User",
+    "fingerprint",
+    "free_port",
+    "git_workers",
+    "local_git",
+    "make_key",
+    "pkt",
+    "unique",
+    "wait_for",
 ]

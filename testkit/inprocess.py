@@ -18,12 +18,12 @@ import aiosqlite
 
 from gateway.app import App
 from gateway.config import Settings
-from gateway.git.workers.pool import GitWorkers
 from gateway.decision import Identity
+from gateway.git.workers.pool import GitWorkers
+from gateway.session import Streams, Transport, run_session
 from gateway.sshkeys import parse_line
 from gateway.store import accounts, keys
 from gateway.store import db as store_db
-from gateway.session import Streams, Transport, run_session
 from gateway.twosv.sealing import Sealer
 
 from .keys import User, make_key
@@ -96,7 +96,7 @@ class InProcessGateway:
         self.db = db
 
     @classmethod
-    async def open(cls, root: Path, listen: str = "127.0.0.1:2222") -> "InProcessGateway":
+    async def open(cls, root: Path, listen: str = "127.0.0.1:2222") -> InProcessGateway:
         settings = Settings(data_dir=root / "var", listen=listen, spare_workers=0)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         # Worker logs (none expected: these commands start no worker) go nowhere.
@@ -124,13 +124,24 @@ class InProcessGateway:
         await self.db.commit()
         return User(account, path), Identity(account, account_id, public.fingerprint, title)
 
-    async def run(self, identity: Identity, line: str | None,
-                  input: bytes | str | Answering = b"", terminal: bool = False) -> Outcome:
+    async def run(
+        self,
+        identity: Identity,
+        line: str | None,
+        input: bytes | str | Answering = b"",
+        terminal: bool = False,
+    ) -> Outcome:
         return await run_command(self.app, self.db, identity, line, input, terminal)
 
 
-async def run_command(app: App, db: aiosqlite.Connection, identity: Identity, line: str | None,
-                      input: bytes | str | Answering = b"", terminal: bool = False) -> Outcome:
+async def run_command(
+    app: App,
+    db: aiosqlite.Connection,
+    identity: Identity,
+    line: str | None,
+    input: bytes | str | Answering = b"",
+    terminal: bool = False,
+) -> Outcome:
     """Run the SSH command LINE as IDENTITY with INPUT on its stdin, as a session would.
     The session core opens its own connection to the database (as under a server); DB
     is the caller's, for setting up and checking state."""
@@ -142,6 +153,13 @@ async def run_command(app: App, db: aiosqlite.Connection, identity: Identity, li
     else:
         stdin = MemoryInput(input.encode() if isinstance(input, str) else input)
     await db.commit()  # what the test set up is seen by the session's own connection
-    status = await run_session(app, identity, line, Streams(stdin, stdout, stderr),
-                               peer="127.0.0.1:50000", terminal=terminal, transport=IN_PROCESS)
+    status = await run_session(
+        app,
+        identity,
+        line,
+        Streams(stdin, stdout, stderr),
+        peer="127.0.0.1:50000",
+        terminal=terminal,
+        transport=IN_PROCESS,
+    )
     return Outcome(status, stdout.text, stderr.text)

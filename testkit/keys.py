@@ -33,8 +33,12 @@ def make_key(directory: Path, name: str, kind: str = "ed25519") -> Path:
 def fingerprint(key_file: Path | str) -> str:
     """The SHA256 fingerprint of KEY_FILE, as `ssh-keygen -lf` prints it (it reads a
     public key file, or a private one without a passphrase)."""
-    out = subprocess.run(["ssh-keygen", "-lf", str(key_file), "-E", "sha256"], capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run(
+        ["ssh-keygen", "-lf", str(key_file), "-E", "sha256"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     match = _FINGERPRINT_RE.search(out)
     assert match, out
     return match.group(0)

@@ -28,8 +28,11 @@ def git_workers(repo_dir: Path) -> list[int]:
             cwd = os.readlink(entry / "cwd")
         except OSError:
             continue
-        if b"gateway.git.workers.worker" in cmdline and state != "Z" and (
-                cwd == target or target.encode() in cmdline):
+        if (
+            b"gateway.git.workers.worker" in cmdline
+            and state != "Z"
+            and (cwd == target or target.encode() in cmdline)
+        ):
             pids.append(int(entry.name))
     return pids
 
@@ -55,8 +58,9 @@ def commit(tree: Path, name: str, content: str | bytes = "", message: str | None
 
 
 def fsck(gw: Gateway, path: str) -> None:
-    result = subprocess.run(["git", "fsck", "--full", "--strict"], cwd=gw.repo_dir(path),
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        ["git", "fsck", "--full", "--strict"], cwd=gw.repo_dir(path), capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 

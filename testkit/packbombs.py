@@ -123,6 +123,7 @@ def huge_declared(declared: int = 64 * 1024**3) -> bytes:
 
 # --- pushing and watching ---------------------------------------------------------------
 
+
 def push_body(pack_bytes: bytes, new: bytes, ref: bytes = b"refs/heads/bomb") -> bytes:
     """Commands creating REF at NEW (hex), then the pack: what git-receive-pack reads."""
     line = b"0" * 40 + b" " + new + b" " + ref + b"\x00report-status\n"
@@ -134,7 +135,7 @@ def unpack_status(stdout: bytes) -> str:
     at = stdout.find(b"unpack ")
     if at < 0:
         return ""
-    return stdout[at + len(b"unpack "):].split(b"\n", 1)[0].decode(errors="replace")
+    return stdout[at + len(b"unpack ") :].split(b"\n", 1)[0].decode(errors="replace")
 
 
 class PeakWatcher:
@@ -149,7 +150,7 @@ class PeakWatcher:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> "PeakWatcher":
+    def __enter__(self) -> PeakWatcher:
         self._thread.start()
         return self
 
@@ -176,16 +177,20 @@ def vm_hwm(pid: int) -> int:
     return 0
 
 
-def ssh_receive_pack(ssh_command: list[str], port: int, path: str, body: bytes,
-                     env: dict, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([*ssh_command, "-p", str(port), "git@127.0.0.1",
-                           f"git-receive-pack '{path}.git'"],
-                          input=body, capture_output=True, env=env, timeout=timeout)
+def ssh_receive_pack(
+    ssh_command: list[str], port: int, path: str, body: bytes, env: dict, timeout: float = 120
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*ssh_command, "-p", str(port), "git@127.0.0.1", f"git-receive-pack '{path}.git'"],
+        input=body,
+        capture_output=True,
+        env=env,
+        timeout=timeout,
+    )
 
 
 def mb(n: int) -> str:
     return f"{n / MiB:.0f} MiB"
-
 
 
 def plant_huge_blob(repo_dir: Path, size: int = 256 * MiB, ref: str = "refs/heads/huge") -> str:
@@ -220,12 +225,19 @@ def plant_huge_blob(repo_dir: Path, size: int = 256 * MiB, ref: str = "refs/head
         commits.append(c)
     ops = b"\x80" * (prefix_size // 65536) + bytes([len(tail)]) + tail
     delta = _varint(len(base)) + _varint(prefix_size + len(tail)) + ops
-    entries = [_entry_header(BLOB, len(base)) + zlib.compress(base),
-               _entry_header(REF_DELTA, len(delta)) + blob_sha(base) + zlib.compress(delta, 9)]
+    entries = [
+        _entry_header(BLOB, len(base)) + zlib.compress(base),
+        _entry_header(REF_DELTA, len(delta)) + blob_sha(base) + zlib.compress(delta, 9),
+    ]
     for obj in (first_tree, tree, *commits):
         raw = obj.as_raw_string()
         entries.append(_entry_header(obj.type_num, len(raw)) + zlib.compress(raw))
-    subprocess.run(["git", "index-pack", "--stdin"], input=pack(entries), cwd=repo_dir,
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["git", "index-pack", "--stdin"],
+        input=pack(entries),
+        cwd=repo_dir,
+        check=True,
+        capture_output=True,
+    )
     subprocess.run(["git", "update-ref", ref, c.id.decode()], cwd=repo_dir, check=True)
     return c.id.decode()

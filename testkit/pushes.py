@@ -18,8 +18,13 @@ SHIPPED_HOOKS = Path(__file__).resolve().parent.parent / "hooks"
 
 def bare_refs(repo_dir: Path) -> dict[str, str]:
     """Every ref of the bare repository as git itself reads them (loose and packed)."""
-    out = subprocess.run(["git", "for-each-ref", "--format=%(objectname) %(refname)"],
-                         cwd=repo_dir, capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["git", "for-each-ref", "--format=%(objectname) %(refname)"],
+        cwd=repo_dir,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return {ref: sha for sha, ref in (line.split(" ", 1) for line in out.splitlines())}
 
 
@@ -42,8 +47,10 @@ def ref_locks(repo_dir: Path) -> list[str]:
 def has_object(repo_dir: Path, sha: str | bytes) -> bool:
     if isinstance(sha, bytes):
         sha = sha.decode()
-    return subprocess.run(["git", "cat-file", "-e", sha], cwd=repo_dir,
-                          capture_output=True).returncode == 0
+    return (
+        subprocess.run(["git", "cat-file", "-e", sha], cwd=repo_dir, capture_output=True).returncode
+        == 0
+    )
 
 
 def log_since(g: Gateway, offset: int) -> str:

@@ -19,7 +19,9 @@ from .server import Gateway
 ZERO = b"0" * 40
 
 
-def commands(*lines: tuple[bytes, bytes, bytes], caps: bytes = b"report-status delete-refs") -> bytes:
+def commands(
+    *lines: tuple[bytes, bytes, bytes], caps: bytes = b"report-status delete-refs"
+) -> bytes:
     out = b""
     for i, (old, new, ref) in enumerate(lines):
         out += pkt(old + b" " + new + b" " + ref + (b"\x00" + caps if i == 0 else b"") + b"\n")
@@ -57,12 +59,12 @@ def report_of(stdout: bytes) -> dict[str, str]:
     pkts, _ = parse_pkts(stdout)
     assert None in pkts, f"no advertisement: {stdout[:200]!r}"
     report = {}
-    for line in pkts[pkts.index(None) + 1:]:
+    for line in pkts[pkts.index(None) + 1 :]:
         if line is None:
             continue
         text = line.rstrip(b"\n").decode(errors="replace")
         if text.startswith("unpack "):
-            report["unpack"] = text[len("unpack "):]
+            report["unpack"] = text[len("unpack ") :]
         elif text.startswith(("ok ", "ng ")):
             kind, _, rest = text.partition(" ")
             if kind == "ok":
@@ -75,9 +77,17 @@ def report_of(stdout: bytes) -> dict[str, str]:
 
 def receive_pack(g: Gateway, user: User, path: str, body: bytes) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [*g.ssh_command(user.key), "-p", str(g.port), "git@127.0.0.1",
-         f"git-receive-pack '{path}.git'"],
-        input=body, capture_output=True, env=g.env, timeout=60,
+        [
+            *g.ssh_command(user.key),
+            "-p",
+            str(g.port),
+            "git@127.0.0.1",
+            f"git-receive-pack '{path}.git'",
+        ],
+        input=body,
+        capture_output=True,
+        env=g.env,
+        timeout=60,
     )
 
 
@@ -85,24 +95,23 @@ class RawObject(Blob):
     """An object of any type with exactly the bytes given (dulwich would parse them)."""
 
     @classmethod
-    def of(cls, kind: type, data: bytes) -> "RawObject":
-        obj = type(f"Raw{kind.__name__}", (cls,), {"type_num": kind.type_num,
-                                                   "type_name": kind.type_name})()
+    def of(cls, kind: type, data: bytes) -> RawObject:
+        obj = type(
+            f"Raw{kind.__name__}", (cls,), {"type_num": kind.type_num, "type_name": kind.type_name}
+        )()
         obj.set_raw_string(data)
         return obj
-
 
 
 def tree_bytes(*entries: tuple[bytes, bytes, bytes]) -> bytes:
     return b"".join(mode + b" " + name + b"\0" + sha for mode, name, sha in entries)
 
 
-
 def sideband(stdout: bytes) -> tuple[dict[str, str], str]:
     """A raw side-band-64k push's report and its `remote:` text."""
     pkts, _ = parse_pkts(stdout)
     data, progress = b"", b""
-    for line in pkts[pkts.index(None) + 1:]:
+    for line in pkts[pkts.index(None) + 1 :]:
         if line and line[0] == 1:
             data += line[1:]
         elif line and line[0] == 2:

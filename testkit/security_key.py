@@ -26,8 +26,12 @@ class SoftwareSecurityKey(_SKEd25519Key):
     def sign_ssh(self, data: bytes, sig_algorithm: bytes) -> bytes:
         flags = USER_PRESENCE if self.touch else 0
         counter = 1
-        message = (hashlib.sha256(b"ssh:").digest() + bytes([flags]) + counter.to_bytes(4, "big")
-                   + hashlib.sha256(data).digest())
+        message = (
+            hashlib.sha256(b"ssh:").digest()
+            + bytes([flags])
+            + counter.to_bytes(4, "big")
+            + hashlib.sha256(data).digest()
+        )
         return String(self._private.sign(message)) + Byte(flags) + UInt32(counter)
 
     @property
@@ -38,8 +42,13 @@ class SoftwareSecurityKey(_SKEd25519Key):
 def run_with(gw, key, command: str, input: str = "") -> asyncssh.SSHCompletedProcess:
     async def go():
         async with asyncssh.connect(
-            "127.0.0.1", gw.port, username="git", client_keys=[key], known_hosts=None,
-            agent_path=None, config=None,
+            "127.0.0.1",
+            gw.port,
+            username="git",
+            client_keys=[key],
+            known_hosts=None,
+            agent_path=None,
+            config=None,
         ) as conn:
             return await conn.run(command, input=input)
 

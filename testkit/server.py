@@ -17,7 +17,9 @@ from .keys import User, make_key
 from .names import free_port, unique
 
 BIN = Path(sys.executable).parent
-GATEWAY = [str(BIN / "gateway")] if (BIN / "gateway").exists() else [sys.executable, "-m", "gateway"]
+GATEWAY = (
+    [str(BIN / "gateway")] if (BIN / "gateway").exists() else [sys.executable, "-m", "gateway"]
+)
 # The 2SV back-off of the tests' shared server, short so throttling tests need not wait.
 BACKOFF_SECONDS = 2
 
@@ -46,7 +48,9 @@ class Gateway:
         }
         self.env.pop("GATEWAY_DATA_DIR", None)
         self.env.pop("GATEWAY_CONFIG", None)
-        (self.home / ".gitconfig").write_text("[init]\n\tdefaultBranch = main\n[protocol]\n\tversion = 0\n")
+        (self.home / ".gitconfig").write_text(
+            "[init]\n\tdefaultBranch = main\n[protocol]\n\tversion = 0\n"
+        )
 
     # --- the server -----------------------------------------------------------------
 
@@ -55,7 +59,10 @@ class Gateway:
         self.log = open(self.root / "serve.log", "ab")
         self.proc = subprocess.Popen(
             [*GATEWAY, "--data-dir", str(self.data), "serve", "--listen", f"127.0.0.1:{self.port}"],
-            stdout=self.log, stderr=subprocess.STDOUT, env=self.env, cwd=self.root,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            cwd=self.root,
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -85,10 +92,17 @@ class Gateway:
 
     # --- the operator ---------------------------------------------------------------
 
-    def cli(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    def cli(
+        self, *args: str, input: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess:
         result = subprocess.run(
-            [*GATEWAY, "--data-dir", str(self.data), *args], input=input, capture_output=True,
-            text=True, env=self.env, cwd=self.root, timeout=60,
+            [*GATEWAY, "--data-dir", str(self.data), *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            env=self.env,
+            cwd=self.root,
+            timeout=60,
         )
         if check and result.returncode != 0:
             raise AssertionError(f"gateway {' '.join(args)} failed: {result.stderr}")
@@ -119,30 +133,63 @@ class Gateway:
 
     def ssh_command(self, key: Path) -> list[str]:
         return [
-            "ssh", "-i", str(key), "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=no",
-            "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-o", "BatchMode=yes",
-            "-F", "/dev/null",
+            "ssh",
+            "-i",
+            str(key),
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "LogLevel=ERROR",
+            "-o",
+            "BatchMode=yes",
+            "-F",
+            "/dev/null",
         ]
 
-    def ssh(self, user: User | Path, *command: str, input: bytes | str | None = None,
-            login: str = "git", extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    def ssh(
+        self,
+        user: User | Path,
+        *command: str,
+        input: bytes | str | None = None,
+        login: str = "git",
+        extra: tuple[str, ...] = (),
+    ) -> subprocess.CompletedProcess:
         key = user.key if isinstance(user, User) else user
         if isinstance(input, str):
             input = input.encode()
         result = subprocess.run(
             [*self.ssh_command(key), *extra, "-p", str(self.port), f"{login}@127.0.0.1", *command],
-            input=input if input is not None else b"", capture_output=True, env=self.env, timeout=60,
+            input=input if input is not None else b"",
+            capture_output=True,
+            env=self.env,
+            timeout=60,
         )
         return subprocess.CompletedProcess(
-            result.args, result.returncode, result.stdout.decode(errors="replace"),
+            result.args,
+            result.returncode,
+            result.stdout.decode(errors="replace"),
             result.stderr.decode(errors="replace"),
         )
 
-    def git(self, user: User, *args: str, cwd: Path | None = None, check: bool = True,
-            input: bytes | None = None) -> subprocess.CompletedProcess:
+    def git(
+        self,
+        user: User,
+        *args: str,
+        cwd: Path | None = None,
+        check: bool = True,
+        input: bytes | None = None,
+    ) -> subprocess.CompletedProcess:
         env = {**self.env, "GIT_SSH_COMMAND": " ".join(self.ssh_command(user.key))}
         result = subprocess.run(
-            ["git", *args], cwd=cwd or self.root, env=env, capture_output=True, timeout=300,
+            ["git", *args],
+            cwd=cwd or self.root,
+            env=env,
+            capture_output=True,
+            timeout=300,
             input=input,
         )
         if check and result.returncode != 0:
@@ -150,7 +197,9 @@ class Gateway:
                 f"git {' '.join(args)} failed ({result.returncode}): {result.stderr.decode(errors='replace')}"
             )
         return subprocess.CompletedProcess(
-            result.args, result.returncode, result.stdout.decode(errors="replace"),
+            result.args,
+            result.returncode,
+            result.stdout.decode(errors="replace"),
             result.stderr.decode(errors="replace"),
         )
 

@@ -16,8 +16,16 @@ from .server import Gateway
 def connect(g: Gateway, key: Path, **options: Any) -> Any:  # awaitable, and `async with`
     """`async with connect(g, key) as conn:` logs in as git with KEY alone (no agent, no
     known_hosts, no ~/.ssh/config); OPTIONS go to asyncssh.connect."""
-    return asyncssh.connect("127.0.0.1", g.port, username="git", client_keys=[str(key)],
-                            known_hosts=None, agent_path=None, config=None, **options)
+    return asyncssh.connect(
+        "127.0.0.1",
+        g.port,
+        username="git",
+        client_keys=[str(key)],
+        known_hosts=None,
+        agent_path=None,
+        config=None,
+        **options,
+    )
 
 
 def probe_then_sign(victim_public: asyncssh.SSHKey, claim_victim_when_signing: bool):
@@ -33,8 +41,9 @@ def probe_then_sign(victim_public: asyncssh.SSHKey, claim_victim_when_signing: b
             if self._keypair is None:
                 self._conn.try_next_auth(next_method=True)
                 return
-            await self.send_request(Boolean(False), String(victim_public.algorithm),
-                                    String(victim_public.public_data))
+            await self.send_request(
+                Boolean(False), String(victim_public.algorithm), String(victim_public.public_data)
+            )
 
         def _pk_ok(self, _pkttype, _pktid, packet) -> None:
             packet.get_string()
@@ -44,10 +53,18 @@ def probe_then_sign(victim_public: asyncssh.SSHKey, claim_victim_when_signing: b
             self.create_task(self._sign())
 
         async def _sign(self) -> None:
-            claimed = victim_public.public_data if claim_victim_when_signing \
+            claimed = (
+                victim_public.public_data
+                if claim_victim_when_signing
                 else self._keypair.public_data
-            await self.send_request(Boolean(True), String(self._keypair.algorithm),
-                                    String(claimed), key=self._keypair, trivial=False)
+            )
+            await self.send_request(
+                Boolean(True),
+                String(self._keypair.algorithm),
+                String(claimed),
+                key=self._keypair,
+                trivial=False,
+            )
 
         _packet_handlers = {MSG_USERAUTH_PK_OK: _pk_ok}
 

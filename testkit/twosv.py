@@ -34,7 +34,10 @@ class Session:
     def __init__(self, gw: Gateway, user: User, *command: str) -> None:
         self.proc = subprocess.Popen(
             [*gw.ssh_command(user.key), "-p", str(gw.port), "git@127.0.0.1", *command],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=gw.env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=gw.env,
         )
         self.out = b""
 
@@ -48,7 +51,9 @@ class Session:
             if not chunk:
                 break
             self.out += chunk
-        raise AssertionError(f"{pattern.pattern!r} not in output: {self.out.decode(errors='replace')}")
+        raise AssertionError(
+            f"{pattern.pattern!r} not in output: {self.out.decode(errors='replace')}"
+        )
 
     def answer(self, line: str) -> None:
         self.proc.stdin.write(line.encode() + b"\n")
@@ -59,8 +64,12 @@ class Session:
             self.proc.stdin = None
         out, err = self.proc.communicate(timeout=timeout)
         self.out += out
-        return subprocess.CompletedProcess(self.proc.args, self.proc.returncode,
-                                           self.out.decode(errors="replace"), err.decode(errors="replace"))
+        return subprocess.CompletedProcess(
+            self.proc.args,
+            self.proc.returncode,
+            self.out.decode(errors="replace"),
+            err.decode(errors="replace"),
+        )
 
 
 def error_lines(stderr: str) -> list[str]:

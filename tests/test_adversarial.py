@@ -11,8 +11,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_bounded_adversarial_suite_handles_every_input():
-    result = subprocess.run([sys.executable, "-m", "adversarial", "--quick"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-m", "adversarial", "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     table = [line for line in result.stdout.splitlines() if line.startswith("| ")][1:]
     assert len(table) == 12, result.stdout + result.stderr[-3000:]
     for row in table:

@@ -86,8 +86,9 @@ def test_backup_while_pushing_then_restore_everything_works(servers, tmp_path):
     restored.start()
 
     # The same host key, accounts, keys, workspace policy and 2SV enrolment.
-    assert ((restored.data / "host_keys" / "ssh_host_ed25519_key.pub").read_bytes()
-            == (g.data / "host_keys" / "ssh_host_ed25519_key.pub").read_bytes())
+    assert (restored.data / "host_keys" / "ssh_host_ed25519_key.pub").read_bytes() == (
+        g.data / "host_keys" / "ssh_host_ed25519_key.pub"
+    ).read_bytes()
     who = restored.ssh(alice, "whoami")
     assert who.returncode == 0 and alice.name in who.stdout, who.stderr
     refused = restored.git(bob, "ls-remote", restored.url(path), check=False)
@@ -103,8 +104,13 @@ def test_backup_while_pushing_then_restore_everything_works(servers, tmp_path):
 
 
 def run_backup(g: Gateway, dest: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([*GATEWAY, "--data-dir", str(g.data), "backup", str(dest)],
-                          capture_output=True, text=True, env=g.env, timeout=60)
+    return subprocess.run(
+        [*GATEWAY, "--data-dir", str(g.data), "backup", str(dest)],
+        capture_output=True,
+        text=True,
+        env=g.env,
+        timeout=60,
+    )
 
 
 def test_backup_refuses_a_used_destination_and_a_missing_database(servers, tmp_path):
@@ -115,7 +121,10 @@ def test_backup_refuses_a_used_destination_and_a_missing_database(servers, tmp_p
     (used / "keep.txt").write_text("mine\n")
     result = run_backup(g, used)
     assert result.returncode == 1
-    assert result.stderr.strip() == f"ERROR: Backup destination {used} is not empty: give a new or empty directory"
+    assert (
+        result.stderr.strip()
+        == f"ERROR: Backup destination {used} is not empty: give a new or empty directory"
+    )
     assert [p.name for p in used.iterdir()] == ["keep.txt"]
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -124,7 +133,9 @@ def test_backup_refuses_a_used_destination_and_a_missing_database(servers, tmp_p
     blocked = tmp_path / "file"
     blocked.write_text("x")
     result = run_backup(g, blocked / "sub")
-    assert result.returncode == 1 and result.stderr.startswith("ERROR: Cannot create backup destination")
+    assert result.returncode == 1 and result.stderr.startswith(
+        "ERROR: Cannot create backup destination"
+    )
     nothing = servers(tmp_path / "nothing")
     result = run_backup(nothing, tmp_path / "b2")
     assert result.returncode == 1 and "nothing to back up" in result.stderr

@@ -41,7 +41,9 @@ def packs(repo_dir: Path) -> set[str]:
     return {p.name for p in (repo_dir / "objects" / "pack").glob("*.pack")}
 
 
-def push_raw(g: Gateway, user, path: str, repo_dir: Path, pack_bytes: bytes) -> tuple[str, int, str]:
+def push_raw(
+    g: Gateway, user, path: str, repo_dir: Path, pack_bytes: bytes
+) -> tuple[str, int, str]:
     """(unpack status, the worker's peak memory, stderr) of a raw push of PACK."""
     body = pb.push_body(pack_bytes, b"1" * 40)
     with pb.PeakWatcher(lambda: git_workers(repo_dir)) as watcher:
@@ -70,16 +72,21 @@ def bombed(tmp_path_factory):
 
 BOMBS = {
     # 4 deltas of 16 bytes each declaring a 300 MiB result of copy ops
-    "delta": (lambda: pb.delta_bomb(4, 300 * MiB)[0],
-              "a delta's result of 300 MiB exceeds the limit of 100 MiB (max_object_bytes)"),
+    "delta": (
+        lambda: pb.delta_bomb(4, 300 * MiB)[0],
+        "a delta's result of 300 MiB exceeds the limit of 100 MiB (max_object_bytes)",
+    ),
     # 128 levels of 16 MiB deltas, each with a waiting sibling: 2.1 GB before
-    "chain": (lambda: pb.chain_bomb(128),
-              "comes to more than 8 GiB (max_push_inflated_bytes)"),
+    "chain": (lambda: pb.chain_bomb(128), "comes to more than 8 GiB (max_push_inflated_bytes)"),
     "zlib": (lambda: pb.zlib_bomb(1000, 1024 * MiB), "inflates past its declared size"),
-    "honest-1GiB": (lambda: pb.huge_blob(1024 * MiB),
-                    "an object of 1 GiB exceeds the limit of 100 MiB (max_object_bytes)"),
-    "declared-64GiB": (lambda: pb.huge_declared(64 * 1024**3),
-                       "an object of 64 GiB exceeds the limit of 100 MiB (max_object_bytes)"),
+    "honest-1GiB": (
+        lambda: pb.huge_blob(1024 * MiB),
+        "an object of 1 GiB exceeds the limit of 100 MiB (max_object_bytes)",
+    ),
+    "declared-64GiB": (
+        lambda: pb.huge_declared(64 * 1024**3),
+        "an object of 64 GiB exceeds the limit of 100 MiB (max_object_bytes)",
+    ),
 }
 
 
@@ -94,8 +101,9 @@ def test_bomb_is_refused_with_bounded_memory(bombed, name):
     assert "internal error" not in err and "Traceback" not in err
     refused_cleanly(bombed, path, repo_dir, before, offset)
     if "(max_" in message:  # a limit's refusal is logged for the operator
-        assert "level=info event=git.refused service=git-receive-pack" in \
-            bombed.server_log()[offset:]
+        assert (
+            "level=info event=git.refused service=git-receive-pack" in bombed.server_log()[offset:]
+        )
 
 
 def test_chain_of_legal_deltas_stays_bounded(bombed):
@@ -129,8 +137,10 @@ def test_files_up_to_the_limit_are_pushed_and_past_it_refused(private, work):
     commit(clone, "over.bin", os.urandom(8 * MiB + 1))
     result = g.git(alice, "push", "origin", "HEAD:main", cwd=clone, check=False)
     assert result.returncode != 0
-    assert "remote unpack failed: an object of 8388609 bytes exceeds the limit of 8388608 " \
-           "bytes (max_object_bytes)" in result.stderr, result.stderr
+    assert (
+        "remote unpack failed: an object of 8388609 bytes exceeds the limit of 8388608 "
+        "bytes (max_object_bytes)" in result.stderr
+    ), result.stderr
     # The total: three 7 MiB files (21 MiB) against max_push_inflated_bytes of 20 MiB.
     local_git("reset", "-q", "--hard", tip, cwd=clone)
     for i in range(3):
@@ -147,8 +157,9 @@ def test_files_up_to_the_limit_are_pushed_and_past_it_refused(private, work):
 def test_worker_memory_limit_gives_one_clean_error(private):
     """With the object limits off, only worker_memory_limit stands between a 600 MiB
     blob and the host: the push fails with a line naming it, the operator gets a line."""
-    g = private("max_object_bytes = 0\nmax_push_inflated_bytes = 0\n"
-                "worker_memory_limit = 268435456\n")
+    g = private(
+        "max_object_bytes = 0\nmax_push_inflated_bytes = 0\nworker_memory_limit = 268435456\n"
+    )
     alice, path, repo_dir = world(g)
     before, offset = packs(repo_dir), len(g.server_log())
     status, peak, err = push_raw(g, alice, path, repo_dir, pb.huge_blob(600 * MiB))
@@ -172,8 +183,12 @@ def test_worker_memory_limit_is_checked(tmp_path):
 def archive(g: Gateway, user, path: str, repo_dir: Path, *args: str):
     env = {**g.env, "GIT_SSH_COMMAND": " ".join(g.ssh_command(user.key))}
     with pb.PeakWatcher(lambda: git_workers(repo_dir)) as watcher:
-        result = subprocess.run(["git", "archive", f"--remote={g.url(path)}", *args],
-                                env=env, capture_output=True, timeout=120)
+        result = subprocess.run(
+            ["git", "archive", f"--remote={g.url(path)}", *args],
+            env=env,
+            capture_output=True,
+            timeout=120,
+        )
     return result, watcher.peak
 
 
@@ -223,18 +238,26 @@ def test_archive_matches_c_git(bombed, work, fmt):
     local_git("commit", "-qm", "exec", cwd=clone)
     commit(clone, "docs/é.txt", "unicode\n")
     bombed.git(alice, "push", "origin", "HEAD:main", cwd=clone)
-    subprocess.run(["git", "repack", "-adf", "--depth=5"], cwd=repo_dir, check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["git", "repack", "-adf", "--depth=5"], cwd=repo_dir, check=True, capture_output=True
+    )
     result, _ = archive(bombed, alice, path, repo_dir, f"--format={fmt}", "--prefix=p/", "HEAD")
     assert result.returncode == 0, result.stderr
-    expected = subprocess.run(["git", "archive", f"--format={fmt}", "--prefix=p/", "HEAD"],
-                              cwd=repo_dir, capture_output=True, check=True).stdout
+    expected = subprocess.run(
+        ["git", "archive", f"--format={fmt}", "--prefix=p/", "HEAD"],
+        cwd=repo_dir,
+        capture_output=True,
+        check=True,
+    ).stdout
 
     def members(data: bytes) -> dict:
         with tarfile.open(fileobj=io.BytesIO(data)) as tar:
             # Modes differ by tar.umask (C git 0664, dulwich's 0644): compare the x bit.
-            return {m.name: (bool(m.mode & 0o100), tar.extractfile(m).read())
-                    for m in tar.getmembers() if m.isfile()}
+            return {
+                m.name: (bool(m.mode & 0o100), tar.extractfile(m).read())
+                for m in tar.getmembers()
+                if m.isfile()
+            }
 
     assert members(result.stdout) == members(expected)
 
@@ -316,17 +339,20 @@ def test_thick_fetch_of_a_huge_delta_is_streamed(tmp_path):
     tip = pb.plant_huge_blob(server, 256 * MiB, "refs/heads/main")
     parent = local_git("rev-parse", "main~1", cwd=server).strip()
     huge = local_git("rev-parse", "main:huge.bin", cwd=server).strip()
-    proc = subprocess.Popen([sys.executable, "-m", "gateway.git.workers.worker", "git-upload-pack",
-                             str(server)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway.git.workers.worker", "git-upload-pack", str(server)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     with pb.PeakWatcher(lambda: [proc.pid]) as watcher:
         out, err = proc.communicate(request([tip], [parent], "side-band-64k ofs-delta"), 120)
     assert proc.returncode == 0, err
     assert watcher.peak < 100 * MiB, pb.mb(watcher.peak)
     pack, pos = bytearray(), 0
     while pos < len(out):  # side-band-64k, channel 1
-        size = int(out[pos:pos + 4], 16)
-        line = out[pos + 4:pos + size] if size else b""
+        size = int(out[pos : pos + 4], 16)
+        line = out[pos + 4 : pos + size] if size else b""
         pos += size or 4
         if line[:1] == b"\x01" and (pack or line[1:5] == b"PACK"):
             pack += line[1:]
@@ -339,8 +365,10 @@ def test_a_delta_with_a_malformed_header_is_refused(bombed):
     alice, path, repo_dir = world(bombed)
     base = b"A" * 100
     delta = b"\xff" * 30 + b"\x01"
-    entries = [pb._entry_header(pb.BLOB, len(base)) + zlib.compress(base),
-               pb._entry_header(pb.REF_DELTA, len(delta)) + pb.blob_sha(base) + zlib.compress(delta)]
+    entries = [
+        pb._entry_header(pb.BLOB, len(base)) + zlib.compress(base),
+        pb._entry_header(pb.REF_DELTA, len(delta)) + pb.blob_sha(base) + zlib.compress(delta),
+    ]
     before, offset = packs(repo_dir), len(bombed.server_log())
     status, _, err = push_raw(bombed, alice, path, repo_dir, pb.pack(entries))
     assert status == "a delta's header is malformed", (status, err)
@@ -348,7 +376,7 @@ def test_a_delta_with_a_malformed_header_is_refused(bombed):
 
 
 def test_size_texts():
-    from gateway.git.receive.packreader import Limits, LimitExceeded, delta_sizes, sizes_text
+    from gateway.git.receive.packreader import LimitExceeded, Limits, delta_sizes, sizes_text
 
     assert sizes_text(300 * MiB, 100 * MiB) == "300 MiB exceeds the limit of 100 MiB"
     assert sizes_text(8 * MiB + 1, 8 * MiB) == "8388609 bytes exceeds the limit of 8388608 bytes"

@@ -14,7 +14,6 @@ import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-
 from testkit import GATEWAY, Gateway, User, fingerprint, local_git, make_key, unique
 
 FINGERPRINT_RE = re.compile(r"SHA256:[A-Za-z0-9+/]{43}")
@@ -33,12 +32,15 @@ def assert_clean(result: subprocess.CompletedProcess) -> None:
 def ok(gw: Gateway, *args: str, input: str | None = None) -> subprocess.CompletedProcess:
     result = gw.cli(*args, input=input, check=False)
     assert_clean(result)
-    assert result.returncode == 0, f"gateway {' '.join(args)} -> {result.returncode}: {result.stderr}"
+    assert result.returncode == 0, (
+        f"gateway {' '.join(args)} -> {result.returncode}: {result.stderr}"
+    )
     return result
 
 
-def refused(gw: Gateway, *args: str, status: int = 1, input: str | None = None,
-            match: str | None = None) -> subprocess.CompletedProcess:
+def refused(
+    gw: Gateway, *args: str, status: int = 1, input: str | None = None, match: str | None = None
+) -> subprocess.CompletedProcess:
     """The command fails with `status` and exactly one `ERROR: ` line on stderr."""
     result = gw.cli(*args, input=input, check=False)
     assert_clean(result)
@@ -55,6 +57,7 @@ def refused(gw: Gateway, *args: str, status: int = 1, input: str | None = None,
 
 def refused_all(gw: Gateway, commands: list[tuple[str, ...]], status: int = 1) -> None:
     """`refused` for many independent commands, run a few at a time; reports every miss."""
+
     def attempt(args):
         try:
             refused(gw, *args, status=status)
@@ -84,8 +87,9 @@ def greeting_line(account: str, title: str, fp: str) -> str:
     return f'Hi {account}! You\'ve authenticated with key "{title}" ({fp}).'
 
 
-def assert_greets(gw: Gateway, key: Path | User, account: str, title: str | None = None,
-                  fp: str | None = None) -> str:
+def assert_greets(
+    gw: Gateway, key: Path | User, account: str, title: str | None = None, fp: str | None = None
+) -> str:
     result = gw.ssh(key)
     assert result.returncode == 0, result.stderr
     if title is not None:
@@ -123,12 +127,14 @@ def tree(root: Path) -> set[str]:
     return {str(p.relative_to(root)) for p in root.rglob("*")}
 
 
-def fresh_cli(gw: Gateway, cwd: Path, *args: str, data: Path | None = None,
-              env: dict | None = None) -> subprocess.CompletedProcess:
+def fresh_cli(
+    gw: Gateway, cwd: Path, *args: str, data: Path | None = None, env: dict | None = None
+) -> subprocess.CompletedProcess:
     """The CLI on another data directory than the running server's."""
     argv = [*GATEWAY, *(["--data-dir", str(data)] if data is not None else []), *args]
-    result = subprocess.run(argv, capture_output=True, text=True, env=env or gw.env, cwd=cwd,
-                            timeout=120)
+    result = subprocess.run(
+        argv, capture_output=True, text=True, env=env or gw.env, cwd=cwd, timeout=120
+    )
     assert_clean(result)
     return result
 
@@ -156,8 +162,9 @@ def test_init_is_idempotent_and_prints_host_key_fingerprints(gw, tmp_path):
         if path.suffix == ".pub":
             continue
         assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, f"{path} is readable by others"
-        line = subprocess.run(["ssh-keygen", "-lf", str(path)], capture_output=True, text=True,
-                              check=True).stdout.split()
+        line = subprocess.run(
+            ["ssh-keygen", "-lf", str(path)], capture_output=True, text=True, check=True
+        ).stdout.split()
         on_disk[line[-1].strip("()")] = line[1]
     assert set(on_disk) == {"ED25519", "ECDSA", "RSA"}, on_disk
     assert set(on_disk.values()) == set(printed)
@@ -188,10 +195,15 @@ def test_init_is_idempotent_and_prints_host_key_fingerprints(gw, tmp_path):
 
 def test_init_prints_the_host_keys_the_server_presents(gw):
     printed = set(FINGERPRINT_RE.findall(ok(gw, "init").stdout))
-    scan = subprocess.run(["ssh-keyscan", "-p", str(gw.port), "-t", "ed25519,ecdsa,rsa", "127.0.0.1"],
-                          capture_output=True, text=True, timeout=60)
-    served = subprocess.run(["ssh-keygen", "-lf", "-"], input=scan.stdout, capture_output=True,
-                            text=True, check=True).stdout
+    scan = subprocess.run(
+        ["ssh-keyscan", "-p", str(gw.port), "-t", "ed25519,ecdsa,rsa", "127.0.0.1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    served = subprocess.run(
+        ["ssh-keygen", "-lf", "-"], input=scan.stdout, capture_output=True, text=True, check=True
+    ).stdout
     assert set(FINGERPRINT_RE.findall(served)) == printed
     assert len(printed) == 3
 
@@ -216,7 +228,8 @@ def test_account_add_list_show_json(gw):
 
     listed = [a for a in as_json(ok(gw, "account", "list", "--json")) if a["name"] == name]
     assert [(a["name"], a["email"], a["disabled"]) for a in listed] == [
-        (name, f"{name}@example.com", False)]
+        (name, f"{name}@example.com", False)
+    ]
     text = ok(gw, "account", "list").stdout
     assert any(line.split()[:1] == [name] and "active" in line for line in text.splitlines()), text
 
@@ -257,7 +270,15 @@ def test_duplicate_account_refused_and_unchanged(gw):
 
 
 BAD_ACCOUNT_NAMES = [
-    "-bob", "Bob", ".hidden", "a" * 40, "a/b", "", "bob_smith", "bób", "bob\n",
+    "-bob",
+    "Bob",
+    ".hidden",
+    "a" * 40,
+    "a/b",
+    "",
+    "bob_smith",
+    "bób",
+    "bob\n",
     "bob\x1b[2J",
 ]
 
@@ -266,16 +287,23 @@ def test_bad_account_names_refused(gw):
     before = account_names(gw)
     commands = [("account", "add", "--", name) for name in BAD_ACCOUNT_NAMES]
     # The other commands that take an account name refuse them the same way.
-    commands += [("account", "show", "--", "Bob"), ("account", "disable", "--", "-bob"),
-                 ("account", "enable", "--", "a/b")]
+    commands += [
+        ("account", "show", "--", "Bob"),
+        ("account", "disable", "--", "-bob"),
+        ("account", "enable", "--", "a/b"),
+    ]
     refused_all(gw, commands)
     assert account_names(gw) == before
 
 
 def test_unknown_account_refused(gw):
     name = unique("ghost")
-    for command in (("account", "show"), ("account", "disable"), ("account", "enable"),
-                    ("key", "list")):
+    for command in (
+        ("account", "show"),
+        ("account", "disable"),
+        ("account", "enable"),
+        ("key", "list"),
+    ):
         refused(gw, *command, name, match=name)
     key = new_key(gw)
     refused(gw, "key", "add", name, str(pub(key)), match=name)
@@ -283,16 +311,16 @@ def test_unknown_account_refused(gw):
 
 
 USAGE_ERRORS = [
-    (),                                            # no command
-    ("account",),                                  # no action
-    ("account", "add"),                            # missing NAME
-    ("account", "add", "-bob"),                    # option-looking name without --
-    ("account", "frobnicate"),                     # unknown subcommand
-    ("frobnicate",),                               # unknown command
-    ("key", "add", "alice"),                       # missing FILE
+    (),  # no command
+    ("account",),  # no action
+    ("account", "add"),  # missing NAME
+    ("account", "add", "-bob"),  # option-looking name without --
+    ("account", "frobnicate"),  # unknown subcommand
+    ("frobnicate",),  # unknown command
+    ("key", "add", "alice"),  # missing FILE
     ("member", "add", "ws", "alice", "--role", "owner"),  # bad --role choice
-    ("audit", "--limit", "many"),                  # not a number
-    ("audit", "--limit", "0"),                     # out of range
+    ("audit", "--limit", "many"),  # not a number
+    ("audit", "--limit", "0"),  # out of range
 ]
 
 
@@ -395,7 +423,7 @@ def test_key_of_another_account_refused(gw):
     refused(gw, "key", "add", alice.name, str(alice.pub))  # nor twice for the same account
     # Same key, other comment and options: still the same fingerprint.
     line = alice.pub.read_text().split()
-    refused(gw, "key", "add", bob.name, "-", input=f'no-pty {line[0]} {line[1]} other comment\n')
+    refused(gw, "key", "add", bob.name, "-", input=f"no-pty {line[0]} {line[1]} other comment\n")
     assert key_fingerprints(gw, bob.name) == [fingerprint(bob.pub)]
     assert key_fingerprints(gw, alice.name) == [fp]
     assert whoami(gw, alice) == alice.name
@@ -437,7 +465,9 @@ def test_malformed_keys_refused_and_nothing_added(gw, tmp_path):
     secret = private.read_text().splitlines()[1]
     assert secret not in result.stderr and secret not in result.stdout
     # The same on stdin.
-    refused(gw, "key", "add", user.name, "-", input=files["ssh-rsa with an ed25519 blob"].read_text())
+    refused(
+        gw, "key", "add", user.name, "-", input=files["ssh-rsa with an ed25519 blob"].read_text()
+    )
     assert key_fingerprints(gw) == before
 
 
@@ -445,12 +475,16 @@ def test_authorized_keys_line_with_options_accepted(gw):
     user = gw.user()
     key = new_key(gw)
     algorithm, blob = pub(key).read_text().split()[:2]
-    line = f'no-pty,command="/bin/sh -c \'echo hi\'",from="10.0.0.1" {algorithm} {blob} workstation\n'
+    line = (
+        f'no-pty,command="/bin/sh -c \'echo hi\'",from="10.0.0.1" {algorithm} {blob} workstation\n'
+    )
     ok(gw, "key", "add", user.name, "-", input=line)
     fp = fingerprint(pub(key))
     # Options are ignored: the gateway decides what the key may do, from any address.
     assert_greets(gw, key, user.name, "workstation", fp)
-    stored = [k for k in as_json(ok(gw, "key", "list", user.name, "--json")) if k["fingerprint"] == fp]
+    stored = [
+        k for k in as_json(ok(gw, "key", "list", user.name, "--json")) if k["fingerprint"] == fp
+    ]
     assert stored and stored[0]["algorithm"] == "ssh-ed25519"
 
 
@@ -459,7 +493,10 @@ def test_several_keys_in_one_file(gw, tmp_path):
     ed, rsa, ecdsa = new_key(gw), new_key(gw, "rsa"), new_key(gw, "ecdsa")
     bundle = tmp_path / "bundle.pub"
     bundle.write_text(
-        "# the team's keys\n\n" + pub(ed).read_text() + pub(rsa).read_text().rstrip("\n") + "\r\n"
+        "# the team's keys\n\n"
+        + pub(ed).read_text()
+        + pub(rsa).read_text().rstrip("\n")
+        + "\r\n"
         + pub(ecdsa).read_text()
     )
     ok(gw, "key", "add", user.name, str(bundle))
@@ -502,8 +539,13 @@ def test_workspace_refusals(gw):
     ok(gw, "workspace", "add", name)
     refused(gw, "workspace", "add", name, match=name)
     refused(gw, "workspace", "add", name.upper())  # differs only in case
-    refused_all(gw, [("workspace", "add", "--", bad)
-                     for bad in ("-ws", ".ws", "a" * 40, "a/b", "", "wß", "ws_1")])
+    refused_all(
+        gw,
+        [
+            ("workspace", "add", "--", bad)
+            for bad in ("-ws", ".ws", "a" * 40, "a/b", "", "wß", "ws_1")
+        ],
+    )
     ghost = unique("ghost")
     refused(gw, "workspace", "show", ghost, match=ghost)
     names = [w["name"] for w in as_json(ok(gw, "workspace", "list", "--json"))]
@@ -517,11 +559,17 @@ def test_member_add_roles_and_remove(gw):
     ok(gw, "member", "add", ws, writer.name)
     ok(gw, "member", "add", ws, reader.name, "--role", "read")
     ok(gw, "member", "add", ws, admin.name, "--role", "admin")
-    members = {m["account"]: m["role"] for m in as_json(ok(gw, "workspace", "show", ws, "--json"))["members"]}
+    members = {
+        m["account"]: m["role"]
+        for m in as_json(ok(gw, "workspace", "show", ws, "--json"))["members"]
+    }
     assert members == {writer.name: "write", reader.name: "read", admin.name: "admin"}
 
     ok(gw, "member", "remove", ws, reader.name)
-    members = {m["account"]: m["role"] for m in as_json(ok(gw, "workspace", "show", ws, "--json"))["members"]}
+    members = {
+        m["account"]: m["role"]
+        for m in as_json(ok(gw, "workspace", "show", ws, "--json"))["members"]
+    }
     assert members == {writer.name: "write", admin.name: "admin"}
     refused(gw, "member", "remove", ws, reader.name)  # no longer a member
 
@@ -545,8 +593,9 @@ def test_member_refusals(gw):
 
 
 def head_of(repo_dir: Path) -> str:
-    return subprocess.run(["git", "symbolic-ref", "HEAD"], cwd=repo_dir, capture_output=True,
-                          text=True, check=True).stdout.strip()
+    return subprocess.run(
+        ["git", "symbolic-ref", "HEAD"], cwd=repo_dir, capture_output=True, text=True, check=True
+    ).stdout.strip()
 
 
 def test_repo_add_private_public_and_default_branch(gw):
@@ -562,12 +611,18 @@ def test_repo_add_private_public_and_default_branch(gw):
         repo_dir = gw.data / "repos" / ws / f"{name}.git"
         assert (repo_dir / "objects").is_dir() and (repo_dir / "refs").is_dir()
         assert head_of(repo_dir) == f"refs/heads/{branch}"
-        check = subprocess.run(["git", "rev-parse", "--is-bare-repository"], cwd=repo_dir,
-                               capture_output=True, text=True)
+        check = subprocess.run(
+            ["git", "rev-parse", "--is-bare-repository"],
+            cwd=repo_dir,
+            capture_output=True,
+            text=True,
+        )
         assert check.stdout.strip() == "true"
 
-    listed = {r["repository"]: (r["public"], r["default_branch"])
-              for r in as_json(ok(gw, "repo", "list", ws, "--json"))}
+    listed = {
+        r["repository"]: (r["public"], r["default_branch"])
+        for r in as_json(ok(gw, "repo", "list", ws, "--json"))
+    }
     assert listed == {
         f"{ws}/{private}": (False, "main"),
         f"{ws}/{public}": (True, "main"),
@@ -587,8 +642,20 @@ def test_repo_add_private_public_and_default_branch(gw):
 
 
 HOSTILE_REPO_NAMES = [
-    "../x", "..", ".hidden", "-x", "a..b", "x.git", "X.GIT", "a" * 101, "a/b", "a b", "wïdget",
-    "", "x\x1b[31m", "x\\y",
+    "../x",
+    "..",
+    ".hidden",
+    "-x",
+    "a..b",
+    "x.git",
+    "X.GIT",
+    "a" * 101,
+    "a/b",
+    "a b",
+    "wïdget",
+    "",
+    "x\x1b[31m",
+    "x\\y",
 ]
 
 
@@ -597,8 +664,10 @@ def test_hostile_repo_names_refused_and_nothing_created(gw):
     repos_before, trash_before = tree(gw.data / "repos"), tree(gw.data / "trash")
     commands = [("repo", "add", "--", f"{ws}/{name}") for name in HOSTILE_REPO_NAMES]
     # Hostile workspace parts and paths too.
-    commands += [("repo", "add", "--", path)
-                 for path in ("../x", f"/{ws}/x", f"{ws}", f"{ws}//x", f"{ws}/x/../../../tmp")]
+    commands += [
+        ("repo", "add", "--", path)
+        for path in ("../x", f"/{ws}/x", f"{ws}", f"{ws}//x", f"{ws}/x/../../../tmp")
+    ]
     refused_all(gw, commands)
     assert tree(gw.data / "repos") == repos_before
     assert tree(gw.data / "trash") == trash_before
@@ -613,8 +682,13 @@ def test_hostile_repo_names_refused_and_nothing_created(gw):
 def test_repo_bad_default_branch_refused(gw):
     ws = gw.workspace()
     before = tree(gw.data / "repos")
-    refused_all(gw, [("repo", "add", f"{ws}/{unique('r')}", f"--default-branch={branch}")
-                     for branch in ("a..b", "-x", "x.lock", "", "a b", "x~1", "@{x}")])
+    refused_all(
+        gw,
+        [
+            ("repo", "add", f"{ws}/{unique('r')}", f"--default-branch={branch}")
+            for branch in ("a..b", "-x", "x.lock", "", "a b", "x~1", "@{x}")
+        ],
+    )
     assert tree(gw.data / "repos") == before
     assert as_json(ok(gw, "repo", "list", ws, "--json")) == []
 
@@ -628,7 +702,9 @@ def test_repo_names_differing_only_in_case(gw):
     refused(gw, "repo", "add", f"{ws}/WIDGETS", "--public")
     refused(gw, "repo", "add", f"{ws.upper()}/widgets")
     assert tree(gw.data / "repos") == before
-    assert [r["repository"] for r in as_json(ok(gw, "repo", "list", ws, "--json"))] == [f"{ws}/Widgets"]
+    assert [r["repository"] for r in as_json(ok(gw, "repo", "list", ws, "--json"))] == [
+        f"{ws}/Widgets"
+    ]
     assert sorted(p.name for p in (gw.data / "repos" / ws).iterdir()) == ["Widgets.git"]
     # Any spelling reaches the one repository.
     for spelling in (f"{ws}/widgets", f"{ws.upper()}/WIDGETS"):
@@ -665,12 +741,16 @@ def test_repo_remove_moves_data_to_trash(gw, work):
 
     ok(gw, "repo", "remove", path)
     assert not gw.repo_dir(path).exists()
-    trashed = [p for p in (gw.data / "trash").rglob("*") if p.is_dir() and (p / "HEAD").is_file()
-               and name in p.name]
+    trashed = [
+        p
+        for p in (gw.data / "trash").rglob("*")
+        if p.is_dir() and (p / "HEAD").is_file() and name in p.name
+    ]
     assert len(trashed) == 1, trashed
     assert trashed[0].is_relative_to(gw.data / "trash")
-    kept = subprocess.run(["git", "rev-parse", "refs/heads/main"], cwd=trashed[0],
-                          capture_output=True, text=True)
+    kept = subprocess.run(
+        ["git", "rev-parse", "refs/heads/main"], cwd=trashed[0], capture_output=True, text=True
+    )
     assert kept.stdout.strip() == tip
 
     gone = gw.git(user, "ls-remote", gw.url(path), check=False)
@@ -782,7 +862,9 @@ def test_keys_sync_broken_file_keeps_the_keys_it_gave_before(gw, tmp_path):
     shutil.copy(pub(key), keydir / f"{carol}.pub")
     assert sync(gw, keydir).returncode == 0
     assert whoami(gw, key) == carol
-    (keydir / f"{carol}.pub").write_text(pub(key).read_text().replace("ssh-ed25519 ", "ssh-ed25519 X"))
+    (keydir / f"{carol}.pub").write_text(
+        pub(key).read_text().replace("ssh-ed25519 ", "ssh-ed25519 X")
+    )
     result = sync(gw, keydir)
     assert result.returncode == 1 and f"{carol}.pub" in result.stderr
     assert whoami(gw, key) == carol  # a typo does not lock anyone out

@@ -29,8 +29,10 @@ async def test_greeting(inproc):
     user, alice = await inproc.user("alice")
     result = await inproc.run(alice, "")
     assert result.returncode == 0 and result.stderr == ""
-    greeting = (f'Hi alice! You\'ve authenticated with key "alice@test" '
-                f"({fingerprint(user.pub)}). Shell access is disabled; use git to clone and push.")
+    greeting = (
+        f'Hi alice! You\'ve authenticated with key "alice@test" '
+        f"({fingerprint(user.pub)}). Shell access is disabled; use git to clone and push."
+    )
     assert greeting in result.stdout.splitlines()
     assert "Two-step verification is disabled." in result.stdout
 
@@ -53,13 +55,16 @@ async def test_whoami_with_arguments_is_refused(inproc):
     assert result.stderr.startswith("ERROR: ") and len(result.stderr.splitlines()) == 1
 
 
-@pytest.mark.parametrize("typed,first_line", [
-    ("recovery-code", "Unknown command: recovery-code. Did you mean 'recovery-codes'?"),
-    ("whoiam", "Unknown command: whoiam. Did you mean 'whoami'?"),
-    ("2sv enabel", "Unknown command: 2sv enabel. Did you mean '2sv enable'? Usage: "),
-    ("workspace shwo acme", "Unknown command: workspace shwo. Did you mean 'workspace show'?"),
-    ("keys remvoe SHA256:x", "Unknown command: keys remvoe. Did you mean 'keys remove'?"),
-])
+@pytest.mark.parametrize(
+    "typed,first_line",
+    [
+        ("recovery-code", "Unknown command: recovery-code. Did you mean 'recovery-codes'?"),
+        ("whoiam", "Unknown command: whoiam. Did you mean 'whoami'?"),
+        ("2sv enabel", "Unknown command: 2sv enabel. Did you mean '2sv enable'? Usage: "),
+        ("workspace shwo acme", "Unknown command: workspace shwo. Did you mean 'workspace show'?"),
+        ("keys remvoe SHA256:x", "Unknown command: keys remvoe. Did you mean 'keys remove'?"),
+    ],
+)
 async def test_typos_get_a_suggestion(inproc, typed, first_line):
     _, user = await inproc.user("typist")
     result = await inproc.run(user, typed)
@@ -143,7 +148,9 @@ async def test_workspace_show_to_an_admin_a_member_and_an_outsider(inproc):
     assert hidden.returncode != 0 and "Workspace not found: acme" in hidden.stderr
     no_2sv = await inproc.run(admin, "workspace require-2sv acme on")
     assert no_2sv.returncode != 0
-    assert no_2sv.stderr.startswith("ERROR: Enable two-step verification on your own account "
-                                    f"first: ssh -p {PORT} git@127.0.0.1 2sv enable")
+    assert no_2sv.stderr.startswith(
+        "ERROR: Enable two-step verification on your own account "
+        f"first: ssh -p {PORT} git@127.0.0.1 2sv enable"
+    )
     not_admin = await inproc.run(member, "workspace require-2sv acme on")
     assert not_admin.returncode != 0 and "Only admins" in not_admin.stderr

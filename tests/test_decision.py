@@ -14,10 +14,15 @@ SSH = "ssh -p 2222 git@example.org"
 ALICE = Identity("alice", 1, "SHA256:laptop", "laptop")
 NOT_FOUND = "Repository not found: acme/w"
 DENIED = "Permission to acme/w denied to alice."
-NEEDS_2SV = 'Workspace "acme" requires two-step verification.\nTurn it on with: ' + SSH + " 2sv enable"
-NEEDS_SESSION = ('Workspace "acme" requires a verified two-step session.\nOpen one with: '
-                 + SSH + ' 2sv verify\nIt must be opened with the key used here: "laptop" '
-                 "(SHA256:laptop); if ssh offers another key first, add -i with this key's file.")
+NEEDS_2SV = (
+    'Workspace "acme" requires two-step verification.\nTurn it on with: ' + SSH + " 2sv enable"
+)
+NEEDS_SESSION = (
+    'Workspace "acme" requires a verified two-step session.\nOpen one with: '
+    + SSH
+    + ' 2sv verify\nIt must be opened with the key used here: "laptop" '
+    "(SHA256:laptop); if ssh offers another key first, add -i with this key's file."
+)
 SESSIONS = {"none": None, "open": NOW - 60, "expired": NOW - 16 * 60}
 
 
@@ -34,10 +39,16 @@ def expected(role, public, policy, twosv, session, action):
     return None
 
 
-CASES = list(itertools.product(
-    (None, "read", "write", "admin"), (False, True), ("off", "on", "session"), (False, True),
-    tuple(SESSIONS), tuple(Action),
-))
+CASES = list(
+    itertools.product(
+        (None, "read", "write", "admin"),
+        (False, True),
+        ("off", "on", "session"),
+        (False, True),
+        tuple(SESSIONS),
+        tuple(Action),
+    )
+)
 
 
 @pytest.mark.parametrize("role,public,policy,twosv,session,action", CASES)

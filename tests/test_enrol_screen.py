@@ -15,8 +15,8 @@ import time
 import pyotp
 import zxingcpp
 
-from testkit import Gateway, User, make_key, unique
 from gateway import qr
+from testkit import Gateway, User, make_key, unique
 
 PROMPT = "Enter the 6-digit code the app shows:"
 HEADER = "Scan this QR code with your authenticator app"
@@ -32,12 +32,29 @@ class Screen:
         self.socket = unique("tmux")
         config = gw.root / "tmux.conf"  # the window stays when ssh exits, to be read
         config.write_text("set -g remain-on-exit on\n")
-        self.tmux("-f", str(config), "new-session", "-d", "-x", "80", "-y", "24", "-s", "t",
-                  shlex.join(command))
+        self.tmux(
+            "-f",
+            str(config),
+            "new-session",
+            "-d",
+            "-x",
+            "80",
+            "-y",
+            "24",
+            "-s",
+            "t",
+            shlex.join(command),
+        )
 
     def tmux(self, *args: str) -> str:
-        return subprocess.run(["tmux", "-L", self.socket, *args], capture_output=True, text=True,
-                              env=self.gw.env, check=True, timeout=30).stdout
+        return subprocess.run(
+            ["tmux", "-L", self.socket, *args],
+            capture_output=True,
+            text=True,
+            env=self.gw.env,
+            check=True,
+            timeout=30,
+        ).stdout
 
     def lines(self, escapes: bool = False) -> list[str]:
         # -N keeps trailing spaces: the QR code's white quiet zone is spaces.
@@ -93,14 +110,15 @@ def check_code(rows: list[list[bool]], uri: str, min_border: int) -> None:
     size = len(expected)
     dark = [(y, x) for y, row in enumerate(rows) for x, m in enumerate(row) if m]
     top, left = min(y for y, _ in dark), min(x for _, x in dark)
-    assert [row[left:left + size] for row in rows[top:top + size]] == expected
+    assert [row[left : left + size] for row in rows[top : top + size]] == expected
     assert left >= min_border and top >= min_border
     assert len(rows[0]) - left - size >= min_border and len(rows) - top - size >= min_border
     # Every module outside the symbol is light: nothing else is drawn in the quiet zone.
     assert all(top <= y < top + size and left <= x < left + size for y, x in dark)
     scale = 4
-    pixels = bytes(0 if m else 255 for row in rows for _ in range(scale)
-                   for m in row for _ in range(scale))
+    pixels = bytes(
+        0 if m else 255 for row in rows for _ in range(scale) for m in row for _ in range(scale)
+    )
     image = memoryview(pixels).cast("B", (len(rows) * scale, len(rows[0]) * scale))
     assert [found.text for found in zxingcpp.read_barcodes(image)] == [uri]
 
@@ -156,7 +174,7 @@ def test_enrolment_fits_80x24_at_a_terminal_black_on_white(gw):
         check_code(modules(block, dark_glyphs=True), uri, min_border=4)
         # Explicit colours on every line of the code: black on white, on any background.
         width = qr.make(uri).symbol_size(border=4)[0]
-        colours = cell_colours(screen.lines(escapes=True))[start:start + len(block)]
+        colours = cell_colours(screen.lines(escapes=True))[start : start + len(block)]
         assert all(row[:width] == [("16", "231")] * width for row in colours), colours
         assert all(row[width:] in ([], [(None, None)] * len(row[width:])) for row in colours)
         # An empty line and a typo are asked again on the same line: the code stays.

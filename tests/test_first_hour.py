@@ -23,8 +23,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(argv, cwd=None, env=None, input=None, timeout=120) -> subprocess.CompletedProcess:
-    return subprocess.run(argv, cwd=cwd, env=env, input=input, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        argv, cwd=cwd, env=env, input=input, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def one_error(result: subprocess.CompletedProcess, status: int = 1) -> str:
@@ -48,13 +49,24 @@ def private_gateway(tmp_path):
         if listen_host != "127.0.0.1":  # Gateway.start listens on loopback; this one not
             gateway.log = open(gateway.root / "serve.log", "ab")
             gateway.proc = subprocess.Popen(
-                [*GATEWAY, "--data-dir", str(gateway.data), "serve", "--listen",
-                 f"{listen_host}:{gateway.port}"],
-                stdout=gateway.log, stderr=subprocess.STDOUT, env=gateway.env, cwd=gateway.root)
+                [
+                    *GATEWAY,
+                    "--data-dir",
+                    str(gateway.data),
+                    "serve",
+                    "--listen",
+                    f"{listen_host}:{gateway.port}",
+                ],
+                stdout=gateway.log,
+                stderr=subprocess.STDOUT,
+                env=gateway.env,
+                cwd=gateway.root,
+            )
             deadline = time.monotonic() + 30
             while "gateway listening on" not in gateway.server_log():
-                assert gateway.proc.poll() is None and time.monotonic() < deadline, \
+                assert gateway.proc.poll() is None and time.monotonic() < deadline, (
                     gateway.server_log()
+                )
                 time.sleep(0.1)
         else:
             gateway.start()
@@ -67,6 +79,7 @@ def private_gateway(tmp_path):
 
 
 # --- 6. the Walkthrough, as written ----------------------------------------------------
+
 
 def walkthrough_commands() -> list[str]:
     text = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -92,47 +105,60 @@ def test_walkthrough_runs_as_written(private_gateway, tmp_path, default_branch):
     (home / ".ssh").mkdir(parents=True)
     (project / ".venv" / "bin").mkdir(parents=True)
     (project / ".venv" / "bin" / "gateway").write_text(
-        "#!/bin/sh\nexec " + " ".join(GATEWAY) + ' "$@"\n')
+        "#!/bin/sh\nexec " + " ".join(GATEWAY) + ' "$@"\n'
+    )
     (project / ".venv" / "bin" / "gateway").chmod(0o755)
     make_key(home / ".ssh", "id_ed25519")
     # ssh reads ~/.ssh from the passwd entry, not $HOME: a shim on PATH points it there.
     shims = tmp_path / "bin"
     shims.mkdir()
     config = home / ".ssh" / "config"
-    config.write_text(f"Host 127.0.0.1\n  IdentityFile {home}/.ssh/id_ed25519\n"
-                      "  IdentitiesOnly yes\n  StrictHostKeyChecking no\n"
-                      "  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n  BatchMode yes\n")
+    config.write_text(
+        f"Host 127.0.0.1\n  IdentityFile {home}/.ssh/id_ed25519\n"
+        "  IdentitiesOnly yes\n  StrictHostKeyChecking no\n"
+        "  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n  BatchMode yes\n"
+    )
     (shims / "ssh").write_text(f'#!/bin/sh\nexec {shutil.which("ssh")} -F {config} "$@"\n')
     (shims / "ssh").chmod(0o755)
     gitconfig = "[user]\n\tname = Alice\n\temail = alice@example.com\n[protocol]\n\tversion = 0\n"
     if default_branch:
         gitconfig += f"[init]\n\tdefaultBranch = {default_branch}\n"
     (home / ".gitconfig").write_text(gitconfig)
-    env = {key: value for key, value in os.environ.items()
-           if not key.startswith(("GIT_", "GATEWAY_"))}
-    env.update(HOME=str(home), PATH=f"{shims}:{env['PATH']}", GATEWAY_DATA_DIR=str(gw.data),
-               GIT_CONFIG_NOSYSTEM="1")
+    env = {
+        key: value for key, value in os.environ.items() if not key.startswith(("GIT_", "GATEWAY_"))
+    }
+    env.update(
+        HOME=str(home),
+        PATH=f"{shims}:{env['PATH']}",
+        GATEWAY_DATA_DIR=str(gw.data),
+        GIT_CONFIG_NOSYSTEM="1",
+    )
     commands = walkthrough_commands()
     script = "set -e -o pipefail\n" + "\n".join(
-        f"echo '+ {i}'\n" + c.replace("2222", str(gw.port)) for i, c in enumerate(commands))
+        f"echo '+ {i}'\n" + c.replace("2222", str(gw.port)) for i, c in enumerate(commands)
+    )
     result = run(["bash", "-c", script], cwd=project, env=env)
     assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
     assert "README.md" in result.stdout.splitlines()  # what `git archive | tar t` listed
     clone = project / "widgets"
     status = run(["git", "status"], cwd=clone, env=env)
-    assert status.returncode == 0 and "Your branch is up to date with 'origin/main'." in \
-        status.stdout, status.stdout
+    assert (
+        status.returncode == 0 and "Your branch is up to date with 'origin/main'." in status.stdout
+    ), status.stdout
     assert "gone" not in status.stdout and "nothing to commit" in status.stdout
     pull = run(["git", "pull"], cwd=clone, env=env)
     assert pull.returncode == 0 and "Already up to date." in pull.stdout, pull.stderr
     # The server has the branch its HEAD names, and only that one.
     served = run(["git", "ls-remote", "origin"], cwd=clone, env=env).stdout.split()
     assert served[1::2] == ["HEAD", "refs/heads/main"], served
-    assert run(["git", "rev-parse", "--abbrev-ref", "@{upstream}"], cwd=clone,
-               env=env).stdout.strip() == "origin/main"
+    assert (
+        run(["git", "rev-parse", "--abbrev-ref", "@{upstream}"], cwd=clone, env=env).stdout.strip()
+        == "origin/main"
+    )
 
 
 # --- 12. make serve, host key fingerprints ---------------------------------------------
+
 
 def test_make_serve_does_not_install_the_test_extras(tmp_path):
     venv = tmp_path / "venv"  # absent: make would build it, and -n shows how
@@ -158,9 +184,12 @@ def test_serve_prints_host_key_fingerprints_on_first_start(tmp_path):
     def serve_output() -> str:
         log = tmp_path / "serve.out"
         with open(log, "wb") as out:
-            proc = subprocess.Popen([*GATEWAY, "--data-dir", str(data), "serve", "--listen",
-                                     f"127.0.0.1:{number}"], stdout=out,
-                                    stderr=subprocess.DEVNULL, cwd=tmp_path)
+            proc = subprocess.Popen(
+                [*GATEWAY, "--data-dir", str(data), "serve", "--listen", f"127.0.0.1:{number}"],
+                stdout=out,
+                stderr=subprocess.DEVNULL,
+                cwd=tmp_path,
+            )
             try:
                 deadline = time.monotonic() + 30
                 while "gateway listening on" not in log.read_text():
@@ -185,6 +214,7 @@ def test_serve_prints_host_key_fingerprints_on_first_start(tmp_path):
 
 # --- 13. the keydir in the project's checkout ------------------------------------------
 
+
 def test_keys_dropped_into_keys_are_not_untracked_files(tmp_path):
     if not (ROOT / ".git").exists():
         pytest.skip("not a git checkout")
@@ -205,6 +235,7 @@ def test_keys_dropped_into_keys_are_not_untracked_files(tmp_path):
 
 # --- 8. operator messages ----------------------------------------------------------------
 
+
 def test_operator_messages_say_what_happened(gw, tmp_path):
     missing = tmp_path / "nope.pub"
     line = one_error(gw.cli("account", "add", unique("u"), "--key", str(missing), check=False))
@@ -212,8 +243,9 @@ def test_operator_messages_say_what_happened(gw, tmp_path):
     line = one_error(gw.cli("key", "add", gw.user().name, str(tmp_path), check=False))
     assert "Is a directory" in line and "Error" not in line.split(":", 1)[1]
 
-    private = one_error(gw.cli("key", "add", gw.user().name, str(make_key(tmp_path, "p")),
-                               check=False))
+    private = one_error(
+        gw.cli("key", "add", gw.user().name, str(make_key(tmp_path, "p")), check=False)
+    )
     assert "This is a private key" in private and ".pub" in private
     assert "BEGIN" not in private and "OPENSSH" not in private
 
@@ -222,7 +254,7 @@ def test_operator_messages_say_what_happened(gw, tmp_path):
     line = one_error(gw.cli("repo", "add", f"{ws}/widgets", check=False))
     assert line == f"ERROR: Repository already exists: {ws}/Widgets"
     line = one_error(gw.cli("repo", "add", f"{ws}/new.git", check=False))
-    assert "ends in '.git'" in line and f"use 'new'" in line
+    assert "ends in '.git'" in line and "use 'new'" in line
     assert not (gw.data / "repos" / ws / "new.git.git").exists()
 
     owner = gw.user()
@@ -239,8 +271,10 @@ def test_operator_messages_say_what_happened(gw, tmp_path):
     # What does not exist says how to make it, or where to look.
     ghost_ws, ghost = unique("nows"), unique("noacct")
     line = one_error(gw.cli("repo", "add", f"{ghost_ws}/widgets", check=False))
-    assert line == f"ERROR: No such workspace: {ghost_ws} (create it with: gateway workspace " \
+    assert (
+        line == f"ERROR: No such workspace: {ghost_ws} (create it with: gateway workspace "
         f"add {ghost_ws})"
+    )
     line = one_error(gw.cli("member", "add", ws, ghost, check=False))
     assert line == f"ERROR: No such account: {ghost} (create it with: gateway account add {ghost})"
     line = one_error(gw.cli("access-key", "add", f"{ws}/nothing", f"{deploy}.pub", check=False))
@@ -257,8 +291,9 @@ def test_operator_messages_say_what_happened(gw, tmp_path):
     # An account with no history yet is not "no such account".
     quiet = unique("quiet")
     gw.cli("account", "add", quiet)
-    assert [e["action"] for e in json.loads(
-        gw.cli("audit", "--account", quiet, "--json").stdout)] == ["account.add"]
+    assert [
+        e["action"] for e in json.loads(gw.cli("audit", "--account", quiet, "--json").stdout)
+    ] == ["account.add"]
 
 
 def test_keydir_conflict_with_an_access_key_says_where(gw, tmp_path):
@@ -279,19 +314,31 @@ def test_keydir_conflict_with_an_access_key_says_where(gw, tmp_path):
 
 # --- 9. SSH command typos -------------------------------------------------------------------
 
-@pytest.mark.parametrize("typed,first_line", [
-    (("recovery-code",), "Unknown command: recovery-code. Did you mean 'recovery-codes'?"),
-    (("whoiam",), "Unknown command: whoiam. Did you mean 'whoami'?"),
-    (("2sv", "enabel"), "Unknown command: 2sv enabel. Did you mean '2sv enable'? Usage: "),
-    (("recovery-codes", "regenrate"), "Unknown command: recovery-codes regenrate. "
-                                      "Did you mean 'recovery-codes regenerate'?"),
-    (("security-key", "lsit"), "Unknown command: security-key lsit. "
-                               "Did you mean 'security-key list'?"),
-    (("workspace", "shwo", "acme"), "Unknown command: workspace shwo. "
-                                    "Did you mean 'workspace show'?"),
-    (("keys", "remvoe", "SHA256:x"), "Unknown command: keys remvoe. "
-                                     "Did you mean 'keys remove'?"),
-])
+
+@pytest.mark.parametrize(
+    "typed,first_line",
+    [
+        (("recovery-code",), "Unknown command: recovery-code. Did you mean 'recovery-codes'?"),
+        (("whoiam",), "Unknown command: whoiam. Did you mean 'whoami'?"),
+        (("2sv", "enabel"), "Unknown command: 2sv enabel. Did you mean '2sv enable'? Usage: "),
+        (
+            ("recovery-codes", "regenrate"),
+            "Unknown command: recovery-codes regenrate. Did you mean 'recovery-codes regenerate'?",
+        ),
+        (
+            ("security-key", "lsit"),
+            "Unknown command: security-key lsit. Did you mean 'security-key list'?",
+        ),
+        (
+            ("workspace", "shwo", "acme"),
+            "Unknown command: workspace shwo. Did you mean 'workspace show'?",
+        ),
+        (
+            ("keys", "remvoe", "SHA256:x"),
+            "Unknown command: keys remvoe. Did you mean 'keys remove'?",
+        ),
+    ],
+)
 def test_ssh_typos_get_a_suggestion(gw, typed, first_line):
     user = gw.user()
     result = gw.ssh(user, *typed)
@@ -310,11 +357,13 @@ def test_ssh_nonsense_gets_no_suggestion(gw):
 
 # --- 10. auth.failed says who and why ---------------------------------------------------
 
+
 def auth_failures(gw: Gateway, offset: int) -> list[str]:
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
-        lines = [line for line in gw.server_log()[offset:].splitlines()
-                 if "event=auth.failed" in line]
+        lines = [
+            line for line in gw.server_log()[offset:].splitlines() if "event=auth.failed" in line
+        ]
         if lines:
             return lines
         time.sleep(0.1)
@@ -351,9 +400,14 @@ def test_auth_failed_user_name_is_escaped(gw):
 
     async def attempt():
         try:
-            async with asyncssh.connect("127.0.0.1", port=gw.port, username=hostile,
-                                        known_hosts=None, agent_path=None,
-                                        client_keys=[str(user.key)]):
+            async with asyncssh.connect(
+                "127.0.0.1",
+                port=gw.port,
+                username=hostile,
+                known_hosts=None,
+                agent_path=None,
+                client_keys=[str(user.key)],
+            ):
                 return "in"
         except asyncssh.PermissionDenied:
             return "denied"
@@ -368,10 +422,15 @@ def test_auth_failed_user_name_is_escaped(gw):
 
 # --- 3. the host name in messages users copy ---------------------------------------------
 
+
 def machine_name() -> str:
     for name in (socket.getfqdn(), socket.gethostname()):
-        if name and name != "localhost" and not name.startswith("localhost.") and \
-                not name.startswith("127."):
+        if (
+            name
+            and name != "localhost"
+            and not name.startswith("localhost.")
+            and not name.startswith("127.")
+        ):
             return name
     return "localhost"
 
@@ -392,25 +451,28 @@ def test_listening_on_every_address_messages_say_the_machine_name(private_gatewa
     env_listen = {"GATEWAY_LISTEN": f"0.0.0.0:{gw.port}"}
     gw.env.update(env_listen)
     added = gw.cli("repo", "add", f"{ws}/widgets")
-    assert f"Clone it with: git clone ssh://git@{name}:{gw.port}/{ws}/widgets.git" in \
-        added.stdout
+    assert f"Clone it with: git clone ssh://git@{name}:{gw.port}/{ws}/widgets.git" in added.stdout
     gw.git(user, "ls-remote", gw.url(f"{ws}/widgets"))  # and the gateway serves it
     check = gw.cli("config", "check")
     assert "WARNING" not in check.stdout
     assert f"# messages users copy say: ssh -p {gw.port} git@{name} ..." in check.stdout
 
 
-@pytest.mark.parametrize("listen,ssh_host,warns", [
-    ("0.0.0.0:2222", "localhost", True),
-    ("[::]:2222", "ip6-localhost", True),
-    ("0.0.0.0:2222", "127.0.0.1", True),
-    ("192.0.2.10:2222", "localhost.localdomain", True),
-    ("0.0.0.0:2222", "git.example.com", False),
-    ("127.0.0.1:2222", "localhost", False),
-    ("127.0.0.1:2222", "", False),
-])
-def test_config_check_warns_of_a_loopback_host_on_a_public_listener(tmp_path, gw, listen,
-                                                                    ssh_host, warns):
+@pytest.mark.parametrize(
+    "listen,ssh_host,warns",
+    [
+        ("0.0.0.0:2222", "localhost", True),
+        ("[::]:2222", "ip6-localhost", True),
+        ("0.0.0.0:2222", "127.0.0.1", True),
+        ("192.0.2.10:2222", "localhost.localdomain", True),
+        ("0.0.0.0:2222", "git.example.com", False),
+        ("127.0.0.1:2222", "localhost", False),
+        ("127.0.0.1:2222", "", False),
+    ],
+)
+def test_config_check_warns_of_a_loopback_host_on_a_public_listener(
+    tmp_path, gw, listen, ssh_host, warns
+):
     env = {**gw.env, "GATEWAY_LISTEN": listen, "GATEWAY_SSH_HOST": ssh_host}
     result = run([*GATEWAY, "--data-dir", str(tmp_path / "var"), "config", "check"], env=env)
     assert result.returncode == 0, result.stderr
@@ -422,8 +484,9 @@ def test_config_check_warns_of_a_loopback_host_on_a_public_listener(tmp_path, gw
 
 def test_a_loopback_host_is_logged_at_start(private_gateway):
     gw = private_gateway("0.0.0.0", env={"GATEWAY_SSH_HOST": "localhost"})
-    assert re.search(r"level=warning event=settings.warning problem=.*set ssh_host",
-                     gw.server_log()), gw.server_log()
+    assert re.search(
+        r"level=warning event=settings.warning problem=.*set ssh_host", gw.server_log()
+    ), gw.server_log()
 
 
 def test_machine_name_falls_back_past_loopback_names(monkeypatch):

@@ -18,18 +18,34 @@ from pathlib import Path
 import pytest
 from dulwich.objects import Blob, Commit, Tag, Tree
 
+from gateway.git.receive import fsck as checker
 from testkit import local_git
 from testkit.localgit import commit, fsck
-from testkit.pushes import assert_clean_log, bare_refs, has_object, log_since, no_quarantine_soon, seed
+from testkit.pushes import (
+    assert_clean_log,
+    bare_refs,
+    has_object,
+    log_since,
+    no_quarantine_soon,
+    seed,
+)
 from testkit.receivepack import RawObject, commands, make_commit, pack_of, sideband, tree_bytes
-from gateway.git.receive import fsck as checker
 
 SHA = bytes(range(1, 21))  # some entry's binary sha
 
 
 def hash_object(clone: Path, kind: str, data: bytes) -> str:
-    return subprocess.run(["git", "hash-object", "-w", "--literally", "-t", kind, "--stdin"],
-                          cwd=clone, input=data, capture_output=True, check=True).stdout.decode().strip()
+    return (
+        subprocess.run(
+            ["git", "hash-object", "-w", "--literally", "-t", kind, "--stdin"],
+            cwd=clone,
+            input=data,
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .strip()
+    )
 
 
 def commit_on(clone: Path, tree: str, parent: str, message: str = "hostile") -> str:
@@ -75,8 +91,11 @@ HOSTILE_TREES = {
     "hasDot": [(b"40000", b".", "tree")],
     "fullPathname": [(b"100644", b"a/../../x", None)],
     "duplicateEntries": [(b"100644", b"a", None), (b"100644", b"a", None)],
-    "duplicateEntries-file-and-dir": [(b"100644", b"a", None), (b"100644", b"a.b", None),
-                                      (b"40000", b"a", "tree")],
+    "duplicateEntries-file-and-dir": [
+        (b"100644", b"a", None),
+        (b"100644", b"a.b", None),
+        (b"40000", b"a", "tree"),
+    ],
     "treeNotSorted": [(b"100644", b"b", None), (b"100644", b"a", None)],
     "zeroPaddedFilemode": [(b"0100644", b"a", None)],
     "badFilemode": [(b"100777", b"a", None)],
@@ -89,8 +108,10 @@ def test_hostile_tree_pushed_with_git_is_refused(gw, repo, case):
     alice, path, clone, first, refused, unchanged = repo
     blob = hash_object(clone, "blob", b"payload\n")
     subtree = hash_object(clone, "tree", tree_bytes((b"100644", b"f", bytes.fromhex(blob))))
-    entries = [(mode, name, bytes.fromhex(subtree if kind == "tree" else blob))
-               for mode, name, kind in HOSTILE_TREES[case]]
+    entries = [
+        (mode, name, bytes.fromhex(subtree if kind == "tree" else blob))
+        for mode, name, kind in HOSTILE_TREES[case]
+    ]
     tree = hash_object(clone, "tree", tree_bytes(*entries))
     tip = commit_on(clone, tree, first)
     result = gw.git(alice, "push", "origin", f"{tip}:refs/heads/main", cwd=clone, check=False)
@@ -107,17 +128,30 @@ GITMODULES = {
 }
 
 
-@pytest.mark.parametrize("case,name", [(case, ".gitmodules") for case in GITMODULES] + [
-    ("gitmodulesUrl", ".GITMODULES"), ("gitmodulesUrl", "gitmod~1"),
-    ("gitmodulesName", ".gitmodules."), ("gitmodulesUrl", ".g\u200citmodules")])
+@pytest.mark.parametrize(
+    "case,name",
+    [(case, ".gitmodules") for case in GITMODULES]
+    + [
+        ("gitmodulesUrl", ".GITMODULES"),
+        ("gitmodulesUrl", "gitmod~1"),
+        ("gitmodulesName", ".gitmodules."),
+        ("gitmodulesUrl", ".g\u200citmodules"),
+    ],
+)
 def test_hostile_gitmodules_is_refused(gw, repo, case, name):
     """CVE-2018-11235's shape: a .gitmodules (under any name Windows or macOS reads as one)
     whose url is an option, whose name climbs out of .git/modules, ..."""
     alice, path, clone, first, refused, unchanged = repo
     blob = hash_object(clone, "blob", GITMODULES[case])
     readme = hash_object(clone, "blob", b"hello\n")
-    tree = hash_object(clone, "tree", tree_bytes((b"100644", name.encode(), bytes.fromhex(blob)),
-                                                 (b"100644", b"README.md", bytes.fromhex(readme))))
+    tree = hash_object(
+        clone,
+        "tree",
+        tree_bytes(
+            (b"100644", name.encode(), bytes.fromhex(blob)),
+            (b"100644", b"README.md", bytes.fromhex(readme)),
+        ),
+    )
     tip = commit_on(clone, tree, first)
     result = gw.git(alice, "push", "origin", f"{tip}:refs/heads/main", cwd=clone, check=False)
     refused(result, tip, tree, blob, msg_id=case)
@@ -168,10 +202,20 @@ def test_bad_tag_is_refused_and_every_ref_of_the_push_with_it(gw, repo):
     """One bad object refuses the whole push, as in C git: a good branch beside it waits."""
     alice, path, clone, first, refused, unchanged = repo
     good = commit(clone, "ok.txt", "fine\n")
-    tag = hash_object(clone, "tag", f"object {good}\ntype commit\ntag v1\n"
-                                    f"tagger A a@b 1700000000 +0000\n\nm\n".encode())
-    result = gw.git(alice, "push", "origin", "HEAD:refs/heads/main", f"{tag}:refs/tags/v1",
-                    cwd=clone, check=False)
+    tag = hash_object(
+        clone,
+        "tag",
+        f"object {good}\ntype commit\ntag v1\ntagger A a@b 1700000000 +0000\n\nm\n".encode(),
+    )
+    result = gw.git(
+        alice,
+        "push",
+        "origin",
+        "HEAD:refs/heads/main",
+        f"{tag}:refs/tags/v1",
+        cwd=clone,
+        check=False,
+    )
     assert result.returncode != 0
     assert f"remote: error: object {tag}: missingEmail: " in result.stderr
     assert f"[remote rejected] {tag} -> v1 (unpacker error)" in result.stderr, result.stderr
@@ -184,8 +228,12 @@ def test_object_dulwich_cannot_parse_is_refused_too(gw, repo):
     own words: still one refusal for the whole push, and nothing moves."""
     alice, path, clone, first, refused, unchanged = repo
     tree = local_git("rev-parse", "HEAD^{tree}", cwd=clone).strip()
-    bad = hash_object(clone, "commit", f"tree {tree}\nparent {first}\nauthor A <a@b> 1 +00x0\n"
-                                       f"committer A <a@b> 1 +0000\n\nm\n".encode())
+    bad = hash_object(
+        clone,
+        "commit",
+        f"tree {tree}\nparent {first}\nauthor A <a@b> 1 +00x0\n"
+        f"committer A <a@b> 1 +0000\n\nm\n".encode(),
+    )
     result = gw.git(alice, "push", "origin", f"{bad}:refs/heads/main", cwd=clone, check=False)
     assert "remote unpack failed: " in result.stderr, result.stderr
     assert re.search(r"\[remote rejected\] \S+ -> main \(unpacker error\)", result.stderr)
@@ -199,8 +247,16 @@ def test_legitimate_history_still_pushes(gw, repo, tmp_path):
     sub = tmp_path / "sub"
     local_git("init", "-q", str(sub), cwd=tmp_path)
     commit(sub, "lib.c", "int x;\n")
-    local_git("-c", "protocol.file.allow=always", "submodule", "add", "-q", str(sub), "vendor/lib",
-              cwd=clone)
+    local_git(
+        "-c",
+        "protocol.file.allow=always",
+        "submodule",
+        "add",
+        "-q",
+        str(sub),
+        "vendor/lib",
+        cwd=clone,
+    )
     local_git("commit", "-qm", "a submodule", cwd=clone)
     for name in [".github/workflows/ci.yml", ".gitignore", "a.b", "a/c", "a-b", ".gitkeep"]:
         commit(clone, name, "x\n")
@@ -247,11 +303,22 @@ def test_raw_pack_with_hostile_tree_is_refused(gw, repo, case):
     data = RAW_TREES[case].replace(SHA, bytes.fromhex(blob.id.decode()))
     tree = RawObject.of(Tree, data)
     tip = make_commit(tree.id, [first.encode()])
-    body = commands((first.encode(), tip.id, b"refs/heads/main"),
-                    caps=b"report-status side-band-64k") + pack_of(tip, tree, blob)
-    result = subprocess.run([*gw.ssh_command(alice.key), "-p", str(gw.port), "git@127.0.0.1",
-                             f"git-receive-pack '{path}.git'"], input=body, capture_output=True,
-                            env=gw.env, timeout=60)
+    body = commands(
+        (first.encode(), tip.id, b"refs/heads/main"), caps=b"report-status side-band-64k"
+    ) + pack_of(tip, tree, blob)
+    result = subprocess.run(
+        [
+            *gw.ssh_command(alice.key),
+            "-p",
+            str(gw.port),
+            "git@127.0.0.1",
+            f"git-receive-pack '{path}.git'",
+        ],
+        input=body,
+        capture_output=True,
+        env=gw.env,
+        timeout=60,
+    )
     report, text = sideband(result.stdout)
     if case == "badTree-mode" or case == "badTree":
         # dulwich's own parse in packin may refuse it first: refused either way
@@ -295,14 +362,18 @@ def test_a_repository_can_accept_one_class_of_legacy_objects(gw, repo):
 
 def test_levels_change_severities():
     data = tree_bytes((b"0100644", b"a", SHA))
-    for levels, expected in [({}, [("zeroPaddedFilemode", True)]),
-                             ({"zeropaddedfilemode": "warn"}, [("zeroPaddedFilemode", False)]),
-                             ({"zeropaddedfilemode": "ignore"}, [])]:
+    for levels, expected in [
+        ({}, [("zeroPaddedFilemode", True)]),
+        ({"zeropaddedfilemode": "warn"}, [("zeroPaddedFilemode", False)]),
+        ({"zeropaddedfilemode": "ignore"}, []),
+    ]:
         c = checker.Checker(levels)
         c.check(b"0" * 40, Tree.type_num, data)
         assert [(p.msg_id, p.is_error) for p in c.problems] == expected, levels
     c = checker.Checker({"missingtaggerentry": "error"})
-    c.check(b"0" * 40, Tag.type_num, b"object " + SHA.hex().encode() + b"\ntype commit\ntag v\n\nm\n")
+    c.check(
+        b"0" * 40, Tag.type_num, b"object " + SHA.hex().encode() + b"\ntype commit\ntag v\n\nm\n"
+    )
     assert [(p.msg_id, p.is_error) for p in c.problems] == [("missingTaggerEntry", True)]
 
 
@@ -322,12 +393,23 @@ def test_thin_pack_base_already_stored_is_not_checked(private, tmp_path):
     # The same tree with one more entry: git sends it as a delta against the legacy tree.
     extra = tree_bytes(*[(m, n, blob) for m, n, _ in entries], (b"0100644", b"zzz.txt", blob))
     newer = hash_object(clone, "tree", extra)
-    refused = g.git(alice, "push", "origin", f"{commit_on(clone, newer, old_tip)}:refs/heads/main",
-                    cwd=clone, check=False)
+    refused = g.git(
+        alice,
+        "push",
+        "origin",
+        f"{commit_on(clone, newer, old_tip)}:refs/heads/main",
+        cwd=clone,
+        check=False,
+    )
     assert "zeroPaddedFilemode" in refused.stderr  # the new tree is checked ...
     assert f"object {legacy}" not in refused.stderr  # ... its stored base is not
-    local_git("fetch", "-q", "origin", cwd=clone, env={**g.env, "GIT_SSH_COMMAND": " ".join(
-        g.ssh_command(alice.key))})
+    local_git(
+        "fetch",
+        "-q",
+        "origin",
+        cwd=clone,
+        env={**g.env, "GIT_SSH_COMMAND": " ".join(g.ssh_command(alice.key))},
+    )
     local_git("reset", "-q", "--hard", "origin/main", cwd=clone)
     tip = commit(clone, "new.txt", "new\n")
     g.git(alice, "push", "origin", "HEAD:main", cwd=clone)
@@ -336,30 +418,69 @@ def test_thin_pack_base_already_stored_is_not_checked(private, tmp_path):
 
 # --- the checker alone ------------------------------------------------------------------------
 
+
 def problems_of(kind: int, data: bytes) -> list[str]:
     c = checker.Checker()
     c.check(b"0" * 40, kind, data)
     return sorted({p.msg_id for p in c.problems})
 
 
-@pytest.mark.parametrize("name", [b".git", b".Git", b".GIT", b"git~1", b"GIT~1", b".git.",
-                                  b".git ", b".git . .", b".git::$INDEX_ALLOCATION",
-                                  ".g\u200cit".encode(), ".\ufeffgit".encode(),
-                                  ".GI\u200dT".encode(), b"x\\.git", b"x\\git~1\\y"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        b".git",
+        b".Git",
+        b".GIT",
+        b"git~1",
+        b"GIT~1",
+        b".git.",
+        b".git ",
+        b".git . .",
+        b".git::$INDEX_ALLOCATION",
+        ".g\u200cit".encode(),
+        ".\ufeffgit".encode(),
+        ".GI\u200dT".encode(),
+        b"x\\.git",
+        b"x\\git~1\\y",
+    ],
+)
 def test_dotgit_forms(name):
     assert "hasDotgit" in problems_of(Tree.type_num, tree_bytes((b"40000", name, SHA)))
 
 
-@pytest.mark.parametrize("name", [b".github", b".gitignore", b".gitkeep", b"git", b".gi",
-                                  b"git~2", b"a.git", b".git-blame-ignore-revs", b"xgit~1",
-                                  ".gi\u00e9t".encode()])
+@pytest.mark.parametrize(
+    "name",
+    [
+        b".github",
+        b".gitignore",
+        b".gitkeep",
+        b"git",
+        b".gi",
+        b"git~2",
+        b"a.git",
+        b".git-blame-ignore-revs",
+        b"xgit~1",
+        ".gi\u00e9t".encode(),
+    ],
+)
 def test_names_that_are_not_dotgit(name):
     assert problems_of(Tree.type_num, tree_bytes((b"40000", name, SHA))) == []
 
 
-@pytest.mark.parametrize("name", [b".gitmodules", b".GitModules", b".gitmodules . ",
-                                  b".gitmodules:$DATA", b"gitmod~1", b"GITMOD~4", b"gi7eba~1",
-                                  b"GI7EBA~9", ".git\u200cmodules".encode()])
+@pytest.mark.parametrize(
+    "name",
+    [
+        b".gitmodules",
+        b".GitModules",
+        b".gitmodules . ",
+        b".gitmodules:$DATA",
+        b"gitmod~1",
+        b"GITMOD~4",
+        b"gi7eba~1",
+        b"GI7EBA~9",
+        ".git\u200cmodules".encode(),
+    ],
+)
 def test_gitmodules_forms_are_found(name):
     c = checker.Checker()
     c.check(b"0" * 40, Tree.type_num, tree_bytes((b"100644", name, SHA)))
@@ -375,8 +496,15 @@ def test_not_gitmodules(name):
 
 def test_a_tree_dulwich_writes_is_clean():
     tree = Tree()
-    for name, mode in [(b"a", 0o040000), (b"a.c", 0o100644), (b"a-b", 0o100755), (b"b", 0o120000),
-                       (b"sub", 0o160000), (b"a0", 0o040000), (b".gitmodules", 0o100644)]:
+    for name, mode in [
+        (b"a", 0o040000),
+        (b"a.c", 0o100644),
+        (b"a-b", 0o100755),
+        (b"b", 0o120000),
+        (b"sub", 0o160000),
+        (b"a0", 0o040000),
+        (b".gitmodules", 0o100644),
+    ]:
         tree.add(name, mode, SHA.hex().encode())
     assert problems_of(Tree.type_num, tree.as_raw_string()) == []
 
@@ -386,9 +514,16 @@ def test_tree_order_rules():
     assert problems_of(2, tree_bytes((file_, b"a.c", SHA), (dir_, b"a", SHA))) == []  # a/ > a.c
     assert problems_of(2, tree_bytes((dir_, b"a", SHA), (file_, b"a.c", SHA))) == ["treeNotSorted"]
     assert problems_of(2, tree_bytes((file_, b"a", SHA), (dir_, b"a", SHA))) == ["duplicateEntries"]
-    assert problems_of(2, tree_bytes((file_, b"foo", SHA), (file_, b"foo.bar", SHA),
-                                     (file_, b"foo.bar.baz", SHA), (dir_, b"foo.bar", SHA),
-                                     (dir_, b"foo", SHA))) == ["duplicateEntries"]
+    assert problems_of(
+        2,
+        tree_bytes(
+            (file_, b"foo", SHA),
+            (file_, b"foo.bar", SHA),
+            (file_, b"foo.bar.baz", SHA),
+            (dir_, b"foo.bar", SHA),
+            (dir_, b"foo", SHA),
+        ),
+    ) == ["duplicateEntries"]
 
 
 def test_tree_mode_rules():
@@ -415,8 +550,12 @@ def test_commit_rules():
     assert problems_of(1, good) == []
     assert problems_of(1, good.replace(b"tree ", b"tree x", 1)) == ["badTreeSha1"]
     assert problems_of(1, good.replace(b"parent ", b"parent 12", 1)) == ["badParentSha1"]
-    assert problems_of(1, good.replace(b"A U Thor <", b"A U Thor<", 1)) == ["missingSpaceBeforeEmail"]
-    assert problems_of(1, good.replace(b"author A U Thor ", b"author ", 1)) == ["missingNameBeforeEmail"]
+    assert problems_of(1, good.replace(b"A U Thor <", b"A U Thor<", 1)) == [
+        "missingSpaceBeforeEmail"
+    ]
+    assert problems_of(1, good.replace(b"author A U Thor ", b"author ", 1)) == [
+        "missingNameBeforeEmail"
+    ]
     assert problems_of(1, good.replace(b"-0100", b"-01", 1)) == ["badTimezone"]
     assert problems_of(1, good.replace(b"\n\n", b"\0\n\n", 1)) == ["nulInHeader"]
     assert problems_of(1, good.replace(b"message", b"mes\0sage")) == ["nulInCommit"]
@@ -443,20 +582,45 @@ def test_tag_rules():
     assert [(p.msg_id, p.is_error) for p in c.problems] == [("missingTaggerEntry", False)]
 
 
-@pytest.mark.parametrize("url", [b"https://example.com/a/b.git", b"../sibling.git", b"./sub",
-                                 b"git@example.com:a/b.git", b"ssh://git@example.com/a/b",
-                                 b"git://example.com/a", b"/srv/git/a.git", b"file:///srv/a",
-                                 b"https://user@example.com:8443/a/../b", b"../../x/y.git"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        b"https://example.com/a/b.git",
+        b"../sibling.git",
+        b"./sub",
+        b"git@example.com:a/b.git",
+        b"ssh://git@example.com/a/b",
+        b"git://example.com/a",
+        b"/srv/git/a.git",
+        b"file:///srv/a",
+        b"https://user@example.com:8443/a/../b",
+        b"../../x/y.git",
+    ],
+)
 def test_submodule_urls_allowed(url):
     assert checker.submodule_url_ok(url)
 
 
-@pytest.mark.parametrize("url", [b"--upload-pack=touch /tmp/x", b"-u./payload",
-                                 b"../../../:evil", b"..//example.com/x", b".././:x",
-                                 b"http::https:///example.com", b"https://example.com/%0a",
-                                 b"https://a\nb/", b"git://host/%0Ax", b"./%0a",
-                                 b"https://host:0/", b"https://host:99999/", b"https://ho st/",
-                                 b"https://host/../x", b"https://host/%zz"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        b"--upload-pack=touch /tmp/x",
+        b"-u./payload",
+        b"../../../:evil",
+        b"..//example.com/x",
+        b".././:x",
+        b"http::https:///example.com",
+        b"https://example.com/%0a",
+        b"https://a\nb/",
+        b"git://host/%0Ax",
+        b"./%0a",
+        b"https://host:0/",
+        b"https://host:99999/",
+        b"https://ho st/",
+        b"https://host/../x",
+        b"https://host/%zz",
+    ],
+)
 def test_submodule_urls_refused(url):
     assert not checker.submodule_url_ok(url)
 
@@ -482,20 +646,28 @@ def test_gitmodules_parsing_as_git_does():
     assert gitmodules_ids(b'[SubModule "x"]\n URL = --x\n') == ["gitmodulesUrl"]
     assert gitmodules_ids(b'\xef\xbb\xbf[submodule "x"]\r\n\turl = --x\r\n') == ["gitmodulesUrl"]
     assert gitmodules_ids(b'[submodule "\\.\\./x"]\n path = y\n') == ["gitmodulesName"]
-    assert gitmodules_ids(b'[submodule.evil]\n url = --x\n') == ["gitmodulesUrl"]
+    assert gitmodules_ids(b"[submodule.evil]\n url = --x\n") == ["gitmodulesUrl"]
     assert gitmodules_ids(b'[submodule "x"]\n url = "-x\n') == ["gitmodulesParse"]
     assert gitmodules_ids(b'[submodule "x"]\n path = -x\n url = "unterminated\n') == [
-        "gitmodulesParse", "gitmodulesPath"]
+        "gitmodulesParse",
+        "gitmodulesPath",
+    ]
     assert gitmodules_ids(b'[submodule "x"]\n url = ok\0--x\n') == ["gitmodulesParse"]
     assert gitmodules_ids(b"[core]\n url = --not-a-submodule\n") == []
     assert gitmodules_ids(b"x" * (checker.GITMODULES_MAX + 1)) == ["gitmodulesLarge"]
 
 
 def test_report_escapes_and_bounds():
-    problems = [checker.Problem(b"1" * 40, "gitmodulesUrl",
-                                "disallowed submodule url: " + checker.shown(b"a\x1b[2Jb\nc"))]
-    problems += [checker.Problem(b"%040d" % i, "treeNotSorted", "not properly sorted")
-                 for i in range(30)]
+    problems = [
+        checker.Problem(
+            b"1" * 40,
+            "gitmodulesUrl",
+            "disallowed submodule url: " + checker.shown(b"a\x1b[2Jb\nc"),
+        )
+    ]
+    problems += [
+        checker.Problem(b"%040d" % i, "treeNotSorted", "not properly sorted") for i in range(30)
+    ]
     text = checker.report(problems).decode()
     assert "\x1b" not in text and "a\\x1b[2Jb\\x0ac" in text
     assert text.count("\n") == checker.MAX_REPORTED + 2  # + "... and N more" + "fatal:"
@@ -521,7 +693,8 @@ def test_only_objects_new_to_the_repository_are_checked(tmp_path):
     assert [(p.sha, p.msg_id) for p in found] == [(fresh.id, "hasDotgit")]
     found = checker.check_new_objects(stores["quarantine"], stores["empty"])
     assert sorted((p.sha, p.msg_id) for p in found) == sorted(
-        [(fresh.id, "hasDotgit"), (legacy.id, "zeroPaddedFilemode")])
+        [(fresh.id, "hasDotgit"), (legacy.id, "zeroPaddedFilemode")]
+    )
 
 
 def test_the_fast_path_for_usual_trees_agrees_with_the_entry_by_entry_rules():
@@ -530,15 +703,31 @@ def test_the_fast_path_for_usual_trees_agrees_with_the_entry_by_entry_rules():
     import random
 
     rng = random.Random(4)
-    alphabet = [b"a", b"b", b".", b"g", b"G", b"i", b"t", b"/", b"\\", b"~", b"1", b" ",
-                b"-", b"\xe2\x80\x8c"]
+    alphabet = [
+        b"a",
+        b"b",
+        b".",
+        b"g",
+        b"G",
+        b"i",
+        b"t",
+        b"/",
+        b"\\",
+        b"~",
+        b"1",
+        b" ",
+        b"-",
+        b"\xe2\x80\x8c",
+    ]
     modes = [b"100644", b"100755", b"40000", b"120000", b"160000", b"0100644", b"100664"]
     for _ in range(3000):
         entries = []
         for _ in range(rng.randint(0, 6)):
-            name = rng.choice([b"a", b"a.b", b"a-b", b"ab", b"a0", b".gitmodules", b"g"]) \
-                if rng.random() < 0.5 else b"".join(rng.choice(alphabet)
-                                                   for _ in range(rng.randint(0, 4)))
+            name = (
+                rng.choice([b"a", b"a.b", b"a-b", b"ab", b"a0", b".gitmodules", b"g"])
+                if rng.random() < 0.5
+                else b"".join(rng.choice(alphabet) for _ in range(rng.randint(0, 4)))
+            )
             entries.append((rng.choice(modes), name, rng.choice([SHA, b"\0" * 20])))
         if rng.random() < 0.7:
             entries.sort(key=lambda e: e[1] + (b"/" if e[0] == b"40000" else b""))
@@ -559,12 +748,25 @@ def test_sizes_are_read_from_pack_entries_without_inflating(tmp_path):
     subprocess.run(["git", "init", "-q", "--bare", str(repo)], check=True)
     base = b"".join(b"line %d of a long file\n" % i for i in range(100000))
     shas = [hash_object(repo, "blob", base + tail) for tail in (b"", b"one more\n", b"x")]
-    subprocess.run(["git", "pack-objects", "-q", "objects/pack/pack"], cwd=repo, check=True,
-                   input="\n".join(shas).encode(), capture_output=True)
-    listing = subprocess.run("git verify-pack -v objects/pack/*.idx", shell=True, cwd=repo,
-                             capture_output=True, text=True).stdout
-    assert any(line.split()[0] in shas and len(line.split()) >= 7 for line in listing.splitlines()
-               if line[:1].isalnum()), listing  # at least one of them is a delta
+    subprocess.run(
+        ["git", "pack-objects", "-q", "objects/pack/pack"],
+        cwd=repo,
+        check=True,
+        input="\n".join(shas).encode(),
+        capture_output=True,
+    )
+    listing = subprocess.run(
+        "git verify-pack -v objects/pack/*.idx",
+        shell=True,
+        cwd=repo,
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert any(
+        line.split()[0] in shas and len(line.split()) >= 7
+        for line in listing.splitlines()
+        if line[:1].isalnum()
+    ), listing  # at least one of them is a delta
     store = DiskObjectStore(str(repo / "objects"))
     for sha in shas:
         size = int(local_git("cat-file", "-s", sha, cwd=repo))
@@ -607,19 +809,47 @@ def test_agrees_with_c_git_fsck(tmp_path):
 
     rng = random.Random(2018)
     blob = bytes.fromhex(write(3, b"x\n"))
-    texts = [*GITMODULES.values(), b'[submodule "x"]\n url = ../../:x\n',
-             b'[submodule "x"]\n url = https://h/%0a\n', b'[submodule "x"]\n url = "-x"\n',
-             b'[submodule "x"]\n url = http::https:///x\n', b'[submodule "a\\\\..\\\\b"]\n',
-             b'[submodule "x"]\n url = ./ok\n path = ok\n']
+    texts = [
+        *GITMODULES.values(),
+        b'[submodule "x"]\n url = ../../:x\n',
+        b'[submodule "x"]\n url = https://h/%0a\n',
+        b'[submodule "x"]\n url = "-x"\n',
+        b'[submodule "x"]\n url = http::https:///x\n',
+        b'[submodule "a\\\\..\\\\b"]\n',
+        b'[submodule "x"]\n url = ./ok\n path = ok\n',
+    ]
     modules = {bytes.fromhex(write(3, text)): text for text in texts}
-    names = [b"a", b"b", b"a.b", b"a-b", b".git", b".GIT", b"git~1", b".git.", b".git ", b"..",
-             b".", b"a/b", b".gitmodules", b"gitmod~1", b".GITMODULES", ".g\u200cit".encode(),
-             b"x\\.git", b".gitattributes", b".gitignore", b".mailmap", b"g", b"gi7eba~1"]
+    names = [
+        b"a",
+        b"b",
+        b"a.b",
+        b"a-b",
+        b".git",
+        b".GIT",
+        b"git~1",
+        b".git.",
+        b".git ",
+        b"..",
+        b".",
+        b"a/b",
+        b".gitmodules",
+        b"gitmod~1",
+        b".GITMODULES",
+        ".g\u200cit".encode(),
+        b"x\\.git",
+        b".gitattributes",
+        b".gitignore",
+        b".mailmap",
+        b"g",
+        b"gi7eba~1",
+    ]
     modes = [b"100644", b"100755", b"40000", b"120000", b"160000", b"0100644", b"100664", b"100600"]
     mine: dict[str, set[str]] = {}
     for _ in range(1500):
-        entries = [(rng.choice(modes), rng.choice(names), rng.choice([blob, *modules]))
-                   for _ in range(rng.randint(1, 4))]
+        entries = [
+            (rng.choice(modes), rng.choice(names), rng.choice([blob, *modules]))
+            for _ in range(rng.randint(1, 4))
+        ]
         entries = [(m, n, blob if m == b"40000" else s) for m, n, s in entries]
         if rng.random() < 0.6:
             entries.sort(key=lambda e: e[1] + (b"/" if e[0] == b"40000" else b""))
@@ -631,11 +861,15 @@ def test_agrees_with_c_git_fsck(tmp_path):
         c.finish(lambda sha, limit: (3, modules.get(bytes.fromhex(sha.decode()), b"x\n")))
         for p in c.problems:
             mine.setdefault(p.sha.decode(), set()).add(p.msg_id)
-    root = write(1, f"tree {write(2, b'')}\nauthor A <a@b> 1 +0000\ncommitter A <a@b> 1 +0000\n\nr\n"
-                    .encode())
-    seeds = {1: f"tree {write(2, b'')}\nparent {root}\nauthor A U <a@b.c> 1700000000 +0100\n"
-                f"committer A U <a@b.c> 1700000000 -0130\n\nmsg\n".encode(),
-             4: f"object {root}\ntype commit\ntag v1\ntagger A <a@b> 1700000000 +0000\n\nm\n".encode()}
+    root = write(
+        1,
+        f"tree {write(2, b'')}\nauthor A <a@b> 1 +0000\ncommitter A <a@b> 1 +0000\n\nr\n".encode(),
+    )
+    seeds = {
+        1: f"tree {write(2, b'')}\nparent {root}\nauthor A U <a@b.c> 1700000000 +0100\n"
+        f"committer A U <a@b.c> 1700000000 -0130\n\nmsg\n".encode(),
+        4: f"object {root}\ntype commit\ntag v1\ntagger A <a@b> 1700000000 +0000\n\nm\n".encode(),
+    }
     headers: dict[str, bool] = {}  # sha -> refused by us
     for _ in range(1500):
         kind = rng.choice([1, 4])
@@ -648,12 +882,17 @@ def test_agrees_with_c_git_fsck(tmp_path):
             elif choice < 0.7:
                 data[pos:pos] = bytes([rng.choice(b" \n\t\0<>+-0123456789.abc")])
             else:
-                del data[pos:pos + rng.randint(1, 5)]
+                del data[pos : pos + rng.randint(1, 5)]
         c = checker.Checker()
         c.check(b"0" * 40, kind, bytes(data))
         headers[write(kind, bytes(data))] = any(p.is_error for p in c.problems)
-    out = subprocess.run(["git", "fsck", "--strict", "--no-dangling", "--no-reflogs", "--no-progress"],
-                         cwd=repo, capture_output=True, text=True, errors="replace")
+    out = subprocess.run(
+        ["git", "fsck", "--strict", "--no-dangling", "--no-reflogs", "--no-progress"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        errors="replace",
+    )
     theirs: dict[str, set[str]] = collections.defaultdict(set)
     refused_by_git = set()
     for line in (out.stdout + out.stderr).splitlines():

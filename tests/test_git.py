@@ -111,7 +111,8 @@ def test_archive_remote(gw, setup, work):
         result = subprocess.run(
             ["git", "archive", f"--remote={gw.url(path)}", treeish],
             env={**gw.env, "GIT_SSH_COMMAND": " ".join(gw.ssh_command(alice.key))},
-            capture_output=True, cwd=work,
+            capture_output=True,
+            cwd=work,
         )
         assert result.returncode == 0, result.stderr
         names = tarfile.open(fileobj=io.BytesIO(result.stdout)).getnames()
@@ -121,7 +122,9 @@ def test_archive_remote(gw, setup, work):
         bad = subprocess.run(
             ["git", "archive", f"--remote={gw.url(path)}", bad_name],
             env={**gw.env, "GIT_SSH_COMMAND": " ".join(gw.ssh_command(alice.key))},
-            capture_output=True, text=True, cwd=work,
+            capture_output=True,
+            text=True,
+            cwd=work,
         )
         assert bad.returncode != 0 and "not a valid object name" in bad.stderr
 
@@ -133,7 +136,9 @@ def test_clone_of_repository_repacked_by_c_git_with_bitmaps(gw, setup, work):
     gw.git(alice, "push", "origin", "main", cwd=clone)
     # C git writes a .bitmap on `repack -adb`; then one more push adds a pack without one,
     # the layout that crashed dulwich's upload-pack.
-    subprocess.run(["git", "repack", "-adb"], cwd=gw.repo_dir(path), check=True, capture_output=True)
+    subprocess.run(
+        ["git", "repack", "-adb"], cwd=gw.repo_dir(path), check=True, capture_output=True
+    )
     assert list((gw.repo_dir(path) / "objects" / "pack").glob("*.bitmap"))
     tip = commit(clone, "after-repack.txt")
     gw.git(alice, "push", "origin", "main", cwd=clone)
@@ -173,8 +178,12 @@ def test_path_forms_and_case(gw, setup, work):
     """`acme/widgets`, `/acme/widgets.git` and other case all reach the same repository."""
     alice, path, clone, first = setup
     base = f"ssh://git@127.0.0.1:{gw.port}"
-    for url in (f"{base}/{path}", f"{base}/{path}.git", f"{base}/{path.upper()}.git",
-                f"git@127.0.0.1:{path}.git"):
+    for url in (
+        f"{base}/{path}",
+        f"{base}/{path}.git",
+        f"{base}/{path.upper()}.git",
+        f"git@127.0.0.1:{path}.git",
+    ):
         if url.startswith("git@"):
             continue  # scp-style URLs cannot carry a port; covered by the ssh:// forms
         out = gw.git(alice, "ls-remote", url).stdout

@@ -9,8 +9,8 @@ import struct
 
 import pytest
 
-from gateway.transport import limits, proxyproto
 from gateway.config import Settings
+from gateway.transport import limits, proxyproto
 from testkit import Clock
 
 
@@ -63,8 +63,9 @@ def test_full_cap_of_talking_clients_refuses_until_one_stalls():
 
 
 def test_address_cap_refuses_and_a_drop_frees_room_at_once():
-    caps, admit, dropped, talking, clock = tracker(max_connections_per_address=2,
-                                                   max_startups_per_address=2)
+    caps, admit, dropped, talking, clock = tracker(
+        max_connections_per_address=2, max_startups_per_address=2
+    )
     one = admit("10.0.0.1", "one")
     two = admit("10.0.0.1", "two")
     caps.authenticated(one)
@@ -94,13 +95,23 @@ def run_header(data: bytes):
 
 
 def v2(command: int, family: int, payload: bytes) -> bytes:
-    return proxyproto.V2_SIGNATURE + bytes([0x20 | command, family]) + struct.pack("!H", len(payload)) + payload
+    return (
+        proxyproto.V2_SIGNATURE
+        + bytes([0x20 | command, family])
+        + struct.pack("!H", len(payload))
+        + payload
+    )
 
 
 def test_proxy_v1_and_v2_give_the_source_and_leave_the_ssh_bytes():
     assert run_header(b"PROXY TCP4 192.0.2.1 10.0.0.1 51000 22\r\nSSH-2.0-x") == (
-        ("192.0.2.1", 51000), b"SSH-2.0-x")
-    assert run_header(b"PROXY TCP6 2001:db8::1 2001:db8::2 4000 22\r\n") == (("2001:db8::1", 4000), b"")
+        ("192.0.2.1", 51000),
+        b"SSH-2.0-x",
+    )
+    assert run_header(b"PROXY TCP6 2001:db8::1 2001:db8::2 4000 22\r\n") == (
+        ("2001:db8::1", 4000),
+        b"",
+    )
     assert run_header(b"PROXY UNKNOWN\r\nSSH") == (None, b"SSH")
     six = ipaddress.IPv6Address("2001:db8::7").packed + bytes(16) + struct.pack("!HH", 5000, 22)
     assert run_header(v2(1, 0x21, six) + b"SSH") == (("2001:db8::7", 5000), b"SSH")
@@ -109,18 +120,31 @@ def test_proxy_v1_and_v2_give_the_source_and_leave_the_ssh_bytes():
     assert run_header(v2(0, 0x00, b"")) == (None, b"")  # LOCAL: a health check
 
 
-@pytest.mark.parametrize("data", [
-    b"SSH-2.0-OpenSSH_9.6\r\n",
-    b"PROXY TCP4 999.0.0.1 10.0.0.1 1 22\r\n",
-    b"PROXY TCP4 2001:db8::1 10.0.0.1 1 22\r\n",
-    b"PROXY TCP4 192.0.2.1 10.0.0.1 99999 22\r\n",
-    b"PROXY TCP4 192.0.2.1\r\n",
-    b"PROXY " + b"1" * 120,
-    proxyproto.V2_SIGNATURE + bytes([0x11, 0x11]) + struct.pack("!H", 12) + bytes(12),
-    proxyproto.V2_SIGNATURE + bytes([0x21, 0x11]) + struct.pack("!H", 60000),
-    proxyproto.V2_SIGNATURE + bytes([0x21, 0x31]) + struct.pack("!H", 0),
-], ids=["ssh", "bad-ip", "v6-in-tcp4", "bad-port", "short", "overlong", "v2-version",
-        "v2-too-long", "v2-unix"])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"SSH-2.0-OpenSSH_9.6\r\n",
+        b"PROXY TCP4 999.0.0.1 10.0.0.1 1 22\r\n",
+        b"PROXY TCP4 2001:db8::1 10.0.0.1 1 22\r\n",
+        b"PROXY TCP4 192.0.2.1 10.0.0.1 99999 22\r\n",
+        b"PROXY TCP4 192.0.2.1\r\n",
+        b"PROXY " + b"1" * 120,
+        proxyproto.V2_SIGNATURE + bytes([0x11, 0x11]) + struct.pack("!H", 12) + bytes(12),
+        proxyproto.V2_SIGNATURE + bytes([0x21, 0x11]) + struct.pack("!H", 60000),
+        proxyproto.V2_SIGNATURE + bytes([0x21, 0x31]) + struct.pack("!H", 0),
+    ],
+    ids=[
+        "ssh",
+        "bad-ip",
+        "v6-in-tcp4",
+        "bad-port",
+        "short",
+        "overlong",
+        "v2-version",
+        "v2-too-long",
+        "v2-unix",
+    ],
+)
 def test_bad_proxy_headers_are_refused(data):
     with pytest.raises(proxyproto.ProxyHeaderError):
         run_header(data)

@@ -35,12 +35,15 @@ class Sshd:
         self.bin_dir = Path("/usr/local/libexec") / f"gateway-test-{uuid.uuid4().hex[:8]}"
         self.bin_dir.mkdir(mode=0o755, parents=True)
         keys_command = self.bin_dir / "gateway-keys"
-        keys_command.write_text(f"#!/bin/sh\nexec {sys.executable} -m gateway --data-dir "
-                                f"{g.data} authorized-keys \"$@\"\n")
+        keys_command.write_text(
+            f"#!/bin/sh\nexec {sys.executable} -m gateway --data-dir "
+            f'{g.data} authorized-keys "$@"\n'
+        )
         keys_command.chmod(0o755)
         host_key = root / "ssh_host_ed25519_key"
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host_key)],
-                       check=True)
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host_key)], check=True
+        )
         config = root / "sshd_config"
         config.write_text(f"""Port {self.port}
 ListenAddress 127.0.0.1
@@ -60,8 +63,9 @@ AcceptEnv GATEWAY_* PYTHON*
 """)
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
         self.log = open(root / "sshd.log", "ab")
-        self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdout=self.log,
-                                     stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [SSHD, "-D", "-e", "-f", str(config)], stdout=self.log, stderr=subprocess.STDOUT
+        )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             try:
@@ -77,11 +81,17 @@ AcceptEnv GATEWAY_* PYTHON*
         self.proc.wait(10)
         shutil.rmtree(self.bin_dir, ignore_errors=True)
 
-    def ssh(self, key: Path, *command: str, input: str = "",
-            extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
-        return subprocess.run([*self.g.ssh_command(key), *extra, "-p", str(self.port),
-                               "root@127.0.0.1", *command], input=input, capture_output=True,
-                              text=True, env=self.g.env, timeout=60)
+    def ssh(
+        self, key: Path, *command: str, input: str = "", extra: tuple[str, ...] = ()
+    ) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [*self.g.ssh_command(key), *extra, "-p", str(self.port), "root@127.0.0.1", *command],
+            input=input,
+            capture_output=True,
+            text=True,
+            env=self.g.env,
+            timeout=60,
+        )
 
     def serve_ssh(self, key: Path, *command: str, input: str = "") -> subprocess.CompletedProcess:
         """The same, through `gateway serve` (login name root there too: one ssh_user)."""
@@ -89,8 +99,14 @@ AcceptEnv GATEWAY_* PYTHON*
 
     def git(self, key: Path, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
         env = {**self.g.env, "GIT_SSH_COMMAND": " ".join(self.g.ssh_command(key))}
-        return subprocess.run(["git", *args], cwd=cwd or self.g.root, env=env,
-                              capture_output=True, text=True, timeout=120)
+        return subprocess.run(
+            ["git", *args],
+            cwd=cwd or self.g.root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
 
     def url(self, path: str) -> str:
         return f"ssh://root@127.0.0.1:{self.port}/{path}.git"
@@ -110,7 +126,8 @@ def front(tmp_path_factory):
     # messages show sshd's port (on both paths, so that their answers can be compared).
     port = free_port()
     (g.data / "gateway.toml").write_text(
-        f'ssh_user = "root"\nssh_port = {port}\ntwosv_backoff_seconds = 2\n')
+        f'ssh_user = "root"\nssh_port = {port}\ntwosv_backoff_seconds = 2\n'
+    )
     g.start()
     sshd = Sshd(g, root, port)
     yield sshd
@@ -120,9 +137,13 @@ def front(tmp_path_factory):
 
 def enrol(front: Sshd, user: User) -> str:
     """`2sv enable` through sshd: the QR page, then a code from the secret it shows."""
-    proc = subprocess.Popen([*front.g.ssh_command(user.key), "-p", str(front.port),
-                             "root@127.0.0.1", "2sv", "enable"], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=front.g.env)
+    proc = subprocess.Popen(
+        [*front.g.ssh_command(user.key), "-p", str(front.port), "root@127.0.0.1", "2sv", "enable"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=front.g.env,
+    )
     out = b""
     deadline = time.monotonic() + 30
     # The URI comes first and the Key line last: read the whole page before the code.
@@ -156,8 +177,11 @@ def test_authorized_keys_prints_a_forced_command_only_for_known_enabled_keys(fro
     assert line.returncode == 0 and line.stderr == ""
     out = line.stdout.strip()
     assert out.startswith('restrict,pty,command="') and out.endswith(
-        " ".join(alice.pub.read_text().split()[:2]))
-    assert f" -I -m gateway --data-dir {g.data.resolve()} shell --key {fingerprint(alice.pub)}\"" in out
+        " ".join(alice.pub.read_text().split()[:2])
+    )
+    assert (
+        f' -I -m gateway --data-dir {g.data.resolve()} shell --key {fingerprint(alice.pub)}"' in out
+    )
     assert "\n" not in out
     # The config file the lookup read is the one the shell is told to read.
     config = g.data / "gateway.toml"
@@ -173,9 +197,22 @@ def test_authorized_keys_prints_a_forced_command_only_for_known_enabled_keys(fro
     odd = tmp_path / "odd $(touch x).toml"
     shutil.copy(config, odd)
     key_type, blob = alice.pub.read_text().split()[:2]
-    refused = subprocess.run([*GATEWAY, "--data-dir", str(g.data), "--config", str(odd),
-                              "authorized-keys", "root", key_type, blob],
-                             capture_output=True, text=True, env=g.env)
+    refused = subprocess.run(
+        [
+            *GATEWAY,
+            "--data-dir",
+            str(g.data),
+            "--config",
+            str(odd),
+            "authorized-keys",
+            "root",
+            key_type,
+            blob,
+        ],
+        capture_output=True,
+        text=True,
+        env=g.env,
+    )
     assert refused.returncode == 1 and refused.stdout == ""
     assert refused.stderr.startswith("ERROR: Cannot put") and refused.stderr.count("\n") == 1
     stranger = make_key(tmp_path, "stranger")
@@ -219,9 +256,18 @@ def test_same_answers_as_gateway_serve(front, tmp_path):
     alice, reader, outsider = g.user(), g.user(), g.user()
     ws = g.workspace((alice, "admin"), (reader, "read"))
     path = g.repo(ws)
-    for command in ((), ("whoami",), ("help",), ("2sv", "status"), ("recovery-codes",),
-                    ("workspace", "show", ws), ("no-such-command", "x"), ("2sv", "verify"),
-                    ("git-upload-pack", "'nobody/none.git'"), ("git-receive-pack", f"'{path}'")):
+    for command in (
+        (),
+        ("whoami",),
+        ("help",),
+        ("2sv", "status"),
+        ("recovery-codes",),
+        ("workspace", "show", ws),
+        ("no-such-command", "x"),
+        ("2sv", "verify"),
+        ("git-upload-pack", "'nobody/none.git'"),
+        ("git-receive-pack", f"'{path}'"),
+    ):
         for user in (alice, outsider):
             same(front.ssh(user.key, *command), front.serve_ssh(user.key, *command))
     for user, args in ((outsider, ("ls-remote",)), (reader, ("push", "--all"))):
@@ -232,7 +278,8 @@ def test_same_answers_as_gateway_serve(front, tmp_path):
         via_serve = front.git(user.key, *args, front.serve_url(path), cwd=clone)
         assert via_sshd.returncode != 0 and "ERROR: " in via_sshd.stderr
         assert via_sshd.stderr.replace(str(front.port), "P") == via_serve.stderr.replace(
-            str(g.port), "P")
+            str(g.port), "P"
+        )
 
 
 def test_workspace_2sv_policy_and_session_through_sshd(front, tmp_path):
@@ -252,21 +299,36 @@ def test_workspace_2sv_policy_and_session_through_sshd(front, tmp_path):
     # `session`: each key needs a `2sv verify`; sessions opened through sshd count for
     # gateway serve too, one database behind both.
     g.cli("workspace", "require-2sv", ws, "session", "--window", "5")
-    expected = (f'ERROR: Workspace "{ws}" requires a verified two-step session.\n'
-                f"Open one with: ssh -p {front.port} root@127.0.0.1 2sv verify")
+    expected = (
+        f'ERROR: Workspace "{ws}" requires a verified two-step session.\n'
+        f"Open one with: ssh -p {front.port} root@127.0.0.1 2sv verify"
+    )
     for url in (front.url(path), front.serve_url(path)):
         refused = front.git(member.key, "ls-remote", url)
         assert refused.returncode != 0 and expected in refused.stderr
     assert "requires a verified two-step session" in front.ssh(member.key).stdout
-    wrong = front.ssh(member.key, "2sv", "verify", input="000000\n"
-                      if code_at(secret) != "000000" else "111111\n")
+    wrong = front.ssh(
+        member.key, "2sv", "verify", input="000000\n" if code_at(secret) != "000000" else "111111\n"
+    )
     assert wrong.returncode != 0 and "ERROR: " in wrong.stderr
     # Typed at a terminal (`ssh -tt`): sshd's pty echoes, erases and ends the line.
     code = fresh_code(secret)
     typed = code[:3] + "9\x7f" + code[3:] + "\r"
-    verified = subprocess.run([*g.ssh_command(member.key), "-tt", "-p", str(front.port),
-                               "root@127.0.0.1", "2sv", "verify"], input=typed.encode(),
-                              capture_output=True, env=g.env, timeout=60)  # bytes: \r kept
+    verified = subprocess.run(
+        [
+            *g.ssh_command(member.key),
+            "-tt",
+            "-p",
+            str(front.port),
+            "root@127.0.0.1",
+            "2sv",
+            "verify",
+        ],
+        input=typed.encode(),
+        capture_output=True,
+        env=g.env,
+        timeout=60,
+    )  # bytes: \r kept
     assert verified.returncode == 0, verified
     assert b"Two-step session open" in verified.stdout and b"\r\n" in verified.stdout
     for url in (front.url(path), front.serve_url(path)):
@@ -320,12 +382,17 @@ def test_variables_a_client_sends_change_nothing(front, tmp_path):
     evil.mkdir()
     canary = tmp_path / "canary"
     (evil / "sitecustomize.py").write_text(f"open({str(canary)!r}, 'w').write('ran')\n")
-    sent = ("-o", f"SetEnv=GATEWAY_SSH_PORT=1 GATEWAY_MASTER_KEY=zz PYTHONPATH={evil} "
-            f"GATEWAY_DATA_DIR={tmp_path}")
+    sent = (
+        "-o",
+        f"SetEnv=GATEWAY_SSH_PORT=1 GATEWAY_MASTER_KEY=zz PYTHONPATH={evil} "
+        f"GATEWAY_DATA_DIR={tmp_path}",
+    )
     result = front.ssh(user.key, "no-such-command", extra=sent)
     assert result.returncode == 1
-    assert result.stderr == ("ERROR: Unknown command: no-such-command\n"
-                             f"Run 'ssh -p {front.port} root@127.0.0.1 help' to see the commands.\n")
+    assert result.stderr == (
+        "ERROR: Unknown command: no-such-command\n"
+        f"Run 'ssh -p {front.port} root@127.0.0.1 help' to see the commands.\n"
+    )
     assert front.ssh(user.key, "whoami", extra=sent).stdout.strip() == user.name
     assert not canary.exists()
 
@@ -341,7 +408,8 @@ def capped(tmp_path_factory):
     port = free_port()
     (g.data / "gateway.toml").write_text(
         f'ssh_user = "root"\nssh_port = {port}\nmax_git_workers_per_account = 1\n'
-        "git_queue_timeout = 1\nrequest_timeout = 3\n")
+        "git_queue_timeout = 1\nrequest_timeout = 3\n"
+    )
     g.start()
     sshd = Sshd(g, root, port)
     yield sshd
@@ -366,13 +434,20 @@ def test_worker_caps_request_timeout_and_the_recheck_through_sshd(capped, tmp_pa
     local_git("commit", "-q", "--allow-empty", "-m", "first", cwd=seed, env=g.env)
     assert capped.git(owner.key, "push", "-q", "origin", "HEAD:main", cwd=seed).returncode == 0
     tip = local_git("rev-parse", "HEAD", cwd=seed).strip()
-    line = ("ERROR: Too many Git requests at once from this account (1 running); "
-            "try again in a minute")
+    line = (
+        "ERROR: Too many Git requests at once from this account (1 running); try again in a minute"
+    )
 
     async def hold(port: int, key: Path):
-        conn = await asyncssh.connect("127.0.0.1", port, username="root",
-                                      client_keys=[str(key)], known_hosts=None,
-                                      agent_path=None, config=None)
+        conn = await asyncssh.connect(
+            "127.0.0.1",
+            port,
+            username="root",
+            client_keys=[str(key)],
+            known_hosts=None,
+            agent_path=None,
+            config=None,
+        )
         proc = await conn.create_process(f"git-upload-pack '{path}.git'", encoding=None)
         while (head := await asyncio.wait_for(proc.stdout.readexactly(4), 20)) != b"0000":
             await proc.stdout.readexactly(int(head, 16) - 4)
@@ -380,11 +455,12 @@ def test_worker_caps_request_timeout_and_the_recheck_through_sshd(capped, tmp_pa
 
     async def go():
         answers = {}
-        for name, port, other in (("sshd", capped.port, capped.serve_url),
-                                  ("serve", g.port, capped.url)):
+        for name, port, other in (
+            ("sshd", capped.port, capped.serve_url),
+            ("serve", g.port, capped.url),
+        ):
             conn, proc = await hold(port, owner.key)
-            answers[name] = await asyncio.to_thread(
-                capped.git, owner.key, "ls-remote", other(path))
+            answers[name] = await asyncio.to_thread(capped.git, owner.key, "ls-remote", other(path))
             # Held past request_timeout with nothing sent: cut, with the line.
             err = await asyncio.wait_for(proc.stderr.read(), 20)
             await proc.wait_closed()
@@ -392,8 +468,9 @@ def test_worker_caps_request_timeout_and_the_recheck_through_sshd(capped, tmp_pa
             conn.close()
         conn, proc = await hold(capped.port, member.key)
         await asyncio.to_thread(g.cli, "member", "remove", ws, member.name)
-        proc.stdin.write(b"%04x" % (len(f"want {tip}\n") + 4) + f"want {tip}\n".encode()
-                         + b"00000009done\n")
+        proc.stdin.write(
+            b"%04x" % (len(f"want {tip}\n") + 4) + f"want {tip}\n".encode() + b"00000009done\n"
+        )
         proc.stdin.write_eof()
         out, err = await asyncio.gather(proc.stdout.read(), proc.stderr.read())
         conn.close()
@@ -403,8 +480,9 @@ def test_worker_caps_request_timeout_and_the_recheck_through_sshd(capped, tmp_pa
     answers = asyncio.run(go())
     for name in ("sshd", "serve"):
         assert answers[name].returncode != 0 and line in answers[name].stderr, answers[name]
-        assert answers[name + " cut"] == ("ERROR: The Git request did not arrive in full "
-                                          "within 3 seconds; closing\n"), answers
+        assert answers[name + " cut"] == (
+            "ERROR: The Git request did not arrive in full within 3 seconds; closing\n"
+        ), answers
     out, err = answers["recheck"]
     assert b"PACK" not in out and err.startswith(f"ERROR: Repository not found: {path}"), err
     # Nothing held any more: both transports serve the account again.

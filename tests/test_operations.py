@@ -27,9 +27,13 @@ from testkit.sshclient import connect
 def serve(g: Gateway, *extra: str, env: dict | None = None, timeout: float = 20):
     """Run `gateway serve` expecting it to refuse to start: (status, output)."""
     result = subprocess.run(
-        [*GATEWAY, "--data-dir", str(g.data), *extra, "serve", "--listen",
-         f"127.0.0.1:{g.port}"], capture_output=True, text=True, env={**g.env, **(env or {})},
-        cwd=g.root, timeout=timeout)
+        [*GATEWAY, "--data-dir", str(g.data), *extra, "serve", "--listen", f"127.0.0.1:{g.port}"],
+        capture_output=True,
+        text=True,
+        env={**g.env, **(env or {})},
+        cwd=g.root,
+        timeout=timeout,
+    )
     return result.returncode, result.stdout + result.stderr
 
 
@@ -62,8 +66,8 @@ def parse_logfmt(line: str) -> dict:
             end = 1
             while rest[end] != '"':
                 end += 2 if rest[end] == "\\" else 1
-            record[key] = json.loads(rest[:end + 1])
-            rest = rest[end + 1:].lstrip(" ")
+            record[key] = json.loads(rest[: end + 1])
+            rest = rest[end + 1 :].lstrip(" ")
         else:
             value, _, rest = rest.partition(" ")
             record[key] = value
@@ -108,41 +112,79 @@ def seeded(g: Gateway, tmp: Path):
 
 def test_config_check_lists_every_setting_with_its_source(private):
     g = private("max_sessions = 4\n", start=False)
-    result = subprocess.run([*GATEWAY, "--data-dir", str(g.data), "config", "check"],
-                            capture_output=True, text=True, cwd=g.root,
-                            env={**g.env, "GATEWAY_LOG_FORMAT": "json"})
+    result = subprocess.run(
+        [*GATEWAY, "--data-dir", str(g.data), "config", "check"],
+        capture_output=True,
+        text=True,
+        cwd=g.root,
+        env={**g.env, "GATEWAY_LOG_FORMAT": "json"},
+    )
     assert result.returncode == 0, result.stderr
-    lines = {line.split(" = ")[0]: line for line in result.stdout.splitlines()
-             if " = " in line}
+    lines = {line.split(" = ")[0]: line for line in result.stdout.splitlines() if " = " in line}
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     for name in config.SETTING_NAMES:
         assert name in lines, result.stdout
         assert f"`{name}`" in readme, f"setting {name} is not in the README"
-    assert lines["max_sessions"].startswith("max_sessions = 4  # ") and "gateway.toml" in lines["max_sessions"]
+    assert (
+        lines["max_sessions"].startswith("max_sessions = 4  # ")
+        and "gateway.toml" in lines["max_sessions"]
+    )
     assert lines["log_format"].startswith('log_format = "json"  # GATEWAY_LOG_FORMAT')
     assert lines["login_timeout"].startswith("login_timeout = 30  # default")
     assert result.stdout.rstrip().endswith("usable")
 
 
-@pytest.mark.parametrize("toml, env, expected", [
-    ("login_timout = 5\n", {}, "setting 'login_timout': unknown setting (did you mean 'login_timeout'?)"),
-    ("login_timeout = -5\n", {}, "setting 'login_timeout' must be between 1 and 3600 (got -5)"),
-    ("login_timeout = \"soon\"\n", {}, "setting 'login_timeout' must be a whole number"),
-    ("listen = \"nowhere\"\n", {}, "setting 'listen' must be HOST:PORT"),
-    ("log_format = \"xml\"\n", {}, "setting 'log_format' must be one of 'logfmt', 'json'"),
-    ("proxy_protocol = 1\n", {}, "setting 'proxy_protocol' must be true or false"),
-    ("listen = \"127.0.0.1:2222\n", {}, "is not valid TOML"),
-    ("idle_timeout = 30\nhook_timeout = 60\n", {}, "idle_timeout (30, from"),
-    ("", {"GATEWAY_MAX_SESSIONS": "ten"}, "GATEWAY_MAX_SESSIONS must be a whole number (got 'ten')"),
-    ("", {"GATEWAY_MAX_SESSIONS": "0"}, "GATEWAY_MAX_SESSIONS must be between 1 and 1000 (got 0)"),
-    ("", {"GATEWAY_PROXY_PROTOCOL": "maybe"}, "GATEWAY_PROXY_PROTOCOL must be true or false"),
-], ids=["unknown-key", "negative", "wrong-type", "bad-listen", "bad-choice", "not-bool",
-        "bad-toml", "idle-below-hook", "env-not-int", "env-out-of-range", "env-not-bool"])
+@pytest.mark.parametrize(
+    "toml, env, expected",
+    [
+        (
+            "login_timout = 5\n",
+            {},
+            "setting 'login_timout': unknown setting (did you mean 'login_timeout'?)",
+        ),
+        ("login_timeout = -5\n", {}, "setting 'login_timeout' must be between 1 and 3600 (got -5)"),
+        ('login_timeout = "soon"\n', {}, "setting 'login_timeout' must be a whole number"),
+        ('listen = "nowhere"\n', {}, "setting 'listen' must be HOST:PORT"),
+        ('log_format = "xml"\n', {}, "setting 'log_format' must be one of 'logfmt', 'json'"),
+        ("proxy_protocol = 1\n", {}, "setting 'proxy_protocol' must be true or false"),
+        ('listen = "127.0.0.1:2222\n', {}, "is not valid TOML"),
+        ("idle_timeout = 30\nhook_timeout = 60\n", {}, "idle_timeout (30, from"),
+        (
+            "",
+            {"GATEWAY_MAX_SESSIONS": "ten"},
+            "GATEWAY_MAX_SESSIONS must be a whole number (got 'ten')",
+        ),
+        (
+            "",
+            {"GATEWAY_MAX_SESSIONS": "0"},
+            "GATEWAY_MAX_SESSIONS must be between 1 and 1000 (got 0)",
+        ),
+        ("", {"GATEWAY_PROXY_PROTOCOL": "maybe"}, "GATEWAY_PROXY_PROTOCOL must be true or false"),
+    ],
+    ids=[
+        "unknown-key",
+        "negative",
+        "wrong-type",
+        "bad-listen",
+        "bad-choice",
+        "not-bool",
+        "bad-toml",
+        "idle-below-hook",
+        "env-not-int",
+        "env-out-of-range",
+        "env-not-bool",
+    ],
+)
 def test_a_bad_setting_is_one_line_naming_the_key_and_nothing_starts(private, toml, env, expected):
     g = private(start=False)
     (g.data / "gateway.toml").write_text(toml)
-    check = subprocess.run([*GATEWAY, "--data-dir", str(g.data), "config", "check"],
-                           capture_output=True, text=True, env={**g.env, **env}, cwd=g.root)
+    check = subprocess.run(
+        [*GATEWAY, "--data-dir", str(g.data), "config", "check"],
+        capture_output=True,
+        text=True,
+        env={**g.env, **env},
+        cwd=g.root,
+    )
     assert check.returncode == 1
     assert expected in one_error_line(check.stderr), check.stderr
     status, output = serve(g, env=env)
@@ -159,8 +201,20 @@ def test_env_overrides_the_file(private, tmp_path):
     stranger = make_key(tmp_path, "stranger")
     # Two keys offered: with one try allowed, the stranger's failure ends the connection.
     result = subprocess.run(
-        [*g.ssh_command(stranger), "-i", str(user.key), "-p", str(g.port), "git@127.0.0.1",
-         "whoami"], capture_output=True, text=True, env=g.env, timeout=30)
+        [
+            *g.ssh_command(stranger),
+            "-i",
+            str(user.key),
+            "-p",
+            str(g.port),
+            "git@127.0.0.1",
+            "whoami",
+        ],
+        capture_output=True,
+        text=True,
+        env=g.env,
+        timeout=30,
+    )
     assert result.returncode == 255 and user.name not in result.stdout, result
     assert g.ssh(user, "whoami").returncode == 0
 
@@ -261,7 +315,9 @@ def test_connections_per_address_are_capped(private, tmp_path):
             s.close()
     user = g.user()
     assert wait_for(lambda: g.ssh(user, "whoami").returncode == 0, 10)
-    assert [e for e in events(g, "connection.refused") if e["reason"] == "max_connections_per_address"]
+    assert [
+        e for e in events(g, "connection.refused") if e["reason"] == "max_connections_per_address"
+    ]
 
 
 def test_login_timeout_cuts_a_silent_client(private):
@@ -315,9 +371,13 @@ def test_a_prompt_left_unanswered_times_out(private):
     g = private("idle_timeout = 3\nhook_timeout = 1\n")
     user = g.user()
     started = time.monotonic()
-    proc = subprocess.Popen([*g.ssh_command(user.key), "-p", str(g.port), "git@127.0.0.1",
-                             "2sv", "enable"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=g.env)
+    proc = subprocess.Popen(
+        [*g.ssh_command(user.key), "-p", str(g.port), "git@127.0.0.1", "2sv", "enable"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=g.env,
+    )
     try:
         proc.wait(30)  # stdin stays open, nothing typed
         err = proc.stderr.read()
@@ -348,17 +408,25 @@ def test_an_idle_authenticated_connection_is_closed(private):
 
 
 def test_every_log_line_is_structured_and_tells_the_story(private, tmp_path):
-    g = private("log_format = \"json\"\n")
+    g = private('log_format = "json"\n')
     user, path, clone = seeded(g, tmp_path)
     outsider = g.user()
     g.git(outsider, "ls-remote", g.url(path), check=False)
     records = log_records(g)  # each line parsed as JSON
     names = {r["event"] for r in records}
-    for name in ("listening", "connection.open", "auth.ok", "command", "decision",
-                 "connection.close"):
+    for name in (
+        "listening",
+        "connection.open",
+        "auth.ok",
+        "command",
+        "decision",
+        "connection.close",
+    ):
         assert name in names, names
     auth = [r for r in records if r["event"] == "auth.ok" and r["account"] == user.name]
-    assert auth and auth[0]["key"].startswith("SHA256:") and auth[0]["peer"].startswith("127.0.0.1:")
+    assert (
+        auth and auth[0]["key"].startswith("SHA256:") and auth[0]["peer"].startswith("127.0.0.1:")
+    )
     pushes = [r for r in records if r["event"] == "command" and r["verb"] == "git-receive-pack"]
     assert pushes and pushes[0]["status"] == 0 and pushes[0]["target"] == path
     denied = [r for r in records if r["event"] == "decision" and r["account"] == outsider.name]
@@ -394,7 +462,7 @@ def metric(text: str, name: str, **labels) -> float:
 
 def test_metrics_health_and_ready_are_served_when_configured(private, tmp_path):
     port = free_port()
-    g = private(f"metrics_listen = \"127.0.0.1:{port}\"\n")
+    g = private(f'metrics_listen = "127.0.0.1:{port}"\n')
     user, path, _ = seeded(g, tmp_path)
     g.git(user, "ls-remote", g.url(path))
     g.ssh(user, "no-such-command")
@@ -438,10 +506,17 @@ def v2_header(address: str, port: int) -> bytes:
     import ipaddress
     import struct
 
-    addresses = (ipaddress.IPv4Address(address).packed + ipaddress.IPv4Address("127.0.0.1").packed
-                 + struct.pack("!HH", port, 22))
-    return (b"\r\n\r\n\x00\r\nQUIT\n" + bytes([0x21, 0x11]) + struct.pack("!H", len(addresses))
-            + addresses)
+    addresses = (
+        ipaddress.IPv4Address(address).packed
+        + ipaddress.IPv4Address("127.0.0.1").packed
+        + struct.pack("!HH", port, 22)
+    )
+    return (
+        b"\r\n\r\n\x00\r\nQUIT\n"
+        + bytes([0x21, 0x11])
+        + struct.pack("!H", len(addresses))
+        + addresses
+    )
 
 
 @pytest.mark.parametrize("version", ["v1", "v2"])
@@ -450,8 +525,11 @@ def test_proxy_protocol_gives_the_clients_address(private, tmp_path, version):
     user, path, _ = (g.user(), None, None)
     script = tmp_path / "proxy.py"
     script.write_text(PROXY_SCRIPT)
-    header = (b"PROXY TCP4 203.0.113.7 127.0.0.1 40001 22\r\n" if version == "v1"
-              else v2_header("203.0.113.7", 40001))
+    header = (
+        b"PROXY TCP4 203.0.113.7 127.0.0.1 40001 22\r\n"
+        if version == "v1"
+        else v2_header("203.0.113.7", 40001)
+    )
     proxy = f"ProxyCommand={sys.executable} {script} %h {g.port} {header.hex()}"
     result = g.ssh(user, "whoami", extra=("-o", proxy))
     assert result.returncode == 0 and user.name in result.stdout, result.stderr
@@ -459,16 +537,21 @@ def test_proxy_protocol_gives_the_clients_address(private, tmp_path, version):
     assert auth and auth[-1]["peer"] == "203.0.113.7:40001", auth
 
 
-@pytest.mark.parametrize("first_bytes", [b"SSH-2.0-OpenSSH_9.6\r\n", b"PROXY TCP4 junk\r\n",
-                                         b"PROXY " + b"9" * 200],
-                         ids=["no-header", "malformed-v1", "overlong-v1"])
+@pytest.mark.parametrize(
+    "first_bytes",
+    [b"SSH-2.0-OpenSSH_9.6\r\n", b"PROXY TCP4 junk\r\n", b"PROXY " + b"9" * 200],
+    ids=["no-header", "malformed-v1", "overlong-v1"],
+)
 def test_without_a_valid_proxy_header_the_connection_is_closed(private, first_bytes):
     g = private("proxy_protocol = true\n")
     with socket.create_connection(("127.0.0.1", g.port), timeout=10) as s:
         s.sendall(first_bytes)
         assert closed_without_banner(s)
-    assert wait_for(lambda: [e for e in events(g, "connection.refused")
-                             if e["reason"].startswith("PROXY header")])
+    assert wait_for(
+        lambda: [
+            e for e in events(g, "connection.refused") if e["reason"].startswith("PROXY header")
+        ]
+    )
 
 
 # --- SIGHUP and SIGTERM -----------------------------------------------------------------------
@@ -485,7 +568,7 @@ def test_sighup_reloads_settings_and_keydir_without_dropping_connections(private
     async def go():
         async with connect(g, user.key) as conn:
             assert (await conn.run("whoami")).exit_status == 0
-            (g.data / "gateway.toml").write_text("log_format = \"json\"\n")
+            (g.data / "gateway.toml").write_text('log_format = "json"\n')
             (keydir / f"{newcomer}.pub").write_text(Path(str(newcomer_key) + ".pub").read_text())
             g.proc.send_signal(signal.SIGHUP)
             assert await asyncio.to_thread(wait_for, lambda: '"event": "reload"' in g.server_log())
@@ -527,11 +610,13 @@ def test_sigterm_lets_a_running_push_finish_then_exits(private, tmp_path):
     local_git("commit", "-qm", "b", cwd=clone, env=g.env)
     tip = local_git("rev-parse", "HEAD", cwd=clone).strip()
     results = {}
-    pusher = threading.Thread(target=lambda: results.update(
-        push=g.git(user, "push", "origin", "HEAD:main", cwd=clone, check=False)))
+    pusher = threading.Thread(
+        target=lambda: results.update(
+            push=g.git(user, "push", "origin", "HEAD:main", cwd=clone, check=False)
+        )
+    )
     pusher.start()
-    assert wait_for(lambda: any(e.get("action") == "write"
-                                for e in events(g, "decision")), 30)
+    assert wait_for(lambda: any(e.get("action") == "write" for e in events(g, "decision")), 30)
     time.sleep(0.5)  # the pack is in; the hook sleeps
     g.proc.send_signal(signal.SIGTERM)
     time.sleep(0.3)
@@ -540,8 +625,9 @@ def test_sigterm_lets_a_running_push_finish_then_exits(private, tmp_path):
     pusher.join(60)
     assert results["push"].returncode == 0, results["push"].stderr
     assert g.proc.wait(30) == 0
-    refs = local_git("for-each-ref", "--format=%(objectname)", "refs/heads/main",
-                     cwd=g.repo_dir(path)).strip()
+    refs = local_git(
+        "for-each-ref", "--format=%(objectname)", "refs/heads/main", cwd=g.repo_dir(path)
+    ).strip()
     assert refs == tip
     assert events(g, "stopped")
 
@@ -555,10 +641,13 @@ def test_sigterm_after_the_grace_period_cuts_a_push_and_loses_nothing(private, t
     local_git("add", "c.txt", cwd=clone, env=g.env)
     local_git("commit", "-qm", "c", cwd=clone, env=g.env)
     pusher = subprocess.Popen(
-        ["git", "push", "origin", "HEAD:main"], cwd=clone, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, env={**g.env, "GIT_SSH_COMMAND": " ".join(g.ssh_command(user.key))})
-    assert wait_for(lambda: any(e.get("action") == "write"
-                                for e in events(g, "decision")), 30)
+        ["git", "push", "origin", "HEAD:main"],
+        cwd=clone,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**g.env, "GIT_SSH_COMMAND": " ".join(g.ssh_command(user.key))},
+    )
+    assert wait_for(lambda: any(e.get("action") == "write" for e in events(g, "decision")), 30)
     time.sleep(0.5)
     started = time.monotonic()
     g.proc.send_signal(signal.SIGTERM)

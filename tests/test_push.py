@@ -12,6 +12,7 @@ from testkit import Gateway, local_git
 from testkit.localgit import commit, fsck, remote_refs
 from testkit.pushes import SHIPPED_HOOKS
 
+
 @pytest.fixture
 def pushed(gw: Gateway, work: Path):
     alice = gw.user()
@@ -30,7 +31,9 @@ def object_in_store(gw: Gateway, path: str, sha: str) -> bool:
 
 def test_pre_receive_reads_quarantined_objects_and_can_decline(gw, pushed, hooks):
     alice, path, clone, first = pushed
-    hooks("pre-receive", """#!/bin/sh
+    hooks(
+        "pre-receive",
+        """#!/bin/sh
 status=0
 while read -r old new ref; do
   echo "checking $ref"
@@ -40,7 +43,8 @@ while read -r old new ref; do
 done
 echo "quarantine: ${GIT_QUARANTINE_PATH:+set}"
 exit $status
-""")
+""",
+    )
     bad = commit(clone, "bad.txt", message="a forbidden change")
     refused = gw.git(alice, "push", "origin", "main", cwd=clone, check=False)
     assert refused.returncode != 0
@@ -66,7 +70,9 @@ exit $status
 def test_hook_environment_arguments_and_stdin(gw, pushed, hooks, work):
     alice, path, clone, first = pushed
     record = work / "record"
-    hooks("pre-receive", f"""#!/bin/sh
+    hooks(
+        "pre-receive",
+        f"""#!/bin/sh
 {{
   echo "account=$GATEWAY_ACCOUNT workspace=$GATEWAY_WORKSPACE repository=$GATEWAY_REPOSITORY"
   echo "key=$GATEWAY_KEY_FINGERPRINT remote=$GATEWAY_REMOTE_ADDR gitdir=$GIT_DIR"
@@ -75,19 +81,31 @@ def test_hook_environment_arguments_and_stdin(gw, pushed, hooks, work):
   while read -r old new ref; do lines=$((lines + 1)); echo "line $ref"; done
   echo "lines=$lines"
 }} >> {record}
-""")
-    hooks("update", f"""#!/bin/sh
+""",
+    )
+    hooks(
+        "update",
+        f"""#!/bin/sh
 echo "update $1 $2 $3" >> {record}
-""")
-    hooks("post-receive.d/20-record", f"""#!/bin/sh
+""",
+    )
+    hooks(
+        "post-receive.d/20-record",
+        f"""#!/bin/sh
 while read -r old new ref; do echo "post $ref" >> {record}; done
-""")
-    hooks("post-update", f"""#!/bin/sh
+""",
+    )
+    hooks(
+        "post-update",
+        f"""#!/bin/sh
 echo "post-update $*" >> {record}
-""")
+""",
+    )
     local_git("checkout", "-q", "-b", "topic", cwd=clone)
     topic = commit(clone, "topic.txt")
-    gw.git(alice, "push", "-o", "ci.skip", "-o", "reviewer=bob", "origin", "main", "topic", cwd=clone)
+    gw.git(
+        alice, "push", "-o", "ci.skip", "-o", "reviewer=bob", "origin", "main", "topic", cwd=clone
+    )
     text = record.read_text()
     ws, name = path.split("/")
     assert f"account={alice.name} workspace={ws} repository={path}" in text
@@ -103,9 +121,12 @@ echo "post-update $*" >> {record}
 
 def test_update_hook_declines_one_ref_and_atomic_declines_all(gw, pushed, hooks):
     alice, path, clone, first = pushed
-    hooks("update", """#!/bin/sh
+    hooks(
+        "update",
+        """#!/bin/sh
 case "$1" in refs/heads/frozen*) echo "$1 is frozen"; exit 1;; esac
-""")
+""",
+    )
     local_git("branch", "frozen", cwd=clone)
     local_git("branch", "open", cwd=clone)
     result = gw.git(alice, "push", "origin", "frozen", "open", cwd=clone, check=False)
@@ -115,7 +136,9 @@ case "$1" in refs/heads/frozen*) echo "$1 is frozen"; exit 1;; esac
     refs = remote_refs(gw, alice, path)
     assert "refs/heads/open" in refs and "refs/heads/frozen" not in refs
     local_git("branch", "also-open", cwd=clone)
-    atomic = gw.git(alice, "push", "--atomic", "origin", "frozen", "also-open", cwd=clone, check=False)
+    atomic = gw.git(
+        alice, "push", "--atomic", "origin", "frozen", "also-open", cwd=clone, check=False
+    )
     assert atomic.returncode != 0
     assert "(hook declined)" in atomic.stderr and "(atomic push failed)" in atomic.stderr
     refs = remote_refs(gw, alice, path)
@@ -131,16 +154,19 @@ def test_force_with_lease_with_a_stale_lease_is_refused(gw, pushed, work):
     gw.git(alice, "push", "origin", "main", cwd=other)
     local_git("reset", "-q", "--hard", first, cwd=clone)
     commit(clone, "mine.txt")
-    stale = gw.git(alice, "push", f"--force-with-lease=main:{first}", "origin", "main", cwd=clone,
-                   check=False)
+    stale = gw.git(
+        alice, "push", f"--force-with-lease=main:{first}", "origin", "main", cwd=clone, check=False
+    )
     assert stale.returncode != 0 and "stale info" in stale.stderr
     assert remote_refs(gw, alice, path)["refs/heads/main"] == theirs
 
 
 def test_shipped_hook_protects_the_default_branch(gw, pushed, hooks):
     alice, path, clone, first = pushed
-    hooks("pre-receive.d/10-protect-default-branch",
-          (SHIPPED_HOOKS / "pre-receive.d" / "10-protect-default-branch").read_text())
+    hooks(
+        "pre-receive.d/10-protect-default-branch",
+        (SHIPPED_HOOKS / "pre-receive.d" / "10-protect-default-branch").read_text(),
+    )
     second = commit(clone, "two.txt")
     gw.git(alice, "push", "origin", "main", cwd=clone)  # fast-forward: fine
     local_git("reset", "-q", "--hard", first, cwd=clone)
@@ -157,8 +183,17 @@ def test_shipped_hook_protects_the_default_branch(gw, pushed, hooks):
     gw.git(alice, "push", "--force", "origin", f"{first}:refs/heads/scratch", cwd=clone)
     gw.git(alice, "push", "origin", "--delete", "scratch", cwd=clone)
     # Turned off for this one repository, as the hook's comment says.
-    subprocess.run(["git", "--git-dir", str(gw.repo_dir(path)), "config",
-                    "gateway.protectDefaultBranch", "false"], check=True)
+    subprocess.run(
+        [
+            "git",
+            "--git-dir",
+            str(gw.repo_dir(path)),
+            "config",
+            "gateway.protectDefaultBranch",
+            "false",
+        ],
+        check=True,
+    )
     gw.git(alice, "push", "--force", "origin", "main", cwd=clone)
     assert remote_refs(gw, alice, path)["refs/heads/main"] == rewritten
     fsck(gw, path)
@@ -173,20 +208,28 @@ def test_shipped_post_receive_example_logs_pushes(gw, pushed, hooks, work):
     (bin_dir / "logger").chmod(0o755)
     shipped = (SHIPPED_HOOKS / "post-receive.d" / "50-log-pushes").read_text()
     # The hook finds `logger` on PATH; point it at the stand-in for this test.
-    hooks("post-receive.d/50-log-pushes", shipped.replace("#!/bin/sh\n", f"#!/bin/sh\nPATH={bin_dir}:$PATH\n", 1))
+    hooks(
+        "post-receive.d/50-log-pushes",
+        shipped.replace("#!/bin/sh\n", f"#!/bin/sh\nPATH={bin_dir}:$PATH\n", 1),
+    )
     tip = commit(clone, "logged.txt")
     gw.git(alice, "push", "origin", "main", cwd=clone)
     line = logged.read_text()
-    assert f"account={alice.name} repository={path} ref=refs/heads/main old={first} new={tip}" in line
+    assert (
+        f"account={alice.name} repository={path} ref=refs/heads/main old={first} new={tip}" in line
+    )
 
 
 def test_hook_is_never_given_to_a_shell(gw, pushed, hooks, work):
     """Ref names reach hooks as arguments, never through a shell."""
     alice, path, clone, first = pushed
     record = work / "args"
-    hooks("update", f"""#!/bin/sh
+    hooks(
+        "update",
+        f"""#!/bin/sh
 printf '%s\\n' "$1" >> {record}
-""")
+""",
+    )
     name = "refs/heads/x$(touch${IFS}pwned)"
     local_git("branch", "-f", "tmp", cwd=clone)
     result = gw.git(alice, "push", "origin", f"tmp:{name}", cwd=clone, check=False)

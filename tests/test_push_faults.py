@@ -26,9 +26,25 @@ from dulwich.objects import Blob, Commit, Tag, Tree
 
 from testkit import Gateway, User, git_workers, local_git, pkt, unique, wait_for
 from testkit.localgit import commit, fsck
-from testkit.pushes import (assert_clean_log, bare_refs, has_object, log_since, no_quarantine_soon,
-                            quarantines, ref_locks, seed)
-from testkit.receivepack import ZERO, commands, make_commit, new_history, pack_of, receive_pack, report_of
+from testkit.pushes import (
+    assert_clean_log,
+    bare_refs,
+    has_object,
+    log_since,
+    no_quarantine_soon,
+    quarantines,
+    ref_locks,
+    seed,
+)
+from testkit.receivepack import (
+    ZERO,
+    commands,
+    make_commit,
+    new_history,
+    pack_of,
+    receive_pack,
+    report_of,
+)
 
 MiB = 1024 * 1024
 REJECTED = ("[remote rejected]", "[rejected]", "failed to update ref", "fetch first")
@@ -77,8 +93,9 @@ def process_state(pid: int) -> str | None:
 
 
 def db_integrity(db: Path) -> str:
-    result = subprocess.run(["sqlite3", str(db), "PRAGMA integrity_check;"], capture_output=True,
-                            text=True, timeout=60)
+    result = subprocess.run(
+        ["sqlite3", str(db), "PRAGMA integrity_check;"], capture_output=True, text=True, timeout=60
+    )
     if result.returncode != 0 and "not found" in result.stderr:
         with sqlite3.connect(db) as conn:  # no sqlite3 binary: the same check from Python
             return conn.execute("PRAGMA integrity_check").fetchone()[0]
@@ -91,9 +108,14 @@ def git_env(g: Gateway, user: User) -> dict:
 
 def start_push(g: Gateway, user: User, clone: Path, *args: str) -> subprocess.Popen:
     """`git push` in its own process group, so that it can be killed with its ssh child."""
-    return subprocess.Popen(["git", "push", *args], cwd=clone, env=git_env(g, user),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True)
+    return subprocess.Popen(
+        ["git", "push", *args],
+        cwd=clone,
+        env=git_env(g, user),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
 
 
 def kill_group(proc: subprocess.Popen) -> None:
@@ -109,7 +131,9 @@ def finish(proc: subprocess.Popen, timeout: float = 60) -> tuple[int, str]:
     except subprocess.TimeoutExpired:
         kill_group(proc)
         _, err = proc.communicate()
-        raise AssertionError(f"git push still running after {timeout} s: {err.decode(errors='replace')}")
+        raise AssertionError(
+            f"git push still running after {timeout} s: {err.decode(errors='replace')}"
+        )
     return proc.returncode, err.decode(errors="replace")
 
 
@@ -153,19 +177,29 @@ def test_concurrent_pushes_to_one_branch_lose_no_update(private, work):
     server_side = 0
     push_seconds = 0.0
     for rnd in range(ROUNDS):
-        barrier = threading.Barrier(CLIENTS, timeout=120,
-                                    action=lambda: barrier_passed.append(time.monotonic()))
+        barrier = threading.Barrier(
+            CLIENTS, timeout=120, action=lambda: barrier_passed.append(time.monotonic())
+        )
 
         def one_client(i: int, rnd: int = rnd, barrier: threading.Barrier = barrier):
             user, tree = clients[i]
             try:
                 # Catching up reads the bare repository directly: only the pushes go
                 # through the gateway (fetching through it too made 50 rounds take 7 min).
-                local_git("fetch", "-q", str(repo_dir), "+refs/heads/main:refs/remotes/origin/main",
-                          cwd=tree)
+                local_git(
+                    "fetch",
+                    "-q",
+                    str(repo_dir),
+                    "+refs/heads/main:refs/remotes/origin/main",
+                    cwd=tree,
+                )
                 local_git("reset", "-q", "--hard", "origin/main", cwd=tree)
-                sha = commit(tree, f"client{i}.txt", f"round {rnd} client {i}\n",
-                             message=f"round {rnd} client {i}")
+                sha = commit(
+                    tree,
+                    f"client{i}.txt",
+                    f"round {rnd} client {i}\n",
+                    message=f"round {rnd} client {i}",
+                )
             except BaseException:
                 barrier.abort()
                 raise
@@ -188,8 +222,10 @@ def test_concurrent_pushes_to_one_branch_lose_no_update(private, work):
                 if "[remote rejected]" in result.stderr:
                     server_side += 1  # lost the compare-and-swap on the server
                 if not any(marker in result.stderr for marker in REJECTED):
-                    problems.append(f"round {rnd} client {i}: exit {result.returncode} "
-                                    f"without a rejection: {result.stderr}")
+                    problems.append(
+                        f"round {rnd} client {i}: exit {result.returncode} "
+                        f"without a rejection: {result.stderr}"
+                    )
                 if "Traceback" in result.stderr or "internal error" in result.stderr:
                     problems.append(f"round {rnd} client {i}: {result.stderr}")
         if winners != 1:
@@ -217,8 +253,10 @@ def test_concurrent_pushes_to_one_branch_lose_no_update(private, work):
     fsck(gw, path)
     assert_clean_log(log_since(gw, offset))
     elapsed = time.monotonic() - started
-    print(f"\n{ROUNDS} rounds x {CLIENTS} clients: {elapsed:.1f} s ({push_seconds:.1f} s pushing), "
-          f"{len(accepted)} accepted, {len(refused)} rejected ({server_side} by the server)")
+    print(
+        f"\n{ROUNDS} rounds x {CLIENTS} clients: {elapsed:.1f} s ({push_seconds:.1f} s pushing), "
+        f"{len(accepted)} accepted, {len(refused)} rejected ({server_side} by the server)"
+    )
 
 
 # --- 2. client killed mid-pack ----------------------------------------------------------
@@ -238,8 +276,11 @@ def test_client_killed_mid_pack_leaves_nothing_behind(gw, work):
         big = commit(clone, f"big{attempt}.bin", os.urandom(8 * MiB))
         proc = start_push(gw, alice, clone, "origin", "main")
         # Kill as soon as part of the pack sits in a quarantine: mid-pack for sure.
-        seen = wait_for(lambda: tmp_pack_size(repo_dir, earlier) > 64 * 1024
-                          or proc.poll() is not None, 30, interval=0.005)
+        seen = wait_for(
+            lambda: tmp_pack_size(repo_dir, earlier) > 64 * 1024 or proc.poll() is not None,
+            30,
+            interval=0.005,
+        )
         midway = seen and proc.poll() is None and tmp_pack_size(repo_dir, earlier) > 0
         kill_group(proc)
         proc.communicate()
@@ -268,8 +309,13 @@ def test_client_killed_mid_pack_leaves_nothing_behind(gw, work):
 
 # --- 3. server killed mid-push ----------------------------------------------------------
 
-KILL_POINTS = ["quarantine created", "pack half received", "pack fully received",
-               "pack started", "after 1.5 s"]
+KILL_POINTS = [
+    "quarantine created",
+    "pack half received",
+    "pack fully received",
+    "pack started",
+    "after 1.5 s",
+]
 
 
 def test_server_killed_mid_push_recovers(private, work):
@@ -291,8 +337,11 @@ def test_server_killed_mid_push_recovers(private, work):
             "pack fully received": lambda: quarantine_pack_done(repo_dir),
             "after 1.5 s": lambda: False,
         }[point]
-        wait_for(lambda: condition() or proc.poll() is not None,
-                   1.5 if point == "after 1.5 s" else 30, interval=0.002)
+        wait_for(
+            lambda: condition() or proc.poll() is not None,
+            1.5 if point == "after 1.5 s" else 30,
+            interval=0.002,
+        )
         pids = worker_pids(repo_dir)
         g.proc.kill()
         g.proc.wait()
@@ -306,8 +355,9 @@ def test_server_killed_mid_push_recovers(private, work):
         # may finish the push before the worker is looked for.
         if point not in ("after 1.5 s", "pack fully received"):
             assert pids, f"round {rnd} ({point}): no worker seen while the push ran"
-        assert wait_for(lambda: all(process_state(p) in (None, "Z") for p in pids), 5), \
+        assert wait_for(lambda: all(process_state(p) in (None, "Z") for p in pids), 5), (
             f"round {rnd} ({point}): workers {[(p, process_state(p)) for p in pids]} outlived the server"
+        )
         assert wait_for(lambda: not workers_for(repo_dir), 5), workers_for(repo_dir)
         value = bare_refs(repo_dir).get("refs/heads/main")
         assert value in (old, new), f"round {rnd} ({point}): main = {value}"
@@ -360,8 +410,9 @@ def test_push_over_max_push_bytes_is_refused(private, work):
     result = g.git(alice, "push", "origin", "main", cwd=clone, check=False)
     assert result.returncode != 0
     # error: remote unpack failed: pack exceeds maximum input size of 200000 bytes
-    assert re.search(r"remote unpack failed: .*(maximum|limit|too (large|big)).*200000",
-                     result.stderr), result.stderr
+    assert re.search(
+        r"remote unpack failed: .*(maximum|limit|too (large|big)).*200000", result.stderr
+    ), result.stderr
     assert "[remote rejected] main -> main" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr and "internal error" not in result.stderr
     assert bare_refs(repo_dir) == before
@@ -419,13 +470,17 @@ def raw(gw, raw_repo):
     return alice, path, first, second, untouched
 
 
-@pytest.mark.parametrize("body", [
-    b"this is not a pkt-line at all\n" * 4,
-    b"zzzz" + os.urandom(200),
-    pkt(b"not-a-sha also-not refs/heads/main\x00report-status\n") + b"0000",
-    b"ffff" + b"short",
-    pkt(b"") + b"0000",
-], ids=["text", "bad-length", "bad-command", "long-length-then-eof", "empty-pkt"])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"this is not a pkt-line at all\n" * 4,
+        b"zzzz" + os.urandom(200),
+        pkt(b"not-a-sha also-not refs/heads/main\x00report-status\n") + b"0000",
+        b"ffff" + b"short",
+        pkt(b"") + b"0000",
+    ],
+    ids=["text", "bad-length", "bad-command", "long-length-then-eof", "empty-pkt"],
+)
 def test_garbage_instead_of_commands(gw, raw, body):
     alice, path, first, second, untouched = raw
     result = receive_pack(gw, alice, path, body)
@@ -440,10 +495,12 @@ def test_truncated_pack(gw, raw, cut):
     alice, path, first, second, untouched = raw
     c, objects = new_history(second)
     pack = pack_of(*objects)
-    data = {"header-only": pack[:12], "mid-object": pack[:len(pack) // 2],
-            "missing-trailer": pack[:-20]}[cut]
-    result = receive_pack(gw, alice, path,
-                          commands((ZERO, c.id, b"refs/heads/truncated")) + data)
+    data = {
+        "header-only": pack[:12],
+        "mid-object": pack[: len(pack) // 2],
+        "missing-trailer": pack[:-20],
+    }[cut]
+    result = receive_pack(gw, alice, path, commands((ZERO, c.id, b"refs/heads/truncated")) + data)
     report = report_of(result.stdout)
     if report:  # a report is optional once the client has hung up, but then it says no
         assert report.get("unpack") != "ok", report
@@ -456,8 +513,9 @@ def test_pack_with_bad_checksum(gw, raw):
     c, objects = new_history(second)
     pack = bytearray(pack_of(*objects))
     pack[-1] ^= 0xFF
-    result = receive_pack(gw, alice, path, commands((second.encode(), c.id, b"refs/heads/main"))
-                          + bytes(pack))
+    result = receive_pack(
+        gw, alice, path, commands((second.encode(), c.id, b"refs/heads/main")) + bytes(pack)
+    )
     report = report_of(result.stdout)
     assert report.get("unpack") not in (None, "ok"), report
     assert report.get("refs/heads/main", "").startswith("ng"), report
@@ -471,8 +529,9 @@ def test_pack_with_corrupt_object_data(gw, raw):
     pack = bytearray(pack_of(*objects)[:-20])
     pack[len(pack) // 2] ^= 0xFF
     pack += hashlib.sha1(pack).digest()
-    result = receive_pack(gw, alice, path, commands((second.encode(), c.id, b"refs/heads/main"))
-                          + bytes(pack))
+    result = receive_pack(
+        gw, alice, path, commands((second.encode(), c.id, b"refs/heads/main")) + bytes(pack)
+    )
     report = report_of(result.stdout)
     assert report.get("refs/heads/main", "").startswith("ng"), report
     untouched(result, c.id)
@@ -480,6 +539,7 @@ def test_pack_with_corrupt_object_data(gw, raw):
 
 class _RawTree(Blob):
     """A tree object with whatever bytes it is given, parseable or not."""
+
     type_num = Tree.type_num
     type_name = Tree.type_name
 
@@ -489,19 +549,41 @@ def test_pack_with_a_malformed_tree_is_refused(gw, raw):
     alice, path, first, second, untouched = raw
     c, objects = new_history(second)
     broken = _RawTree.from_string(b"100644 no-nul-and-no-sha")
-    result = receive_pack(gw, alice, path, commands((second.encode(), c.id, b"refs/heads/main"))
-                          + pack_of(*objects, broken))
+    result = receive_pack(
+        gw,
+        alice,
+        path,
+        commands((second.encode(), c.id, b"refs/heads/main")) + pack_of(*objects, broken),
+    )
     report = report_of(result.stdout)
     assert report.get("unpack") not in (None, "ok"), report
     assert report.get("refs/heads/main", "").startswith("ng"), report
     untouched(result, c.id, broken.id)
 
 
-@pytest.mark.parametrize("ref", [b"refs/heads/../x", b"refs/heads/a\x01b", b"HEAD",
-                                 b"refs/heads/x.lock", b"refs/heads/a..b", b"refs/heads/",
-                                 b"main", b"refs/heads/sp\x7fce"],
-                         ids=["dotdot", "control", "HEAD", "lock", "double-dot", "trailing-slash",
-                              "not-under-refs", "del"])
+@pytest.mark.parametrize(
+    "ref",
+    [
+        b"refs/heads/../x",
+        b"refs/heads/a\x01b",
+        b"HEAD",
+        b"refs/heads/x.lock",
+        b"refs/heads/a..b",
+        b"refs/heads/",
+        b"main",
+        b"refs/heads/sp\x7fce",
+    ],
+    ids=[
+        "dotdot",
+        "control",
+        "HEAD",
+        "lock",
+        "double-dot",
+        "trailing-slash",
+        "not-under-refs",
+        "del",
+    ],
+)
 def test_funny_refnames_are_refused(gw, raw, ref):
     alice, path, first, second, untouched = raw
     c, objects = new_history(second)
@@ -524,8 +606,9 @@ def test_stale_old_value_is_refused(gw, raw):
     """The client says main is at `first`; it is at `second`: compare-and-swap fails."""
     alice, path, first, second, untouched = raw
     c, objects = new_history(second)
-    result = receive_pack(gw, alice, path, commands((first.encode(), c.id, b"refs/heads/main"))
-                          + pack_of(*objects))
+    result = receive_pack(
+        gw, alice, path, commands((first.encode(), c.id, b"refs/heads/main")) + pack_of(*objects)
+    )
     report = report_of(result.stdout)
     assert report.get("unpack") == "ok", report
     assert report.get("refs/heads/main") == "ng failed to update ref", report
@@ -536,8 +619,9 @@ def test_stale_old_value_leaves_no_objects_behind(gw, raw):
     """SPEC §7: a rejected push changes nothing, `no object of it becomes ... visible`."""
     alice, path, first, second, untouched = raw
     c, objects = new_history(second)
-    result = receive_pack(gw, alice, path, commands((first.encode(), c.id, b"refs/heads/main"))
-                          + pack_of(*objects))
+    result = receive_pack(
+        gw, alice, path, commands((first.encode(), c.id, b"refs/heads/main")) + pack_of(*objects)
+    )
     assert report_of(result.stdout).get("refs/heads/main") == "ng failed to update ref"
     untouched(result, *(o.id for o in objects))
 
@@ -586,10 +670,17 @@ def test_missing_objects_are_refused(gw, raw, missing):
 def test_same_ref_twice_in_one_push(gw, raw):
     alice, path, first, second, untouched = raw
     c, objects = new_history(second)
-    result = receive_pack(gw, alice, path, commands(
-        (second.encode(), c.id, b"refs/heads/main"),
-        (second.encode(), first.encode(), b"refs/heads/main"),
-        caps=b"report-status atomic") + pack_of(*objects))
+    result = receive_pack(
+        gw,
+        alice,
+        path,
+        commands(
+            (second.encode(), c.id, b"refs/heads/main"),
+            (second.encode(), first.encode(), b"refs/heads/main"),
+            caps=b"report-status atomic",
+        )
+        + pack_of(*objects),
+    )
     report = report_of(result.stdout)
     assert report.get("refs/heads/main", "").startswith("ng"), report
     untouched(result, c.id)
@@ -598,8 +689,9 @@ def test_same_ref_twice_in_one_push(gw, raw):
 def test_branch_pointing_at_a_blob_is_refused(gw, raw):
     alice, path, first, second, untouched = raw
     blob = Blob.from_string(os.urandom(16).hex().encode())
-    result = receive_pack(gw, alice, path, commands((ZERO, blob.id, b"refs/heads/blobby"))
-                          + pack_of(blob))
+    result = receive_pack(
+        gw, alice, path, commands((ZERO, blob.id, b"refs/heads/blobby")) + pack_of(blob)
+    )
     report = report_of(result.stdout)
     assert report.get("refs/heads/blobby", "").startswith("ng"), report
     untouched(result, blob.id)
@@ -611,15 +703,25 @@ def test_bad_and_good_commands_in_one_push(gw, raw):
     repo_dir = gw.repo_dir(path)
     name = unique("b").encode()
     c, objects = new_history(second)
-    result = receive_pack(gw, alice, path, commands(
-        (ZERO, c.id, b"refs/heads/good-" + name),
-        (ZERO, c.id, b"refs/heads/bad..name"),
-        (first.encode(), ZERO, b"refs/heads/ghost-" + name),
-    ) + pack_of(*objects))
+    result = receive_pack(
+        gw,
+        alice,
+        path,
+        commands(
+            (ZERO, c.id, b"refs/heads/good-" + name),
+            (ZERO, c.id, b"refs/heads/bad..name"),
+            (first.encode(), ZERO, b"refs/heads/ghost-" + name),
+        )
+        + pack_of(*objects),
+    )
     report = report_of(result.stdout)
     good, ghost = f"refs/heads/good-{name.decode()}", f"refs/heads/ghost-{name.decode()}"
-    assert report == {"unpack": "ok", good: "ok", "refs/heads/bad..name": "ng funny refname",
-                      ghost: "ng no such ref"}, report
+    assert report == {
+        "unpack": "ok",
+        good: "ok",
+        "refs/heads/bad..name": "ng funny refname",
+        ghost: "ng no such ref",
+    }, report
     assert bare_refs(repo_dir)[good] == c.id.decode()
     assert "refs/heads/bad..name" not in bare_refs(repo_dir)
     assert not quarantines(repo_dir)

@@ -36,9 +36,12 @@ def seeded(gw, work):
 
 def record_post_receive(hooks, work: Path) -> Path:
     record = work / "post-receive"
-    hooks("post-receive.d/30-record", f"""#!/bin/sh
+    hooks(
+        "post-receive.d/30-record",
+        f"""#!/bin/sh
 while read -r old new ref; do echo "$ref" >> {record}; done
-""")
+""",
+    )
     return record
 
 
@@ -70,10 +73,14 @@ def test_directory_file_conflicts_are_refused_with_git_wording(gw, seeded, hooks
     before = bare_refs(repo_dir)
     audited = pushes_audited(gw, alice.name)
     for target, there in [("a/b", "refs/heads/a"), ("x", "refs/heads/x/y")]:
-        result = gw.git(alice, "push", "origin", f"HEAD:refs/heads/{target}", cwd=clone, check=False)
+        result = gw.git(
+            alice, "push", "origin", f"HEAD:refs/heads/{target}", cwd=clone, check=False
+        )
         assert result.returncode != 0
-        assert (f"remote: error: cannot lock ref 'refs/heads/{target}': '{there}' exists; "
-                f"cannot create 'refs/heads/{target}'") in result.stderr, result.stderr
+        assert (
+            f"remote: error: cannot lock ref 'refs/heads/{target}': '{there}' exists; "
+            f"cannot create 'refs/heads/{target}'"
+        ) in result.stderr, result.stderr
         assert f"[remote rejected] HEAD -> {target} (failed to update ref)" in result.stderr
         assert "internal error" not in result.stderr
     assert bare_refs(repo_dir) == before
@@ -90,16 +97,33 @@ def test_atomic_push_with_a_conflict_moves_nothing(gw, seeded, hooks, work):
     record = record_post_receive(hooks, work)
     commit(clone, "new.txt")
     before = bare_refs(repo_dir)
-    result = gw.git(alice, "push", "--atomic", "origin", "HEAD:main", "HEAD:refs/heads/ok1",
-                    "HEAD:refs/heads/a/b", cwd=clone, check=False)
+    result = gw.git(
+        alice,
+        "push",
+        "--atomic",
+        "origin",
+        "HEAD:main",
+        "HEAD:refs/heads/ok1",
+        "HEAD:refs/heads/a/b",
+        cwd=clone,
+        check=False,
+    )
     assert result.returncode != 0
     assert "cannot lock ref 'refs/heads/a/b': 'refs/heads/a' exists" in result.stderr
     assert "(atomic push failed)" in result.stderr and "(failed to update ref)" in result.stderr
     assert bare_refs(repo_dir) == before
     assert moved(record) == []
     # Without --atomic the other two land, and post-receive is told of exactly those.
-    result = gw.git(alice, "push", "origin", "HEAD:main", "HEAD:refs/heads/ok1",
-                    "HEAD:refs/heads/a/b", cwd=clone, check=False)
+    result = gw.git(
+        alice,
+        "push",
+        "origin",
+        "HEAD:main",
+        "HEAD:refs/heads/ok1",
+        "HEAD:refs/heads/a/b",
+        cwd=clone,
+        check=False,
+    )
     assert result.returncode != 0
     refs = bare_refs(repo_dir)
     assert "refs/heads/ok1" in refs and "refs/heads/a/b" not in refs
@@ -112,11 +136,21 @@ def test_atomic_push_with_a_conflict_moves_nothing(gw, seeded, hooks, work):
 def test_conflicts_within_one_push(gw, seeded, atomic):
     alice, path, clone, first, repo_dir, offset = seeded
     flags = ["--atomic"] if atomic else []
-    result = gw.git(alice, "push", *flags, "origin", "HEAD:refs/heads/p", "HEAD:refs/heads/p/q",
-                    cwd=clone, check=False)
+    result = gw.git(
+        alice,
+        "push",
+        *flags,
+        "origin",
+        "HEAD:refs/heads/p",
+        "HEAD:refs/heads/p/q",
+        cwd=clone,
+        check=False,
+    )
     assert result.returncode != 0
-    assert ("cannot lock ref 'refs/heads/p': cannot process 'refs/heads/p' and 'refs/heads/p/q' "
-            "at the same time") in result.stderr, result.stderr
+    assert (
+        "cannot lock ref 'refs/heads/p': cannot process 'refs/heads/p' and 'refs/heads/p/q' "
+        "at the same time"
+    ) in result.stderr, result.stderr
     refs = bare_refs(repo_dir)
     assert "refs/heads/p" not in refs and "refs/heads/p/q" not in refs  # neither comes first
     ok_after(gw, alice, path, clone, offset)
@@ -141,11 +175,19 @@ def test_stale_delete_does_not_make_way_for_a_conflicting_create(gw, seeded):
     """The deletion of `a` fails its compare-and-swap, so `a/b` cannot be made either."""
     alice, path, clone, first, repo_dir, offset = seeded
     gw.git(alice, "push", "origin", "HEAD:refs/heads/a", cwd=clone)
-    result = receive_pack(gw, alice, path, commands(
-        (b"1" * 40, ZERO, b"refs/heads/a"), (ZERO, first.encode(), b"refs/heads/a/b")) + pack_of())
+    result = receive_pack(
+        gw,
+        alice,
+        path,
+        commands((b"1" * 40, ZERO, b"refs/heads/a"), (ZERO, first.encode(), b"refs/heads/a/b"))
+        + pack_of(),
+    )
     report = report_of(result.stdout)
-    assert report == {"unpack": "ok", "refs/heads/a": "ng failed to update ref",
-                      "refs/heads/a/b": "ng failed to update ref"}, report
+    assert report == {
+        "unpack": "ok",
+        "refs/heads/a": "ng failed to update ref",
+        "refs/heads/a/b": "ng failed to update ref",
+    }, report
     refs = bare_refs(repo_dir)
     assert refs["refs/heads/a"] == first and "refs/heads/a/b" not in refs
     ok_after(gw, alice, path, clone, offset)
@@ -170,8 +212,16 @@ def test_a_lock_file_in_the_way_fails_that_ref_and_atomic_undoes_the_rest(gw, se
     lock = repo_dir / "refs" / "heads" / "zz.lock"
     lock.write_text("")
     try:
-        result = gw.git(alice, "push", "--atomic", "origin", "HEAD:refs/heads/aa",
-                        "HEAD:refs/heads/zz", cwd=clone, check=False)
+        result = gw.git(
+            alice,
+            "push",
+            "--atomic",
+            "origin",
+            "HEAD:refs/heads/aa",
+            "HEAD:refs/heads/zz",
+            cwd=clone,
+            check=False,
+        )
         assert result.returncode != 0
         assert "remote: error: cannot lock ref 'refs/heads/zz'" in result.stderr, result.stderr
         assert "zz (failed to update ref)" in result.stderr
@@ -179,8 +229,15 @@ def test_a_lock_file_in_the_way_fails_that_ref_and_atomic_undoes_the_rest(gw, se
         refs = bare_refs(repo_dir)
         assert "refs/heads/aa" not in refs and "refs/heads/zz" not in refs
         assert moved(record) == []
-        result = gw.git(alice, "push", "origin", "HEAD:refs/heads/aa", "HEAD:refs/heads/zz",
-                        cwd=clone, check=False)
+        result = gw.git(
+            alice,
+            "push",
+            "origin",
+            "HEAD:refs/heads/aa",
+            "HEAD:refs/heads/zz",
+            cwd=clone,
+            check=False,
+        )
         assert "zz (failed to update ref)" in result.stderr, result.stderr
         refs = bare_refs(repo_dir)
         assert refs["refs/heads/aa"] == first and "refs/heads/zz" not in refs
@@ -194,8 +251,16 @@ def test_a_lock_file_in_the_way_fails_that_ref_and_atomic_undoes_the_rest(gw, se
 # --- namespaces ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("ref", ["refs/notes/commits", "refs/replace/" + "1" * 40,
-                                 "refs/for/main", "refs/remotes/origin/main", "refs/pull/1/head"])
+@pytest.mark.parametrize(
+    "ref",
+    [
+        "refs/notes/commits",
+        "refs/replace/" + "1" * 40,
+        "refs/for/main",
+        "refs/remotes/origin/main",
+        "refs/pull/1/head",
+    ],
+)
 def test_refs_outside_heads_and_tags_are_refused_by_default(gw, seeded, ref):
     alice, path, clone, first, repo_dir, offset = seeded
     before = bare_refs(repo_dir)
@@ -230,8 +295,13 @@ def test_an_operator_can_allow_more_namespaces(private, work):
 # --- unusual names --------------------------------------------------------------------------
 
 
-UNUSUAL = {"rlo": "refs/heads/evil\u202egpj.exe", "csi": "refs/heads/x\u009b31my",
-           "lri": "refs/tags/v1\u2066", "lrm": "refs/heads/a\u200eb", "head": "refs/heads/HEAD"}
+UNUSUAL = {
+    "rlo": "refs/heads/evil\u202egpj.exe",
+    "csi": "refs/heads/x\u009b31my",
+    "lri": "refs/tags/v1\u2066",
+    "lrm": "refs/heads/a\u200eb",
+    "head": "refs/heads/HEAD",
+}
 
 
 @pytest.mark.parametrize("name", list(UNUSUAL), ids=list(UNUSUAL))
@@ -241,8 +311,11 @@ def test_unusual_ref_names_are_refused_by_default(gw, seeded, name):
     before = bare_refs(repo_dir)
     result = gw.git(alice, "push", "origin", f"HEAD:{ref}", cwd=clone, check=False)
     assert result.returncode != 0
-    reason = ("a branch may not be called HEAD" if name == "head"
-              else "ref name with a control or bidirectional character")
+    reason = (
+        "a branch may not be called HEAD"
+        if name == "head"
+        else "ref name with a control or bidirectional character"
+    )
     assert f"({reason})" in result.stderr, result.stderr
     assert bare_refs(repo_dir) == before
     ok_after(gw, alice, path, clone, offset)
@@ -284,8 +357,13 @@ def test_replace_refs_cannot_bypass_the_default_branch_protection(private, work)
     g.git(alice, "push", "origin", f"refs/replace/{n}", cwd=clone)
     assert bare_refs(repo_dir)[f"refs/replace/{n}"] == r
     # The replacement works for a git that honours it: the bypass is real.
-    assert subprocess.run(["git", "merge-base", "--is-ancestor", first, n], cwd=repo_dir).returncode == 0
-    forced = g.git(alice, "push", "--force", "origin", f"{n}:refs/heads/main", cwd=clone, check=False)
+    assert (
+        subprocess.run(["git", "merge-base", "--is-ancestor", first, n], cwd=repo_dir).returncode
+        == 0
+    )
+    forced = g.git(
+        alice, "push", "--force", "origin", f"{n}:refs/heads/main", cwd=clone, check=False
+    )
     assert forced.returncode != 0
     assert "remote: The default branch main cannot be force-pushed." in forced.stderr, forced.stderr
     assert bare_refs(repo_dir)["refs/heads/main"] == first
@@ -308,12 +386,19 @@ def test_connectivity_check_ignores_replacements(private, work):
     repo_dir = g.repo_dir(path)
     broken, objects = new_history("2" * 40)  # its parent does not exist anywhere
     whole, whole_objects = new_history(first)
-    result = receive_pack(g, alice, path, commands(
-        (ZERO, whole.id, b"refs/heads/whole"),
-        (ZERO, whole.id, b"refs/replace/" + broken.id)) + pack_of(*whole_objects))
+    result = receive_pack(
+        g,
+        alice,
+        path,
+        commands(
+            (ZERO, whole.id, b"refs/heads/whole"), (ZERO, whole.id, b"refs/replace/" + broken.id)
+        )
+        + pack_of(*whole_objects),
+    )
     assert report_of(result.stdout)["refs/replace/" + broken.id.decode()] == "ok"
-    result = receive_pack(g, alice, path, commands((ZERO, broken.id, b"refs/heads/broken"))
-                          + pack_of(*objects))
+    result = receive_pack(
+        g, alice, path, commands((ZERO, broken.id, b"refs/heads/broken")) + pack_of(*objects)
+    )
     assert report_of(result.stdout)["refs/heads/broken"] == "ng missing necessary objects"
     assert "refs/heads/broken" not in bare_refs(repo_dir)
     fsck(g, path)
@@ -323,20 +408,32 @@ def test_every_hook_runs_without_replacements(gw, seeded, hooks, work):
     alice, path, clone, first, repo_dir, offset = seeded
     record = work / "env"
     for name in ("pre-receive", "update", "post-receive", "post-update"):
-        hooks(name, f"#!/bin/sh\ncat >/dev/null; echo \"{name} $GIT_NO_REPLACE_OBJECTS\" >> {record}\n")
+        hooks(
+            name, f'#!/bin/sh\ncat >/dev/null; echo "{name} $GIT_NO_REPLACE_OBJECTS" >> {record}\n'
+        )
     commit(clone, "hooked.txt")
     gw.git(alice, "push", "origin", "HEAD:main", cwd=clone)
     assert sorted(record.read_text().splitlines()) == [
-        "post-receive 1", "post-update 1", "pre-receive 1", "update 1"]
+        "post-receive 1",
+        "post-update 1",
+        "pre-receive 1",
+        "update 1",
+    ]
 
 
 def test_a_ref_name_with_a_space_is_that_refs_funny_refname(gw, seeded):
     """As C git reads a command: the name is the rest of the line. Before, the whole push
     ended with a protocol error and no report."""
     alice, path, clone, first, repo_dir, offset = seeded
-    result = receive_pack(gw, alice, path, commands(
-        (ZERO, first.encode(), b"refs/heads/sp ace"), (ZERO, first.encode(), b"refs/heads/fine"))
-        + pack_of())
+    result = receive_pack(
+        gw,
+        alice,
+        path,
+        commands(
+            (ZERO, first.encode(), b"refs/heads/sp ace"), (ZERO, first.encode(), b"refs/heads/fine")
+        )
+        + pack_of(),
+    )
     assert b"ng refs/heads/sp ace funny refname\n" in result.stdout, result.stdout
     assert report_of(result.stdout)["refs/heads/fine"] == "ok"
     assert result.returncode == 0
@@ -350,8 +447,16 @@ def test_the_audit_row_names_the_refs_that_moved(gw, seeded):
     gw.git(alice, "push", "origin", "HEAD:refs/heads/a", cwd=clone)
     assert push_rows(gw, alice.name)[-1]["detail"] == "1 ref: refs/heads/a"
     commit(clone, "more.txt")
-    result = gw.git(alice, "push", "origin", "HEAD:main", "HEAD:refs/heads/a/b",
-                    "HEAD:refs/tags/t1", cwd=clone, check=False)
+    result = gw.git(
+        alice,
+        "push",
+        "origin",
+        "HEAD:main",
+        "HEAD:refs/heads/a/b",
+        "HEAD:refs/tags/t1",
+        cwd=clone,
+        check=False,
+    )
     assert result.returncode != 0  # a/b was refused
     row = push_rows(gw, alice.name)[-1]
     assert row["target"] == path and row["outcome"] == "ok"
@@ -379,9 +484,18 @@ def test_a_push_whose_client_goes_away_after_its_refs_moved_is_audited(gw, seede
     audited = pushes_audited(gw, alice.name)
     body = commands((ZERO, first.encode(), b"refs/heads/gone")) + pack_of()
     client = subprocess.Popen(
-        [*gw.ssh_command(alice.key), "-p", str(gw.port), "git@127.0.0.1",
-         f"git-receive-pack '{path}.git'"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, env=gw.env)
+        [
+            *gw.ssh_command(alice.key),
+            "-p",
+            str(gw.port),
+            "git@127.0.0.1",
+            f"git-receive-pack '{path}.git'",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=gw.env,
+    )
     client.stdin.write(body)
     client.stdin.flush()
     try:

@@ -43,12 +43,18 @@ def pack_of(objects: list) -> bytes:
     return out.getvalue()
 
 
-def push(repo_dir: Path, commands: list[tuple[bytes, bytes, bytes]], pack: bytes | None = None,
-         settings: PushSettings | None = None) -> list[bytes]:
+def push(
+    repo_dir: Path,
+    commands: list[tuple[bytes, bytes, bytes]],
+    pack: bytes | None = None,
+    settings: PushSettings | None = None,
+) -> list[bytes]:
     """Serve one push from memory; the report-status lines, without their pkt-line framing."""
     caps = b"\0report-status delete-refs agent=test"
-    lines = [pkt(old + b" " + new + b" " + ref + (caps if i == 0 else b"") + b"\n")
-             for i, (old, new, ref) in enumerate(commands)]
+    lines = [
+        pkt(old + b" " + new + b" " + ref + (caps if i == 0 else b"") + b"\n")
+        for i, (old, new, ref) in enumerate(commands)
+    ]
     request = io.BytesIO(b"".join(lines) + b"0000" + (pack or b""))
     out = io.BytesIO()
     repo = Repo(str(repo_dir))
@@ -64,13 +70,13 @@ def report_lines(data: bytes) -> list[bytes]:
     """The pkt-lines after the advertisement's flush-pkt, up to the report's flush-pkt."""
     lines, pos, flushes = [], 0, 0
     while pos < len(data):
-        size = int(data[pos:pos + 4], 16)
+        size = int(data[pos : pos + 4], 16)
         if size == 0:
             flushes += 1
             pos += 4
             continue
         if flushes == 1:
-            lines.append(data[pos + 4:pos + size].rstrip(b"\n"))
+            lines.append(data[pos + 4 : pos + size].rstrip(b"\n"))
         pos += size
     return lines
 
@@ -94,8 +100,10 @@ def bare(tmp_path: Path) -> Path:
 def first(bare: Path) -> Commit:
     """`refs/heads/main` at a first commit, pushed through the pipeline."""
     commit, objects = make_commit(b"one", [])
-    assert push(bare, [(ZERO, commit.id, b"refs/heads/main")], pack_of(objects)) == \
-        [b"unpack ok", b"ok refs/heads/main"]
+    assert push(bare, [(ZERO, commit.id, b"refs/heads/main")], pack_of(objects)) == [
+        b"unpack ok",
+        b"ok refs/heads/main",
+    ]
     return commit
 
 
@@ -141,8 +149,14 @@ def test_delete(bare, first):
 
 def test_a_bad_ref_name_is_refused(bare, first):
     commit, objects = make_commit(b"bad", [first.id])
-    report = push(bare, [(ZERO, commit.id, b"refs/heads/a..b"), (ZERO, commit.id, b"refs/other/x")],
-                  pack_of(objects))
-    assert report == [b"unpack ok", b"ng refs/heads/a..b funny refname",
-                      b"ng refs/other/x only refs/heads/ and refs/tags/ may be pushed"]
+    report = push(
+        bare,
+        [(ZERO, commit.id, b"refs/heads/a..b"), (ZERO, commit.id, b"refs/other/x")],
+        pack_of(objects),
+    )
+    assert report == [
+        b"unpack ok",
+        b"ng refs/heads/a..b funny refname",
+        b"ng refs/other/x only refs/heads/ and refs/tags/ may be pushed",
+    ]
     assert refs(bare) == {b"refs/heads/main": first.id}

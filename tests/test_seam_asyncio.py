@@ -12,7 +12,8 @@ def test_process_still_has_its_transport():
     source = inspect.getsource(asyncio.subprocess.Process)
     assert re.search(r"self\._transport\b", source), (
         "asyncio.subprocess.Process no longer has _transport, which "
-        "gateway/git/workers/asyncio_seam.py closes the worker's pipes with: see the reason there")
+        "gateway/git/workers/asyncio_seam.py closes the worker's pipes with: see the reason there"
+    )
 
 
 def test_close_pipes_lets_wait_return():
@@ -21,8 +22,12 @@ def test_close_pipes_lets_wait_return():
 
     async def run() -> int:
         proc = await asyncio.create_subprocess_exec(
-            "sh", "-c", "yes | head -c 1000000; exit 3", stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE)
+            "sh",
+            "-c",
+            "yes | head -c 1000000; exit 3",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
         await proc.stdout.read(10)
         close_pipes(proc)
         return await asyncio.wait_for(proc.wait(), 10)

@@ -12,8 +12,11 @@ import pytest
 from gateway.transport import asyncssh_seam
 
 
-@pytest.mark.parametrize("name,owner,params", asyncssh_seam.INTERNALS,
-                         ids=[name for name, _, _ in asyncssh_seam.INTERNALS])
+@pytest.mark.parametrize(
+    "name,owner,params",
+    asyncssh_seam.INTERNALS,
+    ids=[name for name, _, _ in asyncssh_seam.INTERNALS],
+)
 def test_internal_is_there(name: str, owner: object, params: tuple[str, ...]) -> None:
     problem = asyncssh_seam.missing_internal(name, owner, params)
     if problem is not None:
@@ -24,7 +27,8 @@ def test_key_check_is_a_coroutine_we_can_await() -> None:
     # wrap_key_check awaits the original: it must stay a coroutine function.
     assert inspect.iscoroutinefunction(asyncssh.SSHServerConnection.validate_public_key), (
         "asyncssh SSHServerConnection.validate_public_key is no longer async; "
-        "see gateway/transport/asyncssh_seam.py wrap_key_check")
+        "see gateway/transport/asyncssh_seam.py wrap_key_check"
+    )
 
 
 def test_channel_request_handlers_are_looked_up_by_name_on_the_instance() -> None:
@@ -34,14 +38,17 @@ def test_channel_request_handlers_are_looked_up_by_name_on_the_instance() -> Non
     assert "getattr(self, name" in source and "'_process_'" in source, (
         f"asyncssh {asyncssh.__version__}: SSHChannel._service_next_request no longer looks "
         "request handlers up by name; see gateway/transport/asyncssh_seam.py "
-        "pass_undecodable_commands")
+        "pass_undecodable_commands"
+    )
 
 
 def test_missing_internal_names_what_is_gone() -> None:
     class Bare:
         def present(self, a: int) -> None: ...
 
-    assert "has no Bare.absent" in str(asyncssh_seam.missing_internal("Bare.absent", Bare, ("self",)))
+    assert "has no Bare.absent" in str(
+        asyncssh_seam.missing_internal("Bare.absent", Bare, ("self",))
+    )
     changed = asyncssh_seam.missing_internal("Bare.present", Bare, ("self", "b"))
     assert changed is not None and "Bare.present takes ('self', 'a')" in changed
     assert asyncssh_seam.missing_internal("Bare.present", Bare, ("self", "a")) is None

@@ -48,26 +48,35 @@ def missing_member(cls: type, name: str, kind: str) -> bool:
 def test_module_level_internals_exist(module, name):
     assert hasattr(importlib.import_module(module), name), (
         f"dulwich no longer has {module}.{name}, which gateway/git/dulwich_seam.py uses: "
-        "see the reason there and replace it")
+        "see the reason there and replace it"
+    )
 
 
-@pytest.mark.parametrize("module, cls, name, kind", MEMBERS, ids=[f"{c}.{n}" for _, c, n, _ in MEMBERS])
+@pytest.mark.parametrize(
+    "module, cls, name, kind", MEMBERS, ids=[f"{c}.{n}" for _, c, n, _ in MEMBERS]
+)
 def test_members_the_seam_reaches_exist(module, cls, name, kind):
     klass = getattr(importlib.import_module(module), cls)
     assert not missing_member(klass, name, kind), (
         f"dulwich's {module}.{cls} no longer has the {kind} {name}, which "
-        "gateway/git/dulwich_seam.py uses: see the reason there and replace it")
+        "gateway/git/dulwich_seam.py uses: see the reason there and replace it"
+    )
 
 
 def test_members_the_subclasses_rely_on_exist():
     from gateway.git.dulwich_seam import SUBCLASS_INTERNALS
 
-    gone = [f"{cls.__module__}.{cls.__name__}.{name} ({kind[:-1]})"
-            for cls, wanted in SUBCLASS_INTERNALS.items()
-            for kind, names in wanted.items() for name in names
-            if missing_member(cls, name, kind[:-1])]
-    assert not gone, ("dulwich no longer has what the gateway's subclasses override or read "
-                      f"(gateway/git/dulwich_seam.py SUBCLASS_INTERNALS): {', '.join(gone)}")
+    gone = [
+        f"{cls.__module__}.{cls.__name__}.{name} ({kind[:-1]})"
+        for cls, wanted in SUBCLASS_INTERNALS.items()
+        for kind, names in wanted.items()
+        for name in names
+        if missing_member(cls, name, kind[:-1])
+    ]
+    assert not gone, (
+        "dulwich no longer has what the gateway's subclasses override or read "
+        f"(gateway/git/dulwich_seam.py SUBCLASS_INTERNALS): {', '.join(gone)}"
+    )
 
 
 def test_private_names_are_reached_only_through_the_seams():
@@ -83,12 +92,13 @@ def test_private_names_are_reached_only_through_the_seams():
         for number, line in enumerate(path.read_text().splitlines(), 1):
             code = line.split("#", 1)[0]
             if private_import.search(code) or any(
-                    not _own(code, m) for m in private_access.finditer(code)):
+                not _own(code, m) for m in private_access.finditer(code)
+            ):
                 found.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
     assert not found, "private names outside the seam modules:\n" + "\n".join(found)
 
 
 def _own(code: str, match: re.Match) -> bool:
     """`self._x`, `cls._x`, `super()._x`: our own object (not `self.repo._x`)."""
-    before = code[:match.start(1)]
+    before = code[: match.start(1)]
     return match.group(1) in ("self", "cls", "super()") and not before.endswith(".")

@@ -61,14 +61,18 @@ async def rows(tmp_path) -> list[tuple[str, str, str, str]]:
 
 async def test_creating_an_account_audits_commits_and_tells_the_hooks(db, tmp_path, hooks_dir):
     key = new_key()
-    created = await account_service.create(db, "alice", None, [key], actor=OPERATOR,
-                                           hooks_dir=hooks_dir)
+    created = await account_service.create(
+        db, "alice", None, [key], actor=OPERATOR, hooks_dir=hooks_dir
+    )
     assert created.account.name == "alice"
     assert created.keys == [key_service.AddedKey("alice", key.fingerprint, "laptop")]
-    assert await rows(tmp_path) == [("operator", "account.add", "alice", ""),
-                                    ("operator", "key.add", "alice", key.fingerprint)]
+    assert await rows(tmp_path) == [
+        ("operator", "account.add", "alice", ""),
+        ("operator", "key.add", "alice", key.fingerprint),
+    ]
     assert [(e["event"], e["account"], e["detail"]) for e in hook_events(tmp_path)] == [
-        ("key.add", "alice", key.fingerprint)]
+        ("key.add", "alice", key.fingerprint)
+    ]
 
 
 async def test_a_key_in_use_leaves_no_account_behind(db, tmp_path, hooks_dir):
@@ -84,8 +88,9 @@ async def test_a_key_in_use_leaves_no_account_behind(db, tmp_path, hooks_dir):
 
 async def test_names_are_checked_before_anything_changes(db, tmp_path, hooks_dir):
     with pytest.raises(Refusal):
-        await account_service.create(db, "Not A Name", None, [], actor=OPERATOR,
-                                     hooks_dir=hooks_dir)
+        await account_service.create(
+            db, "Not A Name", None, [], actor=OPERATOR, hooks_dir=hooks_dir
+        )
     with pytest.raises(Refusal):
         await workspace_service.create(db, "../etc", False, actor=OPERATOR)
     assert await rows(tmp_path) == []
@@ -93,8 +98,9 @@ async def test_names_are_checked_before_anything_changes(db, tmp_path, hooks_dir
 
 async def test_the_operator_removes_plain_keys_only(db, tmp_path, hooks_dir):
     plain, spare = new_key("plain"), new_key("spare")
-    created = await account_service.create(db, "alice", None, [plain, spare], actor=OPERATOR,
-                                           hooks_dir=hooks_dir)
+    created = await account_service.create(
+        db, "alice", None, [plain, spare], actor=OPERATOR, hooks_dir=hooks_dir
+    )
     await keys.set_kind(db, spare.fingerprint, KeyKind.SECURITY_KEY)
     await db.commit()
 
@@ -102,10 +108,10 @@ async def test_the_operator_removes_plain_keys_only(db, tmp_path, hooks_dir):
         return f"ssh git@host {args}"
 
     with pytest.raises(Refusal, match="only its owner can remove it: ssh git@host security-key"):
-        await key_service.remove_by_operator(db, spare.fingerprint, actor=OPERATOR,
-                                             ssh_command=ssh)
-    removed = await key_service.remove_by_operator(db, plain.fingerprint, actor=OPERATOR,
-                                                   ssh_command=ssh)
+        await key_service.remove_by_operator(db, spare.fingerprint, actor=OPERATOR, ssh_command=ssh)
+    removed = await key_service.remove_by_operator(
+        db, plain.fingerprint, actor=OPERATOR, ssh_command=ssh
+    )
     assert removed.key.fingerprint == plain.fingerprint
     assert [k.fingerprint for k in removed.left] == [spare.fingerprint]
     assert (await rows(tmp_path))[-1] == ("operator", "key.remove", "alice", plain.fingerprint)
@@ -118,24 +124,39 @@ async def test_the_operator_removes_plain_keys_only(db, tmp_path, hooks_dir):
 
 async def test_an_owner_removes_their_own_key_as_an_event(db, tmp_path, hooks_dir):
     plain, other = new_key("plain"), new_key("other")
-    alice = (await account_service.create(db, "alice", None, [plain], actor=OPERATOR,
-                                          hooks_dir=hooks_dir)).account
+    alice = (
+        await account_service.create(
+            db, "alice", None, [plain], actor=OPERATOR, hooks_dir=hooks_dir
+        )
+    ).account
     await account_service.create(db, "bob", None, [other], actor=OPERATOR, hooks_dir=hooks_dir)
     with pytest.raises(Refusal, match="No key .* on your account"):
-        await key_service.remove_own(db, alice.id, "alice", other.fingerprint,
-                                     ssh_command=str, hooks_dir=hooks_dir)
-    await key_service.remove_own(db, alice.id, "alice", plain.fingerprint, ssh_command=str,
-                                 hooks_dir=hooks_dir, key_fingerprint=plain.fingerprint,
-                                 remote_addr="192.0.2.1")
+        await key_service.remove_own(
+            db, alice.id, "alice", other.fingerprint, ssh_command=str, hooks_dir=hooks_dir
+        )
+    await key_service.remove_own(
+        db,
+        alice.id,
+        "alice",
+        plain.fingerprint,
+        ssh_command=str,
+        hooks_dir=hooks_dir,
+        key_fingerprint=plain.fingerprint,
+        remote_addr="192.0.2.1",
+    )
     assert (await rows(tmp_path))[-1] == ("alice", "key.remove", "alice", plain.fingerprint)
     last = hook_events(tmp_path)[-1]
     assert (last["event"], last["key_fingerprint"], last["remote_addr"]) == (
-        "key.remove", plain.fingerprint, "192.0.2.1")
+        "key.remove",
+        plain.fingerprint,
+        "192.0.2.1",
+    )
 
 
 async def test_workspace_requirement_and_members(db, tmp_path, hooks_dir):
-    await account_service.create(db, "alice", None, [new_key()], actor=OPERATOR,
-                                 hooks_dir=hooks_dir)
+    await account_service.create(
+        db, "alice", None, [new_key()], actor=OPERATOR, hooks_dir=hooks_dir
+    )
     workspace = await workspace_service.create(db, "acme", True, actor=OPERATOR)
     member = await workspace_service.add_member(db, "acme", "alice", "admin", actor=OPERATOR)
     assert member.role is Role.ADMIN
@@ -151,7 +172,8 @@ async def test_workspace_requirement_and_members(db, tmp_path, hooks_dir):
     change = await workspace_service.set_requirement(db, current, "session", 30, actor="alice")
     assert (change.before, change.after, change.window) == ("on", Requirement.SESSION, 30)
     assert wording.policy_changed(change.workspace, change.after, change.window) == (
-        'Workspace "acme" now requires: session (a verified two-step session, 30 min window).')
+        'Workspace "acme" now requires: session (a verified two-step session, 30 min window).'
+    )
 
     await workspace_service.remove_member(db, "acme", "alice", actor=OPERATOR)
     with pytest.raises(Refusal, match="alice is not a member of acme"):
@@ -174,8 +196,9 @@ async def test_repositories_and_access_keys(db, tmp_path, hooks_dir):
         await repo_service.create(db, repos_dir, "acme/Widgets", False, "main", actor=OPERATOR)
     repo = await repo_service.get(db, "acme/widgets")
     key = new_key("ci")
-    added = await workspace_service.add_access_keys(db, repo, [key], None, False,
-                                                    actor=OPERATOR, hooks_dir=hooks_dir)
+    added = await workspace_service.add_access_keys(
+        db, repo, [key], None, False, actor=OPERATOR, hooks_dir=hooks_dir
+    )
     assert [(a.title, a.mode) for a in added] == [("ci", "read")]
     assert hook_events(tmp_path)[-1]["account"] == "access-key:acme/widgets"
     await workspace_service.remove_access_key(db, key.fingerprint, actor=OPERATOR)
@@ -194,9 +217,13 @@ def test_two_step_hints_are_worded_once():
         return f"ssh -p 2222 git@host {args}"
 
     assert wording.twosv_state(State(False, 0, 0, 0), ssh) == [
-        "Two-step verification is disabled.", "Turn it on with: ssh -p 2222 git@host 2sv enable"]
+        "Two-step verification is disabled.",
+        "Turn it on with: ssh -p 2222 git@host 2sv enable",
+    ]
     assert wording.twosv_state(State(True, 1, 3, 10), ssh) == [
-        "Two-step verification is enabled (totp, security-key); 3 of 10 recovery codes left."]
+        "Two-step verification is enabled (totp, security-key); 3 of 10 recovery codes left."
+    ]
     assert wording.few_codes_left(1, ssh) == (
         "Warning: only 1 recovery codes left. Get a new set with: "
-        "ssh -p 2222 git@host recovery-codes regenerate")
+        "ssh -p 2222 git@host recovery-codes regenerate"
+    )

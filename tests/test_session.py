@@ -71,16 +71,30 @@ class Session:
         assert identity is not None
         return identity
 
-    async def run(self, line: str | None, who: Identity | str | None = None, *,
-                  stdin: bytes = b"", terminal: bool = False, cooks: bool = False,
-                  subsystem: str | None = None) -> tuple[int, str, str]:
+    async def run(
+        self,
+        line: str | None,
+        who: Identity | str | None = None,
+        *,
+        stdin: bytes = b"",
+        terminal: bool = False,
+        cooks: bool = False,
+        subsystem: str | None = None,
+    ) -> tuple[int, str, str]:
         out, err = MemoryWriter(), MemoryWriter()
-        transport = Transport(via="test", cooks_terminal=cooks,
-                              key_refused=lambda: self.refused.append("closed"))
-        status = await run_session(App.load(self.settings),
-                                   self.fingerprint if who is None else who, line,
-                                   Streams(MemoryReader(stdin), out, err), peer="10.0.0.1:22",
-                                   terminal=terminal, transport=transport, subsystem=subsystem)
+        transport = Transport(
+            via="test", cooks_terminal=cooks, key_refused=lambda: self.refused.append("closed")
+        )
+        status = await run_session(
+            App.load(self.settings),
+            self.fingerprint if who is None else who,
+            line,
+            Streams(MemoryReader(stdin), out, err),
+            peer="10.0.0.1:22",
+            terminal=terminal,
+            transport=transport,
+            subsystem=subsystem,
+        )
         return status, out.data.decode(), err.data.decode()
 
 
@@ -92,11 +106,12 @@ def session(tmp_path: Path) -> Session:
 
 
 def events(caplog: pytest.LogCaptureFixture, name: str) -> list[dict[str, object]]:
-    return [getattr(r, "fields") for r in caplog.records if getattr(r, "event", None) == name]
+    return [r.fields for r in caplog.records if getattr(r, "event", None) == name]
 
 
-def test_a_fingerprint_is_looked_up_and_the_command_runs(session: Session,
-                                                         caplog: pytest.LogCaptureFixture) -> None:
+def test_a_fingerprint_is_looked_up_and_the_command_runs(
+    session: Session, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO)
     status, out, err = asyncio.run(session.run("whoami"))
     assert status == 0 and "alice" in out and err == ""
@@ -107,8 +122,9 @@ def test_a_fingerprint_is_looked_up_and_the_command_runs(session: Session,
     assert command["account"] == "alice" and command["via"] == "test"
 
 
-def test_a_key_removed_since_authentication_is_refused(session: Session,
-                                                       caplog: pytest.LogCaptureFixture) -> None:
+def test_a_key_removed_since_authentication_is_refused(
+    session: Session, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO)
     identity = asyncio.run(session.identity())
 
@@ -129,8 +145,9 @@ def test_a_key_removed_since_authentication_is_refused(session: Session,
     assert events(caplog, "auth.failed")[0]["key"] == session.fingerprint
 
 
-def test_a_line_that_does_not_parse_is_one_error_line(session: Session,
-                                                      caplog: pytest.LogCaptureFixture) -> None:
+def test_a_line_that_does_not_parse_is_one_error_line(
+    session: Session, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO)
     status, out, err = asyncio.run(session.run("whoami 'unbalanced"))
     assert (status, out, err) == (1, "", "ERROR: Invalid command: unbalanced quotes\n")
@@ -138,8 +155,8 @@ def test_a_line_that_does_not_parse_is_one_error_line(session: Session,
 
 
 def test_an_unexpected_error_is_one_line_for_the_user_and_one_for_the_operator(
-        session: Session, caplog: pytest.LogCaptureFixture,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    session: Session, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     caplog.set_level(logging.INFO)
 
     async def broken(ctx: object, request: object) -> int:

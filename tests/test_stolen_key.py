@@ -139,7 +139,9 @@ def test_adding_any_login_key_reaches_the_hooks(gw, hook_events, tmp_path):
     assert gw.ssh(alice, "security-key", "add", "yk", input=sk.line + "\n").returncode == 0
     (tmp_path / "keydir" / alice.name).mkdir(parents=True)
     dropped = make_key(tmp_path, "dropped")
-    (tmp_path / "keydir" / alice.name / "dropped.pub").write_text(Path(f"{dropped}.pub").read_text())
+    (tmp_path / "keydir" / alice.name / "dropped.pub").write_text(
+        Path(f"{dropped}.pub").read_text()
+    )
     gw.cli("keys", "sync", "--keydir", str(tmp_path / "keydir"))
     mine = [(e["event"], e["detail"]) for e in hook_events() if e["account"] == alice.name]
     assert ("key.add", fingerprint(extra)) in mine
@@ -166,7 +168,8 @@ def test_users_list_and_remove_their_own_login_keys(gw, hook_events):
     assert removed.returncode == 0, removed.stderr
     assert gw.ssh(stolen, "whoami").returncode != 0
     assert ("key.remove", fingerprint(stolen_path)) in [
-        (e["event"], e["detail"]) for e in hook_events() if e["account"] == alice.name]
+        (e["event"], e["detail"]) for e in hook_events() if e["account"] == alice.name
+    ]
     assert "key.remove" in [e["action"] for e in audit_actions(gw, alice)]
 
 
@@ -201,8 +204,10 @@ def test_the_operator_sees_every_key_that_logs_in_after_removing_a_stolen_one(gw
     stolen = User(alice.name, stolen_path)
     code = shown_codes(gw.ssh(stolen, "recovery-codes").stdout)[0]
     planted = SoftwareSecurityKey()
-    assert gw.ssh(stolen, "security-key", "add", "mine",
-                  input=f"{planted.line}\n{code}\n").returncode == 0
+    assert (
+        gw.ssh(stolen, "security-key", "add", "mine", input=f"{planted.line}\n{code}\n").returncode
+        == 0
+    )
     shown = gw.cli("account", "show", alice.name).stdout
     assert planted.get_fingerprint("sha256") in shown and "security key" in shown
     removed = gw.cli("key", "remove", fingerprint(stolen_path)).stdout
@@ -231,8 +236,10 @@ def test_a_stolen_admin_key_cannot_switch_the_policy_off(gw, work):
     assert widened.returncode != 0
     # Codes are readable with the key alone here, so a recovery code does not count,
     # typed or behind a two-step session opened with one.
-    assert NOT_ENOUGH in gw.ssh(admin, "workspace", "require-2sv", ws, "off",
-                                input=codes[0] + "\n").stderr
+    assert (
+        NOT_ENOUGH
+        in gw.ssh(admin, "workspace", "require-2sv", ws, "off", input=codes[0] + "\n").stderr
+    )
     assert gw.ssh(admin, "2sv", "verify", input=codes[1] + "\n").returncode == 0
     assert gw.ssh(admin, "workspace", "require-2sv", ws, "off").returncode != 0
     assert policy_of(gw, ws) == "on"
@@ -253,16 +260,21 @@ def test_a_fresh_session_or_a_security_key_login_allows_a_policy_change(gw):
     # After 15 minutes the session is no longer fresh enough.
     db = sqlite3.connect(gw.data / "gateway.db")
     with db:
-        db.execute("UPDATE twosv_sessions SET verified_at = verified_at - 16 * 60 "
-                   "WHERE key_fingerprint = ?", (fingerprint(admin.key),))
+        db.execute(
+            "UPDATE twosv_sessions SET verified_at = verified_at - 16 * 60 "
+            "WHERE key_fingerprint = ?",
+            (fingerprint(admin.key),),
+        )
     db.close()
     assert gw.ssh(admin, "workspace", "require-2sv", ws, "off").returncode != 0
     sk = SoftwareSecurityKey()
     gw.cli("key", "add", admin.name, "-", input=sk.line + "\n")  # a plain key first ...
     db = sqlite3.connect(gw.data / "gateway.db")
     with db:  # ... promoted the way `security-key add` promotes an existing key
-        db.execute("UPDATE ssh_keys SET kind = 'security-key' WHERE fingerprint = ?",
-                   (sk.get_fingerprint("sha256"),))
+        db.execute(
+            "UPDATE ssh_keys SET kind = 'security-key' WHERE fingerprint = ?",
+            (sk.get_fingerprint("sha256"),),
+        )
     db.close()
     switched = run_with(gw, sk, f"workspace require-2sv {ws} off")
     assert switched.exit_status == 0, switched.stderr
@@ -285,8 +297,9 @@ def test_a_prompt_answered_after_the_key_was_removed_changes_nothing(gw):
     result = waiting.finish()
     assert result.returncode != 0 and "This key is no longer accepted" in result.stderr
     db = sqlite3.connect(gw.data / "gateway.db")
-    rows = db.execute("SELECT count(*) FROM twosv_sessions WHERE key_fingerprint = ?",
-                      (fingerprint(laptop_path),)).fetchone()[0]
+    rows = db.execute(
+        "SELECT count(*) FROM twosv_sessions WHERE key_fingerprint = ?", (fingerprint(laptop_path),)
+    ).fetchone()[0]
     db.close()
     assert rows == 0
 
@@ -317,11 +330,14 @@ def test_titles_and_emails_with_escapes_are_refused_when_stored(gw, work):
         assert result.returncode == 1 and result.stderr.startswith("ERROR: Invalid title"), bad
         assert "\x1b" not in result.stderr and "\u202e" not in result.stderr
         if len(bad) < 100:  # a long title is a fine email address
-            email = gw.cli("account", "add", unique("m"), "--email", f"a{bad}@example.com",
-                           check=False)
+            email = gw.cli(
+                "account", "add", unique("m"), "--email", f"a{bad}@example.com", check=False
+            )
             assert email.returncode == 1 and "Invalid email" in email.stderr, bad
     repo = gw.repo(gw.workspace((alice, "admin")))
-    access = gw.cli("access-key", "add", repo, f"{key}.pub", "--title", "ci\x1b]0;x\x07", check=False)
+    access = gw.cli(
+        "access-key", "add", repo, f"{key}.pub", "--title", "ci\x1b]0;x\x07", check=False
+    )
     assert access.returncode == 1 and "Invalid access key title" in access.stderr
     refused = gw.ssh(alice, "security-key", "add", "yk\x1b[31m", input="")
     assert refused.returncode != 0 and "\x1b" not in refused.stderr
@@ -344,16 +360,24 @@ def test_stored_escapes_are_shown_escaped_everywhere(gw):
     alice = gw.user()
     db = sqlite3.connect(gw.data / "gateway.db")
     with db:
-        db.execute("UPDATE ssh_keys SET title = ? WHERE fingerprint = ?",
-                   ("t\x1b[2J\u202e", fingerprint(alice.key)))
+        db.execute(
+            "UPDATE ssh_keys SET title = ? WHERE fingerprint = ?",
+            ("t\x1b[2J\u202e", fingerprint(alice.key)),
+        )
         db.execute("UPDATE accounts SET email = ? WHERE name = ?", ("a\x1b]0;x\x07@b", alice.name))
-        db.execute("INSERT INTO audit (at, actor, action, target, outcome, detail) "
-                   "VALUES (0, ?, 'forged', 'x', 'ok', ?)",
-                   (alice.name, "line\n2026-01-01T00:00:00Z operator fake x ok"))
+        db.execute(
+            "INSERT INTO audit (at, actor, action, target, outcome, detail) "
+            "VALUES (0, ?, 'forged', 'x', 'ok', ?)",
+            (alice.name, "line\n2026-01-01T00:00:00Z operator fake x ok"),
+        )
     db.close()
-    outputs = [gw.ssh(alice).stdout, gw.ssh(alice, "keys").stdout,
-               gw.cli("key", "list", alice.name).stdout, gw.cli("account", "list").stdout,
-               gw.cli("account", "show", alice.name).stdout]
+    outputs = [
+        gw.ssh(alice).stdout,
+        gw.ssh(alice, "keys").stdout,
+        gw.cli("key", "list", alice.name).stdout,
+        gw.cli("account", "list").stdout,
+        gw.cli("account", "show", alice.name).stdout,
+    ]
     for text in outputs:
         assert "\x1b" not in text and "\u202e" not in text and "\x07" not in text
     assert "t?[2J?" in outputs[0]
@@ -365,6 +389,7 @@ def test_a_pending_enrolment_key_is_shown_again_only_to_the_same_ssh_key(gw):
     """A failed `2sv enable` keeps its key for a rerun; another key of the account (the
     stolen old laptop's) must not be shown it, or its holder could read every code."""
     from testkit.twosv import URI_RE
+
     alice = gw.user()
     old_path = make_key(gw.keys_dir, unique("old"))
     gw.cli("key", "add", alice.name, f"{old_path}.pub")

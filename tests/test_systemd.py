@@ -33,14 +33,19 @@ def unit(tmp_path) -> Path:
 
 
 def test_unit_verifies_clean(unit):
-    result = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True,
-                            text=True, timeout=60)
+    result = subprocess.run(
+        ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0 and not result.stderr.strip(), result.stderr
 
 
 def test_unit_exposure_stays_low(unit):
-    result = subprocess.run(["systemd-analyze", "security", "--offline=true", str(unit)],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        ["systemd-analyze", "security", "--offline=true", str(unit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     found = re.search(r"Overall exposure level for gateway.service: ([\d.]+)", result.stdout)
     assert found, result.stdout + result.stderr
     assert float(found.group(1)) <= 2.0, result.stdout  # README records the figure
@@ -59,8 +64,14 @@ def test_unit_lifecycle_settings():
     assert directives["ConfigurationDirectory"] == ["gateway"]
     stop_seconds = int(directives["TimeoutStopSec"][0].rstrip("s"))
     assert stop_seconds > Settings().grace_period + 5
-    for hardening in ("NoNewPrivileges", "ProtectSystem", "PrivateTmp", "RestrictAddressFamilies",
-                      "SystemCallFilter", "CapabilityBoundingSet"):
+    for hardening in (
+        "NoNewPrivileges",
+        "ProtectSystem",
+        "PrivateTmp",
+        "RestrictAddressFamilies",
+        "SystemCallFilter",
+        "CapabilityBoundingSet",
+    ):
         assert hardening in directives
     assert directives["ProtectSystem"] == ["strict"]
     assert directives["CapabilityBoundingSet"] == [""]

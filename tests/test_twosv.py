@@ -14,8 +14,17 @@ import pyotp
 import pytest
 
 from testkit import BACKOFF_SECONDS, User
-from testkit.twosv import (CODE_RE, URI_RE, Session, audit_actions, code_at, enable, error_lines,
-                           fresh_code)
+from testkit.twosv import (
+    CODE_RE,
+    URI_RE,
+    Session,
+    audit_actions,
+    code_at,
+    enable,
+    error_lines,
+    fresh_code,
+)
+
 
 @pytest.fixture
 def alice(gw) -> User:
@@ -71,8 +80,13 @@ def test_interrupted_or_wrong_enrolment_leaves_2sv_off(gw, alice):
 
 
 def test_commands_that_need_2sv_on(gw, alice):
-    for command in (("2sv", "disable"), ("2sv", "verify"), ("recovery-codes",),
-                    ("recovery-codes", "regenerate"), ("2sv", "replace")):
+    for command in (
+        ("2sv", "disable"),
+        ("2sv", "verify"),
+        ("recovery-codes",),
+        ("recovery-codes", "regenerate"),
+        ("2sv", "replace"),
+    ):
         result = gw.ssh(alice, *command, input="123456\n")
         assert result.returncode != 0, command
         assert len(error_lines(result.stderr)) == 1, result.stderr
@@ -109,7 +123,9 @@ def test_two_connections_racing_with_one_code(gw, alice):
     secret, _, _ = enable(gw, alice)
     code = fresh_code(secret)
     with ThreadPoolExecutor(4) as pool:
-        results = list(pool.map(lambda _: gw.ssh(alice, "2sv", "verify", input=code + "\n"), range(4)))
+        results = list(
+            pool.map(lambda _: gw.ssh(alice, "2sv", "verify", input=code + "\n"), range(4))
+        )
     assert sum(r.returncode == 0 for r in results) == 1, [r.stderr for r in results]
 
 
@@ -163,16 +179,21 @@ def test_recovery_codes_list_use_and_regenerate(gw, alice):
     old = gw.ssh(alice, "2sv", "verify", input=codes[5] + "\n")
     assert old.returncode != 0
     actions = [e["action"] for e in audit_actions(gw, alice)]
-    for expected in ("2sv.recovery_codes_shown", "2sv.recovery_code_used",
-                     "2sv.recovery_codes_regenerated", "2sv.code_refused"):
+    for expected in (
+        "2sv.recovery_codes_shown",
+        "2sv.recovery_code_used",
+        "2sv.recovery_codes_regenerated",
+        "2sv.code_refused",
+    ):
         assert expected in actions
 
 
 def test_twenty_parallel_uses_of_one_recovery_code(gw, alice):
     _, codes, _ = enable(gw, alice)
     with ThreadPoolExecutor(20) as pool:
-        results = list(pool.map(
-            lambda _: gw.ssh(alice, "2sv", "verify", input=codes[2] + "\n"), range(20)))
+        results = list(
+            pool.map(lambda _: gw.ssh(alice, "2sv", "verify", input=codes[2] + "\n"), range(20))
+        )
     assert sum(r.returncode == 0 for r in results) == 1
     assert all("Traceback" not in r.stderr for r in results)
 
@@ -240,9 +261,16 @@ def test_2sv_events_reach_hooks(gw, alice):
         gw.ssh(alice, "recovery-codes")
     finally:
         hook.unlink()
-    mine = [json.loads(line) for line in events_file.read_text().splitlines()
-            if json.loads(line)["account"] == alice.name]
-    assert [e["event"] for e in mine] == ["2sv.enable", "2sv.code_refused", "2sv.recovery_codes_shown"]
+    mine = [
+        json.loads(line)
+        for line in events_file.read_text().splitlines()
+        if json.loads(line)["account"] == alice.name
+    ]
+    assert [e["event"] for e in mine] == [
+        "2sv.enable",
+        "2sv.code_refused",
+        "2sv.recovery_codes_shown",
+    ]
     text = events_file.read_text()
     assert secret not in text and not any(code in text for code in codes)
     assert mine[1]["outcome"] == "denied"
@@ -267,8 +295,13 @@ def test_shipped_syslog_hook_passes_the_event_on(tmp_path):
     fake_logger.chmod(0o755)
     hook = Path(__file__).resolve().parent.parent / "hooks" / "2sv-event.d" / "50-syslog"
     event = '{"event": "2sv.enable", "account": "alice"}\n'
-    result = subprocess.run([str(hook)], input=event, text=True, capture_output=True,
-                            env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
+    result = subprocess.run(
+        [str(hook)],
+        input=event,
+        text=True,
+        capture_output=True,
+        env={"PATH": f"{bin_dir}:/usr/bin:/bin"},
+    )
     assert result.returncode == 0, result.stderr
     logged = record.read_text()
     assert logged.startswith("-t gateway-2sv")

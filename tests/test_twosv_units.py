@@ -22,8 +22,14 @@ RFC_SEED = base64.b32encode(b"12345678901234567890").decode()
 
 @pytest.mark.parametrize(
     "when,code",
-    [(59, "94287082"), (1111111109, "07081804"), (1111111111, "14050471"),
-     (1234567890, "89005924"), (2000000000, "69279037"), (20000000000, "65353130")],
+    [
+        (59, "94287082"),
+        (1111111109, "07081804"),
+        (1111111111, "14050471"),
+        (1234567890, "89005924"),
+        (2000000000, "69279037"),
+        (20000000000, "65353130"),
+    ],
 )
 def test_rfc6238_sha1_vectors(when, code):
     assert totp.matching_step(RFC_SEED, code, when, digits=8, drift=0) == when // 30
@@ -32,8 +38,18 @@ def test_rfc6238_sha1_vectors(when, code):
 
 
 def test_rfc4226_hotp_values():
-    expected = ["755224", "287082", "359152", "969429", "338314", "254676", "287922", "162583",
-                "399871", "520489"]
+    expected = [
+        "755224",
+        "287082",
+        "359152",
+        "969429",
+        "338314",
+        "254676",
+        "287922",
+        "162583",
+        "399871",
+        "520489",
+    ]
     for counter, code in enumerate(expected):
         assert totp.hotp_matches(RFC_SEED, code, counter)
         assert not totp.hotp_matches(RFC_SEED, code, counter + 1)
@@ -51,11 +67,21 @@ def test_drift_is_one_step_each_way():
         assert totp.matching_step(secret, code, now) is None
 
 
-@pytest.mark.parametrize("typed,expected", [
-    ("123456", "123456"), ("123 456", "123456"), (" 123456 ", "123456"),
-    ("１２３４５６", None), ("12345", None), ("1234567", None), ("12345a", None),
-    ("١٢٣٤٥٦", None), ("", None), ("123-456", None),
-])
+@pytest.mark.parametrize(
+    "typed,expected",
+    [
+        ("123456", "123456"),
+        ("123 456", "123456"),
+        (" 123456 ", "123456"),
+        ("１２３４５６", None),
+        ("12345", None),
+        ("1234567", None),
+        ("12345a", None),
+        ("١٢٣٤٥٦", None),
+        ("", None),
+        ("123-456", None),
+    ],
+)
 def test_code_input_discipline(typed, expected):
     assert totp.normalise(typed) == expected
 
@@ -164,7 +190,9 @@ async def test_recovery_codes_once_each_and_parallel(twosv, tmp_path):
     others = [await store_db.connect(tmp_path / "g.db", migrate_schema=False) for _ in range(20)]
     try:
         services = [TwoSV(db, svc.sealer, svc.account_id, "alice", clock=clock) for db in others]
-        results = await asyncio.gather(*(s.check(codes[1]) for s in services), return_exceptions=True)
+        results = await asyncio.gather(
+            *(s.check(codes[1]) for s in services), return_exceptions=True
+        )
     finally:
         for db in others:
             await db.close()

@@ -18,7 +18,6 @@ from gateway.git.workers.job import Job
 from gateway.store import db as store_db
 from testkit import pkt
 
-
 # --- names ----------------------------------------------------------------------------
 
 
@@ -62,9 +61,23 @@ def test_client_repo_path_forms(text, expected):
 
 @pytest.mark.parametrize(
     "text",
-    ["../etc/passwd", "/../etc/passwd", "acme/../x", "acme/.x", "acme/-x", "-acme/x", "acme",
-     "acme/x/y", "//acme/x", "acme/x.git.git", "--upload-pack=touch", "acme/%2e%2e", "~/x",
-     "acme/x\n", ""],
+    [
+        "../etc/passwd",
+        "/../etc/passwd",
+        "acme/../x",
+        "acme/.x",
+        "acme/-x",
+        "-acme/x",
+        "acme",
+        "acme/x/y",
+        "//acme/x",
+        "acme/x.git.git",
+        "--upload-pack=touch",
+        "acme/%2e%2e",
+        "~/x",
+        "acme/x\n",
+        "",
+    ],
 )
 def test_client_repo_path_refused(text):
     assert names.client_repo_path(text) is None
@@ -85,8 +98,12 @@ def test_branch_names_refused(branch):
 
 
 def test_parse_git_forms():
-    for line in ("git-upload-pack 'acme/w.git'", "git upload-pack 'acme/w.git'",
-                 "git-upload-pack '/acme/w.git'", "git-upload-pack acme/w"):
+    for line in (
+        "git-upload-pack 'acme/w.git'",
+        "git upload-pack 'acme/w.git'",
+        "git-upload-pack '/acme/w.git'",
+        "git-upload-pack acme/w",
+    ):
         assert parse(line) == GitRequest("git-upload-pack", names.RepoPath("acme", "w"))
     assert parse("git-receive-pack 'a/b.git'").service == "git-receive-pack"
     assert parse("git-upload-archive 'a/b.git'").service == "git-upload-archive"
@@ -124,19 +141,29 @@ def test_parse_refuses(line, message):
 
 def test_key_line_with_options_and_comment(tmp_path):
     key = tmp_path / "k"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "me@host", "-f", str(key)],
-                   check=True)
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "me@host", "-f", str(key)], check=True
+    )
     line = (tmp_path / "k.pub").read_text().strip()
-    expected = subprocess.run(["ssh-keygen", "-lf", str(key) + ".pub"], capture_output=True,
-                              text=True, check=True).stdout.split()[1]
+    expected = subprocess.run(
+        ["ssh-keygen", "-lf", str(key) + ".pub"], capture_output=True, text=True, check=True
+    ).stdout.split()[1]
     parsed = sshkeys.parse_line('no-pty,command="echo hi there" ' + line)
     assert parsed.fingerprint == expected
     assert parsed.comment == "me@host"
     assert parsed.algorithm == "ssh-ed25519"
 
 
-@pytest.mark.parametrize("line", ["", "hello", "ssh-ed25519", "ssh-ed25519 AAAA",
-                                  "ssh-rsa AAAAC3NzaC1lZDI1NTE5AAAAIDx0aV8mWq8fQmB0f7n2Qm7w4p2lmY1Gk9bVYt7mI4iN"])
+@pytest.mark.parametrize(
+    "line",
+    [
+        "",
+        "hello",
+        "ssh-ed25519",
+        "ssh-ed25519 AAAA",
+        "ssh-rsa AAAAC3NzaC1lZDI1NTE5AAAAIDx0aV8mWq8fQmB0f7n2Qm7w4p2lmY1Gk9bVYt7mI4iN",
+    ],
+)
 def test_bad_key_lines(line):
     with pytest.raises(Refusal):
         sshkeys.parse_line(line)
@@ -148,8 +175,14 @@ def test_bad_key_lines(line):
 @pytest.fixture
 def packed_repo(tmp_path) -> tuple[Path, str]:
     work = tmp_path / "work"
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@t", "HOME": str(tmp_path)}
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+        "HOME": str(tmp_path),
+    }
     subprocess.run(["git", "init", "-q", "-b", "main", str(work)], check=True, env=env)
     for i in range(50):
         (work / f"f{i}.txt").write_text(f"file {i}\n" * 50)
@@ -158,8 +191,9 @@ def packed_repo(tmp_path) -> tuple[Path, str]:
     bare = tmp_path / "bare.git"
     subprocess.run(["git", "clone", "-q", "--bare", str(work), str(bare)], check=True, env=env)
     subprocess.run(["git", "repack", "-adq"], cwd=bare, check=True, env=env)
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=bare, capture_output=True, text=True,
-                          check=True).stdout.strip()
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=bare, capture_output=True, text=True, check=True
+    ).stdout.strip()
     return bare, head
 
 
@@ -183,8 +217,11 @@ def _fetch_request(head: str) -> bytes:
 
 
 def _open_pack_handles() -> tuple[int, int]:
-    fds = sum(1 for fd in os.listdir("/proc/self/fd")
-              if "objects/pack" in os.path.realpath(f"/proc/self/fd/{fd}"))
+    fds = sum(
+        1
+        for fd in os.listdir("/proc/self/fd")
+        if "objects/pack" in os.path.realpath(f"/proc/self/fd/{fd}")
+    )
     maps = Path("/proc/self/maps").read_text().count("objects/pack")
     return fds, maps
 
@@ -208,7 +245,7 @@ def test_worker_writes_in_large_chunks(packed_repo):
     pkt_lines, data = 0, bytes(sink.data)
     while data:  # count the pkt-lines the handler produced
         size = int(data[:4], 16)
-        data = data[max(size, 4):]
+        data = data[max(size, 4) :]
         pkt_lines += 1
     # One write per small pkt-line made clones 6x slower; the worker coalesces them.
     assert pkt_lines > 20
@@ -217,13 +254,19 @@ def test_worker_writes_in_large_chunks(packed_repo):
     big = bare.parent / "big"
     subprocess.run(["git", "clone", "-q", str(bare), str(big)], check=True)
     (big / "random.bin").write_bytes(os.urandom(1 << 20))
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@t"}
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+    }
     subprocess.run(["git", "add", "random.bin"], cwd=big, check=True)
     subprocess.run(["git", "commit", "-qm", "random"], cwd=big, check=True, env=env)
     subprocess.run(["git", "push", "-q", str(bare), "HEAD:main"], cwd=big, check=True)
-    new_head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=big, capture_output=True, text=True,
-                              check=True).stdout.strip()
+    new_head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=big, capture_output=True, text=True, check=True
+    ).stdout.strip()
     sink = CountingSink()
     worker.serve(Job("git-upload-pack", str(bare)), io.BytesIO(_fetch_request(new_head)), sink)
     assert len(sink.data) > 1 << 20
@@ -240,8 +283,11 @@ async def test_store_is_wal_with_foreign_keys_and_current_schema(tmp_path):
         assert (await (await db.execute("PRAGMA foreign_keys")).fetchone())[0] == 1
         version = (await (await db.execute("PRAGMA user_version")).fetchone())[0]
         assert version == store_db.SCHEMA_VERSION
-        plan = await (await db.execute(
-            "EXPLAIN QUERY PLAN SELECT * FROM ssh_keys WHERE fingerprint = ?", ("x",))).fetchall()
+        plan = await (
+            await db.execute(
+                "EXPLAIN QUERY PLAN SELECT * FROM ssh_keys WHERE fingerprint = ?", ("x",)
+            )
+        ).fetchall()
         assert any("ssh_keys_fingerprint" in str(tuple(row)) for row in plan)
     finally:
         await db.close()

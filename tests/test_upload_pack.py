@@ -10,22 +10,31 @@ from pathlib import Path
 
 import pytest
 
-from testkit import Gateway, local_git, pkt
 from gateway.git.upload.commitobjects import CommitObjects
+from testkit import Gateway, local_git, pkt
 from testkit.localgit import commit, fsck
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def all_objects(git_dir: Path, *refs: str) -> set[str]:
-    out = subprocess.run(["git", "rev-list", "--objects", *(refs or ("--all",))], cwd=git_dir,
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["git", "rev-list", "--objects", *(refs or ("--all",))],
+        cwd=git_dir,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return {line.split()[0] for line in out.splitlines()}
 
 
 def client_fsck(clone: Path) -> None:
-    result = subprocess.run(["git", "fsck", "--full", "--strict", "--no-dangling"], cwd=clone,
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        ["git", "fsck", "--full", "--strict", "--no-dangling"],
+        cwd=clone,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -40,9 +49,12 @@ def mirror_clone(gw, user, path: str, dest: Path) -> Path:
 def commit_on_server(server: Path, parent: str, name: str, content: str) -> tuple[str, str, str]:
     """A commit written by C git straight into the server's repository, as loose objects
     (a blob, a tree holding it, a commit on `parent`): (blob, tree, commit)."""
+
     def run(*args: str, input: str | None = None) -> str:
-        return subprocess.run(["git", *args], cwd=server, input=input, capture_output=True, text=True,
-                              check=True).stdout.strip()
+        return subprocess.run(
+            ["git", *args], cwd=server, input=input, capture_output=True, text=True, check=True
+        ).stdout.strip()
+
     blob = run("hash-object", "-w", "--stdin", input=content)
     tree = run("mktree", input=f"100644 blob {blob}\t{name}\n")
     return blob, tree, run("commit-tree", tree, "-p", parent, "-m", name)
@@ -73,8 +85,10 @@ def push(gw, user, path, tree, *refspecs: str) -> None:
 
 def big_text(seed: int, lines: int = 3000) -> str:
     # Text that deltas well against its previous version: a few lines change each time.
-    return "".join(f"line {i} {'changed ' * (i % 97 == seed % 97)}{seed if i % 97 == seed % 97 else ''}\n"
-                   for i in range(lines))
+    return "".join(
+        f"line {i} {'changed ' * (i % 97 == seed % 97)}{seed if i % 97 == seed % 97 else ''}\n"
+        for i in range(lines)
+    )
 
 
 def test_clone_from_many_pushes_is_complete(gw, repo, work):
@@ -357,7 +371,9 @@ def test_kept_commit_lists_damaged_or_cut_short_are_made_again(gw, repo, work):
     mirror_clone(gw, alice, path, work / "c1")
     kept = server / "gateway-commit-objects"
     whole = kept.read_bytes()
-    for n, damaged in enumerate([whole[:len(whole) // 2], whole[:40] + bytes([whole[40] ^ 1]) + whole[41:]]):
+    for n, damaged in enumerate(
+        [whole[: len(whole) // 2], whole[:40] + bytes([whole[40] ^ 1]) + whole[41:]]
+    ):
         kept.write_bytes(damaged)
         (server / "gateway-clone-objects").unlink()
         mirror_clone(gw, alice, path, work / f"c{n + 2}")
@@ -400,12 +416,17 @@ def test_fetches_into_a_shallow_clone_then_unshallow(gw, repo, work):
 
 def run_worker(server: Path, request: bytes) -> tuple[bytes, subprocess.CompletedProcess]:
     """The pack the worker sends for a v0 request (side-band-64k demultiplexed)."""
-    result = subprocess.run([sys.executable, "-m", "gateway.git.workers.worker", "git-upload-pack", str(server)],
-                            input=request, capture_output=True, cwd=ROOT, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway.git.workers.worker", "git-upload-pack", str(server)],
+        input=request,
+        capture_output=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     out, pos, pack = result.stdout, 0, bytearray()
     while pos < len(out):
-        size = int(out[pos:pos + 4], 16)
-        line = out[pos + 4:pos + size] if size else b""
+        size = int(out[pos : pos + 4], 16)
+        line = out[pos + 4 : pos + size] if size else b""
         pos += size or 4
         if line[:1] == b"\x01" and (pack or line[1:5] == b"PACK"):
             pack += line[1:]
@@ -427,11 +448,23 @@ def entry_types(pack: bytes, work: Path, strict: bool = True) -> dict[str, int]:
     repo = work / f"idx{len(list(work.iterdir()))}"
     local_git("init", "-q", "--bare", str(repo), cwd=work)
     (repo / "in.pack").write_bytes(pack)
-    subprocess.run(["git", "index-pack", *(["--strict"] if strict else []), str(repo / "in.pack")], cwd=repo,
-                   check=True, capture_output=True)
-    listing = subprocess.run(["git", "show-index"], stdin=open(repo / "in.idx", "rb"), capture_output=True,
-                             text=True, check=True).stdout
-    return {sha: (pack[int(offset)] >> 4) & 7 for offset, sha, *_ in (line.split() for line in listing.splitlines())}
+    subprocess.run(
+        ["git", "index-pack", *(["--strict"] if strict else []), str(repo / "in.pack")],
+        cwd=repo,
+        check=True,
+        capture_output=True,
+    )
+    listing = subprocess.run(
+        ["git", "show-index"],
+        stdin=open(repo / "in.idx", "rb"),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return {
+        sha: (pack[int(offset)] >> 4) & 7
+        for offset, sha, *_ in (line.split() for line in listing.splitlines())
+    }
 
 
 @pytest.fixture

@@ -18,12 +18,22 @@ from pathlib import Path
 import asyncssh
 import pytest
 
-from testkit import (Gateway, User, fingerprint, free_port, git_workers, local_git, make_key, pkt,
-                     unique, wait_for)
-from testkit.sshclient import connect
 from gateway.commands.git import RequestWatch
 from gateway.errors import Refusal
 from gateway.git.workers.slots import WorkerSlots
+from testkit import (
+    Gateway,
+    User,
+    fingerprint,
+    free_port,
+    git_workers,
+    local_git,
+    make_key,
+    pkt,
+    unique,
+    wait_for,
+)
+from testkit.sshclient import connect
 
 CAPS = "max_git_workers = 3\nmax_git_workers_per_account = 2\ngit_queue_timeout = 2\n"
 
@@ -82,7 +92,8 @@ async def finish(proc, timeout: float = 20) -> tuple[int | None, bytes, bytes]:
     """The rest of a session: (exit status, stdout, stderr)."""
     proc.stdin.write_eof()
     out, err = await asyncio.wait_for(
-        asyncio.gather(proc.stdout.read(), proc.stderr.read()), timeout)
+        asyncio.gather(proc.stdout.read(), proc.stderr.read()), timeout
+    )
     await asyncio.wait_for(proc.wait_closed(), timeout)
     return proc.exit_status, out, err
 
@@ -130,12 +141,16 @@ def test_an_access_key_over_its_cap_is_refused_and_others_still_get_through(caps
 
     status, out, err, waited, other = asyncio.run(go())
     assert status != 0 and out == b""
-    assert err.decode() == ("ERROR: Too many Git requests at once from this access key "
-                            "(2 running); try again in a minute\n")
+    assert err.decode() == (
+        "ERROR: Too many Git requests at once from this access key "
+        "(2 running); try again in a minute\n"
+    )
     assert 1.5 < waited < 10, waited  # waited git_queue_timeout for one of its own
     assert tip in other.stdout
-    assert metric(scrape(caps), "gateway_git_requests_refused_total",
-                  reason="per_account") == before + 1
+    assert (
+        metric(scrape(caps), "gateway_git_requests_refused_total", reason="per_account")
+        == before + 1
+    )
     refused = [line for line in caps.server_log().splitlines() if "event=git.refused" in line]
     assert refused and "reason=per_account" in refused[-1] and "access-key:ci" in refused[-1]
     # Once its sessions are gone the key clones again.
@@ -148,8 +163,9 @@ def test_an_account_over_its_cap_is_refused(caps, tmp_path):
     async def go():
         async with connect(caps, admin.key) as conn:
             held = [await open_stalled(conn, path) for _ in range(2)]
-            refused = await asyncio.to_thread(caps.git, admin, "ls-remote", caps.url(path),
-                                              check=False)
+            refused = await asyncio.to_thread(
+                caps.git, admin, "ls-remote", caps.url(path), check=False
+            )
             held[0].close()
             await held[0].wait_closed()
             allowed = await asyncio.to_thread(caps.git, admin, "ls-remote", caps.url(path))
@@ -158,8 +174,9 @@ def test_an_account_over_its_cap_is_refused(caps, tmp_path):
 
     refused, allowed = asyncio.run(go())
     assert refused.returncode != 0
-    assert ("ERROR: Too many Git requests at once from this account (2 running); "
-            "try again in a minute") in refused.stderr
+    assert (
+        "ERROR: Too many Git requests at once from this account (2 running); try again in a minute"
+    ) in refused.stderr
     assert tip in allowed.stdout
 
 
@@ -174,8 +191,11 @@ def test_over_the_server_cap_a_request_queues_costs_no_worker_and_gets_a_freed_s
             held = [await open_stalled(c, path) for c in conns]
             # A fourth account's ls-remote waits: no worker for it, and the gauge says so.
             result: dict = {}
-            thread = threading.Thread(target=lambda: result.update(
-                r=caps.git(admin, "ls-remote", caps.url(path), check=False)))
+            thread = threading.Thread(
+                target=lambda: result.update(
+                    r=caps.git(admin, "ls-remote", caps.url(path), check=False)
+                )
+            )
             started = time.monotonic()
             thread.start()
             await asyncio.sleep(1.0)
@@ -188,8 +208,9 @@ def test_over_the_server_cap_a_request_queues_costs_no_worker_and_gets_a_freed_s
             # Full again: a request waits git_queue_timeout, then is refused.
             held[0] = await open_stalled(conns[0], path)
             t = time.monotonic()
-            busy = await asyncio.to_thread(caps.git, admin, "ls-remote", caps.url(path),
-                                           check=False)
+            busy = await asyncio.to_thread(
+                caps.git, admin, "ls-remote", caps.url(path), check=False
+            )
             busy_took = time.monotonic() - t
             for proc in held:
                 proc.close()
@@ -204,8 +225,10 @@ def test_over_the_server_cap_a_request_queues_costs_no_worker_and_gets_a_freed_s
     assert queued == 1 and running == 3, (queued, running)
     assert workers == 3  # the waiting request had no worker
     assert busy.returncode != 0 and busy_took >= 1.5
-    assert ("ERROR: The server is busy: all 3 Git workers are in use; try again in a minute"
-            in busy.stderr), busy.stderr
+    assert (
+        "ERROR: The server is busy: all 3 Git workers are in use; try again in a minute"
+        in busy.stderr
+    ), busy.stderr
     assert metric(scrape(caps), "gateway_git_requests_refused_total", reason="busy") >= 1
     assert metric(scrape(caps), "gateway_git_workers_running") == 0 or wait_gauge_zero(caps)
 
@@ -291,8 +314,9 @@ def test_a_trickling_client_is_cut_at_request_timeout_and_its_worker_freed(timed
     took, status, out, err = asyncio.run(go())
     assert 2.5 < took < 8, took
     assert status != 0 and b"PACK" not in out
-    assert err.decode() == ("ERROR: The Git request did not arrive in full within 3 seconds; "
-                            "closing\n")
+    assert err.decode() == (
+        "ERROR: The Git request did not arrive in full within 3 seconds; closing\n"
+    )
     assert not git_workers(timed.repo_dir(path))
     cut = [line for line in timed.server_log().splitlines() if "event=git.cut" in line]
     assert cut and f"account={admin.name}" in cut[-1] and "reason=request_timeout" in cut[-1]
@@ -307,8 +331,10 @@ def test_clones_fetches_and_pushes_still_work_under_a_short_request_timeout(time
     local_git("commit", "-qm", "b", cwd=clone, env=timed.env)
     timed.git(admin, "push", "-q", "origin", "HEAD:main", cwd=clone)
     timed.git(admin, "fetch", "-q", cwd=clone)
-    assert timed.git(admin, "ls-remote", timed.url(path)).stdout.split()[0] == \
-        local_git("rev-parse", "HEAD", cwd=clone).strip()
+    assert (
+        timed.git(admin, "ls-remote", timed.url(path)).stdout.split()[0]
+        == local_git("rev-parse", "HEAD", cwd=clone).strip()
+    )
 
 
 def test_a_push_whose_pack_is_slower_than_request_timeout_is_not_cut(timed, tmp_path):
@@ -320,19 +346,24 @@ def test_a_push_whose_pack_is_slower_than_request_timeout_is_not_cut(timed, tmp_
     local_git("add", "big.txt", cwd=work, env=timed.env)
     local_git("commit", "-qm", "big", cwd=work, env=timed.env)
     new = local_git("rev-parse", "HEAD", cwd=work).strip()
-    pack = subprocess.run(["git", "pack-objects", "--stdout", "--revs", "-q"], cwd=work,
-                          input=f"{new}\n^{tip}\n".encode(), capture_output=True,
-                          check=True).stdout
+    pack = subprocess.run(
+        ["git", "pack-objects", "--stdout", "--revs", "-q"],
+        cwd=work,
+        input=f"{new}\n^{tip}\n".encode(),
+        capture_output=True,
+        check=True,
+    ).stdout
 
     async def go():
         async with connect(timed, admin.key) as conn:
             proc = await conn.create_process(f"git-receive-pack '{path}.git'", encoding=None)
             await asyncio.wait_for(advertised(proc), 20)
-            proc.stdin.write(pkt(f"{'0' * 40} {new} refs/heads/slow\0report-status\n".encode())
-                             + b"0000")
+            proc.stdin.write(
+                pkt(f"{'0' * 40} {new} refs/heads/slow\0report-status\n".encode()) + b"0000"
+            )
             step = max(1, len(pack) // 10)
             for i in range(0, len(pack), step):  # 10 pieces over 5 s, beyond the 3 s limit
-                proc.stdin.write(pack[i:i + step])
+                proc.stdin.write(pack[i : i + step])
                 await asyncio.sleep(0.5)
             return await finish(proc)
 
@@ -348,25 +379,31 @@ WANT = pkt(b"want " + b"a" * 40 + b" side-band-64k\n")
 HAVE = pkt(b"have " + b"b" * 40 + b"\n")
 
 
-@pytest.mark.parametrize("service, stream, done_at", [
-    ("git-upload-pack", WANT + b"0000" + HAVE + b"0000" + HAVE + pkt(b"done\n"), "end"),
-    ("git-upload-pack", WANT + b"0000" + HAVE + b"0000", None),
-    ("git-upload-pack", b"0000", "end"),  # ls-remote: nothing wanted
-    ("git-upload-pack", WANT + pkt(b"deepen 1\n") + b"0000", None),
-    ("git-upload-pack", WANT + b"0000" + pkt(b"done"), "end"),
-    ("git-upload-pack", WANT + b"0000" + pkt(b"dome\n"), None),
-    ("git-receive-pack", pkt(b"0" * 40 + b" " + b"c" * 40 + b" refs/heads/x\0report-status\n")
-     + b"0000", "end"),
-    ("git-receive-pack", pkt(b"0" * 40 + b" " + b"c" * 40 + b" refs/heads/x\n"), None),
-    ("git-upload-archive", pkt(b"argument HEAD\n") + b"0000", "end"),
-    ("git-upload-pack", b"zz1!garbage", "end"),  # not pkt-lines: the worker refuses them
-    ("git-upload-pack", b"0+1f", "end"),
-])
+@pytest.mark.parametrize(
+    "service, stream, done_at",
+    [
+        ("git-upload-pack", WANT + b"0000" + HAVE + b"0000" + HAVE + pkt(b"done\n"), "end"),
+        ("git-upload-pack", WANT + b"0000" + HAVE + b"0000", None),
+        ("git-upload-pack", b"0000", "end"),  # ls-remote: nothing wanted
+        ("git-upload-pack", WANT + pkt(b"deepen 1\n") + b"0000", None),
+        ("git-upload-pack", WANT + b"0000" + pkt(b"done"), "end"),
+        ("git-upload-pack", WANT + b"0000" + pkt(b"dome\n"), None),
+        (
+            "git-receive-pack",
+            pkt(b"0" * 40 + b" " + b"c" * 40 + b" refs/heads/x\0report-status\n") + b"0000",
+            "end",
+        ),
+        ("git-receive-pack", pkt(b"0" * 40 + b" " + b"c" * 40 + b" refs/heads/x\n"), None),
+        ("git-upload-archive", pkt(b"argument HEAD\n") + b"0000", "end"),
+        ("git-upload-pack", b"zz1!garbage", "end"),  # not pkt-lines: the worker refuses them
+        ("git-upload-pack", b"0+1f", "end"),
+    ],
+)
 def test_request_watch_finds_the_end_of_a_request(service, stream, done_at):
     whole = RequestWatch(service)
     assert whole.feed(stream) is (done_at is not None)
     byte_by_byte = RequestWatch(service)
-    ends = [i for i in range(len(stream)) if byte_by_byte.feed(stream[i:i + 1])]
+    ends = [i for i in range(len(stream)) if byte_by_byte.feed(stream[i : i + 1])]
     if done_at == "end" and not stream.startswith((b"zz", b"0+")):
         assert ends and ends[0] == len(stream) - 1  # not a byte early
     elif done_at is None:

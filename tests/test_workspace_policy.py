@@ -47,8 +47,10 @@ def test_policy_on_refuses_member_without_2sv_until_they_enrol(gw, team, work):
     on = gw.ssh(admin, "workspace", "require-2sv", ws, "on", input=fresh_code(admin_secret) + "\n")
     assert on.returncode == 0, on.stderr
     assert member.name in on.stdout  # told who loses access
-    expected = (f'ERROR: Workspace "{ws}" requires two-step verification.\n'
-                f"Turn it on with: {ssh_base(gw)} 2sv enable")
+    expected = (
+        f'ERROR: Workspace "{ws}" requires two-step verification.\n'
+        f"Turn it on with: {ssh_base(gw)} 2sv enable"
+    )
     clone = gw.git(member, "clone", gw.url(private), str(work / "c1"), check=False)
     assert clone.returncode != 0 and expected in clone.stderr
     archive = gw.ssh(member, f"git-upload-archive '{private}.git'")
@@ -79,18 +81,33 @@ def test_policy_on_refuses_member_without_2sv_until_they_enrol(gw, team, work):
 def _backdate_session(gw: Gateway, fingerprint: str, minutes: int) -> None:
     db = sqlite3.connect(gw.data / "gateway.db")
     with db:
-        db.execute("UPDATE twosv_sessions SET verified_at = verified_at - ? WHERE key_fingerprint = ?",
-                   (minutes * 60, fingerprint))
+        db.execute(
+            "UPDATE twosv_sessions SET verified_at = verified_at - ? WHERE key_fingerprint = ?",
+            (minutes * 60, fingerprint),
+        )
     db.close()
 
 
 def test_policy_session_needs_a_verified_session_per_key(gw, team, work):
     admin, member, ws, private, public, admin_secret = team
-    assert gw.ssh(admin, "workspace", "require-2sv", ws, "session", "--window", "5",
-                  input=fresh_code(admin_secret) + "\n").returncode == 0
+    assert (
+        gw.ssh(
+            admin,
+            "workspace",
+            "require-2sv",
+            ws,
+            "session",
+            "--window",
+            "5",
+            input=fresh_code(admin_secret) + "\n",
+        ).returncode
+        == 0
+    )
     secret, codes, _ = enable(gw, member)
-    expected = (f'ERROR: Workspace "{ws}" requires a verified two-step session.\n'
-                f"Open one with: {ssh_base(gw)} 2sv verify")
+    expected = (
+        f'ERROR: Workspace "{ws}" requires a verified two-step session.\n'
+        f"Open one with: {ssh_base(gw)} 2sv verify"
+    )
     refused = gw.git(member, "ls-remote", gw.url(private), check=False)
     assert refused.returncode != 0 and expected in refused.stderr
     assert "requires a verified two-step session" in gw.ssh(member).stdout
@@ -113,8 +130,9 @@ def test_only_admins_with_2sv_set_the_policy(gw, work):
     ws = gw.workspace((admin, "admin"), (member, "write"))
     no_2sv = gw.ssh(admin, "workspace", "require-2sv", ws, "on")
     assert no_2sv.returncode != 0
-    assert no_2sv.stderr.startswith("ERROR: Enable two-step verification on your own account first: "
-                                    f"{ssh_base(gw)} 2sv enable")
+    assert no_2sv.stderr.startswith(
+        f"ERROR: Enable two-step verification on your own account first: {ssh_base(gw)} 2sv enable"
+    )
     enable(gw, member)
     not_admin = gw.ssh(member, "workspace", "require-2sv", ws, "on")
     assert not_admin.returncode != 0 and "Only admins" in not_admin.stderr
@@ -124,8 +142,13 @@ def test_only_admins_with_2sv_set_the_policy(gw, work):
     admin_secret, _, _ = enable(gw, admin)
     # One code opens a two-step session; the policy changes below ride on it.
     assert gw.ssh(admin, "2sv", "verify", input=fresh_code(admin_secret) + "\n").returncode == 0
-    for bad in (("maybe",), ("session", "--window", "0"), ("session", "--window", "10081"),
-                ("on", "--window"), ("on", "extra")):
+    for bad in (
+        ("maybe",),
+        ("session", "--window", "0"),
+        ("session", "--window", "10081"),
+        ("on", "--window"),
+        ("on", "extra"),
+    ):
         result = gw.ssh(admin, "workspace", "require-2sv", ws, *bad)
         assert result.returncode != 0 and result.stderr.startswith("ERROR: "), bad
     assert "require-2sv:  off" in gw.ssh(admin, "workspace", "show", ws).stdout
@@ -144,7 +167,9 @@ def test_operator_require_2sv_lists_who_would_lose_access(gw, work):
     ws = gw.workspace((admin, "admin"), (member, "read"))
     enable(gw, admin)
     dry = gw.cli("workspace", "require-2sv", ws, "on", "--dry-run")
-    assert member.name in dry.stdout and admin.name not in dry.stdout.split(":", 1)[1].split("\n")[0]
+    assert (
+        member.name in dry.stdout and admin.name not in dry.stdout.split(":", 1)[1].split("\n")[0]
+    )
     assert json.loads(gw.cli("workspace", "show", ws, "--json").stdout)["require_2sv"] == "off"
     gw.cli("workspace", "require-2sv", ws, "session", "--window", "30")
     shown = json.loads(gw.cli("workspace", "show", ws, "--json").stdout)
@@ -160,8 +185,12 @@ def test_operator_require_2sv_lists_who_would_lose_access(gw, work):
 
 def test_access_keys_are_read_only_bound_and_outside_the_policy(gw, team, work):
     admin, member, ws, private, public, admin_secret = team
-    assert gw.ssh(admin, "workspace", "require-2sv", ws, "on",
-                  input=fresh_code(admin_secret) + "\n").returncode == 0
+    assert (
+        gw.ssh(
+            admin, "workspace", "require-2sv", ws, "on", input=fresh_code(admin_secret) + "\n"
+        ).returncode
+        == 0
+    )
     deploy_key = make_key(gw.keys_dir, unique("deploy"))
     gw.cli("access-key", "add", private, f"{deploy_key}.pub", "--title", "ci")
     deploy = User("deploy", deploy_key)
@@ -198,11 +227,13 @@ def test_admin_setting_session_keeps_their_key_and_says_which_key_needs_one(gw, 
     ws = gw.workspace((admin, "admin"))
     private = seeded_repo(gw, admin, ws, work)
     admin_secret, recovery_codes, _ = enable(gw, admin)
-    changed = gw.ssh(admin, "workspace", "require-2sv", ws, "session",
-                     input=fresh_code(admin_secret) + "\n")
+    changed = gw.ssh(
+        admin, "workspace", "require-2sv", ws, "session", input=fresh_code(admin_secret) + "\n"
+    )
     assert changed.returncode == 0, changed.stderr
-    assert (f'Workspace "{ws}" now requires: session (a verified two-step session, 15 min '
-            "window).") in changed.stdout
+    assert (
+        f'Workspace "{ws}" now requires: session (a verified two-step session, 15 min window).'
+    ) in changed.stdout
     assert 'Your two-step session for this key, "' in changed.stdout
     assert f"({fingerprint(admin.key)}), lasts 15 more min" in changed.stdout
     gw.git(admin, "ls-remote", gw.url(private))  # not locked out
@@ -212,10 +243,12 @@ def test_admin_setting_session_keeps_their_key_and_says_which_key_needs_one(gw, 
     other = User(admin.name, second)
     refused = gw.git(other, "ls-remote", gw.url(private), check=False)
     assert refused.returncode != 0
-    assert (f'ERROR: Workspace "{ws}" requires a verified two-step session.\n'
-            f"Open one with: {ssh_base(gw)} 2sv verify\n"
-            f'It must be opened with the key used here: "desk" ({fingerprint(second)}); '
-            "if ssh offers another key first, add -i with this key's file.") in refused.stderr
+    assert (
+        f'ERROR: Workspace "{ws}" requires a verified two-step session.\n'
+        f"Open one with: {ssh_base(gw)} 2sv verify\n"
+        f'It must be opened with the key used here: "desk" ({fingerprint(second)}); '
+        "if ssh offers another key first, add -i with this key's file."
+    ) in refused.stderr
     assert fingerprint(admin.key) not in refused.stderr  # the key with a session is not it
     verify = gw.ssh(other, "2sv", "verify", input=recovery_codes[0] + "\n")  # the code is used
     assert verify.returncode == 0, verify.stderr
@@ -224,8 +257,9 @@ def test_admin_setting_session_keeps_their_key_and_says_which_key_needs_one(gw, 
 
 def test_cli_and_ssh_word_the_policy_and_show_the_same(gw, team):
     admin, member, ws, private, public, admin_secret = team
-    over_ssh = gw.ssh(admin, "workspace", "require-2sv", ws, "on",
-                      input=fresh_code(admin_secret) + "\n").stdout
+    over_ssh = gw.ssh(
+        admin, "workspace", "require-2sv", ws, "on", input=fresh_code(admin_secret) + "\n"
+    ).stdout
     by_cli = gw.cli("workspace", "require-2sv", ws, "on").stdout
     line = f'Workspace "{ws}" now requires: on.'
     assert line in over_ssh.splitlines() and line in by_cli.splitlines()
@@ -233,6 +267,6 @@ def test_cli_and_ssh_word_the_policy_and_show_the_same(gw, team):
     assert lacking and member.name in lacking[0]
     shown_ssh = gw.ssh(admin, "workspace", "show", ws).stdout.splitlines()
     shown_cli = gw.cli("workspace", "show", ws).stdout.splitlines()
-    assert shown_cli[:len(shown_ssh)] == shown_ssh  # the CLI adds the repositories after
+    assert shown_cli[: len(shown_ssh)] == shown_ssh  # the CLI adds the repositories after
     assert f"  {member.name}\twrite  2SV off (does not meet the policy)" in shown_ssh
     assert shown_cli[len(shown_ssh)].startswith("repositories:")

@@ -15,13 +15,27 @@ from .suggest import did_you_mean
 
 SIMPLE_COMMANDS = {"": info.greeting, "help": info.help_text, "whoami": info.whoami}
 COMMANDS_WITH_ARGS = {
-    "2sv": twosv.run, "recovery-codes": recovery.run, "security-key": security_key.run,
-    "workspace": workspace.run, "keys": login_keys.run,
+    "2sv": twosv.run,
+    "recovery-codes": recovery.run,
+    "security-key": security_key.run,
+    "workspace": workspace.run,
+    "keys": login_keys.run,
 }
 
 
-SUBCOMMANDS = {"enable", "disable", "replace", "verify", "status", "regenerate", "list", "add",
-               "remove", "show", "require-2sv"}
+SUBCOMMANDS = {
+    "enable",
+    "disable",
+    "replace",
+    "verify",
+    "status",
+    "regenerate",
+    "list",
+    "add",
+    "remove",
+    "show",
+    "require-2sv",
+}
 
 
 def request(line: str | None) -> Request:
@@ -62,8 +76,10 @@ async def _gateway_command(ctx: Context, command: GatewayCommand) -> int:
     if ctx.identity.is_access_key:
         if command.name == "":
             return await info.access_key_greeting(ctx)
-        raise Refusal("This is an access key: it can only be used with git, for the "
-                      "repository it is bound to.")
+        raise Refusal(
+            "This is an access key: it can only be used with git, for the "
+            "repository it is bound to."
+        )
     if command.name in COMMANDS_WITH_ARGS:
         return await COMMANDS_WITH_ARGS[command.name](ctx, command.args)
     handler = SIMPLE_COMMANDS.get(command.name)

@@ -16,8 +16,8 @@ import aiosqlite
 
 from .. import access
 from ..config import Settings
-from ..errors import Refusal
 from ..decision import Identity
+from ..errors import Refusal
 from ..twosv.sealing import Sealer
 
 if TYPE_CHECKING:
@@ -38,7 +38,7 @@ class Writer(Protocol):
 
 @dataclass
 class Context:
-    app: "App"
+    app: App
     db: aiosqlite.Connection
     identity: Identity
     stdin: Reader
@@ -99,5 +99,5 @@ class Context:
         limit = self.settings.idle_timeout or None
         try:
             return await asyncio.wait_for(self.stdin.read(MAX_ANSWER), limit)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise Refusal(f"No answer within {limit} seconds") from None

@@ -10,7 +10,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from .. import access, metrics, decision
+from .. import access, decision, metrics
 from ..errors import Refusal
 from ..git import layout
 from ..git.workers.asyncio_seam import close_pipes
@@ -81,49 +81,90 @@ async def run(ctx: Context, request: GitRequest) -> int:
 
     try:
         held = await ctx.app.git.slots.acquire(
-            _owner(ctx.identity), ctx.identity.is_access_key, ctx.settings.max_git_workers,
-            ctx.settings.max_git_workers_per_account, ctx.settings.git_queue_timeout)
+            _owner(ctx.identity),
+            ctx.identity.is_access_key,
+            ctx.settings.max_git_workers,
+            ctx.settings.max_git_workers_per_account,
+            ctx.settings.git_queue_timeout,
+        )
     except Full as full:
-        log_event(log, "git.refused", logging.WARNING, account=ctx.identity.account,
-                  repository=repo.full_name, reason=full.reason)
+        log_event(
+            log,
+            "git.refused",
+            logging.WARNING,
+            account=ctx.identity.account,
+            repository=repo.full_name,
+            reason=full.reason,
+        )
         raise
     try:
         proc = await ctx.app.git.pool.start_job(job)
         try:
-            outcome = await relay(proc, ctx.stdin, ctx.stdout, ctx.stderr,
-                                  idle_timeout=ctx.settings.idle_timeout,
-                                  request_timeout=ctx.settings.request_timeout,
-                                  service=request.service, first_bytes=recheck)
+            outcome = await relay(
+                proc,
+                ctx.stdin,
+                ctx.stdout,
+                ctx.stderr,
+                idle_timeout=ctx.settings.idle_timeout,
+                request_timeout=ctx.settings.request_timeout,
+                service=request.service,
+                first_bytes=recheck,
+            )
         finally:
             await _audit_push(ctx, action, repo.full_name, read_status(proc))
     finally:
         held.release()
     if outcome.cut is not None:
-        log_event(log, "git.cut", logging.WARNING, account=ctx.identity.account,
-                  repository=repo.full_name, reason=outcome.cut)
+        log_event(
+            log,
+            "git.cut",
+            logging.WARNING,
+            account=ctx.identity.account,
+            repository=repo.full_name,
+            reason=outcome.cut,
+        )
     if outcome.refusal is not None:
         raise Refusal(outcome.refusal)
     return outcome.status
 
 
-async def _decide(ctx: Context, request: GitRequest, action: decision.Action, stage: str = "request"):
+async def _decide(
+    ctx: Context, request: GitRequest, action: decision.Action, stage: str = "request"
+):
     facts, repo = await access.repo_facts(ctx.db, ctx.identity, request.path)
     # The account's 2SV state costs several queries; only a policy that applies reads it.
-    twosv = (await access.twosv_facts(ctx.db, ctx.identity)
-                if decision.requirement_applies(facts, action) else decision.TwoSVFacts())
-    verdict = decision.decide(ctx.identity, twosv, facts, action, ctx.clock(),
-                             ssh=ctx.settings.ssh_command(""))
-    log_event(log, "decision", account=ctx.identity.account, action=action.value,
-              repository=facts.asked_as,
-              result="deny" if isinstance(verdict, decision.Deny) else "allow",
-              reason=getattr(verdict, "reason", ""), stage=stage)
+    twosv = (
+        await access.twosv_facts(ctx.db, ctx.identity)
+        if decision.requirement_applies(facts, action)
+        else decision.TwoSVFacts()
+    )
+    verdict = decision.decide(
+        ctx.identity, twosv, facts, action, ctx.clock(), ssh=ctx.settings.ssh_command("")
+    )
+    log_event(
+        log,
+        "decision",
+        account=ctx.identity.account,
+        action=action.value,
+        repository=facts.asked_as,
+        result="deny" if isinstance(verdict, decision.Deny) else "allow",
+        reason=getattr(verdict, "reason", ""),
+        stage=stage,
+    )
     return verdict, facts, repo
 
 
-async def _audit_denied(ctx: Context, action: decision.Action, facts: decision.RepoFacts,
-                        reason: str) -> None:
-    await audit.write(ctx.db, ctx.identity.account, f"repo.{action.value}", facts.asked_as,
-                      outcome="denied", detail=reason)
+async def _audit_denied(
+    ctx: Context, action: decision.Action, facts: decision.RepoFacts, reason: str
+) -> None:
+    await audit.write(
+        ctx.db,
+        ctx.identity.account,
+        f"repo.{action.value}",
+        facts.asked_as,
+        outcome="denied",
+        detail=reason,
+    )
     await ctx.db.commit()
 
 
@@ -140,8 +181,9 @@ async def _audit_push(ctx: Context, action: decision.Action, repository: str, re
     client went away after that. A push whose refs were all refused leaves no row."""
     moved = report.get("moved")
     if action is decision.Action.WRITE and isinstance(moved, int) and moved > 0:
-        await audit.write(ctx.db, ctx.identity.account, "repo.push", repository,
-                          detail=moved_detail(report))
+        await audit.write(
+            ctx.db, ctx.identity.account, "repo.push", repository, detail=moved_detail(report)
+        )
         await ctx.db.commit()
 
 
@@ -149,8 +191,9 @@ def moved_detail(report: dict) -> str:
     """`N refs: NAME ...` with anything that does not print escaped (a ref name may hold
     bidi controls if the operator allows them; the audit is read at a terminal)."""
     refs = [r for r in report.get("refs", []) if isinstance(r, str)]
-    names = " ".join("".join(c if c.isprintable() and c != " " else f"\\u{ord(c):04x}" for c in r)
-                     for r in refs)
+    names = " ".join(
+        "".join(c if c.isprintable() and c != " " else f"\\u{ord(c):04x}" for c in r) for r in refs
+    )
     more = " ..." if report["moved"] > len(refs) else ""
     return f"{report['moved']} ref{'s' if report['moved'] != 1 else ''}: {names}{more}"
 
@@ -162,9 +205,16 @@ class Outcome:
     cut: str | None = None  # why the worker was killed: idle_timeout or request_timeout
 
 
-async def relay(proc: asyncio.subprocess.Process, stdin: Reader, stdout: Writer, stderr: Writer,
-                idle_timeout: int = 0, request_timeout: int = 0, service: str = "",
-                first_bytes: Callable[[], Awaitable[str | None]] | None = None) -> Outcome:
+async def relay(
+    proc: asyncio.subprocess.Process,
+    stdin: Reader,
+    stdout: Writer,
+    stderr: Writer,
+    idle_timeout: int = 0,
+    request_timeout: int = 0,
+    service: str = "",
+    first_bytes: Callable[[], Awaitable[str | None]] | None = None,
+) -> Outcome:
     """Pass bytes between the client and a worker until it exits; kill it if we are cut
     off, if no byte has moved either way for `idle_timeout` seconds, or if the client has
     not sent its whole request (RequestWatch) `request_timeout` seconds after the relay
@@ -225,15 +275,22 @@ async def relay(proc: asyncio.subprocess.Process, stdin: Reader, stdout: Writer,
         # Bytes trickling in keep the idle timer quiet; this one counts from the start.
         try:
             await asyncio.wait_for(request_done.wait(), request_timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             metrics.GIT_REQUESTS_REFUSED.labels("request_timeout").inc()
-            cut_off("request_timeout",
-                    f"The Git request did not arrive in full within {request_timeout} seconds")
+            cut_off(
+                "request_timeout",
+                f"The Git request did not arrive in full within {request_timeout} seconds",
+            )
 
     feeder = asyncio.create_task(feed())
-    watchers = [asyncio.create_task(watch_idle()) if idle_timeout else None,
-                asyncio.create_task(watch_request()) if request_timeout else None]
-    copies = [asyncio.create_task(copy(proc.stdout, stdout)), asyncio.create_task(copy(proc.stderr, stderr))]
+    watchers = [
+        asyncio.create_task(watch_idle()) if idle_timeout else None,
+        asyncio.create_task(watch_request()) if request_timeout else None,
+    ]
+    copies = [
+        asyncio.create_task(copy(proc.stdout, stdout)),
+        asyncio.create_task(copy(proc.stderr, stderr)),
+    ]
     try:
         await asyncio.gather(*copies)
         status = await proc.wait()
@@ -263,8 +320,9 @@ async def _checked(check: Callable[[], Awaitable[str | None]]) -> str | None:
     try:
         return await check()
     except Exception as exc:
-        log_event(log, "git.recheck_failed", logging.ERROR,
-                  error=f"{exc.__class__.__name__}: {exc}")
+        log_event(
+            log, "git.recheck_failed", logging.ERROR, error=f"{exc.__class__.__name__}: {exc}"
+        )
         log.debug("re-check failure details", exc_info=True)
         return "internal error; the operator has the details"
 
@@ -294,14 +352,14 @@ class RequestWatch:
             if self._left:
                 take = min(self._left, len(data) - i)
                 if self._short is not None:
-                    self._short += data[i:i + take]
+                    self._short += data[i : i + take]
                 self._left -= take
                 i += take
                 if not self._left:
                     self._line_ended()
                 continue
             need = 4 - len(self._head)
-            self._head += data[i:i + need]
+            self._head += data[i : i + need]
             i += need
             if len(self._head) < 4:
                 break
@@ -323,6 +381,10 @@ class RequestWatch:
 
     def _line_ended(self) -> None:
         self._lines += 1
-        if self._upload_pack and self._short is not None and bytes(self._short) in (b"done", b"done\n"):
+        if (
+            self._upload_pack
+            and self._short is not None
+            and bytes(self._short) in (b"done", b"done\n")
+        ):
             self.done = True
         self._short = None

@@ -32,13 +32,17 @@ async def unmet_policies(ctx: Context, twosv_enabled: bool) -> list[str]:
         if workspace.require_2sv == Requirement.OFF:
             continue
         if not twosv_enabled:
-            lines.append(f'Workspace "{workspace.name}" requires two-step verification: '
-                         f"{ctx.settings.ssh_command('2sv enable')}")
+            lines.append(
+                f'Workspace "{workspace.name}" requires two-step verification: '
+                f"{ctx.settings.ssh_command('2sv enable')}"
+            )
         elif workspace.require_2sv == Requirement.SESSION:
             as_repo = decision.RepoFacts("", True, session_window_minutes=workspace.session_window)
             if not decision.session_open(ctx.identity, facts, as_repo, ctx.clock()):
-                lines.append(f'Workspace "{workspace.name}" requires a verified two-step session: '
-                             f"{ctx.settings.ssh_command('2sv verify')}")
+                lines.append(
+                    f'Workspace "{workspace.name}" requires a verified two-step session: '
+                    f"{ctx.settings.ssh_command('2sv verify')}"
+                )
     return lines
 
 

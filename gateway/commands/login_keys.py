@@ -27,21 +27,29 @@ async def list_keys(ctx: Context) -> int:
 
 
 async def remove(ctx: Context, fingerprint: str) -> int:
-    key = await key_service.own_plain_key(ctx.db, ctx.identity.account_id, fingerprint,
-                                          ctx.settings.ssh_command)
+    key = await key_service.own_plain_key(
+        ctx.db, ctx.identity.account_id, fingerprint, ctx.settings.ssh_command
+    )
     svc = service(ctx)
     if (await svc.state()).enabled:
         await second_factor(ctx, svc)
     else:
-        answer = await ctx.ask(f'Remove key "{shown(key.title)}" ({fingerprint})? Type yes to go on: ')
+        answer = await ctx.ask(
+            f'Remove key "{shown(key.title)}" ({fingerprint})? Type yes to go on: '
+        )
         if answer is None or answer.strip().lower() != "yes":
             raise Refusal("Not confirmed; nothing changed.")
     await ctx.check_still_valid()
-    await key_service.remove_own(ctx.db, ctx.identity.account_id, ctx.identity.account,
-                                 fingerprint, ssh_command=ctx.settings.ssh_command,
-                                 hooks_dir=ctx.settings.hooks_dir,
-                                 key_fingerprint=ctx.identity.key_fingerprint,
-                                 remote_addr=ctx.remote_addr)
+    await key_service.remove_own(
+        ctx.db,
+        ctx.identity.account_id,
+        ctx.identity.account,
+        fingerprint,
+        ssh_command=ctx.settings.ssh_command,
+        hooks_dir=ctx.settings.hooks_dir,
+        key_fingerprint=ctx.identity.key_fingerprint,
+        remote_addr=ctx.remote_addr,
+    )
     await ctx.say(f"Key {fingerprint} removed; it no longer logs in.")
     if fingerprint == ctx.identity.key_fingerprint:
         await ctx.say("That was the key of this login.")

@@ -33,13 +33,16 @@ async def add(ctx: Context, title: str) -> int:
         raise Refusal("No key given; nothing changed.")
     key = sshkeys.parse_line(line)
     if not key.is_security_key:
-        raise Refusal("Not a security key: expected an sk-ssh-ed25519@openssh.com or "
-                      "sk-ecdsa-sha2-nistp256@openssh.com public key")
+        raise Refusal(
+            "Not a security key: expected an sk-ssh-ed25519@openssh.com or "
+            "sk-ecdsa-sha2-nistp256@openssh.com public key"
+        )
     if state.enabled:
         await guarded_factor(ctx, svc)
     await ctx.check_still_valid()
-    codes = await svc.add_security_key(key, title, 0 if state.enabled else ctx.settings.recovery_codes,
-                                       state)
+    codes = await svc.add_security_key(
+        key, title, 0 if state.enabled else ctx.settings.recovery_codes, state
+    )
     await event(ctx, "2sv.security_key_added", detail=key.fingerprint)
     await ctx.say(f'Security key "{title}" ({key.fingerprint}) registered.')
     if codes:
@@ -71,5 +74,6 @@ async def run(ctx: Context, args: tuple[str, ...]) -> int:
         return await add(ctx, args[1])
     if len(args) == 2 and args[0] == "remove":
         return await remove(ctx, args[1])
-    raise usage(ctx, "security-key", "list|add TITLE|remove FINGERPRINT", args,
-                ("list", "add", "remove"))
+    raise usage(
+        ctx, "security-key", "list|add TITLE|remove FINGERPRINT", args, ("list", "add", "remove")
+    )

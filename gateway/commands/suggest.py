@@ -25,6 +25,8 @@ def usage(ctx, family: str, synopsis: str, args: tuple[str, ...], choices) -> Re
     line = f"Usage: {ctx.settings.ssh_command(f'{family} {synopsis}')}"
     match = closest(args[0], choices) if args and args[0] not in choices else None
     if match:
-        line = (f"Unknown command: {family} {printable(args[0], 60)}. Did you mean "
-                f"'{family} {match}'? {line}")
+        line = (
+            f"Unknown command: {family} {printable(args[0], 60)}. Did you mean "
+            f"'{family} {match}'? {line}"
+        )
     return Refusal(line)

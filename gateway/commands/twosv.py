@@ -22,14 +22,26 @@ ENROL_ATTEMPTS = 3
 def service(ctx: Context) -> TwoSV:
     if ctx.sealer is None:
         raise Refusal("Two-step verification is not available on this server")
-    return TwoSV(ctx.db, ctx.sealer, ctx.identity.account_id, ctx.identity.account,
-                   backoff_base=ctx.settings.twosv_backoff_seconds, clock=ctx.clock)
+    return TwoSV(
+        ctx.db,
+        ctx.sealer,
+        ctx.identity.account_id,
+        ctx.identity.account,
+        backoff_base=ctx.settings.twosv_backoff_seconds,
+        clock=ctx.clock,
+    )
 
 
 async def event(ctx: Context, name: str, outcome: str = "ok", detail: str = "") -> None:
     await events.twosv_event(
-        ctx.db, ctx.settings.hooks_dir, ctx.identity.account, name, outcome=outcome,
-        detail=detail, key_fingerprint=ctx.identity.key_fingerprint, remote_addr=ctx.remote_addr,
+        ctx.db,
+        ctx.settings.hooks_dir,
+        ctx.identity.account,
+        name,
+        outcome=outcome,
+        detail=detail,
+        key_fingerprint=ctx.identity.key_fingerprint,
+        remote_addr=ctx.remote_addr,
     )
 
 
@@ -39,13 +51,20 @@ async def codes_guarded(ctx: Context) -> bool:
     holder can read them, so a recovery code proves nothing beyond the key."""
     if ctx.settings.recovery_codes_need_second_factor:
         return True
-    return any(workspace.require_2sv == Requirement.SESSION
-               for workspace, _role in await workspaces.memberships(ctx.db, ctx.identity.account_id))
+    return any(
+        workspace.require_2sv == Requirement.SESSION
+        for workspace, _role in await workspaces.memberships(ctx.db, ctx.identity.account_id)
+    )
 
 
-async def second_factor(ctx: Context, svc: TwoSV,
-                        prompt: str = "Verification code or recovery code: ", *,
-                        recovery_codes: bool = True, security_key_login: bool = True) -> Accepted:
+async def second_factor(
+    ctx: Context,
+    svc: TwoSV,
+    prompt: str = "Verification code or recovery code: ",
+    *,
+    recovery_codes: bool = True,
+    security_key_login: bool = True,
+) -> Accepted:
     """Ask for a code, unless this login was made with a registered security key (and
     `security_key_login` lets it count). Without `recovery_codes`, only a code from the
     authenticator app (or that login) will do: for what a stolen SSH key must not reach."""
@@ -53,9 +72,11 @@ async def second_factor(ctx: Context, svc: TwoSV,
         return Accepted(Factor.SECURITY_KEY)
     if not recovery_codes:
         if not (await svc.state()).totp:
-            raise Refusal("This needs a code from your authenticator app or a login with one of "
-                          "your security keys (ssh -i ~/.ssh/id_ed25519_sk ...); a recovery code "
-                          "is not enough here.")
+            raise Refusal(
+                "This needs a code from your authenticator app or a login with one of "
+                "your security keys (ssh -i ~/.ssh/id_ed25519_sk ...); a recovery code "
+                "is not enough here."
+            )
         prompt = "Code from your authenticator app: "
     answer = await ctx.ask(prompt)
     if answer is None:
@@ -63,12 +84,16 @@ async def second_factor(ctx: Context, svc: TwoSV,
     if not recovery_codes and totp.normalise(answer) is None:
         if recovery.normalise(answer) is None:
             raise Refusal("A verification code is six digits.")
-        raise Refusal("A recovery code is not enough here: type the code from your "
-                      "authenticator app, or log in with one of your security keys.")
+        raise Refusal(
+            "A recovery code is not enough here: type the code from your "
+            "authenticator app, or log in with one of your security keys."
+        )
     try:
         accepted = await svc.check(answer)
     except CodeRefused as refused:
-        await event(ctx, "2sv.code_refused", outcome="denied", detail=f"failures={refused.failures}")
+        await event(
+            ctx, "2sv.code_refused", outcome="denied", detail=f"failures={refused.failures}"
+        )
         raise
     except Throttled:  # refused unseen during the back-off: audited too (SPEC §5)
         await event(ctx, "2sv.code_refused", outcome="denied", detail="back-off")
@@ -76,8 +101,9 @@ async def second_factor(ctx: Context, svc: TwoSV,
     if accepted.kind == Factor.RECOVERY_CODE:
         await event(ctx, "2sv.recovery_code_used", detail=f"left={accepted.codes_left}")
         if accepted.codes_left < 2:
-            await ctx.say(wording.few_codes_left(accepted.codes_left or 0,
-                                                 ctx.settings.ssh_command))
+            await ctx.say(
+                wording.few_codes_left(accepted.codes_left or 0, ctx.settings.ssh_command)
+            )
     return accepted
 
 
@@ -94,7 +120,7 @@ def enrol_screen(uri: str, account_label: str, secret: str, terminal: bool) -> l
     whole QR code (quiet zone too), the Account and Key and the prompt are on screen at
     once: the URI (for apps that take a link) comes first, where it may scroll off. The
     quiet zone shrinks from 4 modules (towards 2) only where a long name needs it."""
-    key = " ".join(secret[i:i + 4] for i in range(0, len(secret), 4))
+    key = " ".join(secret[i : i + 4] for i in range(0, len(secret), 4))
     above = ["Scan this QR code with your authenticator app, or type in the Account and Key:"]
     below = [f"Account: {account_label}   Key: {key}"]
     if len(below[0]) >= SCREEN_COLUMNS:  # a long name: the Key stays next to the prompt
@@ -143,8 +169,10 @@ async def enrol_app(ctx: Context, svc: TwoSV) -> tuple[str, int]:
         tries += 1
         if tries < ENROL_ATTEMPTS:
             prompt = await _again(ctx, "That code does not match; check the time on your device.")
-    raise Refusal("No correct code; nothing changed. Run the command again within "
-                  f"{PENDING_SECONDS // 60} minutes and it shows the same key.")
+    raise Refusal(
+        "No correct code; nothing changed. Run the command again within "
+        f"{PENDING_SECONDS // 60} minutes and it shows the same key."
+    )
 
 
 async def _again(ctx: Context, message: str) -> str:
@@ -185,13 +213,17 @@ async def status(ctx: Context, svc: TwoSV) -> int:
 async def enable(ctx: Context, svc: TwoSV) -> int:
     state = await svc.state()
     if state.totp:
-        raise Refusal("Two-step verification with an authenticator app is already on. To move "
-                      f"to a new device: {ctx.settings.ssh_command('2sv replace')}")
+        raise Refusal(
+            "Two-step verification with an authenticator app is already on. To move "
+            f"to a new device: {ctx.settings.ssh_command('2sv replace')}"
+        )
     if state.enabled:
         await second_factor(ctx, svc)  # adding a method to 2SV that is on
     secret, step = await enrol_app(ctx, svc)
     await ctx.check_still_valid()
-    codes = await svc.enrol(secret, step, 0 if state.enabled else ctx.settings.recovery_codes, state)
+    codes = await svc.enrol(
+        secret, step, 0 if state.enabled else ctx.settings.recovery_codes, state
+    )
     await event(ctx, "2sv.enable", detail=Factor.TOTP)
     await ctx.say("Two-step verification is now on.")
     if codes:
@@ -213,12 +245,15 @@ async def disable(ctx: Context, svc: TwoSV) -> int:
 async def replace(ctx: Context, svc: TwoSV) -> int:
     state = await svc.state()
     if not state.totp:
-        raise Refusal("There is no authenticator app to replace; to add one: "
-                      f"{ctx.settings.ssh_command('2sv enable')}")
+        raise Refusal(
+            "There is no authenticator app to replace; to add one: "
+            f"{ctx.settings.ssh_command('2sv enable')}"
+        )
     # The old device's code or a recovery code, even after a security-key login: a
     # security key planted with a stolen SSH key must not be enough to take the app over.
-    await second_factor(ctx, svc, "Code from your old device, or a recovery code: ",
-                        security_key_login=False)
+    await second_factor(
+        ctx, svc, "Code from your old device, or a recovery code: ", security_key_login=False
+    )
     # The old secret keeps working until the new device has shown a correct code.
     secret, step = await enrol_app(ctx, svc)
     await ctx.check_still_valid()
@@ -230,19 +265,28 @@ async def replace(ctx: Context, svc: TwoSV) -> int:
 
 async def verify(ctx: Context, svc: TwoSV) -> int:
     if not (await svc.state()).enabled:
-        raise Refusal("Two-step verification is not enabled. Turn it on with: "
-                      f"{ctx.settings.ssh_command('2sv enable')}")
+        raise Refusal(
+            "Two-step verification is not enabled. Turn it on with: "
+            f"{ctx.settings.ssh_command('2sv enable')}"
+        )
     accepted = await second_factor(ctx, svc)
     await ctx.check_still_valid()
     await svc.open_session(ctx.identity.key_fingerprint, accepted.kind)
     await event(ctx, "2sv.verify")
-    await ctx.say(f'Verified. Two-step session open for key "{shown(ctx.identity.key_title)}" '
-                  f"({ctx.identity.key_fingerprint}).")
+    await ctx.say(
+        f'Verified. Two-step session open for key "{shown(ctx.identity.key_title)}" '
+        f"({ctx.identity.key_fingerprint})."
+    )
     return 0
 
 
-SUBCOMMANDS = {"status": status, "enable": enable, "disable": disable, "replace": replace,
-               "verify": verify}
+SUBCOMMANDS = {
+    "status": status,
+    "enable": enable,
+    "disable": disable,
+    "replace": replace,
+    "verify": verify,
+}
 
 
 async def run(ctx: Context, args: tuple[str, ...]) -> int:

@@ -52,8 +52,10 @@ async def require_2sv(ctx: Context, name: str, policy_word: str, window: int | N
     svc = service(ctx)
     if not (await svc.state()).enabled:
         # Also to turn it off: the change needs a second factor (below).
-        raise Refusal("Enable two-step verification on your own account first: "
-                      f"{ctx.settings.ssh_command('2sv enable')}")
+        raise Refusal(
+            "Enable two-step verification on your own account first: "
+            f"{ctx.settings.ssh_command('2sv enable')}"
+        )
     typed = await _fresh_factor(ctx, svc, workspace)
     # The code prompt may have waited: the key and the admin role must still stand.
     await ctx.check_still_valid()
@@ -63,8 +65,9 @@ async def require_2sv(ctx: Context, name: str, policy_word: str, window: int | N
         # The code just typed is what `2sv verify` asks for: the admin's own key keeps
         # working under the new policy instead of being refused at the next command.
         await svc.open_session(ctx.identity.key_fingerprint, typed.kind)
-    change = await workspace_service.set_requirement(ctx.db, workspace, requirement, window,
-                                                     actor=ctx.identity.account)
+    change = await workspace_service.set_requirement(
+        ctx.db, workspace, requirement, window, actor=ctx.identity.account
+    )
     await ctx.say(wording.policy_changed(change.workspace, change.after, change.window))
     if change.after == Requirement.SESSION:
         await ctx.say(await _own_session(ctx, change.window))
@@ -80,15 +83,18 @@ async def _own_session(ctx: Context, window: int) -> str:
     if ctx.identity.key_kind == KeyKind.SECURITY_KEY:
         return "Logins with your security keys count as a two-step session."
     key = f'"{names.shown(ctx.identity.key_title)}" ({ctx.identity.key_fingerprint})'
-    verified_at = await twosv_store.session_verified_at(ctx.db, ctx.identity.key_fingerprint,
-                                                        ctx.identity.account_id)
+    verified_at = await twosv_store.session_verified_at(
+        ctx.db, ctx.identity.key_fingerprint, ctx.identity.account_id
+    )
     seconds = 0 if verified_at is None else verified_at + window * 60 - ctx.clock()
     left = -int(-seconds // 60)  # whole minutes, rounded up
     again = ctx.settings.ssh_command("2sv verify")
     if left <= 0:
         return f"This key, {key}, has no open two-step session: open one with: {again}"
-    return (f"Your two-step session for this key, {key}, lasts {left} more min; each other key "
-            f"of yours needs its own. After that, open a new one with: {again}")
+    return (
+        f"Your two-step session for this key, {key}, lasts {left} more min; each other key "
+        f"of yours needs its own. After that, open a new one with: {again}"
+    )
 
 
 async def _fresh_factor(ctx: Context, svc, workspace: workspaces.Workspace) -> Accepted | None:
@@ -99,14 +105,14 @@ async def _fresh_factor(ctx: Context, svc, workspace: workspaces.Workspace) -> A
     if ctx.identity.key_kind == KeyKind.SECURITY_KEY:
         return None
     guarded = await codes_guarded(ctx)
-    found = await twosv_store.session(ctx.db, ctx.identity.key_fingerprint,
-                                      ctx.identity.account_id)
+    found = await twosv_store.session(ctx.db, ctx.identity.key_fingerprint, ctx.identity.account_id)
     window = min(workspace.session_window, FRESH_SESSION) * 60
     if found is not None and found[0] <= ctx.clock() < found[0] + window:
         if guarded or found[1] in (Factor.TOTP, Factor.SECURITY_KEY):
             return None
-    return await second_factor(ctx, svc, "Verification code (to change the workspace's policy): ",
-                               recovery_codes=guarded)
+    return await second_factor(
+        ctx, svc, "Verification code (to change the workspace's policy): ", recovery_codes=guarded
+    )
 
 
 def _parse_window(args: list[str]) -> int | None:
@@ -122,5 +128,10 @@ async def run(ctx: Context, args: tuple[str, ...]) -> int:
         return await show(ctx, args[1])
     if len(args) >= 3 and args[0] == "require-2sv":
         return await require_2sv(ctx, args[1], args[2], _parse_window(list(args[3:])))
-    raise usage(ctx, "workspace", "show NAME | require-2sv NAME on|off|session [--window MINUTES]",
-                args, ("show", "require-2sv"))
+    raise usage(
+        ctx,
+        "workspace",
+        "show NAME | require-2sv NAME on|off|session [--window MINUTES]",
+        args,
+        ("show", "require-2sv"),
+    )

@@ -21,8 +21,14 @@ from typing import Any
 
 from dulwich.archive import _is_unsafe_archive_path
 from dulwich.object_store import DiskObjectStore, _bound_read_callables
-from dulwich.pack import DeltaChainIterator, Pack, PackIndexer, PackStreamCopier, \
-    PackStreamReader, _decode_object_header
+from dulwich.pack import (
+    DeltaChainIterator,
+    Pack,
+    PackIndexer,
+    PackStreamCopier,
+    PackStreamReader,
+    _decode_object_header,
+)
 from dulwich.server import UploadPackHandler, _ProtocolGraphWalker
 
 # upload/upload_pack.py: dulwich's upload-pack negotiation (wants, haves, shallow, `done`)
@@ -91,12 +97,16 @@ SUBCLASS_INTERNALS: dict[type, dict[str, tuple[str, ...]]] = {
     _ProtocolGraphWalker: {"methods": ("_handle_shallow_request",), "attributes": ()},
     # receive/packreader.py _BoundedCopier.read_objects: dulwich's loop with each entry
     # skimmed under limits instead of inflated whole.
-    PackStreamReader: {"methods": ("_buf_len",),
-                       "attributes": ("_num_objects", "_rbuf", "_hash_size", "_trailer")},
+    PackStreamReader: {
+        "methods": ("_buf_len",),
+        "attributes": ("_num_objects", "_rbuf", "_hash_size", "_trailer"),
+    },
     PackStreamCopier: {"methods": ("read_objects",), "attributes": ()},
     # receive/packreader.py _Indexer: dulwich's delta resolution with a bounded cache of
     # bases and a parse of every non-blob object.
-    DeltaChainIterator: {"methods": ("_result", "_follow_chain", "_resolve_object"),
-                         "attributes": ("_pending_ofs", "_pending_ref", "_resolve_ext_ref")},
+    DeltaChainIterator: {
+        "methods": ("_result", "_follow_chain", "_resolve_object"),
+        "attributes": ("_pending_ofs", "_pending_ref", "_resolve_ext_ref"),
+    },
     PackIndexer: {"methods": ("_result",), "attributes": ()},
 }

@@ -58,8 +58,9 @@ def _upload_pack(repo: Repo, proto: PktLineProtocol, job: Job, status_fd: int | 
 
 
 def _upload_archive(repo: Repo, proto: PktLineProtocol, job: Job, status_fd: int | None) -> Handler:
-    return GatewayUploadArchiveHandler(OneRepoBackend(repo), [job.repo_dir], proto,
-                                       max_object_bytes=job.max_object_bytes)
+    return GatewayUploadArchiveHandler(
+        OneRepoBackend(repo), [job.repo_dir], proto, max_object_bytes=job.max_object_bytes
+    )
 
 
 def _receive_pack(repo: Repo, proto: PktLineProtocol, job: Job, status_fd: int | None) -> Handler:

@@ -47,9 +47,15 @@ async def view(db: aiosqlite.Connection, name: str) -> AccountView:
     return AccountView(account, found, state)
 
 
-async def create(db: aiosqlite.Connection, name: str, email: str | None,
-                 login_keys: list[PublicKey], *, actor: str,
-                 hooks_dir: Path) -> Created:
+async def create(
+    db: aiosqlite.Connection,
+    name: str,
+    email: str | None,
+    login_keys: list[PublicKey],
+    *,
+    actor: str,
+    hooks_dir: Path,
+) -> Created:
     """A new account with its keys, all in one transaction: a key already in use leaves
     no account behind."""
     name = names.account_name(name)
@@ -61,8 +67,7 @@ async def create(db: aiosqlite.Connection, name: str, email: str | None,
     return Created(account, added)
 
 
-async def set_disabled(db: aiosqlite.Connection, name: str, disabled: bool, *,
-                       actor: str) -> str:
+async def set_disabled(db: aiosqlite.Connection, name: str, disabled: bool, *, actor: str) -> str:
     """Disable (every key stops logging in) or enable an account; returns its name."""
     name = names.account_name(name)
     await accounts.set_disabled(db, name, disabled)

@@ -37,8 +37,14 @@ class Removed:
     left: list[keys.StoredKey]
 
 
-async def add_uncommitted(db: aiosqlite.Connection, account: Account, parsed: list[PublicKey],
-                          title: str | None, *, actor: str) -> list[AddedKey]:
+async def add_uncommitted(
+    db: aiosqlite.Connection,
+    account: Account,
+    parsed: list[PublicKey],
+    title: str | None,
+    *,
+    actor: str,
+) -> list[AddedKey]:
     """Add and audit keys inside the caller's transaction (the caller commits, then
     calls `tell_hooks`)."""
     done = []
@@ -55,8 +61,15 @@ async def tell_hooks(hooks_dir: Path, account: str, added: list[AddedKey]) -> No
         await events.notify(hooks_dir, account, "key.add", detail=key.fingerprint)
 
 
-async def add(db: aiosqlite.Connection, account: Account, parsed: list[PublicKey],
-              title: str | None, *, actor: str, hooks_dir: Path) -> list[AddedKey]:
+async def add(
+    db: aiosqlite.Connection,
+    account: Account,
+    parsed: list[PublicKey],
+    title: str | None,
+    *,
+    actor: str,
+    hooks_dir: Path,
+) -> list[AddedKey]:
     added = await add_uncommitted(db, account, parsed, title, actor=actor)
     await db.commit()
     await tell_hooks(hooks_dir, account.name, added)
@@ -72,26 +85,32 @@ async def security_keys(db: aiosqlite.Connection, account: str) -> list[keys.Sto
     return [k for k in await keys.list_for(db, account) if k.kind == KeyKind.SECURITY_KEY]
 
 
-async def remove_by_operator(db: aiosqlite.Connection, fingerprint: str, *, actor: str,
-                             ssh_command: Callable[[str], str]) -> Removed:
+async def remove_by_operator(
+    db: aiosqlite.Connection, fingerprint: str, *, actor: str, ssh_command: Callable[[str], str]
+) -> Removed:
     """The operator removes a login key (never an access key, never a security key:
     no operator command turns off someone's 2SV, SPEC §5)."""
     found = await keys.find(db, fingerprint)
     if found is None and await access_keys.find(db, fingerprint) is not None:
-        raise Refusal(f"{printable(fingerprint)} is an access key: "
-                      f"gateway access-key remove {printable(fingerprint)}")
+        raise Refusal(
+            f"{printable(fingerprint)} is an access key: "
+            f"gateway access-key remove {printable(fingerprint)}"
+        )
     if found is not None and found.kind == KeyKind.SECURITY_KEY:
-        raise Refusal(f"{found.fingerprint} is a security key, a two-step method of "
-                      f"{found.account}; only its owner can remove it: "
-                      f"{ssh_command('security-key remove ' + found.fingerprint)}")
+        raise Refusal(
+            f"{found.fingerprint} is a security key, a two-step method of "
+            f"{found.account}; only its owner can remove it: "
+            f"{ssh_command('security-key remove ' + found.fingerprint)}"
+        )
     removed = await keys.remove(db, fingerprint)
     await audit.write(db, actor, "key.remove", removed.account, detail=removed.fingerprint)
     await db.commit()
     return Removed(removed, await keys.list_for(db, removed.account))
 
 
-async def own_plain_key(db: aiosqlite.Connection, account_id: int, fingerprint: str,
-                        ssh_command: Callable[[str], str]) -> keys.StoredKey:
+async def own_plain_key(
+    db: aiosqlite.Connection, account_id: int, fingerprint: str, ssh_command: Callable[[str], str]
+) -> keys.StoredKey:
     """The caller's own key that `keys remove` may remove, or a refusal saying why not:
     security keys go through `security-key remove`, keydir keys through the operator
     (a sync would bring the file's key back)."""
@@ -99,21 +118,40 @@ async def own_plain_key(db: aiosqlite.Connection, account_id: int, fingerprint: 
     if key is None or key.account_id != account_id:
         raise Refusal(f"No key {printable(fingerprint)} on your account")
     if key.kind == KeyKind.SECURITY_KEY:
-        raise Refusal("That is a security key, a two-step method too; remove it with: "
-                      f"{ssh_command('security-key remove ' + fingerprint)}")
+        raise Refusal(
+            "That is a security key, a two-step method too; remove it with: "
+            f"{ssh_command('security-key remove ' + fingerprint)}"
+        )
     if key.source == "keydir":
-        raise Refusal("That key comes from the operator's keydir; ask the operator to remove "
-                      "its file (a sync would add it back).")
+        raise Refusal(
+            "That key comes from the operator's keydir; ask the operator to remove "
+            "its file (a sync would add it back)."
+        )
     return key
 
 
-async def remove_own(db: aiosqlite.Connection, account_id: int, account: str, fingerprint: str,
-                     *, ssh_command: Callable[[str], str], hooks_dir: Path,
-                     key_fingerprint: str = "", remote_addr: str = "") -> keys.StoredKey:
+async def remove_own(
+    db: aiosqlite.Connection,
+    account_id: int,
+    account: str,
+    fingerprint: str,
+    *,
+    ssh_command: Callable[[str], str],
+    hooks_dir: Path,
+    key_fingerprint: str = "",
+    remote_addr: str = "",
+) -> keys.StoredKey:
     """The owner removes one of their plain login keys (checked again here: the
     confirmation prompt may have waited); audited as the owner's 2SV-style event."""
     key = await own_plain_key(db, account_id, fingerprint, ssh_command)
     await keys.remove(db, fingerprint)
-    await events.twosv_event(db, hooks_dir, account, "key.remove", detail=fingerprint,
-                             key_fingerprint=key_fingerprint, remote_addr=remote_addr)
+    await events.twosv_event(
+        db,
+        hooks_dir,
+        account,
+        "key.remove",
+        detail=fingerprint,
+        key_fingerprint=key_fingerprint,
+        remote_addr=remote_addr,
+    )
     return key

@@ -36,8 +36,15 @@ async def list_all(db: aiosqlite.Connection, workspace: str | None = None) -> li
     return await repos.list_all(db, workspace)
 
 
-async def create(db: aiosqlite.Connection, repos_dir: Path, repo: str, public: bool,
-                 default_branch: str, *, actor: str) -> names.RepoPath:
+async def create(
+    db: aiosqlite.Connection,
+    repos_dir: Path,
+    repo: str,
+    public: bool,
+    default_branch: str,
+    *,
+    actor: str,
+) -> names.RepoPath:
     """A new repository: its record and its bare repository on disk, or neither."""
     path = names.repo_path(repo)
     branch = names.branch_name(default_branch)
@@ -58,8 +65,9 @@ async def create(db: aiosqlite.Connection, repos_dir: Path, repo: str, public: b
     return path
 
 
-async def remove(db: aiosqlite.Connection, repos_dir: Path, trash_dir: Path, repo: str, *,
-                 actor: str) -> RemovedRepo:
+async def remove(
+    db: aiosqlite.Connection, repos_dir: Path, trash_dir: Path, repo: str, *, actor: str
+) -> RemovedRepo:
     """Forget a repository and move its data aside (never deleted here)."""
     found = await get(db, repo)
     await repos.remove(db, found.id)

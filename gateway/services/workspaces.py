@@ -64,20 +64,29 @@ async def list_all(db: aiosqlite.Connection) -> list[workspaces.Workspace]:
 
 async def view(db: aiosqlite.Connection, name: str) -> WorkspaceView:
     workspace = await get(db, name)
-    return WorkspaceView(workspace, await workspaces.members(db, workspace.id),
-                         set(await members_without_2sv(db, workspace.id)),
-                         await repos.list_all(db, workspace.name))
+    return WorkspaceView(
+        workspace,
+        await workspaces.members(db, workspace.id),
+        set(await members_without_2sv(db, workspace.id)),
+        await repos.list_all(db, workspace.name),
+    )
 
 
-async def create(db: aiosqlite.Connection, name: str, require_2sv: bool, *,
-                 actor: str) -> workspaces.Workspace:
+async def create(
+    db: aiosqlite.Connection, name: str, require_2sv: bool, *, actor: str
+) -> workspaces.Workspace:
     name = names.workspace_name(name)
     workspace = await workspaces.add(db, name)
     await audit.write(db, actor, "workspace.add", name)
     if require_2sv:
         await workspaces.set_policy(db, workspace.id, Requirement.ON, workspace.session_window)
-        await audit.write(db, actor, "workspace.require_2sv", name,
-                          detail=f"{Requirement.OFF} -> {Requirement.ON}")
+        await audit.write(
+            db,
+            actor,
+            "workspace.require_2sv",
+            name,
+            detail=f"{Requirement.OFF} -> {Requirement.ON}",
+        )
     await db.commit()
     return workspace
 
@@ -85,8 +94,9 @@ async def create(db: aiosqlite.Connection, name: str, require_2sv: bool, *,
 # --- members --------------------------------------------------------------------------
 
 
-async def add_member(db: aiosqlite.Connection, workspace_name: str, account_name: str,
-                     role: str, *, actor: str) -> Membership:
+async def add_member(
+    db: aiosqlite.Connection, workspace_name: str, account_name: str, role: str, *, actor: str
+) -> Membership:
     """Make an account a member, or change its role."""
     workspace = await get(db, workspace_name)
     account = await accounts.get(db, names.account_name(account_name))
@@ -97,8 +107,9 @@ async def add_member(db: aiosqlite.Connection, workspace_name: str, account_name
     return Membership(workspace.name, account.name, checked)
 
 
-async def remove_member(db: aiosqlite.Connection, workspace_name: str, account_name: str, *,
-                        actor: str) -> Membership:
+async def remove_member(
+    db: aiosqlite.Connection, workspace_name: str, account_name: str, *, actor: str
+) -> Membership:
     """End an account's membership; returns it, without a role."""
     workspace = await get(db, workspace_name)
     account = await accounts.get(db, names.account_name(account_name))
@@ -130,15 +141,26 @@ def check_requirement(word: str, window: int | None) -> Requirement:
     return Requirement(word)
 
 
-async def set_requirement(db: aiosqlite.Connection, workspace: workspaces.Workspace, word: str,
-                          window: int | None, *, actor: str) -> RequirementChange:
+async def set_requirement(
+    db: aiosqlite.Connection,
+    workspace: workspaces.Workspace,
+    word: str,
+    window: int | None,
+    *,
+    actor: str,
+) -> RequirementChange:
     """Change a workspace's requirement (and window, if given) and audit who did it.
     Who may do so is the caller's check: the operator, or an admin with a fresh factor."""
     requirement = check_requirement(word, window)
     new_window = window if window is not None else workspace.session_window
     await workspaces.set_policy(db, workspace.id, requirement, new_window)
-    await audit.write(db, actor, "workspace.require_2sv", workspace.name,
-                      detail=f"{workspace.require_2sv} -> {requirement}, window {new_window} min")
+    await audit.write(
+        db,
+        actor,
+        "workspace.require_2sv",
+        workspace.name,
+        detail=f"{workspace.require_2sv} -> {requirement}, window {new_window} min",
+    )
     await db.commit()
     return RequirementChange(workspace.name, workspace.require_2sv, requirement, new_window)
 
@@ -146,22 +168,31 @@ async def set_requirement(db: aiosqlite.Connection, workspace: workspaces.Worksp
 # --- access keys ----------------------------------------------------------------------
 
 
-async def add_access_keys(db: aiosqlite.Connection, repo: repos.Repo, parsed: list[PublicKey],
-                          title: str | None, write: bool, *, actor: str,
-                          hooks_dir: Path) -> list[AddedAccessKey]:
+async def add_access_keys(
+    db: aiosqlite.Connection,
+    repo: repos.Repo,
+    parsed: list[PublicKey],
+    title: str | None,
+    write: bool,
+    *,
+    actor: str,
+    hooks_dir: Path,
+) -> list[AddedAccessKey]:
     """Bind keys to one repository (read-only unless `write`), in one transaction."""
     mode = AccessMode.of(write)
     added = []
     for key in parsed:
         key_title = title or key.comment or f"access-{key.fingerprint[7:15]}"
         await access_keys.add(db, repo.id, key, key_title, write)
-        await audit.write(db, actor, "access_key.add", repo.full_name,
-                          detail=f"{key.fingerprint} {mode}")
+        await audit.write(
+            db, actor, "access_key.add", repo.full_name, detail=f"{key.fingerprint} {mode}"
+        )
         added.append(AddedAccessKey(repo.full_name, key.fingerprint, key_title, mode))
     await db.commit()
     for item in added:
-        await events.notify(hooks_dir, f"access-key:{repo.full_name}", "access_key.add",
-                            detail=item.fingerprint)
+        await events.notify(
+            hooks_dir, f"access-key:{repo.full_name}", "access_key.add", detail=item.fingerprint
+        )
     return added
 
 
@@ -169,10 +200,12 @@ async def list_access_keys(db: aiosqlite.Connection) -> list[access_keys.AccessK
     return await access_keys.list_all(db)
 
 
-async def remove_access_key(db: aiosqlite.Connection, fingerprint: str, *,
-                            actor: str) -> access_keys.AccessKey:
+async def remove_access_key(
+    db: aiosqlite.Connection, fingerprint: str, *, actor: str
+) -> access_keys.AccessKey:
     removed = await access_keys.remove(db, fingerprint)
-    await audit.write(db, actor, "access_key.remove", removed.repository,
-                      detail=removed.fingerprint)
+    await audit.write(
+        db, actor, "access_key.remove", removed.repository, detail=removed.fingerprint
+    )
     await db.commit()
     return removed

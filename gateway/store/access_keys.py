@@ -31,8 +31,15 @@ _SELECT = """
 
 
 def _row(row: aiosqlite.Row) -> AccessKey:
-    return AccessKey(row["id"], row["repo_id"], row["repository"], row["fingerprint"],
-                     row["algorithm"], row["title"], bool(row["write"]))
+    return AccessKey(
+        row["id"],
+        row["repo_id"],
+        row["repository"],
+        row["fingerprint"],
+        row["algorithm"],
+        row["title"],
+        bool(row["write"]),
+    )
 
 
 async def add(

@@ -21,7 +21,11 @@ class Entry:
 
 
 async def write(
-    db: aiosqlite.Connection, actor: str, action: str, target: str = "", outcome: str = "ok",
+    db: aiosqlite.Connection,
+    actor: str,
+    action: str,
+    target: str = "",
+    outcome: str = "ok",
     detail: str = "",
 ) -> None:
     await db.execute(

@@ -36,9 +36,17 @@ _SELECT = """
 
 def _row(row: aiosqlite.Row) -> StoredKey:
     return StoredKey(
-        row["id"], row["account_id"], row["account"], bool(row["account_disabled"]),
-        row["fingerprint"], row["algorithm"], row["public_key"], row["title"],
-        row["kind"], row["source"], row["created_at"],
+        row["id"],
+        row["account_id"],
+        row["account"],
+        bool(row["account_disabled"]),
+        row["fingerprint"],
+        row["algorithm"],
+        row["public_key"],
+        row["title"],
+        row["kind"],
+        row["source"],
+        row["created_at"],
     )
 
 
@@ -50,21 +58,28 @@ async def where_used(db: aiosqlite.Connection, fingerprint: str) -> str | None:
         return f"it logs in to account {existing.account}"
     async with db.execute(
         "SELECT w.name || '/' || r.name FROM access_keys k JOIN repos r ON r.id = k.repo_id"
-        " JOIN workspaces w ON w.id = r.workspace_id WHERE k.fingerprint = ?", (fingerprint,)
+        " JOIN workspaces w ON w.id = r.workspace_id WHERE k.fingerprint = ?",
+        (fingerprint,),
     ) as cursor:
         row = await cursor.fetchone()
     return f"it is the access key of repository {row[0]}" if row else None
 
 
 async def add(
-    db: aiosqlite.Connection, account_id: int, key: PublicKey, title: str, source: str = "cli",
-    kind: str = KeyKind.LOGIN, say_where: bool = False,
+    db: aiosqlite.Connection,
+    account_id: int,
+    key: PublicKey,
+    title: str,
+    source: str = "cli",
+    kind: str = KeyKind.LOGIN,
+    say_where: bool = False,
 ) -> None:
     title = checked_title(title)
     where = await where_used(db, key.fingerprint)
     if where is not None:
-        raise Refusal(f"Key {key.fingerprint} is already in use"
-                      + (f": {where}" if say_where else ""))
+        raise Refusal(
+            f"Key {key.fingerprint} is already in use" + (f": {where}" if say_where else "")
+        )
     await db.execute(
         "INSERT INTO ssh_keys (account_id, fingerprint, algorithm, public_key, title, kind,"
         " source, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",

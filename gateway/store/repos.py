@@ -34,13 +34,23 @@ _SELECT = """
 
 def _row(row: aiosqlite.Row) -> Repo:
     return Repo(
-        row["id"], row["workspace_id"], row["workspace"], row["name"], bool(row["public"]),
-        row["default_branch"], row["require_2sv"], row["session_window"],
+        row["id"],
+        row["workspace_id"],
+        row["workspace"],
+        row["name"],
+        bool(row["public"]),
+        row["default_branch"],
+        row["require_2sv"],
+        row["session_window"],
     )
 
 
 async def add(
-    db: aiosqlite.Connection, workspace_id: int, name: str, public: bool, default_branch: str,
+    db: aiosqlite.Connection,
+    workspace_id: int,
+    name: str,
+    public: bool,
+    default_branch: str,
     workspace: str = "",
 ) -> None:
     try:
@@ -50,8 +60,11 @@ async def add(
             (workspace_id, name, int(public), default_branch, now()),
         )
     except aiosqlite.IntegrityError:
-        raise Refusal(f"Repository already exists: {workspace}/{name}" if workspace
-                      else f"Repository already exists: {name}") from None
+        raise Refusal(
+            f"Repository already exists: {workspace}/{name}"
+            if workspace
+            else f"Repository already exists: {name}"
+        ) from None
 
 
 async def find(db: aiosqlite.Connection, workspace: str, name: str) -> Repo | None:

@@ -36,8 +36,13 @@ async def get(db: aiosqlite.Connection, account_id: int) -> TwoSVRow | None:
         row = await cursor.fetchone()
     if row is None:
         return None
-    return TwoSVRow(row["account_id"], row["totp_secret"], row["last_step"], row["failures"],
-                    row["locked_until"])
+    return TwoSVRow(
+        row["account_id"],
+        row["totp_secret"],
+        row["last_step"],
+        row["failures"],
+        row["locked_until"],
+    )
 
 
 async def _ensure(db: aiosqlite.Connection, account_id: int) -> None:
@@ -69,8 +74,10 @@ async def set_pending(
     db: aiosqlite.Connection, account_id: int, sealed: bytes, until: float
 ) -> None:
     await _ensure(db, account_id)
-    await db.execute("UPDATE twosv SET pending_secret = ?, pending_until = ? WHERE account_id = ?",
-                     (sealed, until, account_id))
+    await db.execute(
+        "UPDATE twosv SET pending_secret = ?, pending_until = ? WHERE account_id = ?",
+        (sealed, until, account_id),
+    )
 
 
 async def claim_step(db: aiosqlite.Connection, account_id: int, step: int) -> bool:
@@ -142,8 +149,9 @@ async def delete_all(db: aiosqlite.Connection, account_id: int) -> None:
 # --- two-step sessions ----------------------------------------------------------------
 
 
-async def open_session(db: aiosqlite.Connection, fingerprint: str, account_id: int, now: float,
-                       method: str) -> None:
+async def open_session(
+    db: aiosqlite.Connection, fingerprint: str, account_id: int, now: float, method: str
+) -> None:
     await db.execute(
         "INSERT INTO twosv_sessions (key_fingerprint, account_id, verified_at, method)"
         " VALUES (?, ?, ?, ?)"
@@ -153,8 +161,9 @@ async def open_session(db: aiosqlite.Connection, fingerprint: str, account_id: i
     )
 
 
-async def session(db: aiosqlite.Connection, fingerprint: str,
-                  account_id: int) -> tuple[float, str] | None:
+async def session(
+    db: aiosqlite.Connection, fingerprint: str, account_id: int
+) -> tuple[float, str] | None:
     """When the key's two-step session was opened and how, or None without one."""
     async with db.execute(
         "SELECT verified_at, method FROM twosv_sessions WHERE key_fingerprint = ?"
@@ -165,7 +174,8 @@ async def session(db: aiosqlite.Connection, fingerprint: str,
     return (row[0], row[1]) if row else None
 
 
-async def session_verified_at(db: aiosqlite.Connection, fingerprint: str,
-                              account_id: int) -> float | None:
+async def session_verified_at(
+    db: aiosqlite.Connection, fingerprint: str, account_id: int
+) -> float | None:
     found = await session(db, fingerprint, account_id)
     return found[0] if found else None

@@ -25,15 +25,24 @@ from asyncssh.packet import SSHPacket
 # (what, the parameters we call it with or replace it by, starting with self)
 INTERNALS: tuple[tuple[str, object, tuple[str, ...]], ...] = (
     ("SSHServerConnection.__init__", asyncssh.SSHServerConnection, ("self", "loop", "options")),
-    ("SSHServerConnection.data_received", asyncssh.SSHServerConnection,
-     ("self", "data", "datatype")),
-    ("SSHServerConnection.validate_public_key", asyncssh.SSHServerConnection,
-     ("self", "username", "key_data", "msg", "signature")),
+    (
+        "SSHServerConnection.data_received",
+        asyncssh.SSHServerConnection,
+        ("self", "data", "datatype"),
+    ),
+    (
+        "SSHServerConnection.validate_public_key",
+        asyncssh.SSHServerConnection,
+        ("self", "username", "key_data", "msg", "signature"),
+    ),
     ("SSHServerChannel._process_exec_request", SSHServerChannel, ("self", "packet")),
     ("SSHServerChannel._start_session", SSHServerChannel, ("self", "command", "subsystem")),
     ("SSHServerChannel._service_next_request", SSHServerChannel, ("self",)),
-    ("SSHServerProcess.__init__", asyncssh.SSHServerProcess,
-     ("self", "process_factory", "sftp_factory", "sftp_version", "allow_scp")),
+    (
+        "SSHServerProcess.__init__",
+        asyncssh.SSHServerProcess,
+        ("self", "process_factory", "sftp_factory", "sftp_version", "allow_scp"),
+    ),
     ("SSHServerProcess.connection_lost", asyncssh.SSHServerProcess, ("self", "exc")),
     ("SSHPacket.get_string", SSHPacket, ("self",)),
     ("SSHPacket.check_end", SSHPacket, ("self",)),
@@ -50,18 +59,23 @@ def missing_internal(name: str, owner: object, params: tuple[str, ...]) -> str |
         found = tuple(inspect.signature(function).parameters)
     except (TypeError, ValueError):
         return f"asyncssh {asyncssh.__version__}: {name} has no inspectable signature"
-    if found[:len(params)] != params:
-        return (f"asyncssh {asyncssh.__version__}: {name} takes {found}, "
-                f"gateway/transport/asyncssh_seam.py expects it to start with {params}")
+    if found[: len(params)] != params:
+        return (
+            f"asyncssh {asyncssh.__version__}: {name} takes {found}, "
+            f"gateway/transport/asyncssh_seam.py expects it to start with {params}"
+        )
     return None
 
 
 # --- (1) accepting connections ourselves ---------------------------------------------
 
 
-def new_server_connection(loop: asyncio.AbstractEventLoop,
-                          options: asyncssh.SSHServerConnectionOptions,
-                          peer: str, ticket: int | None) -> asyncssh.SSHServerConnection:
+def new_server_connection(
+    loop: asyncio.AbstractEventLoop,
+    options: asyncssh.SSHServerConnectionOptions,
+    peer: str,
+    ticket: int | None,
+) -> asyncssh.SSHServerConnection:
     """The protocol asyncssh's own listener would make for an accepted socket (its
     constructor is not public API), carrying the peer (after PROXY) and the limits
     ticket for the connection's SSHServer to read in `connection_made`."""
@@ -97,8 +111,9 @@ def on_first_bytes(conn: asyncssh.SSHServerConnection, callback: Callable[[], No
 KeyCheck = Callable[[str, bytes, bytes, bytes], Awaitable[bool]]
 
 
-def wrap_key_check(conn: asyncssh.SSHServerConnection,
-                   wrap: Callable[[KeyCheck], KeyCheck]) -> None:
+def wrap_key_check(
+    conn: asyncssh.SSHServerConnection, wrap: Callable[[KeyCheck], KeyCheck]
+) -> None:
     """Replace the connection's verification step by `wrap(original)`, which calls the
     original (the signature check) and then records the key whose signature it checked."""
     conn.validate_public_key = wrap(conn.validate_public_key)  # type: ignore[method-assign]
@@ -121,7 +136,8 @@ def pass_undecodable_commands(channel: asyncssh.SSHServerChannel) -> None:
         command = packet.get_string()
         packet.check_end()
         return channel._start_session(  # type: ignore[attr-defined]
-            command=command.decode("utf-8", "surrogateescape"))
+            command=command.decode("utf-8", "surrogateescape")
+        )
 
     channel._process_exec_request = process_exec_request  # type: ignore[attr-defined]
 
@@ -136,8 +152,11 @@ class EndReportingProcess(asyncssh.SSHServerProcess):
     `session_requested` means calling its constructor, whose positional arguments
     (process_factory, sftp_factory, sftp_version, allow_scp) are not public API."""
 
-    def __init__(self, on_end: Callable[[], None],
-                 handler: Callable[[asyncssh.SSHServerProcess], Awaitable[None]]) -> None:
+    def __init__(
+        self,
+        on_end: Callable[[], None],
+        handler: Callable[[asyncssh.SSHServerProcess], Awaitable[None]],
+    ) -> None:
         super().__init__(handler, None, 0, False)  # no SFTP, no SCP
         self._on_end: Callable[[], None] | None = on_end
 

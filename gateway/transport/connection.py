@@ -21,8 +21,8 @@ import asyncssh
 
 from .. import access, metrics, names, sshkeys
 from ..config import Settings
-from ..logs import log_event
 from ..decision import Identity
+from ..logs import log_event
 from ..session import Streams, Transport, run_session
 from ..store import access_keys, keys
 from . import asyncssh_seam, limits
@@ -65,8 +65,9 @@ class GatewaySSHServer(asyncssh.SSHServer):
         asyncssh_seam.wrap_key_check(conn, self._recording_identity)
 
     def _recording_identity(self, verify: asyncssh_seam.KeyCheck) -> asyncssh_seam.KeyCheck:
-        async def validate_and_record(username: str, key_data: bytes, msg: bytes,
-                                      signature: bytes) -> bool:
+        async def validate_and_record(
+            username: str, key_data: bytes, msg: bytes, signature: bytes
+        ) -> bool:
             self._refused_because = "bad-signature"  # unless validate_public_key says why
             ok = await verify(username, key_data, msg, signature)
             if ok and msg:
@@ -84,18 +85,28 @@ class GatewaySSHServer(asyncssh.SSHServer):
         self._cancel_idle()
         self.gateway.connection_closed(self)
         metrics.CONNECTIONS.dec()
-        log_event(log, "connection.close", peer=self.peer,
-                  account=self.identity.account if self.identity else "-",
-                  seconds=round(time.monotonic() - self.opened, 3))
+        log_event(
+            log,
+            "connection.close",
+            peer=self.peer,
+            account=self.identity.account if self.identity else "-",
+            seconds=round(time.monotonic() - self.opened, 3),
+        )
 
     def _count_failure(self, key_data: bytes, username: str) -> None:
         self.failures += 1
         metrics.AUTH.labels("failed").inc()
         # The user name is the client's text: escaped and bounded (logfmt quotes the rest),
         # so the operator can tell `ssh root@...` from a key nobody registered.
-        log_event(log, "auth.failed", peer=self.peer, user=names.printable(username, 64),
-                  reason=self._refused_because, key=sshkeys.fingerprint(key_data),
-                  attempt=self.failures)
+        log_event(
+            log,
+            "auth.failed",
+            peer=self.peer,
+            user=names.printable(username, 64),
+            reason=self._refused_because,
+            key=sshkeys.fingerprint(key_data),
+            attempt=self.failures,
+        )
         if self.failures >= self.settings.max_auth_tries and self.conn is not None:
             log_event(log, "auth.too_many", peer=self.peer, attempts=self.failures)
             self.conn.disconnect(
@@ -135,17 +146,28 @@ class GatewaySSHServer(asyncssh.SSHServer):
             self.gateway.limits.authenticated(self.ticket)
         metrics.AUTH.labels("ok").inc()
         assert self.identity is not None  # set by the verified signature
-        log_event(log, "auth.ok", peer=self.peer, account=self.identity.account,
-                  key=self.identity.key_fingerprint)
+        log_event(
+            log,
+            "auth.ok",
+            peer=self.peer,
+            account=self.identity.account,
+            key=self.identity.key_fingerprint,
+        )
         self._start_idle()
 
-    def session_requested(self) -> bool | tuple[asyncssh.SSHServerChannel,
-                                                asyncssh.SSHServerProcess]:
+    def session_requested(
+        self,
+    ) -> bool | tuple[asyncssh.SSHServerChannel, asyncssh.SSHServerProcess]:
         if self.gateway.draining or self.conn is None:
             return False
         if self.sessions >= self.settings.max_sessions:
-            log_event(log, "session.refused", peer=self.peer, reason="max_sessions",
-                      limit=self.settings.max_sessions)
+            log_event(
+                log,
+                "session.refused",
+                peer=self.peer,
+                reason="max_sessions",
+                limit=self.settings.max_sessions,
+            )
             return False
         self.sessions += 1
         self.gateway.session_started()
@@ -167,8 +189,9 @@ class GatewaySSHServer(asyncssh.SSHServer):
     def _start_idle(self) -> None:
         self._cancel_idle()
         if self.settings.idle_timeout and self.sessions == 0:
-            self._idle = asyncio.get_running_loop().call_later(self.settings.idle_timeout,
-                                                               self._idle_expired)
+            self._idle = asyncio.get_running_loop().call_later(
+                self.settings.idle_timeout, self._idle_expired
+            )
 
     def _cancel_idle(self) -> None:
         if self._idle is not None:
@@ -200,15 +223,25 @@ async def handle_session(process: asyncssh.SSHServerProcess) -> None:
         transport = Transport(
             via=None,
             cooks_terminal=True,  # the client's terminal is raw: see terminal.py
-            client_gone=(BrokenPipeError, ConnectionError, asyncssh.DisconnectError,
-                         asyncssh.BreakReceived, asyncssh.TerminalSizeChanged),
+            client_gone=(
+                BrokenPipeError,
+                ConnectionError,
+                asyncssh.DisconnectError,
+                asyncssh.BreakReceived,
+                asyncssh.TerminalSizeChanged,
+            ),
             key_refused=key_refused,
         )
         status = await run_session(
-            app, server.identity, process.command,
+            app,
+            server.identity,
+            process.command,
             Streams(process.stdin, process.stdout, process.stderr),
-            peer=server.peer, terminal=bool(process.get_terminal_type()),
-            transport=transport, subsystem=process.subsystem)
+            peer=server.peer,
+            terminal=bool(process.get_terminal_type()),
+            transport=transport,
+            subsystem=process.subsystem,
+        )
     finally:
         try:
             process.exit(status)

@@ -61,8 +61,7 @@ class Gateway:
         # Looks the machine's name up now (getfqdn may ask DNS), not in a session's message.
         host_warning = settings.loopback_host_warning()
         sock = listen(settings.listen_host, settings.listen_port, "listen")
-        self._listener = Listener(sock, settings, self.limits, self._current_options,
-                                  self._spawn)
+        self._listener = Listener(sock, settings, self.limits, self._current_options, self._spawn)
         metrics_sock = None
         if settings.metrics_listen:
             metrics_sock = listen(*split_address(settings.metrics_listen), "metrics_listen")
@@ -73,7 +72,8 @@ class Gateway:
         layout.sweep_all(settings.repos_dir)
         if metrics_sock is not None:
             self._metrics_server = await metrics.serve_http(
-                metrics_sock, ready=lambda: self.ready and not self.draining)
+                metrics_sock, ready=lambda: self.ready and not self.draining
+            )
         self.app.git.pool.fill()
         self._spawn(self._listener.accept_loop())
         await sync_keydir(settings)
@@ -117,21 +117,26 @@ class Gateway:
             self._listener.close()
         for task in list(self._tasks):
             task.cancel()
-        log_event(log, "stopping", sessions=self.sessions, connections=len(self.servers),
-                  grace_seconds=self.settings.grace_period)
+        log_event(
+            log,
+            "stopping",
+            sessions=self.sessions,
+            connections=len(self.servers),
+            grace_seconds=self.settings.grace_period,
+        )
         for server in list(self.servers):
             if server.sessions == 0 and server.conn is not None:
                 server.conn.close()
         try:
             await asyncio.wait_for(self.no_sessions.wait(), self.settings.grace_period)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log_event(log, "stopping.grace_expired", logging.WARNING, sessions=self.sessions)
         for server in list(self.servers):
             if server.conn is not None:
                 server.conn.disconnect(asyncssh.DISC_BY_APPLICATION, "Server is shutting down")
         try:  # sessions cut off kill their workers as they end
             await asyncio.wait_for(self.no_sessions.wait(), 5)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         if self._metrics_server is not None:
             self._metrics_server.close()

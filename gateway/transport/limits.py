@@ -47,15 +47,17 @@ class ConnectionLimits:
         self._per_address: Counter[str] = Counter()
         self._next = 0
 
-    def admit(self, address: str, drop: Callable[[], None],
-              has_sent: Callable[[], bool] = lambda: False) -> tuple[int | None, str]:
+    def admit(
+        self, address: str, drop: Callable[[], None], has_sent: Callable[[], bool] = lambda: False
+    ) -> tuple[int | None, str]:
         """A ticket for a new connection, or None with the reason it is refused. `drop`
         closes this connection if it is dropped later to make room."""
         cap = self.settings.max_connections_per_address
         if cap:
             # Silent sockets are the startup caps' business; this one limits real use.
-            silent = sum(1 for p in self._pending.values()
-                         if p.address == address and p.stage == SILENT)
+            silent = sum(
+                1 for p in self._pending.values() if p.address == address and p.stage == SILENT
+            )
             if self._per_address[address] - silent >= cap:
                 return None, "max_connections_per_address"
         if len(self._pending) >= self.settings.max_startups:

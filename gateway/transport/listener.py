@@ -37,11 +37,16 @@ def listen(host: str, port: int, setting: str) -> socket.socket:
     try:
         sock = socket.create_server((host, port), family=family, backlog=1024)
     except OSError as exc:
-        hint = ("another gateway or sshd may be running there" if exc.errno == errno.EADDRINUSE
-                else "ports below 1024 need CAP_NET_BIND_SERVICE" if exc.errno == errno.EACCES
-                else "check the address")
-        raise Refusal(f"Cannot listen on {host}:{port} (setting {setting!r}): "
-                      f"{exc.strerror}; {hint}") from None
+        hint = (
+            "another gateway or sshd may be running there"
+            if exc.errno == errno.EADDRINUSE
+            else "ports below 1024 need CAP_NET_BIND_SERVICE"
+            if exc.errno == errno.EACCES
+            else "check the address"
+        )
+        raise Refusal(
+            f"Cannot listen on {host}:{port} (setting {setting!r}): {exc.strerror}; {hint}"
+        ) from None
     sock.setblocking(False)
     return sock
 
@@ -50,9 +55,14 @@ class Listener:
     """Accepts connections on `sock` and hands each, once admitted, to asyncssh with the
     options `options()` returns at that moment (a reload changes them for new ones)."""
 
-    def __init__(self, sock: socket.socket, settings: Settings, caps: ConnectionLimits,
-                 options: Callable[[], asyncssh.SSHServerConnectionOptions],
-                 spawn: Callable[[Coroutine[Any, Any, None]], None]) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        settings: Settings,
+        caps: ConnectionLimits,
+        options: Callable[[], asyncssh.SSHServerConnectionOptions],
+        spawn: Callable[[Coroutine[Any, Any, None]], None],
+    ) -> None:
         self.sock = sock
         self.settings = settings
         self.limits = caps
@@ -84,11 +94,16 @@ class Listener:
             try:
                 real = await asyncio.wait_for(
                     proxyproto.read_header(lambda n: _recv_exactly(loop, client, n)),
-                    self.settings.login_timeout)
-            except (proxyproto.ProxyHeaderError, asyncio.TimeoutError, OSError, EOFError) as exc:
+                    self.settings.login_timeout,
+                )
+            except (TimeoutError, proxyproto.ProxyHeaderError, OSError, EOFError) as exc:
                 reason = str(exc) or exc.__class__.__name__
-                log_event(log, "connection.refused", peer=f"{host}:{port}",
-                          reason=f"PROXY header: {reason}")
+                log_event(
+                    log,
+                    "connection.refused",
+                    peer=f"{host}:{port}",
+                    reason=f"PROXY header: {reason}",
+                )
                 metrics.CONNECTIONS_TOTAL.labels("bad_proxy_header").inc()
                 client.close()
                 return
@@ -131,7 +146,8 @@ class Listener:
             holder["conn"] = conn
             # The first bytes show a live client.
             asyncssh_seam.on_first_bytes(
-                conn, lambda: self.limits.progressed(admitted, limits.TALKING))
+                conn, lambda: self.limits.progressed(admitted, limits.TALKING)
+            )
             return conn
 
         try:

@@ -43,8 +43,14 @@ IGNORED_ENV_PREFIXES = ("GATEWAY_", "PYTHON")
 OPENSSH = Transport(via="openssh", cooks_terminal=False, drain_at_end=True)
 
 
-async def authorized_keys(settings: Settings, db: aiosqlite.Connection, config_file: str | None, user: str,
-                          key_type: str, key_blob: str) -> str | None:
+async def authorized_keys(
+    settings: Settings,
+    db: aiosqlite.Connection,
+    config_file: str | None,
+    user: str,
+    key_type: str,
+    key_blob: str,
+) -> str | None:
     """The authorized_keys line for this key, or None (sshd then refuses it)."""
     if user != settings.ssh_user:
         return None
@@ -64,16 +70,17 @@ async def authorized_keys(settings: Settings, db: aiosqlite.Connection, config_f
 def _forced_command(settings: Settings, config_file: str | None, fingerprint: str) -> str:
     # -I: no PYTHON* variables, no user site-packages, not the login's working directory
     # on sys.path (sshd starts the command in the unix user's home).
-    words = [sys.executable, "-I", "-m", "gateway", "--data-dir",
-             str(settings.data_dir.resolve())]
+    words = [sys.executable, "-I", "-m", "gateway", "--data-dir", str(settings.data_dir.resolve())]
     if config_file:
         words += ["--config", str(Path(config_file).resolve())]
     words += ["shell", "--key", fingerprint]
     for word in words:
         if not PLAIN_WORD.fullmatch(word):
-            raise Refusal(f"Cannot put {word!r} in a forced command: use paths for Python, "
-                          "the data directory and the config file made only of letters, "
-                          "digits and . _ - / + : = @ % ,")
+            raise Refusal(
+                f"Cannot put {word!r} in a forced command: use paths for Python, "
+                "the data directory and the config file made only of letters, "
+                "digits and . _ - / + : = @ % ,"
+            )
     return " ".join(words)
 
 
@@ -89,8 +96,13 @@ async def shell(settings: Settings, fingerprint: str, config_file: str | None = 
     except Exception as exc:
         # Before the session core could run (the master key, the streams): as there, one
         # line for the user, the details in the log.
-        log_event(log, "session.failed", logging.ERROR, peer=_peer(),
-                  error=f"{exc.__class__.__name__}: {exc}")
+        log_event(
+            log,
+            "session.failed",
+            logging.ERROR,
+            peer=_peer(),
+            error=f"{exc.__class__.__name__}: {exc}",
+        )
         log.debug("session failure details", exc_info=True)
         raise Refusal("internal error; the operator has the details") from None
 
@@ -103,9 +115,15 @@ async def _run(settings: Settings, fingerprint: str, log_fd: int) -> int:
     stdin, stdout, stderr = await _standard_streams()
     # The identity is looked up from the fingerprint in the session core: the key may
     # have been removed, or its account disabled, since sshd asked.
-    return await run_session(app, fingerprint, os.environ.get("SSH_ORIGINAL_COMMAND"),
-                             Streams(stdin, stdout, stderr), peer=_peer(),
-                             terminal=os.isatty(1), transport=OPENSSH)
+    return await run_session(
+        app,
+        fingerprint,
+        os.environ.get("SSH_ORIGINAL_COMMAND"),
+        Streams(stdin, stdout, stderr),
+        peer=_peer(),
+        terminal=os.isatty(1),
+        transport=OPENSSH,
+    )
 
 
 def _settings_without_client_env(settings: Settings, config_file: str | None) -> Settings:
@@ -128,12 +146,13 @@ def _peer() -> str:
 def _log_to_data_dir(settings: Settings) -> int:
     """Our log and the workers' go to DATA/shell.log: stderr belongs to the user here."""
     try:
-        fd = os.open(settings.data_dir / SHELL_LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT,
-                     0o600)
+        fd = os.open(settings.data_dir / SHELL_LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     except OSError:
         # Said to the user, who can tell the operator; no path or errno for them.
-        raise Refusal("The gateway cannot write its log; the operator has to check the "
-                      "data directory's owner and permissions") from None
+        raise Refusal(
+            "The gateway cannot write its log; the operator has to check the "
+            "data directory's owner and permissions"
+        ) from None
     handler = logging.StreamHandler(os.fdopen(os.dup(fd), "a", buffering=1))
     handler.setFormatter(logs.StructuredFormatter(settings.log_format, tracebacks=False))
     root = logging.getLogger()
@@ -151,7 +170,7 @@ class _BlockingWriter:
     def write(self, data: bytes) -> None:
         view = memoryview(data)
         while view:
-            view = view[os.write(self.fd, view):]
+            view = view[os.write(self.fd, view) :]
 
     async def drain(self) -> None:
         pass
@@ -185,8 +204,10 @@ async def _standard_streams() -> tuple[Reader, Writer, Writer]:
     if _pollable(0):
         try:
             stream = asyncio.StreamReader(limit=1 << 20)
-            await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stream),
-                                         os.fdopen(0, "rb", buffering=0, closefd=False))
+            await loop.connect_read_pipe(
+                lambda: asyncio.StreamReaderProtocol(stream),
+                os.fdopen(0, "rb", buffering=0, closefd=False),
+            )
             reader = stream
         except (OSError, ValueError):
             pass
@@ -197,7 +218,8 @@ async def _standard_streams() -> tuple[Reader, Writer, Writer]:
             try:
                 transport, protocol = await loop.connect_write_pipe(
                     asyncio.streams.FlowControlMixin,
-                    os.fdopen(fd, "wb", buffering=0, closefd=False))
+                    os.fdopen(fd, "wb", buffering=0, closefd=False),
+                )
                 writer = asyncio.StreamWriter(transport, protocol, None, loop)
             except (OSError, ValueError):
                 pass

@@ -42,7 +42,9 @@ class State:
 
     @property
     def methods(self) -> list[Factor]:
-        return ([Factor.TOTP] if self.totp else []) + ([Factor.SECURITY_KEY] if self.security_keys else [])
+        return ([Factor.TOTP] if self.totp else []) + (
+            [Factor.SECURITY_KEY] if self.security_keys else []
+        )
 
     def describe(self) -> str:
         if not self.enabled:
@@ -61,8 +63,13 @@ class Accepted:
 
 class TwoSV:
     def __init__(
-        self, db: aiosqlite.Connection, sealer: Sealer | None, account_id: int, account: str,
-        backoff_base: float = 30.0, clock: Callable[[], float] = time.time,
+        self,
+        db: aiosqlite.Connection,
+        sealer: Sealer | None,
+        account_id: int,
+        account: str,
+        backoff_base: float = 30.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.db = db
         self.sealer = sealer
@@ -75,7 +82,9 @@ class TwoSV:
 
     async def state(self) -> State:
         row = await store.get(self.db, self.account_id)
-        sk = [k for k in await keys.list_for(self.db, self.account) if k.kind == KeyKind.SECURITY_KEY]
+        sk = [
+            k for k in await keys.list_for(self.db, self.account) if k.kind == KeyKind.SECURITY_KEY
+        ]
         codes = await store.codes(self.db, self.account_id)
         return State(
             totp=bool(row and row.totp_secret),
@@ -213,8 +222,10 @@ class TwoSV:
         try:
             now = await self.state()
             if (now.totp, now.security_keys > 0) != (expected.totp, expected.security_keys > 0):
-                raise Refusal("Two-step verification changed in another session meanwhile; "
-                              "nothing changed. Check it with: 2sv status")
+                raise Refusal(
+                    "Two-step verification changed in another session meanwhile; "
+                    "nothing changed. Check it with: 2sv status"
+                )
             yield
         except BaseException:
             await self.db.rollback()
@@ -245,8 +256,9 @@ class TwoSV:
         await keys.demote_security_keys(self.db, self.account_id)
         await self.db.commit()
 
-    async def add_security_key(self, key: PublicKey, title: str, new_codes: int,
-                               expected: State) -> list[str]:
+    async def add_security_key(
+        self, key: PublicKey, title: str, new_codes: int, expected: State
+    ) -> list[str]:
         """Register `key` as a security key (an existing plain key of this account is
         promoted); issue recovery codes if asked; one transaction, as for `enrol`."""
         async with self._write(expected):

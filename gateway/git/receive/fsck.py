@@ -43,8 +43,13 @@ ATTRIBUTES_LINE_MAX = 2048  # C git's ATTR_MAX_LINE_LENGTH
 MAX_TREE_ENTRY_LEN = 4096  # C git's fsck.c max_tree_entry_len
 _LONG_LINE = re.compile(rb"[^\n]{%d}" % ATTRIBUTES_LINE_MAX)
 MAX_REPORTED = 20  # lines shown to the client; the rest are counted
-WARNINGS = {"badTagName", "missingTaggerEntry", "gitattributesSymlink", "gitignoreSymlink",
-            "mailmapSymlink"}
+WARNINGS = {
+    "badTagName",
+    "missingTaggerEntry",
+    "gitattributesSymlink",
+    "gitignoreSymlink",
+    "mailmapSymlink",
+}
 STANDARD_MODES = {0o100755, 0o100644, 0o120000, 0o040000, 0o160000}
 _MODES = {b"%o" % mode: mode for mode in STANDARD_MODES}
 _USUAL_ENTRY = re.compile(rb"(100644|100755|120000|40000|160000) ([^\0/]+)\0(.{20})", re.S)
@@ -53,8 +58,12 @@ _USUAL_TREE = re.compile(rb"(?:(?:100644|100755|120000|40000|160000) [^\0/]+\0.{
 # these bytes (HFS+'s ignorable code points start with \xe2 or \xef) or has a backslash.
 _SPECIAL_FIRST = b".gGmM\xe2\xef"
 NULL_SHA = b"\0" * 20
-TYPE_NAMES = {Commit.type_num: "commit", Tree.type_num: "tree", Blob.type_num: "blob",
-              Tag.type_num: "tag"}
+TYPE_NAMES = {
+    Commit.type_num: "commit",
+    Tree.type_num: "tree",
+    Blob.type_num: "blob",
+    Tag.type_num: "tag",
+}
 
 
 @dataclass(frozen=True)
@@ -89,6 +98,7 @@ def shown(data: bytes, limit: int = 200) -> str:
 
 
 # --- the whole push -----------------------------------------------------------------------
+
 
 def levels_from_config(config) -> dict[str, str]:
     """The repository's own exceptions, in C git's words: `receive.fsck.<msg-id>` set to
@@ -209,9 +219,13 @@ def _new_in_pack(pack, quarantine, store) -> Iterator[tuple[bytes, int, bytes]]:
                 types[link] = types[offset]
             return types[offset]
 
-        wanted = {offset for offset, sha in by_offset.items()
-                  if (headers[offset] if type(headers[offset]) is not tuple else type_of(offset))
-                  != Blob.type_num and not _stored(sha)}
+        wanted = {
+            offset
+            for offset, sha in by_offset.items()
+            if (headers[offset] if type(headers[offset]) is not tuple else type_of(offset))
+            != Blob.type_num
+            and not _stored(sha)
+        }
         outside = [o for o in wanted if types.get(o, 0) is None]
         walker = _Inflater(f, pack.object_format.hash_func, resolve_ext_ref=quarantine.get_raw)
         recorded: set[int] = set()
@@ -261,11 +275,12 @@ def _header(fd: int, offset: int) -> tuple[int, int | bytes | None, int, int]:
             distance = ((distance + 1) << 7) | (byte & 0x7F)
         return kind, distance, size, i
     if kind == REF_DELTA:
-        return kind, head[i:i + 20], size, i + 20
+        return kind, head[i : i + 20], size, i + 20
     return kind, None, size, i
 
 
 # --- one object at a time ---------------------------------------------------------------
+
 
 class Checker:
     def __init__(self, levels: dict[str, str] | None = None) -> None:
@@ -294,10 +309,15 @@ class Checker:
         """The blobs found at .gitmodules/.gitattributes paths; `read(sha, limit)` gives
         (type, data), data None above `limit` bytes, or None for a missing object."""
         for shas, what, not_blob, limit, large in (
-                (self.gitmodules, ".gitmodules", "gitmodulesBlob", GITMODULES_MAX,
-                 "gitmodulesLarge"),
-                (self.gitattributes, ".gitattributes", "gitattributesBlob", ATTRIBUTES_MAX,
-                 "gitattributesLarge")):
+            (self.gitmodules, ".gitmodules", "gitmodulesBlob", GITMODULES_MAX, "gitmodulesLarge"),
+            (
+                self.gitattributes,
+                ".gitattributes",
+                "gitattributesBlob",
+                ATTRIBUTES_MAX,
+                "gitattributesLarge",
+            ),
+        ):
             for sha in sorted(shas):
                 found = read(sha, limit)
                 if found is None:
@@ -327,9 +347,13 @@ class Checker:
             return False
         entries = _USUAL_ENTRY.findall(data)
         names = [name for _mode, name, _sha in entries]
-        if (b"." in names or b".." in names or len(set(names)) != len(names)
-                or max(map(len, names), default=0) > MAX_TREE_ENTRY_LEN
-                or NULL_SHA in [entry for _mode, _name, entry in entries]):
+        if (
+            b"." in names
+            or b".." in names
+            or len(set(names)) != len(names)
+            or max(map(len, names), default=0) > MAX_TREE_ENTRY_LEN
+            or NULL_SHA in [entry for _mode, _name, entry in entries]
+        ):
             return False
         keys = [name + b"/" if mode == b"40000" else name for mode, name, _sha in entries]
         if not all(a < b for a, b in zip(keys, keys[1:])):
@@ -353,7 +377,7 @@ class Checker:
             mode_text = data[pos:space]
             mode = _MODES.get(mode_text)  # the usual modes, without int()
             if mode is None:
-                if (space < 0 or nul < 0 or not mode_text or mode_text.strip(b"01234567")):
+                if space < 0 or nul < 0 or not mode_text or mode_text.strip(b"01234567"):
                     self.add(sha, "badTree", "cannot be parsed as a tree")
                     return
                 mode = int(mode_text, 8)
@@ -365,7 +389,7 @@ class Checker:
             if nul + 21 > end:
                 self.add(sha, "badTree", "cannot be parsed as a tree")
                 return
-            name, entry = data[space + 1:nul], data[nul + 1:nul + 21]
+            name, entry = data[space + 1 : nul], data[nul + 1 : nul + 21]
             pos = nul + 21
             if not name or b"/" in name or name == b"." or name == b"..":
                 if not name:
@@ -384,8 +408,9 @@ class Checker:
                 self._special_name(sha, name, mode, entry, found)
             # Names that differ before either ends are in order if the first is less;
             # only a name that is a prefix of the other needs the full rule.
-            if previous_name is not None and not (previous_name < name
-                                                  and not name.startswith(previous_name)):
+            if previous_name is not None and not (
+                previous_name < name and not name.startswith(previous_name)
+            ):
                 order = _order(previous_mode, previous_name, mode, name, candidates)
                 if order == _UNORDERED:
                     found["treeNotSorted"] = "not properly sorted"
@@ -395,15 +420,17 @@ class Checker:
         for msg_id, text in found.items():
             self.add(sha, msg_id, text)
 
-    def _special_name(self, sha: bytes, name: bytes, mode: int, entry: bytes,
-                      found: dict[str, str]) -> None:
+    def _special_name(
+        self, sha: bytes, name: bytes, mode: int, entry: bytes, found: dict[str, str]
+    ) -> None:
         symlink = stat.S_ISLNK(mode)
         hex_entry = sha_to_hex(entry)
         parts = [name] + name.split(b"\\")[1:]  # after each backslash: NTFS reads a path
         if is_hfs_dot(name, b"git") or any(is_ntfs_dotgit(p) for p in parts):
             found["hasDotgit"] = "contains '.git'"
-        if is_hfs_dot(name, b"gitmodules") or any(is_ntfs_dot(p, b"gitmodules", b"gi7eba")
-                                                  for p in parts):
+        if is_hfs_dot(name, b"gitmodules") or any(
+            is_ntfs_dot(p, b"gitmodules", b"gi7eba") for p in parts
+        ):
             if symlink:
                 found["gitmodulesSymlink"] = ".gitmodules is a symbolic link"
             else:
@@ -413,7 +440,9 @@ class Checker:
                 found["gitattributesSymlink"] = ".gitattributes is a symlink"
             else:
                 self.gitattributes.add(hex_entry)
-        if symlink and (is_hfs_dot(name, b"gitignore") or is_ntfs_dot(name, b"gitignore", b"gi250a")):
+        if symlink and (
+            is_hfs_dot(name, b"gitignore") or is_ntfs_dot(name, b"gitignore", b"gi250a")
+        ):
             found["gitignoreSymlink"] = ".gitignore is a symlink"
         if symlink and (is_hfs_dot(name, b"mailmap") or is_ntfs_dot(name, b"mailmap", b"maba30")):
             found["mailmapSymlink"] = ".mailmap is a symlink"
@@ -487,7 +516,7 @@ def _order(mode1: int, name1: bytes, mode2: int, name2: bytes, candidates: list[
             file_name = candidates.pop()
             if not name2.startswith(file_name):
                 continue
-            rest = name2[len(file_name):]
+            rest = name2[len(file_name) :]
             if not rest:
                 return _DUPLICATE
             if _below_slash(rest[0]):
@@ -499,8 +528,24 @@ def _order(mode1: int, name1: bytes, mode2: int, name2: bytes, candidates: list[
 # --- names that mean .git on some file system (C git's is_hfs_dotgit, is_ntfs_dotgit) -------
 
 # HFS+ ignores these code points in names, so ".g\u200cit" is ".git" there.
-_HFS_IGNORED = {0x200C, 0x200D, 0x200E, 0x200F, 0x202A, 0x202B, 0x202C, 0x202D, 0x202E,
-                0x206A, 0x206B, 0x206C, 0x206D, 0x206E, 0x206F, 0xFEFF}
+_HFS_IGNORED = {
+    0x200C,
+    0x200D,
+    0x200E,
+    0x200F,
+    0x202A,
+    0x202B,
+    0x202C,
+    0x202D,
+    0x202E,
+    0x206A,
+    0x206B,
+    0x206C,
+    0x206D,
+    0x206E,
+    0x206F,
+    0xFEFF,
+}
 
 
 def _code_points(name: bytes) -> Iterator[int]:
@@ -509,10 +554,19 @@ def _code_points(name: bytes) -> Iterator[int]:
     pos = 0
     while pos < len(name):
         lead = name[pos]
-        size = 1 if lead < 0x80 else 2 if 0xC2 <= lead < 0xE0 else 3 if 0xE0 <= lead < 0xF0 \
-            else 4 if 0xF0 <= lead <= 0xF4 else 0
+        size = (
+            1
+            if lead < 0x80
+            else 2
+            if 0xC2 <= lead < 0xE0
+            else 3
+            if 0xE0 <= lead < 0xF0
+            else 4
+            if 0xF0 <= lead <= 0xF4
+            else 0
+        )
         try:
-            char = name[pos:pos + size].decode("utf-8") if size else ""
+            char = name[pos : pos + size].decode("utf-8") if size else ""
         except UnicodeDecodeError:
             char = ""
         if len(char) != 1 or ord(char) in (0xFFFE, 0xFFFF):
@@ -577,9 +631,9 @@ def is_ntfs_dot(name: bytes, needle: bytes, short_prefix: bytes) -> bool:
     (the first six letters, `~1` to `~4`), or the hashed fall-back short name
     (`short_prefix` as C git computes it, then `~` and digits)."""
     lowered = name.lower()
-    if lowered[:1] == b"." and lowered[1:1 + len(needle)] == needle:
-        return _only_spaces_and_dots(name[1 + len(needle):])
-    if (lowered[:6] == needle[:6] and name[6:7] == b"~" and name[7:8] in (b"1", b"2", b"3", b"4")):
+    if lowered[:1] == b"." and lowered[1 : 1 + len(needle)] == needle:
+        return _only_spaces_and_dots(name[1 + len(needle) :])
+    if lowered[:6] == needle[:6] and name[6:7] == b"~" and name[7:8] in (b"1", b"2", b"3", b"4"):
         return _only_spaces_and_dots(name[8:])
     saw_tilde = False
     i = 0
@@ -595,7 +649,7 @@ def is_ntfs_dot(name: bytes, needle: bytes, short_prefix: bytes) -> bool:
             if i >= len(name) or not 0x31 <= name[i] <= 0x39:
                 return False
             saw_tilde = True
-        elif i >= 6 or c & 0x80 or bytes([c]).lower() != short_prefix[i:i + 1]:
+        elif i >= 6 or c & 0x80 or bytes([c]).lower() != short_prefix[i : i + 1]:
             return False
         i += 1
     return _only_spaces_and_dots(name[i:])
@@ -622,7 +676,7 @@ def _ident(data: bytes, p: int) -> tuple[int, tuple[str, str] | None]:
     """Check `Name <email> 1234567890 +0000\\n` at `p`; returns the next line's start."""
     nl = data.index(b"\n", p)
     after = nl + 1
-    line = data[p:nl + 1]
+    line = data[p : nl + 1]
 
     def bad(msg_id: str, what: str):
         return after, (msg_id, f"invalid author/committer line - {what}")
@@ -656,7 +710,7 @@ def _ident(data: bytes, p: int) -> tuple[int, tuple[str, str] | None]:
         return bad("badDateOverflow", "date causes integer overflow")
     if line[i] != 0x20:
         return bad("badDate", "bad date")
-    zone = line[i + 1:i + 7]
+    zone = line[i + 1 : i + 7]
     if not re.fullmatch(rb"[+-][0-9]{4}\n", zone):
         return bad("badTimezone", "bad time zone")
     return after, None
@@ -710,7 +764,7 @@ def _tag_problems(data: bytes) -> list[tuple[str, str]]:
     eol = data.find(b"\n", p)
     if eol < 0:
         return [("missingType", "invalid format - unexpected end after 'type' line")]
-    if data[p + 5:eol] not in (b"commit", b"tree", b"blob", b"tag"):
+    if data[p + 5 : eol] not in (b"commit", b"tree", b"blob", b"tag"):
         return [("badType", "invalid 'type' value")]
     p = eol + 1
     if not data.startswith(b"tag ", p):
@@ -719,7 +773,7 @@ def _tag_problems(data: bytes) -> list[tuple[str, str]]:
     if eol < 0:
         return [("missingTag", "invalid format - unexpected end after 'type' line")]
     warnings = []
-    name = data[p + 4:eol]
+    name = data[p + 4 : eol]
     if not check_ref_format(b"refs/tags/" + name):
         warnings.append(("badTagName", f"invalid 'tag' name: {shown(name)}"))
     p = eol + 1
@@ -731,6 +785,7 @@ def _tag_problems(data: bytes) -> list[tuple[str, str]]:
 
 
 # --- .gitmodules: git's config syntax, and C git's rules for submodules --------------------
+
 
 class ConfigError(ValueError):
     pass
@@ -757,7 +812,7 @@ class _ConfigReader:
             return 0x0A
         c = self.data[self.pos]
         self.pos += 1
-        if c == 0x0D and self.data[self.pos:self.pos + 1] == b"\n":
+        if c == 0x0D and self.data[self.pos : self.pos + 1] == b"\n":
             self.pos += 1
             c = 0x0A
         return c
@@ -892,11 +947,11 @@ def gitmodules_problems(entries) -> Iterator[tuple[str, str]]:
     for var, value in entries:
         if not var.startswith(b"submodule."):
             continue
-        rest = var[len(b"submodule."):]
+        rest = var[len(b"submodule.") :]
         dot = rest.rfind(b".")
         if dot < 0:
             continue  # no subsection
-        name, key = rest[:dot], rest[dot + 1:]
+        name, key = rest[:dot], rest[dot + 1 :]
         if not submodule_name_ok(name):
             yield "gitmodulesName", f"disallowed submodule name: {shown(name)}"
         if key == b"url" and value is not None and not submodule_url_ok(value):
@@ -945,7 +1000,7 @@ def submodule_url_ok(url: bytes) -> bool:
         return not (climbs and rest[:1] in (b":", b"/"))
     for prefix in (b"http::", b"https::", b"ftp::", b"ftps::"):
         if url.startswith(prefix):
-            return _curl_url_ok(url[len(prefix):])
+            return _curl_url_ok(url[len(prefix) :])
     if url.startswith((b"http://", b"https://", b"ftp://", b"ftps://")):
         return _curl_url_ok(url)
     return True
@@ -961,28 +1016,30 @@ def _curl_url_ok(url: bytes) -> bool:
     scheme = re.match(rb"[A-Za-z][A-Za-z0-9+.\-]*://", url)
     if not scheme:
         return False
-    rest = url[scheme.end():]
+    rest = url[scheme.end() :]
     slash = re.search(rb"[/?#]", rest)
     slash = slash.start() if slash else len(rest)
     at = rest.find(b"@")
     if 0 <= at < slash:
         if _ESCAPES.search(rest[:at]):
             return False
-        rest = rest[at + 1:]
+        rest = rest[at + 1 :]
         slash -= at + 1
     if not rest or rest[:1] in b":/?#":
         return False  # no host
     colon = max(rest.rfind(b":", 0, slash), rest.rfind(b"]", 0, slash))
-    host_end = colon if colon > 0 and rest[colon:colon + 1] == b":" else slash
+    host_end = colon if colon > 0 and rest[colon : colon + 1] == b":" else slash
     if _HOST_CHARS.fullmatch(rest[:host_end]) is None:
         return False
     if host_end < slash:
-        port = rest[host_end + 1:slash].lstrip(b"0") or (b"0" if rest[host_end + 1:slash] else b"")
+        port = rest[host_end + 1 : slash].lstrip(b"0") or (
+            b"0" if rest[host_end + 1 : slash] else b""
+        )
         if port and (not port.isdigit() or len(port) > 5 or not 0 < int(port) <= 65535):
             return False
     tail = rest[slash:]
     end = re.search(rb"[?#]", tail)
-    path, query = (tail[:end.start()], tail[end.start():]) if end else (tail, b"")
+    path, query = (tail[: end.start()], tail[end.start() :]) if end else (tail, b"")
     if _ESCAPES.search(path) or _ESCAPES.search(query):
         return False
     segments: list[bytes] = []

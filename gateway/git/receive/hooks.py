@@ -26,19 +26,34 @@ def executables(hooks_dir: str | None, name: str) -> list[Path]:
         found.append(single)
     directory = root / f"{name}.d"
     if directory.is_dir():
-        found.extend(p for p in sorted(directory.iterdir())
-                     if p.is_file() and os.access(p, os.X_OK) and not p.name.startswith("."))
+        found.extend(
+            p
+            for p in sorted(directory.iterdir())
+            if p.is_file() and os.access(p, os.X_OK) and not p.name.startswith(".")
+        )
     return found
 
 
-def run(hooks_dir: str | None, name: str, args: list[str], stdin: bytes, env: dict,
-        timeout: float, say: Callable[[bytes], None]) -> bool:
+def run(
+    hooks_dir: str | None,
+    name: str,
+    args: list[str],
+    stdin: bytes,
+    env: dict,
+    timeout: float,
+    say: Callable[[bytes], None],
+) -> bool:
     """Run every hook called `name`; True when all of them exit 0 (or there are none)."""
     ok = True
     for path in executables(hooks_dir, name):
         proc = subprocess.Popen(
-            [str(path.resolve()), *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, env=env, cwd=env.get("GIT_DIR"), start_new_session=True,
+            [str(path.resolve()), *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=env.get("GIT_DIR"),
+            start_new_session=True,
         )
         try:
             output, _ = proc.communicate(stdin, timeout=timeout)
@@ -46,7 +61,9 @@ def run(hooks_dir: str | None, name: str, args: list[str], stdin: bytes, env: di
             os.killpg(proc.pid, signal.SIGKILL)
             output = _rest_of_output(proc)
             say(output[:MAX_OUTPUT])
-            say(f"hook {name} ({path.name}) took longer than {timeout:g} s and was stopped\n".encode())
+            say(
+                f"hook {name} ({path.name}) took longer than {timeout:g} s and was stopped\n".encode()
+            )
             ok = False
             continue
         except BrokenPipeError:

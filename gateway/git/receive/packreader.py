@@ -69,25 +69,32 @@ class Limits:
 
     def check_object(self, size: int, what: str = "object") -> None:
         if self.max_object_bytes and size > self.max_object_bytes:
-            raise LimitExceeded(f"{what} of {sizes_text(size, self.max_object_bytes)} "
-                                "(max_object_bytes)")
+            raise LimitExceeded(
+                f"{what} of {sizes_text(size, self.max_object_bytes)} (max_object_bytes)"
+            )
 
     def check_total(self, total: int) -> None:
         if self.max_inflated_bytes and total > self.max_inflated_bytes:
-            raise LimitExceeded(f"inflating the pack's objects comes to more than "
-                                f"{size_text(self.max_inflated_bytes)} (max_push_inflated_bytes)")
+            raise LimitExceeded(
+                f"inflating the pack's objects comes to more than "
+                f"{size_text(self.max_inflated_bytes)} (max_push_inflated_bytes)"
+            )
 
 
 def size_text(n: int) -> str:
     for unit, scale in (("GiB", 1024**3), ("MiB", MiB), ("KiB", 1024)):
         if n >= scale:
             value = n / scale
-            return f"{value:.0f} {unit}" if value >= 10 or value == int(value) else f"{value:.1f} {unit}"
+            return (
+                f"{value:.0f} {unit}"
+                if value >= 10 or value == int(value)
+                else f"{value:.1f} {unit}"
+            )
     return f"{n} bytes"
 
 
 def sizes_text(size: int, limit: int) -> str:
-    """"N exceeds the limit of M", in bytes where rounding would make them look equal."""
+    """ "N exceeds the limit of M", in bytes where rounding would make them look equal."""
     a, b = size_text(size), size_text(limit)
     if a == b or a.split()[0] == b.split()[0] + ".0":
         a, b = f"{size} bytes", f"{limit} bytes"
@@ -163,8 +170,9 @@ class _BoundedCopier(PackStreamCopier):
             size = sizes[1]
         self.total += size
         self.limits.check_total(self.total)
-        return UnpackedObject(type_num, delta_base=delta_base, decomp_len=size,
-                              hash_func=self.hash_func), unused
+        return UnpackedObject(
+            type_num, delta_base=delta_base, decomp_len=size, hash_func=self.hash_func
+        ), unused
 
     def _inflate(self, size: int, want_head: bool) -> tuple[bytes, bytes]:
         """Inflate one zlib stream of `size` bytes, keeping only its first 20 bytes;
@@ -182,7 +190,7 @@ class _BoundedCopier(PackStreamCopier):
                 if got > size:
                     raise zlib.error("an object inflates past its declared size")
                 if want_head and len(head) < 20:
-                    head += out[:20 - len(head)]
+                    head += out[: 20 - len(head)]
                 data = inflater.unconsumed_tail
                 if inflater.eof or (not data and len(out) < INFLATE_STEP):
                     break
@@ -242,8 +250,9 @@ class _Indexer(PackIndexer):
             yield self._result(unpacked)
             if key is not None:
                 self._done_with(key)
-            children = list(chain(self._pending_ofs.pop(offset, []),
-                                  self._pending_ref.pop(unpacked.sha(), [])))
+            children = list(
+                chain(self._pending_ofs.pop(offset, []), self._pending_ref.pop(unpacked.sha(), []))
+            )
             if children:
                 for child in children:
                     self._base_of[child] = offset
@@ -300,7 +309,9 @@ class _Indexer(PackIndexer):
         else:
             chunks = self._spend(self._resolve_object(key, self._type[key], None).obj_chunks)
         for offset in reversed(path):
-            chunks = self._spend(self._resolve_object(offset, self._type[offset], chunks).obj_chunks)
+            chunks = self._spend(
+                self._resolve_object(offset, self._type[offset], chunks).obj_chunks
+            )
         return chunks
 
     def _spend(self, chunks):
@@ -309,9 +320,13 @@ class _Indexer(PackIndexer):
         return chunks
 
 
-def receive_pack(store: DiskObjectStore, read_all: Callable[[int], bytes],
-                 read_some: Callable[[int], bytes] | None, max_bytes: int | None,
-                 limits: Limits = Limits()) -> str:
+def receive_pack(
+    store: DiskObjectStore,
+    read_all: Callable[[int], bytes],
+    read_some: Callable[[int], bytes] | None,
+    max_bytes: int | None,
+    limits: Limits = Limits(),
+) -> str:
     """Copy a (possibly thin) pack into `store`'s pack directory, complete it with the
     delta bases it lacks, and write its index. Returns the pack's path without suffix.
     Raises (leaving nothing behind) on a truncated, corrupt or oversized pack:
@@ -328,8 +343,9 @@ def receive_pack(store: DiskObjectStore, read_all: Callable[[int], bytes],
             f.flush()
             indexer.spent = copier.total
             entries = list(indexer)  # no set_pack_data: objects are read through `f`
-            pack_sha, extra = extend_pack(f, set(indexer.ext_refs()), get_raw=store.get_raw,
-                                          object_format=store.object_format)
+            pack_sha, extra = extend_pack(
+                f, set(indexer.ext_refs()), get_raw=store.get_raw, object_format=store.object_format
+            )
             f.flush()
             os.fsync(f.fileno())
         entries.extend(extra)
@@ -347,16 +363,26 @@ def receive_pack(store: DiskObjectStore, read_all: Callable[[int], bytes],
         return base
     except MemoryError:
         _remove(path)
-        log_event(log, "git.out_of_memory", level=logging.WARNING, service="git-receive-pack",
-                  repository=os.path.dirname(os.path.dirname(os.path.abspath(store.path))),
-                  limit=limits.worker_memory_limit)
-        raise LimitExceeded("the pack needs more memory than the server allows a request "
-                            "(worker_memory_limit)") from None
+        log_event(
+            log,
+            "git.out_of_memory",
+            level=logging.WARNING,
+            service="git-receive-pack",
+            repository=os.path.dirname(os.path.dirname(os.path.abspath(store.path))),
+            limit=limits.worker_memory_limit,
+        )
+        raise LimitExceeded(
+            "the pack needs more memory than the server allows a request (worker_memory_limit)"
+        ) from None
     except LimitExceeded as exc:
         _remove(path)
-        log_event(log, "git.refused", service="git-receive-pack",
-                  repository=os.path.dirname(os.path.dirname(os.path.abspath(store.path))),
-                  reason=str(exc))
+        log_event(
+            log,
+            "git.refused",
+            service="git-receive-pack",
+            repository=os.path.dirname(os.path.dirname(os.path.abspath(store.path))),
+            reason=str(exc),
+        )
         raise
     except BaseException:
         _remove(path)

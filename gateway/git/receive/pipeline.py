@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from dulwich.errors import GitProtocolError
+from dulwich.file import FileLocked
 from dulwich.object_store import DiskObjectStore
 from dulwich.objects import Blob, Commit, Tag, Tree, valid_hexsha
 from dulwich.protocol import (
@@ -39,15 +40,23 @@ from dulwich.protocol import (
     pkt_line,
     symref_capabilities,
 )
-from dulwich.file import FileLocked
 from dulwich.repo import Repo
 
 from ...logs import log_event
-from . import fsck, hooks, packreader, quarantine as quarantines, refcheck
+from . import fsck, hooks, packreader, refcheck
+from . import quarantine as quarantines
 
 ZERO = b"0" * 40
-CAPABILITIES = [b"report-status", b"delete-refs", b"quiet", b"atomic", b"ofs-delta",
-                b"side-band-64k", b"push-options", b"agent=gateway"]
+CAPABILITIES = [
+    b"report-status",
+    b"delete-refs",
+    b"quiet",
+    b"atomic",
+    b"ofs-delta",
+    b"side-band-64k",
+    b"push-options",
+    b"agent=gateway",
+]
 GITLINK_MODE = 0o160000
 MAX_PUSH_OPTIONS = 100
 log = logging.getLogger("gateway.git")
@@ -77,6 +86,7 @@ STATUS_REF_CHARS = 100
 @dataclass
 class PushSettings:
     """What the push pipeline applies, from the worker's job (workers/job.py)."""
+
     hooks_dir: str | None = None
     hook_timeout: float = 60.0
     max_push_bytes: int | None = None
@@ -166,8 +176,9 @@ class ReceivePack:
         if b"push-options" in self.caps:
             options = [opt.rstrip(b"\n") for opt in self.proto.read_pkt_seq()]
             if len(options) > MAX_PUSH_OPTIONS or not all(_is_option(o) for o in options):
-                raise GitProtocolError(f"push options must be at most {MAX_PUSH_OPTIONS} "
-                                       "lines of printable UTF-8")
+                raise GitProtocolError(
+                    f"push options must be at most {MAX_PUSH_OPTIONS} lines of printable UTF-8"
+                )
         return commands, options
 
     @property
@@ -182,8 +193,9 @@ class ReceivePack:
     # --- checks ----------------------------------------------------------------------
 
     def _check_command(self, command: Command, earlier: set[bytes]) -> bytes | None:
-        problem = refcheck.name_problem(command.ref, self.settings.namespaces,
-                                        self.settings.allow_unusual_ref_names)
+        problem = refcheck.name_problem(
+            command.ref, self.settings.namespaces, self.settings.allow_unusual_ref_names
+        )
         if problem is not None:
             return problem
         if command.ref in earlier:
@@ -208,8 +220,13 @@ class ReceivePack:
     def _receive_pack(self) -> DiskObjectStore:
         quarantine = quarantines.create(self.repo.object_store.path)
         try:
-            packreader.receive_pack(quarantine, self.proto.read, self.proto.recv,
-                                    self.settings.max_push_bytes, self.settings.limits)
+            packreader.receive_pack(
+                quarantine,
+                self.proto.read,
+                self.proto.recv,
+                self.settings.max_push_bytes,
+                self.settings.limits,
+            )
         except BaseException:
             quarantines.remove(quarantine)
             raise
@@ -217,14 +234,20 @@ class ReceivePack:
 
     def _fsck(self, commands: list[Command], quarantine: DiskObjectStore) -> bytes:
         """C git's fsck of every new object (fsck.py); an error refuses the whole push."""
-        problems = fsck.check_new_objects(quarantine, self.repo.object_store,
-                                          fsck.levels_from_config(self.repo.get_config()))
+        problems = fsck.check_new_objects(
+            quarantine, self.repo.object_store, fsck.levels_from_config(self.repo.get_config())
+        )
         self._say(fsck.report(problems))
         if not any(p.is_error for p in problems):
             return b"ok"
-        log_event(log, "push.fsck", level=logging.WARNING, repository=self.repo.controldir(),
-                  objects=len({p.sha for p in problems if p.is_error}),
-                  first=next(f"{p.sha.decode()}:{p.msg_id}" for p in problems if p.is_error))
+        log_event(
+            log,
+            "push.fsck",
+            level=logging.WARNING,
+            repository=self.repo.controldir(),
+            objects=len({p.sha for p in problems if p.is_error}),
+            first=next(f"{p.sha.decode()}:{p.msg_id}" for p in problems if p.is_error),
+        )
         self._refuse_all(commands, b"unpacker error")
         return b"fsck error in packed object"
 
@@ -237,33 +260,42 @@ class ReceivePack:
                 if not _complete(command.new, quarantine, store):
                     command.error = b"missing necessary objects"
                 elif command.ref.startswith(b"refs/heads/") and not isinstance(
-                        quarantine[command.new], Commit):
+                    quarantine[command.new], Commit
+                ):
                     command.error = b"not a commit"
         if any(c.error == b"missing necessary objects" for c in commands):
             # The store's objects are trusted to be complete: an incomplete pack never
             # moves in, so nothing of this push is accepted.
             self._refuse_all(commands, b"missing necessary objects")
 
-    def _run_checks_and_update(self, commands: list[Command], options: list[bytes],
-                               quarantine: DiskObjectStore | None) -> None:
+    def _run_checks_and_update(
+        self, commands: list[Command], options: list[bytes], quarantine: DiskObjectStore | None
+    ) -> None:
         atomic = b"atomic" in self.caps
         if atomic and any(c.error for c in commands):
             self._refuse_all(commands, b"atomic push failed")
             return
         env = {}
         if quarantine is not None:
-            env = {"GIT_QUARANTINE_PATH": quarantine.path,
-                   "GIT_OBJECT_DIRECTORY": quarantine.path,
-                   "GIT_ALTERNATE_OBJECT_DIRECTORIES": os.path.abspath(self.repo.object_store.path)}
+            env = {
+                "GIT_QUARANTINE_PATH": quarantine.path,
+                "GIT_OBJECT_DIRECTORY": quarantine.path,
+                "GIT_ALTERNATE_OBJECT_DIRECTORIES": os.path.abspath(self.repo.object_store.path),
+            }
         pending = [c for c in commands if c.error is None]
-        if pending and not self._hook("pre-receive", b"".join(c.line() for c in pending),
-                                      options=options, extra_env=env):
+        if pending and not self._hook(
+            "pre-receive", b"".join(c.line() for c in pending), options=options, extra_env=env
+        ):
             self._refuse_all(commands, b"pre-receive hook declined")
             return
         for command in pending:
-            if not self._hook("update", b"", args=[command.ref.decode(), command.old.decode(),
-                                                   command.new.decode()],
-                              options=options, extra_env=env):
+            if not self._hook(
+                "update",
+                b"",
+                args=[command.ref.decode(), command.old.decode(), command.new.decode()],
+                options=options,
+                extra_env=env,
+            ):
                 command.error = b"hook declined"
         if atomic and any(c.error for c in commands):
             self._refuse_all(commands, b"atomic push failed")
@@ -271,8 +303,9 @@ class ReceivePack:
         with self._refs_lock():
             self._update_refs([c for c in commands if c.error is None], atomic, quarantine)
 
-    def _update_refs(self, commands: list[Command], atomic: bool,
-                     quarantine: DiskObjectStore | None) -> None:
+    def _update_refs(
+        self, commands: list[Command], atomic: bool, quarantine: DiskObjectStore | None
+    ) -> None:
         """Compare-and-swap each ref; the objects move in only if some ref will move.
         Under the lock, the old values and the conflicts are checked again (another push
         may have moved refs since) before any ref moves."""
@@ -318,8 +351,12 @@ class ReceivePack:
         except (OSError, FileLocked) as exc:
             # A lock file or a directory in the way that the checks could not see (a
             # writer other than the gateway): the ref stays as it was.
-            log.warning("cannot update ref %r in %s: %s", command.ref,
-                        self.repo.controldir(), exc.__class__.__name__)
+            log.warning(
+                "cannot update ref %r in %s: %s",
+                command.ref,
+                self.repo.controldir(),
+                exc.__class__.__name__,
+            )
             self._say(b"error: cannot lock ref '" + command.ref + b"'\n")
             return False
 
@@ -342,8 +379,15 @@ class ReceivePack:
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
-    def _hook(self, name: str, stdin: bytes, *, args: Iterable[str] = (),
-              options: list[bytes] = (), extra_env: dict | None = None) -> bool:
+    def _hook(
+        self,
+        name: str,
+        stdin: bytes,
+        *,
+        args: Iterable[str] = (),
+        options: list[bytes] = (),
+        extra_env: dict | None = None,
+    ) -> bool:
         env = dict(self.settings.hook_env)
         env["GIT_DIR"] = os.path.abspath(self.repo.controldir())
         # A hook's git must see the objects as they are: a pushed refs/replace/ ref would
@@ -354,8 +398,15 @@ class ReceivePack:
             for i, option in enumerate(options):
                 env[f"GIT_PUSH_OPTION_{i}"] = option.decode("utf-8", "replace")
         env.update(extra_env or {})
-        return hooks.run(self.settings.hooks_dir, name, list(args), stdin, env,
-                         self.settings.hook_timeout, self._say)
+        return hooks.run(
+            self.settings.hooks_dir,
+            name,
+            list(args),
+            stdin,
+            env,
+            self.settings.hook_timeout,
+            self._say,
+        )
 
     def _tell_server(self, moved: list[Command]) -> None:
         """The refs that moved, for the server's audit row (see pool.py)."""
@@ -363,7 +414,9 @@ class ReceivePack:
             return
         names = [c.ref.decode("utf-8", "replace")[:STATUS_REF_CHARS] for c in moved[:STATUS_REFS]]
         try:
-            os.write(self.settings.status_fd, json.dumps({"moved": len(moved), "refs": names}).encode())
+            os.write(
+                self.settings.status_fd, json.dumps({"moved": len(moved), "refs": names}).encode()
+            )
         except OSError:
             pass  # the server is gone; nobody is left to tell
 

@@ -55,7 +55,7 @@ def sweep_quarantines(objects_dir: str, all_of_them: bool = False) -> None:
         return
     for name in entries:
         if name.startswith(QUARANTINE_PREFIX):
-            pid = name[len(QUARANTINE_PREFIX):].split("-", 1)[0]
+            pid = name[len(QUARANTINE_PREFIX) :].split("-", 1)[0]
             if all_of_them or (pid.isdigit() and not _alive(int(pid))):
                 shutil.rmtree(os.path.join(objects_dir, name), ignore_errors=True)
 

@@ -22,8 +22,19 @@ from dulwich.refs import check_ref_format
 DEFAULT_NAMESPACES = ("refs/heads/", "refs/tags/")
 # Code points that make a name show as something other than what it is: the C1 controls
 # (U+009B is a terminal's CSI) and Unicode's Bidi_Control set (U+202E turns text around).
-UNUSUAL = frozenset(map(chr, [*range(0x80, 0xA0), 0x061C, 0x200E, 0x200F,
-                              *range(0x202A, 0x202F), *range(0x2066, 0x206A)]))
+UNUSUAL = frozenset(
+    map(
+        chr,
+        [
+            *range(0x80, 0xA0),
+            0x061C,
+            0x200E,
+            0x200F,
+            *range(0x202A, 0x202F),
+            *range(0x2066, 0x206A),
+        ],
+    )
+)
 # `git checkout HEAD` and friends take a branch called HEAD for HEAD itself.
 CONFUSING = frozenset([b"refs/heads/HEAD"])
 
@@ -48,8 +59,11 @@ def name_problem(ref: bytes, namespaces: Sequence[str], allow_unusual: bool) -> 
 
 def valid_namespace(prefix: str) -> bool:
     """A setting's entry: `refs/` itself, or a ref name's first components and a slash."""
-    return prefix == "refs/" or (prefix.startswith("refs/") and prefix.endswith("/")
-                                 and check_ref_format(prefix.encode() + b"x"))
+    return prefix == "refs/" or (
+        prefix.startswith("refs/")
+        and prefix.endswith("/")
+        and check_ref_format(prefix.encode() + b"x")
+    )
 
 
 def _listed(items: Sequence[str]) -> str:
@@ -57,7 +71,9 @@ def _listed(items: Sequence[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
-def conflicts(existing: Iterable[bytes], updates: Sequence[tuple[bytes, bool]]) -> dict[bytes, bytes]:
+def conflicts(
+    existing: Iterable[bytes], updates: Sequence[tuple[bytes, bool]]
+) -> dict[bytes, bytes]:
     """{ref: C git's message} for each (ref, is_delete) of a push that cannot be made.
 
     `existing` is every ref now (loose and packed). The deletions of the push are taken

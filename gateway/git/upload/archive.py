@@ -31,8 +31,16 @@ from dulwich.objects import Blob, Tree
 
 from ..dulwich_seam import is_unsafe_archive_path, loose_object_path
 from ..receive.packreader import delta_sizes, sizes_text
-from .storedpacks import OFS_DELTA, REF_DELTA, SHA_LEN, ObjectReader, PackError, StoredPack, \
-    parse_header, parse_ofs
+from .storedpacks import (
+    OFS_DELTA,
+    REF_DELTA,
+    SHA_LEN,
+    ObjectReader,
+    PackError,
+    StoredPack,
+    parse_header,
+    parse_ofs,
+)
 
 BLOB = 3
 GITLINK = 0o160000
@@ -53,8 +61,9 @@ class _File:
     where: tuple | None  # (pack, entry, kind, base) when read from a stored pack
 
 
-def plan(store, reader: ObjectReader | None, tree: Tree, prefix: bytes,
-         max_object_bytes: int) -> list[_File]:
+def plan(
+    store, reader: ObjectReader | None, tree: Tree, prefix: bytes, max_object_bytes: int
+) -> list[_File]:
     """Every file of the archive, checked; raises ArchiveRefused."""
     files = []
     try:
@@ -66,15 +75,20 @@ def plan(store, reader: ObjectReader | None, tree: Tree, prefix: bytes,
                 continue  # missing, or not a blob: dulwich leaves it out as well
             size, base_size, where = found
             if max_object_bytes and size > max_object_bytes:
-                raise ArchiveRefused(f"a file of {sizes_text(size, max_object_bytes)} "
-                                     "(max_object_bytes)")
+                raise ArchiveRefused(
+                    f"a file of {sizes_text(size, max_object_bytes)} (max_object_bytes)"
+                )
             if max_object_bytes and base_size > max_object_bytes:
-                raise ArchiveRefused(f"a file stored as a delta on an object of "
-                                     f"{sizes_text(base_size, max_object_bytes)} (max_object_bytes)")
+                raise ArchiveRefused(
+                    f"a file stored as a delta on an object of "
+                    f"{sizes_text(base_size, max_object_bytes)} (max_object_bytes)"
+                )
             files.append(_File(path, entry.mode, entry.sha, size, where))
     except UnsafeArchivePathError:
-        raise ArchiveRefused("the tree holds a path that is not safe in an archive "
-                             "(an absolute path, '..' or '.git')") from None
+        raise ArchiveRefused(
+            "the tree holds a path that is not safe in an archive "
+            "(an absolute path, '..' or '.git')"
+        ) from None
     return files
 
 
@@ -116,7 +130,7 @@ def _locate(store, reader: ObjectReader | None, sha: bytes) -> tuple[int, int, t
         distance, pos = parse_ofs(head, pos)
         base = pack.at_offset(start - distance)
     elif type_num == REF_DELTA:
-        base = binascii.hexlify(head[pos:pos + SHA_LEN])
+        base = binascii.hexlify(head[pos : pos + SHA_LEN])
         pos += SHA_LEN
     elif type_num == BLOB:
         return size, 0, (pack, k, "whole", start + pos)
@@ -143,12 +157,16 @@ def _loose_header(store, sha: bytes) -> tuple[bytes, int] | None:
     return (kind, int(size)) if size.isdigit() else None
 
 
-def stream(store, reader: ObjectReader | None, files: list[_File], mtime: int,
-           fmt: str) -> Iterator[bytes]:
+def stream(
+    store, reader: ObjectReader | None, files: list[_File], mtime: int, fmt: str
+) -> Iterator[bytes]:
     """The archive: tar (PAX, as tarfile writes it), gzip-compressed if fmt is "gz"."""
     out = io.BytesIO()
-    sink = gzip.GzipFile(filename="", mode="wb", compresslevel=9, fileobj=out, mtime=mtime) \
-        if fmt == "gz" else out
+    sink = (
+        gzip.GzipFile(filename="", mode="wb", compresslevel=9, fileobj=out, mtime=mtime)
+        if fmt == "gz"
+        else out
+    )
     written = 0
 
     def emit(data: bytes) -> bytes:
@@ -206,7 +224,9 @@ def _content(store, reader: ObjectReader | None, f: _File) -> Iterator[bytes]:
     yield from _apply_pieces(base, delta)
 
 
-def large_delta(reader: ObjectReader, pack: StoredPack, k: int) -> tuple[int, int, Iterator[bytes]] | None:
+def large_delta(
+    reader: ObjectReader, pack: StoredPack, k: int
+) -> tuple[int, int, Iterator[bytes]] | None:
     """A stored delta whose result is over STREAM_ABOVE: (type, size, the result in
     pieces), its base read whole; None for anything else (read it whole). For
     upload-pack, which must sometimes send a delta's result whole."""
@@ -217,15 +237,19 @@ def large_delta(reader: ObjectReader, pack: StoredPack, k: int) -> tuple[int, in
         distance, pos = parse_ofs(head, pos)
         base_ref: int | bytes = pack.at_offset(start - distance)
     elif type_num == REF_DELTA:
-        base_ref = binascii.hexlify(head[pos:pos + SHA_LEN])
+        base_ref = binascii.hexlify(head[pos : pos + SHA_LEN])
         pos += SHA_LEN
     else:
         return None
-    first = zlib.decompressobj().decompress(os.pread(pack.fd, min(end - start - pos, 4096), start + pos), 32)
+    first = zlib.decompressobj().decompress(
+        os.pread(pack.fd, min(end - start - pos, 4096), start + pos), 32
+    )
     sizes = delta_sizes(first)
     if sizes is None or sizes[1] <= STREAM_ABOVE:
         return None
-    base_type, base = reader.read_entry(pack, base_ref) if isinstance(base_ref, int) else reader.read(base_ref)
+    base_type, base = (
+        reader.read_entry(pack, base_ref) if isinstance(base_ref, int) else reader.read(base_ref)
+    )
     if len(base) != sizes[0]:
         raise PackError("a stored delta's base has the wrong size")
     delta = b"".join(_inflate_pieces(pack, start + pos, end, size))
@@ -285,11 +309,11 @@ def _apply_pieces(base: bytes, delta: bytes) -> Iterator[bytes]:
             size = size or 0x10000
             if offset + size > len(base):
                 raise PackError("a stored delta copies from past its base")
-            pieces.append(view[offset:offset + size])
+            pieces.append(view[offset : offset + size])
         elif cmd:
             if pos + cmd > len(delta):
                 raise PackError("a stored delta is cut short")
-            pieces.append(delta[pos:pos + cmd])
+            pieces.append(delta[pos : pos + cmd])
             size = cmd
             pos += cmd
         else:

@@ -38,11 +38,11 @@ def load(repo_dir: str, cache_key: bytes) -> list[bytes] | None:
     except OSError:
         return None
     head = MAGIC + cache_key + b"\n"
-    body = data[len(head):]
+    body = data[len(head) :]
     if not data.startswith(head) or len(body) % SHA_LEN:
         return None
     names = binascii.hexlify(body)
-    return [names[i:i + 2 * SHA_LEN] for i in range(0, len(names), 2 * SHA_LEN)]
+    return [names[i : i + 2 * SHA_LEN] for i in range(0, len(names), 2 * SHA_LEN)]
 
 
 def save(repo_dir: str, cache_key: bytes, shas: list[bytes]) -> None:

@@ -41,13 +41,13 @@ class CommitObjects:
         self.file_bytes = len(data)
         pos = 0
         while pos + HEAD_LEN <= len(data):
-            count = int.from_bytes(data[pos + SHA_LEN:pos + SHA_LEN + 4], "big")
+            count = int.from_bytes(data[pos + SHA_LEN : pos + SHA_LEN + 4], "big")
             end = pos + HEAD_LEN + SHA_LEN * count
-            body = data[pos + HEAD_LEN:end]
-            crc = int.from_bytes(data[pos + SHA_LEN + 4:pos + HEAD_LEN], "big")
-            if end > len(data) or zlib.crc32(data[pos:pos + SHA_LEN + 4] + body) != crc:
+            body = data[pos + HEAD_LEN : end]
+            crc = int.from_bytes(data[pos + SHA_LEN + 4 : pos + HEAD_LEN], "big")
+            if end > len(data) or zlib.crc32(data[pos : pos + SHA_LEN + 4] + body) != crc:
                 break
-            self.lists.setdefault(binascii.hexlify(data[pos:pos + SHA_LEN]), body)
+            self.lists.setdefault(binascii.hexlify(data[pos : pos + SHA_LEN]), body)
             pos = end
         self.valid_bytes = pos
 
@@ -56,7 +56,7 @@ class CommitObjects:
         if body is None:
             return None
         names = binascii.hexlify(body)
-        return [names[i:i + 2 * SHA_LEN] for i in range(0, len(names), 2 * SHA_LEN)]
+        return [names[i : i + 2 * SHA_LEN] for i in range(0, len(names), 2 * SHA_LEN)]
 
     def put(self, commit: bytes, shas: list[bytes]) -> None:
         body = binascii.unhexlify(b"".join(shas))

@@ -28,8 +28,16 @@ from dulwich.pack import pack_object_header
 
 from .archive import large_delta
 from .commitobjects import CommitObjects
-from .storedpacks import OFS_DELTA, REF_DELTA, SHA_LEN, ObjectReader, PackError, StoredPack, parse_header, \
-    parse_ofs
+from .storedpacks import (
+    OFS_DELTA,
+    REF_DELTA,
+    SHA_LEN,
+    ObjectReader,
+    PackError,
+    StoredPack,
+    parse_header,
+    parse_ofs,
+)
 
 COMMIT, TREE, BLOB, TAG = 1, 2, 3, 4
 GITLINK_MODE = 0o160000
@@ -90,7 +98,9 @@ class Walk:
                 tags.append(sha)
             sha = _tag_target(raw)
 
-    def commits_to_send(self, wants: Iterable[bytes], haves: Iterable[bytes]) -> tuple[list[bytes], set[bytes]]:
+    def commits_to_send(
+        self, wants: Iterable[bytes], haves: Iterable[bytes]
+    ) -> tuple[list[bytes], set[bytes]]:
         """The commits reachable from `wants` but not from `haves` (newest first), and
         the commits the client has that those commits' parents include (the boundary)."""
         uninteresting: set[bytes] = set()
@@ -147,7 +157,9 @@ class Walk:
         stack = [root]
         while stack:
             # Most entries were seen under an earlier commit: filter them in one pass.
-            for _name, mode, sha in [entry for entry in self._entries(stack.pop()) if entry[2] not in seen]:
+            for _name, mode, sha in [
+                entry for entry in self._entries(stack.pop()) if entry[2] not in seen
+            ]:
                 if sha in seen or mode == GITLINK_MODE:  # a name twice in one tree; a submodule
                     continue
                 seen.add(sha)
@@ -176,7 +188,9 @@ class Walk:
                 seen.add(sha)
                 out.append(sha)
                 if mode & 0o170000 == DIR_MODE:
-                    stack.append((sha, was[1] if was is not None and was[0] & 0o170000 == DIR_MODE else None))
+                    stack.append(
+                        (sha, was[1] if was is not None and was[0] & 0o170000 == DIR_MODE else None)
+                    )
         return out
 
     def _entries(self, tree: bytes) -> list[tuple[bytes, int, bytes]]:
@@ -186,9 +200,14 @@ class Walk:
         return parse_tree(raw, SHA_LEN)
 
 
-def objects_to_send(reader: ObjectReader, wants: Iterable[bytes], haves: Iterable[bytes],
-                    tagged: dict[bytes, bytes], commit_objects: CommitObjects | None = None,
-                    shallow: Iterable[bytes] = ()) -> tuple[list[bytes], set[bytes]]:
+def objects_to_send(
+    reader: ObjectReader,
+    wants: Iterable[bytes],
+    haves: Iterable[bytes],
+    tagged: dict[bytes, bytes],
+    commit_objects: CommitObjects | None = None,
+    shallow: Iterable[bytes] = (),
+) -> tuple[list[bytes], set[bytes]]:
     """Hex names of the objects a client with `haves` needs for `wants`, in pack order
     (commits newest first, then tags, then trees and blobs), and the objects we know the
     client has. `tagged` maps a peeled object to the annotated tag to send with it
@@ -281,8 +300,13 @@ class PackOut:
         self.write(self.sha.digest())
 
 
-def write_pack(write: Callable[[bytes], object], reader: ObjectReader, shas: list[bytes],
-               ofs_delta: bool, client_has: set[bytes]) -> None:
+def write_pack(
+    write: Callable[[bytes], object],
+    reader: ObjectReader,
+    shas: list[bytes],
+    ofs_delta: bool,
+    client_has: set[bytes],
+) -> None:
     """Send a pack of `shas`. A delta whose base the client has (`client_has`: empty
     unless the client takes a thin pack) goes as a REF_DELTA against it."""
     out = PackOut(write)
@@ -310,7 +334,7 @@ def write_pack(write: Callable[[bytes], object], reader: ObjectReader, shas: lis
             else:
                 _write_resolved(out, reader, pack, k)
         elif type_num == REF_DELTA:
-            base_name = binascii.hexlify(data[pos:pos + SHA_LEN])
+            base_name = binascii.hexlify(data[pos : pos + SHA_LEN])
             if _base_available(reader, base_name, pack, sending, client_has):
                 out.add(data)
             else:
@@ -321,8 +345,13 @@ def write_pack(write: Callable[[bytes], object], reader: ObjectReader, shas: lis
     out.finish()
 
 
-def _base_available(reader: ObjectReader, base_name: bytes, pack: StoredPack,
-                    sending: set[bytes], client_has: set[bytes]) -> bool:
+def _base_available(
+    reader: ObjectReader,
+    base_name: bytes,
+    pack: StoredPack,
+    sending: set[bytes],
+    client_has: set[bytes],
+) -> bool:
     """Can a delta name its base? Yes if the client has it, or if this pack sends it
     from the same stored pack (so no two deltas can end up based on each other)."""
     if base_name in client_has:

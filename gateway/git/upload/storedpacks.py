@@ -50,15 +50,15 @@ class StoredPack:
             idx = f.read()
         if idx[:8] != IDX_V2:
             raise ValueError("not a v2 pack index")
-        count = int.from_bytes(idx[8 + 255 * 4:8 + 256 * 4], "big")
+        count = int.from_bytes(idx[8 + 255 * 4 : 8 + 256 * 4], "big")
         start = 8 + 256 * 4
-        names = idx[start:start + SHA_LEN * count]
+        names = idx[start : start + SHA_LEN * count]
         start += SHA_LEN * count
-        crcs = _be_array("I", idx[start:start + 4 * count])
+        crcs = _be_array("I", idx[start : start + 4 * count])
         start += 4 * count
-        offsets = _be_array("I", idx[start:start + 4 * count])
+        offsets = _be_array("I", idx[start : start + 4 * count])
         start += 4 * count
-        large = _be_array("Q", idx[start:len(idx) - 2 * SHA_LEN])
+        large = _be_array("Q", idx[start : len(idx) - 2 * SHA_LEN])
         if count and max(offsets) & 0x80000000:
             offsets = array("Q", (large[o & 0x7FFFFFFF] if o & 0x80000000 else o for o in offsets))
         self.fd = os.open(basename + ".pack", os.O_RDONLY)
@@ -66,8 +66,10 @@ class StoredPack:
         order = sorted(range(count), key=offsets.__getitem__)
         hexnames = binascii.hexlify(names)
         # Entry k (in pack order): its name, where it starts and ends, its CRC.
-        self.number = {hexnames[2 * SHA_LEN * i:2 * SHA_LEN * (i + 1)]: k for k, i in enumerate(order)}
-        self.names = [names[SHA_LEN * i:SHA_LEN * (i + 1)] for i in order]
+        self.number = {
+            hexnames[2 * SHA_LEN * i : 2 * SHA_LEN * (i + 1)]: k for k, i in enumerate(order)
+        }
+        self.names = [names[SHA_LEN * i : SHA_LEN * (i + 1)] for i in order]
         self.starts = array("Q", (offsets[i] for i in order))
         self.starts.append(pack_size - SHA_LEN)
         self.crcs = array("I", (crcs[i] for i in order))
@@ -167,7 +169,7 @@ class ObjectReader:
             distance, pos = parse_ofs(data, pos)
             base_type, base = self.read_entry(pack, pack.at_offset(start - distance))
         elif type_num == REF_DELTA:
-            base_name = binascii.hexlify(data[pos:pos + SHA_LEN])
+            base_name = binascii.hexlify(data[pos : pos + SHA_LEN])
             pos += SHA_LEN
             base_type, base = self.read(base_name)
         else:

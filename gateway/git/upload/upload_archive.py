@@ -47,7 +47,9 @@ class GatewayUploadArchiveHandler(UploadArchiveHandler):
             self.proto.write_pkt_line(None)
             for chunk in archive.stream(store, reader, files, int(time.time()), fmt):
                 for at in range(0, len(chunk), SIDE_BAND_DATA_MAX):
-                    self.proto.write_sideband(SIDE_BAND_CHANNEL_DATA, chunk[at:at + SIDE_BAND_DATA_MAX])
+                    self.proto.write_sideband(
+                        SIDE_BAND_CHANNEL_DATA, chunk[at : at + SIDE_BAND_DATA_MAX]
+                    )
         finally:
             if reader is not None:
                 reader.close()
@@ -58,12 +60,12 @@ class GatewayUploadArchiveHandler(UploadArchiveHandler):
         items = iter(arguments)
         for arg in items:
             if arg.startswith("--format="):
-                name = arg[len("--format="):]
+                name = arg[len("--format=") :]
                 if name not in self.FORMATS:
                     raise ValueError(f"unsupported archive format: {name[:40]}")
                 fmt = self.FORMATS[name]
             elif arg.startswith("--prefix="):
-                prefix = arg[len("--prefix="):]
+                prefix = arg[len("--prefix=") :]
             elif arg == "--prefix":
                 prefix = next(items, "")
             elif arg.startswith("-"):

@@ -16,11 +16,24 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from dulwich.pack import write_pack_from_container
-from dulwich.protocol import COMMAND_DEEPEN, COMMAND_SHALLOW, CAPABILITY_FILTER, CAPABILITY_NO_DONE, CAPABILITY_OFS_DELTA, \
-    CAPABILITY_SIDE_BAND_64K, CAPABILITY_THIN_PACK, SIDE_BAND_CHANNEL_DATA
+from dulwich.protocol import (
+    CAPABILITY_FILTER,
+    CAPABILITY_NO_DONE,
+    CAPABILITY_OFS_DELTA,
+    CAPABILITY_SIDE_BAND_64K,
+    CAPABILITY_THIN_PACK,
+    COMMAND_DEEPEN,
+    COMMAND_SHALLOW,
+    SIDE_BAND_CHANNEL_DATA,
+)
 from dulwich.server import UploadPackHandler
 
-from ..dulwich_seam import ProtocolGraphWalker, done_received, start_have_lines, start_pack_send_phase
+from ..dulwich_seam import (
+    ProtocolGraphWalker,
+    done_received,
+    start_have_lines,
+    start_pack_send_phase,
+)
 from . import clonecache, packwriter, storedpacks
 from .commitobjects import CommitObjects
 
@@ -28,7 +41,9 @@ SIDE_BAND_DATA_MAX = 65515  # a pkt-line's 65520 bytes less its length and chann
 
 
 def _without_filter(caps: Iterable[bytes]) -> list[bytes]:
-    return [c for c in caps if c != CAPABILITY_FILTER and not c.startswith(CAPABILITY_FILTER + b"=")]
+    return [
+        c for c in caps if c != CAPABILITY_FILTER and not c.startswith(CAPABILITY_FILTER + b"=")
+    ]
 
 
 class GatewayGraphWalker(ProtocolGraphWalker):
@@ -75,14 +90,17 @@ class GatewayUploadPackHandler(UploadPackHandler):
             return
         try:
             haves = store.find_common_revisions(walker)
-            if not walker.handle_done(not self.has_capability(CAPABILITY_NO_DONE), done_received(self)):
+            if not walker.handle_done(
+                not self.has_capability(CAPABILITY_NO_DONE), done_received(self)
+            ):
                 return
             start_pack_send_phase(self)
             tagged = self.get_tagged(refs, repo)
             try:
                 if haves:
-                    shas, client_has = packwriter.objects_to_send(reader, wants, haves, tagged,
-                                                                shallow=walker.client_shallow)
+                    shas, client_has = packwriter.objects_to_send(
+                        reader, wants, haves, tagged, shallow=walker.client_shallow
+                    )
                 else:
                     shas, client_has = self._clone_objects(reader, refs, wants, tagged), set()
             except KeyError as exc:  # a ref reaches an object the repository lacks
@@ -94,12 +112,16 @@ class GatewayUploadPackHandler(UploadPackHandler):
                 packwriter.send_whole(self._pack_writer(), whole)
             else:
                 thin = self.has_capability(CAPABILITY_THIN_PACK)
-                packwriter.write_pack(self._pack_writer(), reader, shas, ofs_delta, client_has if thin else set())
+                packwriter.write_pack(
+                    self._pack_writer(), reader, shas, ofs_delta, client_has if thin else set()
+                )
             self.proto.write_pkt_line(None)
         finally:
             reader.close()
 
-    def _clone_objects(self, reader, refs, wants: list[bytes], tagged: dict[bytes, bytes]) -> list[bytes]:
+    def _clone_objects(
+        self, reader, refs, wants: list[bytes], tagged: dict[bytes, bytes]
+    ) -> list[bytes]:
         """A clone's objects: the last clone's list if the refs are the same, else the
         commits' kept lists (commitobjects.py)."""
         cache_key = clonecache.key(refs, wants, tagged)
@@ -121,7 +143,7 @@ class GatewayUploadPackHandler(UploadPackHandler):
         def write_sideband(data: bytes) -> None:
             view = memoryview(data)
             for at in range(0, len(view), SIDE_BAND_DATA_MAX):
-                piece = view[at:at + SIDE_BAND_DATA_MAX]
+                piece = view[at : at + SIDE_BAND_DATA_MAX]
                 if len(piece) == SIDE_BAND_DATA_MAX:
                     write(header + piece)  # one write: a pkt-line is larger than the buffer
                 else:
@@ -131,8 +153,9 @@ class GatewayUploadPackHandler(UploadPackHandler):
 
     def _send_with_dulwich(self, walker, wants: list[bytes]) -> None:
         # The rest of dulwich's own handle(): shallow and unshallow requests.
-        missing = self.repo.find_missing_objects(lambda refs, depth=None: wants, walker, self.progress,
-                                                 get_tagged=self.get_tagged)
+        missing = self.repo.find_missing_objects(
+            lambda refs, depth=None: wants, walker, self.progress, get_tagged=self.get_tagged
+        )
         if missing is None:
             return
         object_ids = list(missing)
@@ -140,7 +163,14 @@ class GatewayUploadPackHandler(UploadPackHandler):
             return
         start_pack_send_phase(self)
         self.progress(f"counting objects: {len(object_ids)}, done.\n".encode("ascii"))
-        reuse = self.has_capability(CAPABILITY_THIN_PACK) and self.has_capability(CAPABILITY_OFS_DELTA)
-        write_pack_from_container(self.write_pack_data, self.repo.object_store, object_ids,
-                                  object_format=self.repo.object_format, reuse_deltas=reuse)
+        reuse = self.has_capability(CAPABILITY_THIN_PACK) and self.has_capability(
+            CAPABILITY_OFS_DELTA
+        )
+        write_pack_from_container(
+            self.write_pack_data,
+            self.repo.object_store,
+            object_ids,
+            object_format=self.repo.object_format,
+            reuse_deltas=reuse,
+        )
         self.proto.write_pkt_line(None)

@@ -61,11 +61,13 @@ class Job:
 
     def header(self) -> bytes:
         """The bytes the pool writes before the Git stream."""
-        body = json.dumps({f.name: getattr(self, f.name) for f in dataclasses.fields(self)}).encode()
+        body = json.dumps(
+            {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        ).encode()
         return len(body).to_bytes(HEADER_LENGTH_BYTES, "big") + body
 
     @classmethod
-    def from_header(cls, stdin: BinaryIO) -> "Job | None":
+    def from_header(cls, stdin: BinaryIO) -> Job | None:
         """Read exactly the header, so that not a byte of the Git stream after it is
         consumed. None if the server closed stdin before giving a job (at shutdown)."""
         head = _read_exactly(stdin, HEADER_LENGTH_BYTES)
@@ -81,7 +83,7 @@ class Job:
         return cls.from_fields(fields)
 
     @classmethod
-    def from_fields(cls, fields: Any) -> "Job":
+    def from_fields(cls, fields: Any) -> Job:
         if not isinstance(fields, dict):
             raise BadJob("job header is not an object")
         hints = typing.get_type_hints(cls)

@@ -73,9 +73,16 @@ class WorkerPool:
         status, status_for_worker = os.pipe()
         try:
             proc = await asyncio.create_subprocess_exec(
-                *WORKER, "--job", "--log-fd", str(self._log_fd), "--status-fd", str(status_for_worker),
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE, pass_fds=(self._log_fd, status_for_worker),
+                *WORKER,
+                "--job",
+                "--log-fd",
+                str(self._log_fd),
+                "--status-fd",
+                str(status_for_worker),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                pass_fds=(self._log_fd, status_for_worker),
                 env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
             )
         except BaseException:

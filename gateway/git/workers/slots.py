@@ -48,7 +48,7 @@ class Full(Refusal):
 class Held:
     """The slots one request holds; `release` gives them back (once)."""
 
-    def __init__(self, slots: "WorkerSlots", fd: int) -> None:
+    def __init__(self, slots: WorkerSlots, fd: int) -> None:
         self._slots = slots
         self._fd: int | None = fd
 
@@ -65,8 +65,9 @@ class WorkerSlots:
         self.path = path
         self._freed = asyncio.Event()
 
-    async def acquire(self, owner: str, owner_is_key: bool, total: int, per_owner: int,
-                      timeout: float) -> Held:
+    async def acquire(
+        self, owner: str, owner_is_key: bool, total: int, per_owner: int, timeout: float
+    ) -> Held:
         """Slots for one request of `owner` (an account or an access key; any string, only
         its hash is used); caps of 0 are off. Refusal after `timeout` seconds."""
         digest = int.from_bytes(hashlib.sha256(owner.encode()).digest()[:5], "big")
@@ -94,7 +95,7 @@ class WorkerSlots:
                 event = self._freed
                 try:
                     await asyncio.wait_for(event.wait(), min(left, POLL))
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
         finally:
             if waiting:
@@ -104,11 +105,15 @@ class WorkerSlots:
         if not has_owner:
             metrics.GIT_REQUESTS_REFUSED.labels("per_account").inc()
             who = "access key" if owner_is_key else "account"
-            raise Full(f"Too many Git requests at once from this {who} ({per_owner} "
-                       "running); try again in a minute", "per_account")
+            raise Full(
+                f"Too many Git requests at once from this {who} ({per_owner} "
+                "running); try again in a minute",
+                "per_account",
+            )
         metrics.GIT_REQUESTS_REFUSED.labels("busy").inc()
-        raise Full(f"The server is busy: all {total} Git workers are in use; "
-                   "try again in a minute", "busy")
+        raise Full(
+            f"The server is busy: all {total} Git workers are in use; try again in a minute", "busy"
+        )
 
     def freed(self) -> None:
         """Wake this process's waiters at once (others' find out at their next poll)."""

@@ -113,18 +113,31 @@ def main(argv: list[str]) -> int:
         print(f"ERROR: {exc}", file=sys.stderr)
         return 1
     except MemoryError:
-        log_event(log, "git.out_of_memory", level=logging.WARNING, service=service,
-                  repository=repo_dir, limit=job.worker_memory_limit)
-        print("ERROR: the request needs more memory than the server allows one request "
-              "(worker_memory_limit); the operator has been told", file=sys.stderr)
+        log_event(
+            log,
+            "git.out_of_memory",
+            level=logging.WARNING,
+            service=service,
+            repository=repo_dir,
+            limit=job.worker_memory_limit,
+        )
+        print(
+            "ERROR: the request needs more memory than the server allows one request "
+            "(worker_memory_limit); the operator has been told",
+            file=sys.stderr,
+        )
         return 1
     except PackError as exc:
         log.error("stored pack damaged: %s %s: %s", service, repo_dir, exc)
-        print("ERROR: the repository's stored data failed a check; the operator has been told",
-              file=sys.stderr)
+        print(
+            "ERROR: the repository's stored data failed a check; the operator has been told",
+            file=sys.stderr,
+        )
         return 1
     except Exception as exc:
-        log.error("git worker failed: %s %s: %s: %s", service, repo_dir, exc.__class__.__name__, exc)
+        log.error(
+            "git worker failed: %s %s: %s: %s", service, repo_dir, exc.__class__.__name__, exc
+        )
         log.debug("git worker failure details", exc_info=True)
         print("ERROR: internal error while serving the repository", file=sys.stderr)
         return 1
