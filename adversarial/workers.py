@@ -19,7 +19,9 @@ from testkit.sshclient import connect
 
 from .suite import Result
 
-TOTAL, PER_ACCOUNT, QUEUE, REQUEST = 10, 3, 2, 4
+# REQUEST leaves room for CLI starts (a member removal) while sessions are held on a
+# loaded 2-core machine (the test suite runs in parallel).
+TOTAL, PER_ACCOUNT, QUEUE, REQUEST = 10, 3, 2, 8
 SETTINGS = (
     f"max_git_workers = {TOTAL}\nmax_git_workers_per_account = {PER_ACCOUNT}\n"
     f"git_queue_timeout = {QUEUE}\nrequest_timeout = {REQUEST}\n"
