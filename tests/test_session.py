@@ -18,27 +18,7 @@ from gateway.decision import Identity
 from gateway.session import Streams, Transport, run_session
 from gateway.store import accounts, keys
 from gateway.store import db as store_db
-
-
-class MemoryReader:
-    def __init__(self, data: bytes = b"") -> None:
-        self.data = data
-
-    async def read(self, n: int = -1) -> bytes:
-        size = len(self.data) if n < 0 else n
-        out, self.data = self.data[:size], self.data[size:]
-        return out
-
-
-class MemoryWriter:
-    def __init__(self) -> None:
-        self.data = bytearray()
-
-    def write(self, data: bytes) -> None:
-        self.data += data
-
-    async def drain(self) -> None:
-        pass
+from testkit.inprocess import MemoryInput, MemoryOutput
 
 
 class Session:
@@ -81,7 +61,7 @@ class Session:
         cooks: bool = False,
         subsystem: str | None = None,
     ) -> tuple[int, str, str]:
-        out, err = MemoryWriter(), MemoryWriter()
+        out, err = MemoryOutput(), MemoryOutput()
         transport = Transport(
             via="test", cooks_terminal=cooks, key_refused=lambda: self.refused.append("closed")
         )
@@ -89,7 +69,7 @@ class Session:
             App.load(self.settings),
             self.fingerprint if who is None else who,
             line,
-            Streams(MemoryReader(stdin), out, err),
+            Streams(MemoryInput(stdin), out, err),
             peer="10.0.0.1:22",
             terminal=terminal,
             transport=transport,
