@@ -1,6 +1,7 @@
 """Run the adversarial suite against a private `gateway serve` and print one table.
 
-    python -m adversarial            the full suite (10,000 command lines, 20 kill rounds, 200 clones)
+    python -m adversarial            the full suite (10,000 command lines, 20 kill rounds,
+                                     200 clones)
     python -m adversarial --quick    a bounded run for CI (the test suite runs this)
     python -m adversarial --only ssh a single class (repeatable; the names are in CLASSES)
 

@@ -42,12 +42,14 @@ def bombs(w: World) -> Result:
         path = g.repo(w.ws)
         repo_dir = g.repo_dir(path)
         before = set((repo_dir / "objects" / "pack").glob("*.pack"))
-        with pb.PeakWatcher(lambda: git_workers(repo_dir)) as watcher:
+        with pb.PeakWatcher(lambda repo_dir=repo_dir: git_workers(repo_dir)) as watcher:
             done = pb.ssh_receive_pack(
                 g.ssh_command(w.alice.key), g.port, path, pb.push_body(pack_bytes, b"1" * 40), g.env
             )
         status = pb.unpack_status(done.stdout)
-        clean = wait_for(lambda: not list((repo_dir / "objects").glob("incoming-*")), 5)
+        clean = wait_for(
+            lambda repo_dir=repo_dir: not list((repo_dir / "objects").glob("incoming-*")), 5
+        )
         stored = set((repo_dir / "objects" / "pack").glob("*.pack")) != before
         ok = expected in status and watcher.peak < BOUND and clean and not stored
         result.check(
@@ -61,7 +63,7 @@ def bombs(w: World) -> Result:
     repo_dir = g.repo_dir(path)
     pb.plant_huge_blob(repo_dir, 256 * MiB, "refs/heads/main")
     env = {**g.env, "GIT_SSH_COMMAND": " ".join(g.ssh_command(w.alice.key))}
-    with pb.PeakWatcher(lambda: git_workers(repo_dir)) as watcher:
+    with pb.PeakWatcher(lambda repo_dir=repo_dir: git_workers(repo_dir)) as watcher:
         done = subprocess.run(
             ["git", "archive", f"--remote={g.url(path)}", "HEAD"],
             env=env,

@@ -14,7 +14,6 @@ import signal
 import socket
 import sqlite3
 import subprocess
-import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -338,7 +337,11 @@ def command_lines(w: World, count: int, through_ssh: int) -> Result:
     result.notes = (
         f"{count} via asyncssh ({PER_CONNECTION} sessions a connection), {sent} via "
         f"ssh; canaries {'never created' if w.canaries_intact() else 'CREATED'}; "
-        f"{'files written outside the data dir: ' + str(stray) if stray else 'no file outside the data dir'}"
+        + (
+            f"files written outside the data dir: {stray}"
+            if stray
+            else "no file outside the data dir"
+        )
     )
     return result
 
@@ -648,7 +651,8 @@ def ssh_level(w: World, slow_gateway: Gateway) -> Result:
     result.check(slow_gateway.proc.poll() is None, "slow-client server still up")
     result.notes = (
         f"{len(ENV_ATTACKS)} environment variables (LD_PRELOAD of a library "
-        f"{'that creates' if preload_works else 'NOT shown to create'} a file when loaded), port/unix/agent/X11 forwarding, sftp, scp, auth limit, slow clients"
+        f"{'that creates' if preload_works else 'NOT shown to create'} a file when loaded), "
+        "port/unix/agent/X11 forwarding, sftp, scp, auth limit, slow clients"
     )
     return result
 
@@ -951,7 +955,7 @@ def twosv(g: Gateway, parallel: int) -> Result:
     with ThreadPoolExecutor(max_workers=min(parallel, 20)) as pool:
         answers = list(pool.map(guess, guesses))
     judged = throttled = 0
-    for code, answer in zip(guesses, answers):
+    for code, answer in zip(guesses, answers, strict=True):
         wrong = (
             "Wrong verification code." in answer or "Wrong or already used recovery code." in answer
         )
@@ -989,7 +993,10 @@ def twosv(g: Gateway, parallel: int) -> Result:
         with ThreadPoolExecutor(max_workers=2) as pool:
             runs = list(
                 pool.map(
-                    lambda _: g.ssh(other, "2sv", "verify", input=codes2[attempt] + "\n"), range(2)
+                    lambda _, attempt=attempt: g.ssh(
+                        other, "2sv", "verify", input=codes2[attempt] + "\n"
+                    ),
+                    range(2),
                 )
             )
         result.check(
@@ -1076,7 +1083,7 @@ def faults(g: Gateway, w: World, rounds: int, cuts: int) -> Result:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        wait_for(lambda: git_workers(repo_dir) or proc.poll() is not None, 10, 0.01)
+        wait_for(lambda proc=proc: git_workers(repo_dir) or proc.poll() is not None, 10, 0.01)
         try:
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:

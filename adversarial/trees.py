@@ -90,7 +90,8 @@ COMMITS = {  # {tree} and {parent} are filled in
     "missingCommitter": "tree {tree}\nparent {parent}\nauthor A <a@b> 1 +0000\n\nm\n",
     "multipleAuthors": "tree {tree}\nparent {parent}\nauthor A <a@b> 1 +0000\n"
     "author B <b@b> 1 +0000\ncommitter A <a@b> 1 +0000\n\nm\n",
-    "badEmail": "tree {tree}\nparent {parent}\nauthor A <a<b> 1 +0000\ncommitter A <a@b> 1 +0000\n\nm\n",
+    "badEmail": "tree {tree}\nparent {parent}\nauthor A <a<b> 1 +0000\n"
+    "committer A <a@b> 1 +0000\n\nm\n",
     "zeroPaddedDate": "tree {tree}\nparent {parent}\nauthor A <a@b> 01 +0000\n"
     "committer A <a@b> 1 +0000\n\nm\n",
     "badDateOverflow": "tree {tree}\nparent {parent}\nauthor A <a@b> 99999999999999999999 +0000\n"

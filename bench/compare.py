@@ -384,13 +384,14 @@ class OpenSSH:
             )
         )
         subprocess.run([sshd, "-t", "-f", str(config)], check=True)
-        self.log = open(self.root / "sshd.log", "ab")
-        self.proc = subprocess.Popen(
-            [sshd, "-D", "-e", "-f", str(config)],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        # sshd keeps its own copy of the log's descriptor; ours closes once it has started.
+        with open(self.root / "sshd.log", "ab") as sshd_log:
+            self.proc = subprocess.Popen(
+                [sshd, "-D", "-e", "-f", str(config)],
+                stdout=sshd_log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -703,10 +704,11 @@ def bench_parallel_clones(sides: Sides, res: Results, name: str, runs: int, n: i
             STARTED.extend(procs)
             errors = [p.communicate(timeout=1800)[1] if p.wait(1800) != 0 else None for p in procs]
             elapsed = time.perf_counter() - started
-            for p, err in zip(procs, errors):
+            for err in errors:
                 if err is not None:
                     fail(
-                        f"one of {n} parallel clones from {side} failed: {err.decode(errors='replace')[-800:]}"
+                        f"one of {n} parallel clones from {side} failed: "
+                        f"{err.decode(errors='replace')[-800:]}"
                     )
             for d in dests:
                 if d.exists():
@@ -903,16 +905,17 @@ def main_compare(args, root: Path) -> None:
         + (
             ""
             if args.quick
-            else f"; large = {f['commits']} commits, {f['objects']} objects, {f['pack_mb']:.0f} MB pack "
-            f"(a 16 KiB incompressible blob per commit), {f['refs']} refs"
+            else f"; large = {f['commits']} commits, {f['objects']} objects, "
+            f"{f['pack_mb']:.0f} MB pack (a 16 KiB incompressible blob per commit), "
+            f"{f['refs']} refs"
         )
         + "; gc'ed by C git (commit-graph, bitmap). sshd runs commands with bash told to skip "
         "~/.bashrc (root's runs pyenv init here: +0.17 s a command). "
         f"Same client for both: `ssh -o Ciphers={CIPHER} -o KexAlgorithms={KEX} "
-        f"-o HostKeyAlgorithms={HOSTKEY_ALG}`, ed25519 user key, protocol v0 (the gateway has no v2), "
-        f"clones with --no-checkout then `git fsck --full`; gateway with default settings "
-        f"(spare_workers = {Settings().spare_workers}). Client and servers on one machine over loopback: "
-        f"{machine()}. {versions()}. Run took {elapsed / 60:.1f} min."
+        f"-o HostKeyAlgorithms={HOSTKEY_ALG}`, ed25519 user key, protocol v0 (the gateway has "
+        f"no v2), clones with --no-checkout then `git fsck --full`; gateway with default settings "
+        f"(spare_workers = {Settings().spare_workers}). Client and servers on one machine over "
+        f"loopback: {machine()}. {versions()}. Run took {elapsed / 60:.1f} min."
     )
     print_table(res, caption)
 
@@ -972,8 +975,8 @@ def insert_scale_rows(
         )
         blobs = random_ed25519_blobs(keys, seed=seed)
         db.executemany(
-            "INSERT INTO ssh_keys (account_id, fingerprint, algorithm, public_key, title, kind, source,"
-            " created_at) VALUES (?, ?, 'ssh-ed25519', ?, ?, 'auth', 'cli', ?)",
+            "INSERT INTO ssh_keys (account_id, fingerprint, algorithm, public_key, title, kind,"
+            " source, created_at) VALUES (?, ?, 'ssh-ed25519', ?, ?, 'auth', 'cli', ?)",
             (
                 (
                     first_account + i % accounts,
@@ -1157,7 +1160,10 @@ def upload_pack_request(server: Path) -> bytes:
     ).split():
         if line not in shas:
             shas.append(line)
-    caps = b" multi_ack_detailed side-band-64k thin-pack no-progress include-tag ofs-delta agent=git/2.39.5"
+    caps = (
+        b" multi_ack_detailed side-band-64k thin-pack no-progress include-tag ofs-delta"
+        b" agent=git/2.39.5"
+    )
     lines = [pkt(b"want " + shas[0].encode() + caps + b"\n")]
     lines += [pkt(b"want " + s.encode() + b"\n") for s in shas[1:]]
     return b"".join(lines) + b"0000" + pkt(b"done\n")
@@ -1183,7 +1189,8 @@ def main_profile(args, root: Path) -> None:
         elapsed = time.perf_counter() - started
         if result.returncode != 0:
             fail(
-                f"{label} exited {result.returncode}: {result.stderr.decode(errors='replace')[-800:]}"
+                f"{label} exited {result.returncode}: "
+                f"{result.stderr.decode(errors='replace')[-800:]}"
             )
         log(f"{label}: {elapsed:.2f} s, {out.stat().st_size / 1e6:.1f} MB out")
         out.unlink()
@@ -1211,12 +1218,14 @@ def main_profile(args, root: Path) -> None:
     )
     print(
         f"\nProfile of one full clone of the {name} repository in the gateway's worker "
-        f"(`python -m gateway.git.workers.worker git-upload-pack REPO` with a captured request on stdin, "
-        f"output to a file).\nC git upload-pack: median {statistics.median(c_git):.2f} s. "
-        f"Gateway worker, medians: {statistics.median(firsts):.2f} s for the first clone ever (every "
-        f"commit's trees diffed), {statistics.median(afters):.2f} s for the first after a push (the "
-        f"commits walked, their kept lists read), {statistics.median(agains):.2f} s for a clone of an "
-        f"unchanged repository (the last clone's list read); the first clone ever under cProfile: "
+        f"(`python -m gateway.git.workers.worker git-upload-pack REPO` with a captured request "
+        f"on stdin, output to a file).\n"
+        f"C git upload-pack: median {statistics.median(c_git):.2f} s. "
+        f"Gateway worker, medians: {statistics.median(firsts):.2f} s for the first clone ever "
+        f"(every commit's trees diffed), {statistics.median(afters):.2f} s for the first after a "
+        f"push (the commits walked, their kept lists read), {statistics.median(agains):.2f} s for "
+        f"a clone of an unchanged repository (the last clone's list read); the first clone ever "
+        f"under cProfile: "
         f"{profiled:.1f} s. {machine()}.\n"
     )
     for order in ("tottime", "cumulative"):

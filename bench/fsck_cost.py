@@ -97,7 +97,7 @@ def main() -> None:
         count = subprocess.run(
             ["git", "count-objects", "-v"], cwd=repo, capture_output=True, text=True
         ).stdout
-        objects = int(next(l.split()[1] for l in count.splitlines() if l.startswith("in-pack")))
+        objects = int(next(ln.split()[1] for ln in count.splitlines() if ln.startswith("in-pack")))
         kinds = subprocess.run(
             "git cat-file --batch-all-objects --batch-check='%(objecttype)' | sort | uniq -c",
             shell=True,

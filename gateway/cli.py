@@ -126,9 +126,8 @@ async def cmd_account_show(settings: Settings, args: Namespace, db: Connection) 
     print(f"account:  {account.name}")
     print(f"email:    {shown(account.email) or '-'}")
     print(f"state:    {'disabled' if account.disabled else 'active'}")
-    print(
-        f"two-step verification: {'enabled (' + ', '.join(twosv.methods) + ')' if twosv.enabled else 'disabled'}"
-    )
+    methods = ", ".join(twosv.methods)
+    print(f"two-step verification: {f'enabled ({methods})' if twosv.enabled else 'disabled'}")
     print(f"keys that log in: {len(account_keys)}")
     _print_login_keys(account_keys)
 
@@ -284,7 +283,8 @@ async def cmd_access_key_list(settings: Settings, args: Namespace, db: Connectio
 async def cmd_access_key_remove(settings: Settings, args: Namespace, db: Connection) -> int | None:
     removed = await workspace_service.remove_access_key(db, args.fingerprint, actor=OPERATOR)
     print(
-        f"Removed access key {removed.fingerprint} ({shown(removed.title)}) from {removed.repository}"
+        f"Removed access key {removed.fingerprint} ({shown(removed.title)}) "
+        f"from {removed.repository}"
     )
 
 

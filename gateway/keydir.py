@@ -87,8 +87,8 @@ async def sync(
         if existing is not None:
             if existing.account != item.account:
                 report.errors.append(
-                    f"{names.shown(str(item.file))}: key {item.key.fingerprint} already belongs to account "
-                    f"{existing.account}"
+                    f"{names.shown(str(item.file))}: key {item.key.fingerprint} "
+                    f"already belongs to account {existing.account}"
                 )
             continue
         account = await accounts.find(db, item.account)

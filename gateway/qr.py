@@ -43,9 +43,9 @@ def render(code: segno.QRCode, border: int = 4, colour: bool = False) -> list[st
     if len(rows) % 2:
         rows.append([False] * len(rows[0]))  # the last line's lower half: more quiet zone
     out = []
-    for upper, lower in zip(rows[::2], rows[1::2]):
+    for upper, lower in zip(rows[::2], rows[1::2], strict=True):
         cells = []
-        for top, bottom in zip(upper, lower):
+        for top, bottom in zip(upper, lower, strict=True):
             if not colour:
                 top, bottom = not top, not bottom
             cells.append(BOTH if top and bottom else TOP if top else BOTTOM if bottom else NONE)

@@ -25,6 +25,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypedDict
 
 import aiosqlite
 
@@ -54,6 +55,13 @@ class Streams:
     stderr: Writer
 
 
+class LogFields(TypedDict, total=False):
+    """What a transport adds to the session's log lines (a TypedDict, so that mypy knows
+    they cannot collide with `log_event`'s own parameters)."""
+
+    via: str
+
+
 @dataclass(frozen=True)
 class Transport:
     """What one transport does its own way; its adapter says it once."""
@@ -71,7 +79,7 @@ class Transport:
     # Called after the ERROR line for a key no longer accepted (serve closes the connection).
     key_refused: Callable[[], None] | None = None
 
-    def log_fields(self) -> dict[str, str]:
+    def log_fields(self) -> LogFields:
         return {"via": self.via} if self.via else {}
 
 

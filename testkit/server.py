@@ -56,14 +56,22 @@ class Gateway:
 
     def start(self) -> None:
         offset = len(self.server_log()) if (self.root / "serve.log").exists() else 0
-        self.log = open(self.root / "serve.log", "ab")
-        self.proc = subprocess.Popen(
-            [*GATEWAY, "--data-dir", str(self.data), "serve", "--listen", f"127.0.0.1:{self.port}"],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            env=self.env,
-            cwd=self.root,
-        )
+        # The server keeps its own copy of the log's descriptor; ours closes once started.
+        with open(self.root / "serve.log", "ab") as serve_log:
+            self.proc = subprocess.Popen(
+                [
+                    *GATEWAY,
+                    "--data-dir",
+                    str(self.data),
+                    "serve",
+                    "--listen",
+                    f"127.0.0.1:{self.port}",
+                ],
+                stdout=serve_log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                cwd=self.root,
+            )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -194,7 +202,8 @@ class Gateway:
         )
         if check and result.returncode != 0:
             raise AssertionError(
-                f"git {' '.join(args)} failed ({result.returncode}): {result.stderr.decode(errors='replace')}"
+                f"git {' '.join(args)} failed ({result.returncode}): "
+                f"{result.stderr.decode(errors='replace')}"
             )
         return subprocess.CompletedProcess(
             result.args,

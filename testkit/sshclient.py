@@ -3,8 +3,9 @@ sessions on one connection, stalled channels, exact bytes on a channel."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import asyncssh
 from asyncssh.auth import MSG_USERAUTH_PK_OK, _ClientPublicKeyAuth
@@ -34,7 +35,8 @@ def probe_then_sign(victim_public: asyncssh.SSHKey, claim_victim_when_signing: b
     claims the victim's public key in the signed request)."""
 
     class ProbeThenSign(_ClientPublicKeyAuth):
-        probes_ok: list[bytes] = []
+        # One class per call: the list is that call's record of PK_OK answers.
+        probes_ok: ClassVar[list[bytes]] = []
 
         async def _start(self) -> None:
             self._keypair = await self._conn.public_key_auth_requested()
@@ -66,6 +68,6 @@ def probe_then_sign(victim_public: asyncssh.SSHKey, claim_victim_when_signing: b
                 trivial=False,
             )
 
-        _packet_handlers = {MSG_USERAUTH_PK_OK: _pk_ok}
+        _packet_handlers: ClassVar[dict[int, Callable[..., None]]] = {MSG_USERAUTH_PK_OK: _pk_ok}
 
     return ProbeThenSign

@@ -47,21 +47,21 @@ def private_gateway(tmp_path):
         gateway.listen_host = listen_host
         gateway.cli("init")
         if listen_host != "127.0.0.1":  # Gateway.start listens on loopback; this one not
-            gateway.log = open(gateway.root / "serve.log", "ab")
-            gateway.proc = subprocess.Popen(
-                [
-                    *GATEWAY,
-                    "--data-dir",
-                    str(gateway.data),
-                    "serve",
-                    "--listen",
-                    f"{listen_host}:{gateway.port}",
-                ],
-                stdout=gateway.log,
-                stderr=subprocess.STDOUT,
-                env=gateway.env,
-                cwd=gateway.root,
-            )
+            with open(gateway.root / "serve.log", "ab") as serve_log:
+                gateway.proc = subprocess.Popen(
+                    [
+                        *GATEWAY,
+                        "--data-dir",
+                        str(gateway.data),
+                        "serve",
+                        "--listen",
+                        f"{listen_host}:{gateway.port}",
+                    ],
+                    stdout=serve_log,
+                    stderr=subprocess.STDOUT,
+                    env=gateway.env,
+                    cwd=gateway.root,
+                )
             deadline = time.monotonic() + 30
             while "gateway listening on" not in gateway.server_log():
                 assert gateway.proc.poll() is None and time.monotonic() < deadline, (
@@ -375,19 +375,19 @@ def test_auth_failed_logs_user_name_and_reason(gw, tmp_path):
     offset = len(gw.server_log())
     assert gw.ssh(user, "whoami", login="root").returncode == 255
     lines = auth_failures(gw, offset)
-    assert lines and all("user=root" in l and "reason=unknown-user" in l for l in lines), lines
+    assert lines and all("user=root" in ln and "reason=unknown-user" in ln for ln in lines), lines
 
     offset = len(gw.server_log())
     assert gw.ssh(make_key(tmp_path, "stranger"), "whoami").returncode == 255
     lines = auth_failures(gw, offset)
-    assert lines and all("user=git" in l and "reason=unknown-key" in l for l in lines), lines
+    assert lines and all("user=git" in ln and "reason=unknown-key" in ln for ln in lines), lines
 
     disabled = gw.user()
     gw.cli("account", "disable", disabled.name)
     offset = len(gw.server_log())
     assert gw.ssh(disabled, "whoami").returncode == 255
     lines = auth_failures(gw, offset)
-    assert lines and all("reason=account-disabled" in l for l in lines), lines
+    assert lines and all("reason=account-disabled" in ln for ln in lines), lines
 
 
 def test_auth_failed_user_name_is_escaped(gw):

@@ -177,11 +177,16 @@ def test_gitmodules_blob_already_in_the_store_is_checked_again(gw, repo):
 
 BAD_COMMITS = {
     "missingAuthor": b"tree {tree}\ncommitter A <a@b> 1700000000 +0000\n\nm\n",
-    "badTimezone": b"tree {tree}\nauthor A <a@b> 1700000000 +01000\ncommitter A <a@b> 1700000000 +0000\n\nm\n",
-    "badEmail": b"tree {tree}\nauthor A <a<b> 1700000000 +0000\ncommitter A <a@b> 1700000000 +0000\n\nm\n",
-    "zeroPaddedDate": b"tree {tree}\nauthor A <a@b> 0170000000 +0000\ncommitter A <a@b> 1700000000 +0000\n\nm\n",
-    "badDateOverflow": b"tree {tree}\nauthor A <a@b> 99999999999999999999 +0000\ncommitter A <a@b> 1700000000 +0000\n\nm\n",
-    "multipleAuthors": b"tree {tree}\nauthor A <a@b> 1 +0000\nauthor B <b@b> 1 +0000\ncommitter A <a@b> 1 +0000\n\nm\n",
+    "badTimezone": b"tree {tree}\nauthor A <a@b> 1700000000 +01000\n"
+    b"committer A <a@b> 1700000000 +0000\n\nm\n",
+    "badEmail": b"tree {tree}\nauthor A <a<b> 1700000000 +0000\n"
+    b"committer A <a@b> 1700000000 +0000\n\nm\n",
+    "zeroPaddedDate": b"tree {tree}\nauthor A <a@b> 0170000000 +0000\n"
+    b"committer A <a@b> 1700000000 +0000\n\nm\n",
+    "badDateOverflow": b"tree {tree}\nauthor A <a@b> 99999999999999999999 +0000\n"
+    b"committer A <a@b> 1700000000 +0000\n\nm\n",
+    "multipleAuthors": b"tree {tree}\nauthor A <a@b> 1 +0000\nauthor B <b@b> 1 +0000\n"
+    b"committer A <a@b> 1 +0000\n\nm\n",
     "missingCommitter": b"tree {tree}\nauthor A <a@b> 1700000000 +0000\n\nm\n",
 }
 
@@ -792,7 +797,6 @@ def test_agrees_with_c_git_fsck(tmp_path):
     every tree and .gitmodules, the same refusals for commits and tags."""
     import collections
     import hashlib
-    import os
     import random
     import zlib
 

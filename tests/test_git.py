@@ -115,7 +115,8 @@ def test_archive_remote(gw, setup, work):
             cwd=work,
         )
         assert result.returncode == 0, result.stderr
-        names = tarfile.open(fileobj=io.BytesIO(result.stdout)).getnames()
+        with tarfile.open(fileobj=io.BytesIO(result.stdout)) as tar:
+            names = tar.getnames()
         assert "README.md" in names and "docs/guide.txt" in names
     # Like C git, no archive of an object by raw name unless a ref points at it.
     for bad_name in ("no-such-branch", first):

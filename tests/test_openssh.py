@@ -62,10 +62,11 @@ LogLevel VERBOSE
 AcceptEnv GATEWAY_* PYTHON*
 """)
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
-        self.log = open(root / "sshd.log", "ab")
-        self.proc = subprocess.Popen(
-            [SSHD, "-D", "-e", "-f", str(config)], stdout=self.log, stderr=subprocess.STDOUT
-        )
+        # sshd keeps its own copy of the log's descriptor; ours closes once it has started.
+        with open(root / "sshd.log", "ab") as sshd_log:
+            self.proc = subprocess.Popen(
+                [SSHD, "-D", "-e", "-f", str(config)], stdout=sshd_log, stderr=subprocess.STDOUT
+            )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             try:

@@ -454,9 +454,10 @@ def scrape(port: int, path: str) -> tuple[int, str]:
 def metric(text: str, name: str, **labels) -> float:
     total = 0.0
     for line in text.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
-            if all(f'{k}="{v}"' in line for k, v in labels.items()):
-                total += float(line.rsplit(" ", 1)[1])
+        if (line.startswith(name + "{") or line.startswith(name + " ")) and all(
+            f'{k}="{v}"' in line for k, v in labels.items()
+        ):
+            total += float(line.rsplit(" ", 1)[1])
     return total
 
 
@@ -522,7 +523,7 @@ def v2_header(address: str, port: int) -> bytes:
 @pytest.mark.parametrize("version", ["v1", "v2"])
 def test_proxy_protocol_gives_the_clients_address(private, tmp_path, version):
     g = private("proxy_protocol = true\n")
-    user, path, _ = (g.user(), None, None)
+    user = g.user()
     script = tmp_path / "proxy.py"
     script.write_text(PROXY_SCRIPT)
     header = (

@@ -43,7 +43,7 @@ while read -r old new ref; do
 done
 echo "quarantine: ${GIT_QUARANTINE_PATH:+set}"
 exit $status
-""",
+""",  # noqa: E501 (a shell script: its case line stays whole)
     )
     bad = commit(clone, "bad.txt", message="a forbidden change")
     refused = gw.git(alice, "push", "origin", "main", cwd=clone, check=False)

@@ -128,12 +128,12 @@ def kill_group(proc: subprocess.Popen) -> None:
 def finish(proc: subprocess.Popen, timeout: float = 60) -> tuple[int, str]:
     try:
         _, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
+    except subprocess.TimeoutExpired as timed_out:
         kill_group(proc)
         _, err = proc.communicate()
         raise AssertionError(
             f"git push still running after {timeout} s: {err.decode(errors='replace')}"
-        )
+        ) from timed_out
     return proc.returncode, err.decode(errors="replace")
 
 
@@ -277,7 +277,9 @@ def test_client_killed_mid_pack_leaves_nothing_behind(gw, work):
         proc = start_push(gw, alice, clone, "origin", "main")
         # Kill as soon as part of the pack sits in a quarantine: mid-pack for sure.
         seen = wait_for(
-            lambda: tmp_pack_size(repo_dir, earlier) > 64 * 1024 or proc.poll() is not None,
+            lambda earlier=earlier, proc=proc: (
+                tmp_pack_size(repo_dir, earlier) > 64 * 1024 or proc.poll() is not None
+            ),
             30,
             interval=0.005,
         )
@@ -338,7 +340,7 @@ def test_server_killed_mid_push_recovers(private, work):
             "after 1.5 s": lambda: False,
         }[point]
         wait_for(
-            lambda: condition() or proc.poll() is not None,
+            lambda condition=condition, proc=proc: condition() or proc.poll() is not None,
             1.5 if point == "after 1.5 s" else 30,
             interval=0.002,
         )
@@ -355,14 +357,15 @@ def test_server_killed_mid_push_recovers(private, work):
         # may finish the push before the worker is looked for.
         if point not in ("after 1.5 s", "pack fully received"):
             assert pids, f"round {rnd} ({point}): no worker seen while the push ran"
-        assert wait_for(lambda: all(process_state(p) in (None, "Z") for p in pids), 5), (
-            f"round {rnd} ({point}): workers {[(p, process_state(p)) for p in pids]} outlived the server"
+        assert wait_for(lambda pids=pids: all(process_state(p) in (None, "Z") for p in pids), 5), (
+            f"round {rnd} ({point}): workers {[(p, process_state(p)) for p in pids]} "
+            "outlived the server"
         )
         assert wait_for(lambda: not workers_for(repo_dir), 5), workers_for(repo_dir)
         value = bare_refs(repo_dir).get("refs/heads/main")
         assert value in (old, new), f"round {rnd} ({point}): main = {value}"
         # As a supervisor would, restart once the old processes are gone (reaped).
-        wait_for(lambda: all(process_state(p) is None for p in pids), 10)
+        wait_for(lambda pids=pids: all(process_state(p) is None for p in pids), 10)
         g.start()
         assert not quarantines(repo_dir), f"round {rnd} ({point})"
         assert not ref_locks(repo_dir), f"round {rnd} ({point})"

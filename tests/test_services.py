@@ -130,7 +130,7 @@ async def test_an_owner_removes_their_own_key_as_an_event(db, tmp_path, hooks_di
         )
     ).account
     await account_service.create(db, "bob", None, [other], actor=OPERATOR, hooks_dir=hooks_dir)
-    with pytest.raises(Refusal, match="No key .* on your account"):
+    with pytest.raises(Refusal, match=r"No key .* on your account"):
         await key_service.remove_own(
             db, alice.id, "alice", other.fingerprint, ssh_command=str, hooks_dir=hooks_dir
         )

@@ -237,7 +237,7 @@ def test_greeting_with_forced_pty(gw, world):
     assert bad.returncode not in (0, 255)
     text = (bad.stdout + bad.stderr).replace("\r\n", "\n")
     assert_no_traceback(text)
-    assert [line for line in text.splitlines() if line.strip()][0].startswith("ERROR: "), text
+    assert next(line for line in text.splitlines() if line.strip()).startswith("ERROR: "), text
     assert sum(line.startswith("ERROR") for line in text.splitlines()) == 1, text
 
 

@@ -454,13 +454,10 @@ def entry_types(pack: bytes, work: Path, strict: bool = True) -> dict[str, int]:
         check=True,
         capture_output=True,
     )
-    listing = subprocess.run(
-        ["git", "show-index"],
-        stdin=open(repo / "in.idx", "rb"),
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    with open(repo / "in.idx", "rb") as idx:
+        listing = subprocess.run(
+            ["git", "show-index"], stdin=idx, capture_output=True, text=True, check=True
+        ).stdout
     return {
         sha: (pack[int(offset)] >> 4) & 7
         for offset, sha, *_ in (line.split() for line in listing.splitlines())

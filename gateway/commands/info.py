@@ -51,8 +51,9 @@ async def access_key_greeting(ctx: Context) -> int:
     repo = await repos.find_by_id(ctx.db, who.access_repo_id)
     mode = "read and write" if who.access_write else "read-only"
     await ctx.say(
-        f'Hi! You\'ve authenticated with access key "{shown(who.key_title)}" ({who.key_fingerprint}) '
-        f"for {repo.full_name if repo else '?'} ({mode}). Shell access is disabled; use git."
+        f'Hi! You\'ve authenticated with access key "{shown(who.key_title)}" '
+        f"({who.key_fingerprint}) for {repo.full_name if repo else '?'} ({mode}). "
+        "Shell access is disabled; use git."
     )
     return 0
 

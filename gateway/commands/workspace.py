@@ -107,9 +107,12 @@ async def _fresh_factor(ctx: Context, svc, workspace: workspaces.Workspace) -> A
     guarded = await codes_guarded(ctx)
     found = await twosv_store.session(ctx.db, ctx.identity.key_fingerprint, ctx.identity.account_id)
     window = min(workspace.session_window, FRESH_SESSION) * 60
-    if found is not None and found[0] <= ctx.clock() < found[0] + window:
-        if guarded or found[1] in (Factor.TOTP, Factor.SECURITY_KEY):
-            return None
+    if (
+        found is not None
+        and found[0] <= ctx.clock() < found[0] + window
+        and (guarded or found[1] in (Factor.TOTP, Factor.SECURITY_KEY))
+    ):
+        return None
     return await second_factor(
         ctx, svc, "Verification code (to change the workspace's policy): ", recovery_codes=guarded
     )

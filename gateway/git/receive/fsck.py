@@ -23,6 +23,7 @@ reported as warnings and accepted. A repository can change any class with C git'
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import stat
@@ -356,7 +357,7 @@ class Checker:
         ):
             return False
         keys = [name + b"/" if mode == b"40000" else name for mode, name, _sha in entries]
-        if not all(a < b for a, b in zip(keys, keys[1:])):
+        if not all(a < b for a, b in itertools.pairwise(keys)):
             return False
         found: dict[str, str] = {}
         for mode, name, entry in entries:

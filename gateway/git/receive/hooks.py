@@ -62,7 +62,8 @@ def run(
             output = _rest_of_output(proc)
             say(output[:MAX_OUTPUT])
             say(
-                f"hook {name} ({path.name}) took longer than {timeout:g} s and was stopped\n".encode()
+                f"hook {name} ({path.name}) took longer than {timeout:g} s "
+                f"and was stopped\n".encode()
             )
             ok = False
             continue

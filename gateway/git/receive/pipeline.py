@@ -95,7 +95,7 @@ class PushSettings:
     allow_unusual_ref_names: bool = False
     status_fd: int | None = None  # the pool's status pipe (workers/pool.py)
     fsck_objects: bool = True
-    limits: packreader.Limits = packreader.Limits()
+    limits: packreader.Limits = field(default_factory=packreader.Limits)
 
 
 class ReceivePack:

@@ -8,6 +8,7 @@ file whole, and its refusal of an unsafe path showed as an internal error.
 from __future__ import annotations
 
 import time
+from typing import ClassVar
 
 from dulwich.errors import GitProtocolError
 from dulwich.objects import Commit, Tag, Tree, valid_hexsha
@@ -19,7 +20,7 @@ from .upload_pack import SIDE_BAND_DATA_MAX
 
 
 class GatewayUploadArchiveHandler(UploadArchiveHandler):
-    FORMATS = {"tar": "", "tgz": "gz", "tar.gz": "gz"}
+    FORMATS: ClassVar[dict[str, str]] = {"tar": "", "tgz": "gz", "tar.gz": "gz"}
 
     def __init__(self, backend: Backend, args: list[str], proto, max_object_bytes: int = 0) -> None:
         super().__init__(backend, args, proto)

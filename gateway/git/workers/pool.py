@@ -34,6 +34,9 @@ class WorkerPool:
         self._log_fd = log_fd
         self._ready: list[asyncio.subprocess.Process] = []
         self._starting = 0
+        # The loop holds tasks weakly: without a reference here a spare could be collected
+        # before it starts.
+        self._adding: set[asyncio.Future[None]] = set()
         self._closed = False
 
     async def start_job(self, job: Job) -> asyncio.subprocess.Process:
@@ -54,7 +57,9 @@ class WorkerPool:
     def _top_up(self) -> None:
         while not self._closed and len(self._ready) + self._starting < self.spare:
             self._starting += 1
-            asyncio.ensure_future(self._add_spare())
+            adding = asyncio.ensure_future(self._add_spare())
+            self._adding.add(adding)
+            adding.add_done_callback(self._adding.discard)
 
     async def _add_spare(self) -> None:
         try:

@@ -168,7 +168,10 @@ def limit_memory(limit: int) -> None:
 
 def _setup_logging(job: Job, log_fd: int | None) -> None:
     # The operator's log is a descriptor the server hands over; stderr goes to the user.
-    stream = os.fdopen(log_fd, "w", buffering=1) if log_fd is not None else open(os.devnull, "w")
+    # The stream is the worker's for its whole (short) life: nothing closes it.
+    stream = (
+        os.fdopen(log_fd, "w", buffering=1) if log_fd is not None else open(os.devnull, "w")  # noqa: SIM115 (open until the worker exits)
+    )
     # The server's level: info lines (clean refusals) reach the operator too.
     level = getattr(logging, job.log_level.upper(), logging.WARNING)
     handler = logging.StreamHandler(stream)
