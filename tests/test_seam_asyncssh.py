@@ -52,3 +52,44 @@ def test_missing_internal_names_what_is_gone() -> None:
     changed = asyncssh_seam.missing_internal("Bare.present", Bare, ("self", "b"))
     assert changed is not None and "Bare.present takes ('self', 'a')" in changed
     assert asyncssh_seam.missing_internal("Bare.present", Bare, ("self", "a")) is None
+
+
+# What the test kit and the adversarial suite reach in asyncssh's client (to sign with a
+# key other than the one offered, or to offer without signing), and the one public API
+# the server needs that older releases lack: an upgrade or a downgrade below the pin that
+# loses one fails here by name rather than as a puzzling login failure elsewhere.
+CLIENT_INTERNALS = [
+    ("asyncssh.auth._ClientPublicKeyAuth", asyncssh.auth, "_ClientPublicKeyAuth"),
+    ("asyncssh.auth._client_auth_handlers", asyncssh.auth, "_client_auth_handlers"),
+    ("SSHClientConnection.try_next_auth", asyncssh.SSHClientConnection, "try_next_auth"),
+    (
+        "SSHClientConnection.public_key_auth_requested",
+        asyncssh.SSHClientConnection,
+        "public_key_auth_requested",
+    ),
+    (
+        "SSHServerConnectionOptions.construct (lifecycle.py)",
+        asyncssh.SSHServerConnectionOptions,
+        "construct",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "label,owner,attribute", CLIENT_INTERNALS, ids=[c[0] for c in CLIENT_INTERNALS]
+)
+def test_client_side_names_the_tests_use_are_there(
+    label: str, owner: object, attribute: str
+) -> None:
+    assert hasattr(owner, attribute), f"asyncssh {asyncssh.__version__} has no {label}"
+
+
+def test_client_auth_handlers_hold_publickey_and_next_auth_takes_next_method() -> None:
+    assert b"publickey" in asyncssh.auth._client_auth_handlers, (
+        f"asyncssh {asyncssh.__version__}: no b'publickey' client auth handler to replace"
+    )
+    params = inspect.signature(asyncssh.SSHClientConnection.try_next_auth).parameters
+    assert "next_method" in params, (
+        f"asyncssh {asyncssh.__version__}: try_next_auth() takes no next_method "
+        "(testkit/sshclient.py needs it; asyncssh >= 2.18)"
+    )
