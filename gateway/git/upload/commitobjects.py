@@ -7,7 +7,7 @@ and its parent, which never change. The union of those lists over the commits a 
 sends is exactly the trees and blobs it must send: an object at an unchanged path came
 from an ancestor on the first-parent chain, and a root commit brings its whole tree.
 So each commit's list is made once, by a tree diff against its first parent
-(sendpack.Walk.introduced), and kept in `gateway-commit-objects` in the repository.
+(walk.Walk.introduced), and kept in `gateway-commit-objects` in the repository.
 
 The file is a sequence of records (commit, count, CRC-32, names), only ever appended to.
 Reading stops at the first record that is short or fails its CRC (a crash half-way

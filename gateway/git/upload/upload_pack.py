@@ -34,7 +34,7 @@ from ..dulwich_seam import (
     start_have_lines,
     start_pack_send_phase,
 )
-from . import clonecache, packwriter, storedpacks
+from . import clonecache, packwriter, storedpacks, walk
 from .commitobjects import CommitObjects
 
 SIDE_BAND_DATA_MAX = 65515  # a pkt-line's 65520 bytes less its length and channel
@@ -98,7 +98,7 @@ class GatewayUploadPackHandler(UploadPackHandler):
             tagged = self.get_tagged(refs, repo)
             try:
                 if haves:
-                    shas, client_has = packwriter.objects_to_send(
+                    shas, client_has = walk.objects_to_send(
                         reader, wants, haves, tagged, shallow=walker.client_shallow
                     )
                 else:
@@ -128,7 +128,7 @@ class GatewayUploadPackHandler(UploadPackHandler):
         shas = clonecache.load(self.repo.path, cache_key)
         if shas is None:
             commit_objects = CommitObjects(self.repo.path)
-            shas, _ = packwriter.objects_to_send(reader, wants, [], tagged, commit_objects)
+            shas, _ = walk.objects_to_send(reader, wants, [], tagged, commit_objects)
             commit_objects.save()
             clonecache.save(self.repo.path, cache_key, shas)
         return shas

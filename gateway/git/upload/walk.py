@@ -1,0 +1,249 @@
+"""Which objects a fetch or clone sends: the walk C git's `rev-list --objects` does.
+
+Commits newest first from the wants, stopping where every commit still queued is one the
+client has (reachable from its haves); then the trees and blobs of the commits to send,
+minus those of the boundary commits the client has. It may send a little more than needed
+(commit dates that go backwards), never less. Objects are read from the stored packs
+(storedpacks.ObjectReader); packwriter.py then sends them.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable
+
+from dulwich.objects import parse_tree
+
+from .commitobjects import CommitObjects
+from .storedpacks import SHA_LEN, ObjectReader, PackError
+
+COMMIT, TREE, BLOB, TAG = 1, 2, 3, 4
+GITLINK_MODE = 0o160000
+DIR_MODE = 0o040000
+
+
+def _commit_links(raw: bytes) -> tuple[bytes, list[bytes], int]:
+    """(tree, parents, committer time) from a commit's header lines."""
+    tree, parents, when = b"", [], 0
+    for line in raw.split(b"\n\n", 1)[0].split(b"\n"):
+        if line.startswith(b"tree "):
+            tree = line[5:]
+        elif line.startswith(b"parent "):
+            parents.append(line[7:])
+        elif line.startswith(b"committer "):
+            try:
+                when = int(line.rsplit(b" ", 2)[1])
+            except (IndexError, ValueError):
+                when = 0
+            break
+    return tree, parents, when
+
+
+def _tag_target(raw: bytes) -> bytes:
+    first = raw.split(b"\n", 1)[0]
+    if not first.startswith(b"object "):
+        raise PackError("a tag without an object line")
+    return first[7:]
+
+
+class Walk:
+    def __init__(self, reader: ObjectReader, shallow: Iterable[bytes] = ()) -> None:
+        self.reader = reader
+        # A shallow client's boundary commits: walked as if they had no parents, as the
+        # client has them (so nothing below them is taken as the client's).
+        self.shallow = frozenset(shallow)
+        self.commits: dict[bytes, tuple[bytes, list[bytes], int]] = {}
+
+    def commit(self, sha: bytes) -> tuple[bytes, list[bytes], int]:
+        """(tree, parents, committer time); PackError if the object is not a commit."""
+        links = self.commits.get(sha)
+        if links is None:
+            type_num, raw = self.reader.read(sha)
+            if type_num != COMMIT:
+                raise PackError(f"{sha.decode()} is not a commit")
+            tree, parents, when = _commit_links(raw)
+            links = self.commits[sha] = (tree, [] if sha in self.shallow else parents, when)
+        return links
+
+    def peel(self, sha: bytes, tags: list[bytes] | None = None) -> tuple[int, bytes]:
+        """Follow tags to what they point at; the tags passed on the way go in `tags`."""
+        while True:
+            type_num, raw = self.reader.read(sha)
+            if type_num != TAG:
+                return type_num, sha
+            if tags is not None:
+                tags.append(sha)
+            sha = _tag_target(raw)
+
+    def commits_to_send(
+        self, wants: Iterable[bytes], haves: Iterable[bytes]
+    ) -> tuple[list[bytes], set[bytes]]:
+        """The commits reachable from `wants` but not from `haves` (newest first), and
+        the commits the client has that those commits' parents include (the boundary)."""
+        uninteresting: set[bytes] = set()
+        queue: list[tuple[int, int, bytes]] = []
+        queued: set[bytes] = set()
+        counter = 0
+
+        def push(sha: bytes) -> None:
+            nonlocal counter
+            if sha not in queued:
+                queued.add(sha)
+                counter += 1
+                heapq.heappush(queue, (-self.commit(sha)[2], counter, sha))
+
+        for sha in haves:
+            uninteresting.add(sha)
+            push(sha)
+        for sha in wants:
+            push(sha)
+        order: list[bytes] = []
+        while queue:
+            if uninteresting and all(sha in uninteresting for _, _, sha in queue):
+                break  # what is left is the client's
+            _, _, sha = heapq.heappop(queue)
+            _, parents, _ = self.commit(sha)
+            if sha in uninteresting:
+                self._mark_uninteresting(parents, uninteresting)
+            else:
+                order.append(sha)
+            for parent in parents:
+                push(parent)
+        send = [sha for sha in order if sha not in uninteresting]
+        boundary = {p for sha in send for p in self.commits[sha][1] if p in uninteresting}
+        return send, boundary
+
+    def _mark_uninteresting(self, parents: list[bytes], uninteresting: set[bytes]) -> None:
+        """Mark parents, and whatever we already know of their ancestry, as the client's."""
+        stack = list(parents)
+        while stack:
+            sha = stack.pop()
+            if sha in uninteresting:
+                continue
+            uninteresting.add(sha)
+            known = self.commits.get(sha)
+            if known is not None:
+                stack.extend(known[1])
+
+    def tree_objects(self, root: bytes, seen: set[bytes], out: list[bytes]) -> None:
+        """Append to `out` the trees and blobs under `root` not in `seen`, adding them to it."""
+        if root in seen:
+            return
+        seen.add(root)
+        out.append(root)
+        stack = [root]
+        while stack:
+            # Most entries were seen under an earlier commit: filter them in one pass.
+            for _name, mode, sha in [
+                entry for entry in self._entries(stack.pop()) if entry[2] not in seen
+            ]:
+                if sha in seen or mode == GITLINK_MODE:  # a name twice in one tree; a submodule
+                    continue
+                seen.add(sha)
+                out.append(sha)
+                if mode & 0o170000 == DIR_MODE:
+                    stack.append(sha)
+
+    def introduced(self, sha: bytes) -> list[bytes]:
+        """The trees and blobs of commit `sha` not at the same path in its first parent
+        (all of its tree for a root commit): see commitobjects.py."""
+        tree, parents, _ = self.commit(sha)
+        old_root = self.commit(parents[0])[0] if parents else None
+        if tree == old_root:
+            return []
+        out, seen = [tree], {tree}
+        stack = [(tree, old_root)]
+        while stack:
+            new, old = stack.pop()
+            before = {name: (mode, sha) for name, mode, sha in self._entries(old)} if old else {}
+            for name, mode, sha in self._entries(new):
+                if sha in seen or mode == GITLINK_MODE:
+                    continue
+                was = before.get(name)
+                if was is not None and was[1] == sha:
+                    continue  # the parent has it at the same path
+                seen.add(sha)
+                out.append(sha)
+                if mode & 0o170000 == DIR_MODE:
+                    stack.append(
+                        (sha, was[1] if was is not None and was[0] & 0o170000 == DIR_MODE else None)
+                    )
+        return out
+
+    def _entries(self, tree: bytes) -> list[tuple[bytes, int, bytes]]:
+        type_num, raw = self.reader.read(tree)
+        if type_num != TREE:
+            raise PackError("a tree entry is not a tree")
+        return parse_tree(raw, SHA_LEN)
+
+
+def objects_to_send(
+    reader: ObjectReader,
+    wants: Iterable[bytes],
+    haves: Iterable[bytes],
+    tagged: dict[bytes, bytes],
+    commit_objects: CommitObjects | None = None,
+    shallow: Iterable[bytes] = (),
+) -> tuple[list[bytes], set[bytes]]:
+    """Hex names of the objects a client with `haves` needs for `wants`, in pack order
+    (commits newest first, then tags, then trees and blobs), and the objects we know the
+    client has. `tagged` maps a peeled object to the annotated tag to send with it
+    (include-tag). With `commit_objects` (for a clone: it may send objects a client with
+    haves already has), each commit's trees and blobs come from its kept list, made
+    from a tree diff the first time it is needed. `shallow`: the client's shallow commits."""
+    walk = Walk(reader, shallow)
+    want_commits: list[bytes] = []
+    other: list[tuple[int, bytes]] = []
+    tags: list[bytes] = []
+    for sha in wants:
+        type_num, peeled = walk.peel(sha, tags)
+        if type_num == COMMIT:
+            want_commits.append(peeled)
+        else:
+            other.append((type_num, peeled))
+    have_commits: list[bytes] = []
+    client_has: set[bytes] = set()
+    for sha in haves:
+        try:
+            type_num, peeled = walk.peel(sha)
+        except KeyError:
+            continue
+        client_has.add(sha)
+        if type_num == COMMIT:
+            have_commits.append(peeled)
+        else:
+            client_has.add(peeled)
+
+    commits, boundary = walk.commits_to_send(want_commits, have_commits)
+    # Everything under the boundary's trees the client has: not sent.
+    for sha in boundary:
+        walk.tree_objects(walk.commits[sha][0], client_has, [])
+
+    sent = set(commits)
+    for peeled, tag in tagged.items():
+        if peeled in sent:
+            walk.peel(tag, tags)
+    tags = [t for t in dict.fromkeys(tags) if t not in client_has]
+
+    seen = set(client_has)
+    seen.update(tags)
+    trees_and_blobs: list[bytes] = []
+    for sha in commits:
+        if commit_objects is None:
+            walk.tree_objects(walk.commits[sha][0], seen, trees_and_blobs)
+            continue
+        brought = commit_objects.get(sha)
+        if brought is None:
+            brought = walk.introduced(sha)
+            commit_objects.put(sha, brought)
+        for obj in brought:
+            if obj not in seen:
+                seen.add(obj)
+                trees_and_blobs.append(obj)
+    for type_num, sha in other:
+        if type_num == TREE:
+            walk.tree_objects(sha, seen, trees_and_blobs)
+        elif sha not in seen:
+            seen.add(sha)
+            trees_and_blobs.append(sha)
+    return commits + tags + trees_and_blobs, client_has
