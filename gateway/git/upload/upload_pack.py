@@ -34,8 +34,8 @@ from ..dulwich_seam import (
     start_have_lines,
     start_pack_send_phase,
 )
-from . import clonecache, packwriter, storedpacks, walk
-from .commitobjects import CommitObjects
+from . import storedpacks
+from .fetch import Fetch, send_pack
 
 SIDE_BAND_DATA_MAX = 65515  # a pkt-line's 65520 bytes less its length and channel
 
@@ -95,43 +95,18 @@ class GatewayUploadPackHandler(UploadPackHandler):
             ):
                 return
             start_pack_send_phase(self)
-            tagged = self.get_tagged(refs, repo)
-            try:
-                if haves:
-                    shas, client_has = walk.objects_to_send(
-                        reader, wants, haves, tagged, shallow=walker.client_shallow
-                    )
-                else:
-                    shas, client_has = self._clone_objects(reader, refs, wants, tagged), set()
-            except KeyError as exc:  # a ref reaches an object the repository lacks
-                raise storedpacks.PackError(f"object {exc} is missing") from None
-            self.progress(f"counting objects: {len(shas)}, done.\n".encode("ascii"))
-            ofs_delta = self.has_capability(CAPABILITY_OFS_DELTA)
-            whole = packwriter.whole_pack(reader, shas) if ofs_delta and not haves else None
-            if whole is not None:
-                packwriter.send_whole(self._pack_writer(), whole)
-            else:
-                thin = self.has_capability(CAPABILITY_THIN_PACK)
-                packwriter.write_pack(
-                    self._pack_writer(), reader, shas, ofs_delta, client_has if thin else set()
-                )
+            request = Fetch(
+                wants=wants,
+                haves=haves,
+                tagged=self.get_tagged(refs, repo),
+                ofs_delta=self.has_capability(CAPABILITY_OFS_DELTA),
+                thin_pack=self.has_capability(CAPABILITY_THIN_PACK),
+                client_shallow=frozenset(walker.client_shallow),
+            )
+            send_pack(repo.path, reader, refs, request, self._pack_writer(), self.progress)
             self.proto.write_pkt_line(None)
         finally:
             reader.close()
-
-    def _clone_objects(
-        self, reader, refs, wants: list[bytes], tagged: dict[bytes, bytes]
-    ) -> list[bytes]:
-        """A clone's objects: the last clone's list if the refs are the same, else the
-        commits' kept lists (commitobjects.py)."""
-        cache_key = clonecache.key(refs, wants, tagged)
-        shas = clonecache.load(self.repo.path, cache_key)
-        if shas is None:
-            commit_objects = CommitObjects(self.repo.path)
-            shas, _ = walk.objects_to_send(reader, wants, [], tagged, commit_objects)
-            commit_objects.save()
-            clonecache.save(self.repo.path, cache_key, shas)
-        return shas
 
     def _pack_writer(self):
         # Not dulwich's write_sideband: it copies the rest of the data for every pkt-line.

@@ -1,0 +1,73 @@
+"""What every upload-pack request ends with, whichever protocol asked: the pack.
+
+Protocol v0/v1 (upload_pack.py, dulwich's negotiation) and v2 (its `fetch` command) both
+come here once they know what the client wants and has: `send_pack` chooses the objects
+(walk.py; a clone's list from clonecache.py or the commits' kept lists) and writes them
+from the stored packs' bytes (packwriter.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from . import clonecache, packwriter, storedpacks, walk
+from .commitobjects import CommitObjects
+from .storedpacks import ObjectReader
+
+
+@dataclass
+class Fetch:
+    """What the client asked for, once negotiation is over."""
+
+    wants: list[bytes]  # hex names
+    haves: list[bytes]  # the client's objects we have (common commits)
+    tagged: dict[bytes, bytes] = field(default_factory=dict)  # peeled -> tag (include-tag)
+    ofs_delta: bool = False
+    thin_pack: bool = False
+    # The client's shallow commits: walked as if parentless, as the client has them.
+    client_shallow: frozenset[bytes] = frozenset()
+
+
+def send_pack(
+    repo_path: str,
+    reader: ObjectReader,
+    refs: dict[bytes, bytes],
+    fetch: Fetch,
+    write: Callable[[bytes], object],
+    progress: Callable[[bytes], object],
+) -> None:
+    """Choose the objects `fetch` needs and write their pack with `write` (the pack
+    bytes only: side-band framing is the caller's)."""
+    try:
+        if fetch.haves or fetch.client_shallow:
+            shas, client_has = walk.objects_to_send(
+                reader, fetch.wants, fetch.haves, fetch.tagged, shallow=fetch.client_shallow
+            )
+        else:
+            shas, client_has = _clone_objects(repo_path, reader, refs, fetch), set()
+    except KeyError as exc:  # a ref reaches an object the repository lacks
+        raise storedpacks.PackError(f"object {exc} is missing") from None
+    progress(f"counting objects: {len(shas)}, done.\n".encode("ascii"))
+    whole = packwriter.whole_pack(reader, shas) if fetch.ofs_delta and not fetch.haves else None
+    if whole is not None:
+        packwriter.send_whole(write, whole)
+    else:
+        packwriter.write_pack(
+            write, reader, shas, fetch.ofs_delta, client_has if fetch.thin_pack else set()
+        )
+
+
+def _clone_objects(
+    repo_path: str, reader: ObjectReader, refs: dict[bytes, bytes], fetch: Fetch
+) -> list[bytes]:
+    """A clone's objects: the last clone's list if the refs are the same, else the
+    commits' kept lists (commitobjects.py)."""
+    cache_key = clonecache.key(refs, fetch.wants, fetch.tagged)
+    shas = clonecache.load(repo_path, cache_key)
+    if shas is None:
+        commit_objects = CommitObjects(repo_path)
+        shas, _ = walk.objects_to_send(reader, fetch.wants, [], fetch.tagged, commit_objects)
+        commit_objects.save()
+        clonecache.save(repo_path, cache_key, shas)
+    return shas
