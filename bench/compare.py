@@ -1403,6 +1403,8 @@ def main_compare(args, root: Path) -> None:
             "refs": refs_rows,
         }
         todo = set(groups)
+        if huge == big and "clone" in todo:
+            todo.discard("first")  # --quick: the same small first-ever clones again
         if HUGE_GROUPS & todo and "first" not in todo:
             rows["first"], todo = warm_huge, {*todo, "first"}
         for group in GROUPS:
