@@ -770,16 +770,21 @@ def bench_clone(
 ) -> dict[str, Path]:
     """Full clones (--no-checkout: the transfer and index-pack, not writing a work tree),
     sampling the server's memory; returns one clone per side for the fetches after.
-    `forget`: files of the gateway's repository removed before each of its clones
-    (`gateway-clone-objects`: as after any push; `gateway-commit-objects` as well: as
-    for the first clone of a repository the gateway never served); `when` says which."""
+    `forget`: files of the gateway's repository removed before each of its clones, as
+    glob patterns (`gateway-clone-objects`: as after any push; `gateway-*`, everything
+    the gateway keeps: as for the first clone of a repository it never served); `when`
+    says which."""
     last: dict[str, Path] = {}
     for run in range(runs):
         for side in alternate(run):
             dest = scratch(sides, f"clone-{side}") / "c"
             if side == "gateway":
-                for file in forget:
-                    (sides.server_dir(side, name) / file).unlink(missing_ok=True)
+                for pattern in forget:
+                    for kept in sides.server_dir(side, name).glob(pattern):
+                        if kept.is_dir():
+                            shutil.rmtree(kept)
+                        else:
+                            kept.unlink()
             trace = sides.trace_file() if run == 0 else None
             cpu = tree_cpu(sides.server_pid(side))
             with Sampler(sides.server_pid(side)) as sampler:
@@ -1290,7 +1295,9 @@ GROUPS = {
 }
 HUGE_GROUPS = {"first", "depth", "filter", "increment"}
 LARGE_GROUPS = {"clone", "fetch", "ls-remote", "parallel", "busy"}
-FIRST_EVER = ("gateway-clone-objects", "gateway-commit-objects")
+# Everything the gateway keeps in a repository (today gateway-clone-objects and
+# gateway-commit-objects), so that its next clone is its first ever.
+FIRST_EVER = ("gateway-*",)
 
 
 def facts_text(name: str, facts: dict, what: str = "") -> str:
@@ -1451,7 +1458,8 @@ def main_compare(args, root: Path) -> None:
         "v2 (git sends GIT_PROTOCOL=version=2, sshd has `AcceptEnv GIT_PROTOCOL`); the "
         "protocol each side answered in, read from a GIT_TRACE_PACKET of one request of the "
         "row, is in brackets after the row, OpenSSH's / the gateway's (pushes are v0 on both: "
-        "git has no v2 push). Clones with --no-checkout then `git fsck --full` (partial "
+        "git has no v2 push; the concurrent rows make the same requests as the rows above "
+        "them). Clones with --no-checkout then `git fsck --full` (partial "
         "clones: `git fsck`; beside their rows, the objects the server left out); gateway "
         f"with default settings (spare_workers = {Settings().spare_workers}). Client and "
         f"servers on one machine over loopback: {machine()}. {versions()}. "
