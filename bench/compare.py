@@ -1029,7 +1029,8 @@ def bench_depth_clone(sides: Sides, res: Results, name: str, runs: int) -> dict[
                 argv,
                 trace=run == 0,
             )
-            if (dest / ".git" / "shallow").read_text().count("\n") != 1:
+            shallow_file = dest / ".git" / "shallow"
+            if not shallow_file.exists() or shallow_file.read_text().count("\n") != 1:
                 fail(f"clone --depth 1 from {side}: not a one-commit shallow clone")
             sides.fsck(dest, f"{side} clone --depth 1 of {name}")
             if side in last:
@@ -1128,7 +1129,7 @@ def bench_filter_clone(sides: Sides, res: Results, name: str, runs: int, spec: s
             res.add(f"pack received by clone --filter={spec} ({name}, MB)", side, pack_mb(dest))
             if run == 0:
                 missing = missing_objects(dest, sides)
-                res.note(row, side, f"{missing:,} objects left out" if missing else "full pack")
+                res.note(row, side, f"partial, {missing:,} ids missing" if missing else "full pack")
             sides.fsck(dest, f"{side} clone --filter={spec} of {name}", partial=True)
             shutil.rmtree(dest.parent, ignore_errors=True)
 
@@ -1455,12 +1456,14 @@ def main_compare(args, root: Path) -> None:
         "~/.bashrc (root's runs pyenv init here: +0.17 s a command). "
         f"Same client for both: `ssh -o Ciphers={CIPHER} -o KexAlgorithms={KEX} "
         f"-o HostKeyAlgorithms={HOSTKEY_ALG}`, ed25519 user key. The client asks for protocol "
-        "v2 (git sends GIT_PROTOCOL=version=2, sshd has `AcceptEnv GIT_PROTOCOL`); the "
+        "v2 (git sends GIT_PROTOCOL=version=2, sshd has `AcceptEnv GIT_PROTOCOL`; C git has "
+        "uploadpack.allowFilter, set in sshd's environment, as hosted servers do); the "
         "protocol each side answered in, read from a GIT_TRACE_PACKET of one request of the "
         "row, is in brackets after the row, OpenSSH's / the gateway's (pushes are v0 on both: "
         "git has no v2 push; the concurrent rows make the same requests as the rows above "
         "them). Clones with --no-checkout then `git fsck --full` (partial "
-        "clones: `git fsck`; beside their rows, the objects the server left out); gateway "
+        "clones: `git fsck`; beside their rows, 'full pack' or the ids `git rev-list --objects "
+        "--all --missing=print` says are missing: tree:0 hides all below the root trees); gateway "
         f"with default settings (spare_workers = {Settings().spare_workers}). Client and "
         f"servers on one machine over loopback: {machine()}. {versions()}. "
         f"Run took {elapsed / 60:.1f} min."
