@@ -1,9 +1,11 @@
 """The gateway side by side with OpenSSH + C git, on the same machine and repositories.
 
     make bench                                  (= .venv/bin/python bench/compare.py)
-    .venv/bin/python bench/compare.py [--runs 3] [--quick]
+    .venv/bin/python bench/compare.py [--runs 3] [--quick] [--only GROUP,...]
     .venv/bin/python bench/compare.py --scale   100,000 keys, 10,000 repos, 1,000 idle connections
     .venv/bin/python bench/compare.py --profile the gateway's worker under cProfile, one full clone
+    .venv/bin/python bench/compare.py --generate huge   make (or find) one cached repository,
+                                                print its server.git path
 
 What it starts (and stops, whatever happens):
 - OpenSSH's sshd on a free loopback port with its own sshd_config, ed25519 host key and
@@ -17,12 +19,22 @@ What it starts (and stops, whatever happens):
 The repositories are generated deterministically (fixed seed, fixed dates) with
 `git fast-import`, then `git gc` (so they have a commit-graph and, being bare, a bitmap,
 as a maintained server repository would), and cached under /tmp/gateway-bench-cache keyed
-by their parameters. Both servers serve byte-identical copies.
+by their parameters. Both servers serve byte-identical copies. small and large (REPOS)
+are the original rows'; huge (a large project's size: 35,000 commits, ~300,000 objects,
+a ~130 MB pack, 350 tags) and refs (~19,500 refs) are issue 16's (NEW_REPOS).
+`--generate NAME` makes one of them alone and prints its path.
 
-Every clone ends with `git fsck --full` on the client; a failure is reported loudly and
-makes the exit status 1. Both sides use the same client, the same key type (ed25519) and
-the same forced key exchange, cipher and host key algorithm (SSH_OPTIONS below), and
-protocol v0 (the gateway has no protocol v2).
+Every clone ends with `git fsck --full` on the client (a partial clone: `git fsck`,
+which checks what is present); a failure is reported loudly and makes the exit status 1.
+Both sides use the same client, the same key type (ed25519) and the same forced key
+exchange, cipher and host key algorithm (SSH_OPTIONS below). The client asks for
+protocol v2 as stock git does (sshd passes GIT_PROTOCOL on with `AcceptEnv`); which
+protocol each side answered in is read from one traced request (GIT_TRACE_PACKET) of
+each row and printed beside it, so that v0 is never silently compared with v2. C git's
+side has uploadpack.allowFilter on (in sshd's environment), as hosted servers do.
+
+`--only GROUP,...` runs some groups of rows (GROUPS below); `--quick` puts the small
+repository in place of large and huge.
 
 Items of the Performance issue measured here: 1 (the table), 3 (--scale) and the
 measuring part of 6 (--profile). The database rows for --scale are written directly with
@@ -84,6 +96,16 @@ REPOS = {
 }
 INCREMENTAL = 10  # commits the incremental fetch brings
 
+# The issue-16 repositories, made by their own generators (the "kind"). "huge": a public
+# project's size (about 300,000 objects, 35,000 commits, a pack of 100-150 MB, hundreds
+# of tags) with a tree of four levels and ~2,900 files, so that a commit changes a few
+# blobs and the trees above them. "refs": the small history with 18,000 pull-request
+# heads (one empty commit each) and 1,500 tags, half annotated, most refs packed.
+NEW_REPOS = {
+    "huge": dict(kind="tree", commits=35_000, seed=3, tag_every=100, version=2),
+    "refs": dict(kind="refs", pulls=18_000, tags=1_500, loose=400, seed=4, version=1),
+}
+
 FAILURES: list[str] = []
 STARTED: list[subprocess.Popen] = []  # client processes started in the background
 
@@ -143,6 +165,100 @@ def fast_import_stream(
             w(b"reset refs/tags/v%d\nfrom :%d\n\n" % ((i + 1) // tag_every, i + 1))
 
 
+TREE_TOPS = ("src", "lib", "include", "drivers", "net", "fs", "arch", "docs", "tests", "tools")
+
+
+def tree_stream(out, params: dict, start: int, stop: int) -> None:
+    """The "huge" history, commits [start, stop): a tree of TOP/modM/partK/NAME.txt
+    (four levels, ~2,900 files of 40-160 lines of hex), each commit replacing a run of
+    lines in one to three files, often in the same directory, by one of 20 authors; a
+    tag every `tag_every` commits, annotated and lightweight in turn. As fast_import_stream,
+    the state always starts at commit 0, so a continuation makes the same commits."""
+    rng = random.Random(params["seed"])
+    dirs: list[list[str]] = []
+    for top in TREE_TOPS:
+        for m in range(6):
+            for k in range(6):
+                count = rng.randint(4, 12)
+                # Names unique in their last 16 characters, which git's delta search
+                # sorts by: "fileF.txt" in every directory would hide each file's
+                # versions from one another.
+                stem = f"{top}/mod{m}/part{k}/{top[:3]}{m}{k}"
+                dirs.append([f"{stem}_{f:02d}.txt" for f in range(count)])
+    paths = [path for files in dirs for path in files]
+    where = {path: d for d, files in enumerate(dirs) for path in files}
+
+    def lines(n: int) -> list[bytes]:
+        return [b"%060x\n" % rng.getrandbits(240) for _ in range(n)]
+
+    texts = {path: lines(rng.randint(40, 160)) for path in paths}
+    w = out.write
+    for i in range(stop):
+        if i == 0:
+            changed = paths
+        else:
+            first = rng.choice(paths)
+            changed = [first]
+            for _ in range(rng.choice((0, 1, 1, 2, 2))):
+                pool = dirs[where[first]] if rng.random() < 0.6 else paths
+                if (other := rng.choice(pool)) not in changed:
+                    changed.append(other)
+            for path in changed:
+                text = texts[path]
+                at = rng.randrange(len(text))
+                removed = min(rng.randint(8, 60), len(text) - at)
+                size = max(40, min(200, len(text) + rng.randint(-6, 6)))
+                text[at : at + removed] = lines(size - len(text) + removed)
+        author = rng.randrange(20)
+        subject = rng.getrandbits(32)
+        if i < start:
+            continue
+        message = (
+            b"%s: change %08x\n\nCommit %d of the huge history, generated by bench/compare.py.\n"
+            % (changed[0].rsplit("/", 1)[0].encode(), subject, i)
+        )
+        w(b"commit refs/heads/main\nmark :%d\n" % (i + 1))
+        who = b"Dev%02d <dev%02d@example.com> %d +0000\n" % (author, author, T0 + 300 * i)
+        w(b"author " + who + b"committer " + who)
+        w(b"data %d\n%s\n" % (len(message), message))
+        if i == start and start > 0:
+            w(b"from refs/heads/main^0\n")
+        for path in changed:
+            data = b"".join(texts[path])
+            w(b"M 100644 inline %s\ndata %d\n%s\n" % (path.encode(), len(data), data))
+        if (i + 1) % params["tag_every"] == 0:
+            t = (i + 1) // params["tag_every"]
+            name = b"v%d.%d.%d" % (t // 100, t // 10 % 10, t % 10)
+            if t % 2:
+                note = b"Release %s\n" % name
+                w(b"tag %s\nfrom :%d\ntagger %s" % (name, i + 1, who))
+                w(b"data %d\n%s\n" % (len(note), note))
+            else:
+                w(b"reset refs/tags/%s\nfrom :%d\n\n" % (name, i + 1))
+
+
+def refs_stream(out, params: dict, shas: list[str], first: int, last: int) -> None:
+    """Pull-request heads [first, last) of the "refs" repository (one empty commit each,
+    on a commit of the small history) and the tags whose numbers fall in the same share
+    of params["tags"], annotated and lightweight in turn."""
+    w = out.write
+    for n in range(first, last):
+        message = b"Pull request %d\n" % n
+        w(b"commit refs/pull/%d/head\n" % n)
+        w(b"committer Bench <bench@example.com> %d +0000\n" % (T0 + 10_000_000 + n))
+        w(b"data %d\n%s\nfrom %s\n\n" % (len(message), message, shas[n % len(shas)].encode()))
+    share = params["tags"] / params["pulls"]
+    for t in range(int(first * share), int(last * share)):
+        name, target = b"r%d.%d" % (t // 100, t % 100), shas[(7 * t) % len(shas)].encode()
+        if t % 2:
+            note = b"Tag %s\n" % name
+            w(b"tag %s\nfrom %s\n" % (name, target))
+            w(b"tagger Bench <bench@example.com> %d +0000\n" % (T0 + 20_000_000 + t))
+            w(b"data %d\n%s\n" % (len(note), note))
+        else:
+            w(b"reset refs/tags/%s\nfrom %s\n\n" % (name, target))
+
+
 def git_local(*args: str, cwd: Path | None = None, input: bytes | None = None) -> str:
     env = {**os.environ, "GIT_CONFIG_NOSYSTEM": "1", "HOME": "/nonexistent"}
     result = subprocess.run(["git", *args], cwd=cwd, input=input, capture_output=True, env=env)
@@ -151,32 +267,73 @@ def git_local(*args: str, cwd: Path | None = None, input: bytes | None = None) -
     return result.stdout.decode()
 
 
-def fast_import(repo: Path, params: dict, start: int, commits: int) -> None:
+def fast_import(repo: Path, params: dict, start: int, commits: int, write=None) -> None:
+    """Commits [start, commits) of a REPOS history into `repo`, or what `write(out)`
+    writes (the other generators)."""
     proc = subprocess.Popen(
         ["git", "--git-dir", str(repo), "fast-import", "--quiet"],
         stdin=subprocess.PIPE,
         env={**os.environ, "GIT_CONFIG_NOSYSTEM": "1"},
     )
     buf = io.BufferedWriter(proc.stdin, 1 << 20)
-    fast_import_stream(
-        buf,
-        commits,
-        params["text_files"],
-        params["blob_bytes"],
-        params["seed"],
-        params["tag_every"],
-        start,
-    )
+    if write is not None:
+        write(buf)
+    else:
+        fast_import_stream(
+            buf,
+            commits,
+            params["text_files"],
+            params["blob_bytes"],
+            params["seed"],
+            params["tag_every"],
+            start,
+        )
     buf.flush()
     proc.stdin.close()
     if proc.wait() != 0:
         raise RuntimeError("git fast-import failed")
 
 
+def build_tree_repo(build: Path, params: dict) -> None:
+    """The huge repository. The costly `repack -f` runs once, before the last INCREMENTAL
+    commits: base is a --local clone of that (hard links, no second index-pack), and the
+    last commits are added with a plain repack that keeps the deltas found."""
+    server, commits = build / "server.git", params["commits"]
+    fast_import(
+        server, params, 0, 0, lambda out: tree_stream(out, params, 0, commits - INCREMENTAL)
+    )
+    git_local("--git-dir", str(server), "repack", "-a", "-d", "-f", "-q")
+    git_local("clone", "-q", "--local", "--no-checkout", str(server), str(build / "base"))
+    fast_import(
+        server, params, 0, 0, lambda out: tree_stream(out, params, commits - INCREMENTAL, commits)
+    )
+    git_local("--git-dir", str(server), "repack", "-a", "-d", "-q")
+    git_local("--git-dir", str(server), "gc", "--quiet")
+
+
+def build_refs_repo(build: Path, params: dict) -> None:
+    """The refs repository: the small history, then most pull-request heads and tags,
+    gc'ed (packed refs), then the last `loose` of them as loose refs and a second pack."""
+    server = build / "server.git"
+    fast_import(server, REPOS["small"], 0, REPOS["small"]["commits"])
+    shas = git_local("--git-dir", str(server), "rev-list", "main").split()
+    packed = params["pulls"] - params["loose"]
+    fast_import(server, params, 0, 0, lambda out: refs_stream(out, params, shas, 1, packed))
+    git_local("--git-dir", str(server), "repack", "-a", "-d", "-f", "-q")
+    git_local("--git-dir", str(server), "gc", "--quiet")
+    fast_import(
+        server,
+        params,
+        0,
+        0,
+        lambda out: refs_stream(out, params, shas, packed, params["pulls"] + 1),
+    )
+
+
 def cached_repo(name: str) -> Path:
     """CACHE/NAME-HASH with server.git (the full history, gc'ed) and base (a clone
     without the last INCREMENTAL commits: the client of the incremental fetch)."""
-    params = REPOS[name]
+    params = REPOS.get(name) or NEW_REPOS[name]
     key = hashlib.sha256(
         json.dumps([GENERATOR_VERSION, params, INCREMENTAL], sort_keys=True).encode()
     ).hexdigest()[:12]
@@ -184,19 +341,26 @@ def cached_repo(name: str) -> Path:
     if (final / "complete").exists():
         return final
     CACHE.mkdir(parents=True, exist_ok=True)
-    log(f"generating the {name} repository ({params['commits']} commits) into {final}")
+    log(f"generating the {name} repository ({params}) into {final}")
     started = time.monotonic()
     build = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=CACHE))
     try:
         server = build / "server.git"
         git_local("init", "-q", "--bare", "-b", "main", str(server))
-        fast_import(server, params, 0, params["commits"] - INCREMENTAL)
-        git_local("clone", "-q", "--no-local", "--no-checkout", str(server), str(build / "base"))
-        fast_import(server, params, params["commits"] - INCREMENTAL, params["commits"])
-        # fast-import's own deltas are few: find them as `git repack -f` does, then gc
-        # (packed refs, a commit-graph; a bare repository also gets a bitmap).
-        git_local("--git-dir", str(server), "repack", "-a", "-d", "-f", "-q")
-        git_local("--git-dir", str(server), "gc", "--quiet")
+        if params.get("kind") == "tree":
+            build_tree_repo(build, params)
+        elif params.get("kind") == "refs":
+            build_refs_repo(build, params)
+        else:
+            fast_import(server, params, 0, params["commits"] - INCREMENTAL)
+            git_local(
+                "clone", "-q", "--no-local", "--no-checkout", str(server), str(build / "base")
+            )
+            fast_import(server, params, params["commits"] - INCREMENTAL, params["commits"])
+            # fast-import's own deltas are few: find them as `git repack -f` does, then gc
+            # (packed refs, a commit-graph; a bare repository also gets a bitmap).
+            git_local("--git-dir", str(server), "repack", "-a", "-d", "-f", "-q")
+            git_local("--git-dir", str(server), "gc", "--quiet")
         git_local("--git-dir", str(server), "fsck", "--full", "--no-progress")
         (build / "complete").write_text(json.dumps(params))
         shutil.rmtree(final, ignore_errors=True)
@@ -378,7 +542,14 @@ class OpenSSH:
                     # detects sshd by SSH_CLIENT and SHLVL < 2). A developer's .bashrc (pyenv init
                     # here) would be charged to OpenSSH, so bash is told it is nested. A Git server
                     # account would have a plain shell or git-shell.
-                    *(["SetEnv SHLVL=1"] if self.skip_bashrc else []),
+                    # And C git serves partial clones only with uploadpack.allowFilter (hosted
+                    # servers set it): given in the environment, so the repositories stay
+                    # byte-identical to the gateway's. (One SetEnv line for all of them.)
+                    "SetEnv GIT_CONFIG_COUNT=1 GIT_CONFIG_KEY_0=uploadpack.allowFilter"
+                    " GIT_CONFIG_VALUE_0=true" + (" SHLVL=1" if self.skip_bashrc else ""),
+                    # git sends GIT_PROTOCOL=version=2 (ssh -o SendEnv); without this sshd
+                    # drops it and C git answers in v0.
+                    "AcceptEnv GIT_PROTOCOL",
                     "",
                 ]
             )
@@ -448,7 +619,15 @@ class Sides:
         self.ossh = OpenSSH(root / "openssh", self.user.pub)
         self.ossh.start()
         ssh = [*self.gw.ssh_command(self.user.key), *SSH_OPTIONS]
-        self.env = {**self.gw.env, "GIT_SSH_COMMAND": " ".join(ssh)}
+        # testkit's HOME/.gitconfig pins protocol.version = 0 for the tests; the bench's
+        # client asks as stock git 2.39 does (v2), overriding it from the environment.
+        self.env = {
+            **self.gw.env,
+            "GIT_SSH_COMMAND": " ".join(ssh),
+            "GIT_CONFIG_COUNT": "1",
+            "GIT_CONFIG_KEY_0": "protocol.version",
+            "GIT_CONFIG_VALUE_0": "2",
+        }
         self.paths: dict[str, str] = {}
         for name in names:
             self.add_repo(name)
@@ -473,10 +652,17 @@ class Sides:
         return self.gw.proc.pid if side == "gateway" else self.ossh.proc.pid
 
     def git(
-        self, *args: str, cwd: Path | None = None, check: bool = True, timeout: float = 900
+        self,
+        *args: str,
+        cwd: Path | None = None,
+        check: bool = True,
+        timeout: float = 900,
+        trace: Path | None = None,
     ) -> subprocess.CompletedProcess:
+        """`trace`: a file for GIT_TRACE_PACKET (git stops tracing where the pack starts)."""
+        env = self.env if trace is None else {**self.env, "GIT_TRACE_PACKET": str(trace)}
         result = subprocess.run(
-            ["git", *args], cwd=cwd or self.root, env=self.env, capture_output=True, timeout=timeout
+            ["git", *args], cwd=cwd or self.root, env=env, capture_output=True, timeout=timeout
         )
         if check and result.returncode != 0:
             raise RuntimeError(
@@ -485,16 +671,22 @@ class Sides:
             )
         return result
 
-    def timed_git(self, *args: str, cwd: Path | None = None) -> float:
+    def timed_git(self, *args: str, cwd: Path | None = None, trace: Path | None = None) -> float:
         started = time.perf_counter()
-        self.git(*args, cwd=cwd)
+        self.git(*args, cwd=cwd, trace=trace)
         return time.perf_counter() - started
 
-    def fsck(self, clone: Path, what: str) -> None:
-        result = self.git("fsck", "--full", "--no-progress", cwd=clone, check=False)
+    def trace_file(self) -> Path:
+        return Path(tempfile.mktemp(prefix="trace-", dir=self.root))
+
+    def fsck(self, clone: Path, what: str, partial: bool = False) -> None:
+        """`git fsck --full`; for a partial clone plain `git fsck` (it knows the promisor
+        remote's objects may be missing and checks what is present)."""
+        flags = () if partial else ("--full",)
+        result = self.git("fsck", *flags, "--no-progress", cwd=clone, check=False)
         if result.returncode != 0:
             fail(
-                f"git fsck --full failed after {what}: "
+                f"git fsck {' '.join(flags)} failed after {what}: "
                 f"{(result.stdout + result.stderr).decode(errors='replace')[-1500:]}"
             )
 
@@ -524,10 +716,33 @@ def alternate(run: int) -> tuple[str, str]:
 # --- the measurements ----------------------------------------------------------------------
 
 
+def spoken(trace: Path) -> str:
+    """The protocol a server answered in, from the client's GIT_TRACE_PACKET file: v2 and
+    v1 servers say so in their first pkt-line, v0 ones start with a ref."""
+    try:
+        text = trace.read_text(errors="replace")
+    finally:
+        trace.unlink(missing_ok=True)
+    for version in ("2", "1"):
+        if f"< version {version}\n" in text:
+            return f"v{version}"
+    return "v0" if "< " in text else "?"
+
+
 class Results:
     def __init__(self) -> None:
         self.values: dict[tuple[str, str], list[float]] = {}
         self.order: list[str] = []
+        # (row, side) -> what the table says beside the row: the protocol spoken, and for
+        # partial clones whether the server filtered.
+        self.notes: dict[tuple[str, str], list[str]] = {}
+
+    def note(self, row: str, side: str, text: str) -> None:
+        if text not in (notes := self.notes.setdefault((row, side), [])):
+            notes.append(text)
+
+    def protocol(self, row: str, side: str, trace: Path) -> None:
+        self.note(row, side, spoken(trace))
 
     def add(self, row: str, side: str, value: float) -> None:
         if row not in self.order:
@@ -555,23 +770,31 @@ def bench_clone(
 ) -> dict[str, Path]:
     """Full clones (--no-checkout: the transfer and index-pack, not writing a work tree),
     sampling the server's memory; returns one clone per side for the fetches after.
-    `forget`: files of the gateway's repository removed before each of its clones
-    (`gateway-clone-objects`: as after any push; `gateway-commit-objects` as well: as
-    for the first clone of a repository the gateway never served); `when` says which."""
+    `forget`: files of the gateway's repository removed before each of its clones, as
+    glob patterns (`gateway-clone-objects`: as after any push; `gateway-*`, everything
+    the gateway keeps: as for the first clone of a repository it never served); `when`
+    says which."""
     last: dict[str, Path] = {}
     for run in range(runs):
         for side in alternate(run):
             dest = scratch(sides, f"clone-{side}") / "c"
             if side == "gateway":
-                for file in forget:
-                    (sides.server_dir(side, name) / file).unlink(missing_ok=True)
+                for pattern in forget:
+                    for kept in sides.server_dir(side, name).glob(pattern):
+                        if kept.is_dir():
+                            shutil.rmtree(kept)
+                        else:
+                            kept.unlink()
+            trace = sides.trace_file() if run == 0 else None
             cpu = tree_cpu(sides.server_pid(side))
             with Sampler(sides.server_pid(side)) as sampler:
                 elapsed = sides.timed_git(
-                    "clone", "-q", "--no-checkout", sides.url(side, name), str(dest)
+                    "clone", "-q", "--no-checkout", sides.url(side, name), str(dest), trace=trace
                 )
             time.sleep(0.3)  # the session's processes are reaped
             res.add(label, side, elapsed)
+            if trace is not None:
+                res.protocol(label, side, trace)
             res.add(
                 f"server CPU per {name} clone{when} (process tree, s)",
                 side,
@@ -596,37 +819,19 @@ def bench_clone(
     return last
 
 
-def bench_fetches(
-    sides: Sides, res: Results, name: str, runs: int, clones: dict[str, Path]
-) -> None:
-    base = cached_repo(name) / "base"
-    tip = git_local("--git-dir", str(cached_repo(name) / "server.git"), "rev-parse", "main").strip()
-    for run in range(runs):
-        for side in alternate(run):
-            dest = scratch(sides, f"fetch-{side}") / "c"
-            shutil.copytree(base, dest, symlinks=True)
-            sides.git("remote", "set-url", "origin", sides.url(side, name), cwd=dest)
-            elapsed = sides.timed_git("fetch", "-q", "origin", cwd=dest)
-            got = sides.git("rev-parse", "origin/main", cwd=dest).stdout.decode().strip()
-            if got != tip:
-                fail(f"incremental fetch from {side}: origin/main is {got}, expected {tip}")
-            res.add(f"incremental fetch, {INCREMENTAL} new commits ({name}, s)", side, elapsed)
-            shutil.rmtree(dest.parent, ignore_errors=True)
-            log(f"incremental fetch {side} run {run + 1}: {elapsed:.2f} s")
-    for run in range(runs * 3):
-        for side in alternate(run):
-            elapsed = sides.timed_git("fetch", "-q", "origin", cwd=clones[side])
-            res.add(f"no-op fetch ({name}, s)", side, elapsed)
-    log("no-op fetches done")
-
-
-def bench_ls_remote(sides: Sides, res: Results, name: str, count: int = 20) -> None:
+def bench_ls_remote(sides: Sides, res: Results, name: str, count: int = 20, what: str = "") -> None:
+    """`count` ls-remotes a side, after one untimed traced one (the protocol spoken)."""
     cpu = {side: 0.0 for side in SIDES}
+    row = f"ls-remote ({name}{what}, median of {count}, s)"
+    for side in SIDES:
+        trace = sides.trace_file()
+        sides.git("ls-remote", sides.url(side, name), trace=trace)
+        res.protocol(row, side, trace)
     for run in range(count):
         for side in alternate(run):
             before = tree_cpu(sides.server_pid(side))
             res.add(
-                f"ls-remote ({name}, median of {count}, s)",
+                row,
                 side,
                 sides.timed_git("ls-remote", sides.url(side, name)),
             )
@@ -634,9 +839,11 @@ def bench_ls_remote(sides: Sides, res: Results, name: str, count: int = 20) -> N
             cpu[side] += tree_cpu(sides.server_pid(side)) - before
     for side in SIDES:  # includes starting the spare worker that replaces the one used
         res.add(
-            f"server CPU per ls-remote (process tree, mean of {count}, s)", side, cpu[side] / count
+            f"server CPU per ls-remote{what} (process tree, mean of {count}, s)",
+            side,
+            cpu[side] / count,
         )
-    log("ls-remote done")
+    log(f"ls-remote ({name}) done")
 
 
 def bench_push(sides: Sides, res: Results, runs: int, megabytes: int) -> None:
@@ -763,10 +970,225 @@ def bench_ls_remote_during_clone(sides: Sides, res: Results, name: str, runs: in
             log(f"ls-remote during clone {side} run {run + 1}: {elapsed:.3f} s")
 
 
+# --- the issue-16 rows: shallow, partial, many refs, the huge repository --------------------
+
+
+def measured(
+    sides: Sides,
+    res: Results,
+    side: str,
+    row: str,
+    what: str,
+    args: list[str],
+    cwd: Path | None = None,
+    trace: bool = False,
+) -> float:
+    """One timed git command against `side`, with the server tree's CPU and peak memory
+    in the rows "server CPU, WHAT" and "server peak memory, WHAT"; `trace`: the protocol
+    spoken is noted beside the rows."""
+    pid = sides.server_pid(side)
+    trace_file = sides.trace_file() if trace else None
+    cpu = tree_cpu(pid)
+    with Sampler(pid) as sampler:
+        elapsed = sides.timed_git(*args, cwd=cwd, trace=trace_file)
+    time.sleep(0.3)  # the session's processes are reaped
+    res.add(row, side, elapsed)
+    res.add(f"server CPU, {what} (process tree, s)", side, tree_cpu(pid) - cpu)
+    res.add(f"server peak memory, {what} (process tree RSS, MB)", side, sampler.peak_rss / 1024)
+    if trace_file is not None:
+        res.protocol(row, side, trace_file)
+    log(f"{row} {side}: {elapsed:.2f} s")
+    return elapsed
+
+
+def pack_mb(clone: Path) -> float:
+    return sum(p.stat().st_size for p in (clone / ".git" / "objects" / "pack").glob("*.pack")) / 1e6
+
+
+def bench_depth_clone(sides: Sides, res: Results, name: str, runs: int) -> dict[str, Path]:
+    """`git clone --depth 1`; returns one shallow clone per side for the fetch after."""
+    last: dict[str, Path] = {}
+    for run in range(runs):
+        for side in alternate(run):
+            dest = scratch(sides, f"depth-{side}") / "c"
+            argv = [
+                "clone",
+                "-q",
+                "--no-checkout",
+                "--depth",
+                "1",
+                sides.url(side, name),
+                str(dest),
+            ]
+            measured(
+                sides,
+                res,
+                side,
+                f"clone --depth 1 ({name}, s)",
+                "clone --depth 1",
+                argv,
+                trace=run == 0,
+            )
+            shallow_file = dest / ".git" / "shallow"
+            if not shallow_file.exists() or shallow_file.read_text().count("\n") != 1:
+                fail(f"clone --depth 1 from {side}: not a one-commit shallow clone")
+            sides.fsck(dest, f"{side} clone --depth 1 of {name}")
+            if side in last:
+                shutil.rmtree(last[side].parent, ignore_errors=True)
+            last[side] = dest
+    return last
+
+
+class Pusher:
+    """Makes one new commit at a time on top of a repository's main (a bare repository
+    borrowing its objects through objects/info/alternates), to push to both servers."""
+
+    def __init__(self, root: Path, source: Path) -> None:
+        self.git_dir = root / "pusher.git"
+        git_local("init", "-q", "--bare", "-b", "main", str(self.git_dir))
+        (self.git_dir / "objects" / "info" / "alternates").write_text(f"{source / 'objects'}\n")
+        tip = git_local("--git-dir", str(source), "rev-parse", "main").strip()
+        git_local("--git-dir", str(self.git_dir), "update-ref", "refs/heads/main", tip)
+        self.count = 0
+
+    def commit(self) -> str:
+        self.count += 1
+        data = b"pushed line %d\n" % self.count * 40
+        message = b"One pushed commit, %d\n" % self.count
+        stream = (
+            b"commit refs/heads/main\ncommitter Bench <bench@example.com> %d +0000\n"
+            b"data %d\n%s\nfrom refs/heads/main^0\nM 100644 inline src/mod0/part0/src00_00.txt\n"
+            b"data %d\n%s\n"
+            % (T0 + 30_000_000 + self.count, len(message), message, len(data), data)
+        )
+        git_local("--git-dir", str(self.git_dir), "fast-import", "--quiet", input=stream)
+        return git_local("--git-dir", str(self.git_dir), "rev-parse", "main").strip()
+
+
+def bench_shallow_fetch(
+    sides: Sides, res: Results, name: str, runs: int, shallow: dict[str, Path]
+) -> None:
+    """In each run a one-commit push to main of NAME-push (a copy of NAME), then a copy
+    of the side's --depth 1 clone of NAME runs `git fetch --depth 1` from it."""
+    pusher = Pusher(sides.root, cached_repo(name) / "server.git")
+    target = f"{name}-push"
+    for run in range(runs):
+        sha = pusher.commit()
+        for side in alternate(run):
+            sides.git(
+                "--git-dir",
+                str(pusher.git_dir),
+                "push",
+                "-q",
+                sides.url(side, target),
+                "main:refs/heads/main",
+            )
+            dest = scratch(sides, f"shallow-{side}") / "c"
+            shutil.copytree(shallow[side], dest, symlinks=True)
+            sides.git("remote", "set-url", "origin", sides.url(side, target), cwd=dest)
+            measured(
+                sides,
+                res,
+                side,
+                f"fetch --depth 1 into a shallow clone after a one-commit push ({name}, s)",
+                "fetch --depth 1",
+                ["fetch", "-q", "--depth", "1", "origin"],
+                cwd=dest,
+                trace=run == 0,
+            )
+            got = sides.git("rev-parse", "origin/main", cwd=dest).stdout.decode().strip()
+            if got != sha:
+                fail(f"fetch --depth 1 from {side}: origin/main is {got}, expected {sha}")
+            sides.fsck(dest, f"{side} fetch --depth 1 of {target}")
+            shutil.rmtree(dest.parent, ignore_errors=True)
+
+
+def missing_objects(clone: Path, sides: Sides) -> int:
+    """Objects the clone's refs reach that it does not have (a partial clone's absent
+    blobs or trees), without fetching them."""
+    out = sides.git("rev-list", "--objects", "--all", "--missing=print", cwd=clone).stdout
+    return out.count(b"\n?") + out.startswith(b"?")
+
+
+def bench_filter_clone(sides: Sides, res: Results, name: str, runs: int, spec: str) -> None:
+    """`git clone --filter=SPEC` with the pack each side sent; beside the row, whether the
+    server filtered (objects left out) or sent everything (a server without `filter`)."""
+    for run in range(runs):
+        for side in alternate(run):
+            dest = scratch(sides, f"filter-{side}") / "c"
+            row = f"clone --filter={spec} ({name}, s)"
+            argv = [
+                "clone",
+                "-q",
+                "--no-checkout",
+                f"--filter={spec}",
+                sides.url(side, name),
+                str(dest),
+            ]
+            measured(sides, res, side, row, f"clone --filter={spec}", argv, trace=run == 0)
+            res.add(f"pack received by clone --filter={spec} ({name}, MB)", side, pack_mb(dest))
+            if run == 0:
+                missing = missing_objects(dest, sides)
+                res.note(row, side, f"partial, {missing:,} ids missing" if missing else "full pack")
+            sides.fsck(dest, f"{side} clone --filter={spec} of {name}", partial=True)
+            shutil.rmtree(dest.parent, ignore_errors=True)
+
+
+def bench_incremental(sides: Sides, res: Results, name: str, runs: int) -> None:
+    """A fetch of the last INCREMENTAL commits into a copy of the cached base clone."""
+    base = cached_repo(name) / "base"
+    tip = git_local("--git-dir", str(cached_repo(name) / "server.git"), "rev-parse", "main").strip()
+    row = f"incremental fetch, {INCREMENTAL} new commits ({name}, s)"
+    for run in range(runs):
+        for side in alternate(run):
+            dest = scratch(sides, f"fetch-{side}") / "c"
+            shutil.copytree(base, dest, symlinks=True)
+            sides.git("remote", "set-url", "origin", sides.url(side, name), cwd=dest)
+            trace = sides.trace_file() if run == 0 else None
+            elapsed = sides.timed_git("fetch", "-q", "origin", cwd=dest, trace=trace)
+            if trace is not None:
+                res.protocol(row, side, trace)
+            got = sides.git("rev-parse", "origin/main", cwd=dest).stdout.decode().strip()
+            if got != tip:
+                fail(f"incremental fetch from {side}: origin/main is {got}, expected {tip}")
+            res.add(row, side, elapsed)
+            shutil.rmtree(dest.parent, ignore_errors=True)
+            log(f"incremental fetch ({name}) {side} run {run + 1}: {elapsed:.2f} s")
+
+
+def bench_noop_fetch(
+    sides: Sides, res: Results, name: str, runs: int, clones: dict[str, Path] | None = None
+) -> None:
+    """Up-to-date `git fetch`es (3 per run) into a clone from the same side (made here,
+    untimed, when none is given); one traced untimed fetch first says the protocol."""
+    if clones is None:
+        clones = {}
+        for side in SIDES:
+            clones[side] = scratch(sides, f"noop-{side}") / "c"
+            sides.git("clone", "-q", "--no-checkout", sides.url(side, name), str(clones[side]))
+    row = f"no-op fetch ({name}, s)"
+    for side in SIDES:
+        trace = sides.trace_file()
+        sides.git("fetch", "-q", "origin", cwd=clones[side], trace=trace)
+        res.protocol(row, side, trace)
+    for run in range(runs * 3):
+        for side in alternate(run):
+            res.add(row, side, sides.timed_git("fetch", "-q", "origin", cwd=clones[side]))
+    log(f"no-op fetches ({name}) done")
+
+
 # --- the table -----------------------------------------------------------------------------
 
 TARGETS = [  # (row prefix, target ratio, or absolute gateway seconds with "abs")
     ("full clone", 1.2, "ratio"),
+    ("server peak memory, ", None, None),  # the issue-16 rows' memory: no target
+    # issue 16's
+    ("clone --depth 1", 1.2, "ratio"),
+    ("fetch --depth 1", 1.2, "ratio"),
+    ("clone --filter=blob:none", 1.2, "ratio"),
+    ("pack received by clone --filter=blob:none", 1.1, "ratio"),
+    ("clone --filter=tree:0", 1.5, "ratio"),
+    ("ls-remote (refs", 1.2, "ratio"),
     ("incremental fetch", 1.2, "ratio"),
     ("no-op fetch", 1.2, "ratio"),
     ("ls-remote while", 0.3, "abs"),
@@ -812,7 +1234,13 @@ def print_table(res: Results, caption: str, targets: bool = True) -> None:
             t, met = f"< {target} s", ("yes" if g is not None and g < target else "**no**")
         else:
             t, met = f"≤ {target}", ("yes" if ratio is not None and ratio <= target else "**no**")
-        print(f"| {row} | {fmt(o)} | {fmt(g)} | {fmt(ratio)}{'x' if ratio else ''} | {t} | {met} |")
+        label = row
+        if any((row, side) in res.notes for side in SIDES):
+            said = [", ".join(res.notes.get((row, side), ["?"])) for side in SIDES]
+            label = f"{row} [{' / '.join(said)}]"
+        print(
+            f"| {label} | {fmt(o)} | {fmt(g)} | {fmt(ratio)}{'x' if ratio else ''} | {t} | {met} |"
+        )
     print(flush=True)
 
 
@@ -852,70 +1280,193 @@ def versions() -> str:
 # --- the modes -----------------------------------------------------------------------------
 
 
+# --only: the groups of rows, in the order they run.
+GROUPS = {
+    "clone": "full clones of small and large (first ever, first after a push, unchanged)",
+    "fetch": "incremental and no-op fetch (large)",
+    "ls-remote": "ls-remote (large)",
+    "push": "push of 20 MB",
+    "parallel": "4 clones of large at once",
+    "busy": "ls-remote while a large clone runs",
+    "first": "first clone ever (huge)",
+    "depth": "clone --depth 1, fetch --depth 1 into a shallow clone after a push (huge)",
+    "filter": "clone --filter=blob:none and --filter=tree:0 (huge)",
+    "increment": "incremental fetch, 10 new commits (huge)",
+    "refs": "no-op fetch and ls-remote with 20,000 refs",
+}
+HUGE_GROUPS = {"first", "depth", "filter", "increment"}
+LARGE_GROUPS = {"clone", "fetch", "ls-remote", "parallel", "busy"}
+# Everything the gateway keeps in a repository (today gateway-clone-objects and
+# gateway-commit-objects), so that its next clone is its first ever.
+FIRST_EVER = ("gateway-*",)
+
+
+def facts_text(name: str, facts: dict, what: str = "") -> str:
+    return (
+        f"{name} = {facts['commits']:,} commits, {facts['objects']:,} objects, "
+        f"{facts['pack_mb']:.1f} MB pack{what}, {facts['refs']:,} refs"
+    )
+
+
 def main_compare(args, root: Path) -> None:
+    """The table; --quick: the small repository stands in for large and huge."""
+    groups = args.only or list(GROUPS)
     big = "small" if args.quick else "large"
-    facts = {n: repo_facts(cached_repo(n) / "server.git") for n in ("small", big)}
+    huge = "small" if args.quick else "huge"
+    names = ["small"]
+    if LARGE_GROUPS & set(groups) and big not in names:
+        names.append(big)
+    if HUGE_GROUPS & set(groups) and huge not in names:
+        names.append(huge)
+    if "refs" in groups:
+        names.append("refs")
+    facts = {n: repo_facts(cached_repo(n) / "server.git") for n in names}
     push_mb = 2 if args.quick else 20
     started = time.monotonic()
     sides = Sides.__new__(Sides)
     try:
-        sides.__init__(root, ["small", big] if big != "small" else ["small"])
-        sides.add_repo("push", source="small")
+        sides.__init__(root, names)
+        if "push" in groups:
+            sides.add_repo("push", source="small")
+        if "depth" in groups:
+            sides.add_repo(f"{huge}-push", source=huge)
         (root / "clients").mkdir()
         res = Results()
         idle = {side: tree_kb(sides.server_pid(side))[0] / 1024 for side in SIDES}
-        if not args.quick:
-            bench_clone(sides, res, "small", args.runs, "full clone (small, s)", memory=False)
-        bench_clone(
-            sides,
-            res,
-            big,
-            args.runs,
-            f"full clone ({big}, first ever, s)",
-            memory=True,
-            when=", first ever",
-            forget=("gateway-clone-objects", "gateway-commit-objects"),
-        )
-        bench_clone(
-            sides,
-            res,
-            big,
-            args.runs,
-            f"full clone ({big}, first after a push, s)",
-            memory=True,
-            when=", first after a push",
-            forget=("gateway-clone-objects",),
-        )
-        clones = bench_clone(sides, res, big, args.runs, f"full clone ({big}, s)", memory=True)
-        bench_fetches(sides, res, big, args.runs, clones)
-        bench_ls_remote(sides, res, big)
-        bench_push(sides, res, args.runs, push_mb)
-        bench_parallel_clones(sides, res, big, args.runs)
-        bench_ls_remote_during_clone(sides, res, big, args.runs)
+        clones: dict[str, Path] | None = None
+
+        def clone_rows() -> None:
+            nonlocal clones
+            if not args.quick:
+                bench_clone(sides, res, "small", args.runs, "full clone (small, s)", memory=False)
+            bench_clone(
+                sides,
+                res,
+                big,
+                args.runs,
+                f"full clone ({big}, first ever, s)",
+                memory=True,
+                when=", first ever",
+                forget=FIRST_EVER,
+            )
+            bench_clone(
+                sides,
+                res,
+                big,
+                args.runs,
+                f"full clone ({big}, first after a push, s)",
+                memory=True,
+                when=", first after a push",
+                forget=("gateway-clone-objects",),
+            )
+            clones = bench_clone(sides, res, big, args.runs, f"full clone ({big}, s)", memory=True)
+
+        def fetch_rows() -> None:
+            bench_incremental(sides, res, big, args.runs)
+            bench_noop_fetch(sides, res, big, args.runs, clones)
+
+        def first_rows() -> None:
+            bench_clone(
+                sides,
+                res,
+                huge,
+                args.runs,
+                f"full clone ({huge}, first ever, s)",
+                memory=True,
+                when=", first ever",
+                forget=FIRST_EVER,
+            )
+
+        def warm_huge() -> None:
+            # What the gateway keeps from a repository's first clone, as the rows after
+            # would find it in a full run (a gateway that keeps nothing loses 1 clone).
+            warm = scratch(sides, "warm") / "c"
+            sides.git("clone", "-q", "--no-checkout", sides.url("gateway", huge), str(warm))
+            shutil.rmtree(warm.parent, ignore_errors=True)
+
+        def depth_rows() -> None:
+            shallow = bench_depth_clone(sides, res, huge, args.runs)
+            bench_shallow_fetch(sides, res, huge, args.runs, shallow)
+
+        def filter_rows() -> None:
+            bench_filter_clone(sides, res, huge, args.runs, "blob:none")
+            bench_filter_clone(sides, res, huge, args.runs, "tree:0")
+
+        def refs_rows() -> None:
+            bench_noop_fetch(sides, res, "refs", args.runs)
+            what = f": {facts['refs']['refs']:,} refs"
+            bench_ls_remote(sides, res, "refs", count=3 * args.runs, what=what)
+
+        rows = {
+            "clone": clone_rows,
+            "fetch": fetch_rows,
+            "ls-remote": lambda: bench_ls_remote(sides, res, big),
+            "push": lambda: bench_push(sides, res, args.runs, push_mb),
+            "parallel": lambda: bench_parallel_clones(sides, res, big, args.runs),
+            "busy": lambda: bench_ls_remote_during_clone(sides, res, big, args.runs),
+            "first": first_rows,
+            "depth": depth_rows,
+            "filter": filter_rows,
+            "increment": lambda: bench_incremental(sides, res, huge, args.runs),
+            "refs": refs_rows,
+        }
+        todo = set(groups)
+        if huge == big and "clone" in todo:
+            todo.discard("first")  # --quick: the same small first-ever clones again
+        if HUGE_GROUPS & todo and "first" not in todo:
+            rows["first"], todo = warm_huge, {*todo, "first"}
+        for group in GROUPS:
+            if group not in todo:
+                continue
+            try:
+                rows[group]()
+            except (RuntimeError, subprocess.TimeoutExpired) as e:
+                # A git command that failed: said loudly, the rows already measured kept.
+                fail(f"the {group} rows stopped: {e}")
         for side in SIDES:
             res.add("server idle memory before the clones (process tree RSS, MB)", side, idle[side])
     finally:
         sides.stop()
     elapsed = time.monotonic() - started
-    f = facts[big]
+    described = [facts_text("small", facts["small"])]
+    if big in facts and big != "small":
+        described.append(facts_text(big, facts[big], " (a 16 KiB incompressible blob per commit)"))
+    if huge in facts and huge != "small":
+        described.append(
+            facts_text(
+                huge,
+                facts[huge],
+                " (a tree of 4 levels and ~2,900 files, 1-3 of them changed a commit; "
+                "a tag every 100 commits, annotated and lightweight in turn)",
+            )
+        )
+    if "refs" in facts:
+        described.append(
+            facts_text(
+                "refs",
+                facts["refs"],
+                " (small's history, 18,000 refs/pull/N/head of one empty commit each and "
+                "1,500 tags, half annotated; packed but for the last 401 pull heads and 34 tags)",
+            )
+        )
     caption = (
         f"Medians of {args.runs} runs ({'ls-remote: 20; no-op fetch: ' + str(3 * args.runs)}). "
-        f"Repositories: small = {facts['small']['commits']} commits, {facts['small']['objects']} "
-        f"objects, {facts['small']['pack_mb']:.1f} MB pack, {facts['small']['refs']} refs"
-        + (
-            ""
-            if args.quick
-            else f"; large = {f['commits']} commits, {f['objects']} objects, "
-            f"{f['pack_mb']:.0f} MB pack (a 16 KiB incompressible blob per commit), "
-            f"{f['refs']} refs"
-        )
-        + "; gc'ed by C git (commit-graph, bitmap). sshd runs commands with bash told to skip "
+        f"Rows: {', '.join(groups)}. Repositories: {'; '.join(described)}; gc'ed by C git "
+        "(commit-graph, bitmap). sshd runs commands with bash told to skip "
         "~/.bashrc (root's runs pyenv init here: +0.17 s a command). "
         f"Same client for both: `ssh -o Ciphers={CIPHER} -o KexAlgorithms={KEX} "
-        f"-o HostKeyAlgorithms={HOSTKEY_ALG}`, ed25519 user key, protocol v0 (the gateway has "
-        f"no v2), clones with --no-checkout then `git fsck --full`; gateway with default settings "
-        f"(spare_workers = {Settings().spare_workers}). Client and servers on one machine over "
-        f"loopback: {machine()}. {versions()}. Run took {elapsed / 60:.1f} min."
+        f"-o HostKeyAlgorithms={HOSTKEY_ALG}`, ed25519 user key. The client asks for protocol "
+        "v2 (git sends GIT_PROTOCOL=version=2, sshd has `AcceptEnv GIT_PROTOCOL`; C git has "
+        "uploadpack.allowFilter, set in sshd's environment, as hosted servers do); the "
+        "protocol each side answered in, read from a GIT_TRACE_PACKET of one request of the "
+        "row, is in brackets after the row, OpenSSH's / the gateway's (pushes are v0 on both: "
+        "git has no v2 push; the concurrent rows make the same requests as the rows above "
+        "them). Clones with --no-checkout then `git fsck --full` (partial "
+        "clones: `git fsck`; beside their rows, 'full pack' or the ids `git rev-list --objects "
+        "--all --missing=print` says are missing: tree:0 hides all below the root trees); gateway "
+        f"with default settings (spare_workers = {Settings().spare_workers}). Client and "
+        f"servers on one machine over loopback: {machine()}. {versions()}. "
+        f"Run took {elapsed / 60:.1f} min."
     )
     print_table(res, caption)
 
@@ -1252,7 +1803,28 @@ def main() -> None:
     parser.add_argument(
         "--profile", action="store_true", help="profile the worker for one full clone"
     )
+    parser.add_argument(
+        "--only",
+        type=lambda text: [g.strip() for g in text.split(",") if g.strip()],
+        help="comma-separated groups of rows to run: " + ", ".join(GROUPS),
+    )
+    parser.add_argument(
+        "--generate",
+        metavar="NAME",
+        choices=[*REPOS, *NEW_REPOS],
+        help="only make (or find) the cached repository NAME and print its server.git path",
+    )
     args = parser.parse_args()
+    if args.only and (unknown := set(args.only) - set(GROUPS)):
+        parser.error(
+            f"--only: unknown group(s) {', '.join(sorted(unknown))}; groups: "
+            + "; ".join(f"{g}: {what}" for g, what in GROUPS.items())
+        )
+    if args.generate:
+        server = cached_repo(args.generate) / "server.git"
+        log(f"{args.generate}: {repo_facts(server)}")
+        print(server)
+        return
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
     if soft < want:  # 1,000 connections on each end; the servers inherit it
