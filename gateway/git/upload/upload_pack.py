@@ -48,14 +48,12 @@ def _without_filter(caps: Iterable[bytes]) -> list[bytes]:
     ]
 
 
-def symrefs(repo, listed: list[Ref]) -> dict[bytes, bytes]:
-    """The `symref=` capabilities: HEAD's target even when it does not exist yet, as
-    dulwich's get_symrefs gives it, and every other symbolic ref listed."""
-    found = {ref.name: ref.symref_target for ref in listed if ref.symref_target is not None}
+def symrefs(repo) -> dict[bytes, bytes]:
+    """The `symref=` capability: HEAD's target, even when it does not exist yet (as dulwich
+    gives it). Only HEAD's, as C git: git 2.39 spins for ever on a v0 advertisement that
+    names another symbolic ref (refs/remotes/origin/HEAD in a mirror)."""
     head = head_target(repo.controldir())
-    if head is not None:
-        found[b"HEAD"] = head
-    return dict(sorted(found.items()))
+    return {} if head is None else {b"HEAD": head}
 
 
 class GatewayGraphWalker(ProtocolGraphWalker):
@@ -94,7 +92,7 @@ class GatewayUploadPackHandler(UploadPackHandler):
         listed = list_refs(repo.controldir(), store=store)
         refs = {ref.name: ref.sha for ref in listed}
         peeled = {ref.name: ref.peeled for ref in listed if ref.peeled is not None}
-        walker = GatewayGraphWalker(self, store, peeled.get, lambda: symrefs(repo, listed))
+        walker = GatewayGraphWalker(self, store, peeled.get, lambda: symrefs(repo))
         wants = walker.determine_wants(refs, None)
         if not wants:
             return
