@@ -11,6 +11,7 @@ import pytest
 from dulwich.repo import Repo
 
 from gateway.git.upload import bitmaps, storedpacks
+from gateway.git.upload.commitobjects import CommitObjects
 from testkit import Gateway, local_git
 from testkit.localgit import commit
 
@@ -71,11 +72,17 @@ def test_first_clone_of_a_repacked_repository_reads_the_bitmaps(gw, repo, work):
     clone_and_check(gw, alice, path, work / "again")
 
 
-def test_clone_after_a_push_on_top_of_the_bitmaps(gw, repo, work):
-    alice, path, tree, _ = repo
-    commit(tree, "new.txt", "after the repack\n")
+def test_clone_after_pushes_on_top_of_the_bitmaps(gw, repo, work):
+    alice, path, tree, server = repo
+    new = [commit(tree, "new.txt", "after the repack\n"), commit(tree, "dir1/f2.txt", "x\n")]
     gw.git(alice, "push", "-q", gw.url(path), "main", cwd=tree)
     clone_and_check(gw, alice, path, work / "clone")
+    # Only the commits pushed since the repack were diffed; the rest came from bitmaps.
+    assert set(CommitObjects(str(server)).lists) == {sha.encode() for sha in new}
+    local_git("checkout", "-q", "-b", "merged", "side", cwd=tree)
+    local_git("merge", "-q", "--no-edit", "main", cwd=tree)
+    gw.git(alice, "push", "-q", gw.url(path), "merged", cwd=tree)
+    clone_and_check(gw, alice, path, work / "merge")
 
 
 def test_clone_after_a_force_push_and_a_deletion(gw, repo, work):

@@ -2,12 +2,12 @@
 
 A repository that C git repacked (`git repack -adb`, `git gc` of a bare repository: one
 copied in by hand, say) has a bitmap per selected commit: which of the pack's objects
-that commit reaches. When every commit a clone wants has one, or is itself among the
-objects of one that is wanted, the objects to send are the union of those bitmaps plus
-the wanted tags: no commit's trees are read, where the first clone ever would otherwise
-diff every commit's tree against its parent's (walk.Walk.introduced). Otherwise (a want
-that no bitmap covers: a commit pushed since the repack), `clone_objects` returns None
-and the clone is walked as before.
+that commit reaches. A clone's objects are then the union of the bitmaps of the wanted
+commits (and of the first bitmapped ones below the commits pushed since the repack),
+the wanted tags, and those newer commits with what each brings in (commitobjects.py):
+only the new commits' trees are read, where the first clone ever would otherwise diff
+every commit's tree against its parent's (walk.Walk.introduced). Without a bitmap,
+`clone_objects` returns None and the clone is walked as before.
 
 dulwich reads bitmaps (dulwich.bitmap) into sets of ints, a bit at a time, and decodes
 every entry on opening: seconds for a large pack. Here an EWAH bitmap becomes one Python
@@ -28,6 +28,7 @@ import sys
 from array import array
 from collections.abc import Iterable
 
+from .commitobjects import CommitObjects
 from .storedpacks import SHA_LEN, ObjectReader, StoredPack
 from .walk import Walk
 
@@ -131,10 +132,14 @@ class PackBitmaps:
         return value
 
 
-def clone_objects(reader: ObjectReader, wants: Iterable[bytes]) -> list[bytes] | None:
+def clone_objects(
+    reader: ObjectReader, wants: Iterable[bytes], commit_objects: CommitObjects | None = None
+) -> list[bytes] | None:
     """Hex names of what a clone of `wants` sends, from the largest pack's bitmaps: the
-    objects the wanted commits reach and the wanted tags, in pack order. None when that
-    pack has no bitmap or a want is neither covered by one nor a tag of one."""
+    objects the bitmapped commits reach, the wanted tags, and for each commit that no
+    bitmap covers (pushed since the repack) the commit and the trees and blobs it brings
+    in (its kept list in `commit_objects`, made by a tree diff the first time). None when
+    that pack has no bitmap, or a want is not a commit or a tag of one."""
     if not reader.packs:
         return None
     pack = reader.packs[0]  # the largest: where a repack put everything
@@ -144,33 +149,71 @@ def clone_objects(reader: ObjectReader, wants: Iterable[bytes]) -> list[bytes] |
         return None
     walk = Walk(reader)
     tags: list[bytes] = []
-    commits: list[bytes] = []
+    pending: list[bytes] = []
     for sha in wants:
         type_num, peeled = walk.peel(sha, tags)
         if type_num != COMMIT:
             return None
-        commits.append(peeled)
+        pending.append(peeled)
     # Newest first: a branch tip's bitmap mostly covers the older tags, whose own bitmaps
-    # then need no decoding.
-    commits.sort(key=lambda sha: walk.commit(sha)[2], reverse=True)
+    # then need no decoding. A commit that is neither reached yet nor bitmapped is sent
+    # with what it brings in, and its parents are looked at in turn: every commit that no
+    # bitmap covers is reached so, since a covered commit's ancestors are covered.
+    pending.sort(key=lambda sha: walk.commit(sha)[2])
     reached = 0
-    for commit in commits:
+    walked: list[bytes] = []
+    seen: set[bytes] = set()
+    while pending:
+        commit = pending.pop()
+        if commit in seen:
+            continue
+        seen.add(commit)
         k = pack.number.get(commit)
         if k is not None and reached >> k & 1:
             continue  # already reached: so is everything it reaches
         bits = bitmaps.reach(binascii.unhexlify(commit))
-        if bits is None:
-            return None  # a commit no wanted bitmap reaches: walked as before
-        reached |= bits
+        if bits is not None:
+            reached |= bits
+            continue
+        walked.append(commit)
+        pending.extend(walk.commit(commit)[1])
     names = list(pack.number)  # hex, in pack order (the order StoredPack numbered them)
-    for tag in tags:
-        k = pack.number.get(tag)
-        if k is None:
-            return None
-        reached |= 1 << k
-    if reached == (1 << len(names)) - 1:
+    extra = _walked_objects(walk, walked, commit_objects) + tags
+    if not walked and reached | _bits_of(pack, tags) == (1 << len(names)) - 1:
         return names  # the whole pack (send_pack sends it as stored)
-    return [names[k] for k in _set_bits(reached, len(names))]
+    out = [names[k] for k in _set_bits(reached, len(names))]
+    added = set()
+    for sha in extra:
+        k = pack.number.get(sha)
+        if sha not in added and (k is None or not reached >> k & 1):
+            added.add(sha)
+            out.append(sha)
+    return out
+
+
+def _bits_of(pack: StoredPack, shas: list[bytes]) -> int:
+    bits = 0
+    for sha in shas:
+        k = pack.number.get(sha)
+        if k is None:
+            return 0  # not in this pack: not the whole pack
+        bits |= 1 << k
+    return bits
+
+
+def _walked_objects(
+    walk: Walk, commits: list[bytes], commit_objects: CommitObjects | None
+) -> list[bytes]:
+    """The commits no bitmap covers, and the trees and blobs each brings in."""
+    out = list(commits)
+    for commit in commits:
+        brought = commit_objects.get(commit) if commit_objects is not None else None
+        if brought is None:
+            brought = walk.introduced(commit)
+            if commit_objects is not None:
+                commit_objects.put(commit, brought)
+        out.extend(brought)
+    return out
 
 
 def _set_bits(value: int, count: int) -> list[int]:

@@ -73,8 +73,10 @@ def _clone_objects(
     cache_key = clonecache.key(refs, fetch.wants, fetch.tagged)
     shas = clonecache.load(repo_path, cache_key)
     if shas is None and _everything_reachable(fetch):
-        shas = bitmaps.clone_objects(reader, fetch.wants)
+        commit_objects = CommitObjects(repo_path)
+        shas = bitmaps.clone_objects(reader, fetch.wants, commit_objects)
         if shas is not None:
+            commit_objects.save()
             clonecache.save(repo_path, cache_key, shas)
     if shas is None:
         commit_objects = CommitObjects(repo_path)
