@@ -137,14 +137,11 @@ class _Lister:
         self, values: dict[bytes, tuple[bytes, bytes | None]], targets: dict[bytes, bytes]
     ) -> list[Ref]:
         """The refs whose objects exist, each peeled."""
-        exists: dict[bytes, bool] = {}
+        exists = self.objects.present({sha for sha, _ in values.values()})
         listed = []
         for name in sorted(values):
             sha, peeled = values[name]
-            present = exists.get(sha)
-            if present is None:
-                present = exists[sha] = self.objects.contains(sha)
-            if not present:
+            if sha not in exists:
                 continue
             if peeled == _UNKNOWN:
                 try:
