@@ -24,6 +24,7 @@ before it is XORed in), flags, an EWAH bitmap. Bit k is the pack's k-th object b
 from __future__ import annotations
 
 import binascii
+import os
 import sys
 from array import array
 from collections.abc import Iterable
@@ -135,14 +136,15 @@ class PackBitmaps:
 def clone_objects(
     reader: ObjectReader, wants: Iterable[bytes], commit_objects: CommitObjects | None = None
 ) -> list[bytes] | None:
-    """Hex names of what a clone of `wants` sends, from the largest pack's bitmaps: the
+    """Hex names of what a clone of `wants` sends, from a pack's bitmaps: the
     objects the bitmapped commits reach, the wanted tags, and for each commit that no
     bitmap covers (pushed since the repack) the commit and the trees and blobs it brings
     in (its kept list in `commit_objects`, made by a tree diff the first time). None when
     that pack has no bitmap, or a want is not a commit or a tag of one."""
-    if not reader.packs:
+    # The pack C git wrote with a bitmap (`repack -adb`: everything then reachable).
+    pack = next((p for p in reader.packs if os.path.exists(p.basename + ".bitmap")), None)
+    if pack is None:
         return None
-    pack = reader.packs[0]  # the largest: where a repack put everything
     try:
         bitmaps = PackBitmaps(pack, pack.basename)
     except (OSError, BitmapError):

@@ -95,6 +95,7 @@ class ObjectIndex:
     def __init__(self, objects_dir: str, store: DiskObjectStore | None = None) -> None:
         self.objects_dir = objects_dir
         self._store = store
+        self._own_store = store is None  # one we open, we close
         self._indexes: list[_Index] = []
         self.complete = not os.path.exists(os.path.join(objects_dir, "info", "alternates"))
         pack_dir = os.path.join(objects_dir, "pack")
@@ -122,6 +123,9 @@ class ObjectIndex:
         for index in self._indexes:
             index.close()
         self._indexes = []
+        if self._own_store and self._store is not None:
+            self._store.close()
+            self._store = None
 
     def _find(self, sha: bytes) -> tuple[_Index, int] | None:
         binsha = binascii.unhexlify(sha)
