@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from . import clonecache, packwriter, storedpacks, walk
+from . import bitmaps, clonecache, packwriter, storedpacks, walk
 from .commitobjects import CommitObjects
 from .storedpacks import ObjectReader
 
@@ -58,13 +58,26 @@ def send_pack(
         )
 
 
+def _everything_reachable(fetch: Fetch) -> bool:
+    """Whether the clone sends all that its wants reach (what a bitmap says): not if a
+    filter or a depth leaves some out."""
+    return all(getattr(fetch, name, None) is None for name in ("object_filter", "deepen"))
+
+
 def _clone_objects(
     repo_path: str, reader: ObjectReader, refs: dict[bytes, bytes], fetch: Fetch
 ) -> list[bytes]:
-    """A clone's objects: the last clone's list if the refs are the same, else the
-    commits' kept lists (commitobjects.py)."""
+    """A clone's objects: the last clone's list if the refs are the same, else C git's
+    bitmaps if they cover the wants (bitmaps.py), else the commits' kept lists
+    (commitobjects.py)."""
     cache_key = clonecache.key(refs, fetch.wants, fetch.tagged)
     shas = clonecache.load(repo_path, cache_key)
+    if shas is None and _everything_reachable(fetch):
+        commit_objects = CommitObjects(repo_path)
+        shas = bitmaps.clone_objects(reader, fetch.wants, commit_objects)
+        if shas is not None:
+            commit_objects.save()
+            clonecache.save(repo_path, cache_key, shas)
     if shas is None:
         commit_objects = CommitObjects(repo_path)
         shas, _ = walk.objects_to_send(reader, fetch.wants, [], fetch.tagged, commit_objects)

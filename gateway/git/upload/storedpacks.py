@@ -46,6 +46,7 @@ class StoredPack:
     """One pack and its v2 index. Entries are numbered by their order in the pack."""
 
     def __init__(self, basename: str) -> None:
+        self.basename = basename
         with open(basename + ".idx", "rb") as f:
             idx = f.read()
         if idx[:8] != IDX_V2:

@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from dulwich.pack import write_pack_from_container
 from dulwich.protocol import (
     CAPABILITY_FILTER,
+    CAPABILITY_INCLUDE_TAG,
     CAPABILITY_NO_DONE,
     CAPABILITY_OFS_DELTA,
     CAPABILITY_SIDE_BAND_64K,
@@ -36,6 +37,7 @@ from ..dulwich_seam import (
 )
 from . import storedpacks
 from .fetch import Fetch, send_pack
+from .refs import Ref, head_target, list_refs
 
 SIDE_BAND_DATA_MAX = 65515  # a pkt-line's 65520 bytes less its length and channel
 
@@ -44,6 +46,14 @@ def _without_filter(caps: Iterable[bytes]) -> list[bytes]:
     return [
         c for c in caps if c != CAPABILITY_FILTER and not c.startswith(CAPABILITY_FILTER + b"=")
     ]
+
+
+def symrefs(repo) -> dict[bytes, bytes]:
+    """The `symref=` capability: HEAD's target, even when it does not exist yet (as dulwich
+    gives it). Only HEAD's, as C git: git 2.39 spins for ever on a v0 advertisement that
+    names another symbolic ref (refs/remotes/origin/HEAD in a mirror)."""
+    head = head_target(repo.controldir())
+    return {} if head is None else {b"HEAD": head}
 
 
 class GatewayGraphWalker(ProtocolGraphWalker):
@@ -79,8 +89,10 @@ class GatewayUploadPackHandler(UploadPackHandler):
         """dulwich's UploadPackHandler.handle, with the pack built by `packwriter`."""
         start_have_lines(self)
         repo, store = self.repo, self.repo.object_store
-        walker = GatewayGraphWalker(self, store, repo.get_peeled, repo.refs.get_symrefs)
-        refs = {ref: sha for ref, sha in repo.get_refs().items() if sha in store}
+        listed = list_refs(repo.controldir(), store=store)
+        refs = {ref.name: ref.sha for ref in listed}
+        peeled = {ref.name: ref.peeled for ref in listed if ref.peeled is not None}
+        walker = GatewayGraphWalker(self, store, peeled.get, lambda: symrefs(repo))
         wants = walker.determine_wants(refs, None)
         if not wants:
             return
@@ -98,7 +110,7 @@ class GatewayUploadPackHandler(UploadPackHandler):
             request = Fetch(
                 wants=wants,
                 haves=haves,
-                tagged=self.get_tagged(refs, repo),
+                tagged=self._tagged(listed),
                 ofs_delta=self.has_capability(CAPABILITY_OFS_DELTA),
                 thin_pack=self.has_capability(CAPABILITY_THIN_PACK),
                 client_shallow=frozenset(walker.client_shallow),
@@ -107,6 +119,13 @@ class GatewayUploadPackHandler(UploadPackHandler):
             self.proto.write_pkt_line(None)
         finally:
             reader.close()
+
+    def _tagged(self, listed: list[Ref]) -> dict[bytes, bytes]:
+        """What include-tag needs: peeled object -> annotated tag (dulwich's get_tagged,
+        from the listed refs instead of a peel per ref)."""
+        if not self.has_capability(CAPABILITY_INCLUDE_TAG):
+            return {}
+        return {ref.peeled: ref.sha for ref in listed if ref.peeled is not None}
 
     def _pack_writer(self):
         # Not dulwich's write_sideband: it copies the rest of the data for every pkt-line.

@@ -28,6 +28,16 @@ WORKER = [sys.executable, "-m", "gateway.git.workers.worker"]
 MAX_STATUS = 64 * 1024  # a pipe's capacity: the worker writes less, in one write
 
 
+def worker_environment() -> dict[str, str]:
+    """A worker's whole environment: PATH, and the server's PYTHONPATH if it has one, so
+    that the worker imports the very gateway package its server runs (a checkout run
+    with PYTHONPATH, beside an editable install of another, would serve the other's)."""
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    if "PYTHONPATH" in os.environ:
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    return env
+
+
 class WorkerPool:
     def __init__(self, spare: int, log_fd: int) -> None:
         self.spare = spare
@@ -88,7 +98,7 @@ class WorkerPool:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 pass_fds=(self._log_fd, status_for_worker),
-                env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+                env=worker_environment(),
             )
         except BaseException:
             os.close(status)
