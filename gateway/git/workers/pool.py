@@ -88,7 +88,7 @@ class WorkerPool:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 pass_fds=(self._log_fd, status_for_worker),
-                env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+                env=_worker_env(),
             )
         except BaseException:
             os.close(status)
@@ -156,3 +156,12 @@ def close_status(proc: asyncio.subprocess.Process) -> None:
     if fd is not None:
         proc.gateway_status_fd = None  # type: ignore[attr-defined]
         os.close(fd)
+
+
+def _worker_env() -> dict[str, str]:
+    """A worker's whole environment: PATH, and PYTHONPATH if the server has one (so that
+    a checkout run with PYTHONPATH, as its tests are, runs its own code in the workers)."""
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    if os.environ.get("PYTHONPATH"):
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    return env
