@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from . import clonecache, packwriter, storedpacks, walk
 from .commitobjects import CommitObjects
+from .filters import ObjectFilter
 from .storedpacks import ObjectReader
 
 
@@ -27,6 +28,8 @@ class Fetch:
     thin_pack: bool = False
     # The client's shallow commits: walked as if parentless, as the client has them.
     client_shallow: frozenset[bytes] = frozenset()
+    # A partial clone's filter (filters.parse of the client's `filter` line).
+    object_filter: ObjectFilter | None = None
 
 
 def send_pack(
@@ -39,10 +42,18 @@ def send_pack(
 ) -> None:
     """Choose the objects `fetch` needs and write their pack with `write` (the pack
     bytes only: side-band framing is the caller's)."""
+    tips = set(refs.values())
     try:
-        if fetch.haves or fetch.client_shallow:
+        # Wants that are not ref tips (a partial clone's lazy fetch of blobs by id) are
+        # no clone: walked, and not put in the clone cache.
+        if fetch.haves or fetch.client_shallow or not tips.issuperset(fetch.wants):
             shas, client_has = walk.objects_to_send(
-                reader, fetch.wants, fetch.haves, fetch.tagged, shallow=fetch.client_shallow
+                reader,
+                fetch.wants,
+                fetch.haves,
+                fetch.tagged,
+                shallow=fetch.client_shallow,
+                object_filter=fetch.object_filter,
             )
         else:
             shas, client_has = _clone_objects(repo_path, reader, refs, fetch), set()
@@ -63,11 +74,19 @@ def _clone_objects(
 ) -> list[bytes]:
     """A clone's objects: the last clone's list if the refs are the same, else the
     commits' kept lists (commitobjects.py)."""
-    cache_key = clonecache.key(refs, fetch.wants, fetch.tagged)
-    shas = clonecache.load(repo_path, cache_key)
+    filtered = fetch.object_filter is not None
+    cache_key = clonecache.key(refs, fetch.wants, fetch.tagged, fetch.object_filter)
+    shas = clonecache.load(repo_path, cache_key, filtered)
     if shas is None:
         commit_objects = CommitObjects(repo_path)
-        shas, _ = walk.objects_to_send(reader, fetch.wants, [], fetch.tagged, commit_objects)
+        shas, _ = walk.objects_to_send(
+            reader,
+            fetch.wants,
+            [],
+            fetch.tagged,
+            commit_objects,
+            object_filter=fetch.object_filter,
+        )
         commit_objects.save()
-        clonecache.save(repo_path, cache_key, shas)
+        clonecache.save(repo_path, cache_key, shas, filtered)
     return shas

@@ -28,6 +28,8 @@ from ..dulwich_seam import pack_basename
 OFS_DELTA, REF_DELTA = 6, 7
 IDX_V2 = b"\377tOc\x00\x00\x00\x02"
 SHA_LEN = 20
+DELTA_HEAD_READ = 512  # enough of an entry for its headers and the delta's two sizes
+DELTA_SIZES_MAX = 20  # two sizes of up to 10 bytes each
 CACHE_BYTES = 8 << 20  # inflated objects kept: a tree walk reads delta chains newest first
 
 
@@ -117,6 +119,18 @@ def parse_ofs(data: bytes, pos: int) -> tuple[int, int]:
     return distance, pos
 
 
+def _delta_varint(data: bytes, pos: int) -> tuple[int, int]:
+    """A size at the start of delta data (little-endian base-128), and the position after."""
+    value = shift = 0
+    while True:
+        byte = data[pos]
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        pos += 1
+        if not byte & 0x80:
+            return value, pos
+
+
 def inflate(data: bytes, pos: int, size: int) -> bytes:
     try:
         out = zlib.decompressobj().decompress(data[pos:], size + 1)
@@ -153,6 +167,31 @@ class ObjectReader:
         """(type, content) of an object by hex name; KeyError if the repository lacks it."""
         found = self.locate(sha)
         return self.read_entry(*found) if found else self.store.get_raw(sha)
+
+    def size(self, sha: bytes) -> int:
+        """An object's size without reading it whole: from its entry's header, or for a
+        delta from the delta's own header (its result size, after the base's)."""
+        found = self.locate(sha)
+        if found is None:
+            return len(self.store.get_raw(sha)[1])
+        pack, k = found
+        start, length = pack.starts[k], pack.starts[k + 1] - pack.starts[k]
+        for read in (min(length, DELTA_HEAD_READ), length):  # mostly the first is enough
+            data = os.pread(pack.fd, read, start)
+            type_num, size, pos = parse_header(data)
+            if type_num == OFS_DELTA:
+                pos = parse_ofs(data, pos)[1]
+            elif type_num == REF_DELTA:
+                pos += SHA_LEN
+            else:
+                return size
+            try:
+                head = zlib.decompressobj().decompress(data[pos:], DELTA_SIZES_MAX)
+                at = _delta_varint(head, 0)[1]  # the base's size
+                return _delta_varint(head, at)[0]
+            except (IndexError, zlib.error):
+                continue
+        raise PackError("a stored delta's header does not inflate")
 
     def read_entry(self, pack: StoredPack, k: int) -> tuple[int, bytes]:
         """(type, content) of entry k. What is read is kept a while: the older versions
