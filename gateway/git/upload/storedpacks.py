@@ -20,6 +20,7 @@ import os
 import sys
 import zlib
 from array import array
+from collections import OrderedDict
 
 from dulwich.pack import apply_delta
 
@@ -45,13 +46,36 @@ def _be_array(code: str, data: bytes) -> array:
 
 
 class StoredPack:
-    """One pack and its v2 index. Entries are numbered by their order in the pack."""
+    """One pack and its v2 index. Entries are numbered by their order in the pack.
+
+    The index is read the first time an entry is asked for: a request that needs no
+    entry (a partial clone sent the pack kept for it, clonepack.py) does not pay for
+    parsing a few hundred thousand names."""
+
+    # Entry k (in pack order): its name, where it starts and ends, its CRC.
+    number: dict[bytes, int]  # hex name -> k
+    names: list[bytes]
+    starts: array  # one more: where the entries end
+    crcs: array
 
     def __init__(self, basename: str) -> None:
+        self.basename = basename
         with open(basename + ".idx", "rb") as f:
+            if f.read(8) != IDX_V2:
+                raise ValueError("not a v2 pack index")
+        self.fd = os.open(basename + ".pack", os.O_RDONLY)
+        self.size = os.fstat(self.fd).st_size
+
+    def __getattr__(self, name: str):
+        # Only for attributes not set yet: the index's, read on first use.
+        if name not in ("number", "names", "starts", "crcs"):
+            raise AttributeError(name)
+        self._read_index()
+        return self.__dict__[name]
+
+    def _read_index(self) -> None:
+        with open(self.basename + ".idx", "rb") as f:
             idx = f.read()
-        if idx[:8] != IDX_V2:
-            raise ValueError("not a v2 pack index")
         count = int.from_bytes(idx[8 + 255 * 4 : 8 + 256 * 4], "big")
         start = 8 + 256 * 4
         names = idx[start : start + SHA_LEN * count]
@@ -63,17 +87,15 @@ class StoredPack:
         large = _be_array("Q", idx[start : len(idx) - 2 * SHA_LEN])
         if count and max(offsets) & 0x80000000:
             offsets = array("Q", (large[o & 0x7FFFFFFF] if o & 0x80000000 else o for o in offsets))
-        self.fd = os.open(basename + ".pack", os.O_RDONLY)
-        pack_size = os.fstat(self.fd).st_size
         order = sorted(range(count), key=offsets.__getitem__)
         hexnames = binascii.hexlify(names)
-        # Entry k (in pack order): its name, where it starts and ends, its CRC.
         self.number = {
             hexnames[2 * SHA_LEN * i : 2 * SHA_LEN * (i + 1)]: k for k, i in enumerate(order)
         }
         self.names = [names[SHA_LEN * i : SHA_LEN * (i + 1)] for i in order]
-        self.starts = array("Q", (offsets[i] for i in order))
-        self.starts.append(pack_size - SHA_LEN)
+        starts = array("Q", (offsets[i] for i in order))
+        starts.append(self.size - SHA_LEN)
+        self.starts = starts
         self.crcs = array("I", (crcs[i] for i in order))
 
     def close(self) -> None:
@@ -149,7 +171,9 @@ class ObjectReader:
         self.packs = packs
         for n, pack in enumerate(packs):
             pack.key_base = n << 40  # a cache key per (pack, entry), as one int
-        self._cache: dict[int, tuple[int, bytes]] = {}  # oldest first
+        # Oldest first. An OrderedDict: a dict's first key is found by scanning past
+        # the slots of every key removed before it (seconds over a large tree walk).
+        self._cache: OrderedDict[int, tuple[int, bytes]] = OrderedDict()
         self._cached_bytes = 0
 
     def close(self) -> None:
@@ -226,7 +250,7 @@ class ObjectReader:
         cache[key] = value
         self._cached_bytes += len(value[1])
         while self._cached_bytes > CACHE_BYTES and len(cache) > 1:
-            self._cached_bytes -= len(cache.pop(next(iter(cache)))[1])
+            self._cached_bytes -= len(cache.popitem(last=False)[1][1])
         return value
 
 
@@ -245,5 +269,5 @@ def open_reader(repo) -> ObjectReader | None:
             opened.close()
         return None
     # Largest first: most lookups end at the first pack tried.
-    packs.sort(key=lambda pack: len(pack.names), reverse=True)
+    packs.sort(key=lambda pack: pack.size, reverse=True)
     return ObjectReader(store, packs)
