@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.git.upload import clonepack
 from testkit import Gateway, local_git, pkt
 from testkit.localgit import commit
 
@@ -277,3 +278,28 @@ def test_filter_and_reachable_wants_are_advertised(gw, history):
     result = raw_upload_pack(gw, alice, path, b"0000")
     first = result.stdout.split("\n")[0]
     assert " filter " in first + " " and "allow-reachable-sha1-in-want" in first
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_the_kept_partial_clone_pack_is_reused_remade_and_renewed(gw, history, work, protocol):
+    alice, path, tree = history
+    server = gw.repo_dir(path)
+    first = filtered_clone(gw, alice, path, "blob:none", work / "c1", protocol, "--bare")
+    kept = server / clonepack.FILE
+    whole = kept.read_bytes()
+    again = filtered_clone(gw, alice, path, "blob:none", work / "c2", protocol, "--bare")
+    assert objects(again) == objects(first) and kept.read_bytes() == whole
+    # Damaged on disk: not sent, made again.
+    middle = len(whole) // 2
+    kept.write_bytes(whole[:middle] + bytes([whole[middle] ^ 1]) + whole[middle + 1 :])
+    damaged = filtered_clone(gw, alice, path, "blob:none", work / "c3", protocol, "--bare")
+    assert objects(damaged) == objects(first) and kept.read_bytes() == whole
+    client_fsck(damaged)
+    # Another filter, then a push: never the pack of another request.
+    tree_0 = filtered_clone(gw, alice, path, "tree:0", work / "c4", protocol, "--bare")
+    assert objects(tree_0) != objects(first)
+    new = commit(tree, "after.txt", "after the push\n")
+    gw.git(alice, "push", "-q", gw.url(path), "main", cwd=tree)
+    after = filtered_clone(gw, alice, path, "blob:none", work / "c5", protocol, "--bare")
+    assert run("rev-parse", "main", cwd=after).stdout.strip() == new
+    client_fsck(after)

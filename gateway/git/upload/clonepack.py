@@ -6,7 +6,8 @@ choice of entries, and copying a few hundred thousand entries one by one is most
 time in Python. So the pack a filtered clone sent is kept in `gateway-clone-pack` under
 the key of what it answered (refs, wants, tags, filter, delta encoding: clonecache.key),
 and the next clone with the same key is sent the file's bytes. One file: another filter
-or a ref change replaces it. Its checksum is verified on the way out, as send_whole does.
+or a ref change replaces it. Its checksum is checked before it is sent; a file that
+fails is removed and the pack made again.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ def send_kept(
     write: Callable[[bytes], object],
     progress: Callable[[bytes], object],
 ) -> bool:
-    """Send the kept pack if it answers `cache_key`; False if there is none."""
+    """Send the kept pack if it answers `cache_key` and its checksum holds (checked
+    before a byte is sent, so a damaged file is made again, not sent); else False."""
     head = MAGIC + cache_key + b"\n"
     try:
         fd = os.open(os.path.join(repo_dir, FILE), os.O_RDONLY)
@@ -39,31 +41,31 @@ def send_kept(
     with os.fdopen(fd, "rb") as f:
         if f.read(len(head)) != head:
             return False
-        size = os.fstat(f.fileno()).st_size - len(head)
-        first = f.read(min(CHUNK, size))
+        size = os.fstat(fd).st_size - len(head)
+        start = len(head)
+        first = os.pread(fd, 12, start)
         if size < 12 + SHA_LEN or first[:4] != b"PACK":
             return False
-        count = int.from_bytes(first[8:12], "big")
-        progress(f"counting objects: {count}, done.\n".encode("ascii"))
         digest = hashlib.sha1()
-        left = size - SHA_LEN
-        data = first
-        while left > 0:
-            if not data:
-                data = f.read(min(CHUNK, left))
-                if not data:
-                    _forget(repo_dir)
-                    raise PackError("the kept clone pack is cut short")
-            piece, data = data[:left], data[left:]
-            digest.update(piece)
-            write(piece)
-            left -= len(piece)
-        trailer = (data + f.read(SHA_LEN))[:SHA_LEN]
-        if trailer != digest.digest():
+        for data in _pieces(fd, start, size - SHA_LEN):
+            digest.update(data)
+        if os.pread(fd, SHA_LEN, start + size - SHA_LEN) != digest.digest():
             _forget(repo_dir)
-            raise PackError("the kept clone pack's checksum does not match its contents")
-        write(trailer)
+            return False
+        progress(f"counting objects: {int.from_bytes(first[8:12], 'big')}, done.\n".encode())
+        for data in _pieces(fd, start, size):
+            write(data)
     return True
+
+
+def _pieces(fd: int, start: int, length: int):
+    at, end = start, start + length
+    while at < end:
+        data = os.pread(fd, min(CHUNK, end - at), at)
+        if not data:
+            raise PackError("the kept clone pack is shorter than it was")
+        yield data
+        at += len(data)
 
 
 def _forget(repo_dir: str) -> None:
