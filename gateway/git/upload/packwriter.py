@@ -86,7 +86,7 @@ def write_pack(
         if type_num == OFS_DELTA:
             distance, after = parse_ofs(data, pos)
             base_k = pack.at_offset(pack.starts[k] - distance)
-            base = pack.names[base_k]
+            base = pack.name(base_k)
             base_at = written.get((id(pack), base_k))
             if base_at is not None and ofs_delta:
                 out.add(pack_object_header(OFS_DELTA, start - base_at, size, SHA1) + data[after:])
@@ -148,7 +148,7 @@ def whole_pack(reader: ObjectReader, shas: list[bytes]) -> StoredPack | None:
     """The stored pack holding exactly `shas`, if there is one: a clone of a repository
     repacked since its last change. It is sent as it is stored."""
     for pack in reader.packs:
-        if len(pack.names) == len(shas) and pack.number.keys() == set(shas):
+        if pack.count == len(shas) and pack.number.keys() == set(shas):
             return pack
     return None
 

@@ -70,9 +70,10 @@ class Walk:
     def peel(self, sha: bytes, tags: list[bytes] | None = None) -> tuple[int, bytes]:
         """Follow tags to what they point at; the tags passed on the way go in `tags`."""
         while True:
-            type_num, raw = self.reader.read(sha)
+            type_num = self.reader.type_of(sha)
             if type_num != TAG:
                 return type_num, sha
+            type_num, raw = self.reader.read(sha)
             if tags is not None:
                 tags.append(sha)
             sha = _tag_target(raw)
