@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.git.upload import clonepack
+from gateway.git.upload import clonepack, filters
 from testkit import Gateway, local_git, pkt
 from testkit.localgit import commit
 
@@ -303,3 +303,50 @@ def test_the_kept_partial_clone_pack_is_reused_remade_and_renewed(gw, history, w
     after = filtered_clone(gw, alice, path, "blob:none", work / "c5", protocol, "--bare")
     assert run("rev-parse", "main", cwd=after).stdout.strip() == new
     client_fsck(after)
+
+
+# --- filters.parse alone: what Git accepts, and nothing else -------------------------------
+
+
+@pytest.mark.parametrize(
+    "spec, blob_limit, tree_depth",
+    [
+        ("blob:none", 0, None),
+        ("blob:limit=0", 0, None),
+        ("blob:limit=1k", 1024, None),
+        ("blob:limit=2M", 2 << 20, None),
+        ("blob:limit=1g", 1 << 30, None),
+        ("blob:limit=0x10", 16, None),  # Git reads numbers with strtoumax, base 0
+        ("blob:limit=010", 8, None),
+        ("tree:0", None, 0),
+        ("tree:3", None, 3),
+        ("combine:blob:none+tree:2", 0, 2),
+        ("combine:blob%3Alimit%3D1k+tree%3A5+tree:3", 1024, 3),
+    ],
+)
+def test_filter_specs_git_accepts(spec, blob_limit, tree_depth):
+    assert filters.parse(spec.encode()) == filters.ObjectFilter(blob_limit, tree_depth)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "blob:limit=",
+        "blob:limit=1kb",
+        "blob:limit=08",
+        "blob:limit=0x",
+        "tree:",
+        "tree:1.5",
+        "blob:limit=18446744073709551616",
+        "combine:",
+        "combine:tree:1+tree:2~",
+        "blob:nonE",
+        "sparse:path=x",
+        "",
+        "tree:+-1",
+    ],
+)
+def test_filter_specs_git_refuses_are_refused(spec):
+    with pytest.raises(filters.FilterError) as refused:
+        filters.parse(spec.encode())
+    assert "\n" not in str(refused.value) and "served: blob:none" in str(refused.value)

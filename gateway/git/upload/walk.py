@@ -138,7 +138,7 @@ class Walk:
         while stack:
             # Most entries were seen under an earlier commit: filter them in one pass.
             for _name, mode, sha in [
-                entry for entry in self._entries(stack.pop()) if entry[2] not in seen
+                entry for entry in self.entries(stack.pop()) if entry[2] not in seen
             ]:
                 if sha in seen or mode == GITLINK_MODE:  # a name twice in one tree; a submodule
                     continue
@@ -163,10 +163,8 @@ class Walk:
             depth += 1
             below = []
             for new, old in level:
-                before = (
-                    {name: (mode, sha) for name, mode, sha in self._entries(old)} if old else {}
-                )
-                for name, mode, sha in self._entries(new):
+                before = {name: (mode, sha) for name, mode, sha in self.entries(old)} if old else {}
+                for name, mode, sha in self.entries(new):
                     if sha in seen or mode == GITLINK_MODE:
                         continue
                     was = before.get(name)
@@ -207,7 +205,7 @@ class Walk:
             if tree not in seen:
                 seen.add(tree)
                 out.append(tree)
-            for _name, mode, sha in self._entries(tree):
+            for _name, mode, sha in self.entries(tree):
                 if mode == GITLINK_MODE:
                     continue
                 if mode & 0o170000 == DIR_MODE:
@@ -229,7 +227,8 @@ class Walk:
             size = self.blob_sizes[sha] = self.reader.size(sha)
         return object_filter.keeps_size(size)
 
-    def _entries(self, tree: bytes) -> list[tuple[bytes, int, bytes]]:
+    def entries(self, tree: bytes) -> list[tuple[bytes, int, bytes]]:
+        """A tree's (name, mode, hex name) entries; PackError if it is not a tree."""
         type_num, raw = self.reader.read(tree)
         if type_num != TREE:
             raise PackError("a tree entry is not a tree")
@@ -314,7 +313,7 @@ def objects_to_send(
             seen.add(sha)
             trees_and_blobs.append(sha)
         if type_num == TREE and object_filter is not None:
-            for _name, mode, entry in walk._entries(sha):
+            for _name, mode, entry in walk.entries(sha):
                 if mode == GITLINK_MODE:
                     continue
                 if mode & 0o170000 == DIR_MODE:
