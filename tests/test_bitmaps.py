@@ -137,7 +137,7 @@ def test_every_bitmap_entry_is_what_c_git_says_it_reaches(tmp_path):
     try:
         pack = reader.packs[0]
         found = bitmaps.PackBitmaps(pack, pack.basename)
-        names = list(pack.number)
+        names = pack.hex_names_in_pack_order()
         assert len(found.by_commit) > 20
         assert any(xor for _, xor in found.entries)
         for binsha in found.by_commit:

@@ -154,20 +154,6 @@ def test_clone_of_repository_repacked_by_c_git_with_bitmaps(gw, setup, work):
     fsck(gw, path)
 
 
-def test_partial_clone_request_ends_complete(gw, setup, work):
-    alice, path, clone, first = setup
-    commit(clone, "blob.bin", bytes(range(256)) * 64)
-    gw.git(alice, "push", "origin", "main", cwd=clone)
-    partial = work / "partial"
-    result = gw.git(alice, "clone", "--filter=blob:none", gw.url(path), str(partial))
-    assert (partial / "blob.bin").read_bytes() == bytes(range(256)) * 64
-    # Complete: every object is present locally, none is promised for later.
-    local_git("fsck", "--full", cwd=partial)
-    missing = local_git("rev-list", "--objects", "--all", "--missing=print", cwd=partial)
-    assert not [line for line in missing.splitlines() if line.startswith("?")]
-    assert "filtering not recognized by server" in result.stderr
-
-
 def test_ls_remote_of_empty_repository(gw, work):
     alice = gw.user()
     ws = gw.workspace((alice, "read"))

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.git.upload import commitobjects
 from gateway.git.upload.commitobjects import CommitObjects
 from testkit import Gateway, local_git, pkt
 from testkit.localgit import commit, fsck
@@ -369,7 +370,7 @@ def test_kept_commit_lists_damaged_or_cut_short_are_made_again(gw, repo, work):
     push(gw, alice, path, tree)
     server = gw.repo_dir(path)
     mirror_clone(gw, alice, path, work / "c1")
-    kept = server / "gateway-commit-objects"
+    kept = server / commitobjects.FILE
     whole = kept.read_bytes()
     for n, damaged in enumerate(
         [whole[: len(whole) // 2], whole[:40] + bytes([whole[40] ^ 1]) + whole[41:]]

@@ -85,7 +85,7 @@ class PackBitmaps:
             data = f.read()
         with open(basename + ".idx", "rb") as f:
             idx = f.read()
-        count = len(pack.names)
+        count = pack.count
         if (
             data[:4] != MAGIC
             or int.from_bytes(data[4:6], "big") != 1
@@ -179,7 +179,7 @@ def clone_objects(
             continue
         walked.append(commit)
         pending.extend(walk.commit(commit)[1])
-    names = list(pack.number)  # hex, in pack order (the order StoredPack numbered them)
+    names = pack.hex_names_in_pack_order()
     extra = _walked_objects(walk, walked, commit_objects) + tags
     if not walked and reached | _bits_of(pack, tags) == (1 << len(names)) - 1:
         return names  # the whole pack (send_pack sends it as stored)
@@ -211,9 +211,9 @@ def _walked_objects(
     for commit in commits:
         brought = commit_objects.get(commit) if commit_objects is not None else None
         if brought is None:
-            brought = walk.introduced(commit)
+            brought, kinds = walk.introduced(commit)
             if commit_objects is not None:
-                commit_objects.put(commit, brought)
+                commit_objects.put(commit, brought, kinds)
         out.extend(brought)
     return out
 

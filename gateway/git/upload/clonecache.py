@@ -6,6 +6,9 @@ wants and tags it answered; the next clone with the same key reads it back and d
 even walk the commits. Any ref change gives a different key, so a stale list is never
 used (that clone makes its list from the commits' kept lists, commitobjects.py). Objects
 are never deleted while a ref still reaches them, so a list stays valid across repacks.
+A partial clone's list (a filter, filters.py) is kept the same way in its own file,
+`gateway-clone-objects-filtered`, its key naming the filter too, so that it does not
+push out the full clone's.
 """
 
 from __future__ import annotations
@@ -15,13 +18,23 @@ import hashlib
 import os
 import tempfile
 
+from .filters import ObjectFilter
+
 FILE = "gateway-clone-objects"
+FILTERED_FILE = "gateway-clone-objects-filtered"
 MAGIC = b"GWCLONE1\n"
 SHA_LEN = 20
 
 
-def key(refs: dict[bytes, bytes], wants: list[bytes], tagged: dict[bytes, bytes]) -> bytes:
+def key(
+    refs: dict[bytes, bytes],
+    wants: list[bytes],
+    tagged: dict[bytes, bytes],
+    object_filter: ObjectFilter | None = None,
+) -> bytes:
     digest = hashlib.sha256()
+    if object_filter is not None:
+        digest.update(b"filter %r %r\n" % (object_filter.blob_limit, object_filter.tree_depth))
     for name in sorted(refs):
         digest.update(b"ref %s %s\n" % (name, refs[name]))
     for sha in sorted(wants):
@@ -31,9 +44,9 @@ def key(refs: dict[bytes, bytes], wants: list[bytes], tagged: dict[bytes, bytes]
     return digest.hexdigest().encode()
 
 
-def load(repo_dir: str, cache_key: bytes) -> list[bytes] | None:
+def load(repo_dir: str, cache_key: bytes, filtered: bool = False) -> list[bytes] | None:
     try:
-        with open(os.path.join(repo_dir, FILE), "rb") as f:
+        with open(os.path.join(repo_dir, FILTERED_FILE if filtered else FILE), "rb") as f:
             data = f.read()
     except OSError:
         return None
@@ -45,16 +58,17 @@ def load(repo_dir: str, cache_key: bytes) -> list[bytes] | None:
     return [names[i : i + 2 * SHA_LEN] for i in range(0, len(names), 2 * SHA_LEN)]
 
 
-def save(repo_dir: str, cache_key: bytes, shas: list[bytes]) -> None:
+def save(repo_dir: str, cache_key: bytes, shas: list[bytes], filtered: bool = False) -> None:
     """Written whole under a temporary name, then renamed: a reader never sees half."""
+    name = FILTERED_FILE if filtered else FILE
     try:
-        fd, tmp = tempfile.mkstemp(prefix=FILE + ".", dir=repo_dir)
+        fd, tmp = tempfile.mkstemp(prefix=name + ".", dir=repo_dir)
     except OSError:
         return  # a read-only repository: clones just walk
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(MAGIC + cache_key + b"\n" + binascii.unhexlify(b"".join(shas)))
-        os.replace(tmp, os.path.join(repo_dir, FILE))
+        os.replace(tmp, os.path.join(repo_dir, name))
     except OSError:
         try:
             os.unlink(tmp)

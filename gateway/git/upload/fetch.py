@@ -3,7 +3,8 @@
 Protocol v0/v1 (upload_pack.py, dulwich's negotiation) and v2 (its `fetch` command) both
 come here once they know what the client wants and has: `send_pack` chooses the objects
 (walk.py; a clone's list from clonecache.py or the commits' kept lists) and writes them
-from the stored packs' bytes (packwriter.py).
+from the stored packs' bytes (packwriter.py); a partial clone of unchanged refs is sent
+the pack the last one was (clonepack.py).
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from . import bitmaps, clonecache, packwriter, storedpacks, walk
+from . import bitmaps, clonecache, clonepack, packwriter, storedpacks, walk
 from .commitobjects import CommitObjects
+from .filters import ObjectFilter
 from .storedpacks import ObjectReader
 
 
@@ -27,6 +29,8 @@ class Fetch:
     thin_pack: bool = False
     # The client's shallow commits: walked as if parentless, as the client has them.
     client_shallow: frozenset[bytes] = frozenset()
+    # A partial clone's filter (filters.parse of the client's `filter` line).
+    object_filter: ObjectFilter | None = None
 
 
 def send_pack(
@@ -39,23 +43,47 @@ def send_pack(
 ) -> None:
     """Choose the objects `fetch` needs and write their pack with `write` (the pack
     bytes only: side-band framing is the caller's)."""
+    tips = set(refs.values())
+    # Wants that are not ref tips (a partial clone's lazy fetch of blobs by id) are no
+    # clone: walked, and not put in the clone cache.
+    is_clone = not (fetch.haves or fetch.client_shallow) and tips.issuperset(fetch.wants)
+    kept = None
+    if is_clone and fetch.object_filter is not None:
+        pack_key = clonecache.key(refs, fetch.wants, fetch.tagged, fetch.object_filter)
+        pack_key += b" ofs-delta" if fetch.ofs_delta else b""
+        if clonepack.send_kept(repo_path, pack_key, write, progress):
+            return
+        kept = clonepack.KeptPackWriter(repo_path, pack_key, write)
+        write = kept.write
     try:
-        if fetch.haves or fetch.client_shallow:
-            shas, client_has = walk.objects_to_send(
-                reader, fetch.wants, fetch.haves, fetch.tagged, shallow=fetch.client_shallow
-            )
-        else:
+        if is_clone:
             shas, client_has = _clone_objects(repo_path, reader, refs, fetch), set()
+        else:
+            shas, client_has = walk.objects_to_send(
+                reader,
+                fetch.wants,
+                fetch.haves,
+                fetch.tagged,
+                shallow=fetch.client_shallow,
+                object_filter=fetch.object_filter,
+            )
     except KeyError as exc:  # a ref reaches an object the repository lacks
         raise storedpacks.PackError(f"object {exc} is missing") from None
     progress(f"counting objects: {len(shas)}, done.\n".encode("ascii"))
-    whole = packwriter.whole_pack(reader, shas) if fetch.ofs_delta and not fetch.haves else None
-    if whole is not None:
-        packwriter.send_whole(write, whole)
-    else:
-        packwriter.write_pack(
-            write, reader, shas, fetch.ofs_delta, client_has if fetch.thin_pack else set()
-        )
+    try:
+        whole = packwriter.whole_pack(reader, shas) if fetch.ofs_delta and not fetch.haves else None
+        if whole is not None:
+            packwriter.send_whole(write, whole)
+        else:
+            packwriter.write_pack(
+                write, reader, shas, fetch.ofs_delta, client_has if fetch.thin_pack else set()
+            )
+    except BaseException:
+        if kept is not None:
+            kept.discard()
+        raise
+    if kept is not None:
+        kept.keep()
 
 
 def _everything_reachable(fetch: Fetch) -> bool:
@@ -70,17 +98,25 @@ def _clone_objects(
     """A clone's objects: the last clone's list if the refs are the same, else C git's
     bitmaps if they cover the wants (bitmaps.py), else the commits' kept lists
     (commitobjects.py)."""
-    cache_key = clonecache.key(refs, fetch.wants, fetch.tagged)
-    shas = clonecache.load(repo_path, cache_key)
+    filtered = fetch.object_filter is not None
+    cache_key = clonecache.key(refs, fetch.wants, fetch.tagged, fetch.object_filter)
+    shas = clonecache.load(repo_path, cache_key, filtered)
     if shas is None and _everything_reachable(fetch):
         commit_objects = CommitObjects(repo_path)
         shas = bitmaps.clone_objects(reader, fetch.wants, commit_objects)
         if shas is not None:
             commit_objects.save()
-            clonecache.save(repo_path, cache_key, shas)
+            clonecache.save(repo_path, cache_key, shas, filtered)
     if shas is None:
         commit_objects = CommitObjects(repo_path)
-        shas, _ = walk.objects_to_send(reader, fetch.wants, [], fetch.tagged, commit_objects)
+        shas, _ = walk.objects_to_send(
+            reader,
+            fetch.wants,
+            [],
+            fetch.tagged,
+            commit_objects,
+            object_filter=fetch.object_filter,
+        )
         commit_objects.save()
-        clonecache.save(repo_path, cache_key, shas)
+        clonecache.save(repo_path, cache_key, shas, filtered)
     return shas

@@ -31,6 +31,8 @@ from .storedpacks import (
 )
 
 CHUNK = 1 << 20
+WINDOW = 4 << 20  # stored bytes read at once
+ENTRY_MASK = (1 << 40) - 1  # ObjectReader numbers pack n's entries from n << 40
 
 
 class PackOut:
@@ -69,31 +71,48 @@ def write_pack(
     client_has: set[bytes],
 ) -> None:
     """Send a pack of `shas`. A delta whose base the client has (`client_has`: empty
-    unless the client takes a thin pack) goes as a REF_DELTA against it."""
+    unless the client takes a thin pack) goes as a REF_DELTA against it.
+
+    The entries go in the order they are stored, pack by pack: a delta's base, stored
+    before it, is then written before it (so it stays an OFS_DELTA, its header copied
+    with only the distance changed), and the stored bytes are read in large pieces
+    rather than one read per entry (a partial clone sends 200,000 entries)."""
     out = PackOut(write)
     out.add(b"PACK" + (2).to_bytes(4, "big") + len(shas).to_bytes(4, "big"))
-    written: dict[tuple[int, int], int] = {}  # (pack, entry) -> offset in this pack
     sending = set(shas)
+    placed: list[int] = []  # pack.key_base + entry number
+    elsewhere: list[bytes] = []  # loose, or in a pack storedpacks does not read
     for sha in shas:
         found = reader.locate(sha)
         if found is None:
-            _write_whole(out, *reader.read(sha))
-            continue
-        pack, k = found
+            elsewhere.append(sha)
+        else:
+            placed.append(found[0].key_base + found[1])
+    placed.sort()
+    packs = {pack.key_base: pack for pack in reader.packs}
+    written: dict[int, int] = {}  # pack.key_base + stored offset -> offset in this pack
+    window = _Window()
+    for key in placed:
+        key_base = key & ~ENTRY_MASK
+        pack, k = packs[key_base], key & ENTRY_MASK
+        stored_at = pack.starts[k]
+        data = window.entry(pack, k)
         start = out.offset
-        data = pack.entry(k)
         type_num, size, pos = parse_header(data)
         if type_num == OFS_DELTA:
             distance, after = parse_ofs(data, pos)
-            base_k = pack.at_offset(pack.starts[k] - distance)
-            base = pack.names[base_k]
-            base_at = written.get((id(pack), base_k))
+            base_at = written.get(key_base + stored_at - distance)
             if base_at is not None and ofs_delta:
-                out.add(pack_object_header(OFS_DELTA, start - base_at, size, SHA1) + data[after:])
-            elif _base_available(reader, binascii.hexlify(base), pack, sending, client_has):
-                out.add(pack_object_header(REF_DELTA, base, size, SHA1) + data[after:])
+                if start - base_at == distance:
+                    out.add(data)
+                else:
+                    out.add(data[:pos] + _ofs_distance(start - base_at) + data[after:])
             else:
-                _write_resolved(out, reader, pack, k)
+                base = pack.name(pack.at_offset(stored_at - distance))
+                if _base_available(reader, binascii.hexlify(base), pack, sending, client_has):
+                    out.add(pack_object_header(REF_DELTA, base, size, SHA1) + data[after:])
+                else:
+                    _write_resolved(out, reader, pack, k)
         elif type_num == REF_DELTA:
             base_name = binascii.hexlify(data[pos : pos + SHA_LEN])
             if _base_available(reader, base_name, pack, sending, client_has):
@@ -102,8 +121,45 @@ def write_pack(
                 _write_resolved(out, reader, pack, k)
         else:
             out.add(data)
-        written[(id(pack), k)] = start
+        written[key_base + stored_at] = start
+    for sha in elsewhere:
+        _write_whole(out, *reader.read(sha))
     out.finish()
+
+
+class _Window:
+    """Stored entries read a few MiB at a time (in order), each checked against its CRC."""
+
+    def __init__(self) -> None:
+        self.pack: StoredPack | None = None
+        self.data = b""
+        self.start = self.end = 0
+
+    def entry(self, pack: StoredPack, k: int) -> bytes:
+        start, end = pack.starts[k], pack.starts[k + 1]
+        if pack is not self.pack or start < self.start or end > self.end:
+            length = min(max(end - start, WINDOW), pack.starts[-1] - start)
+            self.pack, self.start = pack, start
+            self.data = os.pread(pack.fd, length, start)
+            self.end = start + len(self.data)
+            if self.end < end:
+                raise PackError("the pack is shorter than its index says")
+        data = self.data[start - self.start : end - self.start]
+        if zlib.crc32(data) != pack.crc(k):
+            raise PackError(f"entry at offset {start} fails its CRC check")
+        return data
+
+
+def _ofs_distance(distance: int) -> bytes:
+    """An OFS_DELTA's distance as Git writes it (base 128, most significant first, each
+    byte but the last one less than it says)."""
+    out = [distance & 0x7F]
+    distance >>= 7
+    while distance:
+        distance -= 1
+        out.append(0x80 | (distance & 0x7F))
+        distance >>= 7
+    return bytes(reversed(out))
 
 
 def _base_available(
@@ -148,7 +204,7 @@ def whole_pack(reader: ObjectReader, shas: list[bytes]) -> StoredPack | None:
     """The stored pack holding exactly `shas`, if there is one: a clone of a repository
     repacked since its last change. It is sent as it is stored."""
     for pack in reader.packs:
-        if len(pack.names) == len(shas) and pack.number.keys() == set(shas):
+        if pack.count == len(shas) and pack.number.keys() == set(shas):
             return pack
     return None
 

@@ -20,6 +20,7 @@ import os
 import sys
 import zlib
 from array import array
+from collections import OrderedDict
 
 from dulwich.pack import apply_delta
 
@@ -28,6 +29,9 @@ from ..dulwich_seam import pack_basename
 OFS_DELTA, REF_DELTA = 6, 7
 IDX_V2 = b"\377tOc\x00\x00\x00\x02"
 SHA_LEN = 20
+MAX_CHAIN = 10_000  # deltas on deltas: git's own limit is far below
+DELTA_HEAD_READ = 512  # enough of an entry for its headers and the delta's two sizes
+DELTA_SIZES_MAX = 20  # two sizes of up to 10 bytes each
 CACHE_BYTES = 8 << 20  # inflated objects kept: a tree walk reads delta chains newest first
 
 
@@ -43,14 +47,39 @@ def _be_array(code: str, data: bytes) -> array:
 
 
 class StoredPack:
-    """One pack and its v2 index. Entries are numbered by their order in the pack."""
+    """One pack and its v2 index. Entries are numbered by their order in the pack.
+
+    The index is read the first time an entry is asked for: a request that needs no
+    entry (a partial clone sent the pack kept for it, clonepack.py) does not pay for
+    parsing a few hundred thousand names."""
+
+    # Entry k is the k-th in the pack; `order[k]` its position in the index (sorted by
+    # name), where its name and CRC are.
+    number: dict[bytes, int]  # hex name -> k
+    order: array
+    starts: array  # where entry k starts; one more: where the entries end
+    count: int
 
     def __init__(self, basename: str) -> None:
         self.basename = basename
         with open(basename + ".idx", "rb") as f:
+            if f.read(8) != IDX_V2:
+                raise ValueError("not a v2 pack index")
+        self.fd = os.open(basename + ".pack", os.O_RDONLY)
+        self.size = os.fstat(self.fd).st_size
+
+    def __getattr__(self, name: str):
+        # Only for attributes not set yet: the index's, read on first use.
+        if name not in ("number", "order", "starts", "count", "_names", "_crcs"):
+            raise AttributeError(name)
+        self._read_index()
+        return self.__dict__[name]
+
+    def _read_index(self) -> None:
+        # Built with as few Python-level steps per entry as can be: for 300,000 objects
+        # this is most of a small fetch's time.
+        with open(self.basename + ".idx", "rb") as f:
             idx = f.read()
-        if idx[:8] != IDX_V2:
-            raise ValueError("not a v2 pack index")
         count = int.from_bytes(idx[8 + 255 * 4 : 8 + 256 * 4], "big")
         start = 8 + 256 * 4
         names = idx[start : start + SHA_LEN * count]
@@ -62,18 +91,35 @@ class StoredPack:
         large = _be_array("Q", idx[start : len(idx) - 2 * SHA_LEN])
         if count and max(offsets) & 0x80000000:
             offsets = array("Q", (large[o & 0x7FFFFFFF] if o & 0x80000000 else o for o in offsets))
-        self.fd = os.open(basename + ".pack", os.O_RDONLY)
-        pack_size = os.fstat(self.fd).st_size
-        order = sorted(range(count), key=offsets.__getitem__)
+        order = array("I", sorted(range(count), key=offsets.__getitem__))
+        rank = [0] * count
+        for k, i in enumerate(order):
+            rank[i] = k
         hexnames = binascii.hexlify(names)
-        # Entry k (in pack order): its name, where it starts and ends, its CRC.
-        self.number = {
-            hexnames[2 * SHA_LEN * i : 2 * SHA_LEN * (i + 1)]: k for k, i in enumerate(order)
-        }
-        self.names = [names[SHA_LEN * i : SHA_LEN * (i + 1)] for i in order]
-        self.starts = array("Q", (offsets[i] for i in order))
-        self.starts.append(pack_size - SHA_LEN)
-        self.crcs = array("I", (crcs[i] for i in order))
+        step = 2 * SHA_LEN
+        self.number = dict(
+            zip([hexnames[j : j + step] for j in range(0, step * count, step)], rank, strict=True)
+        )
+        self.order = order
+        starts = array("Q", sorted(offsets))
+        starts.append(self.size - SHA_LEN)
+        self.starts = starts
+        self.count = count
+        self._names = names
+        self._crcs = crcs
+
+    def name(self, k: int) -> bytes:
+        """Entry k's binary name."""
+        at = SHA_LEN * self.order[k]
+        return self._names[at : at + SHA_LEN]
+
+    def hex_names_in_pack_order(self) -> list[bytes]:
+        """Every entry's hex name, entry k at k (`number` iterates in index order)."""
+        by_index = list(self.number)
+        return [by_index[i] for i in self.order]
+
+    def crc(self, k: int) -> int:
+        return self._crcs[self.order[k]]
 
     def close(self) -> None:
         os.close(self.fd)
@@ -82,13 +128,13 @@ class StoredPack:
         """The stored bytes of entry k (header and compressed data), checked against the CRC."""
         start, end = self.starts[k], self.starts[k + 1]
         data = os.pread(self.fd, end - start, start)
-        if len(data) != end - start or zlib.crc32(data) != self.crcs[k]:
+        if len(data) != end - start or zlib.crc32(data) != self.crc(k):
             raise PackError(f"entry at offset {start} fails its CRC check")
         return data
 
     def at_offset(self, offset: int) -> int:
         k = bisect.bisect_left(self.starts, offset)
-        if k >= len(self.names) or self.starts[k] != offset:
+        if k >= self.count or self.starts[k] != offset:
             raise PackError(f"no entry starts at offset {offset}")
         return k
 
@@ -118,6 +164,18 @@ def parse_ofs(data: bytes, pos: int) -> tuple[int, int]:
     return distance, pos
 
 
+def _delta_varint(data: bytes, pos: int) -> tuple[int, int]:
+    """A size at the start of delta data (little-endian base-128), and the position after."""
+    value = shift = 0
+    while True:
+        byte = data[pos]
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        pos += 1
+        if not byte & 0x80:
+            return value, pos
+
+
 def inflate(data: bytes, pos: int, size: int) -> bytes:
     try:
         out = zlib.decompressobj().decompress(data[pos:], size + 1)
@@ -136,7 +194,9 @@ class ObjectReader:
         self.packs = packs
         for n, pack in enumerate(packs):
             pack.key_base = n << 40  # a cache key per (pack, entry), as one int
-        self._cache: dict[int, tuple[int, bytes]] = {}  # oldest first
+        # Oldest first. An OrderedDict: a dict's first key is found by scanning past
+        # the slots of every key removed before it (seconds over a large tree walk).
+        self._cache: OrderedDict[int, tuple[int, bytes]] = OrderedDict()
         self._cached_bytes = 0
 
     def close(self) -> None:
@@ -154,6 +214,50 @@ class ObjectReader:
         """(type, content) of an object by hex name; KeyError if the repository lacks it."""
         found = self.locate(sha)
         return self.read_entry(*found) if found else self.store.get_raw(sha)
+
+    def type_of(self, sha: bytes) -> int:
+        """An object's type from its entry's header (a delta's from its base's), without
+        inflating it: a lazy fetch names thousands of blobs."""
+        found = self.locate(sha)
+        if found is None:
+            return self.store.get_raw(sha)[0]
+        pack, k = found
+        for _ in range(MAX_CHAIN):
+            start = pack.starts[k]
+            data = os.pread(pack.fd, min(pack.starts[k + 1] - start, 32), start)
+            type_num, _size, pos = parse_header(data)
+            if type_num == OFS_DELTA:
+                k = pack.at_offset(start - parse_ofs(data, pos)[0])
+            elif type_num == REF_DELTA:
+                return self.type_of(binascii.hexlify(data[pos : pos + SHA_LEN]))
+            else:
+                return type_num
+        raise PackError("a delta chain longer than any pack holds")
+
+    def size(self, sha: bytes) -> int:
+        """An object's size without reading it whole: from its entry's header, or for a
+        delta from the delta's own header (its result size, after the base's)."""
+        found = self.locate(sha)
+        if found is None:
+            return len(self.store.get_raw(sha)[1])
+        pack, k = found
+        start, length = pack.starts[k], pack.starts[k + 1] - pack.starts[k]
+        for read in (min(length, DELTA_HEAD_READ), length):  # mostly the first is enough
+            data = os.pread(pack.fd, read, start)
+            type_num, size, pos = parse_header(data)
+            if type_num == OFS_DELTA:
+                pos = parse_ofs(data, pos)[1]
+            elif type_num == REF_DELTA:
+                pos += SHA_LEN
+            else:
+                return size
+            try:
+                head = zlib.decompressobj().decompress(data[pos:], DELTA_SIZES_MAX)
+                at = _delta_varint(head, 0)[1]  # the base's size
+                return _delta_varint(head, at)[0]
+            except (IndexError, zlib.error):
+                continue
+        raise PackError("a stored delta's header does not inflate")
 
     def read_entry(self, pack: StoredPack, k: int) -> tuple[int, bytes]:
         """(type, content) of entry k. What is read is kept a while: the older versions
@@ -188,7 +292,7 @@ class ObjectReader:
         cache[key] = value
         self._cached_bytes += len(value[1])
         while self._cached_bytes > CACHE_BYTES and len(cache) > 1:
-            self._cached_bytes -= len(cache.pop(next(iter(cache)))[1])
+            self._cached_bytes -= len(cache.popitem(last=False)[1][1])
         return value
 
 
@@ -207,5 +311,5 @@ def open_reader(repo) -> ObjectReader | None:
             opened.close()
         return None
     # Largest first: most lookups end at the first pack tried.
-    packs.sort(key=lambda pack: len(pack.names), reverse=True)
+    packs.sort(key=lambda pack: pack.size, reverse=True)
     return ObjectReader(store, packs)

@@ -14,7 +14,8 @@ from collections.abc import Iterable
 
 from dulwich.objects import parse_tree
 
-from .commitobjects import CommitObjects
+from .commitobjects import TREE_BIT, CommitObjects, kind
+from .filters import ObjectFilter
 from .storedpacks import SHA_LEN, ObjectReader, PackError
 
 COMMIT, TREE, BLOB, TAG = 1, 2, 3, 4
@@ -53,6 +54,7 @@ class Walk:
         # client has them (so nothing below them is taken as the client's).
         self.shallow = frozenset(shallow)
         self.commits: dict[bytes, tuple[bytes, list[bytes], int]] = {}
+        self.blob_sizes: dict[bytes, int] = {}
 
     def commit(self, sha: bytes) -> tuple[bytes, list[bytes], int]:
         """(tree, parents, committer time); PackError if the object is not a commit."""
@@ -68,9 +70,10 @@ class Walk:
     def peel(self, sha: bytes, tags: list[bytes] | None = None) -> tuple[int, bytes]:
         """Follow tags to what they point at; the tags passed on the way go in `tags`."""
         while True:
-            type_num, raw = self.reader.read(sha)
+            type_num = self.reader.type_of(sha)
             if type_num != TAG:
                 return type_num, sha
+            type_num, raw = self.reader.read(sha)
             if tags is not None:
                 tags.append(sha)
             sha = _tag_target(raw)
@@ -135,7 +138,7 @@ class Walk:
         while stack:
             # Most entries were seen under an earlier commit: filter them in one pass.
             for _name, mode, sha in [
-                entry for entry in self._entries(stack.pop()) if entry[2] not in seen
+                entry for entry in self.entries(stack.pop()) if entry[2] not in seen
             ]:
                 if sha in seen or mode == GITLINK_MODE:  # a name twice in one tree; a submodule
                     continue
@@ -144,33 +147,88 @@ class Walk:
                 if mode & 0o170000 == DIR_MODE:
                     stack.append(sha)
 
-    def introduced(self, sha: bytes) -> list[bytes]:
+    def introduced(self, sha: bytes) -> tuple[list[bytes], list[int]]:
         """The trees and blobs of commit `sha` not at the same path in its first parent
-        (all of its tree for a root commit): see commitobjects.py."""
+        (all of its tree for a root commit), and their kinds (commitobjects.kind: tree or
+        blob, and depth). Breadth first, so that an object at two paths of this commit is
+        kept at the shallower: see commitobjects.py."""
         tree, parents, _ = self.commit(sha)
         old_root = self.commit(parents[0])[0] if parents else None
         if tree == old_root:
-            return []
-        out, seen = [tree], {tree}
-        stack = [(tree, old_root)]
-        while stack:
-            new, old = stack.pop()
-            before = {name: (mode, sha) for name, mode, sha in self._entries(old)} if old else {}
-            for name, mode, sha in self._entries(new):
-                if sha in seen or mode == GITLINK_MODE:
-                    continue
-                was = before.get(name)
-                if was is not None and was[1] == sha:
-                    continue  # the parent has it at the same path
-                seen.add(sha)
-                out.append(sha)
-                if mode & 0o170000 == DIR_MODE:
-                    stack.append(
-                        (sha, was[1] if was is not None and was[0] & 0o170000 == DIR_MODE else None)
-                    )
-        return out
+            return [], []
+        out, kinds, seen = [tree], [kind(0, True)], {tree}
+        level = [(tree, old_root)]
+        depth = 0
+        while level:
+            depth += 1
+            below = []
+            for new, old in level:
+                before = {name: (mode, sha) for name, mode, sha in self.entries(old)} if old else {}
+                for name, mode, sha in self.entries(new):
+                    if sha in seen or mode == GITLINK_MODE:
+                        continue
+                    was = before.get(name)
+                    if was is not None and was[1] == sha:
+                        continue  # the parent has it at the same path
+                    seen.add(sha)
+                    out.append(sha)
+                    is_tree = mode & 0o170000 == DIR_MODE
+                    kinds.append(kind(depth, is_tree))
+                    if is_tree:
+                        old_tree = (
+                            was[1] if was is not None and was[0] & 0o170000 == DIR_MODE else None
+                        )
+                        below.append((sha, old_tree))
+            level = below
+        return out, kinds
 
-    def _entries(self, tree: bytes) -> list[tuple[bytes, int, bytes]]:
+    def filtered_tree_objects(
+        self,
+        root: bytes,
+        depth: int,
+        seen: set[bytes],
+        out: list[bytes],
+        object_filter: ObjectFilter,
+        tree_depths: dict[bytes, int],
+    ) -> None:
+        """`tree_objects` for a filter: what `object_filter` keeps under `root` (at
+        `depth`). A tree met again less deep is walked again (what it holds may now be
+        shallow enough), as Git does; `tree_depths` holds the least depth each was walked at."""
+        stack = [(root, depth)]
+        while stack:
+            tree, at = stack.pop()
+            if tree in seen and tree not in tree_depths:
+                continue  # the client has it
+            if not object_filter.keeps_depth(at) or tree_depths.get(tree, at + 1) <= at:
+                continue
+            tree_depths[tree] = at
+            if tree not in seen:
+                seen.add(tree)
+                out.append(tree)
+            for _name, mode, sha in self.entries(tree):
+                if mode == GITLINK_MODE:
+                    continue
+                if mode & 0o170000 == DIR_MODE:
+                    stack.append((sha, at + 1))
+                elif sha not in seen and self.keeps_blob(sha, at + 1, object_filter):
+                    seen.add(sha)
+                    out.append(sha)
+
+    def keeps_blob(self, sha: bytes, depth: int, object_filter: ObjectFilter) -> bool:
+        """Whether the filter keeps blob `sha` at `depth` (its size from the pack headers)."""
+        if not object_filter.keeps_depth(depth):
+            return False
+        if object_filter.blob_limit is None:
+            return True
+        if object_filter.blob_limit == 0:
+            return False
+        size = self.blob_sizes.get(sha)
+        if size is None:
+            size = self.blob_sizes[sha] = self.reader.size(sha)
+        return object_filter.keeps_size(size)
+
+    def entries(self, tree: bytes) -> list[tuple[bytes, int, bytes]]:
+        """A tree's (name, mode, hex name) entries; PackError if it is not a tree."""
         type_num, raw = self.reader.read(tree)
         if type_num != TREE:
             raise PackError("a tree entry is not a tree")
@@ -184,13 +242,16 @@ def objects_to_send(
     tagged: dict[bytes, bytes],
     commit_objects: CommitObjects | None = None,
     shallow: Iterable[bytes] = (),
+    object_filter: ObjectFilter | None = None,
 ) -> tuple[list[bytes], set[bytes]]:
     """Hex names of the objects a client with `haves` needs for `wants`, in pack order
     (commits newest first, then tags, then trees and blobs), and the objects we know the
     client has. `tagged` maps a peeled object to the annotated tag to send with it
     (include-tag). With `commit_objects` (for a clone: it may send objects a client with
     haves already has), each commit's trees and blobs come from its kept list, made
-    from a tree diff the first time it is needed. `shallow`: the client's shallow commits."""
+    from a tree diff the first time it is needed. `shallow`: the client's shallow commits.
+    `object_filter` (a partial clone) leaves out trees and blobs, never an object named
+    in `wants` itself."""
     walk = Walk(reader, shallow)
     want_commits: list[bytes] = []
     other: list[tuple[int, bytes]] = []
@@ -228,22 +289,102 @@ def objects_to_send(
     seen = set(client_has)
     seen.update(tags)
     trees_and_blobs: list[bytes] = []
-    for sha in commits:
-        if commit_objects is None:
+    if object_filter is not None:
+        _filtered_trees_and_blobs(
+            walk, commits, commit_objects, object_filter, seen, trees_and_blobs
+        )
+    elif commit_objects is not None:
+        for sha in commits:
+            for obj in _kept_list(walk, commit_objects, sha)[0]:
+                if obj not in seen:
+                    seen.add(obj)
+                    trees_and_blobs.append(obj)
+    else:
+        for sha in commits:
             walk.tree_objects(walk.commits[sha][0], seen, trees_and_blobs)
-            continue
-        brought = commit_objects.get(sha)
-        if brought is None:
-            brought = walk.introduced(sha)
-            commit_objects.put(sha, brought)
-        for obj in brought:
-            if obj not in seen:
-                seen.add(obj)
-                trees_and_blobs.append(obj)
+    # Objects named in the wants: sent whatever the filter; a tree's content filtered
+    # as Git does, counting its entries at depth 0.
+    tree_depths: dict[bytes, int] = {}
     for type_num, sha in other:
-        if type_num == TREE:
+        if type_num == TREE and object_filter is None:
             walk.tree_objects(sha, seen, trees_and_blobs)
-        elif sha not in seen:
+            continue
+        if sha not in seen:
             seen.add(sha)
             trees_and_blobs.append(sha)
+        if type_num == TREE and object_filter is not None:
+            for _name, mode, entry in walk.entries(sha):
+                if mode == GITLINK_MODE:
+                    continue
+                if mode & 0o170000 == DIR_MODE:
+                    walk.filtered_tree_objects(
+                        entry, 0, seen, trees_and_blobs, object_filter, tree_depths
+                    )
+                elif entry not in seen and walk.keeps_blob(entry, 0, object_filter):
+                    seen.add(entry)
+                    trees_and_blobs.append(entry)
     return commits + tags + trees_and_blobs, client_has
+
+
+def _kept_list(
+    walk: Walk, commit_objects: CommitObjects, sha: bytes
+) -> tuple[list[bytes], list[int]]:
+    brought = commit_objects.get(sha)
+    kinds = commit_objects.kinds(sha) if brought is not None else None
+    if brought is None or kinds is None:
+        brought, kinds = walk.introduced(sha)
+        commit_objects.put(sha, brought, kinds)
+    return brought, kinds
+
+
+def _filtered_trees_and_blobs(
+    walk: Walk,
+    commits: list[bytes],
+    commit_objects: CommitObjects | None,
+    object_filter: ObjectFilter,
+    seen: set[bytes],
+    out: list[bytes],
+) -> None:
+    """The commits' trees and blobs that `object_filter` keeps, added to `out`."""
+    if object_filter.tree_depth == 0:
+        return  # commits and tags only
+    if commit_objects is None:
+        tree_depths: dict[bytes, int] = {}
+        for sha in commits:
+            walk.filtered_tree_objects(
+                walk.commits[sha][0], 0, seen, out, object_filter, tree_depths
+            )
+        return
+    if object_filter.tree_depth is None:  # blob:limit (blob:none): all the trees
+        left_out: set[bytes] = set()  # not in `seen`: a want may still name one
+        for sha in commits:
+            brought, kinds = _kept_list(walk, commit_objects, sha)
+            for obj, obj_kind in zip(brought, kinds, strict=True):
+                if obj in seen or obj in left_out:
+                    continue
+                if obj_kind & TREE_BIT or walk.keeps_blob(obj, 0, object_filter):
+                    seen.add(obj)
+                    out.append(obj)
+                else:
+                    left_out.add(obj)
+        return
+    # The kept lists hold every (object, depth) a commit brings in; an object's least
+    # depth over them is its least depth in the history (commitobjects.py).
+    least: dict[bytes, int] = {}
+    for sha in commits:
+        brought, kinds = _kept_list(walk, commit_objects, sha)
+        for obj, obj_kind in zip(brought, kinds, strict=True):
+            if obj in seen:
+                continue
+            known = least.get(obj)
+            if known is None or obj_kind < known:
+                least[obj] = obj_kind
+    for obj, obj_kind in least.items():
+        depth = obj_kind >> 1
+        if obj_kind & TREE_BIT:
+            keep = object_filter.keeps_depth(depth)
+        else:
+            keep = walk.keeps_blob(obj, depth, object_filter)
+        if keep:
+            seen.add(obj)
+            out.append(obj)
