@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from . import clonecache, packwriter, storedpacks, walk
 from .commitobjects import CommitObjects
+from .shallow import Deepen, ShallowPlan
 from .storedpacks import ObjectReader
 
 
@@ -27,6 +28,9 @@ class Fetch:
     thin_pack: bool = False
     # The client's shallow commits: walked as if parentless, as the client has them.
     client_shallow: frozenset[bytes] = frozenset()
+    deepen: Deepen | None = None  # the request's deepen lines (None: not deepening)
+    # shallow.plan()'s answer, which the protocol has sent: it bounds the walk.
+    shallow_plan: ShallowPlan | None = None
 
 
 def send_pack(
@@ -40,7 +44,16 @@ def send_pack(
     """Choose the objects `fetch` needs and write their pack with `write` (the pack
     bytes only: side-band framing is the caller's)."""
     try:
-        if fetch.haves or fetch.client_shallow:
+        if fetch.shallow_plan is not None:
+            plan = fetch.shallow_plan
+            shas, client_has = walk.objects_to_send(
+                reader,
+                [*fetch.wants, *plan.extra_wants],
+                [*fetch.haves, *plan.edges],
+                fetch.tagged,
+                shallow=plan.boundary,
+            )
+        elif fetch.haves or fetch.client_shallow:
             shas, client_has = walk.objects_to_send(
                 reader, fetch.wants, fetch.haves, fetch.tagged, shallow=fetch.client_shallow
             )

@@ -6,25 +6,40 @@ The traps a measured prototype hit in dulwich's UploadPackHandler, taken out:
   (`open_repo` in ../handlers.py).
 - `filter` (partial clone) is advertised but the lazy fetches that follow are refused:
   it is not advertised, and a client's `filter` request is ignored so the clone is full.
+- dulwich reads only `shallow` and `deepen` lines (not `deepen-since`, `deepen-not`,
+  `deepen-relative`) and walks shallow requests object by object: the request's shallow
+  lines are read here and answered by shallow.py's plan, sent as C git sends it.
 - Packs are built by `packwriter` from the stored packs' bytes (pack reuse) rather than
-  by dulwich, which inflates and deflates every object; shallow requests and repositories
-  whose packs `storedpacks` cannot read still go through dulwich.
+  by dulwich, which inflates and deflates every object. A SHA-1 repository whose pack
+  indexes `storedpacks` cannot read is served the same way with objects read through
+  dulwich; only a repository of another hash goes through dulwich's pack writing, and
+  it is not served shallow.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
+from dulwich.objects import valid_hexsha
 from dulwich.pack import write_pack_from_container
 from dulwich.protocol import (
+    CAPABILITY_DEEPEN_NOT,
+    CAPABILITY_DEEPEN_RELATIVE,
+    CAPABILITY_DEEPEN_SINCE,
     CAPABILITY_FILTER,
     CAPABILITY_NO_DONE,
     CAPABILITY_OFS_DELTA,
     CAPABILITY_SIDE_BAND_64K,
     CAPABILITY_THIN_PACK,
     COMMAND_DEEPEN,
+    COMMAND_DEEPEN_NOT,
+    COMMAND_DEEPEN_SINCE,
+    COMMAND_FILTER,
     COMMAND_SHALLOW,
+    COMMAND_WANT,
     SIDE_BAND_CHANNEL_DATA,
+    format_shallow_line,
+    format_unshallow_line,
 )
 from dulwich.server import UploadPackHandler
 
@@ -34,10 +49,14 @@ from ..dulwich_seam import (
     start_have_lines,
     start_pack_send_phase,
 )
-from . import storedpacks
+from . import shallow, storedpacks
 from .fetch import Fetch, send_pack
+from .shallow import Deepen, ShallowError, ShallowPlan
 
 SIDE_BAND_DATA_MAX = 65515  # a pkt-line's 65520 bytes less its length and channel
+DEEPEN_CAPABILITIES = [CAPABILITY_DEEPEN_SINCE, CAPABILITY_DEEPEN_NOT, CAPABILITY_DEEPEN_RELATIVE]
+SHALLOW_SECTION = (COMMAND_SHALLOW, COMMAND_DEEPEN, COMMAND_DEEPEN_SINCE, COMMAND_DEEPEN_NOT)
+MAX_SHALLOW_LINES = 100_000  # a client's shallow commits: far more than any real clone has
 
 
 def _without_filter(caps: Iterable[bytes]) -> list[bytes]:
@@ -47,23 +66,67 @@ def _without_filter(caps: Iterable[bytes]) -> list[bytes]:
 
 
 class GatewayGraphWalker(ProtocolGraphWalker):
-    def _handle_shallow_request(self, wants) -> None:
-        # dulwich expects `deepen` after a client's `shallow` lines; a fetch into a shallow
-        # clone sends its shallow commits and no `deepen` ("unexpected flush-pkt" before).
-        while True:
-            command, value = self.read_proto_line((COMMAND_DEEPEN, COMMAND_SHALLOW, None))
-            if command is None:
-                return  # not deepening: the shallow commits only bound the walk
-            if command == COMMAND_DEEPEN:
-                self.unread_proto_line(command, value)
-                super()._handle_shallow_request(wants)
-                return
-            self.client_shallow.add(value)
+    """dulwich's v0 negotiation, with the request's shallow section read here: after the
+    wants come `shallow`, `deepen`, `deepen-since`, `deepen-not` (and `filter`) lines, in
+    that order, then a flush. dulwich's own reading knows only the first two."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.deepen: Deepen | None = None
+        self.filter_line: bytes | None = None  # a `filter` line after the shallow ones
+
+    def read_proto_line(self, allowed):
+        if allowed is None or COMMAND_WANT not in allowed:
+            return super().read_proto_line(allowed)
+        # determine_wants() reading the wants: the first shallow line ends them.
+        line = self.proto.read_pkt_line()
+        if line and line.split(b" ", 1)[0] in SHALLOW_SECTION:
+            self._read_shallow_section(line)
+            return None, None  # the section's flush: determine_wants() returns the wants
+        self.proto.unread_pkt_line(line)
+        return super().read_proto_line(allowed)
+
+    def _read_shallow_section(self, line: bytes | None) -> None:
+        depth, since, not_refs, deepening, count = 0, None, [], False, 0
+        while line:
+            command, _, value = line.rstrip(b"\n").partition(b" ")
+            count += 1
+            if count > MAX_SHALLOW_LINES:
+                raise ShallowError(f"more than {MAX_SHALLOW_LINES} shallow lines")
+            if command == COMMAND_SHALLOW:
+                if not valid_hexsha(value) or len(value) != 40:
+                    raise ShallowError("invalid shallow line: not an object name")
+                self.client_shallow.add(value.lower())
+            elif command == COMMAND_DEEPEN:
+                depth, deepening = shallow.parse_depth(value), True
+            elif command == COMMAND_DEEPEN_SINCE:
+                since, deepening = shallow.parse_since(value), True
+            elif command == COMMAND_DEEPEN_NOT and value:
+                not_refs.append(value)
+                deepening = True
+            elif command == COMMAND_FILTER:
+                self.filter_line = value
+            else:
+                raise ShallowError(f"unexpected line in the shallow request: {command[:20]!r}")
+            line = self.proto.read_pkt_line()
+        if deepening:
+            relative = self.handler.has_capability(CAPABILITY_DEEPEN_RELATIVE)
+            self.deepen = Deepen(depth, since, tuple(not_refs), relative)
+
+    def send_shallow_plan(self, plan: ShallowPlan) -> None:
+        """v0: the plan's lines and a flush, only when the client asked to deepen."""
+        if not plan.deepened:
+            return
+        for sha in plan.shallow:
+            self.proto.write_pkt_line(format_shallow_line(sha))
+        for sha in plan.unshallow:
+            self.proto.write_pkt_line(format_unshallow_line(sha))
+        self.proto.write_pkt_line(None)
 
 
 class GatewayUploadPackHandler(UploadPackHandler):
     def capabilities(self) -> list[bytes]:
-        return _without_filter(super().capabilities())
+        return _without_filter(super().capabilities()) + DEEPEN_CAPABILITIES
 
     def set_client_capabilities(self, caps: Iterable[bytes]) -> None:
         # git 2.39 sends a bare `filter` even when it was not advertised.
@@ -84,11 +147,17 @@ class GatewayUploadPackHandler(UploadPackHandler):
         wants = walker.determine_wants(refs, None)
         if not wants:
             return
-        reader = None if walker.shallow or walker.unshallow else storedpacks.open_reader(repo)
+        reader = _reader(repo)
         if reader is None:
+            if walker.deepen is not None or walker.client_shallow:
+                raise ShallowError("shallow fetches are served from SHA-1 repositories only")
             self._send_with_dulwich(walker, wants)
             return
         try:
+            plan = None
+            if walker.deepen is not None or walker.client_shallow:
+                plan = shallow.plan(reader, refs, wants, walker.client_shallow, walker.deepen)
+                walker.send_shallow_plan(plan)
             haves = store.find_common_revisions(walker)
             if not walker.handle_done(
                 not self.has_capability(CAPABILITY_NO_DONE), done_received(self)
@@ -102,6 +171,8 @@ class GatewayUploadPackHandler(UploadPackHandler):
                 ofs_delta=self.has_capability(CAPABILITY_OFS_DELTA),
                 thin_pack=self.has_capability(CAPABILITY_THIN_PACK),
                 client_shallow=frozenset(walker.client_shallow),
+                deepen=walker.deepen,
+                shallow_plan=plan,
             )
             send_pack(repo.path, reader, refs, request, self._pack_writer(), self.progress)
             self.proto.write_pkt_line(None)
@@ -127,7 +198,8 @@ class GatewayUploadPackHandler(UploadPackHandler):
         return write_sideband
 
     def _send_with_dulwich(self, walker, wants: list[bytes]) -> None:
-        # The rest of dulwich's own handle(): shallow and unshallow requests.
+        # The rest of dulwich's own handle(), for a repository whose objects are not
+        # SHA-1 (storedpacks and packwriter read and write SHA-1 packs only).
         missing = self.repo.find_missing_objects(
             lambda refs, depth=None: wants, walker, self.progress, get_tagged=self.get_tagged
         )
@@ -149,3 +221,13 @@ class GatewayUploadPackHandler(UploadPackHandler):
             reuse_deltas=reuse,
         )
         self.proto.write_pkt_line(None)
+
+
+def _reader(repo) -> storedpacks.ObjectReader | None:
+    """The stored packs' reader; for a SHA-1 repository whose pack indexes it cannot
+    read, one that asks dulwich for every object (packwriter then sends them whole);
+    None for a repository of another hash."""
+    reader = storedpacks.open_reader(repo)
+    if reader is None and getattr(repo.object_store.object_format, "name", "sha1") == "sha1":
+        reader = storedpacks.ObjectReader(repo.object_store, [])
+    return reader

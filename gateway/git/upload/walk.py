@@ -215,6 +215,10 @@ def objects_to_send(
             client_has.add(peeled)
 
     commits, boundary = walk.commits_to_send(want_commits, have_commits)
+    if walk.shallow:
+        # A shallow client's boundary commits have no parents to diff against: as C git
+        # (pack-objects --shallow), every tree of a commit it has counts as its own.
+        boundary.update(have_commits)
     # Everything under the boundary's trees the client has: not sent.
     for sha in boundary:
         walk.tree_objects(walk.commits[sha][0], client_has, [])
