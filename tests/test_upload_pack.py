@@ -382,6 +382,28 @@ def test_kept_commit_lists_damaged_or_cut_short_are_made_again(gw, repo, work):
         assert len(lists) == 6 and all(lists.values())  # every record whole again
 
 
+def test_kept_pack_order_is_used_and_made_again_when_damaged(gw, repo, work):
+    # packorder.py: each pack's entry order is kept in gateway-packs/, named by the pack's
+    # checksum; a damaged or cut-short file is ignored and made again.
+    alice, path, tree = repo
+    for i in range(3):
+        commit(tree, "big.txt", big_text(i))
+        push(gw, alice, path, tree)
+    repack_with_c_git(gw.repo_dir(path))
+    server = gw.repo_dir(path)
+    mirror_clone(gw, alice, path, work / "c1")
+    kept = list((server / "gateway-packs").iterdir())
+    assert len(kept) == 1
+    idx = next((server / "objects" / "pack").glob("*.idx")).read_bytes()
+    assert kept[0].name == idx[-40:-20].hex()  # the pack's own checksum
+    whole = kept[0].read_bytes()
+    for n, damaged in enumerate([whole[: len(whole) // 2], whole[:-8] + bytes(8)]):
+        kept[0].write_bytes(damaged)
+        (server / "gateway-clone-objects").unlink()
+        mirror_clone(gw, alice, path, work / f"c{n + 2}")
+        assert kept[0].read_bytes() == whole
+
+
 def test_fetches_into_a_shallow_clone_then_unshallow(gw, repo, work):
     # A shallow client's fetch and --unshallow are both served from the stored packs
     # (shallow.py's plan); both end with a complete, consistent repository.

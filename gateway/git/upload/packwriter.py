@@ -148,7 +148,7 @@ def whole_pack(reader: ObjectReader, shas: list[bytes]) -> StoredPack | None:
     """The stored pack holding exactly `shas`, if there is one: a clone of a repository
     repacked since its last change. It is sent as it is stored."""
     for pack in reader.packs:
-        if len(pack.names) == len(shas) and pack.number.keys() == set(shas):
+        if pack.holds_exactly(shas):
             return pack
     return None
 

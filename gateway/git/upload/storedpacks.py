@@ -5,10 +5,11 @@ to find where an object's compressed bytes end it has to inflate them. Upload-pa
 the opposite: the stored bytes of each entry untouched, so that it can copy them into the
 pack it sends (what C git calls pack reuse). The pack index (.idx v2) already says where
 every entry starts, so the entries sorted by offset say where each one ends, and its CRC
-says whether the bytes read are the bytes that were written.
+says whether the bytes read are the bytes that were written. That order is made once per
+pack and kept (packorder.py), and names are looked up in the index itself.
 
 Only SHA-1 packs with a v2 index are read here; anything else makes `open_reader` return
-None and the caller uses dulwich's own path. Loose objects and objects in packs we do not
+None and the caller reads through dulwich. Loose objects and objects in packs we do not
 read are asked of dulwich's object store.
 """
 
@@ -17,65 +18,75 @@ from __future__ import annotations
 import binascii
 import bisect
 import os
-import sys
 import zlib
-from array import array
 
 from dulwich.pack import apply_delta
 
 from ..dulwich_seam import pack_basename
+from .packorder import PackIndex
 
 OFS_DELTA, REF_DELTA = 6, 7
-IDX_V2 = b"\377tOc\x00\x00\x00\x02"
 SHA_LEN = 20
 CACHE_BYTES = 8 << 20  # inflated objects kept: a tree walk reads delta chains newest first
+
+
+class _Numbers:
+    """name (hex) -> entry number, as a dict's get()."""
+
+    def __init__(self, index: PackIndex) -> None:
+        self.get = index.find
+
+
+class _Names:
+    """entry number -> binary name."""
+
+    def __init__(self, index: PackIndex) -> None:
+        self.index = index
+
+    def __len__(self) -> int:
+        return self.index.count
+
+    def __getitem__(self, k: int) -> bytes:
+        return self.index.name(self.index.order[k])
+
+
+class _Crcs:
+    def __init__(self, index: PackIndex) -> None:
+        self.index = index
+
+    def __getitem__(self, k: int) -> int:
+        return self.index.crc(self.index.order[k])
 
 
 class PackError(Exception):
     """A stored pack failed a check: its data is not what its index says."""
 
 
-def _be_array(code: str, data: bytes) -> array:
-    values = array(code, data)
-    if sys.byteorder == "little":
-        values.byteswap()
-    return values
-
-
 class StoredPack:
-    """One pack and its v2 index. Entries are numbered by their order in the pack."""
+    """One pack and its v2 index. Entries are numbered by their order in the pack
+    (packorder.py keeps that order beside the repository, in `cache_dir`)."""
 
-    def __init__(self, basename: str) -> None:
-        with open(basename + ".idx", "rb") as f:
-            idx = f.read()
-        if idx[:8] != IDX_V2:
-            raise ValueError("not a v2 pack index")
-        count = int.from_bytes(idx[8 + 255 * 4 : 8 + 256 * 4], "big")
-        start = 8 + 256 * 4
-        names = idx[start : start + SHA_LEN * count]
-        start += SHA_LEN * count
-        crcs = _be_array("I", idx[start : start + 4 * count])
-        start += 4 * count
-        offsets = _be_array("I", idx[start : start + 4 * count])
-        start += 4 * count
-        large = _be_array("Q", idx[start : len(idx) - 2 * SHA_LEN])
-        if count and max(offsets) & 0x80000000:
-            offsets = array("Q", (large[o & 0x7FFFFFFF] if o & 0x80000000 else o for o in offsets))
+    def __init__(self, basename: str, cache_dir: str | None = None) -> None:
         self.fd = os.open(basename + ".pack", os.O_RDONLY)
-        pack_size = os.fstat(self.fd).st_size
-        order = sorted(range(count), key=offsets.__getitem__)
-        hexnames = binascii.hexlify(names)
+        try:
+            pack_size = os.fstat(self.fd).st_size
+            self.index = PackIndex(basename + ".idx", pack_size, cache_dir)
+        except BaseException:
+            os.close(self.fd)
+            raise
         # Entry k (in pack order): its name, where it starts and ends, its CRC.
-        self.number = {
-            hexnames[2 * SHA_LEN * i : 2 * SHA_LEN * (i + 1)]: k for k, i in enumerate(order)
-        }
-        self.names = [names[SHA_LEN * i : SHA_LEN * (i + 1)] for i in order]
-        self.starts = array("Q", (offsets[i] for i in order))
-        self.starts.append(pack_size - SHA_LEN)
-        self.crcs = array("I", (crcs[i] for i in order))
+        self.number = _Numbers(self.index)
+        self.names = _Names(self.index)
+        self.starts = self.index.starts
+        self.crcs = _Crcs(self.index)
+
+    def holds_exactly(self, shas: list[bytes]) -> bool:
+        """Is this pack's content exactly `shas` (hex names)?"""
+        return len(shas) == self.index.count and self.index.hex_names() == set(shas)
 
     def close(self) -> None:
         os.close(self.fd)
+        self.index.close()
 
     def entry(self, k: int) -> bytes:
         """The stored bytes of entry k (header and compressed data), checked against the CRC."""
@@ -200,7 +211,7 @@ def open_reader(repo) -> ObjectReader | None:
     packs: list[StoredPack] = []
     try:
         for pack in store.packs:
-            packs.append(StoredPack(pack_basename(pack)))
+            packs.append(StoredPack(pack_basename(pack), repo.controldir()))
     except (OSError, ValueError):
         for opened in packs:
             opened.close()
