@@ -282,6 +282,10 @@ def test_push_from_a_shallow_clone(gw, served, work, protocol):
     )
     assert run(server, "fsck", "--full", "--strict").returncode == 0
     assert not (server / "shallow").exists()
+    # The next CI step fetches at depth 1 into the same clone.
+    gw.git(alice, "-c", f"protocol.version={protocol}", "fetch", "-q", "--depth", "1",
+           "origin", cwd=clone)  # fmt: skip
+    assert state(clone)["count"] == "1"  # as C git: the fetched tip is the new boundary
 
 
 def test_a_push_that_would_make_the_server_shallow_is_refused(gw, served, work):
@@ -354,3 +358,65 @@ def test_shallow_lines_naming_a_blob_or_an_unknown_commit(gw, served):
     after, stderr = upload_pack(gw, alice, path, [b"shallow " + b"1" * 40, b"deepen 1"])
     assert "ERROR" not in stderr
     assert after[0].startswith(b"shallow ") and after[1] is None
+
+
+# --- the plan beside C git's upload-pack, request by request ---------------------------------
+
+
+def merge_heavy_repo(where: Path, commits: int = 80, seed: int = 7) -> Path:
+    """A bare repository whose history merges often (up to three parents), two branches
+    and a tag, written with fast-import: the same bytes on every run."""
+    import random
+
+    rng = random.Random(seed)
+    lines = []
+    for n in range(1, commits + 1):
+        lines += [f"commit refs/heads/{'side' if n % 7 == 3 else 'main'}", f"mark :{n}"]
+        lines += [f"committer A <a@example.com> {START + n * DAY} +0000", "data 2", f"{n % 10}x"]
+        if n > 1:
+            picks = {rng.randrange(max(1, n - 6), n) for _ in range(rng.choice([1, 1, 2, 3]))}
+            parents = sorted(picks)
+            lines.append(f"from :{parents[-1]}")
+            lines += [f"merge :{p}" for p in parents[:-1]]
+        lines += [f"M 100644 inline f{n % 5}", "data 4", f"{n:03d}\n"[:4]]
+    lines += ["reset refs/tags/t1", f"from :{commits // 2}", ""]
+    repo = where / "merges.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(repo)], check=True)
+    subprocess.run(
+        ["git", "fast-import", "--quiet"], cwd=repo, input="\n".join(lines).encode(), check=True
+    )
+    return repo
+
+
+def shallow_answer(argv: list[str], repo: Path, request: bytes) -> list[bytes]:
+    out = subprocess.run([*argv, str(repo)], input=request, capture_output=True, timeout=60)
+    pkts, _ = parse_pkts(out.stdout)
+    after = pkts[pkts.index(None) + 1 :]
+    lines = after[: after.index(None)] if None in after else after
+    assert all(line.startswith((b"shallow ", b"unshallow ")) for line in lines), out.stderr
+    return sorted(lines)
+
+
+def test_plans_match_c_git_on_a_merge_heavy_history(work):
+    import sys
+
+    repo = merge_heavy_repo(work)
+    rev = lambda name: run(repo, "rev-parse", name).stdout.strip().encode()  # noqa: E731
+    main, side = rev("main"), rev("side")
+    boundary = [rev("main~3"), rev("side~2")]
+    requests = [[b"deepen %d" % d] for d in (1, 2, 3, 5, 8, 13)]
+    requests += [[b"deepen-since %d" % (START + n * DAY)] for n in (40, 66, 77)]
+    requests += [[b"deepen-not t1"], [b"deepen-not side", b"deepen-since %d" % (START + 30 * DAY)]]
+    requests += [[b"shallow " + s for s in boundary] + [b"deepen %d" % d] for d in (1, 4, 9)]
+    requests += [[b"shallow " + s for s in boundary] + [b"deepen 2147483647"]]
+    ours = [sys.executable, "-m", "gateway.git.workers.worker", "git-upload-pack"]
+    answered = 0
+    for caps in (b"", b" deepen-relative"):
+        for lines in requests:
+            request = pkt(b"want " + main + b" ofs-delta" + caps + b"\n")
+            request += pkt(b"want " + side + b"\n")
+            request += b"".join(pkt(line + b"\n") for line in lines) + b"0000" + pkt(b"done\n")
+            theirs = shallow_answer(["git", "upload-pack"], repo, request)
+            assert shallow_answer(ours, repo, request) == theirs, (caps, lines)
+            answered += bool(theirs)
+    assert answered > len(requests)  # most requests move the boundary
