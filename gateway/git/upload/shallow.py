@@ -20,7 +20,7 @@ import heapq
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from .storedpacks import ObjectReader
+from .storedpacks import ObjectReader, PackError
 from .walk import COMMIT, Walk
 
 INFINITE_DEPTH = 0x7FFFFFFF  # what `--unshallow` sends (C git's INFINITE_DEPTH)
@@ -84,7 +84,19 @@ def plan(
 ) -> ShallowPlan:
     """The shallow and unshallow lines for a request, and what its pack's walk needs.
     `refs`: the refs the client may read (name -> sha); raises ShallowError."""
-    walk = Walk(reader)
+    try:
+        return _plan(Walk(reader), refs, want_commits, client_shallow, deepen)
+    except KeyError as exc:  # a ref reaches an object the repository lacks
+        raise PackError(f"object {exc} is missing") from None
+
+
+def _plan(
+    walk: Walk,
+    refs: Mapping[bytes, bytes],
+    want_commits: Sequence[bytes],
+    client_shallow: Iterable[bytes],
+    deepen: Deepen | None,
+) -> ShallowPlan:
     theirs = _known_commits(walk, client_shallow)
     if deepen is None:
         return ShallowPlan([], [], frozenset(theirs))
