@@ -46,13 +46,19 @@ def send_pack(
     try:
         if fetch.shallow_plan is not None:
             plan = fetch.shallow_plan
+            # A shallow clone or a deepening may send much of the history: the commits'
+            # kept lists then save reading their trees (not worth loading for a few).
+            commit_objects = CommitObjects(repo_path) if plan.unshallow or not fetch.haves else None
             shas, client_has = walk.objects_to_send(
                 reader,
                 [*fetch.wants, *plan.extra_wants],
                 [*fetch.haves, *plan.edges],
                 fetch.tagged,
+                commit_objects,
                 shallow=plan.boundary,
             )
+            if commit_objects is not None:
+                commit_objects.save()
         elif fetch.haves or fetch.client_shallow:
             shas, client_has = walk.objects_to_send(
                 reader, fetch.wants, fetch.haves, fetch.tagged, shallow=fetch.client_shallow

@@ -233,7 +233,9 @@ def objects_to_send(
     seen.update(tags)
     trees_and_blobs: list[bytes] = []
     for sha in commits:
-        if commit_objects is None:
+        if commit_objects is None or sha in walk.shallow:
+            # (A shallow boundary commit has no parent here: its whole tree is sent, and
+            # is not its kept list.)
             walk.tree_objects(walk.commits[sha][0], seen, trees_and_blobs)
             continue
         brought = commit_objects.get(sha)
