@@ -384,8 +384,8 @@ def test_kept_commit_lists_damaged_or_cut_short_are_made_again(gw, repo, work):
 
 
 def test_fetches_into_a_shallow_clone_then_unshallow(gw, repo, work):
-    # A shallow client's fetch takes the fast path (its haves are commits it has);
-    # --unshallow takes dulwich's. Both end with a complete, consistent repository.
+    # A shallow client's fetch and --unshallow are both served from the stored packs
+    # (shallow.py's plan); both end with a complete, consistent repository.
     alice, path, tree = repo
     for i in range(4):
         commit(tree, "big.txt", big_text(i))

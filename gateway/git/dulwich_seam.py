@@ -92,9 +92,15 @@ def start_pack_send_phase(handler: UploadPackHandler) -> None:
 # Private members the gateway's subclasses override (methods) or read from `self`
 # (attributes set in __init__); why, in the module that does it.
 SUBCLASS_INTERNALS: dict[type, dict[str, tuple[str, ...]]] = {
-    # upload/upload_pack.py GatewayGraphWalker: a fetch into a shallow clone sends its
-    # `shallow` lines without `deepen`; the override reads them before dulwich does.
-    _ProtocolGraphWalker: {"methods": ("_handle_shallow_request",), "attributes": ()},
+    # upload/upload_pack.py GatewayGraphWalker: determine_wants() reads the lines after
+    # the first want through read_proto_line(); the override takes the shallow section
+    # (`shallow`, `deepen`, `deepen-since`, `deepen-not`, which dulwich's reading does not
+    # all know) into `client_shallow` and shallow.py's request, asking `handler` for the
+    # client's deepen-relative.
+    _ProtocolGraphWalker: {
+        "methods": ("read_proto_line", "determine_wants"),
+        "attributes": ("client_shallow", "handler"),
+    },
     # receive/packreader.py _BoundedCopier.read_objects: dulwich's loop with each entry
     # skimmed under limits instead of inflated whole.
     PackStreamReader: {

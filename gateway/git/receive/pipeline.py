@@ -4,9 +4,12 @@ dulwich's own ReceivePackHandler runs pre-receive before the pack is read, ignor
 result of its compare-and-swap, has no connectivity check and leaves a truncated pack
 behind. This handler does, in order:
 
-1. read the commands (and push options), then the pack into a quarantine directory that
-   fetches cannot see (quarantine.py: `objects/incoming-PID-*`, the store its alternate);
-2. check connectivity: every object a new tip needs is in the quarantine or the store;
+1. read the commands (after a shallow clone's `shallow` lines, and with push options),
+   then the pack into a quarantine directory that fetches cannot see (quarantine.py:
+   `objects/incoming-PID-*`, the store its alternate);
+2. check connectivity: every object a new tip needs is in the quarantine or the store
+   (a push whose history stops at the client's shallow boundary is refused, as C git's
+   `shallow update not allowed`: the repository never becomes shallow);
 3. run `pre-receive` (it can read the quarantined objects, as Git's hooks can), then
    `update` for each ref;
 4. move the new packs into the store, then update refs by compare-and-swap under a
@@ -60,6 +63,8 @@ CAPABILITIES = [
 ]
 GITLINK_MODE = 0o160000
 MAX_PUSH_OPTIONS = 100
+MAX_SHALLOW_LINES = 100_000
+SHALLOW_UPDATE = b"shallow update not allowed"
 log = logging.getLogger("gateway.git")
 
 
@@ -105,6 +110,7 @@ class ReceivePack:
         self.proto = proto
         self.settings = settings
         self.caps: set[bytes] = set()
+        self.client_shallow: set[bytes] = set()  # the pushing clone's shallow commits
 
     # --- the conversation ----------------------------------------------------------------
 
@@ -166,7 +172,7 @@ class ReceivePack:
 
     def _read_commands(self) -> tuple[list[Command], list[bytes]]:
         commands = []
-        line = self.proto.read_pkt_line()
+        line = self._read_shallow_lines()
         if line is None:
             return [], []
         line, caps = extract_capabilities(line)
@@ -187,6 +193,20 @@ class ReceivePack:
                     f"push options must be at most {MAX_PUSH_OPTIONS} lines of printable UTF-8"
                 )
         return commands, options
+
+    def _read_shallow_lines(self) -> bytes | None:
+        """A push from a shallow clone starts with its shallow commits (`shallow X`), as C
+        git's send-pack sends them; the first line after them is the first command."""
+        line = self.proto.read_pkt_line()
+        while line is not None and line.startswith(b"shallow "):
+            sha = line[8:].rstrip(b"\n")
+            if len(sha) != 40 or not valid_hexsha(sha):
+                raise GitProtocolError("expected a shallow commit's name after `shallow`")
+            if len(self.client_shallow) >= MAX_SHALLOW_LINES:
+                raise GitProtocolError(f"more than {MAX_SHALLOW_LINES} shallow lines")
+            self.client_shallow.add(sha.lower())
+            line = self.proto.read_pkt_line()
+        return line
 
     @property
     def _sideband(self) -> bool:
@@ -266,6 +286,10 @@ class ReceivePack:
             if command.error is None and not command.is_delete:
                 if not _complete(command.new, quarantine, store):
                     command.error = b"missing necessary objects"
+                    if _reaches_new_shallow(command.new, quarantine, store, self.client_shallow):
+                        # As C git (receive.shallowUpdate false): the repository itself
+                        # would become shallow.
+                        command.error = SHALLOW_UPDATE
                 elif command.ref.startswith(b"refs/heads/") and not isinstance(
                     quarantine[command.new], Commit
                 ):
@@ -274,6 +298,8 @@ class ReceivePack:
             # The store's objects are trusted to be complete: an incomplete pack never
             # moves in, so nothing of this push is accepted.
             self._refuse_all(commands, b"missing necessary objects")
+        elif any(c.error == SHALLOW_UPDATE for c in commands):
+            self._refuse_all(commands, SHALLOW_UPDATE)
 
     def _run_checks_and_update(
         self, commands: list[Command], options: list[bytes], quarantine: DiskObjectStore | None
@@ -472,6 +498,32 @@ def _complete(tip: bytes, quarantine: DiskObjectStore, store) -> bool:
         elif not isinstance(obj, Blob):
             return False
     return True
+
+
+def _reaches_new_shallow(
+    tip: bytes, quarantine: DiskObjectStore, store, shallow: set[bytes]
+) -> bool:
+    """Does `tip`'s history, through the pushed commits, stop at one of the client's
+    shallow commits that the store did not have (one whose parents it lacks)?"""
+    if not shallow:
+        return False
+    stack, seen = [tip], set()
+    while stack:
+        sha = stack.pop()
+        if sha in seen or sha in store:
+            continue
+        seen.add(sha)
+        if sha in shallow:
+            return True
+        try:
+            obj = quarantine[sha]
+        except KeyError:
+            continue
+        if isinstance(obj, Commit):
+            stack.extend(obj.parents)
+        elif isinstance(obj, Tag):
+            stack.append(obj.object[1])
+    return False
 
 
 def _is_utf8(data: bytes) -> bool:

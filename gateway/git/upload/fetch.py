@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from . import bitmaps, clonecache, clonepack, packwriter, storedpacks, walk
 from .commitobjects import CommitObjects
 from .filters import ObjectFilter
+from .shallow import Deepen, ShallowPlan
 from .storedpacks import ObjectReader
 
 
@@ -31,6 +32,9 @@ class Fetch:
     client_shallow: frozenset[bytes] = frozenset()
     # A partial clone's filter (filters.parse of the client's `filter` line).
     object_filter: ObjectFilter | None = None
+    deepen: Deepen | None = None  # the request's deepen lines (None: not deepening)
+    # shallow.plan()'s answer, which the protocol has sent: it bounds the walk.
+    shallow_plan: ShallowPlan | None = None
 
 
 def send_pack(
@@ -46,7 +50,12 @@ def send_pack(
     tips = set(refs.values())
     # Wants that are not ref tips (a partial clone's lazy fetch of blobs by id) are no
     # clone: walked, and not put in the clone cache.
-    is_clone = not (fetch.haves or fetch.client_shallow) and tips.issuperset(fetch.wants)
+    # A shallow request is no clone either: its depth bounds what is sent.
+    is_clone = (
+        not (fetch.haves or fetch.client_shallow)
+        and fetch.shallow_plan is None
+        and tips.issuperset(fetch.wants)
+    )
     kept = None
     if is_clone and fetch.object_filter is not None:
         pack_key = clonecache.key(refs, fetch.wants, fetch.tagged, fetch.object_filter)
@@ -56,7 +65,24 @@ def send_pack(
         kept = clonepack.KeptPackWriter(repo_path, pack_key, write)
         write = kept.write
     try:
-        if is_clone:
+        if fetch.shallow_plan is not None:
+            plan = fetch.shallow_plan
+            # A shallow clone or a deepening may send much of the history: the commits'
+            # kept lists then save reading their trees (not worth loading for a few).
+            many = plan.unshallow or not fetch.haves
+            commit_objects = CommitObjects(repo_path) if many else None
+            shas, client_has = walk.objects_to_send(
+                reader,
+                [*fetch.wants, *plan.extra_wants],
+                [*fetch.haves, *plan.edges],
+                fetch.tagged,
+                commit_objects,
+                shallow=plan.boundary,
+                object_filter=fetch.object_filter,
+            )
+            if commit_objects is not None:
+                commit_objects.save()
+        elif is_clone:
             shas, client_has = _clone_objects(repo_path, reader, refs, fetch), set()
         else:
             shas, client_has = walk.objects_to_send(
@@ -89,7 +115,7 @@ def send_pack(
 def _everything_reachable(fetch: Fetch) -> bool:
     """Whether the clone sends all that its wants reach (what a bitmap says): not if a
     filter or a depth leaves some out."""
-    return all(getattr(fetch, name, None) is None for name in ("object_filter", "deepen"))
+    return fetch.object_filter is None and fetch.shallow_plan is None
 
 
 def _clone_objects(

@@ -8,9 +8,14 @@ The traps a measured prototype hit in dulwich's UploadPackHandler, taken out:
   objects, and the lazy fetches that follow (wants that are not ref tips) are refused:
   the client's `filter` line is read here (filters.parse) and applied by walk.py, and
   any want a ref reaches is served (`allow-reachable-sha1-in-want`, reachable.py).
+- dulwich reads only `shallow` and `deepen` lines (not `deepen-since`, `deepen-not`,
+  `deepen-relative`) and walks shallow requests object by object: the request's shallow
+  lines are read here and answered by shallow.py's plan, sent as C git sends it.
 - Packs are built by `packwriter` from the stored packs' bytes (pack reuse) rather than
-  by dulwich, which inflates and deflates every object; shallow requests and repositories
-  whose packs `storedpacks` cannot read still go through dulwich.
+  by dulwich, which inflates and deflates every object. A SHA-1 repository whose pack
+  indexes `storedpacks` cannot read is served the same way with objects read through
+  dulwich; only a repository of another hash goes through dulwich's pack writing, and
+  it is not served shallow.
 """
 
 from __future__ import annotations
@@ -18,9 +23,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
+from dulwich.errors import GitProtocolError
+from dulwich.objects import valid_hexsha
 from dulwich.pack import write_pack_from_container
 from dulwich.protocol import (
     CAPABILITY_ALLOW_REACHABLE_SHA1_IN_WANT,
+    CAPABILITY_DEEPEN_NOT,
+    CAPABILITY_DEEPEN_RELATIVE,
+    CAPABILITY_DEEPEN_SINCE,
     CAPABILITY_FILTER,
     CAPABILITY_INCLUDE_TAG,
     CAPABILITY_NO_DONE,
@@ -28,12 +38,16 @@ from dulwich.protocol import (
     CAPABILITY_SIDE_BAND_64K,
     CAPABILITY_THIN_PACK,
     COMMAND_DEEPEN,
+    COMMAND_DEEPEN_NOT,
+    COMMAND_DEEPEN_SINCE,
     COMMAND_FILTER,
     COMMAND_SHALLOW,
     COMMAND_WANT,
     SIDE_BAND_CHANNEL_DATA,
     ack_type,
     extract_want_line_capabilities,
+    format_shallow_line,
+    format_unshallow_line,
 )
 from dulwich.server import PackHandler, UploadPackHandler
 
@@ -43,15 +57,19 @@ from ..dulwich_seam import (
     start_have_lines,
     start_pack_send_phase,
 )
-from . import filters, reachable, storedpacks
+from . import filters, reachable, shallow, storedpacks
 from .fetch import Fetch, send_pack
 from .filters import FilterError, ObjectFilter
 from .reachable import NotReachable
 from .refs import Ref, head_target, list_refs
+from .shallow import Deepen, ShallowError, ShallowPlan
 
 log = logging.getLogger(__name__)
 
 SIDE_BAND_DATA_MAX = 65515  # a pkt-line's 65520 bytes less its length and channel
+DEEPEN_CAPABILITIES = [CAPABILITY_DEEPEN_SINCE, CAPABILITY_DEEPEN_NOT, CAPABILITY_DEEPEN_RELATIVE]
+SHALLOW_SECTION = (COMMAND_SHALLOW, COMMAND_DEEPEN, COMMAND_DEEPEN_SINCE, COMMAND_DEEPEN_NOT)
+MAX_SHALLOW_LINES = 100_000  # a client's shallow commits: far more than any real clone has
 
 
 def symrefs(repo) -> dict[bytes, bytes]:
@@ -63,15 +81,17 @@ def symrefs(repo) -> dict[bytes, bytes]:
 
 
 class GatewayGraphWalker(ProtocolGraphWalker):
+    """dulwich's v0 negotiation, with the request read here: after the wants come
+    `filter`, then `shallow`, `deepen`, `deepen-since`, `deepen-not` lines, then a flush.
+    dulwich refuses a want that is not a ref tip (a partial clone's lazy fetch:
+    reachable.check_wants decides instead) and knows only `shallow` and `deepen`."""
+
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.object_filter: ObjectFilter | None = None
-        self._reading_request = False
+        self.deepen: Deepen | None = None
 
     def determine_wants(self, heads, depth=None) -> list[bytes]:
-        """dulwich's advertisement, then the request read here: dulwich refuses a want
-        that is not a ref tip (a partial clone's lazy fetch); reachable.check_wants
-        decides instead."""
         if self.advertise_refs or not self.stateless_rpc:
             advertise_only = self.advertise_refs
             self.advertise_refs = True  # dulwich's determine_wants stops after advertising
@@ -87,60 +107,80 @@ class GatewayGraphWalker(ProtocolGraphWalker):
         line, caps = extract_want_line_capabilities(first)
         self.handler.set_client_capabilities(caps)
         self.set_ack_type(ack_type(caps))
-        self._reading_request = True
-        try:
-            self.proto.unread_pkt_line(line)
-            allowed = (COMMAND_WANT, COMMAND_SHALLOW, COMMAND_DEEPEN, None)
-            wants: list[bytes] = []
-            command, value = self.read_proto_line(allowed)
-            while command == COMMAND_WANT:
-                assert isinstance(value, bytes)
-                wants.append(value)
-                command, value = self.read_proto_line(allowed)
-            self.set_wants(wants)
-            if command in (COMMAND_SHALLOW, COMMAND_DEEPEN):
-                assert value is not None
-                self.unread_proto_line(command, value)
-                self._handle_shallow_request(wants)
-        finally:
-            self._reading_request = False
+        wants: list[bytes] = []
+        request: bytes | None = line
+        while request:
+            command, _, value = request.rstrip(b"\n").partition(b" ")
+            if command in SHALLOW_SECTION:
+                self._read_shallow_section(request)
+                break
+            if command == COMMAND_WANT:
+                if not valid_hexsha(value) or len(value) != 40:
+                    raise GitProtocolError("invalid want line: not an object name")
+                wants.append(value.lower())
+            elif command == COMMAND_FILTER:
+                self._take_filter(value)
+            else:
+                raise GitProtocolError(f"unexpected line in the request: {command[:20]!r}")
+            request = self.proto.read_pkt_line()
+        self.set_wants(wants)
         if self.stateless_rpc and self.proto.eof():
             return []
         return wants
 
-    def read_proto_line(self, allowed):
-        # A `filter` line may come after the wants or after the shallow and deepen lines
-        # (Git sends it last); it is taken here so that dulwich's readers never see it.
-        while self._reading_request:
-            line = self.proto.read_pkt_line()
-            if line is None or not line.startswith(COMMAND_FILTER + b" "):
-                self.proto.unread_pkt_line(line)
-                break
-            if not self.handler.has_capability(CAPABILITY_FILTER):
-                raise FilterError("a filter line without the filter capability")
-            if self.object_filter is not None:
-                raise FilterError("more than one filter line")
-            self.object_filter = filters.parse(line[len(COMMAND_FILTER) + 1 :].rstrip(b"\n"))
-        return super().read_proto_line(allowed)
+    def _take_filter(self, spec: bytes) -> None:
+        if not self.handler.has_capability(CAPABILITY_FILTER):
+            raise FilterError("a filter line without the filter capability")
+        if self.object_filter is not None:
+            raise FilterError("more than one filter line")
+        self.object_filter = filters.parse(spec)
 
-    def _handle_shallow_request(self, wants) -> None:
-        # dulwich expects `deepen` after a client's `shallow` lines; a fetch into a shallow
-        # clone sends its shallow commits and no `deepen` ("unexpected flush-pkt" before).
-        while True:
-            command, value = self.read_proto_line((COMMAND_DEEPEN, COMMAND_SHALLOW, None))
-            if command is None:
-                return  # not deepening: the shallow commits only bound the walk
-            if command == COMMAND_DEEPEN:
-                self.unread_proto_line(command, value)
-                super()._handle_shallow_request(wants)
-                return
-            self.client_shallow.add(value)
+    def _read_shallow_section(self, line: bytes | None) -> None:
+        depth, since, not_refs, deepening, count = 0, None, [], False, 0
+        while line:
+            command, _, value = line.rstrip(b"\n").partition(b" ")
+            count += 1
+            if count > MAX_SHALLOW_LINES:
+                raise ShallowError(f"more than {MAX_SHALLOW_LINES} shallow lines")
+            if command == COMMAND_SHALLOW:
+                if not valid_hexsha(value) or len(value) != 40:
+                    raise ShallowError("invalid shallow line: not an object name")
+                self.client_shallow.add(value.lower())
+            elif command == COMMAND_DEEPEN:
+                depth, deepening = shallow.parse_depth(value), True
+            elif command == COMMAND_DEEPEN_SINCE:
+                since, deepening = shallow.parse_since(value), True
+            elif command == COMMAND_DEEPEN_NOT and value:
+                not_refs.append(value)
+                deepening = True
+            elif command == COMMAND_FILTER:
+                self._take_filter(value)
+            else:
+                raise ShallowError(f"unexpected line in the shallow request: {command[:20]!r}")
+            line = self.proto.read_pkt_line()
+        if deepening:
+            relative = self.handler.has_capability(CAPABILITY_DEEPEN_RELATIVE)
+            self.deepen = Deepen(depth, since, tuple(not_refs), relative)
+
+    def send_shallow_plan(self, plan: ShallowPlan) -> None:
+        """v0: the plan's lines and a flush, only when the client asked to deepen."""
+        if not plan.deepened:
+            return
+        for sha in plan.shallow:
+            self.proto.write_pkt_line(format_shallow_line(sha))
+        for sha in plan.unshallow:
+            self.proto.write_pkt_line(format_unshallow_line(sha))
+        self.proto.write_pkt_line(None)
 
 
 class GatewayUploadPackHandler(UploadPackHandler):
     def capabilities(self) -> list[bytes]:
         # Wants by id (a partial clone's lazy fetches) are served when a ref reaches them.
-        return [*super().capabilities(), CAPABILITY_ALLOW_REACHABLE_SHA1_IN_WANT]
+        return [
+            *super().capabilities(),
+            *DEEPEN_CAPABILITIES,
+            CAPABILITY_ALLOW_REACHABLE_SHA1_IN_WANT,
+        ]
 
     def set_client_capabilities(self, caps: Iterable[bytes]) -> None:
         # Not dulwich's: it parses a `filter=` capability with its own filter code.
@@ -167,23 +207,25 @@ class GatewayUploadPackHandler(UploadPackHandler):
             return
         if not wants:
             return
-        reader = storedpacks.open_reader(repo)
-        if reader is not None:
-            try:
-                reachable.check_wants(repo.path, reader, refs, wants)
-            except NotReachable as exc:
-                reader.close()
-                self._refuse(str(exc))
+        reader = _reader(repo)
+        if reader is None:
+            if not set(refs.values()).issuperset(wants):
+                self._refuse(str(NotReachable(next(w for w in wants if w not in refs.values()))))
                 return
-        elif not set(refs.values()).issuperset(wants):
-            self._refuse(str(NotReachable(next(w for w in wants if w not in refs.values()))))
-            return
-        if walker.shallow or walker.unshallow or reader is None:
-            if reader is not None:
-                reader.close()
+            if walker.deepen is not None or walker.client_shallow:
+                raise ShallowError("shallow fetches are served from SHA-1 repositories only")
             self._send_with_dulwich(walker, wants)
             return
         try:
+            try:
+                reachable.check_wants(repo.path, reader, refs, wants)
+            except NotReachable as exc:
+                self._refuse(str(exc))
+                return
+            plan = None
+            if walker.deepen is not None or walker.client_shallow:
+                plan = shallow.plan(reader, refs, wants, walker.client_shallow, walker.deepen)
+                walker.send_shallow_plan(plan)
             haves = store.find_common_revisions(walker)
             if not walker.handle_done(
                 not self.has_capability(CAPABILITY_NO_DONE), done_received(self)
@@ -198,6 +240,8 @@ class GatewayUploadPackHandler(UploadPackHandler):
                 thin_pack=self.has_capability(CAPABILITY_THIN_PACK),
                 client_shallow=frozenset(walker.client_shallow),
                 object_filter=walker.object_filter,
+                deepen=walker.deepen,
+                shallow_plan=plan,
             )
             send_pack(repo.path, reader, refs, request, self._pack_writer(), self.progress)
             self.proto.write_pkt_line(None)
@@ -235,7 +279,8 @@ class GatewayUploadPackHandler(UploadPackHandler):
         return write_sideband
 
     def _send_with_dulwich(self, walker, wants: list[bytes]) -> None:
-        # The rest of dulwich's own handle(): shallow and unshallow requests.
+        # The rest of dulwich's own handle(), for a repository whose objects are not
+        # SHA-1 (storedpacks and packwriter read and write SHA-1 packs only).
         missing = self.repo.find_missing_objects(
             lambda refs, depth=None: wants, walker, self.progress, get_tagged=self.get_tagged
         )
@@ -257,3 +302,13 @@ class GatewayUploadPackHandler(UploadPackHandler):
             reuse_deltas=reuse,
         )
         self.proto.write_pkt_line(None)
+
+
+def _reader(repo) -> storedpacks.ObjectReader | None:
+    """The stored packs' reader; for a SHA-1 repository whose pack indexes it cannot
+    read, one that asks dulwich for every object (packwriter then sends them whole);
+    None for a repository of another hash."""
+    reader = storedpacks.open_reader(repo)
+    if reader is None and getattr(repo.object_store.object_format, "name", "sha1") == "sha1":
+        reader = storedpacks.ObjectReader(repo.object_store, [])
+    return reader

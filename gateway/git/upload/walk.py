@@ -276,6 +276,10 @@ def objects_to_send(
             client_has.add(peeled)
 
     commits, boundary = walk.commits_to_send(want_commits, have_commits)
+    if walk.shallow:
+        # A shallow client's boundary commits have no parents to diff against: as C git
+        # (pack-objects --shallow), every tree of a commit it has counts as its own.
+        boundary.update(have_commits)
     # Everything under the boundary's trees the client has: not sent.
     for sha in boundary:
         walk.tree_objects(walk.commits[sha][0], client_has, [])
@@ -293,14 +297,17 @@ def objects_to_send(
         _filtered_trees_and_blobs(
             walk, commits, commit_objects, object_filter, seen, trees_and_blobs
         )
-    elif commit_objects is not None:
+    else:
         for sha in commits:
+            if commit_objects is None or sha in walk.shallow:
+                # (A shallow boundary commit has no parent here: its whole tree is sent,
+                # and is not its kept list.)
+                walk.tree_objects(walk.commits[sha][0], seen, trees_and_blobs)
+                continue
             for obj in _kept_list(walk, commit_objects, sha)[0]:
                 if obj not in seen:
                     seen.add(obj)
                     trees_and_blobs.append(obj)
-    else:
-        for sha in commits:
             walk.tree_objects(walk.commits[sha][0], seen, trees_and_blobs)
     # Objects named in the wants: sent whatever the filter; a tree's content filtered
     # as Git does, counting its entries at depth 0.
@@ -348,7 +355,8 @@ def _filtered_trees_and_blobs(
     """The commits' trees and blobs that `object_filter` keeps, added to `out`."""
     if object_filter.tree_depth == 0:
         return  # commits and tags only
-    if commit_objects is None:
+    if commit_objects is None or walk.shallow:
+        # (Shallow boundary commits have no parent to take a kept list against.)
         tree_depths: dict[bytes, int] = {}
         for sha in commits:
             walk.filtered_tree_objects(

@@ -42,6 +42,7 @@ from dulwich.protocol import ReceivableProtocol
 from ...logs import StructuredFormatter, log_event
 from ..handlers import HANDLERS, open_repo
 from ..upload.archive import ArchiveRefused
+from ..upload.shallow import ShallowError
 from ..upload.storedpacks import PackError
 from .job import BadJob, Job
 
@@ -107,6 +108,9 @@ def main(argv: list[str]) -> int:
         print("ERROR: protocol error: malformed request", file=sys.stderr)
         return 1
     except BrokenPipeError:
+        return 1
+    except ShallowError as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
         return 1
     except ArchiveRefused as exc:
         log_event(log, "git.refused", service=service, repository=repo_dir, reason=str(exc))
