@@ -190,8 +190,14 @@ class Gateway:
         cwd: Path | None = None,
         check: bool = True,
         input: bytes | None = None,
+        env: dict[str, str] | None = None,
     ) -> subprocess.CompletedProcess:
-        env = {**self.env, "GIT_SSH_COMMAND": " ".join(self.ssh_command(user.key))}
+        """git ARGS as USER over ssh; ENV adds variables (GIT_TRACE_PACKET, say)."""
+        env = {
+            **self.env,
+            "GIT_SSH_COMMAND": " ".join(self.ssh_command(user.key)),
+            **(env or {}),
+        }
         result = subprocess.run(
             ["git", *args],
             cwd=cwd or self.root,

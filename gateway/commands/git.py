@@ -60,6 +60,7 @@ async def run(ctx: Context, request: GitRequest) -> int:
         log_level=ctx.settings.log_level,
         log_format=ctx.settings.log_format,
         worker_memory_limit=ctx.settings.worker_memory_limit,
+        git_protocol=ctx.git_protocol,
     )
 
     async def recheck() -> str | None:

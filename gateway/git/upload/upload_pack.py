@@ -24,7 +24,6 @@ from dulwich.protocol import (
     CAPABILITY_THIN_PACK,
     COMMAND_DEEPEN,
     COMMAND_SHALLOW,
-    SIDE_BAND_CHANNEL_DATA,
 )
 from dulwich.server import UploadPackHandler
 
@@ -34,10 +33,8 @@ from ..dulwich_seam import (
     start_have_lines,
     start_pack_send_phase,
 )
-from . import storedpacks
+from . import sideband, storedpacks
 from .fetch import Fetch, send_pack
-
-SIDE_BAND_DATA_MAX = 65515  # a pkt-line's 65520 bytes less its length and channel
 
 
 def _without_filter(caps: Iterable[bytes]) -> list[bytes]:
@@ -109,22 +106,9 @@ class GatewayUploadPackHandler(UploadPackHandler):
             reader.close()
 
     def _pack_writer(self):
-        # Not dulwich's write_sideband: it copies the rest of the data for every pkt-line.
         if not self.has_capability(CAPABILITY_SIDE_BAND_64K):
             return self.proto.write
-        write = self.proto.write
-        header = b"%04x" % (SIDE_BAND_DATA_MAX + 5) + bytes([SIDE_BAND_CHANNEL_DATA])
-
-        def write_sideband(data: bytes) -> None:
-            view = memoryview(data)
-            for at in range(0, len(view), SIDE_BAND_DATA_MAX):
-                piece = view[at : at + SIDE_BAND_DATA_MAX]
-                if len(piece) == SIDE_BAND_DATA_MAX:
-                    write(header + piece)  # one write: a pkt-line is larger than the buffer
-                else:
-                    write(b"%04x" % (len(piece) + 5) + bytes([SIDE_BAND_CHANNEL_DATA]) + piece)
-
-        return write_sideband
+        return sideband.writer(self.proto.write)
 
     def _send_with_dulwich(self, walker, wants: list[bytes]) -> None:
         # The rest of dulwich's own handle(): shallow and unshallow requests.

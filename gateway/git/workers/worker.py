@@ -43,6 +43,7 @@ from ...logs import StructuredFormatter, log_event
 from ..handlers import HANDLERS, open_repo
 from ..upload.archive import ArchiveRefused
 from ..upload.storedpacks import PackError
+from ..upload.v2 import RequestRefused
 from .job import BadJob, Job
 
 OUTPUT_BUFFER = 64 * 1024
@@ -107,6 +108,10 @@ def main(argv: list[str]) -> int:
         print("ERROR: protocol error: malformed request", file=sys.stderr)
         return 1
     except BrokenPipeError:
+        return 1
+    except RequestRefused as exc:
+        # The client has had its one ERR pkt-line; the operator gets the reason.
+        log_event(log, "git.refused", service=service, repository=repo_dir, reason=str(exc))
         return 1
     except ArchiveRefused as exc:
         log_event(log, "git.refused", service=service, repository=repo_dir, reason=str(exc))
