@@ -63,7 +63,11 @@ def serve(job: Job, stdin: BinaryIO, stdout: BinaryIO, status_fd: int | None = N
     repo = open_repo(job.repo_dir)
     try:
         proto = ReceivableProtocol(recv, out.write)
-        HANDLERS[job.service](repo, proto, job, status_fd).handle()
+        try:
+            HANDLERS[job.service](repo, proto, job, status_fd).handle()
+        except RequestRefused:
+            out.flush()  # the client's ERR line
+            raise
         out.flush()
     finally:
         repo.close()
