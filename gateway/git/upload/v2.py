@@ -244,20 +244,21 @@ class UploadPackV2:
         return self._refs
 
     def _list_refs(self, prefixes: list[bytes], peel: bool) -> list[Ref]:
-        refs = self.refs()
+        """The refs ls-refs lists, HEAD first as git does; only those matching a prefix
+        have their object looked up (an up-to-date fetch asks for a few of many)."""
+        store = self.repo.object_store
+        every = self.repo.get_refs()
         symrefs = self.repo.refs.get_symrefs()
-        matches = _prefix_matcher(prefixes, max((len(n) for n in refs), default=4))
+        matches = _prefix_matcher(prefixes, max((len(n) for n in every), default=4))
+        names = sorted(n for n in every if matches(n) and every[n] in store)
         out: list[Ref] = []
-        names = sorted(refs)
-        if b"HEAD" in names:  # git lists HEAD first
+        if b"HEAD" in names:
             names.remove(b"HEAD")
             names.insert(0, b"HEAD")
         elif b"HEAD" in symrefs and matches(b"HEAD"):
             out.append(Ref(b"HEAD", b"", None, symrefs[b"HEAD"]))  # unborn
         for name in names:
-            if not matches(name):
-                continue
-            sha = refs[name]
+            sha = every[name]
             peeled = self.repo.get_peeled(name) if peel else None
             out.append(Ref(name, sha, peeled if peeled != sha else None, symrefs.get(name)))
         return out
