@@ -294,7 +294,7 @@ def test_the_capability_advertisement(gw, repo):
     assert caps[0] == "version 2" and caps[1].startswith("agent=gateway/")
     assert caps[2:] == [
         "ls-refs=unborn",
-        "fetch=wait-for-done",
+        "fetch=shallow wait-for-done",
         "server-option",
         "object-format=sha1",
     ]
@@ -365,9 +365,18 @@ BAD_REQUESTS = {
         command(b"ls-refs", "peel")[:-4] + DELIM + b"0000",
         "ERR unexpected delimiter (0001) among the arguments",
     ),
-    "a deepen not served yet": (
-        command(b"fetch", "deepen 1", "done"),
-        "ERR fetch: shallow fetches (deepen) is not served by this server yet",
+    "a deepen-since not served yet": (
+        command(b"fetch", "deepen-since 1700000000", "done"),
+        "ERR fetch: shallow fetches (deepen-since) is not served by this server yet",
+    ),
+    "a depth of 0": (command(b"fetch", "deepen 0", "done"), "ERR fetch: invalid deepen: '0'"),
+    "a negative depth": (
+        command(b"fetch", "deepen -1", "done"),
+        "ERR fetch: invalid deepen: '-1'",
+    ),
+    "a huge depth": (
+        command(b"fetch", "deepen 99999999999", "done"),
+        "ERR fetch: invalid deepen: '99999999999'",
     ),
     "a filter not served yet": (
         command(b"fetch", "filter blob:none", "done"),
@@ -494,3 +503,33 @@ def test_request_watch_in_protocol_v2(stream, commands, before_end):
         assert not ends
     else:
         assert ends[0] == len(stream) - 1 - before_end  # not a byte early
+
+
+def test_shallow_clone_fetch_and_unshallow_in_v2(gw, repo, work):
+    alice, path, tree = repo
+    for i in range(4):
+        commit(tree, "f.txt", f"version {i}\n")
+    push(gw, alice, path, tree)
+    shallow = work / "shallow"
+    result = v2(gw, alice, "clone", "-q", "--depth", "1", gw.url(path), str(shallow))
+    assert "deepen 1" in packets(result, ">") and "shallow-info" in packets(result, "<")
+    assert local_git("rev-list", "--count", "HEAD", cwd=shallow).strip() == "1"
+    client_fsck(shallow)
+    commit(tree, "f.txt", "version 4\n")
+    new = commit(tree, "g.txt", "g\n")
+    push(gw, alice, path, tree)
+    v2(gw, alice, "fetch", "-q", "origin", cwd=shallow)
+    assert local_git("rev-parse", "origin/main", cwd=shallow).strip() == new
+    client_fsck(shallow)
+    v2(gw, alice, "fetch", "-q", "--depth", "2", "origin", cwd=shallow)
+    assert local_git("rev-list", "--count", "origin/main", cwd=shallow).strip() == "2"
+    client_fsck(shallow)
+    v2(gw, alice, "fetch", "-q", "--unshallow", "origin", cwd=shallow)
+    assert local_git("rev-list", "--count", "origin/main", cwd=shallow).strip() == "6"
+    assert not (shallow / ".git" / "shallow").exists()
+    client_fsck(shallow)
+    refused = v2(
+        gw, alice, "clone", "--shallow-since=2001-01-01", gw.url(path), str(work / "x"), check=False
+    )
+    assert refused.returncode != 0
+    assert "shallow fetches (deepen-since) is not served by this server yet" in refused.stderr

@@ -12,9 +12,12 @@ command's arguments, a flush-pkt (`0000`). Anything the server does not serve or
 not understand is answered with one `ERR` pkt-line saying what, and the connection
 ends there (git's own upload-pack dies the same way); nothing is read further.
 
-Not served yet (other modules are being written for them; until they are, a request
-for them gets an ERR and they are not advertised): `deepen*` (upload/shallow.py) and
-`filter` (upload/filters.py). `_fetch_arguments` is where they plug in.
+Shallow fetches by depth (`deepen N`, `shallow`) are served as v0 serves them today,
+through dulwich (`_deepen_with_dulwich`), until upload/shallow.py replaces that. Not
+served yet (other modules are being written for them; until they are, a request for
+them gets an ERR and they are not advertised): `deepen-since`, `deepen-not`,
+`deepen-relative` (upload/shallow.py) and `filter` (upload/filters.py).
+`_fetch_argument` is where they plug in.
 """
 
 from __future__ import annotations
@@ -23,8 +26,9 @@ import heapq
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from dulwich.object_store import MissingObjectFinder, find_shallow
 from dulwich.pack import write_pack_from_container
-from dulwich.repo import Repo
+from dulwich.repo import ParentsProvider, Repo
 
 from ... import __version__
 from ...names import printable
@@ -41,10 +45,10 @@ TOO_MANY_PREFIXES = 65536
 MAX_SERVER_OPTIONS = 100
 MAX_SERVER_OPTION_BYTES = 1024
 HEX = frozenset(b"0123456789abcdef")
-FETCH_FEATURES = (b"wait-for-done",)  # what `fetch=` advertises: only what is served
+FETCH_FEATURES = (b"shallow", b"wait-for-done")  # `fetch=`: only what is served
+MAX_DEPTH = 2**31 - 1  # git's `--unshallow` asks for this depth
 # Arguments answered with an ERR until their module lands (see the docstring).
 NOT_SERVED_YET = {
-    b"deepen": "shallow fetches (deepen)",
     b"deepen-since": "shallow fetches (deepen-since)",
     b"deepen-not": "shallow fetches (deepen-not)",
     b"deepen-relative": "shallow fetches (deepen-relative)",
@@ -333,20 +337,34 @@ class UploadPackV2:
                     self.proto.write(FLUSH)
                     return  # another round: the client sends its next haves
                 self.proto.write(DELIM)
-            if args.client_shallow:
-                # git sends the section whenever the client said it is shallow; with
-                # no deepening it is empty.
+            boundary = None
+            if args.depth or args.client_shallow:
+                # git sends the section whenever the client is shallow or deepens.
                 self.proto.write_pkt_line(b"shallow-info\n")
+                if args.depth:
+                    boundary = self._shallow_info(args)
                 self.proto.write(DELIM)
             if args.want_refs:
                 self.proto.write_pkt_line(b"wanted-refs\n")
                 for name in dict.fromkeys(args.want_refs):
                     self.proto.write_pkt_line(refs[name] + b" " + name + b"\n")
                 self.proto.write(DELIM)
-            self._packfile(reader, refs, args, common)
+            self._packfile(reader, refs, args, common, boundary)
         finally:
             if reader is not None:
                 reader.close()
+
+    def _shallow_info(self, args: _FetchArguments) -> set[bytes]:
+        """`shallow`/`unshallow` lines for a fetch by depth, as v0's dulwich path works
+        them out (until upload/shallow.py plans them); the commits the pack stops at."""
+        shallow, not_shallow = find_shallow(self.repo.object_store, args.wants, args.depth)
+        boundary = shallow - not_shallow
+        client = set(args.client_shallow)
+        for sha in sorted(boundary - client):
+            self.proto.write_pkt_line(b"shallow " + sha + b"\n")
+        for sha in sorted(not_shallow & client):
+            self.proto.write_pkt_line(b"unshallow " + sha + b"\n")
+        return boundary
 
     def _acknowledgments(self, common: list[bytes], ready: bool) -> None:
         write = self.proto.write_pkt_line
@@ -364,6 +382,7 @@ class UploadPackV2:
         refs: dict[bytes, bytes],
         args: _FetchArguments,
         common: list[bytes],
+        boundary: set[bytes] | None = None,
     ) -> None:
         self.proto.write_pkt_line(b"packfile\n")
         data = sideband.writer(self.proto.write)
@@ -380,7 +399,9 @@ class UploadPackV2:
             thin_pack=args.thin_pack,
             client_shallow=frozenset(args.client_shallow),
         )
-        if reader is None:
+        if boundary is not None:
+            self._deepen_with_dulwich(request, boundary, data, progress)
+        elif reader is None:
             self._pack_with_dulwich(request, data, progress)
         else:
             send_pack(self.repo.path, reader, refs, request, data, progress)
@@ -416,6 +437,35 @@ class UploadPackV2:
             reuse_deltas=request.thin_pack and request.ofs_delta,
         )
 
+    def _deepen_with_dulwich(
+        self,
+        request: Fetch,
+        boundary: set[bytes],
+        write: Callable[[bytes], None],
+        progress: Callable[[bytes], object],
+    ) -> None:
+        # v0's shallow path (upload_pack.py: _send_with_dulwich): everything from the
+        # wants down to the boundary, the client's haves not subtracted.
+        store = self.repo.object_store
+        parents = ParentsProvider(store, shallows=boundary)
+        missing = MissingObjectFinder(
+            store,
+            haves=[],
+            wants=request.wants,
+            shallow=boundary,
+            get_tagged=lambda: request.tagged,
+            get_parents=lambda commit: parents.get_parents(commit.id, commit),
+        )
+        object_ids = list(missing)
+        progress(f"counting objects: {len(object_ids)}, done.\n".encode("ascii"))
+        write_pack_from_container(
+            write,
+            store,
+            object_ids,
+            object_format=self.repo.object_format,
+            reuse_deltas=request.thin_pack and request.ofs_delta,
+        )
+
 
 @dataclass
 class _FetchArguments:
@@ -429,6 +479,7 @@ class _FetchArguments:
     include_tag: bool = False
     no_progress: bool = False
     wait_for_done: bool = False
+    depth: int = 0  # `deepen N`; 0: not asked
     not_served: str = ""  # the first argument asked for that is not served yet
 
 
@@ -458,6 +509,10 @@ def _fetch_argument(args: _FetchArguments, arg: bytes) -> None:
     elif word == b"shallow":
         # The client's shallow commits bound the walk (fetch.Fetch.client_shallow).
         args.client_shallow.append(_oid(value, word))
+    elif word == b"deepen":
+        if not value.isdigit() or not 0 < int(value) <= MAX_DEPTH:
+            raise _Refusal(f"fetch: invalid deepen: '{_shown(value)}'")
+        args.depth = int(value)
     elif word in NOT_SERVED_YET and (value or word == b"deepen-relative"):
         # Where shallow.Deepen and filters.parse plug in once they land.
         args.not_served = args.not_served or NOT_SERVED_YET[word]
