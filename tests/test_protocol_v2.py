@@ -329,7 +329,7 @@ BAD_REQUESTS = {
     "an unknown command": (command(b"frobnicate"), "ERR invalid command 'frobnicate'"),
     "an unknown capability": (
         command(b"ls-refs", caps=("sideband-all",)),
-        "ERR unknown capability 'sideband-all' (a command's arguments come after a 0001 delimiter)",
+        "ERR unknown capability 'sideband-all'",
     ),
     "a second command in one request": (
         pkt(b"command=ls-refs\n") + pkt(b"command=fetch\n") + DELIM + b"0000",
@@ -360,6 +360,10 @@ BAD_REQUESTS = {
     "another object format": (
         command(b"ls-refs", caps=("object-format=sha256",)),
         "ERR mismatched object format: the client asks for 'sha256', the repository is sha1",
+    ),
+    "too many server options": (
+        command(b"ls-refs", caps=tuple(f"server-option=o{i}" for i in range(101))),
+        "ERR server-option: more than 100 options",
     ),
     "a delimiter among the arguments": (
         command(b"ls-refs", "peel")[:-4] + DELIM + b"0000",

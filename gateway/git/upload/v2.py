@@ -122,7 +122,17 @@ class _Lines:
 @dataclass
 class _Request:
     command: bytes
+    # Checked and kept; upload-pack runs no hooks, so nothing reads them yet.
     server_options: list[bytes] = field(default_factory=list)
+
+
+# The first words of the commands' arguments: sent before the delim-pkt, they are the
+# likeliest cause of an "unknown capability", and the message says so.
+_ARGUMENT_WORDS = frozenset(
+    b"peel symrefs unborn ref-prefix want want-ref have done thin-pack ofs-delta "
+    b"include-tag no-progress wait-for-done shallow deepen deepen-since deepen-not "
+    b"deepen-relative filter".split()
+)
 
 
 class UploadPackV2:
@@ -132,7 +142,6 @@ class UploadPackV2:
         self.lines = _Lines(proto.read)
         self._refs: dict[bytes, bytes] | None = None
         self._pending_flush = False  # the request's flush-pkt came before any argument
-        self._server_options = 0
 
     # --- the connection ----------------------------------------------------------------
 
@@ -170,6 +179,7 @@ class UploadPackV2:
         without arguments). None when the client is done: the end of the stream, or an
         empty request (a flush-pkt alone)."""
         request: _Request | None = None
+        options: list[bytes] = []
         seen_any = False
         while True:
             line = self.lines.next()
@@ -181,11 +191,13 @@ class UploadPackV2:
                 if request is None:
                     raise _Refusal("no command requested")
                 self._pending_flush = True  # the arguments' end, already read
+                request.server_options = options
                 return request
             if line is DELIM_PKT:
                 if request is None:
                     raise _Refusal("no command requested")
                 self._pending_flush = False
+                request.server_options = options
                 return request
             seen_any = True
             assert isinstance(line, bytes)
@@ -208,20 +220,14 @@ class UploadPackV2:
                         f"the repository is {self._object_format().decode()}"
                     )
             elif key == b"server-option" and b"=" in line:
-                self._server_option(request, value)
+                options.append(_server_option(value, len(options)))
             else:
-                raise _Refusal(
-                    f"unknown capability '{_shown(line)}' "
-                    "(a command's arguments come after a 0001 delimiter)"
+                hint = (
+                    " (a command's arguments come after a 0001 delimiter)"
+                    if line.split(b" ", 1)[0] in _ARGUMENT_WORDS
+                    else ""
                 )
-
-    def _server_option(self, request: _Request | None, value: bytes) -> None:
-        # Accepted, checked, and not used: upload-pack runs no hooks.
-        if len(value) > MAX_SERVER_OPTION_BYTES or b"\0" in value:
-            raise _Refusal("server-option: too long, or holds a NUL byte")
-        self._server_options += 1
-        if self._server_options > MAX_SERVER_OPTIONS:
-            raise _Refusal(f"server-option: more than {MAX_SERVER_OPTIONS} options")
+                raise _Refusal(f"unknown capability '{_shown(line)}'{hint}")
 
     def _arguments(self) -> Iterator[bytes]:
         """The command's arguments up to its flush-pkt."""
@@ -518,6 +524,15 @@ def _fetch_argument(args: _FetchArguments, arg: bytes) -> None:
         args.not_served = args.not_served or NOT_SERVED_YET[word]
     else:
         raise _Refusal(f"fetch: unexpected argument '{_shown(arg)}'")
+
+
+def _server_option(value: bytes, before: int) -> bytes:
+    """A server option, checked: git's client sends one line of text per option."""
+    if len(value) > MAX_SERVER_OPTION_BYTES or b"\0" in value:
+        raise _Refusal("server-option: too long, or holds a NUL byte")
+    if before >= MAX_SERVER_OPTIONS:
+        raise _Refusal(f"server-option: more than {MAX_SERVER_OPTIONS} options")
+    return value
 
 
 def _prefix_matcher(prefixes: list[bytes], longest_name: int) -> Callable[[bytes], bool]:
