@@ -258,7 +258,10 @@ class UploadPackV2:
         have their object looked up (an up-to-date fetch asks for a few of many)."""
         store = self.repo.object_store
         every = self.repo.get_refs()
-        symrefs = self.repo.refs.get_symrefs()
+        # HEAD's target only: dulwich's get_symrefs() reads every ref again (over a second
+        # for 20,000), and a served repository's other refs are not symbolic.
+        head = self.repo.refs.read_ref(b"HEAD") or b""
+        symrefs = {b"HEAD": head[len(b"ref: ") :]} if head.startswith(b"ref: ") else {}
         matches = _prefix_matcher(prefixes, max((len(n) for n in every), default=4))
         names = sorted(n for n in every if matches(n) and every[n] in store)
         out: list[Ref] = []
