@@ -48,9 +48,9 @@ class Gateway:
         }
         self.env.pop("GATEWAY_DATA_DIR", None)
         self.env.pop("GATEWAY_CONFIG", None)
-        (self.home / ".gitconfig").write_text(
-            "[init]\n\tdefaultBranch = main\n[protocol]\n\tversion = 0\n"
-        )
+        # The client's own protocol (v2 since git 2.26), as users' git speaks it; a test
+        # about v0 or v1 says `-c protocol.version=N`.
+        (self.home / ".gitconfig").write_text("[init]\n\tdefaultBranch = main\n")
 
     # --- the server -----------------------------------------------------------------
 

@@ -1,8 +1,8 @@
 """Protocol v2 for upload-pack (gateway/git/upload/v2.py), driven by the real git over
 ssh against a real `gateway serve`: what git asks for in v2 is served as C git serves it,
 v0 and v1 still are when forced, and bad v2 requests get one ERR line each while the
-server goes on serving. (The tests' git config says protocol.version=0: each test here
-asks for the version it is about.)"""
+server goes on serving. Each test asks for the version it is about (`-c
+protocol.version=N`), whatever the client's default."""
 
 from __future__ import annotations
 
@@ -58,7 +58,8 @@ def packets(result, direction: str = "") -> list[str]:
 
 
 def v2(gw: Gateway, user, *args: str, cwd: Path | None = None, check: bool = True):
-    """git ARGS asking for protocol v2 (the tests' git config says v0), traced."""
+    """git ARGS asking for protocol v2 (git's default since 2.26, said all the same),
+    traced."""
     return gw.git(user, "-c", "protocol.version=2", *args, cwd=cwd, check=check, env=TRACE)
 
 
