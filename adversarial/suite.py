@@ -496,14 +496,24 @@ def ssh_level(w: World, slow_gateway: Gateway) -> Result:
         for name, value in ENV_ATTACKS:
             env = {name.format(canary=canary): value.format(canary=canary, preload=preload)}
             try:
+                # A well-formed `version=2` is honoured (protocol v2): asked in v2.
+                v2 = env.get("GIT_PROTOCOL") == "version=2"
                 async with connect(g, w.alice.key) as conn:
                     who = await run(conn, "whoami", env=env)
-                    ls = await run(conn, f"git-upload-pack '{w.path}'", b"0000", env=env)
+                    ls = await run(
+                        conn,
+                        f"git-upload-pack '{w.path}'",
+                        pkt(b"command=ls-refs\n") + b"00010000" if v2 else b"0000",
+                        env=env,
+                    )
                     # a full fetch runs every stage of the worker with the variable sent
+                    want = pkt(f"want {w.tip}\n".encode())
                     fetch = await run(
                         conn,
                         f"git-upload-pack '{w.path}'",
-                        pkt(f"want {w.tip} side-band-64k thin-pack ofs-delta\n".encode())
+                        pkt(b"command=fetch\n") + b"0001" + want + pkt(b"done\n") + b"0000"
+                        if v2
+                        else pkt(f"want {w.tip} side-band-64k thin-pack ofs-delta\n".encode())
                         + b"0000"
                         + pkt(b"done\n"),
                         env=env,

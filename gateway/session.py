@@ -93,22 +93,31 @@ async def run_session(
     terminal: bool,
     transport: Transport,
     subsystem: str | None = None,
+    git_protocol: str = "",
 ) -> int:
     """Run one session's command; its exit status.
 
     `who` is the identity decided from a verified signature (re-checked here), or the
     fingerprint of a key whose signature the transport's verifier (sshd) checked (looked
     up here). `terminal`: the client asked for a pty. `subsystem`: a subsystem request
-    (sftp, say) instead of a command, refused."""
-    session = _Session(app, who, streams, peer, transport)
+    (sftp, say) instead of a command, refused. `git_protocol`: the client's GIT_PROTOCOL,
+    already checked (gateway/git/protocol.py: from_environment), for Git requests."""
+    session = _Session(app, who, streams, peer, transport, git_protocol)
     return await session.run(line, terminal, subsystem)
 
 
 class _Session:
     def __init__(
-        self, app: App, who: Identity | str, streams: Streams, peer: str, transport: Transport
+        self,
+        app: App,
+        who: Identity | str,
+        streams: Streams,
+        peer: str,
+        transport: Transport,
+        git_protocol: str = "",
     ) -> None:
         self.app = app
+        self.git_protocol = git_protocol
         self.who = who
         self.streams = streams
         self.peer = peer
@@ -205,7 +214,17 @@ class _Session:
         if terminal and self.transport.cooks_terminal:
             stdout, stderr = CrlfWriter(stdout), CrlfWriter(stderr)
             stdin = CookedReader(stdin, stdout)
-        ctx = Context(self.app, db, identity, stdin, stdout, stderr, self.peer, terminal=terminal)
+        ctx = Context(
+            self.app,
+            db,
+            identity,
+            stdin,
+            stdout,
+            stderr,
+            self.peer,
+            terminal=terminal,
+            git_protocol=self.git_protocol if request.is_git else "",
+        )
         try:
             status = await commands.run(ctx, request)
         except Refusal as refusal:

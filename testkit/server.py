@@ -48,9 +48,9 @@ class Gateway:
         }
         self.env.pop("GATEWAY_DATA_DIR", None)
         self.env.pop("GATEWAY_CONFIG", None)
-        (self.home / ".gitconfig").write_text(
-            "[init]\n\tdefaultBranch = main\n[protocol]\n\tversion = 0\n"
-        )
+        # The client's own protocol (v2 since git 2.26), as users' git speaks it; a test
+        # about v0 or v1 says `-c protocol.version=N`.
+        (self.home / ".gitconfig").write_text("[init]\n\tdefaultBranch = main\n")
 
     # --- the server -----------------------------------------------------------------
 
@@ -190,8 +190,14 @@ class Gateway:
         cwd: Path | None = None,
         check: bool = True,
         input: bytes | None = None,
+        env: dict[str, str] | None = None,
     ) -> subprocess.CompletedProcess:
-        env = {**self.env, "GIT_SSH_COMMAND": " ".join(self.ssh_command(user.key))}
+        """git ARGS as USER over ssh; ENV adds variables (GIT_TRACE_PACKET, say)."""
+        env = {
+            **self.env,
+            "GIT_SSH_COMMAND": " ".join(self.ssh_command(user.key)),
+            **(env or {}),
+        }
         result = subprocess.run(
             ["git", *args],
             cwd=cwd or self.root,

@@ -59,7 +59,8 @@ AuthorizedKeysCommand {keys_command} %u %t %k
 AuthorizedKeysCommandUser root
 LogLevel VERBOSE
 # The gateway must not let a client steer it with variables: let sshd pass them on.
-AcceptEnv GATEWAY_* PYTHON*
+# GIT_PROTOCOL is the one it reads (protocol v2), as the README's OpenSSH section says.
+AcceptEnv GATEWAY_* PYTHON* GIT_PROTOCOL
 """)
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
         # sshd keeps its own copy of the log's descriptor; ours closes once it has started.
@@ -372,6 +373,38 @@ def test_access_keys_and_refused_keys_through_sshd(front, tmp_path):
     late = g.cli("shell", "--key", fingerprint(owner.pub), check=False)
     assert late.returncode == 1 and late.stdout == ""
     assert late.stderr == "ERROR: This key is no longer accepted\n"
+
+
+def test_protocol_v2_through_sshd(front, tmp_path):
+    """With `AcceptEnv GIT_PROTOCOL`, git's `version=2` reaches `gateway shell`: clone
+    and fetch in v2; a GIT_PROTOCOL that is not `version=N` items is served in v0."""
+    g = front.g
+    alice = g.user()
+    path = g.repo(g.workspace((alice, "admin")))
+    seed = tmp_path / "seed"
+    local_git("init", "-q", "-b", "main", str(seed), cwd=tmp_path)
+    (seed / "a.txt").write_text("a\n")
+    local_git("add", "a.txt", cwd=seed, env=g.env)
+    local_git("commit", "-qm", "a", cwd=seed, env=g.env)
+    assert front.git(alice.key, "push", "-q", front.url(path), "main", cwd=seed).returncode == 0
+    clone = tmp_path / "clone"
+    env = {**g.env, "GIT_SSH_COMMAND": " ".join(g.ssh_command(alice.key))}
+    traced = subprocess.run(
+        ["git", "-c", "protocol.version=2", "clone", front.url(path), str(clone)],
+        env={**env, "GIT_TRACE_PACKET": "1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert traced.returncode == 0, traced.stderr
+    assert "clone< version 2" in traced.stderr and "clone> command=fetch" in traced.stderr
+    assert local_git("fsck", "--full", cwd=clone) == ""
+    bogus = front.ssh(
+        alice.key,
+        f"git-upload-pack '{path}.git'",
+        extra=("-o", "SetEnv=GIT_PROTOCOL=version=2;x"),
+    )
+    assert "refs/heads/main" in bogus.stdout and "version 2" not in bogus.stdout
 
 
 def test_variables_a_client_sends_change_nothing(front, tmp_path):

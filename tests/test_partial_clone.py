@@ -15,7 +15,7 @@ from testkit import Gateway, local_git, pkt
 from testkit.localgit import commit
 
 # The v2 helper adds 2 here once `fetch` serves filters.
-PROTOCOLS = [0]
+PROTOCOLS = [0, 2]
 FILTERS = [
     "blob:none",
     "blob:limit=1k",

@@ -17,7 +17,7 @@ import pytest
 from testkit import Gateway, local_git, pkt
 from testkit.pktline import parse_pkts
 
-PROTOCOLS = ["0"]
+PROTOCOLS = ["0", "2"]
 DAY = 86400
 START = 1_700_000_000  # the first commit's date; each one after it a day later
 

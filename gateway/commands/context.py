@@ -47,6 +47,7 @@ class Context:
     remote_addr: str = ""
     clock: Callable[[], float] = time.time
     terminal: bool = False  # the client asked for a pty: one user at a terminal
+    git_protocol: str = ""  # the client's checked GIT_PROTOCOL (git/protocol.py)
     _pending: bytes = field(default=b"", repr=False)
 
     @property

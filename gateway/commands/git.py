@@ -1,5 +1,6 @@
 """Serving a Git request: one access decision, a worker slot (slots.py), then a worker
-process speaks Git; the decision is made again when the client's first command arrives."""
+process speaks Git; the decision is made again when the client's first command arrives
+(and, in protocol v2, where one connection carries several commands, at each of them)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 
 from .. import access, decision, metrics
 from ..errors import Refusal
-from ..git import layout
+from ..git import layout, protocol
 from ..git.workers.asyncio_seam import close_pipes
 from ..git.workers.job import Job
 from ..git.workers.pool import read_status
@@ -60,6 +61,7 @@ async def run(ctx: Context, request: GitRequest) -> int:
         log_level=ctx.settings.log_level,
         log_format=ctx.settings.log_format,
         worker_memory_limit=ctx.settings.worker_memory_limit,
+        git_protocol=ctx.git_protocol,
     )
 
     async def recheck() -> str | None:
@@ -109,6 +111,7 @@ async def run(ctx: Context, request: GitRequest) -> int:
                 request_timeout=ctx.settings.request_timeout,
                 service=request.service,
                 first_bytes=recheck,
+                git_protocol=job.git_protocol,
             )
         finally:
             await _audit_push(ctx, action, repo.full_name, read_status(proc))
@@ -214,14 +217,16 @@ async def relay(
     request_timeout: int = 0,
     service: str = "",
     first_bytes: Callable[[], Awaitable[str | None]] | None = None,
+    git_protocol: str = "",
 ) -> Outcome:
     """Pass bytes between the client and a worker until it exits; kill it if we are cut
     off, if no byte has moved either way for `idle_timeout` seconds, or if the client has
     not sent its whole request (RequestWatch) `request_timeout` seconds after the relay
     began (0: never, for both). `first_bytes` runs when the client's first bytes arrive,
-    before the worker sees them: a message it returns refuses the request."""
+    before the worker sees them, and again at each later protocol v2 command: a message
+    it returns refuses the request."""
     last_moved = time.monotonic()
-    watch = RequestWatch(service)
+    watch = RequestWatch(service, protocol.version(git_protocol))
     request_done = asyncio.Event()
     refusal: str | None = None
     cut: str | None = None
@@ -229,17 +234,18 @@ async def relay(
     async def feed() -> None:
         nonlocal last_moved, refusal
         checked = first_bytes is None
+        checked_at = 0  # v2 commands seen when access was last checked
         try:
             while data := await stdin.read(CHUNK):
                 last_moved = time.monotonic()
-                if not checked:
-                    checked = True
+                if watch.feed(data):
+                    request_done.set()
+                if first_bytes is not None and (not checked or watch.commands > checked_at):
+                    checked, checked_at = True, watch.commands
                     refusal = await _checked(first_bytes)
                     if refusal is not None:
                         _kill(proc)
                         return
-                if not request_done.is_set() and watch.feed(data):
-                    request_done.set()
                 proc.stdin.write(data)
                 await proc.stdin.drain()
         except Exception:
@@ -332,23 +338,36 @@ HEX = frozenset(b"0123456789abcdefABCDEF")
 
 class RequestWatch:
     """Tells when a client has sent its whole request, from its pkt-lines' 4-byte lengths
-    alone (and the bytes of lines short enough to be `done`): upload-pack's ends with
-    `done` (or is one flush-pkt: nothing wanted), receive-pack's commands and
-    upload-archive's arguments with the first flush-pkt. What comes after (a push's
-    pack) is the idle timeout's. Bytes that are not pkt-lines end the watch: the worker
-    refuses them itself."""
+    alone (and the bytes of lines short enough to be `done` or `command=...`):
+    upload-pack's ends with `done` (or is one flush-pkt: nothing wanted), receive-pack's
+    commands and upload-archive's arguments with the first flush-pkt. What comes after (a
+    push's pack) is the idle timeout's. Bytes that are not pkt-lines end the watch: the
+    worker refuses them itself.
 
-    def __init__(self, service: str) -> None:
+    In protocol v2 (upload-pack only) a connection carries commands, each ended by a
+    flush-pkt, with delim-pkts (`0001`) inside: the request is whole at the end of a
+    `fetch` command (after it the server may answer `ready` and send the pack without
+    the client's `done`) or at an empty request (a flush-pkt alone: the client is done).
+    The watch keeps counting commands after that (`commands`), for the re-check at each."""
+
+    SHORT = 16  # the longest line whose bytes are kept: `command=ls-refs\n`
+
+    def __init__(self, service: str, version: int = 0) -> None:
         self._upload_pack = service == "git-upload-pack"
+        self._v2 = self._upload_pack and version == 2
         self._head = b""
         self._left = 0  # payload bytes of the current line still to come
         self._short: bytearray | None = None  # the payload, kept only for short lines
         self._lines = 0
+        self._in_request = 0  # v2: lines of the current command so far
+        self._fetch = False  # v2: the current command is a fetch
+        self._lost = False  # not pkt-lines: nothing more to follow
+        self.commands = 0  # v2: `command=` lines seen
         self.done = False
 
     def feed(self, data: bytes) -> bool:
         i = 0
-        while i < len(data) and not self.done:
+        while i < len(data) and not self._lost and (self._v2 or not self.done):
             if self._left:
                 take = min(self._left, len(data) - i)
                 if self._short is not None:
@@ -365,26 +384,37 @@ class RequestWatch:
                 break
             head, self._head = self._head, b""
             if not HEX.issuperset(head):
-                self.done = True
+                self.done = self._lost = True
                 break
             length = int(head, 16)
             if length == 0:
-                self.done = not self._upload_pack or self._lines == 0
+                self._flush()
+            elif length == 1 and self._v2:
+                self._in_request += 1  # a delim-pkt, inside a command
             elif length < 4:
-                self.done = True  # not in protocol v0: the worker refuses it
+                self.done = self._lost = True  # the worker refuses it
             else:
                 self._left = length - 4
-                self._short = bytearray() if self._left <= 5 else None
+                self._short = bytearray() if self._left <= self.SHORT else None
                 if not self._left:
                     self._line_ended()
         return self.done
 
+    def _flush(self) -> None:
+        if not self._v2:
+            self.done = self.done or not self._upload_pack or self._lines == 0
+            return
+        if self._fetch or not self._in_request:
+            self.done = True
+        self._in_request, self._fetch = 0, False
+
     def _line_ended(self) -> None:
         self._lines += 1
-        if (
-            self._upload_pack
-            and self._short is not None
-            and bytes(self._short) in (b"done", b"done\n")
-        ):
-            self.done = True
+        self._in_request += 1
+        line = bytes(self._short).removesuffix(b"\n") if self._short is not None else None
         self._short = None
+        if self._upload_pack and line == b"done":
+            self.done = True
+        if self._v2 and line is not None and line.startswith(b"command="):
+            self.commands += 1
+            self._fetch = line == b"command=fetch"

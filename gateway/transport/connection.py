@@ -22,6 +22,7 @@ import asyncssh
 from .. import access, metrics, names, sshkeys
 from ..config import Settings
 from ..decision import Identity
+from ..git import protocol
 from ..logs import log_event
 from ..session import Streams, Transport, run_session
 from ..store import access_keys, keys
@@ -241,6 +242,8 @@ async def handle_session(process: asyncssh.SSHServerProcess) -> None:
             terminal=bool(process.get_terminal_type()),
             transport=transport,
             subsystem=process.subsystem,
+            # Of the variables the client sent (`env` requests), GIT_PROTOCOL alone.
+            git_protocol=protocol.from_environment(process.env),
         )
     finally:
         try:

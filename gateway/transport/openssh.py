@@ -28,6 +28,7 @@ from ..app import App
 from ..commands.context import Reader, Writer
 from ..config import Settings
 from ..errors import Refusal
+from ..git import protocol
 from ..logs import log_event
 from ..session import Streams, Transport, run_session
 
@@ -123,6 +124,8 @@ async def _run(settings: Settings, fingerprint: str, log_fd: int) -> int:
         peer=_peer(),
         terminal=os.isatty(1),
         transport=OPENSSH,
+        # sshd passes the client's GIT_PROTOCOL with `AcceptEnv GIT_PROTOCOL`.
+        git_protocol=protocol.from_environment(os.environ),
     )
 
 

@@ -313,3 +313,13 @@ def open_reader(repo) -> ObjectReader | None:
     # Largest first: most lookups end at the first pack tried.
     packs.sort(key=lambda pack: pack.size, reverse=True)
     return ObjectReader(store, packs)
+
+
+def reader_for(repo) -> ObjectReader | None:
+    """The stored packs' reader; for a SHA-1 repository whose pack indexes it cannot
+    read, one that asks dulwich for every object (packwriter then sends them whole);
+    None for a repository of another hash (served by dulwich's own pack writing)."""
+    reader = open_reader(repo)
+    if reader is None and getattr(repo.object_store.object_format, "name", "sha1") == "sha1":
+        reader = ObjectReader(repo.object_store, [])
+    return reader

@@ -16,7 +16,7 @@ from dulwich.protocol import SIDE_BAND_CHANNEL_DATA
 from dulwich.server import Backend, UploadArchiveHandler
 
 from . import archive, storedpacks
-from .upload_pack import SIDE_BAND_DATA_MAX
+from .sideband import DATA_MAX as SIDE_BAND_DATA_MAX
 
 
 class GatewayUploadArchiveHandler(UploadArchiveHandler):

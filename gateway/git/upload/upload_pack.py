@@ -43,7 +43,6 @@ from dulwich.protocol import (
     COMMAND_FILTER,
     COMMAND_SHALLOW,
     COMMAND_WANT,
-    SIDE_BAND_CHANNEL_DATA,
     ack_type,
     extract_want_line_capabilities,
     format_shallow_line,
@@ -57,7 +56,7 @@ from ..dulwich_seam import (
     start_have_lines,
     start_pack_send_phase,
 )
-from . import filters, reachable, shallow, storedpacks
+from . import filters, reachable, shallow, sideband, storedpacks
 from .fetch import Fetch, send_pack
 from .filters import FilterError, ObjectFilter
 from .reachable import NotReachable
@@ -66,7 +65,6 @@ from .shallow import Deepen, ShallowError, ShallowPlan
 
 log = logging.getLogger(__name__)
 
-SIDE_BAND_DATA_MAX = 65515  # a pkt-line's 65520 bytes less its length and channel
 DEEPEN_CAPABILITIES = [CAPABILITY_DEEPEN_SINCE, CAPABILITY_DEEPEN_NOT, CAPABILITY_DEEPEN_RELATIVE]
 SHALLOW_SECTION = (COMMAND_SHALLOW, COMMAND_DEEPEN, COMMAND_DEEPEN_SINCE, COMMAND_DEEPEN_NOT)
 MAX_SHALLOW_LINES = 100_000  # a client's shallow commits: far more than any real clone has
@@ -207,7 +205,7 @@ class GatewayUploadPackHandler(UploadPackHandler):
             return
         if not wants:
             return
-        reader = _reader(repo)
+        reader = storedpacks.reader_for(repo)
         if reader is None:
             if not set(refs.values()).issuperset(wants):
                 self._refuse(str(NotReachable(next(w for w in wants if w not in refs.values()))))
@@ -261,22 +259,9 @@ class GatewayUploadPackHandler(UploadPackHandler):
         self.proto.write_pkt_line(b"ERR " + message.encode("ascii", "backslashreplace"))
 
     def _pack_writer(self):
-        # Not dulwich's write_sideband: it copies the rest of the data for every pkt-line.
         if not self.has_capability(CAPABILITY_SIDE_BAND_64K):
             return self.proto.write
-        write = self.proto.write
-        header = b"%04x" % (SIDE_BAND_DATA_MAX + 5) + bytes([SIDE_BAND_CHANNEL_DATA])
-
-        def write_sideband(data: bytes) -> None:
-            view = memoryview(data)
-            for at in range(0, len(view), SIDE_BAND_DATA_MAX):
-                piece = view[at : at + SIDE_BAND_DATA_MAX]
-                if len(piece) == SIDE_BAND_DATA_MAX:
-                    write(header + piece)  # one write: a pkt-line is larger than the buffer
-                else:
-                    write(b"%04x" % (len(piece) + 5) + bytes([SIDE_BAND_CHANNEL_DATA]) + piece)
-
-        return write_sideband
+        return sideband.writer(self.proto.write)
 
     def _send_with_dulwich(self, walker, wants: list[bytes]) -> None:
         # The rest of dulwich's own handle(), for a repository whose objects are not
@@ -302,13 +287,3 @@ class GatewayUploadPackHandler(UploadPackHandler):
             reuse_deltas=reuse,
         )
         self.proto.write_pkt_line(None)
-
-
-def _reader(repo) -> storedpacks.ObjectReader | None:
-    """The stored packs' reader; for a SHA-1 repository whose pack indexes it cannot
-    read, one that asks dulwich for every object (packwriter then sends them whole);
-    None for a repository of another hash."""
-    reader = storedpacks.open_reader(repo)
-    if reader is None and getattr(repo.object_store.object_format, "name", "sha1") == "sha1":
-        reader = storedpacks.ObjectReader(repo.object_store, [])
-    return reader

@@ -56,6 +56,8 @@ class Job:
     log_level: str = "warning"
     log_format: str = "logfmt"
     worker_memory_limit: int = 0  # bytes of RLIMIT_DATA; 0: leave it
+    # The client's GIT_PROTOCOL, checked by the server (git/protocol.py); "": v0.
+    git_protocol: str = ""
 
     # --- the header --------------------------------------------------------------------
 

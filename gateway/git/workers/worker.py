@@ -44,6 +44,7 @@ from ..handlers import HANDLERS, open_repo
 from ..upload.archive import ArchiveRefused
 from ..upload.shallow import ShallowError
 from ..upload.storedpacks import PackError
+from ..upload.v2 import RequestRefused
 from .job import BadJob, Job
 
 OUTPUT_BUFFER = 64 * 1024
@@ -63,7 +64,11 @@ def serve(job: Job, stdin: BinaryIO, stdout: BinaryIO, status_fd: int | None = N
     repo = open_repo(job.repo_dir)
     try:
         proto = ReceivableProtocol(recv, out.write)
-        HANDLERS[job.service](repo, proto, job, status_fd).handle()
+        try:
+            HANDLERS[job.service](repo, proto, job, status_fd).handle()
+        except RequestRefused:
+            out.flush()  # the client's ERR line
+            raise
         out.flush()
     finally:
         repo.close()
@@ -111,6 +116,10 @@ def main(argv: list[str]) -> int:
         return 1
     except ShallowError as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
+        return 1
+    except RequestRefused as exc:
+        # The client has had its one ERR pkt-line; the operator gets the reason.
+        log_event(log, "git.refused", service=service, repository=repo_dir, reason=str(exc))
         return 1
     except ArchiveRefused as exc:
         log_event(log, "git.refused", service=service, repository=repo_dir, reason=str(exc))
