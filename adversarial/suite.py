@@ -805,12 +805,16 @@ def protocol(w: World, count: int) -> Result:
         ]
         return b"".join(lines) + extra + b"0000" + pkt(b"done\n")
 
+    # Wants of objects a ref reaches but that are not tips: served, as C git does with
+    # allow-reachable-sha1-in-want (a partial clone's lazy fetches need it).
+    served_wants = {
+        "want of an unadvertised reachable commit": want(parent),
+        "want of an unadvertised blob": want(blob),
+    }
     # Wants that must be refused, each with a clean error and no pack.
     refused_wants = {
         "want of a missing object": want("1" * 40),
         "want of a deleted branch's commit (unreachable)": want(leaked),
-        "want of an unadvertised reachable commit": want(parent),
-        "want of an unadvertised blob": want(blob),
         "want of the tip and a missing object": want(w.tip, "2" * 40),
         "want of a short id": want(w.tip[:20]),
         "want of a non-hex id": want("g" * 40),
@@ -895,6 +899,12 @@ def protocol(w: World, count: int) -> Result:
             # The control: a proper want of the tip is served.
             proc = await send(conn, "upload-pack", want(w.tip))
             result.check(proc.exit_status == 0 and b"PACK" in proc.stdout, "want of the tip served")
+            for what, data in served_wants.items():
+                proc = await send(conn, "upload-pack", data)
+                result.check(
+                    proc.exit_status == 0 and b"PACK" in proc.stdout,
+                    f"{what}: status {proc.exit_status}, {proc.stderr[-200:]!r}",
+                )
             for what, data in refused_wants.items():
                 proc = await send(conn, "upload-pack", data)
                 result.check(
@@ -930,7 +940,8 @@ def protocol(w: World, count: int) -> Result:
         present = subprocess.run(["git", "cat-file", "-e", sha], cwd=repo_dir).returncode == 0
         result.check(not present, f"refused push's object {sha} not in the repository")
     result.notes = (
-        f"{len(refused_wants)} wants of missing/unreachable/unadvertised objects, "
+        f"{len(refused_wants)} wants of missing/unreachable objects refused, "
+        f"{len(served_wants)} of reachable non-tips served, "
         f"{len(bad_pushes)} bad pushes, then: no temporary files, refs unchanged, "
         f"fsck clean"
     )

@@ -962,7 +962,8 @@ def test_internal_error_in_one_session_is_one_short_line(gw, world, tmp_path):
     path = gw.repo(ws, "broken")
     tree = new_tree(gw, tmp_path / "t", "soon broken")
     gw.git(world.alice, "push", gw.url(path), "main:main", cwd=tree)
-    (gw.repo_dir(path) / "refs" / "heads" / "main").write_text("garbage\n")
+    # (A ref of garbage is skipped, as C git skips it; an unknown repository format is not.)
+    (gw.repo_dir(path) / "config").write_text("[core]\n\trepositoryformatversion = 9\n")
     result = gw.git(world.alice, "clone", gw.url(path), str(tmp_path / "c"), check=False)
     assert result.returncode != 0
     assert_no_traceback(result.stdout, result.stderr)

@@ -20,8 +20,8 @@ The traps a measured prototype hit in dulwich's UploadPackHandler, taken out:
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable
+from typing import NoReturn
 
 from dulwich.errors import GitProtocolError
 from dulwich.objects import valid_hexsha
@@ -61,9 +61,8 @@ from .fetch import Fetch, send_pack
 from .filters import FilterError, ObjectFilter
 from .reachable import NotReachable
 from .refs import Ref, head_target, list_refs
+from .refusal import RequestRefused
 from .shallow import Deepen, ShallowError, ShallowPlan
-
-log = logging.getLogger(__name__)
 
 DEEPEN_CAPABILITIES = [CAPABILITY_DEEPEN_SINCE, CAPABILITY_DEEPEN_NOT, CAPABILITY_DEEPEN_RELATIVE]
 SHALLOW_SECTION = (COMMAND_SHALLOW, COMMAND_DEEPEN, COMMAND_DEEPEN_SINCE, COMMAND_DEEPEN_NOT)
@@ -202,14 +201,12 @@ class GatewayUploadPackHandler(UploadPackHandler):
             wants = walker.determine_wants(refs, None)
         except FilterError as exc:
             self._refuse(str(exc))
-            return
         if not wants:
             return
         reader = storedpacks.reader_for(repo)
         if reader is None:
             if not set(refs.values()).issuperset(wants):
                 self._refuse(str(NotReachable(next(w for w in wants if w not in refs.values()))))
-                return
             if walker.deepen is not None or walker.client_shallow:
                 raise ShallowError("shallow fetches are served from SHA-1 repositories only")
             self._send_with_dulwich(walker, wants)
@@ -219,7 +216,6 @@ class GatewayUploadPackHandler(UploadPackHandler):
                 reachable.check_wants(repo.path, reader, refs, wants)
             except NotReachable as exc:
                 self._refuse(str(exc))
-                return
             plan = None
             if walker.deepen is not None or walker.client_shallow:
                 plan = shallow.plan(reader, refs, wants, walker.client_shallow, walker.deepen)
@@ -253,10 +249,11 @@ class GatewayUploadPackHandler(UploadPackHandler):
             return {}
         return {ref.peeled: ref.sha for ref in listed if ref.peeled is not None}
 
-    def _refuse(self, message: str) -> None:
-        """One ERR pkt-line (git prints it as `fatal: remote error: ...`), then stop."""
-        log.info("upload-pack refused: %s", message)
+    def _refuse(self, message: str) -> NoReturn:
+        """One ERR pkt-line (git prints it as `fatal: remote error: ...`), then the
+        request ends (the worker logs it and exits non-zero, as C git dies)."""
         self.proto.write_pkt_line(b"ERR " + message.encode("ascii", "backslashreplace"))
+        raise RequestRefused(message)
 
     def _pack_writer(self):
         if not self.has_capability(CAPABILITY_SIDE_BAND_64K):

@@ -33,6 +33,7 @@ from .fetch import Fetch, send_pack
 from .filters import FilterError, ObjectFilter
 from .reachable import NotReachable
 from .refs import Ref, head_target, list_refs
+from .refusal import RequestRefused
 from .shallow import Deepen, ShallowError
 from .storedpacks import ObjectReader
 from .walk import COMMIT, Walk
@@ -46,10 +47,6 @@ MAX_SERVER_OPTIONS = 100
 MAX_SERVER_OPTION_BYTES = 1024
 HEX = frozenset(b"0123456789abcdef")
 FETCH_FEATURES = (b"shallow", b"wait-for-done", b"filter")  # `fetch=`: what is served
-
-
-class RequestRefused(Exception):
-    """The request was answered with an ERR line (the message); the connection ends."""
 
 
 class _Refusal(Exception):

@@ -42,9 +42,9 @@ from dulwich.protocol import ReceivableProtocol
 from ...logs import StructuredFormatter, log_event
 from ..handlers import HANDLERS, open_repo
 from ..upload.archive import ArchiveRefused
+from ..upload.refusal import RequestRefused
 from ..upload.shallow import ShallowError
 from ..upload.storedpacks import PackError
-from ..upload.v2 import RequestRefused
 from .job import BadJob, Job
 
 OUTPUT_BUFFER = 64 * 1024
