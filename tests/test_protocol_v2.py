@@ -202,7 +202,7 @@ def test_an_empty_repository_has_an_unborn_head(gw, repo, work):
     client_fsck(clone)
 
 
-def test_a_fetch_that_needs_several_rounds(gw, repo, work):
+def test_a_fetch_that_needs_several_rounds(gw, repo, work, monkeypatch):
     # The client's history has many commits the server never saw: haves in rounds,
     # NAKs, then the common ones ACKed (and `ready`) and a pack that fsck finds whole.
     alice, path, tree = repo
@@ -210,8 +210,13 @@ def test_a_fetch_that_needs_several_rounds(gw, repo, work):
     push(gw, alice, path, tree)
     clone = work / "clone"
     v2(gw, alice, "clone", "-q", gw.url(path), str(clone))
+    # Dated after the common commit (not in the same second), so that git's first round
+    # of haves is the client's own commits, never the common one.
+    later = int(local_git("log", "-1", "--format=%ct", cwd=clone)) + 100
     for i in range(40):
+        monkeypatch.setenv("GIT_COMMITTER_DATE", f"{later + i} +0000")
         commit(clone, f"mine{i}.txt", f"{i}\n")
+    monkeypatch.delenv("GIT_COMMITTER_DATE")
     for i in range(3):
         tip = commit(tree, f"theirs{i}.txt", f"{i}\n")
     push(gw, alice, path, tree)
