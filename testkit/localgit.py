@@ -57,6 +57,17 @@ def commit(tree: Path, name: str, content: str | bytes = "", message: str | None
     return local_git("rev-parse", "HEAD", cwd=tree).strip()
 
 
+def client_fsck(clone: Path) -> None:
+    """A clone's own `git fsck --full --strict` is clean (dangling objects aside)."""
+    result = subprocess.run(
+        ["git", "fsck", "--full", "--strict", "--no-dangling"],
+        cwd=clone,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def fsck(gw: Gateway, path: str) -> None:
     result = subprocess.run(
         ["git", "fsck", "--full", "--strict"], cwd=gw.repo_dir(path), capture_output=True, text=True

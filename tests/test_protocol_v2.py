@@ -15,19 +15,9 @@ import pytest
 
 from gateway.commands.git import RequestWatch
 from testkit import Gateway, local_git, pkt
-from testkit.localgit import commit
+from testkit.localgit import client_fsck, commit
 from testkit.pktline import DELIM, parse_v2
 from testkit.sshclient import connect
-
-
-def client_fsck(clone: Path) -> None:
-    result = subprocess.run(
-        ["git", "fsck", "--full", "--strict", "--no-dangling"],
-        cwd=clone,
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
 
 
 @pytest.fixture

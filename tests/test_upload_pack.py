@@ -13,7 +13,7 @@ import pytest
 from gateway.git.upload import commitobjects
 from gateway.git.upload.commitobjects import CommitObjects
 from testkit import Gateway, local_git, pkt
-from testkit.localgit import commit, fsck
+from testkit.localgit import client_fsck, commit, fsck
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -27,16 +27,6 @@ def all_objects(git_dir: Path, *refs: str) -> set[str]:
         check=True,
     ).stdout
     return {line.split()[0] for line in out.splitlines()}
-
-
-def client_fsck(clone: Path) -> None:
-    result = subprocess.run(
-        ["git", "fsck", "--full", "--strict", "--no-dangling"],
-        cwd=clone,
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def mirror_clone(gw, user, path: str, dest: Path) -> Path:
