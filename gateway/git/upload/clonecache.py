@@ -59,15 +59,23 @@ def load(repo_dir: str, cache_key: bytes, filtered: bool = False) -> list[bytes]
 
 
 def save(repo_dir: str, cache_key: bytes, shas: list[bytes], filtered: bool = False) -> None:
-    """Written whole under a temporary name, then renamed: a reader never sees half."""
-    name = FILTERED_FILE if filtered else FILE
+    write_whole(
+        repo_dir,
+        FILTERED_FILE if filtered else FILE,
+        MAGIC + cache_key + b"\n" + binascii.unhexlify(b"".join(shas)),
+    )
+
+
+def write_whole(repo_dir: str, name: str, data: bytes) -> None:
+    """Written whole under a temporary name, then renamed: a reader never sees half. A
+    read-only repository keeps nothing (its requests just walk)."""
     try:
         fd, tmp = tempfile.mkstemp(prefix=name + ".", dir=repo_dir)
     except OSError:
-        return  # a read-only repository: clones just walk
+        return
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(MAGIC + cache_key + b"\n" + binascii.unhexlify(b"".join(shas)))
+            f.write(data)
         os.replace(tmp, os.path.join(repo_dir, name))
     except OSError:
         try:

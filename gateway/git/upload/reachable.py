@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import binascii
 import os
-import tempfile
 
 from . import clonecache, walk
 from .commitobjects import CommitObjects
@@ -73,7 +72,7 @@ def _reachable(repo_path: str, reader: ObjectReader, refs: dict[bytes, bytes]) -
     binary = [binascii.unhexlify(sha) for sha in shas]
     binary.sort()
     names = b"".join(binary)
-    _save(repo_path, head + names)
+    clonecache.write_whole(repo_path, FILE, head + names)
     return names
 
 
@@ -90,20 +89,3 @@ def _contains(names: bytes, name: bytes) -> bool:
         else:
             return True
     return False
-
-
-def _save(repo_path: str, data: bytes) -> None:
-    """Whole under a temporary name, then renamed; a read-only repository just walks."""
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=FILE + ".", dir=repo_path)
-    except OSError:
-        return
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, os.path.join(repo_path, FILE))
-    except OSError:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass

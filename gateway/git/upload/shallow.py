@@ -16,12 +16,11 @@ reach is ever sent.
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .storedpacks import ObjectReader, PackError
-from .walk import COMMIT, Walk
+from .walk import COMMIT, NewestFirst, Walk
 
 INFINITE_DEPTH = 0x7FFFFFFF  # what `--unshallow` sends (C git's INFINITE_DEPTH)
 # Where `deepen-not NAME` looks for NAME, in C git's order (refs.c: ref_rev_parse_rules).
@@ -217,27 +216,17 @@ def _limited_rev_list(
     commit, or below one older than SINCE, is left out; it stops once only left-out
     commits remain queued."""
     uninteresting: set[bytes] = set()
-    queue: list[tuple[int, int, bytes]] = []
-    queued: set[bytes] = set()
-    order = 0
-
-    def push(sha: bytes) -> None:
-        nonlocal order
-        if sha not in queued:
-            queued.add(sha)
-            order += 1
-            heapq.heappush(queue, (-walk.commit(sha)[2], order, sha))
-
+    queue = NewestFirst(walk)
     for sha in excluded:
         type_num, peeled = walk.peel(sha)
         if type_num == COMMIT:
             uninteresting.add(peeled)
-            push(peeled)
+            queue.push(peeled)
     for sha in wants:
-        push(sha)
+        queue.push(sha)
     listed: set[bytes] = set()
-    while queue and not all(sha in uninteresting for _, _, sha in queue):
-        _, _, sha = heapq.heappop(queue)
+    while queue and not queue.only(uninteresting):
+        sha = queue.pop()
         _, parents, when = walk.commit(sha)
         if since is not None and when < since:
             uninteresting.add(sha)
@@ -246,7 +235,7 @@ def _limited_rev_list(
         else:
             listed.add(sha)
         for parent in parents:
-            push(parent)
+            queue.push(parent)
     return listed - uninteresting
 
 

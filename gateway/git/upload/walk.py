@@ -84,34 +84,24 @@ class Walk:
         """The commits reachable from `wants` but not from `haves` (newest first), and
         the commits the client has that those commits' parents include (the boundary)."""
         uninteresting: set[bytes] = set()
-        queue: list[tuple[int, int, bytes]] = []
-        queued: set[bytes] = set()
-        counter = 0
-
-        def push(sha: bytes) -> None:
-            nonlocal counter
-            if sha not in queued:
-                queued.add(sha)
-                counter += 1
-                heapq.heappush(queue, (-self.commit(sha)[2], counter, sha))
-
+        queue = NewestFirst(self)
         for sha in haves:
             uninteresting.add(sha)
-            push(sha)
+            queue.push(sha)
         for sha in wants:
-            push(sha)
+            queue.push(sha)
         order: list[bytes] = []
         while queue:
-            if uninteresting and all(sha in uninteresting for _, _, sha in queue):
+            if uninteresting and queue.only(uninteresting):
                 break  # what is left is the client's
-            _, _, sha = heapq.heappop(queue)
+            sha = queue.pop()
             _, parents, _ = self.commit(sha)
             if sha in uninteresting:
                 self._mark_uninteresting(parents, uninteresting)
             else:
                 order.append(sha)
             for parent in parents:
-                push(parent)
+                queue.push(parent)
         send = [sha for sha in order if sha not in uninteresting]
         boundary = {p for sha in send for p in self.commits[sha][1] if p in uninteresting}
         return send, boundary
@@ -233,6 +223,31 @@ class Walk:
         if type_num != TREE:
             raise PackError("a tree entry is not a tree")
         return parse_tree(raw, SHA_LEN)
+
+
+class NewestFirst:
+    """Commits queued at most once each and taken newest first (committer time; ties in
+    the order queued), as rev-list walks them."""
+
+    def __init__(self, walk: Walk) -> None:
+        self.walk = walk
+        self._heap: list[tuple[int, int, bytes]] = []
+        self._queued: set[bytes] = set()
+
+    def __bool__(self) -> bool:
+        return bool(self._heap)
+
+    def push(self, sha: bytes) -> None:
+        if sha not in self._queued:
+            self._queued.add(sha)
+            heapq.heappush(self._heap, (-self.walk.commit(sha)[2], len(self._queued), sha))
+
+    def pop(self) -> bytes:
+        return heapq.heappop(self._heap)[2]
+
+    def only(self, shas: set[bytes]) -> bool:
+        """Whether every commit still queued is in `shas`."""
+        return all(sha in shas for _, _, sha in self._heap)
 
 
 def objects_to_send(
