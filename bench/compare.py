@@ -1296,9 +1296,9 @@ GROUPS = {
 }
 HUGE_GROUPS = {"first", "depth", "filter", "increment"}
 LARGE_GROUPS = {"clone", "fetch", "ls-remote", "parallel", "busy"}
-# Everything the gateway keeps in a repository (today gateway-clone-objects and
-# gateway-commit-objects), so that its next clone is its first ever.
-FIRST_EVER = ("gateway-*",)
+# Everything the gateway keeps in a repository (the gateway-* lists beside the refs, the
+# packs' order files under objects/info/gateway), so that its next clone is its first ever.
+FIRST_EVER = ("gateway-*", "objects/info/gateway")
 
 
 def facts_text(name: str, facts: dict, what: str = "") -> str:

@@ -29,8 +29,9 @@ import sys
 from array import array
 from collections.abc import Iterable
 
+from ..packindex import SHA_LEN
 from .commitobjects import CommitObjects
-from .storedpacks import SHA_LEN, ObjectReader, StoredPack
+from .storedpacks import ObjectReader, StoredPack
 from .walk import Walk
 
 MAGIC = b"BITM"
@@ -83,20 +84,17 @@ class PackBitmaps:
     def __init__(self, pack: StoredPack, basename: str) -> None:
         with open(basename + ".bitmap", "rb") as f:
             data = f.read()
-        with open(basename + ".idx", "rb") as f:
-            idx = f.read()
         count = pack.count
         if (
             data[:4] != MAGIC
             or int.from_bytes(data[4:6], "big") != 1
-            or data[12:HEADER_LEN] != idx[-2 * SHA_LEN : -SHA_LEN]  # the pack's checksum
+            or data[12:HEADER_LEN] != pack.index.pack_checksum
         ):
             raise BitmapError("not a bitmap of this pack")
         entries = int.from_bytes(data[8:12], "big")
         pos = HEADER_LEN
         for _ in range(4):  # the type bitmaps: not needed here
             pos = _ewah_end(data, pos)
-        names_at = 8 + 256 * 4
         self.data = data
         self.by_commit: dict[bytes, int] = {}  # binary name -> entry number
         self.entries: list[tuple[int, int]] = []  # (where its EWAH starts, XOR offset)
@@ -107,8 +105,7 @@ class PackBitmaps:
             xor_offset = data[pos + 4]
             if position >= count or xor_offset > min(n, MAX_XOR_OFFSET):
                 raise BitmapError("an entry out of bounds")
-            name = idx[names_at + SHA_LEN * position : names_at + SHA_LEN * (position + 1)]
-            self.by_commit[name] = n
+            self.by_commit[pack.index.name(position)] = n
             self.entries.append((pos + 6, xor_offset))
             pos = _ewah_end(data, pos + 6)
         self._decoded: dict[int, int] = {}
@@ -170,7 +167,7 @@ def clone_objects(
         if commit in seen:
             continue
         seen.add(commit)
-        k = pack.number.get(commit)
+        k = pack.find(commit)
         if k is not None and reached >> k & 1:
             continue  # already reached: so is everything it reaches
         bits = bitmaps.reach(binascii.unhexlify(commit))
@@ -186,7 +183,7 @@ def clone_objects(
     out = [names[k] for k in _set_bits(reached, len(names))]
     added = set()
     for sha in extra:
-        k = pack.number.get(sha)
+        k = pack.find(sha)
         if sha not in added and (k is None or not reached >> k & 1):
             added.add(sha)
             out.append(sha)
@@ -196,7 +193,7 @@ def clone_objects(
 def _bits_of(pack: StoredPack, shas: list[bytes]) -> int:
     bits = 0
     for sha in shas:
-        k = pack.number.get(sha)
+        k = pack.find(sha)
         if k is None:
             return 0  # not in this pack: not the whole pack
         bits |= 1 << k

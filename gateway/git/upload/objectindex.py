@@ -12,79 +12,36 @@ dulwich's object store, so the answers are always dulwich's.
 from __future__ import annotations
 
 import binascii
-import mmap
 import os
-import sys
 import zlib
-from array import array
 
 from dulwich.object_store import DiskObjectStore
 from dulwich.objects import ObjectID
 
-IDX_V2 = b"\377tOc\x00\x00\x00\x02"
-SHA_LEN = 20
-FANOUT = 8  # the fan-out table's offset in a v2 index
-NAMES = FANOUT + 256 * 4
+from ..packindex import SHA_LEN, PackIndex
+
 OBJ_TYPES = {1: b"commit", 2: b"tree", 3: b"blob", 4: b"tag"}
 TAG = 4
 # One bisection in an index costs about what putting this many of its names in a set does.
 BISECT_COST = 40
 
 
-class _Index:
-    """One pack's v2 index, mapped."""
+class _Index(PackIndex):
+    """One pack's index, and the type byte of an object's entry in the pack."""
 
     def __init__(self, idx_path: str) -> None:
-        with open(idx_path, "rb") as f:
-            self.map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        if self.map[:8] != IDX_V2:
-            self.map.close()
-            raise ValueError("not a v2 pack index")
-        fanout = array("I", self.map[FANOUT:NAMES])
-        if sys.byteorder == "little":
-            fanout.byteswap()  # big-endian on disk
-        self.fanout = fanout
-        self.count = fanout[255]
+        super().__init__(idx_path)
         self.pack_path = idx_path[: -len(".idx")] + ".pack"
         self._pack_fd: int | None = None
 
-    def find(self, binsha: bytes) -> int | None:
-        """The object's position in the index, or None."""
-        first = binsha[0]
-        lo = self.fanout[first - 1] if first else 0
-        hi = self.fanout[first]
-        m = self.map
-        while lo < hi:
-            mid = (lo + hi) // 2
-            at = NAMES + SHA_LEN * mid
-            name = m[at : at + SHA_LEN]
-            if name < binsha:
-                lo = mid + 1
-            elif name > binsha:
-                hi = mid
-            else:
-                return mid
-        return None
-
-    def hex_names(self) -> set[bytes]:
-        """Every object name in the index, hex: cheaper than bisecting for each of many."""
-        names = binascii.hexlify(self.map[NAMES : NAMES + SHA_LEN * self.count])
-        step = 2 * SHA_LEN
-        return {names[at : at + step] for at in range(0, len(names), step)}
-
     def type_at(self, position: int) -> int:
         """The type number in the object's entry header (6, 7: a delta)."""
-        at = NAMES + (SHA_LEN + 4) * self.count + 4 * position
-        offset = int.from_bytes(self.map[at : at + 4], "big")
-        if offset & 0x80000000:
-            large = NAMES + (SHA_LEN + 8) * self.count + 8 * (offset & 0x7FFFFFFF)
-            offset = int.from_bytes(self.map[large : large + 8], "big")
         if self._pack_fd is None:
             self._pack_fd = os.open(self.pack_path, os.O_RDONLY)
-        return (os.pread(self._pack_fd, 1, offset)[0] >> 4) & 7
+        return (os.pread(self._pack_fd, 1, self.offset(position))[0] >> 4) & 7
 
     def close(self) -> None:
-        self.map.close()
+        super().close()
         if self._pack_fd is not None:
             os.close(self._pack_fd)
 
@@ -130,7 +87,7 @@ class ObjectIndex:
     def _find(self, sha: bytes) -> tuple[_Index, int] | None:
         binsha = binascii.unhexlify(sha)
         for index in self._indexes:
-            position = index.find(binsha)
+            position = index.position(binsha)
             if position is not None:
                 return index, position
         return None
@@ -150,7 +107,7 @@ class ObjectIndex:
             if len(missing) * BISECT_COST > index.count:
                 here = missing & index.hex_names()
             else:
-                here = {sha for sha in missing if index.find(binascii.unhexlify(sha)) is not None}
+                here = {s for s in missing if index.position(binascii.unhexlify(s)) is not None}
             found |= here
             missing -= here
         for sha in missing:

@@ -204,7 +204,7 @@ def whole_pack(reader: ObjectReader, shas: list[bytes]) -> StoredPack | None:
     """The stored pack holding exactly `shas`, if there is one: a clone of a repository
     repacked since its last change. It is sent as it is stored."""
     for pack in reader.packs:
-        if pack.count == len(shas) and pack.number.keys() == set(shas):
+        if pack.count == len(shas) and pack.index.hex_names() == set(shas):
             return pack
     return None
 

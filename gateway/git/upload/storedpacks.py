@@ -17,18 +17,18 @@ from __future__ import annotations
 import binascii
 import bisect
 import os
-import sys
 import zlib
-from array import array
 from collections import OrderedDict
+from collections.abc import Sequence
 
 from dulwich.pack import apply_delta
 
+from .. import packorder
 from ..dulwich_seam import pack_basename
+from ..packindex import SHA_LEN, PackIndex
+from ..packorder import KEEP_FROM, PackOrder
 
 OFS_DELTA, REF_DELTA = 6, 7
-IDX_V2 = b"\377tOc\x00\x00\x00\x02"
-SHA_LEN = 20
 MAX_CHAIN = 10_000  # deltas on deltas: git's own limit is far below
 DELTA_HEAD_READ = 512  # enough of an entry for its headers and the delta's two sizes
 DELTA_SIZES_MAX = 20  # two sizes of up to 10 bytes each
@@ -39,90 +39,74 @@ class PackError(Exception):
     """A stored pack failed a check: its data is not what its index says."""
 
 
-def _be_array(code: str, data: bytes) -> array:
-    values = array(code, data)
-    if sys.byteorder == "little":
-        values.byteswap()
-    return values
-
-
 class StoredPack:
-    """One pack and its v2 index. Entries are numbered by their order in the pack.
+    """One pack and its v2 index. Entries are numbered by their order in the pack (k).
 
-    The index is read the first time an entry is asked for: a request that needs no
-    entry (a partial clone sent the pack kept for it, clonepack.py) does not pay for
-    parsing a few hundred thousand names."""
+    The index (packindex.py) is mapped and finds an object by bisection; the pack order
+    (packorder.py: where entry k starts and ends, which index position it has) is read
+    the first time an entry is asked for, from the file kept for the pack. A request
+    that looks up many objects (a clone) turns the index into a dict once instead."""
 
-    # Entry k is the k-th in the pack; `order[k]` its position in the index (sorted by
-    # name), where its name and CRC are.
-    number: dict[bytes, int]  # hex name -> k
-    order: array
-    starts: array  # where entry k starts; one more: where the entries end
-    count: int
+    order: Sequence[int]  # entry k's position in the index, where its name and CRC are
+    rank: Sequence[int]  # the entry number of index position i
+    starts: Sequence[int]  # where entry k starts; one more: where the entries end
 
     def __init__(self, basename: str) -> None:
         self.basename = basename
-        with open(basename + ".idx", "rb") as f:
-            if f.read(8) != IDX_V2:
-                raise ValueError("not a v2 pack index")
-        self.fd = os.open(basename + ".pack", os.O_RDONLY)
+        self.index = PackIndex(basename + ".idx")
+        try:
+            self.fd = os.open(basename + ".pack", os.O_RDONLY)
+        except OSError:
+            self.index.close()
+            raise
         self.size = os.fstat(self.fd).st_size
+        self.count = self.index.count
+        self._pack_order: PackOrder | None = None
+        self._number: dict[bytes, int] | None = None
+        # Bisections before a dict of every name is cheaper (about 16 per name in it).
+        self._bisections_left = self.count // 16 if self.count >= KEEP_FROM else 0
 
     def __getattr__(self, name: str):
-        # Only for attributes not set yet: the index's, read on first use.
-        if name not in ("number", "order", "starts", "count", "_names", "_crcs"):
+        # Only for attributes not set yet: the pack order's, read on first use.
+        if name not in ("order", "rank", "starts"):
             raise AttributeError(name)
-        self._read_index()
+        kept = packorder.kept_in(os.path.dirname(os.path.dirname(self.basename)))
+        self._pack_order = pack_order = PackOrder(self.index, self.size, kept)
+        self.order, self.rank, self.starts = pack_order.order, pack_order.rank, pack_order.starts
         return self.__dict__[name]
 
-    def _read_index(self) -> None:
-        # Built with as few Python-level steps per entry as can be: for 300,000 objects
-        # this is most of a small fetch's time.
-        with open(self.basename + ".idx", "rb") as f:
-            idx = f.read()
-        count = int.from_bytes(idx[8 + 255 * 4 : 8 + 256 * 4], "big")
-        start = 8 + 256 * 4
-        names = idx[start : start + SHA_LEN * count]
-        start += SHA_LEN * count
-        crcs = _be_array("I", idx[start : start + 4 * count])
-        start += 4 * count
-        offsets = _be_array("I", idx[start : start + 4 * count])
-        start += 4 * count
-        large = _be_array("Q", idx[start : len(idx) - 2 * SHA_LEN])
-        if count and max(offsets) & 0x80000000:
-            offsets = array("Q", (large[o & 0x7FFFFFFF] if o & 0x80000000 else o for o in offsets))
-        order = array("I", sorted(range(count), key=offsets.__getitem__))
-        rank = [0] * count
-        for k, i in enumerate(order):
-            rank[i] = k
-        hexnames = binascii.hexlify(names)
-        step = 2 * SHA_LEN
-        self.number = dict(
-            zip([hexnames[j : j + step] for j in range(0, step * count, step)], rank, strict=True)
-        )
-        self.order = order
-        starts = array("Q", sorted(offsets))
-        starts.append(self.size - SHA_LEN)
-        self.starts = starts
-        self.count = count
-        self._names = names
-        self._crcs = crcs
+    def find(self, sha: bytes) -> int | None:
+        """The entry number of the object with this hex name, or None."""
+        number = self._number
+        if number is None:
+            if self._bisections_left > 0:
+                self._bisections_left -= 1
+                try:
+                    position = self.index.position(binascii.unhexlify(sha))
+                except (binascii.Error, IndexError):
+                    return None
+                return None if position is None else self.rank[position]
+            self._number = number = dict(zip(self.index.hex_name_list(), self.rank, strict=True))
+        return number.get(sha)
 
     def name(self, k: int) -> bytes:
         """Entry k's binary name."""
-        at = SHA_LEN * self.order[k]
-        return self._names[at : at + SHA_LEN]
+        return self.index.name(self.order[k])
 
     def hex_names_in_pack_order(self) -> list[bytes]:
-        """Every entry's hex name, entry k at k (`number` iterates in index order)."""
-        by_index = list(self.number)
-        return [by_index[i] for i in self.order]
+        """Every entry's hex name, entry k at k."""
+        return list(map(self.index.hex_name_list().__getitem__, self.order))
 
     def crc(self, k: int) -> int:
-        return self._crcs[self.order[k]]
+        return self.index.crc(self.order[k])
 
     def close(self) -> None:
         os.close(self.fd)
+        if self._pack_order is not None:
+            for name in ("order", "rank", "starts"):
+                self.__dict__.pop(name, None)
+            self._pack_order.close()
+        self.index.close()
 
     def entry(self, k: int) -> bytes:
         """The stored bytes of entry k (header and compressed data), checked against the CRC."""
@@ -205,7 +189,7 @@ class ObjectReader:
 
     def locate(self, sha: bytes) -> tuple[StoredPack, int] | None:
         for pack in self.packs:
-            k = pack.number.get(sha)
+            k = pack.find(sha)
             if k is not None:
                 return pack, k
         return None
