@@ -56,8 +56,9 @@ def kept_files(repo: Path) -> list[Path]:
 
 def computed(basename: str) -> tuple[list[int], list[int]]:
     """The pack order as C git's own `show-index` lists it: index positions by offset."""
+    idx = Path(basename + ".idx").read_bytes()
     out = subprocess.run(
-        ["git", "show-index"], stdin=open(basename + ".idx", "rb"), capture_output=True, check=True
+        ["git", "show-index"], input=idx, capture_output=True, check=True
     ).stdout.decode()
     offsets = [int(line.split()[0]) for line in out.splitlines()]
     order = sorted(range(len(offsets)), key=offsets.__getitem__)

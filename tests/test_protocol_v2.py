@@ -7,8 +7,10 @@ protocol.version=N`), whatever the client's default."""
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -545,3 +547,34 @@ def test_shallow_clone_fetch_and_unshallow_in_v2(gw, repo, work):
     assert any(line.startswith("deepen-since ") for line in packets(since, ">"))
     assert local_git("rev-list", "--count", "HEAD", cwd=since_clone).strip() == "6"
     client_fsck(since_clone)
+
+
+def test_the_worker_run_by_hand_reads_git_protocol_as_c_git_does(repo, work):
+    """`python -m gateway.git.workers.worker git-upload-pack DIR` stands in for C git's
+    upload-pack (a profile of one request, `git fetch --upload-pack=...`): it speaks the
+    version its GIT_PROTOCOL asks for, as C git's does."""
+    server = work / "bare.git"
+    local_git("init", "-q", "--bare", "-b", "main", str(server), cwd=work)
+    _, _, tree = repo
+    commit(tree, "a.txt", "a\n")
+    local_git("push", "-q", str(server), "main", cwd=tree)
+    worker = f"{sys.executable} -m gateway.git.workers.worker git-upload-pack"
+    for version in ("0", "2"):
+        result = subprocess.run(
+            [
+                "git",
+                "-c",
+                f"protocol.version={version}",
+                "ls-remote",
+                "--upload-pack",
+                worker,
+                f"file://{server}",
+            ],
+            cwd=work,
+            capture_output=True,
+            text=True,
+            env={**os.environ, **TRACE},
+        )
+        assert result.returncode == 0, result.stderr
+        assert "refs/heads/main" in result.stdout
+        assert ("version 2" in result.stderr) == (version == "2")

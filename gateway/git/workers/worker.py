@@ -40,6 +40,7 @@ from dulwich.errors import GitProtocolError, HangupException
 from dulwich.protocol import ReceivableProtocol
 
 from ...logs import StructuredFormatter, log_event
+from .. import protocol
 from ..handlers import HANDLERS, open_repo
 from ..upload.archive import ArchiveRefused
 from ..upload.refusal import RequestRefused
@@ -86,8 +87,8 @@ def main(argv: list[str]) -> int:
         if job is None:
             return 0  # the server stopped before giving this worker a job
         _setup_logging(job, log_fd)
-    elif len(argv) == 2:
-        job = Job(argv[0], argv[1])
+    elif len(argv) == 2:  # as C git's own: by hand, or as `git fetch --upload-pack`
+        job = Job(argv[0], argv[1], git_protocol=protocol.from_environment(os.environ))
         _setup_logging(job, None)
     else:
         job = None
