@@ -5,10 +5,12 @@ Two modules a character cell (half blocks). The secret travels in QR's alphanume
 the URI's one needed parameter the code stays at version 4 (33 modules; 21 lines with
 a 4-module quiet zone) for account names up to about 23 characters.
 
-With a terminal the code is drawn black on white with explicit colours (the 256-colour
-cube's black and white, which themes do not remap), quiet zone included, so it is the
-same on dark and light backgrounds. Without one no escape codes are written, and light
-modules are drawn as blocks, for the dark terminals most ssh users have.
+The code is drawn black on white with explicit colours (the 256-colour cube's black and
+white, which themes do not remap), quiet zone included, so it is the same on dark and
+light backgrounds. That holds without a pty too: plain `ssh HOST 2sv enable`, as every
+hint prints it, still writes to the user's terminal, and a code drawn for one background
+is inverted on the other, which some scanner apps refuse. (Its output in a file then has
+the colour codes in it; the URI line above the code is plain.)
 """
 
 from __future__ import annotations
@@ -36,9 +38,9 @@ def lines(code: segno.QRCode, border: int = 4) -> int:
     return (code.symbol_size(border=border)[1] + 1) // 2
 
 
-def render(code: segno.QRCode, border: int = 4, colour: bool = False) -> list[str]:
-    """The code as text lines: a character shows the module above and the one below.
-    With `colour`, glyphs are the dark modules (black on white); without, the light ones."""
+def render(code: segno.QRCode, border: int = 4) -> list[str]:
+    """The code as text lines: a character shows the module above and the one below;
+    glyphs are the dark modules, black on white."""
     rows = [[bool(module) for module in row] for row in code.matrix_iter(border=border)]
     if len(rows) % 2:
         rows.append([False] * len(rows[0]))  # the last line's lower half: more quiet zone
@@ -46,9 +48,6 @@ def render(code: segno.QRCode, border: int = 4, colour: bool = False) -> list[st
     for upper, lower in zip(rows[::2], rows[1::2], strict=True):
         cells = []
         for top, bottom in zip(upper, lower, strict=True):
-            if not colour:
-                top, bottom = not top, not bottom
             cells.append(BOTH if top and bottom else TOP if top else BOTTOM if bottom else NONE)
-        text = "".join(cells)
-        out.append(f"{BLACK_ON_WHITE}{text}{RESET}" if colour else text)
+        out.append(f"{BLACK_ON_WHITE}{''.join(cells)}{RESET}")
     return out

@@ -2,7 +2,7 @@
 
 The QR code on screen is decoded back into modules (each half-block character holds two)
 and compared with segno's matrix for the URI, then read by a real decoder (zxing-cpp):
-drawn with a terminal (black on white, explicit colours) and without (no escape codes).
+drawn black on white with explicit colours, with a terminal and without.
 """
 
 from __future__ import annotations
@@ -172,11 +172,7 @@ def test_enrolment_fits_80x24_at_a_terminal_black_on_white(gw):
         assert len(block) == 21  # version 4, quiet zone of 4 modules, whole on screen
         uri = expected_uri(user, shown)
         check_code(modules(block, dark_glyphs=True), uri, min_border=4)
-        # Explicit colours on every line of the code: black on white, on any background.
-        width = qr.make(uri).symbol_size(border=4)[0]
-        colours = cell_colours(screen.lines(escapes=True))[start : start + len(block)]
-        assert all(row[:width] == [("16", "231")] * width for row in colours), colours
-        assert all(row[width:] in ([], [(None, None)] * len(row[width:])) for row in colours)
+        check_black_on_white(screen, start, block, uri, border=4)
         # An empty line and a typo are asked again on the same line: the code stays.
         secret = pyotp.parse_uri(uri).secret
         screen.type("")
@@ -194,8 +190,19 @@ def test_enrolment_fits_80x24_at_a_terminal_black_on_white(gw):
     assert "enabled (totp)" in gw.ssh(user, "2sv", "status").stdout
 
 
+def check_black_on_white(screen: Screen, start: int, block: list[str], uri: str, border: int):
+    """Explicit colours on every line of the code, its quiet zone of at least `border`
+    modules included: black on white, on any background."""
+    colours = cell_colours(screen.lines(escapes=True))[start : start + len(block)]
+    width = colours[0].count(("16", "231"))
+    assert width >= qr.make(uri).symbol_size(border=border)[0]
+    assert all(row[:width] == [("16", "231")] * width for row in colours), colours
+    assert all(row[width:] in ([], [(None, None)] * len(row[width:])) for row in colours)
+
+
 def test_enrolment_fits_80x24_without_a_terminal(gw):
-    """Plain `ssh ... 2sv enable` (no pty): no escape codes, light modules drawn."""
+    """Plain `ssh ... 2sv enable` (no pty), as every hint prints it: the same black on
+    white code, the URI on a plain line of its own."""
     user = gw.user()
     screen = Screen(gw, enrol_command(gw, user))
     try:
@@ -203,14 +210,16 @@ def test_enrolment_fits_80x24_without_a_terminal(gw):
         prompt_at = max(i for i, line in enumerate(shown) if line.startswith(PROMPT))
         assert prompt_at == 22 and not shown[23].strip()  # the answer is typed on line 24
         assert any(HEADER in line for line in shown)
-        _, block = qr_block(shown)
-        check_code(modules(block, dark_glyphs=False), expected_uri(user, shown), min_border=3)
+        start, block = qr_block(shown)
+        uri = expected_uri(user, shown)
+        check_code(modules(block, dark_glyphs=True), uri, min_border=3)
+        check_black_on_white(screen, start, block, uri, border=3)
     finally:
         screen.close()
     raw = gw.ssh(user, "2sv", "enable", input="")
-    assert "\x1b" not in raw.stdout + raw.stderr
-    uri = re.search(r"URI: (\S+)", raw.stdout).group(1)
-    assert pyotp.parse_uri(uri).issuer == "gateway"
+    uri_line = next(line for line in raw.stdout.splitlines() if line.startswith("URI: "))
+    assert "\x1b" not in uri_line + raw.stderr
+    assert pyotp.parse_uri(uri_line[len("URI: ") :]).issuer == "gateway"
 
 
 def test_enrolment_of_a_long_account_name_still_fits(gw):
@@ -219,12 +228,12 @@ def test_enrolment_of_a_long_account_name_still_fits(gw):
     key = make_key(gw.keys_dir, name)
     gw.cli("account", "add", name, "--key", f"{key}.pub")
     user = User(name, key)
-    for extra, dark_glyphs, prompt_line in ((("-tt",), True, 23), ((), False, 22)):
+    for extra, prompt_line in ((("-tt",), 23), ((), 22)):
         screen = Screen(gw, enrol_command(gw, user, *extra))
         try:
             shown = screen.wait_for(PROMPT)
             assert max(i for i, line in enumerate(shown) if line.startswith(PROMPT)) == prompt_line
             _, block = qr_block(shown)
-            check_code(modules(block, dark_glyphs), expected_uri(user, shown), min_border=2)
+            check_code(modules(block, dark_glyphs=True), expected_uri(user, shown), min_border=2)
         finally:
             screen.close()

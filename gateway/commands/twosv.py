@@ -135,7 +135,7 @@ def enrol_screen(uri: str, account_label: str, secret: str, terminal: bool) -> l
         return kept + (len(above) - 1 if terminal else len(above)) <= SCREEN_LINES
 
     border = next((b for b in (4, 3, 2) if fits(b)), 2)
-    return [f"URI: {uri}", *above, *qr.render(code, border, colour=terminal), *below]
+    return [f"URI: {uri}", *above, *qr.render(code, border), *below]
 
 
 async def enrol_app(ctx: Context, svc: TwoSV) -> tuple[str, int]:
