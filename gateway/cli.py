@@ -227,12 +227,10 @@ async def cmd_workspace_require_2sv(
     lacking: list[str] = []
     if requirement != Requirement.OFF:
         lacking = await workspace_service.members_without_2sv(db, workspace.id)
-    if lacking:
-        print(wording.lacking_2sv(lacking, applied=False))
-    elif requirement != Requirement.OFF:
-        print("Every member has two-step verification.")
+    for line in wording.preview(lacking, requirement != Requirement.OFF):
+        print(line)
     if args.dry_run:
-        print(f"Dry run: {workspace.name} stays at require-2sv={workspace.require_2sv}.")
+        print(wording.dry_run(workspace))
         return 0
     change = await workspace_service.set_requirement(
         db, workspace, requirement, args.window, actor=OPERATOR

@@ -74,6 +74,17 @@ def lacking_2sv(names: list[str], applied: bool) -> str:
     )
 
 
+def preview(lacking: list[str], applies: bool) -> list[str]:
+    """Before a policy changes (or instead, in a dry run): who it would shut out."""
+    if lacking:
+        return [lacking_2sv(lacking, applied=False)]
+    return ["Every member has two-step verification."] if applies else []
+
+
+def dry_run(workspace: Workspace) -> str:
+    return f"Dry run: {workspace.name} stays at require-2sv={workspace.require_2sv}."
+
+
 def show(workspace: Workspace, members: list[Member], lacking: set[str] | None) -> list[str]:
     """`workspace show`: with `lacking` (to admins and the operator), each member's 2SV."""
     lines = [

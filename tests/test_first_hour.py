@@ -355,6 +355,38 @@ def test_ssh_nonsense_gets_no_suggestion(gw):
     assert usage.stderr.splitlines()[0].startswith("ERROR: Usage: ssh ")
 
 
+def test_adding_a_login_key_over_ssh_says_who_can(gw):
+    user = gw.user()
+    before = gw.ssh(user, "keys").stdout
+    result = gw.ssh(user, "keys", "add", "laptop", input="ssh-ed25519 AAAA x\n")
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"ERROR: Login keys are added by an operator on the server (gateway key add "
+        f"{user.name} FILE); over SSH you can list and remove them."
+    ]
+    assert gw.ssh(user, "keys").stdout == before
+
+
+def test_an_admin_previews_a_policy_over_ssh(gw):
+    admin, member = gw.user(), gw.user()
+    ws = gw.workspace((admin, "admin"), (member, "write"))
+    result = gw.ssh(admin, "workspace", "require-2sv", ws, "on", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("Members without two-step verification, who would lose")
+    assert admin.name in lines[0] and member.name in lines[0]
+    assert lines[1] == f"Dry run: {ws} stays at require-2sv=off."
+    assert "require-2sv:  off" in gw.ssh(admin, "workspace", "show", ws).stdout
+    refused = gw.ssh(member, "workspace", "require-2sv", ws, "on", "--dry-run")
+    assert refused.stderr.splitlines() == [
+        f'ERROR: Only admins of workspace "{ws}" can change its policy.'
+    ]
+    bad = gw.ssh(admin, "workspace", "require-2sv", ws, "on", "--dyr-run")
+    assert bad.stderr.splitlines() == [
+        "ERROR: Invalid arguments at '--dyr-run': expected --window MINUTES or --dry-run"
+    ]
+
+
 # --- 10. auth.failed says who and why ---------------------------------------------------
 
 

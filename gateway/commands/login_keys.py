@@ -61,4 +61,9 @@ async def run(ctx: Context, args: tuple[str, ...]) -> int:
         return await list_keys(ctx)
     if len(args) == 2 and args[0] == "remove":
         return await remove(ctx, args[1])
+    if args[:1] == ("add",):  # by design: a stolen key must not be able to add another
+        raise Refusal(
+            "Login keys are added by an operator on the server (gateway key add "
+            f"{ctx.identity.account} FILE); over SSH you can list and remove them."
+        )
     raise usage(ctx, "keys", "[list] | keys remove FINGERPRINT", args, ("list", "remove"))

@@ -1,4 +1,5 @@
-"""`workspace show NAME` and `workspace require-2sv NAME on|off|session [--window MINUTES]`."""
+"""`workspace show NAME` and `workspace require-2sv NAME on|off|session [--window MINUTES]
+[--dry-run]`."""
 
 from __future__ import annotations
 
@@ -44,11 +45,21 @@ async def show(ctx: Context, name: str) -> int:
     return 0
 
 
-async def require_2sv(ctx: Context, name: str, policy_word: str, window: int | None) -> int:
+async def require_2sv(
+    ctx: Context, name: str, policy_word: str, window: int | None, dry_run: bool = False
+) -> int:
     workspace, role = await _membership(ctx, name)
     requirement = workspace_service.check_requirement(policy_word, window)
     if role != Role.ADMIN:
         raise Refusal(f'Only admins of workspace "{workspace.name}" can change its policy.')
+    if dry_run:  # changes nothing, so asks for no second factor
+        lacking = []
+        if requirement != Requirement.OFF:
+            lacking = await workspace_service.members_without_2sv(ctx.db, workspace.id)
+        for line in wording.preview(lacking, requirement != Requirement.OFF):
+            await ctx.say(line)
+        await ctx.say(wording.dry_run(workspace))
+        return 0
     svc = service(ctx)
     if not (await svc.state()).enabled:
         # Also to turn it off: the change needs a second factor (below).
@@ -118,23 +129,29 @@ async def _fresh_factor(ctx: Context, svc, workspace: workspaces.Workspace) -> A
     )
 
 
-def _parse_window(args: list[str]) -> int | None:
-    if not args:
-        return None
-    if len(args) == 2 and args[0] == "--window" and re.fullmatch(r"[0-9]{1,7}", args[1]):
-        return int(args[1])
-    raise Refusal("Invalid arguments: expected --window MINUTES")
+def _parse_options(args: list[str]) -> tuple[int | None, bool]:
+    """`--window MINUTES` and `--dry-run`, in any order."""
+    window, dry_run = None, False
+    while args:
+        if args[0] == "--dry-run":
+            dry_run, args = True, args[1:]
+        elif args[0] == "--window" and len(args) >= 2 and re.fullmatch(r"[0-9]{1,7}", args[1]):
+            window, args = int(args[1]), args[2:]
+        else:
+            typed = names.printable(args[0], 40)
+            raise Refusal(f"Invalid arguments at '{typed}': expected --window MINUTES or --dry-run")
+    return window, dry_run
 
 
 async def run(ctx: Context, args: tuple[str, ...]) -> int:
     if len(args) == 2 and args[0] == "show":
         return await show(ctx, args[1])
     if len(args) >= 3 and args[0] == "require-2sv":
-        return await require_2sv(ctx, args[1], args[2], _parse_window(list(args[3:])))
+        return await require_2sv(ctx, args[1], args[2], *_parse_options(list(args[3:])))
     raise usage(
         ctx,
         "workspace",
-        "show NAME | require-2sv NAME on|off|session [--window MINUTES]",
+        "show NAME | require-2sv NAME on|off|session [--window MINUTES] [--dry-run]",
         args,
         ("show", "require-2sv"),
     )
