@@ -89,7 +89,8 @@ class PackOrder:
             view.release()
         self._views = []
         if self._map is not None:
-            self._map.close()
+            with contextlib.suppress(BufferError):  # a view still held: freed with it
+                self._map.close()
             self._map = None
 
 
