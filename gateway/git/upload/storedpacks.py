@@ -32,6 +32,7 @@ SHA_LEN = 20
 MAX_CHAIN = 10_000  # deltas on deltas: git's own limit is far below
 DELTA_HEAD_READ = 512  # enough of an entry for its headers and the delta's two sizes
 DELTA_SIZES_MAX = 20  # two sizes of up to 10 bytes each
+OPEN_ATTEMPTS = 5  # listings of the pack directory, when packs vanish while opened
 CACHE_BYTES = 8 << 20  # inflated objects kept: a tree walk reads delta chains newest first
 
 
@@ -62,10 +63,16 @@ class StoredPack:
 
     def __init__(self, basename: str) -> None:
         self.basename = basename
-        with open(basename + ".idx", "rb") as f:
-            if f.read(8) != IDX_V2:
+        # Both files are opened now and read through these: housekeeping may remove
+        # them once it has repacked, and an open file outlives its name.
+        self.idx_fd = os.open(basename + ".idx", os.O_RDONLY)
+        try:
+            if os.pread(self.idx_fd, 8, 0) != IDX_V2:
                 raise ValueError("not a v2 pack index")
-        self.fd = os.open(basename + ".pack", os.O_RDONLY)
+            self.fd = os.open(basename + ".pack", os.O_RDONLY)
+        except BaseException:
+            os.close(self.idx_fd)
+            raise
         self.size = os.fstat(self.fd).st_size
 
     def __getattr__(self, name: str):
@@ -78,7 +85,7 @@ class StoredPack:
     def _read_index(self) -> None:
         # Built with as few Python-level steps per entry as can be: for 300,000 objects
         # this is most of a small fetch's time.
-        with open(self.basename + ".idx", "rb") as f:
+        with os.fdopen(os.dup(self.idx_fd), "rb") as f:
             idx = f.read()
         count = int.from_bytes(idx[8 + 255 * 4 : 8 + 256 * 4], "big")
         start = 8 + 256 * 4
@@ -123,6 +130,7 @@ class StoredPack:
 
     def close(self) -> None:
         os.close(self.fd)
+        os.close(self.idx_fd)
 
     def entry(self, k: int) -> bytes:
         """The stored bytes of entry k (header and compressed data), checked against the CRC."""
@@ -302,13 +310,22 @@ def open_reader(repo) -> ObjectReader | None:
     store = repo.object_store
     if getattr(store.object_format, "name", "sha1") != "sha1":
         return None
-    packs: list[StoredPack] = []
-    try:
-        for pack in store.packs:
-            packs.append(StoredPack(pack_basename(pack)))
-    except (OSError, ValueError):
-        for opened in packs:
-            opened.close()
+    for _attempt in range(OPEN_ATTEMPTS):
+        packs: list[StoredPack] = []
+        try:
+            for pack in store.packs:
+                packs.append(StoredPack(pack_basename(pack)))
+            break
+        except FileNotFoundError:
+            # Removed between the listing and the opening: housekeeping has put a new
+            # pack in its place. The next listing has it.
+            for opened in packs:
+                opened.close()
+        except (OSError, ValueError):
+            for opened in packs:
+                opened.close()
+            return None
+    else:
         return None
     # Largest first: most lookups end at the first pack tried.
     packs.sort(key=lambda pack: pack.size, reverse=True)
