@@ -15,6 +15,7 @@ import os
 import time
 from dataclasses import dataclass, field
 
+from dulwich.object_store import BaseObjectStore
 from dulwich.objects import ShaFile, object_class
 
 from ..upload import walk
@@ -76,7 +77,7 @@ def check(repo_dir: str) -> FsckReport:
     return report
 
 
-def _check_pack(pack: StoredPack, store, report: FsckReport) -> set[bytes]:
+def _check_pack(pack: StoredPack, store: BaseObjectStore, report: FsckReport) -> set[bytes]:
     label = os.path.basename(pack.basename)
     digest = hashlib.sha1()
     end = pack.size - 20
@@ -96,7 +97,10 @@ def _check_pack(pack: StoredPack, store, report: FsckReport) -> set[bytes]:
         try:
             pack.entry(k)  # the stored bytes against the index's CRC
             type_num, content = reader.read_entry(pack, k)
-            header = object_class(type_num).type_name + b" %d\0" % len(content)
+            kind = object_class(type_num)
+            if kind is None:
+                raise PackError(f"unknown object type {type_num}")
+            header = kind.type_name + b" %d\0" % len(content)
             if hashlib.sha1(header + content).hexdigest().encode() != sha:
                 report.problems.append(
                     f"pack {label}: object {sha.decode()} does not match its name"

@@ -66,7 +66,7 @@ def take(objects_dir: str, now: float | None = None) -> Inventory:
         if name.startswith(TEMP_PREFIX):
             found.leftovers.append(os.path.join(pack_dir, name))
             continue
-        base, dot, ext = name.rpartition(".")
+        base, dot, ext = name.partition(".")  # pack-X.idx.order: pack-X's too
         if dot:
             bases.setdefault(base, set()).add(ext)
     for base in sorted(bases):
@@ -116,7 +116,7 @@ def check_index(basename: str) -> tuple[int, str | None]:
 
 
 def loose_objects(objects_dir: str) -> list[LooseObject]:
-    found = []
+    found: list[LooseObject] = []
     try:
         dirs = os.listdir(objects_dir)
     except FileNotFoundError:

@@ -75,11 +75,13 @@ def write_new_pack(pack_dir: str, reader: ObjectReader, shas: list[bytes]) -> Ne
         raise
 
 
-def _crcs(path: str, entries: list[tuple[bytes, int]]) -> tuple[bytes, list]:
+def _crcs(
+    path: str, entries: list[tuple[bytes, int]]
+) -> tuple[bytes, list[tuple[bytes, int, int | None]]]:
     """The pack's checksum and (name, offset, CRC-32) of each entry, read back from the
     file in large pieces: an entry ends where the next one (by offset) starts."""
     by_offset = sorted(entries, key=lambda entry: entry[1])
-    out = []
+    out: list[tuple[bytes, int, int | None]] = []
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         end_of_entries = size - SHA_LEN

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
 
 from dulwich.file import GitFile
 from dulwich.object_store import peel_sha
@@ -34,7 +35,7 @@ def pack_refs(repo: Repo) -> int:
         loose = dict(_loose_refs(git_dir))
         if not loose:
             return 0
-        packed = dict(repo.refs.get_packed_refs())
+        packed = {bytes(n): bytes(sha) for n, sha in repo.refs.get_packed_refs().items()}
         packed.update(loose)
         index = ObjectIndex(os.path.join(repo.controldir(), "objects"), repo.object_store)
         try:
@@ -64,7 +65,7 @@ def pack_refs(repo: Repo) -> int:
         return removed
 
 
-def _loose_refs(git_dir: bytes):
+def _loose_refs(git_dir: bytes) -> Iterator[tuple[bytes, bytes]]:
     top = os.path.join(git_dir, b"refs")
     for directory, _dirs, files in os.walk(top):
         for file in files:

@@ -15,6 +15,7 @@ import os
 import sys
 from collections import deque
 
+from ...config import Settings
 from ...logs import log_event
 from . import inventory
 
@@ -34,7 +35,9 @@ class Scheduler:
         self.queued: set[str] = set()
         self.task: asyncio.Task[None] | None = None
 
-    def after_push(self, repo_dir: str, repository: str, settings, report: dict) -> None:
+    def after_push(
+        self, repo_dir: str, repository: str, settings: Settings, report: dict[str, object]
+    ) -> None:
         """Queue the repository if the push moved refs and it needs housekeeping."""
         moved = report.get("moved")
         if not settings.gc_auto or not isinstance(moved, int) or moved <= 0:
