@@ -30,6 +30,7 @@ def pack_files(repo_dir: Path) -> list[str]:
 def gateway_cli(g: Gateway, *args: str, fault: str = "") -> subprocess.CompletedProcess:
     """`gateway ARGS`, with the housekeeper's fault seam set if `fault`."""
     env = dict(g.env)
+    env.pop("GATEWAY_HOUSEKEEPING_FAULT", None)
     if fault:
         env["GATEWAY_HOUSEKEEPING_FAULT"] = fault
     return subprocess.run(
@@ -79,6 +80,32 @@ def test_pushes_start_housekeeping_and_keep_the_pack_count_bounded(private, work
     assert wait_for(lambda: not (repo_dir / "gateway-housekeeping.lock").read_bytes(), 60)
     assert_serves_everything(g, alice, path, work, "mirror")
     assert (repo_dir / "packed-refs").exists()
+    assert_clean_log(g.server_log())
+
+
+def test_a_background_housekeeper_killed_is_cleared_up_after(private, work):
+    g = private("gc_auto_packs = 3\n", start=False)
+    g.env["GATEWAY_HOUSEKEEPING_FAULT"] = "kill:pack-renamed"
+    g.start()
+    # Four pushes, four packs: only the last one starts a housekeeper.
+    alice, path, clone = seeded(g, work, pushes=3)
+    repo_dir = g.repo_dir(path)
+    lock = repo_dir / "gateway-housekeeping.lock"
+
+    def killed_after_renaming_its_pack() -> bool:
+        names = pack_files(repo_dir)
+        no_index = [n for n in names if n.endswith(".pack") and n[:-5] + ".idx" not in names]
+        return bool(no_index) and any(n.startswith("tmp_gc_") for n in names)
+
+    assert wait_for(killed_after_renaming_its_pack, timeout=60), pack_files(repo_dir)
+    assert lock.read_bytes().strip()  # the killed housekeeper's pid
+    assert_serves_everything(g, alice, path, work, "after-kill")
+    again = gateway_cli(g, "repo", "gc", path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "cleared the stale lock of housekeeper pid" in again.stdout
+    assert "put in place the index of 1 pack(s) an interrupted gc left" in again.stdout
+    assert len(packs(repo_dir)) == 1
+    assert_serves_everything(g, alice, path, work, "after-gc")
     assert_clean_log(g.server_log())
 
 

@@ -112,6 +112,9 @@ def run(repo_dir: str, options: Options) -> Report:
 def _run(repo: Repo, repo_dir: str, options: Options, report: Report) -> None:
     objects_dir = os.path.join(repo_dir, "objects")
     now = time.time()
+    finished = packing.finish_interrupted(os.path.join(objects_dir, "pack"))
+    if finished:
+        report.notes.append(f"put in place the index of {finished} pack(s) an interrupted gc left")
     found = inventory.take(objects_dir, now)
     if found.leftovers:
         packing.remove_leftovers(found.leftovers)

@@ -21,7 +21,7 @@ from dulwich.pack import write_pack_index
 from ..upload.packwriter import write_pack
 from ..upload.storedpacks import ObjectReader
 from . import faults
-from .inventory import SHA_LEN, TEMP_PREFIX
+from .inventory import SHA_LEN, TEMP_PREFIX, check_index
 
 BUFFER = 1 << 20
 CRC_WINDOW = 8 << 20
@@ -97,6 +97,36 @@ def _crcs(
         checksum = f.read(SHA_LEN)
     out.sort()
     return checksum, out
+
+
+def finish_interrupted(pack_dir: str) -> int:
+    """Put in place the index of a pack renamed in by a run killed before its index was:
+    the temporary index names its pack's checksum. The number of packs finished."""
+    finished = 0
+    try:
+        names = os.listdir(pack_dir)
+    except FileNotFoundError:
+        return 0
+    for name in names:
+        if not (name.startswith(TEMP_PREFIX) and name.endswith("_idx")):
+            continue
+        tmp_idx = os.path.join(pack_dir, name)
+        try:
+            with open(tmp_idx, "rb") as f:
+                f.seek(-2 * SHA_LEN, os.SEEK_END)
+                checksum = f.read(SHA_LEN)
+        except OSError:
+            continue  # too short: a half-written index, removed as a leftover
+        basename = os.path.join(pack_dir, "pack-" + checksum.hex())
+        if os.path.exists(basename + ".pack") and not os.path.exists(basename + ".idx"):
+            os.rename(tmp_idx, basename + ".idx")
+            if check_index(basename)[1] is None:
+                finished += 1
+            else:
+                os.rename(basename + ".idx", tmp_idx)  # not its index after all
+    if finished:
+        _sync_dir(pack_dir)
+    return finished
 
 
 def remove_packs(basenames: list[str]) -> None:
