@@ -352,6 +352,69 @@ async def cmd_repo_list(settings: Settings, args: Namespace, db: Connection) -> 
         print(f"{repo.full_name}\t{'public' if repo.public else 'private'}\t{repo.default_branch}")
 
 
+async def _repo_dirs(settings: Settings, args: Namespace, db: Connection) -> list[tuple[str, Path]]:
+    """(WORKSPACE/NAME, directory) of the one repository named, or of all with --all."""
+    from .git import layout
+
+    if args.all == bool(args.repo):
+        raise UsageError("name one repository (WORKSPACE/NAME) or give --all")
+    found = await repo_service.list_all(db) if args.all else [await repo_service.get(db, args.repo)]
+    return [(r.full_name, layout.disk_path(settings.repos_dir, r.workspace, r.name)) for r in found]
+
+
+def _housekept_dir(settings: Settings, name: str, path: Path) -> str:
+    from .git import layout
+
+    workspace, _, repo = name.partition("/")
+    return str(layout.resolve(settings.repos_dir, workspace, repo))
+
+
+async def cmd_repo_gc(settings: Settings, args: Namespace, db: Connection) -> int | None:
+    from .git.housekeeping import gc
+    from .git.housekeeping.lock import Busy
+
+    failed = False
+    for name, path in await _repo_dirs(settings, args, db):
+        try:
+            report = gc.run(
+                _housekept_dir(settings, name, path),
+                gc.Options(full=True, prune_after=settings.gc_prune_after),
+            )
+        except (Refusal, gc.NotARepository):
+            print(f"{name}: ERROR: not a Git repository: {path}")
+            failed = True
+            continue
+        except Busy:
+            print(f"{name}: ERROR: another housekeeper is working on it; try again later")
+            failed = True
+            continue
+        for note in report.notes:
+            print(f"{name}: {note}")
+        for problem in report.problems:
+            print(f"{name}: ERROR: {problem}")
+        failed = failed or bool(report.problems)
+        print(f"{name}: {report.summary()}")
+    return 1 if failed else None
+
+
+async def cmd_repo_fsck(settings: Settings, args: Namespace, db: Connection) -> int | None:
+    from .git.housekeeping import fsck, gc
+
+    failed = False
+    for name, path in await _repo_dirs(settings, args, db):
+        try:
+            report = fsck.check(_housekept_dir(settings, name, path))
+        except (Refusal, gc.NotARepository):
+            print(f"{name}: ERROR: not a Git repository: {path}")
+            failed = True
+            continue
+        for problem in report.problems:
+            print(f"{name}: ERROR: {problem}")
+        failed = failed or bool(report.problems)
+        print(f"{name}: {report.summary()}")
+    return 1 if failed else None
+
+
 async def cmd_repo_remove(settings: Settings, args: Namespace, db: Connection) -> int | None:
     removed = await repo_service.remove(
         db, settings.repos_dir, settings.trash_dir, args.repo, actor=OPERATOR
@@ -545,6 +608,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("workspace", nargs="?")
     p.add_argument("--json", action="store_true")
     command(g, "remove", cmd_repo_remove).add_argument("repo", metavar="WORKSPACE/NAME")
+    for name, func, what in (
+        ("gc", cmd_repo_gc, "repack into one pack, pack refs, prune what is unreachable"),
+        ("fsck", cmd_repo_fsck, "check every object and every ref's history"),
+    ):
+        p = command(g, name, func, help=what)
+        p.add_argument("repo", metavar="WORKSPACE/NAME", nargs="?")
+        p.add_argument("--all", action="store_true", help="every repository")
 
     g = group("access-key", "keys bound to one repository, with no account")
     p = command(g, "add", cmd_access_key_add)

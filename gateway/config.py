@@ -54,6 +54,11 @@ class Settings:
     push_ref_namespaces: tuple[str, ...] = ("refs/heads/", "refs/tags/")
     allow_unusual_ref_names: bool = False
     fsck_objects: bool = True
+    # Housekeeping (gateway/git/housekeeping): repacks after pushes
+    gc_auto: bool = True
+    gc_auto_packs: int = 20
+    gc_auto_loose: int = 1000
+    gc_prune_after: int = 14 * 86400
     # Inflated sizes (delta and zlib bombs): GitHub refuses files over 100 MB.
     max_object_bytes: int = 100 * 1024**2
     max_push_inflated_bytes: int = 8 * 1024**3
@@ -302,6 +307,24 @@ DESCRIPTIONS = {
         "check every object a push brings as C git's receive.fsckObjects "
         "does, and refuse the push on an error",
         None,
+    ),
+    "gc_auto": (
+        "run housekeeping by itself after a push that moved refs, when a threshold "
+        "below is passed; false: only `gateway repo gc`",
+        None,
+    ),
+    "gc_auto_packs": (
+        "packs a repository may have before a push starts housekeeping; 0: not counted",
+        _between(0, 100000),
+    ),
+    "gc_auto_loose": (
+        "loose objects (estimated) a repository may have before a push starts "
+        "housekeeping; 0: not counted",
+        _between(0, 10**9),
+    ),
+    "gc_prune_after": (
+        "seconds an unreachable object is kept before a full repack may remove it",
+        _between(0, 100 * 365 * DAY),
     ),
     "max_object_bytes": (
         "largest object (file) a push may hold once inflated, and the "

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from .. import access, decision, metrics
 from ..errors import Refusal
 from ..git import layout, protocol
+from ..git.housekeeping import scheduler as housekeeping
 from ..git.workers.asyncio_seam import close_pipes
 from ..git.workers.job import Job
 from ..git.workers.pool import read_status
@@ -114,7 +115,9 @@ async def run(ctx: Context, request: GitRequest) -> int:
                 git_protocol=job.git_protocol,
             )
         finally:
-            await _audit_push(ctx, action, repo.full_name, read_status(proc))
+            status = read_status(proc)
+            await _audit_push(ctx, action, repo.full_name, status)
+            housekeeping.SCHEDULER.after_push(str(repo_dir), repo.full_name, ctx.settings, status)
     finally:
         held.release()
     if outcome.cut is not None:

@@ -94,6 +94,18 @@ class PackOrder:
             self._map = None
 
 
+def prepare(basename: str) -> None:
+    """Keep the order of a pack just written (`basename`: its path without .pack or
+    .idx), so that the first request to read it does not pay for working it out."""
+    index = PackIndex(basename + ".idx")
+    try:
+        size = os.path.getsize(basename + ".pack")
+        objects_dir = os.path.dirname(os.path.dirname(basename))
+        PackOrder(index, size, kept_in(objects_dir)).close()
+    finally:
+        index.close()
+
+
 def kept_in(objects_dir: str) -> str:
     """Where the order files of a repository's packs are kept."""
     return os.path.join(objects_dir, "info", "gateway")

@@ -32,7 +32,13 @@ class _Index(PackIndex):
     def __init__(self, idx_path: str) -> None:
         super().__init__(idx_path)
         self.pack_path = idx_path[: -len(".idx")] + ".pack"
-        self._pack_fd: int | None = None
+        # Opened now, not when a type is first asked: housekeeping may remove the pack
+        # once it has repacked, and an open file outlives its name.
+        try:
+            self._pack_fd: int | None = os.open(self.pack_path, os.O_RDONLY)
+        except OSError:
+            self.map.close()
+            raise
 
     def type_at(self, position: int) -> int:
         """The type number in the object's entry header (6, 7: a delta)."""
@@ -65,6 +71,10 @@ class ObjectIndex:
             if name.endswith(".idx") and os.path.exists(pack):
                 try:
                     self._indexes.append(_Index(os.path.join(pack_dir, name)))
+                except FileNotFoundError:
+                    # Removed since the listing, by housekeeping, which put a new pack
+                    # in first: dulwich (listing again) finds what is not here.
+                    self.complete = False
                 except (OSError, ValueError):
                     self.complete = False  # dulwich reads what we cannot
         # Largest first: most lookups end at the first index tried.

@@ -69,9 +69,11 @@ def write_pack(
     shas: list[bytes],
     ofs_delta: bool,
     client_has: set[bytes],
+    entries: list[tuple[bytes, int]] | None = None,
 ) -> None:
     """Send a pack of `shas`. A delta whose base the client has (`client_has`: empty
-    unless the client takes a thin pack) goes as a REF_DELTA against it.
+    unless the client takes a thin pack) goes as a REF_DELTA against it. `entries`, if
+    given, gets each entry's binary name and offset (a repack indexes its new pack).
 
     The entries go in the order they are stored, pack by pack: a delta's base, stored
     before it, is then written before it (so it stays an OFS_DELTA, its header copied
@@ -122,7 +124,11 @@ def write_pack(
         else:
             out.add(data)
         written[key_base + stored_at] = start
+        if entries is not None:
+            entries.append((pack.name(k), start))
     for sha in elsewhere:
+        if entries is not None:
+            entries.append((binascii.unhexlify(sha), out.offset))
         _write_whole(out, *reader.read(sha))
     out.finish()
 

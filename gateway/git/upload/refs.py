@@ -34,6 +34,7 @@ HEAD = b"HEAD"
 SYMREF = b"ref: "
 MAX_SYMREF_DEPTH = 5  # as Git: a chain of symbolic refs longer than this is broken
 _OBJECT_NAME = re.compile(rb"[0-9a-fA-F]{40}(?:[0-9a-fA-F]{24})?\Z")
+PACKED_ATTEMPTS = 5  # listings, when packed-refs is replaced during one
 _UNKNOWN = b""  # a ref whose peeled value is not known until its object is read
 
 
@@ -98,12 +99,22 @@ class _Lister:
     ) -> None:
         self.git_dir = git_dir
         self.prefixes = prefixes
+        self.packed_identity = _identity(os.path.join(git_dir, b"packed-refs"))
         self.packed = PackedRefsFile(os.fsdecode(git_dir))
         self.objects = ObjectIndex(os.fsdecode(os.path.join(git_dir, b"objects")), store)
 
     def refs(self) -> list[Ref]:
         try:
-            return self._refs()
+            for _attempt in range(PACKED_ATTEMPTS):
+                listed = self._refs()
+                now = _identity(os.path.join(self.git_dir, b"packed-refs"))
+                if now == self.packed_identity:
+                    break
+                # packed-refs was replaced while the loose refs were read: housekeeping
+                # packing them may have removed a loose ref after the old file was read.
+                self.packed_identity = now
+                self.packed = PackedRefsFile(os.fsdecode(self.git_dir))
+            return listed
         finally:
             self.objects.close()
 
@@ -203,6 +214,14 @@ class _Lister:
             if not kept or not (top + b"/").startswith(kept[-1] + b"/"):
                 kept.append(top)
         return kept
+
+
+def _identity(path: bytes) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
 
 
 def _walk(git_dir: bytes, top: bytes) -> Iterator[tuple[bytes, bytes]]:

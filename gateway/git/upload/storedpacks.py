@@ -32,6 +32,7 @@ OFS_DELTA, REF_DELTA = 6, 7
 MAX_CHAIN = 10_000  # deltas on deltas: git's own limit is far below
 DELTA_HEAD_READ = 512  # enough of an entry for its headers and the delta's two sizes
 DELTA_SIZES_MAX = 20  # two sizes of up to 10 bytes each
+OPEN_ATTEMPTS = 5  # listings of the pack directory, when packs vanish while opened
 CACHE_BYTES = 8 << 20  # inflated objects kept: a tree walk reads delta chains newest first
 
 
@@ -286,13 +287,22 @@ def open_reader(repo) -> ObjectReader | None:
     store = repo.object_store
     if getattr(store.object_format, "name", "sha1") != "sha1":
         return None
-    packs: list[StoredPack] = []
-    try:
-        for pack in store.packs:
-            packs.append(StoredPack(pack_basename(pack)))
-    except (OSError, ValueError):
-        for opened in packs:
-            opened.close()
+    for _attempt in range(OPEN_ATTEMPTS):
+        packs: list[StoredPack] = []
+        try:
+            for pack in store.packs:
+                packs.append(StoredPack(pack_basename(pack)))
+            break
+        except FileNotFoundError:
+            # Removed between the listing and the opening: housekeeping has put a new
+            # pack in its place. The next listing has it.
+            for opened in packs:
+                opened.close()
+        except (OSError, ValueError):
+            for opened in packs:
+                opened.close()
+            return None
+    else:
         return None
     # Largest first: most lookups end at the first pack tried.
     packs.sort(key=lambda pack: pack.size, reverse=True)

@@ -1,0 +1,93 @@
+"""What the refs reach, and when it is safe to remove what they do not.
+
+Reachable: every object any ref (and a detached HEAD) reaches, found with the upload
+side's walk and the commits' kept lists (commitobjects.py), as a clone would send them.
+A ref whose history is incomplete makes the walk fail: then nothing is pruned.
+
+Safe to remove: an unreachable object is removed only once it is older than the grace
+period (its pack's or its file's mtime, as C git's gc.pruneExpire), and only if, at the
+moment the old packs go, under the lock pushes take to move refs (gateway-refs.lock),
+the refs are still those the walk started from and no push is in flight (no live
+quarantine, `objects/incoming-*`). A push's objects wait in its quarantine until its
+refs move, under that same lock; so a push that relies on an object the pruner found
+unreachable (its connectivity check read it from the store) is either still in flight
+(nothing is pruned), or has moved its ref (the refs differ: nothing is pruned).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from dulwich.repo import Repo
+
+from ..receive.quarantine import QUARANTINE_PREFIX
+from ..upload import walk
+from ..upload.commitobjects import CommitObjects
+from ..upload.storedpacks import ObjectReader, PackError
+
+REFS_LOCK = "gateway-refs.lock"  # receive/pipeline.py's
+
+
+class Unwalkable(Exception):
+    """A ref's history is incomplete; the message says which object is missing."""
+
+
+def ref_tips(repo: Repo) -> dict[bytes, bytes]:
+    """Every ref's object (HEAD too, when it is detached)."""
+    tips: dict[bytes, bytes] = {}
+    for name in repo.refs.allkeys():
+        try:
+            tips[name] = repo.refs[name]
+        except KeyError:
+            continue  # a symbolic ref to a branch not born yet
+    return tips
+
+
+def reachable(repo_dir: str, reader: ObjectReader, tips: dict[bytes, bytes]) -> set[bytes]:
+    commit_objects = CommitObjects(repo_dir)
+    try:
+        shas, _ = walk.objects_to_send(reader, sorted(set(tips.values())), [], {}, commit_objects)
+    except KeyError as exc:
+        raise Unwalkable(f"object {exc.args[0]!r} is missing") from None
+    except PackError as exc:
+        raise Unwalkable(str(exc)) from None
+    commit_objects.save()
+    return set(shas)
+
+
+@contextmanager
+def refs_held(repo_dir: str) -> Iterator[None]:
+    """No push moves a ref (or moves its objects in) while this is held."""
+    with open(os.path.join(repo_dir, REFS_LOCK), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def pushes_in_flight(objects_dir: str) -> bool:
+    """A live quarantine: a push receiving, checking or deciding."""
+    try:
+        names = os.listdir(objects_dir)
+    except OSError:
+        return False
+    for name in names:
+        if name.startswith(QUARANTINE_PREFIX):
+            pid = name[len(QUARANTINE_PREFIX) :].split("-", 1)[0]
+            if not pid.isdigit() or _alive(int(pid)):
+                return True
+    return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
