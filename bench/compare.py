@@ -70,6 +70,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # run as a script: the repo root holds testkit/
+from subreaper import ReapedServer, start_gateway  # noqa: E402  (bench/, beside this file)
+from subreaper import command as under_subreaper  # noqa: E402
+
 from gateway.config import Settings  # noqa: E402
 from testkit import Gateway, free_port, pkt  # noqa: E402  (the tests' server driver)
 
@@ -499,6 +502,7 @@ class OpenSSH:
         self.authorized = root / "authorized_keys"
         self.user_pub = user_pub
         self.proc: subprocess.Popen | None = None
+        self.reaper: ReapedServer | None = None
 
     def start(self) -> None:
         sshd = "/usr/sbin/sshd"
@@ -538,6 +542,9 @@ class OpenSSH:
                     "PrintLastLog no",
                     "UseDNS no",
                     "LogLevel ERROR",
+                    # The default (10:30:100) drops logins at random beyond 10 at once; the
+                    # load rows open 32 (the gateway's max_startups is 1,000).
+                    "MaxStartups 1000",
                     # sshd runs the command with the user's shell; bash then reads ~/.bashrc (it
                     # detects sshd by SSH_CLIENT and SHLVL < 2). A developer's .bashrc (pyenv init
                     # here) would be charged to OpenSSH, so bash is told it is nested. A Git server
@@ -557,12 +564,15 @@ class OpenSSH:
         subprocess.run([sshd, "-t", "-f", str(config)], check=True)
         # sshd keeps its own copy of the log's descriptor; ours closes once it has started.
         with open(self.root / "sshd.log", "ab") as sshd_log:
+            # Under the subreaper, which counts the git processes sshd leaves orphaned.
+            report = self.root / "subreaper.json"
             self.proc = subprocess.Popen(
-                [sshd, "-D", "-e", "-f", str(config)],
+                [*under_subreaper(report), sshd, "-D", "-e", "-f", str(config)],
                 stdout=sshd_log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+            self.reaper = ReapedServer(self.proc.pid, report)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -613,7 +623,8 @@ class Sides:
         self.gw = Gateway(root / "gateway")
         self.gw.cli("init")
         self.ossh: OpenSSH | None = None
-        self.gw.start()  # from here on the caller's try/finally calls stop()
+        # Under the subreaper, as sshd; from here on the caller's try/finally calls stop().
+        self.gw_reaper = start_gateway(self.gw, root / "gateway-subreaper.json")
         self.user = self.gw.user("bench")
         self.ws = self.gw.workspace((self.user, "write"))
         self.ossh = OpenSSH(root / "openssh", self.user.pub)
@@ -648,8 +659,19 @@ class Sides:
     def server_dir(self, side: str, name: str) -> Path:
         return self.gw.repo_dir(self.paths[name]) if side == "gateway" else self.ossh.repo_dir(name)
 
+    def reaper(self, side: str) -> ReapedServer:
+        reaper = self.gw_reaper if side == "gateway" else self.ossh.reaper
+        assert reaper is not None
+        return reaper
+
     def server_pid(self, side: str) -> int:
-        return self.gw.proc.pid if side == "gateway" else self.ossh.proc.pid
+        """The server process (memory is sampled on its tree), below the subreaper."""
+        return self.reaper(side).server_pid()
+
+    def server_cpu(self, side: str) -> float:
+        """CPU seconds the side's server has caused so far, orphans included
+        (subreaper.py); measurements take differences."""
+        return self.reaper(side).cpu(tree_cpu)
 
     def git(
         self,
@@ -786,7 +808,7 @@ def bench_clone(
                         else:
                             kept.unlink()
             trace = sides.trace_file() if run == 0 else None
-            cpu = tree_cpu(sides.server_pid(side))
+            cpu = sides.server_cpu(side)
             with Sampler(sides.server_pid(side)) as sampler:
                 elapsed = sides.timed_git(
                     "clone", "-q", "--no-checkout", sides.url(side, name), str(dest), trace=trace
@@ -796,9 +818,9 @@ def bench_clone(
             if trace is not None:
                 res.protocol(label, side, trace)
             res.add(
-                f"server CPU per {name} clone{when} (process tree, s)",
+                f"server CPU per {name} clone{when} (subreaper-counted, s)",
                 side,
-                tree_cpu(sides.server_pid(side)) - cpu,
+                sides.server_cpu(side) - cpu,
             )
             if memory:
                 res.add(
@@ -829,17 +851,17 @@ def bench_ls_remote(sides: Sides, res: Results, name: str, count: int = 20, what
         res.protocol(row, side, trace)
     for run in range(count):
         for side in alternate(run):
-            before = tree_cpu(sides.server_pid(side))
+            before = sides.server_cpu(side)
             res.add(
                 row,
                 side,
                 sides.timed_git("ls-remote", sides.url(side, name)),
             )
             time.sleep(0.05)
-            cpu[side] += tree_cpu(sides.server_pid(side)) - before
+            cpu[side] += sides.server_cpu(side) - before
     for side in SIDES:  # includes starting the spare worker that replaces the one used
         res.add(
-            f"server CPU per ls-remote{what} (process tree, mean of {count}, s)",
+            f"server CPU per ls-remote{what} (subreaper-counted, mean of {count}, s)",
             side,
             cpu[side] / count,
         )
@@ -988,12 +1010,12 @@ def measured(
     spoken is noted beside the rows."""
     pid = sides.server_pid(side)
     trace_file = sides.trace_file() if trace else None
-    cpu = tree_cpu(pid)
+    cpu = sides.server_cpu(side)
     with Sampler(pid) as sampler:
         elapsed = sides.timed_git(*args, cwd=cwd, trace=trace_file)
     time.sleep(0.3)  # the session's processes are reaped
     res.add(row, side, elapsed)
-    res.add(f"server CPU, {what} (process tree, s)", side, tree_cpu(pid) - cpu)
+    res.add(f"server CPU, {what} (subreaper-counted, s)", side, sides.server_cpu(side) - cpu)
     res.add(f"server peak memory, {what} (process tree RSS, MB)", side, sampler.peak_rss / 1024)
     if trace_file is not None:
         res.protocol(row, side, trace_file)
