@@ -70,6 +70,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # run as a script: the repo root holds testkit/
+import load  # noqa: E402  (bench/load.py: the load rows)
+import overtime  # noqa: E402  (bench/overtime.py: costs after many pushes)
 from subreaper import ReapedServer, start_gateway  # noqa: E402  (bench/, beside this file)
 from subreaper import command as under_subreaper  # noqa: E402
 
@@ -1167,7 +1169,14 @@ def bench_incremental(sides: Sides, res: Results, name: str, runs: int) -> None:
             shutil.copytree(base, dest, symlinks=True)
             sides.git("remote", "set-url", "origin", sides.url(side, name), cwd=dest)
             trace = sides.trace_file() if run == 0 else None
+            cpu = sides.server_cpu(side)
             elapsed = sides.timed_git("fetch", "-q", "origin", cwd=dest, trace=trace)
+            time.sleep(0.2)  # the session's processes are reaped
+            res.add(
+                f"server CPU per incremental fetch ({name}, subreaper-counted, s)",
+                side,
+                sides.server_cpu(side) - cpu,
+            )
             if trace is not None:
                 res.protocol(row, side, trace)
             got = sides.git("rev-parse", "origin/main", cwd=dest).stdout.decode().strip()
@@ -1195,13 +1204,32 @@ def bench_noop_fetch(
         res.protocol(row, side, trace)
     for run in range(runs * 3):
         for side in alternate(run):
+            cpu = sides.server_cpu(side)
             res.add(row, side, sides.timed_git("fetch", "-q", "origin", cwd=clones[side]))
+            time.sleep(0.2)  # the session's processes are reaped
+            res.add(
+                f"server CPU per no-op fetch ({name}, subreaper-counted, s)",
+                side,
+                sides.server_cpu(side) - cpu,
+            )
     log(f"no-op fetches ({name}) done")
 
 
 # --- the table -----------------------------------------------------------------------------
 
 TARGETS = [  # (row prefix, target ratio, or absolute gateway seconds with "abs")
+    # issue 18's: server cost ("min": the ratio must be at least the target; "MB": an
+    # absolute gateway figure in MB)
+    ("server CPU per ls-remote", 2.0, "ratio"),
+    ("server CPU per no-op fetch", 2.0, "ratio"),
+    ("server CPU per incremental fetch", 2.0, "ratio"),
+    ("server CPU per large clone", 1.5, "ratio"),
+    ("server CPU per huge clone", 1.5, "ratio"),
+    ("server idle memory", 40, "MB"),
+    ("server peak memory during the large clone", 1.3, "ratio"),
+    ("load, 32 clients: requests per second", 0.5, "min"),
+    ("load, 32 clients: p99 latency", 2.0, "ratio"),
+    ("load, ", None, None),  # the other load rows: for the reader
     ("full clone", 1.2, "ratio"),
     ("server peak memory, ", None, None),  # the issue-16 rows' memory: no target
     # issue 16's
@@ -1254,6 +1282,10 @@ def print_table(res: Results, caption: str, targets: bool = True) -> None:
             t, met = "-", ""
         elif kind == "abs":
             t, met = f"< {target} s", ("yes" if g is not None and g < target else "**no**")
+        elif kind == "MB":
+            t, met = f"≤ {target} MB", ("yes" if g is not None and g <= target else "**no**")
+        elif kind == "min":
+            t, met = f"≥ {target}", ("yes" if ratio is not None and ratio >= target else "**no**")
         else:
             t, met = f"≤ {target}", ("yes" if ratio is not None and ratio <= target else "**no**")
         label = row
@@ -1315,9 +1347,14 @@ GROUPS = {
     "filter": "clone --filter=blob:none and --filter=tree:0 (huge)",
     "increment": "incremental fetch, 10 new commits (huge)",
     "refs": "no-op fetch and ls-remote with 20,000 refs",
+    "load": "8, then 32 clients at once, a mixed loop for 60 s a side (large; bench/load.py)",
+    "overtime": "2,000 one-commit pushes: costs at 0, 500, 2,000 (large; bench/overtime.py)",
 }
 HUGE_GROUPS = {"first", "depth", "filter", "increment"}
-LARGE_GROUPS = {"clone", "fetch", "ls-remote", "parallel", "busy"}
+LARGE_GROUPS = {"clone", "fetch", "ls-remote", "parallel", "busy", "load", "overtime"}
+# --load: the load rows with the rows holding issue 18's other targets (CPU per request,
+# memory idle and during a clone).
+LOAD_GROUPS = ["clone", "fetch", "ls-remote", "load"]
 # Everything the gateway keeps in a repository (today gateway-clone-objects and
 # gateway-commit-objects), so that its next clone is its first ever.
 FIRST_EVER = ("gateway-*",)
@@ -1346,12 +1383,15 @@ def main_compare(args, root: Path) -> None:
     push_mb = 2 if args.quick else 20
     started = time.monotonic()
     sides = Sides.__new__(Sides)
+    extra_tables: list[str] = []  # tables of their own (overtime), printed after the main one
     try:
         sides.__init__(root, names)
         if "push" in groups:
             sides.add_repo("push", source="small")
         if "depth" in groups:
             sides.add_repo(f"{huge}-push", source=huge)
+        if "overtime" in groups:
+            sides.add_repo("overtime", source=big)
         (root / "clients").mkdir()
         res = Results()
         idle = {side: tree_kb(sides.server_pid(side))[0] / 1024 for side in SIDES}
@@ -1414,6 +1454,24 @@ def main_compare(args, root: Path) -> None:
             bench_filter_clone(sides, res, huge, args.runs, "blob:none")
             bench_filter_clone(sides, res, huge, args.runs, "tree:0")
 
+        def overtime_rows() -> None:
+            (root / "overtime").mkdir()
+            pusher = Pusher(root / "overtime", cached_repo(big) / "server.git")
+            rows = overtime.Overtime(sides, "overtime", pusher, alternate, fail, log)
+            try:
+                rows.run(args.pushes, args.runs)
+            finally:
+                extra_tables.append(
+                    rows.table(
+                        args.pushes,
+                        f"Costs over time (group overtime): {args.pushes:,} one-commit pushes "
+                        f"to a copy of {big} on each side, the same commits to both; medians "
+                        f"at each point (ls-remote of 5, the others of {args.runs}; the "
+                        f"{overtime.PER_ROUND * args.runs} timed pushes count among the "
+                        "pushes). C git with its default receive settings (gc --auto).",
+                    )
+                )
+
         def refs_rows() -> None:
             bench_noop_fetch(sides, res, "refs", args.runs)
             what = f": {facts['refs']['refs']:,} refs"
@@ -1431,6 +1489,18 @@ def main_compare(args, root: Path) -> None:
             "filter": filter_rows,
             "increment": lambda: bench_incremental(sides, res, huge, args.runs),
             "refs": refs_rows,
+            "load": lambda: load.bench_load(
+                sides,
+                res,
+                big,
+                cached_repo(big),
+                args.load_seconds,
+                Sampler,
+                alternate,
+                fail,
+                log,
+            ),
+            "overtime": overtime_rows,
         }
         todo = set(groups)
         if huge == big and "clone" in todo:
@@ -1488,9 +1558,12 @@ def main_compare(args, root: Path) -> None:
         "--all --missing=print` says are missing: tree:0 hides all below the root trees); gateway "
         f"with default settings (spare_workers = {Settings().spare_workers}). Client and "
         f"servers on one machine over loopback: {machine()}. {versions()}. "
-        f"Run took {elapsed / 60:.1f} min."
+        + (load.describe(args.load_seconds) + " " if "load" in groups else "")
+        + f"Run took {elapsed / 60:.1f} min."
     )
     print_table(res, caption)
+    for table in extra_tables:
+        print(table, flush=True)
 
 
 async def connect(host: str, port: int, user: str, key: Path, local: str):
@@ -1826,6 +1899,18 @@ def main() -> None:
         "--profile", action="store_true", help="profile the worker for one full clone"
     )
     parser.add_argument(
+        "--load",
+        action="store_true",
+        help="only the load rows and those with issue 18's other targets: --only "
+        + ",".join(LOAD_GROUPS),
+    )
+    parser.add_argument(
+        "--load-seconds", type=float, default=60, help="how long each load run lasts"
+    )
+    parser.add_argument(
+        "--pushes", type=int, default=2000, help="one-commit pushes of the overtime rows"
+    )
+    parser.add_argument(
         "--only",
         type=lambda text: [g.strip() for g in text.split(",") if g.strip()],
         help="comma-separated groups of rows to run: " + ", ".join(GROUPS),
@@ -1837,6 +1922,10 @@ def main() -> None:
         help="only make (or find) the cached repository NAME and print its server.git path",
     )
     args = parser.parse_args()
+    if args.load:
+        args.only = [*(args.only or []), *(g for g in LOAD_GROUPS if g not in (args.only or []))]
+    if args.pushes < 1:
+        parser.error("--pushes: at least 1")
     if args.only and (unknown := set(args.only) - set(GROUPS)):
         parser.error(
             f"--only: unknown group(s) {', '.join(sorted(unknown))}; groups: "
