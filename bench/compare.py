@@ -72,6 +72,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # run as a script: the repo root holds testkit/
 import load  # noqa: E402  (bench/load.py: the load rows)
 import overtime  # noqa: E402  (bench/overtime.py: costs after many pushes)
+import profiles  # noqa: E402  (bench/profiles.py: --profile KIND)
 from subreaper import ReapedServer, start_gateway  # noqa: E402  (bench/, beside this file)
 from subreaper import command as under_subreaper  # noqa: E402
 
@@ -1896,7 +1897,13 @@ def main() -> None:
     )
     parser.add_argument("--idle", type=int, default=1000, help="idle connections for --scale")
     parser.add_argument(
-        "--profile", action="store_true", help="profile the worker for one full clone"
+        "--profile",
+        nargs="?",
+        const="",
+        choices=["", *profiles.KINDS, "all"],
+        metavar="KIND",
+        help="profile the worker for one full clone (a captured request); with KIND, for "
+        "one kind of request made by a real client: " + ", ".join(profiles.KINDS) + " or all",
     )
     parser.add_argument(
         "--load",
@@ -1943,8 +1950,12 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
     log(f"working in {root}")
     try:
-        if args.profile:
+        if args.profile == "":
             main_profile(args, root)
+        elif args.profile:
+            kinds = list(profiles.KINDS) if args.profile == "all" else [args.profile]
+            name = "small" if args.quick else "large"
+            profiles.profile_kinds(kinds, root, name, cached_repo(name), Pusher, machine(), log)
         elif args.scale:
             main_scale(args, root)
         else:
