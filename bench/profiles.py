@@ -7,7 +7,8 @@ A real git client runs the request against a copy of the `large` repository over
 file:// transport, with `--upload-pack` / `--receive-pack` pointing at this module run as
 a script: it serves the request exactly as a worker does (gateway.git.workers.worker's
 `serve`, a Job with the default settings and the client's GIT_PROTOCOL, which git passes
-to local transports too) under cProfile. Beside it the same command with C git's
+to local transports too) under cProfile, timed by CPU time (time.process_time), so
+time spent waiting on the client is not counted. Beside it the same command with C git's
 upload-pack / receive-pack (and once more through a wrapper that reads C git's CPU). No
 SSH on either side: this is the worker's share only (the server process's relay and the
 SSH layer are not in it). Each kind: one untimed warm-up (what the gateway keeps between
@@ -65,7 +66,8 @@ def serve_profiled(profile: str, cpu_file: str, service: str, repo_dir: str) -> 
     os.chdir(repo_dir)
     stdin = io.FileIO(0, "rb", closefd=False)
     stdout = io.FileIO(1, "wb", closefd=False)
-    profiler = cProfile.Profile() if profile != "-" else None
+    # CPU time, not wall time: waiting for the client's reads is not the server's cost.
+    profiler = cProfile.Profile(time.process_time) if profile != "-" else None
     if profiler is not None:
         profiler.enable()
     try:
