@@ -4,10 +4,17 @@
     .venv/bin/python bench/compare.py [--runs 3] [--quick] [--only GROUP,...]
     .venv/bin/python bench/compare.py --scale   100,000 keys, 10,000 repos, 1,000 idle connections
     .venv/bin/python bench/compare.py --profile the gateway's worker under cProfile, one full clone
+    .venv/bin/python bench/compare.py --profile KIND   the same for one kind of request
+                                                (bench/profiles.py)
+    .venv/bin/python bench/compare.py --load    the load rows (bench/load.py) and the rows with
+                                                issue 18's other targets
+    .venv/bin/python bench/compare.py --only overtime [--pushes N]   costs after N pushes
+                                                (bench/overtime.py)
     .venv/bin/python bench/compare.py --generate huge   make (or find) one cached repository,
                                                 print its server.git path
 
-What it starts (and stops, whatever happens):
+What it starts (and stops, whatever happens; both servers run under bench/subreaper.py,
+which counts the CPU of the processes they leave orphaned):
 - OpenSSH's sshd on a free loopback port with its own sshd_config, ed25519 host key and
   AuthorizedKeysFile (`UsePAM no`, `StrictModes no`, `PermitRootLogin prohibit-password`,
   `-D -e`), logging in as the current user and running C git's git-upload-pack and
@@ -1947,6 +1954,10 @@ def main() -> None:
     want = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
     if soft < want:  # 1,000 connections on each end; the servers inherit it
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    # SIGTERM (and SIGINT, which a shell leaves ignored in a background job) end the run
+    # through the finally blocks below, which stop the servers and clients it started.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: sys.exit(128 + signum))
     root = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
     log(f"working in {root}")
     try:
