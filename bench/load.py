@@ -179,10 +179,19 @@ def bench_load(
             for w in workers:
                 w.deadline = started + seconds
             with sampler(sides.server_pid(side), 0.5) as memory:
-                for w in workers:
-                    w.start()
-                for w in workers:
-                    w.join()
+                try:
+                    for w in workers:
+                        w.start()
+                    for w in workers:
+                        w.join()
+                finally:
+                    # Stopped early (SIGTERM, Ctrl-C): each client ends its request in
+                    # flight, while the servers still run, and starts no other.
+                    for w in workers:
+                        w.deadline = 0
+                    for w in workers:
+                        if w.is_alive():
+                            w.join(120)
             elapsed = time.monotonic() - started
             time.sleep(0.5)  # the last sessions' processes are reaped
             server = sides.server_cpu(side) - cpu
