@@ -4,10 +4,17 @@
     .venv/bin/python bench/compare.py [--runs 3] [--quick] [--only GROUP,...]
     .venv/bin/python bench/compare.py --scale   100,000 keys, 10,000 repos, 1,000 idle connections
     .venv/bin/python bench/compare.py --profile the gateway's worker under cProfile, one full clone
+    .venv/bin/python bench/compare.py --profile KIND   the same for one kind of request
+                                                (bench/profiles.py)
+    .venv/bin/python bench/compare.py --load    the load rows (bench/load.py) and the rows with
+                                                issue 18's other targets
+    .venv/bin/python bench/compare.py --only overtime [--pushes N]   costs after N pushes
+                                                (bench/overtime.py)
     .venv/bin/python bench/compare.py --generate huge   make (or find) one cached repository,
                                                 print its server.git path
 
-What it starts (and stops, whatever happens):
+What it starts (and stops, whatever happens; both servers run under bench/subreaper.py,
+which counts the CPU of the processes they leave orphaned):
 - OpenSSH's sshd on a free loopback port with its own sshd_config, ed25519 host key and
   AuthorizedKeysFile (`UsePAM no`, `StrictModes no`, `PermitRootLogin prohibit-password`,
   `-D -e`), logging in as the current user and running C git's git-upload-pack and
@@ -70,6 +77,12 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # run as a script: the repo root holds testkit/
+import load  # noqa: E402  (bench/load.py: the load rows)
+import overtime  # noqa: E402  (bench/overtime.py: costs after many pushes)
+import profiles  # noqa: E402  (bench/profiles.py: --profile KIND)
+from subreaper import ReapedServer, start_gateway  # noqa: E402  (bench/, beside this file)
+from subreaper import command as under_subreaper  # noqa: E402
+
 from gateway.config import Settings  # noqa: E402
 from testkit import Gateway, free_port, pkt  # noqa: E402  (the tests' server driver)
 
@@ -499,6 +512,7 @@ class OpenSSH:
         self.authorized = root / "authorized_keys"
         self.user_pub = user_pub
         self.proc: subprocess.Popen | None = None
+        self.reaper: ReapedServer | None = None
 
     def start(self) -> None:
         sshd = "/usr/sbin/sshd"
@@ -538,6 +552,9 @@ class OpenSSH:
                     "PrintLastLog no",
                     "UseDNS no",
                     "LogLevel ERROR",
+                    # The default (10:30:100) drops logins at random beyond 10 at once; the
+                    # load rows open 32 (the gateway's max_startups is 1,000).
+                    "MaxStartups 1000",
                     # sshd runs the command with the user's shell; bash then reads ~/.bashrc (it
                     # detects sshd by SSH_CLIENT and SHLVL < 2). A developer's .bashrc (pyenv init
                     # here) would be charged to OpenSSH, so bash is told it is nested. A Git server
@@ -557,12 +574,15 @@ class OpenSSH:
         subprocess.run([sshd, "-t", "-f", str(config)], check=True)
         # sshd keeps its own copy of the log's descriptor; ours closes once it has started.
         with open(self.root / "sshd.log", "ab") as sshd_log:
+            # Under the subreaper, which counts the git processes sshd leaves orphaned.
+            report = self.root / "subreaper.json"
             self.proc = subprocess.Popen(
-                [sshd, "-D", "-e", "-f", str(config)],
+                [*under_subreaper(report), sshd, "-D", "-e", "-f", str(config)],
                 stdout=sshd_log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+            self.reaper = ReapedServer(self.proc.pid, report)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -613,7 +633,8 @@ class Sides:
         self.gw = Gateway(root / "gateway")
         self.gw.cli("init")
         self.ossh: OpenSSH | None = None
-        self.gw.start()  # from here on the caller's try/finally calls stop()
+        # Under the subreaper, as sshd; from here on the caller's try/finally calls stop().
+        self.gw_reaper = start_gateway(self.gw, root / "gateway-subreaper.json")
         self.user = self.gw.user("bench")
         self.ws = self.gw.workspace((self.user, "write"))
         self.ossh = OpenSSH(root / "openssh", self.user.pub)
@@ -648,8 +669,19 @@ class Sides:
     def server_dir(self, side: str, name: str) -> Path:
         return self.gw.repo_dir(self.paths[name]) if side == "gateway" else self.ossh.repo_dir(name)
 
+    def reaper(self, side: str) -> ReapedServer:
+        reaper = self.gw_reaper if side == "gateway" else self.ossh.reaper
+        assert reaper is not None
+        return reaper
+
     def server_pid(self, side: str) -> int:
-        return self.gw.proc.pid if side == "gateway" else self.ossh.proc.pid
+        """The server process (memory is sampled on its tree), below the subreaper."""
+        return self.reaper(side).server_pid()
+
+    def server_cpu(self, side: str) -> float:
+        """CPU seconds the side's server has caused so far, orphans included
+        (subreaper.py); measurements take differences."""
+        return self.reaper(side).cpu(tree_cpu)
 
     def git(
         self,
@@ -786,7 +818,7 @@ def bench_clone(
                         else:
                             kept.unlink()
             trace = sides.trace_file() if run == 0 else None
-            cpu = tree_cpu(sides.server_pid(side))
+            cpu = sides.server_cpu(side)
             with Sampler(sides.server_pid(side)) as sampler:
                 elapsed = sides.timed_git(
                     "clone", "-q", "--no-checkout", sides.url(side, name), str(dest), trace=trace
@@ -796,9 +828,9 @@ def bench_clone(
             if trace is not None:
                 res.protocol(label, side, trace)
             res.add(
-                f"server CPU per {name} clone{when} (process tree, s)",
+                f"server CPU per {name} clone{when} (subreaper-counted, s)",
                 side,
-                tree_cpu(sides.server_pid(side)) - cpu,
+                sides.server_cpu(side) - cpu,
             )
             if memory:
                 res.add(
@@ -829,17 +861,17 @@ def bench_ls_remote(sides: Sides, res: Results, name: str, count: int = 20, what
         res.protocol(row, side, trace)
     for run in range(count):
         for side in alternate(run):
-            before = tree_cpu(sides.server_pid(side))
+            before = sides.server_cpu(side)
             res.add(
                 row,
                 side,
                 sides.timed_git("ls-remote", sides.url(side, name)),
             )
             time.sleep(0.05)
-            cpu[side] += tree_cpu(sides.server_pid(side)) - before
+            cpu[side] += sides.server_cpu(side) - before
     for side in SIDES:  # includes starting the spare worker that replaces the one used
         res.add(
-            f"server CPU per ls-remote{what} (process tree, mean of {count}, s)",
+            f"server CPU per ls-remote{what} (subreaper-counted, mean of {count}, s)",
             side,
             cpu[side] / count,
         )
@@ -988,12 +1020,12 @@ def measured(
     spoken is noted beside the rows."""
     pid = sides.server_pid(side)
     trace_file = sides.trace_file() if trace else None
-    cpu = tree_cpu(pid)
+    cpu = sides.server_cpu(side)
     with Sampler(pid) as sampler:
         elapsed = sides.timed_git(*args, cwd=cwd, trace=trace_file)
     time.sleep(0.3)  # the session's processes are reaped
     res.add(row, side, elapsed)
-    res.add(f"server CPU, {what} (process tree, s)", side, tree_cpu(pid) - cpu)
+    res.add(f"server CPU, {what} (subreaper-counted, s)", side, sides.server_cpu(side) - cpu)
     res.add(f"server peak memory, {what} (process tree RSS, MB)", side, sampler.peak_rss / 1024)
     if trace_file is not None:
         res.protocol(row, side, trace_file)
@@ -1145,7 +1177,14 @@ def bench_incremental(sides: Sides, res: Results, name: str, runs: int) -> None:
             shutil.copytree(base, dest, symlinks=True)
             sides.git("remote", "set-url", "origin", sides.url(side, name), cwd=dest)
             trace = sides.trace_file() if run == 0 else None
+            cpu = sides.server_cpu(side)
             elapsed = sides.timed_git("fetch", "-q", "origin", cwd=dest, trace=trace)
+            time.sleep(0.2)  # the session's processes are reaped
+            res.add(
+                f"server CPU per incremental fetch ({name}, subreaper-counted, s)",
+                side,
+                sides.server_cpu(side) - cpu,
+            )
             if trace is not None:
                 res.protocol(row, side, trace)
             got = sides.git("rev-parse", "origin/main", cwd=dest).stdout.decode().strip()
@@ -1173,13 +1212,32 @@ def bench_noop_fetch(
         res.protocol(row, side, trace)
     for run in range(runs * 3):
         for side in alternate(run):
+            cpu = sides.server_cpu(side)
             res.add(row, side, sides.timed_git("fetch", "-q", "origin", cwd=clones[side]))
+            time.sleep(0.2)  # the session's processes are reaped
+            res.add(
+                f"server CPU per no-op fetch ({name}, subreaper-counted, s)",
+                side,
+                sides.server_cpu(side) - cpu,
+            )
     log(f"no-op fetches ({name}) done")
 
 
 # --- the table -----------------------------------------------------------------------------
 
 TARGETS = [  # (row prefix, target ratio, or absolute gateway seconds with "abs")
+    # issue 18's: server cost ("min": the ratio must be at least the target; "MB": an
+    # absolute gateway figure in MB)
+    ("server CPU per ls-remote", 2.0, "ratio"),
+    ("server CPU per no-op fetch", 2.0, "ratio"),
+    ("server CPU per incremental fetch", 2.0, "ratio"),
+    ("server CPU per large clone", 1.5, "ratio"),
+    ("server CPU per huge clone", 1.5, "ratio"),
+    ("server idle memory", 40, "MB"),
+    ("server peak memory during the large clone", 1.3, "ratio"),
+    ("load, 32 clients: requests per second", 0.5, "min"),
+    ("load, 32 clients: p99 latency", 2.0, "ratio"),
+    ("load, ", None, None),  # the other load rows: for the reader
     ("full clone", 1.2, "ratio"),
     ("server peak memory, ", None, None),  # the issue-16 rows' memory: no target
     # issue 16's
@@ -1232,6 +1290,10 @@ def print_table(res: Results, caption: str, targets: bool = True) -> None:
             t, met = "-", ""
         elif kind == "abs":
             t, met = f"< {target} s", ("yes" if g is not None and g < target else "**no**")
+        elif kind == "MB":
+            t, met = f"≤ {target} MB", ("yes" if g is not None and g <= target else "**no**")
+        elif kind == "min":
+            t, met = f"≥ {target}", ("yes" if ratio is not None and ratio >= target else "**no**")
         else:
             t, met = f"≤ {target}", ("yes" if ratio is not None and ratio <= target else "**no**")
         label = row
@@ -1293,9 +1355,14 @@ GROUPS = {
     "filter": "clone --filter=blob:none and --filter=tree:0 (huge)",
     "increment": "incremental fetch, 10 new commits (huge)",
     "refs": "no-op fetch and ls-remote with 20,000 refs",
+    "load": "8, then 32 clients at once, a mixed loop for 60 s a side (large; bench/load.py)",
+    "overtime": "2,000 one-commit pushes: costs at 0, 500, 2,000 (large; bench/overtime.py)",
 }
 HUGE_GROUPS = {"first", "depth", "filter", "increment"}
-LARGE_GROUPS = {"clone", "fetch", "ls-remote", "parallel", "busy"}
+LARGE_GROUPS = {"clone", "fetch", "ls-remote", "parallel", "busy", "load", "overtime"}
+# --load: the load rows with the rows holding issue 18's other targets (CPU per request,
+# memory idle and during a clone).
+LOAD_GROUPS = ["clone", "fetch", "ls-remote", "load"]
 # Everything the gateway keeps in a repository (the gateway-* lists beside the refs, the
 # packs' order files under objects/info/gateway), so that its next clone is its first ever.
 FIRST_EVER = ("gateway-*", "objects/info/gateway")
@@ -1324,12 +1391,15 @@ def main_compare(args, root: Path) -> None:
     push_mb = 2 if args.quick else 20
     started = time.monotonic()
     sides = Sides.__new__(Sides)
+    extra_tables: list[str] = []  # tables of their own (overtime), printed after the main one
     try:
         sides.__init__(root, names)
         if "push" in groups:
             sides.add_repo("push", source="small")
         if "depth" in groups:
             sides.add_repo(f"{huge}-push", source=huge)
+        if "overtime" in groups:
+            sides.add_repo("overtime", source=big)
         (root / "clients").mkdir()
         res = Results()
         idle = {side: tree_kb(sides.server_pid(side))[0] / 1024 for side in SIDES}
@@ -1392,6 +1462,24 @@ def main_compare(args, root: Path) -> None:
             bench_filter_clone(sides, res, huge, args.runs, "blob:none")
             bench_filter_clone(sides, res, huge, args.runs, "tree:0")
 
+        def overtime_rows() -> None:
+            (root / "overtime").mkdir()
+            pusher = Pusher(root / "overtime", cached_repo(big) / "server.git")
+            rows = overtime.Overtime(sides, "overtime", pusher, alternate, fail, log)
+            try:
+                rows.run(args.pushes, args.runs)
+            finally:
+                extra_tables.append(
+                    rows.table(
+                        args.pushes,
+                        f"Costs over time (group overtime): {args.pushes:,} one-commit pushes "
+                        f"to a copy of {big} on each side, the same commits to both; medians "
+                        f"at each point (ls-remote of 5, the others of {args.runs}; the "
+                        f"{overtime.PER_ROUND * args.runs} timed pushes count among the "
+                        "pushes). C git with its default receive settings (gc --auto).",
+                    )
+                )
+
         def refs_rows() -> None:
             bench_noop_fetch(sides, res, "refs", args.runs)
             what = f": {facts['refs']['refs']:,} refs"
@@ -1409,6 +1497,18 @@ def main_compare(args, root: Path) -> None:
             "filter": filter_rows,
             "increment": lambda: bench_incremental(sides, res, huge, args.runs),
             "refs": refs_rows,
+            "load": lambda: load.bench_load(
+                sides,
+                res,
+                big,
+                cached_repo(big),
+                args.load_seconds,
+                Sampler,
+                alternate,
+                fail,
+                log,
+            ),
+            "overtime": overtime_rows,
         }
         todo = set(groups)
         if huge == big and "clone" in todo:
@@ -1466,9 +1566,12 @@ def main_compare(args, root: Path) -> None:
         "--all --missing=print` says are missing: tree:0 hides all below the root trees); gateway "
         f"with default settings (spare_workers = {Settings().spare_workers}). Client and "
         f"servers on one machine over loopback: {machine()}. {versions()}. "
-        f"Run took {elapsed / 60:.1f} min."
+        + (load.describe(args.load_seconds) + " " if "load" in groups else "")
+        + f"Run took {elapsed / 60:.1f} min."
     )
     print_table(res, caption)
+    for table in extra_tables:
+        print(table, flush=True)
 
 
 async def connect(host: str, port: int, user: str, key: Path, local: str):
@@ -1801,7 +1904,25 @@ def main() -> None:
     )
     parser.add_argument("--idle", type=int, default=1000, help="idle connections for --scale")
     parser.add_argument(
-        "--profile", action="store_true", help="profile the worker for one full clone"
+        "--profile",
+        nargs="?",
+        const="",
+        choices=["", *profiles.KINDS, "all"],
+        metavar="KIND",
+        help="profile the worker for one full clone (a captured request); with KIND, for "
+        "one kind of request made by a real client: " + ", ".join(profiles.KINDS) + " or all",
+    )
+    parser.add_argument(
+        "--load",
+        action="store_true",
+        help="only the load rows and those with issue 18's other targets: --only "
+        + ",".join(LOAD_GROUPS),
+    )
+    parser.add_argument(
+        "--load-seconds", type=float, default=60, help="how long each load run lasts"
+    )
+    parser.add_argument(
+        "--pushes", type=int, default=2000, help="one-commit pushes of the overtime rows"
     )
     parser.add_argument(
         "--only",
@@ -1815,6 +1936,10 @@ def main() -> None:
         help="only make (or find) the cached repository NAME and print its server.git path",
     )
     args = parser.parse_args()
+    if args.load:
+        args.only = [*(args.only or []), *(g for g in LOAD_GROUPS if g not in (args.only or []))]
+    if args.pushes < 1:
+        parser.error("--pushes: at least 1")
     if args.only and (unknown := set(args.only) - set(GROUPS)):
         parser.error(
             f"--only: unknown group(s) {', '.join(sorted(unknown))}; groups: "
@@ -1829,11 +1954,19 @@ def main() -> None:
     want = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
     if soft < want:  # 1,000 connections on each end; the servers inherit it
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    # SIGTERM (and SIGINT, which a shell leaves ignored in a background job) end the run
+    # through the finally blocks below, which stop the servers and clients it started.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: sys.exit(128 + signum))
     root = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
     log(f"working in {root}")
     try:
-        if args.profile:
+        if args.profile == "":
             main_profile(args, root)
+        elif args.profile:
+            kinds = list(profiles.KINDS) if args.profile == "all" else [args.profile]
+            name = "small" if args.quick else "large"
+            profiles.profile_kinds(kinds, root, name, cached_repo(name), Pusher, machine(), log)
         elif args.scale:
             main_scale(args, root)
         else:

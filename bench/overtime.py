@@ -1,0 +1,182 @@
+"""The `overtime` rows of bench/compare.py: what years of small pushes do to the costs.
+
+One repository on each side (a copy of `large`) gets PUSHES one-commit pushes (2,000 by
+default, `--pushes N`), each a real one-file change made by one client (compare.py's
+Pusher: fast-import on a bare repository borrowing the cached objects). The same commit
+goes to both sides at once (two pushes in parallel: the loop takes half the time, and
+what is timed is measured apart, below). At 0, 500 and PUSHES pushes (CHECKPOINTS) the
+loop stops and, side after side:
+
+- ls-remote, median of 5;
+- a full clone (--no-checkout), median of `runs`;
+- `runs` rounds of PER_ROUND timed one-commit pushes (counted among the pushes), then an
+  incremental fetch of those commits into the side's last clone: medians;
+- the repository's pack files and loose objects, as they are.
+
+C git's side has its default receive settings, so its `gc --auto` runs after a push as
+a real server's would (detached: the subreaper reaps it). The target: the gateway's time
+at PUSHES pushes within 10% of its own at 0 (issue 17, item 3).
+"""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+CHECKPOINTS_OF = (0, 500)
+PER_ROUND = 5
+TARGET = 1.10
+MEASURES = ("push", "ls-remote", "incremental fetch", "full clone")
+SIDES = ("openssh", "gateway")
+
+
+def checkpoints(pushes: int) -> list[int]:
+    return sorted({*(p for p in CHECKPOINTS_OF if p < pushes), pushes})
+
+
+def repository_files(server: Path) -> tuple[int, int]:
+    """Pack files, loose objects."""
+    objects = server / "objects"
+    packs = len(list((objects / "pack").glob("*.pack")))
+    loose = sum(1 for d in objects.glob("[0-9a-f][0-9a-f]") for _ in d.iterdir())
+    return packs, loose
+
+
+class Overtime:
+    def __init__(
+        self,
+        sides,
+        name: str,
+        pusher,
+        alternate: Callable[[int], tuple[str, str]],
+        fail: Callable[[str], None],
+        log: Callable[[str], None],
+    ) -> None:
+        self.sides, self.name, self.pusher = sides, name, pusher
+        self.alternate, self.fail, self.log = alternate, fail, log
+        self.pushed = 0
+        # (measure, side, checkpoint) -> seconds
+        self.values: dict[tuple[str, str, int], list[float]] = {}
+        self.files: dict[tuple[str, int], tuple[int, int]] = {}
+        self.clones: dict[str, Path] = {}
+
+    def push_argv(self, side: str) -> list[str]:
+        url = self.sides.url(side, self.name)
+        return ["--git-dir", str(self.pusher.git_dir), "push", "-q", url, "main:refs/heads/main"]
+
+    def push_both(self, count: int) -> None:
+        """`count` commits, each pushed to both sides at once."""
+        for _ in range(count):
+            self.pusher.commit()
+            procs = [
+                subprocess.Popen(
+                    ["git", *self.push_argv(side)],
+                    env=self.sides.env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                )
+                for side in SIDES
+            ]
+            for side, proc in zip(SIDES, procs, strict=True):
+                _, err = proc.communicate(timeout=600)
+                if proc.returncode != 0:
+                    raise RuntimeError(f"push to {side}: {err.decode(errors='replace')[-600:]}")
+            self.pushed += 1
+
+    def add(self, measure: str, side: str, at: int, seconds: float) -> None:
+        self.values.setdefault((measure, side, at), []).append(seconds)
+
+    def measure(self, at: int, runs: int) -> None:
+        sides = self.sides
+        for side in SIDES:
+            self.files[(side, at)] = repository_files(sides.server_dir(side, self.name))
+        for run in range(5):
+            for side in self.alternate(run):
+                self.add(
+                    "ls-remote", side, at, sides.timed_git("ls-remote", sides.url(side, self.name))
+                )
+        for run in range(runs):
+            for side in self.alternate(run):
+                dest = Path(sides.root) / "clients" / f"overtime-{side}-{at}-{run}"
+                elapsed = sides.timed_git(
+                    "clone", "-q", "--no-checkout", sides.url(side, self.name), str(dest)
+                )
+                self.add("full clone", side, at, elapsed)
+                if side in self.clones:
+                    shutil.rmtree(self.clones[side], ignore_errors=True)
+                self.clones[side] = dest
+        for run in range(runs):
+            for _ in range(PER_ROUND):
+                self.pusher.commit()
+                for side in self.alternate(run):
+                    self.add("push", side, at, sides.timed_git(*self.push_argv(side)))
+                self.pushed += 1
+            for side in self.alternate(run):
+                elapsed = sides.timed_git("fetch", "-q", "origin", cwd=self.clones[side])
+                self.add("incremental fetch", side, at, elapsed)
+        self.log(f"overtime: measured at {at} pushes")
+
+    def check(self) -> None:
+        """Both sides hold the pusher's main, and the last clones are complete."""
+        tip = subprocess.run(
+            ["git", "--git-dir", str(self.pusher.git_dir), "rev-parse", "main"],
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        for side in SIDES:
+            got = (
+                self.sides.git("rev-parse", "origin/main", cwd=self.clones[side])
+                .stdout.decode()
+                .strip()
+            )
+            if got != tip:
+                self.fail(f"overtime: {side}'s main is {got} after the fetch, expected {tip}")
+            self.sides.fsck(self.clones[side], f"overtime clone from {side}")
+
+    def run(self, pushes: int, runs: int) -> None:
+        for at in checkpoints(pushes):
+            started = time.monotonic()
+            self.push_both(max(0, at - self.pushed))
+            if at:
+                self.log(
+                    f"overtime: {self.pushed} pushes to each side "
+                    f"({time.monotonic() - started:.0f} s for this stretch, both sides at once)"
+                )
+            self.measure(at, runs)
+        self.check()
+
+    def table(self, pushes: int, caption: str) -> str:
+        marks = checkpoints(pushes)
+        last = marks[-1]
+        head = [f"C git at {m:,}" for m in marks] + [f"gateway at {m:,}" for m in marks]
+        lines = [
+            "",
+            caption,
+            "",
+            f"| measure (median, s) | {' | '.join(head)} | gateway at {last:,} / at 0 "
+            f"| target | met |",
+            "|---|" + "---|" * (len(head) + 3),
+        ]
+
+        def cell(measure: str, side: str, at: int) -> float | None:
+            values = self.values.get((measure, side, at))
+            return statistics.median(values) if values else None
+
+        for measure in MEASURES:
+            cells = [cell(measure, side, m) for side in SIDES for m in marks]
+            start, end = cell(measure, "gateway", 0), cell(measure, "gateway", last)
+            ratio = end / start if start and end is not None else None
+            met = "yes" if ratio is not None and ratio <= TARGET else "**no**"
+            shown = " | ".join("-" if c is None else f"{c:.3f}" for c in cells)
+            lines.append(
+                f"| {measure} | {shown} | {'-' if ratio is None else f'{ratio:.2f}x'} "
+                f"| ≤ {TARGET:.2f} | {met} |"
+            )
+        for index, what in enumerate(("pack files", "loose objects")):
+            shown = " | ".join(str(self.files[(side, m)][index]) for side in SIDES for m in marks)
+            lines.append(f"| {what} (before the measures) | {shown} | - | - | |")
+        return "\n".join(lines) + "\n"
