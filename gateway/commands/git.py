@@ -16,7 +16,7 @@ from ..errors import Refusal
 from ..git import layout, protocol
 from ..git.workers.asyncio_seam import close_pipes
 from ..git.workers.job import Job
-from ..git.workers.pool import read_status
+from ..git.workers.pool import WorkerProcess, read_status
 from ..git.workers.slots import Full
 from ..logs import log_event
 from ..store import audit
@@ -209,7 +209,7 @@ class Outcome:
 
 
 async def relay(
-    proc: asyncio.subprocess.Process,
+    proc: WorkerProcess,
     stdin: Reader,
     stdout: Writer,
     stderr: Writer,
@@ -314,7 +314,7 @@ async def relay(
         await proc.wait()
 
 
-def _kill(proc: asyncio.subprocess.Process) -> None:
+def _kill(proc: WorkerProcess) -> None:
     try:
         proc.kill()
     except ProcessLookupError:
