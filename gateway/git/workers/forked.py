@@ -251,25 +251,20 @@ class Zygote:
             arrived.set_exception(ZygoteGone(str(message["error"])[:200]))
 
     async def _watch_exit(self, proc: asyncio.subprocess.Process, sock: socket.socket) -> None:
+        """One line for the operator when a zygote dies (not at server stop)."""
         status = await proc.wait()
         if self._sock is sock:
-            self._lost(status)
+            self._lost()
+        if not self._closed:
+            log_event(log, "git.zygote_lost", logging.WARNING, pid=proc.pid, status=status)
 
-    def _lost(self, status: int | None = None) -> None:
-        """The zygote has gone: say so once, and let its children's requests go on."""
+    def _lost(self) -> None:
+        """The zygote has gone (its socket closed): let its children's requests go on."""
         sock, self._sock = self._sock, None
         if sock is None:
             return
         asyncio.get_running_loop().remove_reader(sock)
         sock.close()
-        if not self._closed:
-            log_event(
-                log,
-                "git.zygote_lost",
-                logging.WARNING,
-                pid=self._proc.pid if self._proc is not None else "",
-                status="" if status is None else status,
-            )
         for arrived in self._waiting.values():
             if not arrived.done():
                 arrived.set_exception(ZygoteGone("the zygote exited"))
@@ -291,6 +286,8 @@ class Zygote:
                 await proc.wait()
         if self._watch is not None:
             self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
 
 
 async def _connect(proc: ForkedProcess, stdin: int, stdout: int, stderr: int) -> None:

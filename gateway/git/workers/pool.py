@@ -115,8 +115,8 @@ class WorkerPool:
 
 
 class GitWorkers:
-    """One process's Git workers: the pool of spares, the machine-wide worker slots
-    (slots.py) and the descriptor workers write their log to."""
+    """One process's Git workers: the pool (a zygote, or fresh Pythons), the machine-wide
+    worker slots (slots.py) and the descriptor workers write their log to."""
 
     def __init__(self, settings: Settings, log_fd: int | None = None) -> None:
         self.settings = settings  # SIGHUP changes it in place: the pool follows
