@@ -70,7 +70,10 @@ def serve_forever(sock_fd: int, log_fd: int) -> int:
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # ^C at a terminal is the server's to handle
+    # ^C at a terminal, or systemd's SIGTERM to the whole unit, is the server's to handle:
+    # the zygote ends when the server closes the socket (or dies: PDEATHSIG).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     # Objects made so far are permanent: the collector leaves them (and so the pages they
     # are on) alone in every child, which keeps those pages shared copy-on-write.
     gc.freeze()
@@ -161,6 +164,7 @@ def _become_worker(fds: list[int], log_fd: int, own_fds: tuple[int, ...]) -> Non
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         _place_fds([*fds[:3], log_fd, *fds[3:]])
         from . import worker  # imported by the zygote already: no cost here
 
