@@ -266,9 +266,9 @@ DESCRIPTIONS = {
         _optional_address,
     ),
     "spare_workers": (
-        "Git worker processes kept started and waiting, to save Python's "
-        "start-up on each request (about 25 MB each; requests beyond them at "
-        "once wait about 0.1 s for one); 0: start one per request",
+        "1 or more: each Git request's worker is forked from one process that has "
+        "done its imports (the zygote, about 25 MB), saving Python's start-up "
+        "(about 0.1 s of CPU) on each request; 0: start a fresh Python per request",
         _between(0, 64),
     ),
     "max_git_workers": (

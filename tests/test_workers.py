@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import subprocess
 import threading
 import time
@@ -432,3 +434,137 @@ def test_slots_are_shared_by_every_process_on_the_data_dir(tmp_path):
         d.release()  # once only
 
     asyncio.run(go())
+
+
+# --- where workers come from: the zygote ---------------------------------------------------
+
+
+def parent_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def zygotes(g: Gateway) -> list[int]:
+    """The server's zygote processes (gateway/git/workers/zygote.py)."""
+    children = Path(f"/proc/{g.proc.pid}/task/{g.proc.pid}/children").read_text().split()
+    found = []
+    for pid in children:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"--zygote" in cmdline:
+            found.append(int(pid))
+    return found
+
+
+def descriptors(pid: int) -> dict[int, str]:
+    fd_dir = Path(f"/proc/{pid}/fd")
+    return {int(fd.name): os.readlink(fd) for fd in fd_dir.iterdir()}
+
+
+@pytest.fixture(scope="module")
+def forking(tmp_path_factory):
+    """A server of its own, with default worker settings: workers forked by a zygote."""
+    g = Gateway(tmp_path_factory.mktemp("forking"))
+    g.cli("init")
+    g.start()
+    yield g
+    g.stop()
+
+
+def test_a_forked_worker_serves_a_job_holding_only_its_own_descriptors(forking, tmp_path):
+    admin, path, tip = seeded(forking, tmp_path)
+    repo_dir = forking.repo_dir(path)
+    assert wait_for(lambda: len(zygotes(forking)) == 1, 10)
+    (zygote,) = zygotes(forking)
+
+    async def go():
+        async with connect(forking, admin.key) as conn:
+            proc = await open_stalled(conn, path)
+            (pid,) = git_workers(repo_dir)
+            parent, fds = parent_of(pid), descriptors(pid)
+            proc.stdin.write(want_and_done(tip))
+            return parent, fds, await finish(proc)
+
+    parent, fds, (status, out, err) = asyncio.run(go())
+    assert parent == zygote  # forked, not a fresh Python
+    assert status == 0 and b"PACK" in out, err
+    # stdin, stdout, stderr, the log, the status and exit pipes; then only what the
+    # worker opened itself in its repository: no socket (the client's, the zygote's), no
+    # descriptor of another request or of the server.
+    assert {0, 1, 2, 3, 4, 5} <= set(fds), fds
+    for fd, target in fds.items():
+        if fd > 5:
+            assert target.startswith(str(repo_dir.resolve())), (fd, target)
+    assert not [t for t in fds.values() if t.startswith("socket:")], fds
+    assert all(fds[fd].startswith("pipe:") for fd in (0, 1, 2, 4, 5)), fds
+    assert not git_workers(repo_dir)
+
+
+def test_a_killed_worker_does_not_affect_the_next_request(forking, tmp_path):
+    admin, path, tip = seeded(forking, tmp_path)
+    repo_dir = forking.repo_dir(path)
+
+    async def go():
+        async with connect(forking, admin.key) as conn:
+            proc = await open_stalled(conn, path)
+            (pid,) = git_workers(repo_dir)
+            os.kill(pid, signal.SIGKILL)
+            return await finish(proc)
+
+    status, out, err = asyncio.run(go())
+    assert status != 0 and b"PACK" not in out
+    assert wait_for(lambda: not git_workers(repo_dir), 10)
+    assert forking.git(admin, "ls-remote", forking.url(path)).stdout.startswith(tip)
+    clone = tmp_path / "after"
+    forking.git(admin, "clone", "-q", forking.url(path), str(clone))
+    assert local_git("rev-parse", "HEAD", cwd=clone).strip() == tip
+    assert "Traceback" not in forking.server_log()
+
+
+def test_a_killed_zygote_is_replaced_and_requests_in_flight_finish(forking, tmp_path):
+    admin, path, tip = seeded(forking, tmp_path)
+    repo_dir = forking.repo_dir(path)
+    assert wait_for(lambda: len(zygotes(forking)) == 1, 10)
+    (old,) = zygotes(forking)
+
+    async def go():
+        async with connect(forking, admin.key) as conn:
+            proc = await open_stalled(conn, path)  # its worker is the old zygote's child
+            os.kill(old, signal.SIGKILL)
+            await asyncio.to_thread(wait_for, lambda: not Path(f"/proc/{old}").exists(), 10)
+            await asyncio.sleep(0.5)  # the server has noticed
+            proc.stdin.write(want_and_done(tip))
+            return await finish(proc)
+
+    status, out, err = asyncio.run(go())
+    assert status == 0 and b"PACK" in out, err  # the request in flight was not touched
+    assert forking.git(admin, "ls-remote", forking.url(path)).stdout.startswith(tip)
+    (new,) = zygotes(forking)
+    assert new != old
+    lost = [line for line in forking.server_log().splitlines() if "event=git.zygote_lost" in line]
+    assert len(lost) == 1 and f"pid={old}" in lost[0], lost
+    assert not git_workers(repo_dir)
+
+
+def test_with_no_spare_workers_each_request_starts_a_fresh_python(tmp_path):
+    g = Gateway(tmp_path / "fresh")
+    g.cli("init")
+    (g.data / "gateway.toml").write_text("spare_workers = 0\n")
+    g.start()
+    try:
+        admin, path, tip = seeded(g, tmp_path)
+
+        async def go():
+            async with connect(g, admin.key) as conn:
+                proc = await open_stalled(conn, path)
+                (pid,) = git_workers(g.repo_dir(path))
+                parent = parent_of(pid)
+                proc.stdin.write(want_and_done(tip))
+                return parent, await finish(proc)
+
+        parent, (status, out, err) = asyncio.run(go())
+        assert parent == g.proc.pid and not zygotes(g)
+        assert status == 0 and b"PACK" in out, err
+    finally:
+        g.stop()

@@ -17,7 +17,7 @@ from ..git import layout, protocol
 from ..git.housekeeping import scheduler as housekeeping
 from ..git.workers.asyncio_seam import close_pipes
 from ..git.workers.job import Job
-from ..git.workers.pool import read_status
+from ..git.workers.pool import WorkerProcess, read_status
 from ..git.workers.slots import Full
 from ..logs import log_event
 from ..store import audit
@@ -212,7 +212,7 @@ class Outcome:
 
 
 async def relay(
-    proc: asyncio.subprocess.Process,
+    proc: WorkerProcess,
     stdin: Reader,
     stdout: Writer,
     stderr: Writer,
@@ -317,7 +317,7 @@ async def relay(
         await proc.wait()
 
 
-def _kill(proc: asyncio.subprocess.Process) -> None:
+def _kill(proc: WorkerProcess) -> None:
     try:
         proc.kill()
     except ProcessLookupError:

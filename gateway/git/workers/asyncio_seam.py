@@ -12,7 +12,12 @@ from __future__ import annotations
 
 import asyncio
 
+from .forked import ForkedProcess
 
-def close_pipes(proc: asyncio.subprocess.Process) -> None:
+
+def close_pipes(proc: asyncio.subprocess.Process | ForkedProcess) -> None:
     """Close every pipe to and from `proc`, so that a later `wait()` does not wait for EOF."""
-    proc._transport.close()  # type: ignore[attr-defined]
+    if isinstance(proc, ForkedProcess):
+        proc.close_pipes()  # its own pipes: no private name needed
+    else:
+        proc._transport.close()  # type: ignore[attr-defined]

@@ -1,9 +1,10 @@
-"""Git worker processes started ahead of time (setting `spare_workers`).
+"""Where each request's Git worker comes from (setting `spare_workers`).
 
-Starting Python and importing dulwich takes about 0.2 s, which a worker started per
-request puts on every clone, fetch and ls-remote. The pool keeps a few workers that have
-done their imports and wait for a job on stdin (see worker.py); a request takes one and
-a replacement starts in the background. Each worker serves one job and exits.
+Starting Python and importing dulwich takes about 0.2 s of CPU, which a worker started
+per request puts on every clone, fetch and ls-remote. With `spare_workers` above 0 the
+pool asks the zygote (zygote.py, forked.py), a process that has done those imports once,
+to fork a worker per request; with 0 each request starts a fresh Python. Either way a
+worker serves one job and exits.
 
 Each worker also gets a pipe of its own (`--status-fd`, by number on its command line,
 as is the operator's log, `--log-fd`), on which it tells the server what it did that the
@@ -14,10 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import sys
 from typing import TYPE_CHECKING
 
+from ...logs import log_event
+from .forked import ForkedProcess, Zygote
 from .job import Job
 from .slots import WorkerSlots
 
@@ -26,6 +30,9 @@ if TYPE_CHECKING:
 
 WORKER = [sys.executable, "-m", "gateway.git.workers.worker"]
 MAX_STATUS = 64 * 1024  # a pipe's capacity: the worker writes less, in one write
+log = logging.getLogger("gateway.git")
+# What the relay drives: a fresh Python's asyncio process, or a zygote's child.
+WorkerProcess = asyncio.subprocess.Process | ForkedProcess
 
 
 def worker_environment() -> dict[str, str]:
@@ -39,50 +46,32 @@ def worker_environment() -> dict[str, str]:
 
 
 class WorkerPool:
+    """Where a request's worker comes from: forked by the zygote (`spare_workers` 1 or
+    more: the zygote is started with the server), or a fresh Python per request (0: the
+    old path, kept for `gateway shell` under OpenSSH, as the fallback, and to compare)."""
+
     def __init__(self, spare: int, log_fd: int) -> None:
         self.spare = spare
         self._log_fd = log_fd
-        self._ready: list[asyncio.subprocess.Process] = []
-        self._starting = 0
-        # The loop holds tasks weakly: without a reference here a spare could be collected
-        # before it starts.
-        self._adding: set[asyncio.Future[None]] = set()
-        self._closed = False
+        self._zygote = Zygote(WORKER, log_fd, worker_environment)
+        self._starting: set[asyncio.Future[None]] = set()  # held: the loop holds tasks weakly
 
-    async def start_job(self, job: Job) -> asyncio.subprocess.Process:
+    @property
+    def zygote_pid(self) -> int | None:
+        return self._zygote.pid
+
+    async def start_job(self, job: Job) -> WorkerProcess:
         """A worker serving `job`, its pipes ready to relay."""
-        proc = None
-        while self._ready and proc is None:
-            candidate = self._ready.pop(0)
-            if candidate.returncode is None:
-                proc = candidate
-            else:
-                close_status(candidate)
-        self._top_up()
-        if proc is None:  # none ready (pool off, or all taken): start one for this job
+        proc: WorkerProcess | None = None
+        if self.spare > 0:
+            try:
+                proc = await self._zygote.fork()
+            except OSError:
+                proc = None  # the zygote is gone or cannot fork: a fresh Python serves
+        if proc is None:
             proc = await self._spawn()
         proc.stdin.write(job.header())
         return proc
-
-    def _top_up(self) -> None:
-        while not self._closed and len(self._ready) + self._starting < self.spare:
-            self._starting += 1
-            adding = asyncio.ensure_future(self._add_spare())
-            self._adding.add(adding)
-            adding.add_done_callback(self._adding.discard)
-
-    async def _add_spare(self) -> None:
-        try:
-            proc = await self._spawn()
-        except OSError:
-            return  # out of processes or descriptors: requests will start their own
-        finally:
-            self._starting -= 1
-        if self._closed:
-            proc.kill()
-            close_status(proc)
-        else:
-            self._ready.append(proc)
 
     async def _spawn(self) -> asyncio.subprocess.Process:
         status, status_for_worker = os.pipe()
@@ -109,22 +98,25 @@ class WorkerPool:
         return proc
 
     def fill(self) -> None:
-        """Start the spare workers (at server start)."""
-        self._top_up()
+        """Start the zygote (at server start), in the background."""
+        if self.spare > 0:
+            starting = asyncio.ensure_future(self._start_zygote())
+            self._starting.add(starting)
+            starting.add_done_callback(self._starting.discard)
+
+    async def _start_zygote(self) -> None:
+        try:
+            await self._zygote.start()
+        except OSError as exc:  # out of processes or descriptors: the first request retries
+            log_event(log, "git.zygote_failed", logging.WARNING, error=str(exc))
 
     async def close(self) -> None:
-        self._closed = True
-        for proc in self._ready:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
-            close_status(proc)
-        self._ready.clear()
+        await self._zygote.close()
 
 
 class GitWorkers:
-    """One process's Git workers: the pool of spares, the machine-wide worker slots
-    (slots.py) and the descriptor workers write their log to."""
+    """One process's Git workers: the pool (a zygote, or fresh Pythons), the machine-wide
+    worker slots (slots.py) and the descriptor workers write their log to."""
 
     def __init__(self, settings: Settings, log_fd: int | None = None) -> None:
         self.settings = settings  # SIGHUP changes it in place: the pool follows
@@ -139,7 +131,7 @@ class GitWorkers:
         return self._pool
 
 
-def read_status(proc: asyncio.subprocess.Process) -> dict:
+def read_status(proc: WorkerProcess) -> dict:
     """What the worker reported on its status pipe (it has exited: the pipe holds all
     of it), then the pipe is closed. {} if it reported nothing."""
     fd = getattr(proc, "gateway_status_fd", None)
@@ -161,7 +153,7 @@ def read_status(proc: asyncio.subprocess.Process) -> dict:
     return status if isinstance(status, dict) else {}
 
 
-def close_status(proc: asyncio.subprocess.Process) -> None:
+def close_status(proc: WorkerProcess) -> None:
     fd = getattr(proc, "gateway_status_fd", None)
     if fd is not None:
         proc.gateway_status_fd = None  # type: ignore[attr-defined]

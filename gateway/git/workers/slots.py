@@ -10,8 +10,8 @@ start at an offset from a hash of it. They are Linux's open-file-description loc
 unlike POSIX record locks two requests in one process conflict. Every process on the
 data directory shares them (`gateway serve` and each `gateway shell` that sshd starts),
 and a process that dies gives its slots back with its descriptors: nothing is left to
-clean up, and the file stays empty. Spare workers (pool.py) are not counted: they are
-bounded by `spare_workers`.
+clean up, and the file stays empty. The zygote (zygote.py) is not counted: it serves no
+request itself.
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@
     python -m gateway.git.workers.worker SERVICE REPO_DIR
     python -m gateway.git.workers.worker --job --log-fd N --status-fd M
                                             (the job arrives on stdin; see pool.py)
+    python -m gateway.git.workers.worker --zygote --log-fd N --socket-fd S
+                                            (forks a worker per job; see zygote.py)
 
 The server gives it a job only after the identity and the access decision are settled,
 with a repository path it resolved itself; this process only speaks Git on stdin/stdout.
@@ -77,6 +79,8 @@ def serve(job: Job, stdin: BinaryIO, stdout: BinaryIO, status_fd: int | None = N
 
 def main(argv: list[str]) -> int:
     status_fd: int | None = None
+    if argv[:1] == ["--zygote"]:
+        return _zygote(argv[1:])
     if argv[:1] == ["--job"]:
         try:
             log_fd, status_fd = _descriptors(argv[1:])
@@ -156,6 +160,19 @@ def main(argv: list[str]) -> int:
         print("ERROR: internal error while serving the repository", file=sys.stderr)
         return 1
     return 0
+
+
+def _zygote(options: list[str]) -> int:
+    """`--zygote --log-fd N --socket-fd S`: fork a worker per job (zygote.py)."""
+    try:
+        found = dict(zip(options[::2], (int(v) for v in options[1::2]), strict=True))
+        log_fd, sock_fd = found["--log-fd"], found["--socket-fd"]
+    except (ValueError, KeyError):
+        print("ERROR: bad zygote invocation", file=sys.stderr)
+        return 2
+    from . import zygote
+
+    return zygote.serve_forever(sock_fd, log_fd)
 
 
 def _descriptors(options: list[str]) -> tuple[int | None, int | None]:
