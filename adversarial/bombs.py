@@ -1,7 +1,7 @@
 """Class "bombs": packs that are small on the wire and huge inflated (review finding 3).
 
 Each is pushed raw to git-receive-pack of the suite's server (default limits) while the
-worker's peak resident memory is sampled; then a 256 MiB blob made by one delta is
+worker's peak resident memory is read from its git.done log line; then a 256 MiB blob made by one delta is
 planted in a repository on the server's side and archived. Handled correctly means: the
 refusal names the limit, the worker's peak stays under BOUND, nothing is stored and no
 quarantine is left.
@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import subprocess
 
-from testkit import git_workers, wait_for
 from testkit import packbombs as pb
+from testkit import wait_for
 
 from .suite import Result, World
 
@@ -42,45 +42,47 @@ def bombs(w: World) -> Result:
         path = g.repo(w.ws)
         repo_dir = g.repo_dir(path)
         before = set((repo_dir / "objects" / "pack").glob("*.pack"))
-        with pb.PeakWatcher(lambda repo_dir=repo_dir: git_workers(repo_dir)) as watcher:
-            done = pb.ssh_receive_pack(
-                g.ssh_command(w.alice.key), g.port, path, pb.push_body(pack_bytes, b"1" * 40), g.env
-            )
+        offset = len(g.server_log())
+        done = pb.ssh_receive_pack(
+            g.ssh_command(w.alice.key), g.port, path, pb.push_body(pack_bytes, b"1" * 40), g.env
+        )
+        peak = pb.worker_peak(g.server_log, offset, path)
         status = pb.unpack_status(done.stdout)
         clean = wait_for(
             lambda repo_dir=repo_dir: not list((repo_dir / "objects").glob("incoming-*")), 5
         )
         stored = set((repo_dir / "objects" / "pack").glob("*.pack")) != before
-        ok = expected in status and watcher.peak < BOUND and clean and not stored
+        ok = expected in status and peak < BOUND and clean and not stored
         result.check(
             ok,
-            f"{what}: unpack {status!r}, peak {pb.mb(watcher.peak)}, "
+            f"{what}: unpack {status!r}, peak {pb.mb(peak)}, "
             f"quarantine removed {clean}, stored {stored}",
         )
-        notes.append(f"{what.split(' (')[0]} {pb.mb(watcher.peak)}")
+        notes.append(f"{what.split(' (')[0]} {pb.mb(peak)}")
     # A repository that already holds a 256 MiB blob (16 KB on disk), archived.
     path = g.repo(w.ws)
     repo_dir = g.repo_dir(path)
     pb.plant_huge_blob(repo_dir, 256 * MiB, "refs/heads/main")
     env = {**g.env, "GIT_SSH_COMMAND": " ".join(g.ssh_command(w.alice.key))}
-    with pb.PeakWatcher(lambda repo_dir=repo_dir: git_workers(repo_dir)) as watcher:
-        done = subprocess.run(
-            ["git", "archive", f"--remote={g.url(path)}", "HEAD"],
-            env=env,
-            capture_output=True,
-            timeout=120,
-        )
+    offset = len(g.server_log())
+    done = subprocess.run(
+        ["git", "archive", f"--remote={g.url(path)}", "HEAD"],
+        env=env,
+        capture_output=True,
+        timeout=120,
+    )
+    peak = pb.worker_peak(g.server_log, offset, path)
     err = done.stderr.decode(errors="replace")
     ok = (
         done.returncode != 0
         and "ERROR: a file of 256 MiB exceeds the limit" in err
-        and watcher.peak < BOUND
+        and peak < BOUND
     )
     result.check(
         ok,
         f"archive of a stored 256 MiB blob: status {done.returncode}, "
-        f"peak {pb.mb(watcher.peak)}, {err[-200:]!r}",
+        f"peak {pb.mb(peak)}, {err[-200:]!r}",
     )
-    notes.append(f"archive {pb.mb(watcher.peak)}")
+    notes.append(f"archive {pb.mb(peak)}")
     result.notes = "worker peak: " + ", ".join(notes) + "; each refused naming its limit"
     return result

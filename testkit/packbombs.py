@@ -13,11 +13,13 @@ adversarial suite's "bombs" class.
 from __future__ import annotations
 
 import hashlib
+import re
 import struct
 import subprocess
 import threading
 import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 from .pktline import pkt
@@ -136,6 +138,23 @@ def unpack_status(stdout: bytes) -> str:
     if at < 0:
         return ""
     return stdout[at + len(b"unpack ") :].split(b"\n", 1)[0].decode(errors="replace")
+
+
+PEAK_RE = re.compile(r"event=git\.done .*repository=(\S+) .*peak_mib=([0-9.]+)")
+
+
+def worker_peak(server_log: Callable[[], str], offset: int, repository: str) -> int:
+    """The peak resident memory (bytes) of the worker that served `repository`'s
+    request, from its `git.done` line after `offset` in the server log: the kernel's own
+    count, which the zygote reads when it reaps the worker (a worker often ends before
+    a sampler of /proc could see it). Fails if the line does not come."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        for match in PEAK_RE.finditer(server_log()[offset:]):
+            if match.group(1) == repository:
+                return int(float(match.group(2)) * MiB)
+        time.sleep(0.05)
+    raise AssertionError(f"no git.done line with a peak for {repository}: not measured")
 
 
 class PeakWatcher:

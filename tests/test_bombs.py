@@ -1,7 +1,8 @@
 """Delta and zlib bombs (review finding 3) and unsafe archive paths (finding 11).
 
 Each bomb is pushed raw over `ssh` to `git-receive-pack` of a real server while the
-worker's peak resident memory (VmHWM) is sampled from /proc. Before the limits, the
+worker's peak resident memory is read from the server's `git.done` line (the kernel's
+count, taken when the zygote reaps the worker). Before the limits, the
 chain bomb took the worker to 2.1 GB and the archive of a stored 256 MiB blob did not
 finish in 300 s; the bounds asserted here are far below the attacks.
 """
@@ -21,7 +22,7 @@ import pytest
 from dulwich.objects import Blob, Commit, Tree
 from dulwich.repo import Repo
 
-from testkit import Gateway, git_workers, local_git
+from testkit import Gateway, local_git
 from testkit import packbombs as pb
 from testkit.localgit import commit, fsck
 from testkit.pushes import bare_refs, no_quarantine_soon, quarantines
@@ -46,9 +47,10 @@ def push_raw(
 ) -> tuple[str, int, str]:
     """(unpack status, the worker's peak memory, stderr) of a raw push of PACK."""
     body = pb.push_body(pack_bytes, b"1" * 40)
-    with pb.PeakWatcher(lambda: git_workers(repo_dir)) as watcher:
-        result = pb.ssh_receive_pack(g.ssh_command(user.key), g.port, path, body, g.env)
-    return pb.unpack_status(result.stdout), watcher.peak, result.stderr.decode(errors="replace")
+    offset = len(g.server_log())
+    result = pb.ssh_receive_pack(g.ssh_command(user.key), g.port, path, body, g.env)
+    peak = pb.worker_peak(g.server_log, offset, path)
+    return pb.unpack_status(result.stdout), peak, result.stderr.decode(errors="replace")
 
 
 def refused_cleanly(g: Gateway, path: str, repo_dir: Path, before: set[str], offset: int) -> None:
@@ -182,14 +184,14 @@ def test_worker_memory_limit_is_checked(tmp_path):
 
 def archive(g: Gateway, user, path: str, repo_dir: Path, *args: str):
     env = {**g.env, "GIT_SSH_COMMAND": " ".join(g.ssh_command(user.key))}
-    with pb.PeakWatcher(lambda: git_workers(repo_dir)) as watcher:
-        result = subprocess.run(
-            ["git", "archive", f"--remote={g.url(path)}", *args],
-            env=env,
-            capture_output=True,
-            timeout=120,
-        )
-    return result, watcher.peak
+    offset = len(g.server_log())
+    result = subprocess.run(
+        ["git", "archive", f"--remote={g.url(path)}", *args],
+        env=env,
+        capture_output=True,
+        timeout=120,
+    )
+    return result, pb.worker_peak(g.server_log, offset, path)
 
 
 def test_archive_of_a_stored_huge_blob_is_refused_cheaply(bombed):

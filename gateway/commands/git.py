@@ -120,6 +120,16 @@ async def run(ctx: Context, request: GitRequest) -> int:
             housekeeping.SCHEDULER.after_push(str(repo_dir), repo.full_name, ctx.settings, status)
     finally:
         held.release()
+    peak = getattr(proc, "peak_kib", None)  # known for a forked worker (zygote.py)
+    log_event(
+        log,
+        "git.done",
+        account=ctx.identity.account,
+        repository=repo.full_name,
+        service=request.service,
+        exit=proc.returncode,
+        **({"peak_mib": round(peak / 1024, 1)} if peak is not None else {}),
+    )
     if outcome.cut is not None:
         log_event(
             log,

@@ -52,6 +52,7 @@ class ForkedProcess:
         self._pidfd: int | None = None
         self._exited = asyncio.Event()
         self._transports: list[asyncio.BaseTransport] = []
+        self.peak_kib: int | None = None  # the worker's peak resident memory, once reaped
 
     async def wait(self) -> int:
         await self._exited.wait()
@@ -246,6 +247,8 @@ class Zygote:
             os.close(pidfd)
         if "exit" in message and proc is not None:
             del self._running[job_id]
+            if isinstance(message.get("peak_kib"), int):
+                proc.peak_kib = message["peak_kib"]
             proc._exit(int(message["exit"]))
         elif "error" in message and arrived is not None and not arrived.done():
             arrived.set_exception(ZygoteGone(str(message["error"])[:200]))

@@ -140,14 +140,17 @@ def _fork_one(
 def _reap(sock: socket.socket, children: dict[int, int]) -> None:
     while True:
         try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
+            pid, status, usage = os.wait4(-1, os.WNOHANG)
         except ChildProcessError:
             return
         if pid == 0:
             return
         job_id = children.pop(pid, None)
         if job_id is not None:
-            _send(sock, {"id": job_id, "exit": os.waitstatus_to_exitcode(status)})
+            # Its peak memory as the kernel kept it (from its resident size at the fork),
+            # for the server's git.done line: a worker often ends before a sampler sees it.
+            exit_code = os.waitstatus_to_exitcode(status)
+            _send(sock, {"id": job_id, "exit": exit_code, "peak_kib": usage.ru_maxrss})
 
 
 def _send(sock: socket.socket, message: dict[str, object], fds: list[int] | None = None) -> None:
