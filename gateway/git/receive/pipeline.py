@@ -47,7 +47,7 @@ from dulwich.repo import Repo
 
 from ...logs import log_event
 from ..upload.refs import head_target, list_refs
-from . import fsck, hooks, packreader, refcheck
+from . import connectivity, fsck, hooks, packreader, refcheck
 from . import quarantine as quarantines
 
 ZERO = b"0" * 40
@@ -134,10 +134,17 @@ class ReceivePack:
                 except Exception as exc:  # a broken, truncated or oversized pack
                     unpack_status = _one_line(exc) or b"unpacker error"
                     self._refuse_all(commands, b"unpacker error")
-                if quarantine is not None and self.settings.fsck_objects:
-                    unpack_status = self._fsck(commands, quarantine)
-                if quarantine is not None and unpack_status == b"ok":
-                    self._check_connectivity(commands, quarantine)
+                if quarantine is not None:
+                    links = connectivity.Links(c.new for c in commands if not c.is_delete)
+                    if self.settings.fsck_objects:
+                        unpack_status = self._fsck(commands, quarantine, links)
+                    else:
+                        for sha, type_num, data in fsck.new_objects(
+                            quarantine, self.repo.object_store
+                        ):
+                            links.add(sha, type_num, data)
+                    if unpack_status == b"ok":
+                        self._check_connectivity(commands, quarantine, links)
             if unpack_status == b"ok":
                 self._run_checks_and_update(commands, options, quarantine)
         finally:
@@ -259,10 +266,16 @@ class ReceivePack:
             raise
         return quarantine
 
-    def _fsck(self, commands: list[Command], quarantine: DiskObjectStore) -> bytes:
-        """C git's fsck of every new object (fsck.py); an error refuses the whole push."""
+    def _fsck(
+        self, commands: list[Command], quarantine: DiskObjectStore, links: connectivity.Links
+    ) -> bytes:
+        """C git's fsck of every new object (fsck.py); an error refuses the whole push.
+        The same pass gives `links` the names the objects use."""
         problems = fsck.check_new_objects(
-            quarantine, self.repo.object_store, fsck.levels_from_config(self.repo.get_config())
+            quarantine,
+            self.repo.object_store,
+            fsck.levels_from_config(self.repo.get_config()),
+            each=links.add,
         )
         self._say(fsck.report(problems))
         if not any(p.is_error for p in problems):
@@ -278,28 +291,44 @@ class ReceivePack:
         self._refuse_all(commands, b"unpacker error")
         return b"fsck error in packed object"
 
-    def _check_connectivity(self, commands: list[Command], quarantine: DiskObjectStore) -> None:
-        """Every object reachable from a new tip is either new (in the quarantine) or
-        already in the store, whose objects were all checked when they came in."""
+    def _check_connectivity(
+        self, commands: list[Command], quarantine: DiskObjectStore, links: connectivity.Links
+    ) -> None:
+        """Every object a new object names, and every new tip, is either new (in the
+        quarantine) or already in the store, whose objects were all checked when they
+        came in (connectivity.py). Only a push that fails it is walked from each tip, for
+        each ref's own message."""
         store = self.repo.object_store
-        for command in commands:
-            if command.error is None and not command.is_delete:
-                if not _complete(command.new, quarantine, store):
-                    command.error = b"missing necessary objects"
-                    if _reaches_new_shallow(command.new, quarantine, store, self.client_shallow):
-                        # As C git (receive.shallowUpdate false): the repository itself
-                        # would become shallow.
-                        command.error = SHALLOW_UPDATE
-                elif command.ref.startswith(b"refs/heads/") and not isinstance(
-                    quarantine[command.new], Commit
+        live = [c for c in commands if c.error is None and not c.is_delete]
+        missing = connectivity.first_missing(links, (c.new for c in live), quarantine, store)
+        if missing is None:
+            for command in live:
+                if command.ref.startswith(b"refs/heads/") and not _is_commit(
+                    command.new, links, quarantine
                 ):
                     command.error = b"not a commit"
-        if any(c.error == b"missing necessary objects" for c in commands):
-            # The store's objects are trusted to be complete: an incomplete pack never
-            # moves in, so nothing of this push is accepted.
-            self._refuse_all(commands, b"missing necessary objects")
-        elif any(c.error == SHALLOW_UPDATE for c in commands):
+            return
+        complete: set[bytes] = set()  # objects whose whole history is here, walked once
+        for command in live:
+            if not _complete(command.new, quarantine, store, complete):
+                command.error = b"missing necessary objects"
+                if _reaches_new_shallow(command.new, quarantine, store, self.client_shallow):
+                    # As C git (receive.shallowUpdate false): the repository itself
+                    # would become shallow.
+                    command.error = SHALLOW_UPDATE
+            elif command.ref.startswith(b"refs/heads/") and not isinstance(
+                quarantine[command.new], Commit
+            ):
+                command.error = b"not a commit"
+        if any(c.error == SHALLOW_UPDATE for c in commands) and not any(
+            c.error == b"missing necessary objects" for c in commands
+        ):
             self._refuse_all(commands, SHALLOW_UPDATE)
+        else:
+            # The store's objects are trusted to be complete: an incomplete pack never
+            # moves in, so nothing of this push is accepted (an object no tip reaches
+            # that names a missing one included, as C git's index-pack --strict).
+            self._refuse_all(commands, b"missing necessary objects")
 
     def _run_checks_and_update(
         self, commands: list[Command], options: list[bytes], quarantine: DiskObjectStore | None
@@ -469,11 +498,20 @@ class ReceivePack:
             self.proto.write(report)
 
 
-def _complete(tip: bytes, quarantine: DiskObjectStore, store) -> bool:
+def _is_commit(tip: bytes, links: connectivity.Links, quarantine: DiskObjectStore) -> bool:
+    type_num = links.tip_types.get(tip)
+    if type_num is None:  # a stored object, or a new blob (blobs are not read)
+        type_num = quarantine[tip].type_num
+    return type_num == Commit.type_num
+
+
+def _complete(tip: bytes, quarantine: DiskObjectStore, store, complete: set[bytes]) -> bool:
+    """Is everything `tip` reaches here? `complete`: objects known to be, from the walks
+    before, and where this walk adds what it found complete."""
     stack, seen = [tip], set()
     while stack:
         sha = stack.pop()
-        if sha in seen:
+        if sha in seen or sha in complete:
             continue
         seen.add(sha)
         if sha in store:
@@ -497,6 +535,7 @@ def _complete(tip: bytes, quarantine: DiskObjectStore, store) -> bool:
             stack.append(obj.object[1])
         elif not isinstance(obj, Blob):
             return False
+    complete.update(seen)
     return True
 
 
