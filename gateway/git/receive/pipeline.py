@@ -47,7 +47,7 @@ from dulwich.repo import Repo
 
 from ...logs import log_event
 from ..upload.refs import head_target, list_refs
-from . import connectivity, fsck, hooks, packreader, refcheck
+from . import connectivity, fsck, hooks, packedwrite, packreader, refcheck
 from . import quarantine as quarantines
 
 ZERO = b"0" * 40
@@ -64,6 +64,9 @@ CAPABILITIES = [
 GITLINK_MODE = 0o160000
 MAX_PUSH_OPTIONS = 100
 MAX_SHALLOW_LINES = 100_000
+# From this many new refs in one push, they are written into packed-refs at once: one
+# rewrite and one fsync instead of one lock file and one fsync each.
+PACK_CREATIONS = 16
 SHALLOW_UPDATE = b"shallow update not allowed"
 log = logging.getLogger("gateway.git")
 
@@ -111,6 +114,7 @@ class ReceivePack:
         self.settings = settings
         self.caps: set[bytes] = set()
         self.client_shallow: set[bytes] = set()  # the pushing clone's shallow commits
+        self._tip_types: dict[bytes, int] = {}  # types of the new tips read with the pack
 
     # --- the conversation ----------------------------------------------------------------
 
@@ -145,6 +149,7 @@ class ReceivePack:
                             links.add(sha, type_num, data)
                     if unpack_status == b"ok":
                         self._check_connectivity(commands, quarantine, links)
+                    self._tip_types = links.tip_types
             if unpack_status == b"ok":
                 self._run_checks_and_update(commands, options, quarantine)
         finally:
@@ -389,10 +394,36 @@ class ReceivePack:
         moving = [c for c in commands if c.error is None]
         if quarantine is not None and moving:
             quarantines.move_in(quarantine, self.repo.object_store.path)
-        # Deletions first: `refs/heads/a` gives way to `refs/heads/a/b` in one push.
-        moving.sort(key=lambda c: not c.is_delete)
+        # Deletions first: `refs/heads/a` gives way to `refs/heads/a/b` in one push; then
+        # updates; creations last, many of them in one packed-refs write (packedwrite.py),
+        # which is then the last step and never has to be undone.
+        moving.sort(key=lambda c: (not c.is_delete, c.old == ZERO))
+        git_dir = os.fsencode(self.repo.controldir())
+        # (A dangling symbolic ref reads as absent but is a file: such a ref goes loose.)
+        creations = [
+            c
+            for c in moving
+            if c.old == ZERO
+            and not c.is_delete
+            and not os.path.lexists(os.path.join(git_dir, c.ref))
+        ]
+        if len(creations) < PACK_CREATIONS:
+            creations = []
         moved: list[Command] = []
-        for command in moving:
+        packing = {id(c) for c in creations}
+        if not self._move_each(
+            [c for c in moving if id(c) not in packing], moved, atomic, commands
+        ):
+            return
+        if creations and not self._create_packed(creations):
+            self._move_each(creations, moved, atomic, commands)
+
+    def _move_each(
+        self, todo: list[Command], moved: list[Command], atomic: bool, commands: list[Command]
+    ) -> bool:
+        """Move each ref in turn (adding it to `moved`); False when an atomic push failed
+        and every ref in `moved` was put back."""
+        for command in todo:
             if self._move_ref(command, command.old, command.new):
                 moved.append(command)
                 continue
@@ -401,7 +432,35 @@ class ReceivePack:
                 for done in reversed(moved):  # all or none: put back what moved
                     self._move_ref(done, done.new, done.old)
                 self._refuse_all(commands, b"atomic push failed")
-                return
+                return False
+        return True
+
+    def _create_packed(self, creations: list[Command]) -> bool:
+        """The refs, none of which exists, in one packed-refs write; False (nothing
+        written) if another writer holds packed-refs.lock."""
+        store = self.repo.object_store
+        types = self._tip_types
+
+        def peel(sha: bytes) -> bytes | None:
+            type_num = types.get(sha)
+            if type_num is None:
+                type_num = store.get_raw(sha)[0]
+            if type_num != Tag.type_num:
+                return None
+            obj = store[sha]
+            while isinstance(obj, Tag):
+                obj = store[obj.object[1]]
+            return obj.id
+
+        try:
+            return packedwrite.rewrite(
+                self.repo.controldir(), {c.ref: c.new for c in creations}, peel=peel
+            )
+        except OSError as exc:
+            log.warning(
+                "cannot write packed-refs in %s: %s", self.repo.controldir(), exc.__class__.__name__
+            )
+            return False
 
     def _move_ref(self, command: Command, old: bytes, new: bytes) -> bool:
         """One compare-and-swap; False (with C git's message) if it could not be made."""
