@@ -1,10 +1,10 @@
 """Class "bombs": packs that are small on the wire and huge inflated (review finding 3).
 
-Each is pushed raw to git-receive-pack of the suite's server (default limits) while the
-worker's peak resident memory is read from its git.done log line; then a 256 MiB blob made by one delta is
-planted in a repository on the server's side and archived. Handled correctly means: the
-refusal names the limit, the worker's peak stays under BOUND, nothing is stored and no
-quarantine is left.
+Each is pushed raw to git-receive-pack of the suite's server (default limits), and the
+worker's peak resident memory is read from its git.done log line; then a 256 MiB blob
+made by one delta is planted in a repository on the server's side and archived. Handled
+correctly means: the refusal names the limit, the worker's peak stays under BOUND,
+nothing is stored and no quarantine is left.
 """
 
 from __future__ import annotations

@@ -343,6 +343,11 @@ def build_refs_repo(build: Path, params: dict) -> None:
     )
 
 
+# kind -> the function that makes such a repository in a build directory (bench/receive.py
+# adds its own).
+BUILDERS = {"tree": build_tree_repo, "refs": build_refs_repo}
+
+
 def cached_repo(name: str) -> Path:
     """CACHE/NAME-HASH with server.git (the full history, gc'ed) and base (a clone
     without the last INCREMENTAL commits: the client of the incremental fetch)."""
@@ -360,10 +365,8 @@ def cached_repo(name: str) -> Path:
     try:
         server = build / "server.git"
         git_local("init", "-q", "--bare", "-b", "main", str(server))
-        if params.get("kind") == "tree":
-            build_tree_repo(build, params)
-        elif params.get("kind") == "refs":
-            build_refs_repo(build, params)
+        if params.get("kind") in BUILDERS:
+            BUILDERS[params["kind"]](build, params)
         else:
             fast_import(server, params, 0, params["commits"] - INCREMENTAL)
             git_local(
@@ -1357,6 +1360,7 @@ GROUPS = {
     "refs": "no-op fetch and ls-remote with 20,000 refs",
     "load": "8, then 32 clients at once, a mixed loop for 60 s a side (large; bench/load.py)",
     "overtime": "2,000 one-commit pushes: costs at 0, 500, 2,000 (large; bench/overtime.py)",
+    "receive": "pushes: huge into an empty repository, --mirror of 2,000 refs, 1,000 new refs",
 }
 HUGE_GROUPS = {"first", "depth", "filter", "increment"}
 LARGE_GROUPS = {"clone", "fetch", "ls-remote", "parallel", "busy", "load", "overtime"}
@@ -1509,6 +1513,7 @@ def main_compare(args, root: Path) -> None:
                 log,
             ),
             "overtime": overtime_rows,
+            "receive": lambda: receive.bench_receive(sides, res, args.runs, args.quick),
         }
         todo = set(groups)
         if huge == big and "clone" in todo:
@@ -1980,6 +1985,11 @@ def main() -> None:
         print(f"\n!!! {len(FAILURES)} FAILURE(S):", *FAILURES, sep="\n- ", file=sys.stderr)
         sys.exit(1)
 
+
+# The receive rows (bench/receive.py) use this module's helpers as `compare`, which is
+# this module only if a script run registers itself under that name first.
+sys.modules.setdefault("compare", sys.modules[__name__])
+import receive  # noqa: E402
 
 if __name__ == "__main__":
     main()

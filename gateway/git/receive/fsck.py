@@ -116,13 +116,18 @@ def levels_from_config(config) -> dict[str, str]:
     return levels
 
 
-def check_new_objects(quarantine, store, levels: dict[str, str] | None = None) -> list[Problem]:
+def check_new_objects(
+    quarantine, store, levels: dict[str, str] | None = None, each=None
+) -> list[Problem]:
     """Every new commit, tree and tag of the quarantine, and the .gitmodules and
     .gitattributes blobs new trees name. `levels`: msg id (lower case) -> error, warn or
-    ignore, the repository's exceptions to the defaults."""
+    ignore, the repository's exceptions to the defaults. `each(sha, type, data)`, if
+    given, sees every object checked (the connectivity check's pass is this one)."""
     checker = Checker(levels)
-    for sha, type_num, data in _new_objects(quarantine, store):
+    for sha, type_num, data in new_objects(quarantine, store):
         checker.check(sha, type_num, data)
+        if each is not None:
+            each(sha, type_num, data)
     checker.finish(lambda sha, limit: _read(quarantine, store, sha, limit))
     return checker.problems
 
@@ -162,7 +167,9 @@ def _packed_size(store, sha: bytes) -> tuple[int, int] | None:
     return None
 
 
-def _new_objects(quarantine, store) -> Iterator[tuple[bytes, int, bytes]]:
+def new_objects(quarantine, store) -> Iterator[tuple[bytes, int, bytes]]:
+    """(hex name, type, content) of each commit, tree and tag in the quarantine that the
+    store lacks, each inflated once."""
     for pack in quarantine.packs:
         yield from _new_in_pack(pack, quarantine, store)
     for sha in loose_object_ids(quarantine):  # packin writes none; to be sure

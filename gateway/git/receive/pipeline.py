@@ -47,7 +47,7 @@ from dulwich.repo import Repo
 
 from ...logs import log_event
 from ..upload.refs import head_target, list_refs
-from . import fsck, hooks, packreader, refcheck
+from . import connectivity, fsck, hooks, packedwrite, packreader, refcheck
 from . import quarantine as quarantines
 
 ZERO = b"0" * 40
@@ -64,6 +64,9 @@ CAPABILITIES = [
 GITLINK_MODE = 0o160000
 MAX_PUSH_OPTIONS = 100
 MAX_SHALLOW_LINES = 100_000
+# From this many new refs in one push, they are written into packed-refs at once: one
+# rewrite and one fsync instead of one lock file and one fsync each.
+PACK_CREATIONS = 16
 SHALLOW_UPDATE = b"shallow update not allowed"
 log = logging.getLogger("gateway.git")
 
@@ -111,6 +114,7 @@ class ReceivePack:
         self.settings = settings
         self.caps: set[bytes] = set()
         self.client_shallow: set[bytes] = set()  # the pushing clone's shallow commits
+        self._tip_types: dict[bytes, int] = {}  # types of the new tips read with the pack
 
     # --- the conversation ----------------------------------------------------------------
 
@@ -134,10 +138,18 @@ class ReceivePack:
                 except Exception as exc:  # a broken, truncated or oversized pack
                     unpack_status = _one_line(exc) or b"unpacker error"
                     self._refuse_all(commands, b"unpacker error")
-                if quarantine is not None and self.settings.fsck_objects:
-                    unpack_status = self._fsck(commands, quarantine)
-                if quarantine is not None and unpack_status == b"ok":
-                    self._check_connectivity(commands, quarantine)
+                if quarantine is not None:
+                    links = connectivity.Links(c.new for c in commands if not c.is_delete)
+                    if self.settings.fsck_objects:
+                        unpack_status = self._fsck(commands, quarantine, links)
+                    else:
+                        for sha, type_num, data in fsck.new_objects(
+                            quarantine, self.repo.object_store
+                        ):
+                            links.add(sha, type_num, data)
+                    if unpack_status == b"ok":
+                        self._check_connectivity(commands, quarantine, links)
+                    self._tip_types = links.tip_types
             if unpack_status == b"ok":
                 self._run_checks_and_update(commands, options, quarantine)
         finally:
@@ -259,10 +271,16 @@ class ReceivePack:
             raise
         return quarantine
 
-    def _fsck(self, commands: list[Command], quarantine: DiskObjectStore) -> bytes:
-        """C git's fsck of every new object (fsck.py); an error refuses the whole push."""
+    def _fsck(
+        self, commands: list[Command], quarantine: DiskObjectStore, links: connectivity.Links
+    ) -> bytes:
+        """C git's fsck of every new object (fsck.py); an error refuses the whole push.
+        The same pass gives `links` the names the objects use."""
         problems = fsck.check_new_objects(
-            quarantine, self.repo.object_store, fsck.levels_from_config(self.repo.get_config())
+            quarantine,
+            self.repo.object_store,
+            fsck.levels_from_config(self.repo.get_config()),
+            each=links.add,
         )
         self._say(fsck.report(problems))
         if not any(p.is_error for p in problems):
@@ -278,28 +296,44 @@ class ReceivePack:
         self._refuse_all(commands, b"unpacker error")
         return b"fsck error in packed object"
 
-    def _check_connectivity(self, commands: list[Command], quarantine: DiskObjectStore) -> None:
-        """Every object reachable from a new tip is either new (in the quarantine) or
-        already in the store, whose objects were all checked when they came in."""
+    def _check_connectivity(
+        self, commands: list[Command], quarantine: DiskObjectStore, links: connectivity.Links
+    ) -> None:
+        """Every object a new object names, and every new tip, is either new (in the
+        quarantine) or already in the store, whose objects were all checked when they
+        came in (connectivity.py). Only a push that fails it is walked from each tip, for
+        each ref's own message."""
         store = self.repo.object_store
-        for command in commands:
-            if command.error is None and not command.is_delete:
-                if not _complete(command.new, quarantine, store):
-                    command.error = b"missing necessary objects"
-                    if _reaches_new_shallow(command.new, quarantine, store, self.client_shallow):
-                        # As C git (receive.shallowUpdate false): the repository itself
-                        # would become shallow.
-                        command.error = SHALLOW_UPDATE
-                elif command.ref.startswith(b"refs/heads/") and not isinstance(
-                    quarantine[command.new], Commit
+        live = [c for c in commands if c.error is None and not c.is_delete]
+        missing = connectivity.first_missing(links, (c.new for c in live), quarantine, store)
+        if missing is None:
+            for command in live:
+                if command.ref.startswith(b"refs/heads/") and not _is_commit(
+                    command.new, links, quarantine
                 ):
                     command.error = b"not a commit"
-        if any(c.error == b"missing necessary objects" for c in commands):
-            # The store's objects are trusted to be complete: an incomplete pack never
-            # moves in, so nothing of this push is accepted.
-            self._refuse_all(commands, b"missing necessary objects")
-        elif any(c.error == SHALLOW_UPDATE for c in commands):
+            return
+        complete: set[bytes] = set()  # objects whose whole history is here, walked once
+        for command in live:
+            if not _complete(command.new, quarantine, store, complete):
+                command.error = b"missing necessary objects"
+                if _reaches_new_shallow(command.new, quarantine, store, self.client_shallow):
+                    # As C git (receive.shallowUpdate false): the repository itself
+                    # would become shallow.
+                    command.error = SHALLOW_UPDATE
+            elif command.ref.startswith(b"refs/heads/") and not isinstance(
+                quarantine[command.new], Commit
+            ):
+                command.error = b"not a commit"
+        if any(c.error == SHALLOW_UPDATE for c in commands) and not any(
+            c.error == b"missing necessary objects" for c in commands
+        ):
             self._refuse_all(commands, SHALLOW_UPDATE)
+        else:
+            # The store's objects are trusted to be complete: an incomplete pack never
+            # moves in, so nothing of this push is accepted (an object no tip reaches
+            # that names a missing one included, as C git's index-pack --strict).
+            self._refuse_all(commands, b"missing necessary objects")
 
     def _run_checks_and_update(
         self, commands: list[Command], options: list[bytes], quarantine: DiskObjectStore | None
@@ -360,10 +394,36 @@ class ReceivePack:
         moving = [c for c in commands if c.error is None]
         if quarantine is not None and moving:
             quarantines.move_in(quarantine, self.repo.object_store.path)
-        # Deletions first: `refs/heads/a` gives way to `refs/heads/a/b` in one push.
-        moving.sort(key=lambda c: not c.is_delete)
+        # Deletions first: `refs/heads/a` gives way to `refs/heads/a/b` in one push; then
+        # updates; creations last, many of them in one packed-refs write (packedwrite.py),
+        # which is then the last step and never has to be undone.
+        moving.sort(key=lambda c: (not c.is_delete, c.old == ZERO))
+        git_dir = os.fsencode(self.repo.controldir())
+        # (A dangling symbolic ref reads as absent but is a file: such a ref goes loose.)
+        creations = [
+            c
+            for c in moving
+            if c.old == ZERO
+            and not c.is_delete
+            and not os.path.lexists(os.path.join(git_dir, c.ref))
+        ]
+        if len(creations) < PACK_CREATIONS:
+            creations = []
         moved: list[Command] = []
-        for command in moving:
+        packing = {id(c) for c in creations}
+        if not self._move_each(
+            [c for c in moving if id(c) not in packing], moved, atomic, commands
+        ):
+            return
+        if creations and not self._create_packed(creations):
+            self._move_each(creations, moved, atomic, commands)
+
+    def _move_each(
+        self, todo: list[Command], moved: list[Command], atomic: bool, commands: list[Command]
+    ) -> bool:
+        """Move each ref in turn (adding it to `moved`); False when an atomic push failed
+        and every ref in `moved` was put back."""
+        for command in todo:
             if self._move_ref(command, command.old, command.new):
                 moved.append(command)
                 continue
@@ -372,7 +432,35 @@ class ReceivePack:
                 for done in reversed(moved):  # all or none: put back what moved
                     self._move_ref(done, done.new, done.old)
                 self._refuse_all(commands, b"atomic push failed")
-                return
+                return False
+        return True
+
+    def _create_packed(self, creations: list[Command]) -> bool:
+        """The refs, none of which exists, in one packed-refs write; False (nothing
+        written) if another writer holds packed-refs.lock."""
+        store = self.repo.object_store
+        types = self._tip_types
+
+        def peel(sha: bytes) -> bytes | None:
+            type_num = types.get(sha)
+            if type_num is None:
+                type_num = store.get_raw(sha)[0]
+            if type_num != Tag.type_num:
+                return None
+            obj = store[sha]
+            while isinstance(obj, Tag):
+                obj = store[obj.object[1]]
+            return obj.id
+
+        try:
+            return packedwrite.rewrite(
+                self.repo.controldir(), {c.ref: c.new for c in creations}, peel=peel
+            )
+        except OSError as exc:
+            log.warning(
+                "cannot write packed-refs in %s: %s", self.repo.controldir(), exc.__class__.__name__
+            )
+            return False
 
     def _move_ref(self, command: Command, old: bytes, new: bytes) -> bool:
         """One compare-and-swap; False (with C git's message) if it could not be made."""
@@ -469,11 +557,20 @@ class ReceivePack:
             self.proto.write(report)
 
 
-def _complete(tip: bytes, quarantine: DiskObjectStore, store) -> bool:
+def _is_commit(tip: bytes, links: connectivity.Links, quarantine: DiskObjectStore) -> bool:
+    type_num = links.tip_types.get(tip)
+    if type_num is None:  # a stored object, or a new blob (blobs are not read)
+        type_num = quarantine[tip].type_num
+    return type_num == Commit.type_num
+
+
+def _complete(tip: bytes, quarantine: DiskObjectStore, store, complete: set[bytes]) -> bool:
+    """Is everything `tip` reaches here? `complete`: objects known to be, from the walks
+    before, and where this walk adds what it found complete."""
     stack, seen = [tip], set()
     while stack:
         sha = stack.pop()
-        if sha in seen:
+        if sha in seen or sha in complete:
             continue
         seen.add(sha)
         if sha in store:
@@ -497,6 +594,7 @@ def _complete(tip: bytes, quarantine: DiskObjectStore, store) -> bool:
             stack.append(obj.object[1])
         elif not isinstance(obj, Blob):
             return False
+    complete.update(seen)
     return True
 
 
