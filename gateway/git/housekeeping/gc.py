@@ -26,6 +26,7 @@ from dulwich.errors import NotGitRepository
 from dulwich.repo import Repo
 
 from .. import packorder
+from ..receive.quarantine import pushes_in_flight
 from ..upload.storedpacks import ObjectReader, PackError, StoredPack
 from . import faults, inventory, packing, reachability, refpacking
 from .lock import HousekeepingLock
@@ -163,7 +164,7 @@ def _repack(
         if full and options.prune_after >= 0:
             cutoff = now - options.prune_after
             old = {sha for sha, mtime in names.items() if mtime < cutoff}
-            if old and not reachability.pushes_in_flight(objects_dir):
+            if old and not pushes_in_flight(objects_dir):
                 tips = reachability.ref_tips(repo)
                 everything = ObjectReader(
                     repo.object_store, [StoredPack(p.basename) for p in found.packs]
@@ -190,7 +191,7 @@ def _repack(
     if prunable:
         with reachability.refs_held(repo_dir):
             faults.reached("prune-check")
-            if reachability.ref_tips(repo) != tips or reachability.pushes_in_flight(objects_dir):
+            if reachability.ref_tips(repo) != tips or pushes_in_flight(objects_dir):
                 # A push came in: what it relies on may be among what would go.
                 report.notes.append("prune put off: a push came in during gc")
                 packing.remove_loose(loose_in)

@@ -23,7 +23,6 @@ from contextlib import contextmanager
 
 from dulwich.repo import Repo
 
-from ..receive.quarantine import QUARANTINE_PREFIX
 from ..upload import walk
 from ..upload.commitobjects import CommitObjects
 from ..upload.storedpacks import ObjectReader, PackError
@@ -67,27 +66,3 @@ def refs_held(repo_dir: str) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-def pushes_in_flight(objects_dir: str) -> bool:
-    """A live quarantine: a push receiving, checking or deciding."""
-    try:
-        names = os.listdir(objects_dir)
-    except OSError:
-        return False
-    for name in names:
-        if name.startswith(QUARANTINE_PREFIX):
-            pid = name[len(QUARANTINE_PREFIX) :].split("-", 1)[0]
-            if not pid.isdigit() or _alive(int(pid)):
-                return True
-    return False
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -49,15 +49,29 @@ def move_in(quarantine: DiskObjectStore, objects_dir: str) -> None:
 def sweep_quarantines(objects_dir: str, all_of_them: bool = False) -> None:
     """Remove quarantines left by pushes whose process died (killed mid-push); at
     start-up, when no push of ours can be running, all of them (a pid may be reused)."""
+    for name, pid in _quarantines(objects_dir):
+        if all_of_them or (pid is not None and not _alive(pid)):
+            shutil.rmtree(os.path.join(objects_dir, name), ignore_errors=True)
+
+
+def pushes_in_flight(objects_dir: str) -> bool:
+    """A live quarantine: a push receiving, checking or deciding (housekeeping then
+    prunes nothing: what it would remove may be what that push relies on)."""
+    return any(pid is None or _alive(pid) for _, pid in _quarantines(objects_dir))
+
+
+def _quarantines(objects_dir: str) -> list[tuple[str, int | None]]:
+    """Each quarantine directory's name, and the pid of the push that made it."""
     try:
         entries = os.listdir(objects_dir)
     except OSError:
-        return
+        return []
+    found = []
     for name in entries:
         if name.startswith(QUARANTINE_PREFIX):
             pid = name[len(QUARANTINE_PREFIX) :].split("-", 1)[0]
-            if all_of_them or (pid.isdigit() and not _alive(int(pid))):
-                shutil.rmtree(os.path.join(objects_dir, name), ignore_errors=True)
+            found.append((name, int(pid) if pid.isdigit() else None))
+    return found
 
 
 def _alive(pid: int) -> bool:
