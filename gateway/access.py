@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import time
+
 import aiosqlite
 
 from . import decision
 from .names import RepoPath
-from .store import access_keys, keys, repos, workspaces
+from .store import access_keys, accounts, keys, repos, workspaces
 from .store import twosv as twosv_store
 from .twosv.service import TwoSV
 
 
 async def identity_for_key(db: aiosqlite.Connection, fingerprint: str) -> decision.Identity | None:
-    """Who a verified key is: an enabled account's key or an access key; None otherwise.
-    Callers must have checked the key's signature (asyncssh here, sshd behind OpenSSH)."""
+    """Who a verified key is: an enabled account's unexpired key or an access key; None
+    otherwise. Callers must have checked the key's signature (asyncssh here, sshd behind
+    OpenSSH)."""
     stored = await keys.find(db, fingerprint)
     if stored is not None:
-        if stored.account_disabled:
+        if stored.account_disabled or stored.expired(time.time()):
             return None
         return decision.Identity(
             stored.account, stored.account_id, stored.fingerprint, stored.title, stored.kind
@@ -45,12 +48,28 @@ async def still_valid(db: aiosqlite.Connection, identity: decision.Identity) -> 
             and bound.repo_id == identity.access_repo_id
             and bound.write == identity.access_write
         )
+    if identity.certificate is not None:
+        return await _certificate_still_valid(db, identity)
     stored = await keys.find(db, identity.key_fingerprint)
     return (
         stored is not None
         and not stored.account_disabled
+        and not stored.expired(time.time())
         and stored.account_id == identity.account_id
         and stored.kind == identity.key_kind
+    )
+
+
+async def _certificate_still_valid(db: aiosqlite.Connection, identity: decision.Identity) -> bool:
+    """A certificate login stands while its account is enabled and the certificate is
+    within its validity (revocation closes the connection: transport/certificates.py)."""
+    assert identity.certificate is not None
+    account = await accounts.find(db, identity.account)
+    return (
+        account is not None
+        and not account.disabled
+        and account.id == identity.account_id
+        and time.time() < identity.certificate.valid_before
     )
 
 

@@ -132,7 +132,11 @@ class GatewaySSHServer(asyncssh.SSHServer):
         if stored is not None:
             if stored.account_disabled:
                 self._refused_because = "account-disabled"
-            return not stored.account_disabled
+                return False
+            if stored.expired(time.time()):
+                self._refused_because = "key-expired"
+                return False
+            return True
         if await access_keys.find(self.db, fingerprint) is not None:
             return True
         self._refused_because = "unknown-key"
@@ -154,6 +158,10 @@ class GatewaySSHServer(asyncssh.SSHServer):
             account=self.identity.account,
             key=self.identity.key_fingerprint,
         )
+        fingerprint = self.identity.key_fingerprint
+        stored_key = not self.identity.is_access_key and self.identity.certificate is None
+        if stored_key and self.gateway.last_use.due(fingerprint):
+            self.gateway.spawn(self.gateway.last_use.record(fingerprint))
         self._start_idle()
 
     def session_requested(

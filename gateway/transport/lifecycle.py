@@ -23,6 +23,7 @@ from ..git import layout
 from ..logs import log_event
 from ..store import db as store_db
 from .connection import GatewaySSHServer
+from .last_use import LastUse
 from .limits import ConnectionLimits
 from .listener import Listener, listen, split_address
 
@@ -53,6 +54,7 @@ class Gateway:
         self._listener: Listener | None = None
         self._metrics_server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self.last_use = LastUse(settings.db_path)
 
     # --- start and stop ---------------------------------------------------------------
 
@@ -144,6 +146,7 @@ class Gateway:
             await self.app.git.pool.close()
         if self.db is not None:
             await self.db.close()
+        await self.last_use.close()
         log_event(log, "stopped")
 
     async def reload(self) -> None:
@@ -168,6 +171,10 @@ class Gateway:
         await sync_keydir(self.settings)
 
     # --- connections and sessions in flight ----------------------------------------------
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run `coro` in the background, cancelled at stop."""
+        self._spawn(coro)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coro)
