@@ -98,6 +98,7 @@ async def help_text(ctx: Context) -> int:
         f"  {s.ssh_command('help')}       this list\n"
         f"  {s.ssh_command('whoami')}     the account of the key you used\n"
         f"  {s.ssh_command('2sv status|enable|disable|replace|verify')}\n"
+        f"  {s.ssh_command('2sv sessions [revoke]')}   the open two-step sessions of your keys\n"
         f"  {s.ssh_command('recovery-codes [regenerate]')}\n"
         f"  {s.ssh_command('security-key list|add TITLE|remove FINGERPRINT')}\n"
         f"  {s.ssh_command('keys [remove FINGERPRINT]')}   the keys that log in to your account\n"
