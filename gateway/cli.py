@@ -428,6 +428,9 @@ async def cmd_config_check(settings, args):
     if warning:
         print(f"# WARNING: {warning}")
     datadir.check(settings)
+    from . import certificates
+
+    certificates.load(settings.trusted_user_ca_keys, settings.revoked_user_certificates)
     print(f"# OK: settings valid; data directory {settings.data_dir.resolve()} usable")
 
 

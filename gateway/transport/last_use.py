@@ -1,4 +1,5 @@
-"""Each login key's last use, written at most once a minute per key.
+"""Each login key's last use, written at most once a minute per key (and each
+certificate login in the audit log, at most once a minute per certificate).
 
 The server remembers when it last wrote each key's use, so a CI farm logging in many
 times a second costs one write a minute per key, not one per login. The write goes
@@ -15,9 +16,11 @@ from pathlib import Path
 
 import aiosqlite
 
+from ..certificates import CertificateFacts
 from ..logs import log_event
+from ..names import printable
+from ..store import audit, keys
 from ..store import db as store_db
-from ..store import keys
 
 log = logging.getLogger("gateway")
 
@@ -50,6 +53,21 @@ class LastUse:
                 await self._db.commit()
             except Exception as exc:  # a locked or full database: a login is not refused
                 log_event(log, "key.last_use_failed", logging.WARNING, error=str(exc))
+
+    async def audit_certificate(self, account: str, cert: CertificateFacts, peer: str) -> None:
+        """A certificate login in the audit log: key id, serial, CA and the client."""
+        detail = (
+            f"key_id={printable(cert.key_id, 100)} serial={cert.serial} "
+            f"ca={cert.ca_fingerprint} key={cert.key_fingerprint} peer={peer}"
+        )
+        async with self._lock:
+            try:
+                if self._db is None:
+                    self._db = await store_db.connect(self._db_path, migrate_schema=False)
+                await audit.write(self._db, account, "auth.certificate", account, detail=detail)
+                await self._db.commit()
+            except Exception as exc:
+                log_event(log, "audit.failed", logging.WARNING, error=str(exc))
 
     async def close(self) -> None:
         if self._db is not None:
