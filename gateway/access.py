@@ -7,7 +7,8 @@ import time
 import aiosqlite
 
 from . import decision
-from .names import RepoPath
+from .certificates import CertificateFacts, Trust
+from .names import RepoPath, printable
 from .store import access_keys, accounts, keys, repos, workspaces
 from .store import twosv as twosv_store
 from .twosv.service import TwoSV
@@ -35,6 +36,33 @@ async def identity_for_key(db: aiosqlite.Connection, fingerprint: str) -> decisi
         access_repo_id=bound.repo_id,
         access_write=bound.write,
     )
+
+
+async def identity_for_certificate(
+    db: aiosqlite.Connection, trust: Trust, facts: CertificateFacts, peer_host: str | None
+) -> tuple[decision.Identity | None, str]:
+    """Who a user certificate is, or why it may not log in (a reason for the log): the
+    trust policy (`peer_host` None where sshd enforces `source-address` itself), then the
+    first principal naming an enabled account. Callers must have checked the login's
+    signature by the certified key (the transport here, sshd behind OpenSSH)."""
+    if not trust.enabled:
+        return None, "cert-no-trusted-ca"
+    refusal = trust.refusal(facts, peer_host, time.time())
+    if refusal is not None:
+        return None, refusal
+    disabled = False
+    for principal in facts.principals:
+        account = await accounts.find(db, principal)
+        if account is not None and not account.disabled:
+            certificate = decision.Certificate(
+                facts.key_id, facts.serial, principal, facts.valid_before
+            )
+            title = f"certificate {printable(facts.key_id, 100)}"
+            return decision.Identity(
+                account.name, account.id, facts.key_fingerprint, title, certificate=certificate
+            ), ""
+        disabled = disabled or account is not None
+    return None, "account-disabled" if disabled else "cert-unknown-principal"
 
 
 async def still_valid(db: aiosqlite.Connection, identity: decision.Identity) -> bool:

@@ -88,8 +88,9 @@ class Trust:
     def enabled(self) -> bool:
         return bool(self.ca_blobs)
 
-    def refusal(self, cert: CertificateFacts, peer_host: str, now: float) -> str | None:
-        """Why this certificate may not log in (a reason for the log), or None."""
+    def refusal(self, cert: CertificateFacts, peer_host: str | None, now: float) -> str | None:
+        """Why this certificate may not log in (a reason for the log), or None.
+        `peer_host` None: `source-address` is left to sshd, which checks it itself."""
         if cert.cert_type != USER_CERTIFICATE:
             return "cert-not-a-user-certificate"
         if cert.ca_blob not in self.ca_blobs:
@@ -104,7 +105,11 @@ class Trust:
             return "cert-no-principals"  # asyncssh and sshd would take it for any name
         if cert.force_command is not None:
             return "cert-force-command"
-        if cert.source_addresses and not in_networks(peer_host, cert.source_addresses):
+        if (
+            peer_host is not None
+            and cert.source_addresses
+            and not in_networks(peer_host, cert.source_addresses)
+        ):
             return "cert-source-address"
         return None
 

@@ -449,10 +449,18 @@ async def cmd_authorized_keys(settings, args, db):
         print(line)
 
 
+async def cmd_authorized_principals(settings, args, db):
+    from .transport.openssh import authorized_principals
+
+    line = await authorized_principals(settings, db, args.config, args.user, args.cert_blob)
+    if line:
+        print(line)
+
+
 async def cmd_shell(settings, args):
     from .transport.openssh import shell
 
-    return await shell(settings, args.key, args.config)
+    return await shell(settings, args.key, args.config, certificate=args.certificate)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -489,8 +497,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("user", help="the login name (%%u)")
     p.add_argument("key_type", help="the key's type (%%t)")
     p.add_argument("key_blob", help="the key, base64 (%%k)")
+    p = command(
+        sub,
+        "authorized-principals",
+        cmd_authorized_principals,
+        help="for sshd's AuthorizedPrincipalsCommand: the line for a certificate, else nothing",
+    )
+    p.add_argument("user", help="the login name (%%u)")
+    p.add_argument("cert_blob", help="the certificate, base64 (%%k)")
     p = command(sub, "shell", cmd_shell, help="sshd's forced command for a gateway key")
-    p.add_argument("--key", required=True, help="the verified key's SHA256 fingerprint")
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--key", help="the verified key's SHA256 fingerprint")
+    who.add_argument("--certificate", help="the verified certificate, base64")
     g = group("config", "settings")
     command(
         g,

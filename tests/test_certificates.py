@@ -6,6 +6,7 @@ revocation list is reread on SIGHUP; trust files that do not parse stop the star
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -16,7 +17,7 @@ import pytest
 from gateway import certificates
 from gateway.errors import Refusal
 from gateway.transport import asyncssh_seam
-from testkit import GATEWAY, Gateway, User, fingerprint, make_key, unique, wait_for
+from testkit import GATEWAY, Gateway, User, fingerprint, free_port, make_key, unique, wait_for
 from testkit.twosv import enable
 
 
@@ -308,3 +309,94 @@ def test_revocation_file_syntax(tmp_path):
         path.write_text(bad + "\n")
         with pytest.raises(Refusal, match=re.escape("line 1")):
             certificates.load(str(ca), str(path))
+
+
+# --- behind OpenSSH: TrustedUserCAKeys + AuthorizedPrincipalsCommand ---------------------
+
+
+@pytest.fixture(scope="module")
+def sshd_ca(tmp_path_factory):
+    from test_openssh import SSHD, Sshd
+
+    if os.geteuid() != 0 or not os.path.exists(SSHD):
+        pytest.fail("these tests run OpenSSH's sshd as root (.ci/run installs openssh-server)")
+    root = tmp_path_factory.mktemp("openssh-ca")
+    ca = CA(root, "ca")
+    trusted = root / "trusted_cas"
+    trusted.write_text(ca.pub_line)
+    revoked = root / "revoked"
+    revoked.write_text("")
+    g = Gateway(root / "gw")
+    g.cli("init")
+    port = free_port()
+    (g.data / "gateway.toml").write_text(
+        f'ssh_user = "root"\nssh_port = {port}\ntrusted_user_ca_keys = "{trusted}"\n'
+        f'revoked_user_certificates = "{revoked}"\n'
+    )
+    sshd = Sshd(g, root, port, trusted_user_ca_keys=trusted)
+    yield sshd, ca, revoked
+    sshd.stop()
+
+
+def test_certificates_behind_openssh(sshd_ca, tmp_path):
+    sshd, ca, revoked = sshd_ca
+    g = sshd.g
+    account = unique("olive")
+    g.cli("account", "add", account)
+    workspace = unique("ws")
+    g.cli("workspace", "add", workspace)
+    g.cli("member", "add", workspace, account, "--role", "write")
+    g.cli("repo", "add", f"{workspace}/r")
+
+    def login(key: Path, *command: str) -> subprocess.CompletedProcess:
+        return sshd.ssh(key, *command, extra=("-o", f"CertificateFile={key}-cert.pub"))
+
+    good = make_key(tmp_path, "good")
+    ca.sign(good, principals=account, key_id="olive@ci", serial=77)
+    who = login(good, "whoami")
+    assert who.stdout.strip() == account, who
+    greeting = login(good).stdout
+    assert 'certificate "olive@ci" serial 77' in greeting and fingerprint(good) in greeting
+    env = {
+        **g.env,
+        "GIT_SSH_COMMAND": " ".join(
+            [*g.ssh_command(good), "-o", f"CertificateFile={good}-cert.pub"]
+        ),
+    }
+    clone = subprocess.run(
+        ["git", "clone", sshd.url(f"{workspace}/r"), str(tmp_path / "c")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert clone.returncode == 0, clone.stderr
+    shell_log = (g.data / "shell.log").read_text()
+    assert "certificate=olive@ci" in shell_log and "serial=77" in shell_log
+    assert "auth.certificate" in g.cli("audit", "--account", account).stdout
+
+    for name, sign in {
+        "unknown": dict(principals="nosuchaccount"),
+        # The unix user's name: sshd without the principals command would take it.
+        "unix-user": dict(principals="root"),
+        "none": dict(principals=None),
+        "force": dict(options=("force-command=whoami",)),
+        "expired": dict(validity="-2h:-1h"),
+        "source": dict(options=("source-address=10.1.0.0/16",)),
+    }.items():
+        key = make_key(tmp_path, name)
+        ca.sign(key, **{"principals": account, **sign})
+        refused = login(key, "whoami")
+        assert refused.returncode == 255 and "Permission denied" in refused.stderr, (name, refused)
+
+    other = CA(tmp_path, "other")
+    stranger = make_key(tmp_path, "stranger")
+    other.sign(stranger, principals=account)
+    assert login(stranger, "whoami").returncode == 255
+
+    # The gateway's own revocation list counts under sshd as well (read on every login).
+    revoked.write_text("serial 77\n")
+    try:
+        assert login(good, "whoami").returncode == 255
+    finally:
+        revoked.write_text("")

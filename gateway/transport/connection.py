@@ -23,12 +23,11 @@ import asyncssh
 from .. import access, metrics, names, sshkeys
 from ..certificates import CertificateFacts
 from ..config import Settings
-from ..decision import Certificate, Identity
+from ..decision import Identity
 from ..git import protocol
 from ..logs import log_event
-from ..names import printable
 from ..session import Streams, Transport, run_session
-from ..store import access_keys, accounts, keys
+from ..store import access_keys, keys
 from . import asyncssh_seam, limits
 
 if TYPE_CHECKING:
@@ -102,49 +101,23 @@ class GatewaySSHServer(asyncssh.SSHServer):
             reason = "cert-malformed"
         else:
             fields = facts.log_fields()
-            reason, account = await self._certificate_account(username, facts)
-            if account is not None:
+            identity, reason = None, "unknown-user"
+            if username == self.settings.ssh_user:
+                host = self.peer.rpartition(":")[0]  # after PROXY: the client, not the balancer
+                identity, reason = await access.identity_for_certificate(
+                    self.db, self.gateway.trust, facts, host
+                )
+            if identity is not None:
                 if not msg:
                     return True  # a probe: it may be tried; nothing decided yet
                 if asyncssh_seam.signature_checks(self.conn_or_fail(), key, msg, signature):
-                    principal, account_id = account
                     self.certificate_facts = facts
-                    self.identity = Identity(
-                        principal,
-                        account_id,
-                        facts.key_fingerprint,
-                        f"certificate {printable(facts.key_id, 100)}",
-                        certificate=Certificate(
-                            facts.key_id, facts.serial, principal, facts.valid_before
-                        ),
-                    )
+                    self.identity = identity
                     return True
                 reason = "bad-signature"
         self._refused_because = reason
         self._count_failure(key_data, username, **fields)
         return False
-
-    async def _certificate_account(
-        self, username: str, facts: CertificateFacts
-    ) -> tuple[str, tuple[str, int] | None]:
-        """(why not, None) or ("", (account, id)): the first principal that names an
-        enabled account, if the certificate may log in at all."""
-        if username != self.settings.ssh_user:
-            return "unknown-user", None
-        trust = self.gateway.trust
-        if not trust.enabled:
-            return "cert-no-trusted-ca", None
-        host = self.peer.rpartition(":")[0]  # after PROXY: the client, not the balancer
-        refusal = trust.refusal(facts, host, time.time())
-        if refusal is not None:
-            return refusal, None
-        disabled = False
-        for principal in facts.principals:
-            account = await accounts.find(self.db, principal)
-            if account is not None and not account.disabled:
-                return "", (account.name, account.id)
-            disabled = disabled or account is not None
-        return ("account-disabled" if disabled else "cert-unknown-principal"), None
 
     def conn_or_fail(self) -> asyncssh.SSHServerConnection:
         assert self.conn is not None  # authentication runs on a made connection
