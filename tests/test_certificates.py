@@ -18,7 +18,7 @@ from gateway import certificates
 from gateway.errors import Refusal
 from gateway.transport import asyncssh_seam
 from testkit import GATEWAY, Gateway, User, fingerprint, free_port, make_key, unique, wait_for
-from testkit.twosv import enable
+from testkit.twosv import URI_RE, Session, enable
 
 
 class CA:
@@ -204,6 +204,23 @@ def test_revocation_reread_on_sighup_and_a_bad_list_keeps_the_old(certs, tmp_pat
     assert "line 1 is not 'serial N'" in g.server_log()
     refused_for(g, first, "cert-revoked")  # the old list stays
     assert g.proc.poll() is None
+
+
+def test_revoking_closes_a_connection_already_in(certs, tmp_path):
+    g, ca, revoked = certs
+    account = unique("gina")
+    g.cli("account", "add", account)
+    key = make_key(tmp_path, "k")
+    ca.sign(key, principals=account, serial=31)  # as k-cert.pub, which ssh -i k picks up
+    waiting = Session(g, User(account, key), "2sv", "enable")  # waits at its prompt
+    waiting.read_until(URI_RE)  # the QR code is out: the prompt waits for a code
+    revoked.write_text("serial 31\n")
+    g.proc.send_signal(signal.SIGHUP)
+    result = waiting.finish(timeout=30)
+    assert result.returncode != 0
+    assert wait_for(lambda: "certificate.closed" in g.server_log())
+    assert "reason=cert-revoked" in g.server_log()
+    assert "Two-step verification is now on" not in result.stdout
 
 
 def test_the_2sv_policy_applies_and_the_session_is_the_certified_keys(certs, tmp_path):
