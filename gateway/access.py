@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import time
+
 import aiosqlite
 
 from . import decision
-from .names import RepoPath
-from .store import access_keys, keys, repos, workspaces
+from .certificates import CertificateFacts, Trust
+from .names import RepoPath, printable
+from .store import access_keys, accounts, keys, repos, workspaces
 from .store import twosv as twosv_store
 from .twosv.service import TwoSV
 
 
 async def identity_for_key(db: aiosqlite.Connection, fingerprint: str) -> decision.Identity | None:
-    """Who a verified key is: an enabled account's key or an access key; None otherwise.
-    Callers must have checked the key's signature (asyncssh here, sshd behind OpenSSH)."""
+    """Who a verified key is: an enabled account's unexpired key or an access key; None
+    otherwise. Callers must have checked the key's signature (asyncssh here, sshd behind
+    OpenSSH)."""
     stored = await keys.find(db, fingerprint)
     if stored is not None:
-        if stored.account_disabled:
+        if stored.account_disabled or stored.expired(time.time()):
             return None
         return decision.Identity(
             stored.account, stored.account_id, stored.fingerprint, stored.title, stored.kind
@@ -34,6 +38,33 @@ async def identity_for_key(db: aiosqlite.Connection, fingerprint: str) -> decisi
     )
 
 
+async def identity_for_certificate(
+    db: aiosqlite.Connection, trust: Trust, facts: CertificateFacts, peer_host: str | None
+) -> tuple[decision.Identity | None, str]:
+    """Who a user certificate is, or why it may not log in (a reason for the log): the
+    trust policy (`peer_host` None where sshd enforces `source-address` itself), then the
+    first principal naming an enabled account. Callers must have checked the login's
+    signature by the certified key (the transport here, sshd behind OpenSSH)."""
+    if not trust.enabled:
+        return None, "cert-no-trusted-ca"
+    refusal = trust.refusal(facts, peer_host, time.time())
+    if refusal is not None:
+        return None, refusal
+    disabled = False
+    for principal in facts.principals:
+        account = await accounts.find(db, principal)
+        if account is not None and not account.disabled:
+            certificate = decision.Certificate(
+                facts.key_id, facts.serial, principal, facts.valid_before
+            )
+            title = f"certificate {printable(facts.key_id, 100)}"
+            return decision.Identity(
+                account.name, account.id, facts.key_fingerprint, title, certificate=certificate
+            ), ""
+        disabled = disabled or account is not None
+    return None, "account-disabled" if disabled else "cert-unknown-principal"
+
+
 async def still_valid(db: aiosqlite.Connection, identity: decision.Identity) -> bool:
     """Whether the key a session logged in with still stands as it did (not removed,
     account not disabled, same binding). Checked for each session of a connection, and
@@ -45,12 +76,28 @@ async def still_valid(db: aiosqlite.Connection, identity: decision.Identity) -> 
             and bound.repo_id == identity.access_repo_id
             and bound.write == identity.access_write
         )
+    if identity.certificate is not None:
+        return await _certificate_still_valid(db, identity)
     stored = await keys.find(db, identity.key_fingerprint)
     return (
         stored is not None
         and not stored.account_disabled
+        and not stored.expired(time.time())
         and stored.account_id == identity.account_id
         and stored.kind == identity.key_kind
+    )
+
+
+async def _certificate_still_valid(db: aiosqlite.Connection, identity: decision.Identity) -> bool:
+    """A certificate login stands while its account is enabled and the certificate is
+    within its validity (revocation closes the connection: transport/certificates.py)."""
+    assert identity.certificate is not None
+    account = await accounts.find(db, identity.account)
+    return (
+        account is not None
+        and not account.disabled
+        and account.id == identity.account_id
+        and time.time() < identity.certificate.valid_before
     )
 
 

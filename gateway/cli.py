@@ -18,7 +18,7 @@ from pathlib import Path
 
 from aiosqlite import Connection
 
-from . import config, datadir, keydir, names, sshkeys, wording
+from . import config, datadir, expiry, keydir, names, sshkeys, wording
 from .config import Settings
 from .errors import Refusal, UsageError
 from .kinds import AccessMode, Requirement, Role
@@ -110,17 +110,7 @@ async def cmd_account_show(settings: Settings, args: Namespace, db: Connection) 
                     "methods": twosv.methods,
                     "recovery_codes_left": twosv.codes_left,
                 },
-                "keys": [
-                    {
-                        "fingerprint": k.fingerprint,
-                        "title": k.title,
-                        "algorithm": k.algorithm,
-                        "kind": k.kind,
-                        "source": k.source,
-                        "created_at": k.created_at,
-                    }
-                    for k in account_keys
-                ],
+                "keys": [_key_json(k) for k in account_keys],
             }
         )
     print(f"account:  {account.name}")
@@ -149,36 +139,53 @@ async def cmd_account_enable(settings: Settings, args: Namespace, db: Connection
 
 
 async def cmd_key_add(settings: Settings, args: Namespace, db: Connection) -> int | None:
+    # The date first: a mistyped date is bad usage, whatever the account or the file.
+    ends = expiry.parse_date(args.expires, time.time()) if args.expires is not None else None
     account = await account_service.get(db, args.account)  # before the key file is read
     parsed = _read_key_source(args.file)
     added = await key_service.add(
-        db, account, parsed, args.title, actor=OPERATOR, hooks_dir=settings.hooks_dir
+        db,
+        account,
+        parsed,
+        args.title,
+        actor=OPERATOR,
+        hooks_dir=settings.hooks_dir,
+        expires_at=ends,
     )
     print("\n".join(_added_lines(added)))
+    if ends is not None:
+        print(f"It stops logging in at {expiry.shown_time(ends)}.")
+
+
+def _key_json(key: keys.StoredKey) -> dict[str, object]:
+    return {
+        "fingerprint": key.fingerprint,
+        "title": key.title,
+        "algorithm": key.algorithm,
+        "kind": key.kind,
+        "source": key.source,
+        "created_at": key.created_at,
+        "expires_at": key.expires_at,
+        "expired": key.expired(time.time()),
+        "last_used_at": key.last_used_at,
+    }
 
 
 async def cmd_key_list(settings: Settings, args: Namespace, db: Connection) -> int | None:
     if args.account is not None:
         await account_service.get(db, args.account)
     found = await key_service.list_for(db, args.account)
+    if args.unused_since is not None:
+        before = int(time.time()) - expiry.parse_age(args.unused_since)
+        stale = {k.fingerprint for k in await key_service.unused_since(db, before)}
+        found = [k for k in found if k.fingerprint in stale]
     if args.json:
-        return _print_json(
-            [
-                {
-                    "account": k.account,
-                    "fingerprint": k.fingerprint,
-                    "title": k.title,
-                    "algorithm": k.algorithm,
-                    "kind": k.kind,
-                    "source": k.source,
-                }
-                for k in found
-            ]
-        )
+        return _print_json([{"account": k.account} | _key_json(k) for k in found])
+    now = time.time()
     for key in found:
         print(
             f"{key.account}\t{key.fingerprint}\t{key.algorithm}\t{shown(key.title)}\t{key.source}"
-            f"\t{key.kind}"
+            f"\t{key.kind}\t{', '.join(wording.key_life(key, now))}"
         )
 
 
@@ -202,6 +209,8 @@ async def cmd_keys_sync(settings: Settings, args: Namespace, db: Connection) -> 
         print(f"added {line}")
     for line in report.removed:
         print(f"removed {line}")
+    for line in report.changed:
+        print(f"expiry changed {line}")
     for line in report.errors:
         print(f"ERROR: {line}", file=sys.stderr)
     print(f"{len(report.added)} added, {len(report.removed)} removed, {len(report.errors)} errors")
@@ -480,6 +489,9 @@ async def cmd_config_check(settings, args):
     if warning:
         print(f"# WARNING: {warning}")
     datadir.check(settings)
+    from . import certificates
+
+    certificates.load(settings.trusted_user_ca_keys, settings.revoked_user_certificates)
     print(f"# OK: settings valid; data directory {settings.data_dir.resolve()} usable")
 
 
@@ -498,10 +510,18 @@ async def cmd_authorized_keys(settings, args, db):
         print(line)
 
 
+async def cmd_authorized_principals(settings, args, db):
+    from .transport.openssh import authorized_principals
+
+    line = await authorized_principals(settings, db, args.config, args.user, args.cert_blob)
+    if line:
+        print(line)
+
+
 async def cmd_shell(settings, args):
     from .transport.openssh import shell
 
-    return await shell(settings, args.key, args.config)
+    return await shell(settings, args.key, args.config, certificate=args.certificate)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -538,8 +558,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("user", help="the login name (%%u)")
     p.add_argument("key_type", help="the key's type (%%t)")
     p.add_argument("key_blob", help="the key, base64 (%%k)")
+    p = command(
+        sub,
+        "authorized-principals",
+        cmd_authorized_principals,
+        help="for sshd's AuthorizedPrincipalsCommand: the line for a certificate, else nothing",
+    )
+    p.add_argument("user", help="the login name (%%u)")
+    p.add_argument("cert_blob", help="the certificate, base64 (%%k)")
     p = command(sub, "shell", cmd_shell, help="sshd's forced command for a gateway key")
-    p.add_argument("--key", required=True, help="the verified key's SHA256 fingerprint")
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--key", help="the verified key's SHA256 fingerprint")
+    who.add_argument("--certificate", help="the verified certificate, base64")
     g = group("config", "settings")
     command(
         g,
@@ -566,8 +596,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("account")
     p.add_argument("file", help="public key file, or - for stdin")
     p.add_argument("--title")
+    p.add_argument(
+        "--expires", metavar="DATE", help="YYYY-MM-DD or an ISO datetime (UTC unless zoned)"
+    )
     p = command(g, "list", cmd_key_list)
     p.add_argument("account", nargs="?")
+    p.add_argument(
+        "--unused-since", metavar="AGE", help="only keys not used for AGE (90d, 12h, 2w)"
+    )
     p.add_argument("--json", action="store_true")
     command(g, "remove", cmd_key_remove).add_argument("fingerprint")
 

@@ -68,6 +68,9 @@ class Settings:
     recovery_codes: int = 6
     twosv_backoff_seconds: int = 30
     recovery_codes_need_second_factor: bool = False
+    # User certificates (gateway/certificates.py): files, "" for none
+    trusted_user_ca_keys: str = ""
+    revoked_user_certificates: str = ""
 
     @property
     def listen_host(self) -> str:
@@ -346,6 +349,16 @@ DESCRIPTIONS = {
         "showing recovery codes, adding a security key and regenerating the codes need a "
         "code from the app or a security-key login, for every account (always so for "
         "members of a workspace with the session policy)",
+        None,
+    ),
+    "trusted_user_ca_keys": (
+        "file of CA public key lines (as sshd's TrustedUserCAKeys) whose user certificates "
+        "log in, a principal naming the account; empty: no certificates",
+        None,
+    ),
+    "revoked_user_certificates": (
+        "file of revoked certificates, one 'serial N', 'key-id TEXT' or 'key SHA256:...' "
+        "a line; reread on SIGHUP",
         None,
     ),
 }

@@ -22,6 +22,21 @@ class Action(Enum):
 
 
 @dataclass(frozen=True)
+class Certificate:
+    """The OpenSSH user certificate a login was made with (its signature verified, its
+    CA trusted): what logs and the audit log name it by, and when it stops."""
+
+    key_id: str  # as the CA wrote it: shown escaped
+    serial: int
+    principal: str  # the principal that named the account
+    valid_before: float  # epoch seconds
+
+    @property
+    def label(self) -> str:
+        return f'certificate "{printable(self.key_id, 100)}" serial {self.serial}'
+
+
+@dataclass(frozen=True)
 class Identity:
     """Who is connected: an account, or an access key bound to one repository."""
 
@@ -32,6 +47,9 @@ class Identity:
     key_kind: str = KeyKind.LOGIN  # SECURITY_KEY: the login itself was a second factor
     access_repo_id: int | None = None  # set for access keys only
     access_write: bool = False
+    # Set for a certificate login: key_fingerprint is then the certified key's, which is
+    # what its two-step session belongs to.
+    certificate: Certificate | None = None
 
     @property
     def is_access_key(self) -> bool:

@@ -24,6 +24,7 @@ from .store import accounts, audit, keys
 class SyncReport:
     added: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)  # keys whose expiry-time changed
     created_accounts: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
@@ -90,6 +91,17 @@ async def sync(
                     f"{names.shown(str(item.file))}: key {item.key.fingerprint} "
                     f"already belongs to account {existing.account}"
                 )
+            elif existing.source == "keydir" and existing.expires_at != item.key.expires_at:
+                # The file's expiry-time is the key's: changed there, changed here.
+                await keys.set_expiry(db, item.key.fingerprint, item.key.expires_at)
+                await audit.write(
+                    db,
+                    actor,
+                    "key.expiry",
+                    item.account,
+                    detail=f"{item.key.fingerprint} expires={item.key.expires_at or '-'}",
+                )
+                report.changed.append(f"{item.account} {item.key.fingerprint}")
             continue
         account = await accounts.find(db, item.account)
         if account is None:
@@ -97,7 +109,15 @@ async def sync(
             report.created_accounts.append(item.account)
             await audit.write(db, actor, "account.add", item.account, detail="keydir")
         try:
-            await keys.add(db, account.id, item.key, item.title, source="keydir", say_where=True)
+            await keys.add(
+                db,
+                account.id,
+                item.key,
+                item.title,
+                source="keydir",
+                say_where=True,
+                expires_at=item.key.expires_at,
+            )
         except Refusal as refusal:  # e.g. the key is an access key: report it, go on
             report.errors.append(f"{names.shown(str(item.file))}: {refusal.message}")
             continue

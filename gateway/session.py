@@ -37,6 +37,7 @@ from .decision import Identity
 from .errors import Refusal
 from .logs import log_event
 from .store import db as store_db
+from .store import keys
 from .terminal import CookedReader, CrlfWriter
 
 log = logging.getLogger("gateway")
@@ -104,6 +105,23 @@ async def run_session(
     already checked (gateway/git/protocol.py: from_environment), for Git requests."""
     session = _Session(app, who, streams, peer, transport, git_protocol)
     return await session.run(line, terminal, subsystem)
+
+
+async def _note_use(db: aiosqlite.Connection, fingerprint: str) -> None:
+    """A key's last use, for a process that lives one login (sshd's forced command): the
+    store's own once-a-minute rule, read first so that most logins write nothing."""
+    stored = await keys.find(db, fingerprint)
+    at = store_db.now()
+    if stored is None or (
+        stored.last_used_at is not None and at - stored.last_used_at < keys.LAST_USE_INTERVAL
+    ):
+        return
+    try:
+        if await keys.mark_used(db, fingerprint, at):
+            await db.commit()
+    except aiosqlite.OperationalError as exc:  # busy: the login goes ahead all the same
+        await db.rollback()
+        log_event(log, "key.last_use_failed", logging.WARNING, error=str(exc))
 
 
 class _Session:
@@ -202,6 +220,8 @@ class _Session:
             return None
         self.account = identity.account
         log_event(log, "auth.ok", peer=self.peer, account=identity.account, key=self.who, **via)
+        if not identity.is_access_key:
+            await _note_use(db, self.who)
         return identity
 
     async def _command(

@@ -9,21 +9,22 @@ from dataclasses import dataclass
 
 import asyncssh
 
+from . import expiry
 from .errors import Refusal
 from .names import printable
 
 SECURITY_KEY_ALGORITHMS = ("sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com")
 
-# The key type, the base64 blob and an optional comment. Any authorized_keys options
-# before them (`no-pty,command="..."`) are dropped: the gateway decides for itself what
-# a key may do.
+# The key type, the base64 blob and an optional comment. Of the authorized_keys options
+# before them (`no-pty,command="..."`) only `expiry-time` is kept (the key's end, as
+# sshd reads it); the others are dropped: the gateway decides for itself what a key may do.
 _KEY_RE = re.compile(r"((?:ssh|ecdsa|sk)-[A-Za-z0-9@._-]+)\s+([A-Za-z0-9+/]+={0,3})(?:\s+(.*))?")
 
 
-def _strip_options(text: str) -> str:
-    """What follows an authorized_keys options field (which may quote spaces)."""
+def _split_options(text: str) -> tuple[str, str]:
+    """(the authorized_keys options field, what follows it); the field may quote spaces."""
     if _KEY_RE.fullmatch(text):
-        return text
+        return "", text
     quoted = escaped = False
     for i, ch in enumerate(text):
         if escaped:
@@ -33,8 +34,14 @@ def _strip_options(text: str) -> str:
         elif ch == '"':
             quoted = not quoted
         elif ch.isspace() and not quoted:
-            return text[i:].lstrip()
-    return text
+            return text[:i], text[i:].lstrip()
+    return "", text
+
+
+def _expiry_option(options: str) -> int | None:
+    """The `expiry-time="..."` of an options field, in epoch seconds, or None."""
+    found = re.search(r'(?:^|,)expiry-time="([^"]*)"', options, re.IGNORECASE)
+    return expiry.parse_openssh(found.group(1)) if found else None
 
 
 @dataclass(frozen=True)
@@ -43,6 +50,7 @@ class PublicKey:
     blob: str  # base64, as in the key line
     comment: str
     fingerprint: str  # SHA256:...
+    expires_at: int | None = None  # from an `expiry-time` option
 
     @property
     def line(self) -> str:
@@ -55,7 +63,8 @@ class PublicKey:
 
 def parse_line(line: str) -> PublicKey:
     text = line.strip().lstrip("\ufeff")
-    match = _KEY_RE.fullmatch(_strip_options(text))
+    options, rest = _split_options(text)
+    match = _KEY_RE.fullmatch(rest)
     if not match:
         raise Refusal(f"Not an OpenSSH public key line: {printable(text, 60)!r}")
     algorithm, blob, comment = match.group(1), match.group(2), (match.group(3) or "").strip()
@@ -68,7 +77,11 @@ def parse_line(line: str) -> PublicKey:
     if key.get_algorithm() != algorithm:
         raise Refusal(f"Key type {printable(algorithm, 40)!r} does not match the key data")
     return PublicKey(
-        key.get_algorithm(), blob, printable(comment, 100), key.get_fingerprint("sha256")
+        key.get_algorithm(),
+        blob,
+        printable(comment, 100),
+        key.get_fingerprint("sha256"),
+        _expiry_option(options),
     )
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
+from . import expiry
 from .kinds import KeyKind, Requirement
 from .names import shown
 from .store.keys import StoredKey
@@ -22,9 +23,24 @@ def login_key(key: StoredKey, in_use: str = "") -> str:
     added = time.strftime("%Y-%m-%d", time.gmtime(key.created_at))
     this = "  (this login)" if key.fingerprint == in_use else ""
     return (
-        f"{key.fingerprint}  {key.algorithm}  {kind}, added {added} by {key.source}  "
+        f"{key.fingerprint}  {key.algorithm}  {kind}, added {added} by {key.source}"
+        f"{''.join(', ' + part for part in key_life(key, time.time()))}  "
         f"{shown(key.title)}{this}"
     )
+
+
+def key_life(key: StoredKey, now: float) -> list[str]:
+    """`expires 2027-01-31 00:00 UTC` or `EXPIRED ...`, and `last used 2026-12-01` or
+    `never used`: what an operator weeding out stale keys looks for."""
+    parts = []
+    if key.expires_at is not None:
+        word = "EXPIRED" if key.expired(now) else "expires"
+        parts.append(f"{word} {expiry.shown_time(key.expires_at)}")
+    if key.last_used_at is None:
+        parts.append("never used")
+    else:
+        parts.append(f"last used {expiry.shown_day(key.last_used_at)}")
+    return parts
 
 
 def login_key_lines(found: Sequence[StoredKey], in_use: str = "") -> list[str]:

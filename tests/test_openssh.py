@@ -27,7 +27,9 @@ SSHD = "/usr/sbin/sshd"
 class Sshd:
     """An sshd of its own in front of a gateway data dir (gateway serve is not needed)."""
 
-    def __init__(self, g: Gateway, root: Path, port: int) -> None:
+    def __init__(
+        self, g: Gateway, root: Path, port: int, trusted_user_ca_keys: Path | None = None
+    ) -> None:
         self.g = g
         self.port = port
         # sshd runs the keys command only from a root-owned path nobody else can write to,
@@ -40,6 +42,21 @@ class Sshd:
             f'{g.data} authorized-keys "$@"\n'
         )
         keys_command.chmod(0o755)
+        certificates = ""
+        # User certificates, as the README sets them up; before AuthorizedKeysCommand, since
+        # sshd 9.2 ignores an AuthorizedPrincipalsCommand that comes after it.
+        if trusted_user_ca_keys is not None:
+            principals_command = self.bin_dir / "gateway-principals"
+            principals_command.write_text(
+                f"#!/bin/sh\nexec {sys.executable} -m gateway --data-dir "
+                f'{g.data} authorized-principals "$@"\n'
+            )
+            principals_command.chmod(0o755)
+            certificates = (
+                f"TrustedUserCAKeys {trusted_user_ca_keys}\n"
+                f"AuthorizedPrincipalsCommand {principals_command} %u %k\n"
+                "AuthorizedPrincipalsCommandUser root\n"
+            )
         host_key = root / "ssh_host_ed25519_key"
         subprocess.run(
             ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host_key)], check=True
@@ -55,7 +72,7 @@ PermitRootLogin prohibit-password
 PasswordAuthentication no
 KbdInteractiveAuthentication no
 AuthorizedKeysFile none
-AuthorizedKeysCommand {keys_command} %u %t %k
+{certificates}AuthorizedKeysCommand {keys_command} %u %t %k
 AuthorizedKeysCommandUser root
 LogLevel VERBOSE
 # The gateway must not let a client steer it with variables: let sshd pass them on.

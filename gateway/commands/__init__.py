@@ -35,6 +35,7 @@ SUBCOMMANDS = {
     "remove",
     "show",
     "require-2sv",
+    "sessions",
 }
 
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from .. import access, decision, wording
+from .. import access, decision, expiry, wording
 from ..kinds import Requirement
 from ..names import shown
-from ..store import repos, workspaces
+from ..store import keys, repos, workspaces
 from . import twosv
 from .context import Context
 
@@ -16,12 +16,36 @@ async def greeting(ctx: Context) -> int:
         f'Hi {who.account}! You\'ve authenticated with key "{shown(who.key_title)}" '
         f"({who.key_fingerprint}). Shell access is disabled; use git to clone and push."
     )
+    for line in await key_lifetime(ctx):
+        await ctx.say(line)
     state = await twosv.service(ctx).state()
     for line in wording.twosv_state(state, ctx.settings.ssh_command):
         await ctx.say(line)
     for line in await unmet_policies(ctx, state.enabled):
         await ctx.say(line)
     return 0
+
+
+async def key_lifetime(ctx: Context) -> list[str]:
+    """When the key (or certificate) in use stops working, and which of the account's
+    other keys already have."""
+    who, now = ctx.identity, ctx.clock()
+    if who.certificate is not None:
+        return [
+            f"You logged in with {who.certificate.label} (principal "
+            f'"{shown(who.certificate.principal)}"), valid until '
+            f"{expiry.shown_time(who.certificate.valid_before)}."
+        ]
+    lines = []
+    for key in await keys.list_for(ctx.db, who.account):
+        if key.fingerprint == who.key_fingerprint and key.expires_at is not None:
+            lines.append(f"This key expires on {expiry.shown_time(key.expires_at)}.")
+        elif key.fingerprint != who.key_fingerprint and key.expired(now):
+            lines.append(
+                f'Your key "{shown(key.title)}" ({key.fingerprint}) expired on '
+                f"{expiry.shown_time(key.expires_at or 0)}."
+            )
+    return lines
 
 
 async def unmet_policies(ctx: Context, twosv_enabled: bool) -> list[str]:
@@ -74,6 +98,7 @@ async def help_text(ctx: Context) -> int:
         f"  {s.ssh_command('help')}       this list\n"
         f"  {s.ssh_command('whoami')}     the account of the key you used\n"
         f"  {s.ssh_command('2sv status|enable|disable|replace|verify')}\n"
+        f"  {s.ssh_command('2sv sessions [revoke]')}   the open two-step sessions of your keys\n"
         f"  {s.ssh_command('recovery-codes [regenerate]')}\n"
         f"  {s.ssh_command('security-key list|add TITLE|remove FINGERPRINT')}\n"
         f"  {s.ssh_command('keys [remove FINGERPRINT]')}   the keys that log in to your account\n"

@@ -6,10 +6,11 @@ can be scripted: `echo 123456 | ssh -p 2222 git@host 2sv disable`.
 
 from __future__ import annotations
 
-from .. import events, qr, wording
+from .. import events, expiry, qr, wording
 from ..errors import Refusal
 from ..kinds import Factor, KeyKind, Requirement
 from ..names import shown
+from ..store import twosv as twosv_store
 from ..store import workspaces
 from ..twosv import recovery, totp
 from ..twosv.service import PENDING_SECONDS, Accepted, CodeRefused, Throttled, TwoSV
@@ -273,10 +274,58 @@ async def verify(ctx: Context, svc: TwoSV) -> int:
     await ctx.check_still_valid()
     await svc.open_session(ctx.identity.key_fingerprint, accepted.kind)
     await event(ctx, "2sv.verify")
+    until = ctx.clock() + await session_window(ctx) * 60
     await ctx.say(
         f'Verified. Two-step session open for key "{shown(ctx.identity.key_title)}" '
-        f"({ctx.identity.key_fingerprint})."
+        f"({ctx.identity.key_fingerprint}) until {expiry.shown_time(until)}."
     )
+    return 0
+
+
+# A session counts for workspace policy changes for this long, whatever the policies.
+POLICY_CHANGE_MINUTES = 15
+
+
+async def session_window(ctx: Context) -> int:
+    """Minutes a two-step session of this account counts for: the longest window of its
+    workspaces with the `session` policy (each counts it for its own window), and at least
+    the window of workspace policy changes."""
+    windows = [
+        workspace.session_window
+        for workspace, _role in await workspaces.memberships(ctx.db, ctx.identity.account_id)
+        if workspace.require_2sv == Requirement.SESSION
+    ]
+    return max([POLICY_CHANGE_MINUTES, *windows])
+
+
+async def sessions(ctx: Context, args: tuple[str, ...]) -> int:
+    """`2sv sessions`: the open two-step sessions of the account's keys (any key: one
+    opened with a stolen key shows here); `2sv sessions revoke` closes them all."""
+    if args == ("revoke",):
+        await ctx.check_still_valid()
+        closed = await twosv_store.close_sessions(ctx.db, ctx.identity.account_id)
+        await event(ctx, "2sv.sessions_revoke", detail=f"closed={closed}")
+        await ctx.say(f"Closed {closed} two-step session(s) of your keys.")
+        return 0
+    if args:
+        raise usage(ctx, "2sv", "sessions [revoke]", args, {"revoke": None})
+    now, window = ctx.clock(), await session_window(ctx) * 60
+    found = [
+        s
+        for s in await twosv_store.sessions_of(ctx.db, ctx.identity.account_id)
+        if s.verified_at <= now < s.verified_at + window
+    ]
+    if not found:
+        await ctx.say("No open two-step sessions.")
+        return 0
+    await ctx.say("Open two-step sessions (key, opened, until):")
+    for s in found:
+        title = f'"{shown(s.key_title)}"' if s.key_title is not None else "(a certificate)"
+        this = "  (this login)" if s.key_fingerprint == ctx.identity.key_fingerprint else ""
+        await ctx.say(
+            f"  {s.key_fingerprint}  {title}  opened {expiry.shown_time(s.verified_at)}"
+            f" with {s.method}  until {expiry.shown_time(s.verified_at + window)}{this}"
+        )
     return 0
 
 
@@ -290,6 +339,14 @@ SUBCOMMANDS = {
 
 
 async def run(ctx: Context, args: tuple[str, ...]) -> int:
+    if args and args[0] == "sessions":
+        return await sessions(ctx, args[1:])
     if len(args) != 1 or args[0] not in SUBCOMMANDS:
-        raise usage(ctx, "2sv", "status|enable|disable|replace|verify", args, SUBCOMMANDS)
+        raise usage(
+            ctx,
+            "2sv",
+            "status|enable|disable|replace|verify|sessions [revoke]",
+            args,
+            {**SUBCOMMANDS, "sessions": None},
+        )
     return await SUBCOMMANDS[args[0]](ctx, service(ctx))

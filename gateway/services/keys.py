@@ -44,14 +44,17 @@ async def add_uncommitted(
     title: str | None,
     *,
     actor: str,
+    expires_at: int | None = None,
 ) -> list[AddedKey]:
     """Add and audit keys inside the caller's transaction (the caller commits, then
-    calls `tell_hooks`)."""
+    calls `tell_hooks`). `expires_at` wins over a key line's own `expiry-time`."""
     done = []
     for key in parsed:
         key_title = title or key.comment or f"key-{key.fingerprint[7:15]}"
-        await keys.add(db, account.id, key, key_title, say_where=True)
-        await audit.write(db, actor, "key.add", account.name, detail=key.fingerprint)
+        ends = expires_at if expires_at is not None else key.expires_at
+        await keys.add(db, account.id, key, key_title, say_where=True, expires_at=ends)
+        detail = key.fingerprint + (f" expires={ends}" if ends is not None else "")
+        await audit.write(db, actor, "key.add", account.name, detail=detail)
         done.append(AddedKey(account.name, key.fingerprint, key_title))
     return done
 
@@ -69,8 +72,9 @@ async def add(
     *,
     actor: str,
     hooks_dir: Path,
+    expires_at: int | None = None,
 ) -> list[AddedKey]:
-    added = await add_uncommitted(db, account, parsed, title, actor=actor)
+    added = await add_uncommitted(db, account, parsed, title, actor=actor, expires_at=expires_at)
     await db.commit()
     await tell_hooks(hooks_dir, account.name, added)
     return added
@@ -79,6 +83,11 @@ async def add(
 async def list_for(db: aiosqlite.Connection, account: str | None = None) -> list[keys.StoredKey]:
     """Every login key of one account (or of all), security keys too."""
     return await keys.list_for(db, account)
+
+
+async def unused_since(db: aiosqlite.Connection, before: int) -> list[keys.StoredKey]:
+    """Login keys not used since `before` (an unused key counts from when it was added)."""
+    return await keys.unused_since(db, before)
 
 
 async def security_keys(db: aiosqlite.Connection, account: str) -> list[keys.StoredKey]:

@@ -111,6 +111,12 @@ MIGRATIONS: list[str] = [
     ALTER TABLE twosv ADD COLUMN pending_secret BLOB;
     ALTER TABLE twosv ADD COLUMN pending_until REAL NOT NULL DEFAULT 0;
     """,
+    # 6: a key's lifecycle: when it stops logging in (NULL: never) and when it last did
+    # (written at most once a minute per key, so busy CI logins do not each write).
+    """
+    ALTER TABLE ssh_keys ADD COLUMN expires_at INTEGER;
+    ALTER TABLE ssh_keys ADD COLUMN last_used_at INTEGER;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

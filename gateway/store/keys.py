@@ -12,6 +12,9 @@ from ..names import title as checked_title
 from ..sshkeys import PublicKey
 from .db import now
 
+# Seconds between two writes of one key's last use.
+LAST_USE_INTERVAL = 60
+
 
 @dataclass(frozen=True)
 class StoredKey:
@@ -26,6 +29,11 @@ class StoredKey:
     kind: str
     source: str
     created_at: int
+    expires_at: int | None = None  # epoch seconds; from then on the key cannot log in
+    last_used_at: int | None = None
+
+    def expired(self, at: float) -> bool:
+        return self.expires_at is not None and at >= self.expires_at
 
 
 _SELECT = """
@@ -47,6 +55,8 @@ def _row(row: aiosqlite.Row) -> StoredKey:
         row["kind"],
         row["source"],
         row["created_at"],
+        row["expires_at"],
+        row["last_used_at"],
     )
 
 
@@ -73,6 +83,7 @@ async def add(
     source: str = "cli",
     kind: str = KeyKind.LOGIN,
     say_where: bool = False,
+    expires_at: int | None = None,
 ) -> None:
     title = checked_title(title)
     where = await where_used(db, key.fingerprint)
@@ -82,8 +93,18 @@ async def add(
         )
     await db.execute(
         "INSERT INTO ssh_keys (account_id, fingerprint, algorithm, public_key, title, kind,"
-        " source, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        (account_id, key.fingerprint, key.algorithm, key.line, title, kind, source, now()),
+        " source, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            account_id,
+            key.fingerprint,
+            key.algorithm,
+            key.line,
+            title,
+            kind,
+            source,
+            now(),
+            expires_at,
+        ),
     )
 
 
@@ -101,6 +122,32 @@ async def list_for(db: aiosqlite.Connection, account: str | None = None) -> list
         query, args = _SELECT + " WHERE a.name = ? ORDER BY k.id", (account,)
     async with db.execute(query, args) as cursor:
         return [_row(row) for row in await cursor.fetchall()]
+
+
+async def unused_since(db: aiosqlite.Connection, before: int) -> list[StoredKey]:
+    """Keys not used since `before` (never used ones added before it too): stale keys."""
+    async with db.execute(
+        _SELECT + " WHERE COALESCE(k.last_used_at, k.created_at) < ? ORDER BY a.name, k.id",
+        (before,),
+    ) as cursor:
+        return [_row(row) for row in await cursor.fetchall()]
+
+
+async def set_expiry(db: aiosqlite.Connection, fingerprint: str, expires_at: int | None) -> None:
+    await db.execute(
+        "UPDATE ssh_keys SET expires_at = ? WHERE fingerprint = ?", (expires_at, fingerprint)
+    )
+
+
+async def mark_used(db: aiosqlite.Connection, fingerprint: str, at: int) -> bool:
+    """Record a login; a no-op (False) if one was recorded in the last minute, which keeps
+    processes that cannot share memory (sshd's forced commands) to one write a minute."""
+    cursor = await db.execute(
+        "UPDATE ssh_keys SET last_used_at = ? WHERE fingerprint = ?"
+        " AND (last_used_at IS NULL OR last_used_at <= ?)",
+        (at, fingerprint, at - LAST_USE_INTERVAL),
+    )
+    return cursor.rowcount == 1
 
 
 async def remove(db: aiosqlite.Connection, fingerprint: str) -> StoredKey:

@@ -179,3 +179,28 @@ async def session_verified_at(
 ) -> float | None:
     found = await session(db, fingerprint, account_id)
     return found[0] if found else None
+
+
+@dataclass(frozen=True)
+class OpenSession:
+    key_fingerprint: str
+    key_title: str | None  # None: not a stored key (a certificate's key)
+    verified_at: float
+    method: str
+
+
+async def sessions_of(db: aiosqlite.Connection, account_id: int) -> list[OpenSession]:
+    """Every two-step session of an account's keys, newest first."""
+    async with db.execute(
+        "SELECT s.key_fingerprint, k.title, s.verified_at, s.method FROM twosv_sessions s"
+        " LEFT JOIN ssh_keys k ON k.fingerprint = s.key_fingerprint"
+        " WHERE s.account_id = ? ORDER BY s.verified_at DESC",
+        (account_id,),
+    ) as cursor:
+        return [OpenSession(*tuple(row)) for row in await cursor.fetchall()]
+
+
+async def close_sessions(db: aiosqlite.Connection, account_id: int) -> int:
+    """Close every two-step session of an account's keys; how many there were."""
+    cursor = await db.execute("DELETE FROM twosv_sessions WHERE account_id = ?", (account_id,))
+    return cursor.rowcount

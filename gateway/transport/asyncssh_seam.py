@@ -1,11 +1,15 @@
 """Every asyncssh internal the gateway relies on, in one place, each with its reason.
 
-asyncssh's public API does not give us three things we need: (1) to accept sockets
+asyncssh's public API does not give us four things we need: (1) to accept sockets
 ourselves (so the PROXY header and the caps in limits.py come before any SSH work),
 (2) to know which key's *signature* was verified (identity must come from it, not from a
 key merely offered: soft-serve's CVE-2023-43809), and (3) to pass on an exec request that
 is not UTF-8 (asyncssh refuses it at the channel level, so the user would only see "exec
-request failed" instead of our ERROR line). Everything below serves one of these.
+request failed" instead of our ERROR line), and (4) to read a user certificate's serial,
+key id, type and validity (kept in private attributes) and check a login's signature
+with its key ourselves (asyncssh's own certificate path takes the login name as the
+principal, and checks `source-address` against the socket's peer, which behind a PROXY
+balancer is the balancer). Everything below serves one of these.
 
 `INTERNALS` lists the names and call signatures used here; tests/test_seam_asyncssh.py
 checks them against the installed asyncssh and names what an upgrade removed or changed.
@@ -15,12 +19,16 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import struct
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncssh
+import asyncssh.public_key
 from asyncssh.channel import SSHServerChannel
-from asyncssh.packet import SSHPacket
+from asyncssh.packet import SSHPacket, String
+
+from ..certificates import CertificateFacts
 
 # (what, the parameters we call it with or replace it by, starting with self)
 INTERNALS: tuple[tuple[str, object, tuple[str, ...]], ...] = (
@@ -46,7 +54,12 @@ INTERNALS: tuple[tuple[str, object, tuple[str, ...]], ...] = (
     ("SSHServerProcess.connection_lost", asyncssh.SSHServerProcess, ("self", "exc")),
     ("SSHPacket.get_string", SSHPacket, ("self",)),
     ("SSHPacket.check_end", SSHPacket, ("self",)),
+    ("decode_ssh_certificate", asyncssh.public_key, ("data",)),
 )
+# Private attributes of a decoded OpenSSH certificate that read_certificate reads, and
+# the connection's session id that a login's signature covers.
+CERTIFICATE_ATTRIBUTES = ("_serial", "_cert_type", "_key_id", "_valid_after", "_valid_before")
+SESSION_ID_ATTRIBUTE = "_session_id"
 
 
 def missing_internal(name: str, owner: object, params: tuple[str, ...]) -> str | None:
@@ -117,6 +130,63 @@ def wrap_key_check(
     """Replace the connection's verification step by `wrap(original)`, which calls the
     original (the signature check) and then records the key whose signature it checked."""
     conn.validate_public_key = wrap(conn.validate_public_key)  # type: ignore[method-assign]
+
+
+# --- (4) user certificates -------------------------------------------------------------
+
+CERTIFICATE_SUFFIX = b"-cert-v01@openssh.com"
+
+
+class MalformedCertificate(Exception):
+    """A blob that names a certificate type but is not a certificate asyncssh can read
+    (bad encoding, an unknown type, a CA signature that does not check out)."""
+
+
+def claims_certificate(key_data: bytes) -> bool:
+    """Whether a key blob names an OpenSSH certificate type (its first string)."""
+    if len(key_data) < 4:
+        return False
+    (length,) = struct.unpack(">I", key_data[:4])
+    return key_data[4 : 4 + length].endswith(CERTIFICATE_SUFFIX)
+
+
+def read_certificate(key_data: bytes) -> tuple[CertificateFacts, asyncssh.SSHKey]:
+    """What the certificate says, and the certified key to check the login's signature
+    with. Decoding checks the CA's signature over the certificate."""
+    try:
+        cert = asyncssh.public_key.decode_ssh_certificate(key_data)
+    except (asyncssh.KeyImportError, ValueError, struct.error) as exc:
+        raise MalformedCertificate(str(exc) or exc.__class__.__name__) from None
+    if cert.is_x509_chain or not all(hasattr(cert, a) for a in CERTIFICATE_ATTRIBUTES):
+        raise MalformedCertificate(
+            f"not an OpenSSH certificate asyncssh {asyncssh.__version__} reads"
+        )
+    options = cert.options
+    force = options.get("force-command")
+    facts = CertificateFacts(
+        cert_type=int(cert._cert_type),  # type: ignore[attr-defined]
+        serial=int(cert._serial),  # type: ignore[attr-defined]
+        key_id=str(cert._key_id),  # type: ignore[attr-defined]
+        principals=tuple(str(p) for p in cert.principals),
+        valid_after=int(cert._valid_after),  # type: ignore[attr-defined]
+        valid_before=int(cert._valid_before),  # type: ignore[attr-defined]
+        ca_blob=bytes(cert.signing_key.public_data),
+        key_blob=bytes(cert.key.public_data),
+        force_command=None if force is None else str(force),
+        source_addresses=tuple(options.get("source-address") or ()),
+    )
+    return facts, cert.key
+
+
+def signature_checks(
+    conn: asyncssh.SSHServerConnection, key: asyncssh.SSHKey, msg: bytes, signature: bytes
+) -> bool:
+    """The check asyncssh makes for a signed public-key request: the signature by `key`
+    over the session id and the request."""
+    session_id = getattr(conn, SESSION_ID_ATTRIBUTE, b"")
+    if not isinstance(session_id, bytes) or not session_id:
+        return False  # no key exchange done: nothing it could have signed
+    return bool(key.verify(String(session_id) + msg, signature))
 
 
 # --- (3) exec requests that are not UTF-8 ----------------------------------------------

@@ -6,7 +6,8 @@ Identity is decided only from a key whose signature was verified. asyncssh asks
 requests, and does not say which key finally signed; so the connection's own
 verification step is wrapped (asyncssh_seam.wrap_key_check) to record the key whose
 signature it checked (the flaw behind soft-serve's CVE-2023-43809 was to take identity
-from an offered key).
+from an offered key). A user certificate is checked in that same step, by the gateway's
+own policy (gateway/certificates.py) and the signature by its key.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import aiosqlite
 import asyncssh
 
 from .. import access, metrics, names, sshkeys
+from ..certificates import CertificateFacts
 from ..config import Settings
 from ..decision import Identity
 from ..git import protocol
@@ -45,6 +47,7 @@ class GatewaySSHServer(asyncssh.SSHServer):
         self.failures = 0
         self._refused_because = "unknown-key"  # why the last key was refused, for the log
         self.identity: Identity | None = None
+        self.certificate_facts: CertificateFacts | None = None  # for a certificate login
         self.sessions = 0
         self.opened = time.monotonic()
         self._idle: asyncio.TimerHandle | None = None
@@ -69,6 +72,8 @@ class GatewaySSHServer(asyncssh.SSHServer):
         async def validate_and_record(
             username: str, key_data: bytes, msg: bytes, signature: bytes
         ) -> bool:
+            if asyncssh_seam.claims_certificate(key_data):
+                return await self._certificate_login(username, key_data, msg, signature)
             self._refused_because = "bad-signature"  # unless validate_public_key says why
             ok = await verify(username, key_data, msg, signature)
             if ok and msg:
@@ -82,6 +87,42 @@ class GatewaySSHServer(asyncssh.SSHServer):
 
         return validate_and_record
 
+    async def _certificate_login(
+        self, username: str, key_data: bytes, msg: bytes, signature: bytes
+    ) -> bool:
+        """A user certificate, checked here from end to end (asyncssh's own path would
+        take the login name as the principal): the trust policy, the principal that names
+        an active account, then the login's signature by the certified key. Identity
+        comes only from a certificate whose signature was checked."""
+        fields: dict[str, object] = {}
+        try:
+            facts, key = asyncssh_seam.read_certificate(key_data)
+        except asyncssh_seam.MalformedCertificate:
+            reason = "cert-malformed"
+        else:
+            fields = facts.log_fields()
+            identity, reason = None, "unknown-user"
+            if username == self.settings.ssh_user:
+                host = self.peer.rpartition(":")[0]  # after PROXY: the client, not the balancer
+                identity, reason = await access.identity_for_certificate(
+                    self.db, self.gateway.trust, facts, host
+                )
+            if identity is not None:
+                if not msg:
+                    return True  # a probe: it may be tried; nothing decided yet
+                if asyncssh_seam.signature_checks(self.conn_or_fail(), key, msg, signature):
+                    self.certificate_facts = facts
+                    self.identity = identity
+                    return True
+                reason = "bad-signature"
+        self._refused_because = reason
+        self._count_failure(key_data, username, **fields)
+        return False
+
+    def conn_or_fail(self) -> asyncssh.SSHServerConnection:
+        assert self.conn is not None  # authentication runs on a made connection
+        return self.conn
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_idle()
         self.gateway.connection_closed(self)
@@ -94,7 +135,7 @@ class GatewaySSHServer(asyncssh.SSHServer):
             seconds=round(time.monotonic() - self.opened, 3),
         )
 
-    def _count_failure(self, key_data: bytes, username: str) -> None:
+    def _count_failure(self, key_data: bytes, username: str, **fields: object) -> None:
         self.failures += 1
         metrics.AUTH.labels("failed").inc()
         # The user name is the client's text: escaped and bounded (logfmt quotes the rest),
@@ -107,6 +148,7 @@ class GatewaySSHServer(asyncssh.SSHServer):
             reason=self._refused_because,
             key=sshkeys.fingerprint(key_data),
             attempt=self.failures,
+            **fields,
         )
         if self.failures >= self.settings.max_auth_tries and self.conn is not None:
             log_event(log, "auth.too_many", peer=self.peer, attempts=self.failures)
@@ -132,7 +174,11 @@ class GatewaySSHServer(asyncssh.SSHServer):
         if stored is not None:
             if stored.account_disabled:
                 self._refused_because = "account-disabled"
-            return not stored.account_disabled
+                return False
+            if stored.expired(time.time()):
+                self._refused_because = "key-expired"
+                return False
+            return True
         if await access_keys.find(self.db, fingerprint) is not None:
             return True
         self._refused_because = "unknown-key"
@@ -147,13 +193,25 @@ class GatewaySSHServer(asyncssh.SSHServer):
             self.gateway.limits.authenticated(self.ticket)
         metrics.AUTH.labels("ok").inc()
         assert self.identity is not None  # set by the verified signature
+        cert = self.certificate_facts
         log_event(
             log,
             "auth.ok",
             peer=self.peer,
             account=self.identity.account,
             key=self.identity.key_fingerprint,
+            **(cert.log_fields() if cert is not None else {}),
         )
+        if cert is not None and self.gateway.last_use.due(f"cert:{cert.serial}:{cert.key_id}"):
+            # In the audit log too, at most once a minute a certificate: who logged in
+            # with which certificate is asked after an incident.
+            self.gateway.spawn(
+                self.gateway.last_use.audit_certificate(self.identity.account, cert, self.peer)
+            )
+        fingerprint = self.identity.key_fingerprint
+        stored_key = not self.identity.is_access_key and self.identity.certificate is None
+        if stored_key and self.gateway.last_use.due(fingerprint):
+            self.gateway.spawn(self.gateway.last_use.record(fingerprint))
         self._start_idle()
 
     def session_requested(

@@ -8,13 +8,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 import aiosqlite
 import asyncssh
 
-from .. import keydir, logs, metrics
+from .. import certificates, keydir, logs, metrics
 from ..app import App
 from ..config import Settings
 from ..datadir import ensure_host_keys
@@ -23,6 +24,7 @@ from ..git import layout
 from ..logs import log_event
 from ..store import db as store_db
 from .connection import GatewaySSHServer
+from .last_use import LastUse
 from .limits import ConnectionLimits
 from .listener import Listener, listen, split_address
 
@@ -53,6 +55,8 @@ class Gateway:
         self._listener: Listener | None = None
         self._metrics_server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self.last_use = LastUse(settings.db_path)
+        self.trust = certificates.Trust()
 
     # --- start and stop ---------------------------------------------------------------
 
@@ -60,6 +64,10 @@ class Gateway:
         settings = self.settings
         # Looks the machine's name up now (getfqdn may ask DNS), not in a session's message.
         host_warning = settings.loopback_host_warning()
+        # Before the port is taken: a trust file that does not parse stops the start.
+        self.trust = certificates.load(
+            settings.trusted_user_ca_keys, settings.revoked_user_certificates
+        )
         sock = listen(settings.listen_host, settings.listen_port, "listen")
         self._listener = Listener(sock, settings, self.limits, self._current_options, self._spawn)
         metrics_sock = None
@@ -144,6 +152,7 @@ class Gateway:
             await self.app.git.pool.close()
         if self.db is not None:
             await self.db.close()
+        await self.last_use.close()
         log_event(log, "stopped")
 
     async def reload(self) -> None:
@@ -165,9 +174,46 @@ class Gateway:
         logs.setup(self.settings.log_level, self.settings.log_format)
         self._options = await self._ssh_options()  # new connections get new timeouts
         log_event(log, "reload", changed=",".join(changed) or "-")
+        self._reload_trust()
         await sync_keydir(self.settings)
 
+    def _reload_trust(self) -> None:
+        """The CA and revocation files again; a file with a mistake keeps the old lists.
+        Connections whose certificate the new lists refuse (revoked, its CA no longer
+        trusted) are closed: revocation is for the logins already in, too."""
+        settings = self.settings
+        try:
+            self.trust = certificates.load(
+                settings.trusted_user_ca_keys, settings.revoked_user_certificates
+            )
+        except Refusal as refusal:
+            log_event(log, "certificates.reload_failed", logging.ERROR, error=refusal.message)
+            return
+        log_event(
+            log,
+            "certificates.loaded",
+            cas=len(self.trust.ca_blobs),
+            revoked=len(self.trust.revoked.serials)
+            + len(self.trust.revoked.key_ids)
+            + len(self.trust.revoked.key_fingerprints),
+        )
+        for server in list(self.servers):
+            cert = server.certificate_facts
+            if cert is None or server.conn is None:
+                continue
+            host = server.peer.rpartition(":")[0]
+            reason = self.trust.refusal(cert, host, time.time())
+            if reason is not None:
+                log_event(
+                    log, "certificate.closed", peer=server.peer, reason=reason, **cert.log_fields()
+                )
+                server.conn.disconnect(asyncssh.DISC_BY_APPLICATION, "Certificate revoked")
+
     # --- connections and sessions in flight ----------------------------------------------
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run `coro` in the background, cancelled at stop."""
+        self._spawn(coro)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coro)

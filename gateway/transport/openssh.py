@@ -14,6 +14,7 @@ only makes the standard streams into the session's three.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import os
 import re
@@ -23,14 +24,20 @@ from pathlib import Path
 
 import aiosqlite
 
-from .. import access, config, logs, sshkeys
+from .. import access, certificates, config, logs, sshkeys
 from ..app import App
+from ..certificates import CertificateFacts
 from ..commands.context import Reader, Writer
 from ..config import Settings
+from ..decision import Identity
 from ..errors import Refusal
 from ..git import protocol
 from ..logs import log_event
+from ..names import printable
 from ..session import Streams, Transport, run_session
+from ..store import audit
+from ..store import db as store_db
+from . import asyncssh_seam
 
 log = logging.getLogger("gateway.shell")
 SHELL_LOG = "shell.log"  # in the data dir: stderr is the user's under sshd
@@ -63,18 +70,56 @@ async def authorized_keys(
         return None
     # The config file this lookup used, so that the shell reads the same one.
     config_file = config_file or os.environ.get("GATEWAY_CONFIG")
-    command = _forced_command(settings, config_file, key.fingerprint)
+    command = _forced_command(settings, config_file, ["--key", key.fingerprint])
     # `restrict`: no forwarding of any kind; `pty` back on for the 2SV enrolment's QR code.
     return f'restrict,pty,command="{command}" {key_type} {key_blob}'
 
 
-def _forced_command(settings: Settings, config_file: str | None, fingerprint: str) -> str:
+async def authorized_principals(
+    settings: Settings,
+    db: aiosqlite.Connection,
+    config_file: str | None,
+    user: str,
+    cert_blob: str,
+) -> str | None:
+    """For sshd's AuthorizedPrincipalsCommand (`%u %k`): the one principal line, with its
+    forced command, of a certificate the gateway's own policy lets in, or None.
+
+    sshd has checked the certificate against its TrustedUserCAKeys, its validity and
+    `source-address`, and (before running the forced command) the login's signature;
+    the gateway checks its own trust and revocation files, the principals and
+    `force-command` again, and which principal names an enabled account."""
+    if user != settings.ssh_user:
+        return None
+    facts = _certificate(cert_blob)
+    if facts is None:
+        return None
+    trust = certificates.load(settings.trusted_user_ca_keys, settings.revoked_user_certificates)
+    identity, _reason = await access.identity_for_certificate(db, trust, facts, None)
+    if identity is None or identity.certificate is None:
+        return None
+    command = _forced_command(settings, config_file, ["--certificate", cert_blob])
+    # The principal is an account's name (checked when it was made): plain text.
+    return f'restrict,pty,command="{command}" {identity.certificate.principal}'
+
+
+def _certificate(cert_blob: str) -> CertificateFacts | None:
+    try:
+        blob = base64.b64decode(cert_blob, validate=True)
+        if not asyncssh_seam.claims_certificate(blob):
+            return None
+        return asyncssh_seam.read_certificate(blob)[0]
+    except (ValueError, asyncssh_seam.MalformedCertificate):
+        return None
+
+
+def _forced_command(settings: Settings, config_file: str | None, who: list[str]) -> str:
     # -I: no PYTHON* variables, no user site-packages, not the login's working directory
     # on sys.path (sshd starts the command in the unix user's home).
     words = [sys.executable, "-I", "-m", "gateway", "--data-dir", str(settings.data_dir.resolve())]
     if config_file:
         words += ["--config", str(Path(config_file).resolve())]
-    words += ["shell", "--key", fingerprint]
+    words += ["shell", *who]
     for word in words:
         if not PLAIN_WORD.fullmatch(word):
             raise Refusal(
@@ -85,13 +130,26 @@ def _forced_command(settings: Settings, config_file: str | None, fingerprint: st
     return " ".join(words)
 
 
-async def shell(settings: Settings, fingerprint: str, config_file: str | None = None) -> int:
-    """Run one SSH command for the key sshd verified; the exit status for sshd."""
+async def shell(
+    settings: Settings,
+    fingerprint: str | None,
+    config_file: str | None = None,
+    certificate: str | None = None,
+) -> int:
+    """Run one SSH command for the key (or certificate) sshd verified; the exit status
+    for sshd."""
     settings = _settings_without_client_env(settings, config_file)
     settings.spare_workers = 0  # one request, one worker: none kept waiting for the next
     log_fd = _log_to_data_dir(settings)
     try:
-        return await _run(settings, fingerprint, log_fd)
+        who = (
+            fingerprint
+            if certificate is None
+            else await _certificate_identity(settings, certificate)
+        )
+        if who is None:
+            raise Refusal("This certificate is no longer accepted.")
+        return await _run(settings, who, log_fd)
     except Refusal:
         raise  # meant for the user
     except Exception as exc:
@@ -108,7 +166,55 @@ async def shell(settings: Settings, fingerprint: str, config_file: str | None = 
         raise Refusal("internal error; the operator has the details") from None
 
 
-async def _run(settings: Settings, fingerprint: str, log_fd: int) -> int:
+async def _certificate_identity(settings: Settings, cert_blob: str) -> Identity | None:
+    """The identity of the certificate sshd verified, checked again now (revoked, expired
+    or its account disabled since sshd asked: None); logged as gateway serve logs it."""
+    facts = _certificate(cert_blob)
+    if facts is None:
+        log_event(log, "auth.failed", peer=_peer(), reason="cert-malformed", via="openssh")
+        return None
+    try:
+        trust = certificates.load(settings.trusted_user_ca_keys, settings.revoked_user_certificates)
+    except Refusal as refusal:  # the operator's to fix; no path for the user
+        raise RuntimeError(refusal.message) from None
+    db = await store_db.connect(settings.db_path, migrate_schema=False)
+    try:
+        identity, reason = await access.identity_for_certificate(db, trust, facts, None)
+        if identity is None:
+            log_event(
+                log,
+                "auth.failed",
+                peer=_peer(),
+                reason=reason,
+                key=facts.key_fingerprint,
+                via="openssh",
+                **facts.log_fields(),
+            )
+            return None
+        log_event(
+            log,
+            "auth.ok",
+            peer=_peer(),
+            account=identity.account,
+            key=facts.key_fingerprint,
+            via="openssh",
+            **facts.log_fields(),
+        )
+        await audit.write(
+            db,
+            identity.account,
+            "auth.certificate",
+            identity.account,
+            detail=f"key_id={printable(facts.key_id, 100)} serial={facts.serial} "
+            f"ca={facts.ca_fingerprint} key={facts.key_fingerprint} peer={_peer()} via=openssh",
+        )
+        await db.commit()
+        return identity
+    finally:
+        await db.close()
+
+
+async def _run(settings: Settings, who: Identity | str, log_fd: int) -> int:
     try:
         app = App.load(settings, worker_log_fd=log_fd)
     except Refusal as refusal:  # the operator's to fix; no path for the user
@@ -118,7 +224,7 @@ async def _run(settings: Settings, fingerprint: str, log_fd: int) -> int:
     # have been removed, or its account disabled, since sshd asked.
     return await run_session(
         app,
-        fingerprint,
+        who,
         os.environ.get("SSH_ORIGINAL_COMMAND"),
         Streams(stdin, stdout, stderr),
         peer=_peer(),
