@@ -123,7 +123,9 @@ def test_a_damaged_order_file_is_not_trusted(big, damage):
     pack = open_pack(basename)
     assert list(pack.order) == computed(basename)[0]
     pack.close()
-    assert open_pack(basename)._pack_order._map is not None  # made again, and good
+    again = open_pack(basename)
+    assert again._pack_order is not None and again._pack_order._map is not None  # made again
+    again.close()
 
 
 def test_a_repository_where_no_file_can_be_written_is_served(big):
@@ -147,7 +149,8 @@ def test_order_files_of_removed_packs_are_swept(big, tmp_path):
 
 def test_mapped_index_answers_as_dulwich(big):
     index = PackIndex(only_pack(big) + ".idx")
-    theirs = Repo(str(big)).object_store.packs[0].index
+    repo = Repo(str(big))
+    theirs = repo.object_store.packs[0].index
     for position, (name, offset, crc) in enumerate(theirs.iterentries()):
         if position % 11 == 0:
             assert index.position(name) == position
@@ -155,6 +158,7 @@ def test_mapped_index_answers_as_dulwich(big):
             assert index.offset(position) == offset
             assert index.crc(position) == crc
     index.close()
+    repo.close()
 
 
 def test_clone_served_from_a_kept_order_is_complete(gw: Gateway, work: Path):

@@ -30,6 +30,7 @@ MEMBERS = [
     ("dulwich.server", "UploadPackHandler", "_processing_have_lines", "attribute"),
     ("dulwich.server", "UploadPackHandler", "_done_received", "attribute"),
     ("dulwich.server", "UploadPackHandler", "_start_pack_send_phase", "method"),
+    ("dulwich.refs", "DiskRefsContainer", "_invalidate_packed_refs_cache", "method"),
 ]
 
 
@@ -99,6 +100,9 @@ def test_private_names_are_reached_only_through_the_seams():
 
 
 def _own(code: str, match: re.Match) -> bool:
-    """`self._x`, `cls._x`, `super()._x`: our own object (not `self.repo._x`)."""
+    """`self._x`, `cls._x`, `super()._x`: our own object (not `self.repo._x`); and
+    `os._exit`, the documented way for a forked child to end (workers/zygote.py)."""
     before = code[: match.start(1)]
+    if match.group(0) == "os._exit" and not before.endswith("."):
+        return True
     return match.group(1) in ("self", "cls", "super()") and not before.endswith(".")

@@ -89,6 +89,12 @@ def start_pack_send_phase(handler: UploadPackHandler) -> None:
     handler._start_pack_send_phase()
 
 
+def forget_packed_refs(refs: Any) -> None:
+    """housekeeping/refpacking.py: after packed-refs was rewritten beside dulwich's refs
+    container, its cached copy of the file would answer for the old one."""
+    refs._invalidate_packed_refs_cache()
+
+
 # Private members the gateway's subclasses override (methods) or read from `self`
 # (attributes set in __init__); why, in the module that does it.
 SUBCLASS_INTERNALS: dict[type, dict[str, tuple[str, ...]]] = {

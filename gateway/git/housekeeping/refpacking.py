@@ -20,6 +20,7 @@ from dulwich.objects import ObjectID
 from dulwich.refs import Ref, write_packed_refs
 from dulwich.repo import Repo
 
+from ..dulwich_seam import forget_packed_refs
 from ..upload.objectindex import ObjectIndex
 from . import faults
 from .reachability import refs_held
@@ -61,7 +62,7 @@ def pack_refs(repo: Repo) -> int:
                 os.unlink(path)
                 removed += 1
                 _remove_empty_parents(git_dir, name)
-        repo.refs._invalidate_packed_refs_cache()  # type: ignore[attr-defined]
+        forget_packed_refs(repo.refs)
         return removed
 
 

@@ -51,7 +51,7 @@ class ForkedProcess:
         self._exit_fd: int | None = exit_fd
         self._pidfd: int | None = None
         self._exited = asyncio.Event()
-        self._transports: list[asyncio.BaseTransport] = []
+        self.transports: list[asyncio.BaseTransport] = []
         self.peak_kib: int | None = None  # the worker's peak resident memory, once reaped
 
     async def wait(self) -> int:
@@ -65,15 +65,15 @@ class ForkedProcess:
                 signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
 
     def close_pipes(self) -> None:
-        for transport in self._transports:
+        for transport in self.transports:
             transport.close()
 
     # --- told by the Zygote -------------------------------------------------------------
 
-    def _started(self, pid: int, pidfd: int | None) -> None:
+    def started(self, pid: int, pidfd: int | None) -> None:
         self.pid, self._pidfd = pid, pidfd
 
-    def _exit(self, code: int) -> None:
+    def exited(self, code: int) -> None:
         if self.returncode is not None:
             return
         self.returncode = code
@@ -84,10 +84,10 @@ class ForkedProcess:
                 os.close(fd)
         self._exited.set()
 
-    def _orphaned(self) -> None:
+    def orphaned(self) -> None:
         """The zygote is gone: the child's end from its pidfd, its status from itself."""
         if self._pidfd is None:
-            self._exit(-signal.SIGKILL)
+            self.exited(-signal.SIGKILL)
             return
         loop = asyncio.get_running_loop()
         pidfd = self._pidfd
@@ -100,7 +100,7 @@ class ForkedProcess:
                     os.set_blocking(self._exit_fd, False)
                     if said := os.read(self._exit_fd, 1):
                         code = said[0]
-            self._exit(code)
+            self.exited(code)
 
         loop.add_reader(pidfd, ended)
 
@@ -183,7 +183,7 @@ class Zygote:
         except (OSError, TimeoutError) as exc:
             self._waiting.pop(job_id, None)
             self._running.pop(job_id, None)
-            proc._exit(-signal.SIGKILL)
+            proc.exited(-signal.SIGKILL)
             for fd in ours[:3]:
                 os.close(fd)
             os.close(ours[3])
@@ -237,7 +237,7 @@ class Zygote:
         arrived = self._waiting.pop(job_id, None)
         pidfd = fds[0] if fds else None
         if "pid" in message and proc is not None:
-            proc._started(int(message["pid"]), pidfd)
+            proc.started(int(message["pid"]), pidfd)
             if arrived is not None and not arrived.done():
                 arrived.set_result(None)
             elif arrived is None:  # its request gave up waiting: nobody will read it
@@ -249,7 +249,7 @@ class Zygote:
             del self._running[job_id]
             if isinstance(message.get("peak_kib"), int):
                 proc.peak_kib = message["peak_kib"]
-            proc._exit(int(message["exit"]))
+            proc.exited(int(message["exit"]))
         elif "error" in message and arrived is not None and not arrived.done():
             arrived.set_exception(ZygoteGone(str(message["error"])[:200]))
 
@@ -274,7 +274,7 @@ class Zygote:
         self._waiting.clear()
         running, self._running = self._running, {}
         for proc in running.values():
-            proc._orphaned()
+            proc.orphaned()
 
     async def close(self) -> None:
         """At server stop: the zygote exits once its socket closes."""
@@ -304,12 +304,12 @@ async def _connect(proc: ForkedProcess, stdin: int, stdout: int, stderr: int) ->
         transport, _ = await loop.connect_read_pipe(
             lambda reader=reader: asyncio.StreamReaderProtocol(reader), pipe
         )
-        proc._transports.append(transport)
+        proc.transports.append(transport)
         readers.append(reader)
     # A StreamReaderProtocol is the public protocol that gives a writer flow control.
     wtransport, wprotocol = await loop.connect_write_pipe(
         lambda: asyncio.StreamReaderProtocol(asyncio.StreamReader()), files[0]
     )
-    proc._transports.append(wtransport)
+    proc.transports.append(wtransport)
     proc.stdin = asyncio.StreamWriter(wtransport, wprotocol, None, loop)
     proc.stdout, proc.stderr = readers
