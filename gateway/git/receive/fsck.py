@@ -32,7 +32,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from dulwich.objects import Blob, Commit, Tag, Tree, hex_to_sha, sha_to_hex
-from dulwich.pack import OFS_DELTA, REF_DELTA, DeltaChainIterator, UnpackedObject
+from dulwich.pack import (
+    OFS_DELTA,
+    REF_DELTA,
+    DeltaChainIterator,
+    PackFileDisappeared,
+    UnpackedObject,
+)
 from dulwich.refs import check_ref_format
 
 from ..dulwich_seam import loose_object_ids, pack_basename
@@ -154,9 +160,10 @@ def _packed_size(store, sha: bytes) -> tuple[int, int] | None:
     for pack in store.packs:
         try:
             offset = pack.index.object_offset(raw)
-        except KeyError:
-            continue
-        with open(pack_basename(pack) + ".pack", "rb") as f:
+            f = open(pack_basename(pack) + ".pack", "rb")  # noqa: SIM115 (closed below)
+        except (KeyError, PackFileDisappeared, FileNotFoundError):
+            continue  # not here, or a pack housekeeping has just replaced
+        with f:
             kind, _base, size, length = _header(f.fileno(), offset)
             if kind not in (OFS_DELTA, REF_DELTA):
                 return kind, size
