@@ -160,3 +160,50 @@ def test_a_bad_ref_name_is_refused(bare, first):
         b"ng refs/other/x only refs/heads/ and refs/tags/ may be pushed",
     ]
     assert refs(bare) == {b"refs/heads/main": first.id}
+
+
+def test_connectivity_check_survives_a_pack_repacked_away(tmp_path):
+    """Housekeeping may replace the packs a push's worker has listed: a lookup in one
+    whose files are gone is not an error, the object is found where it went."""
+    import subprocess
+
+    from dulwich.object_store import DiskObjectStore
+    from dulwich.objects import hex_to_sha
+
+    from gateway.git.receive.connectivity import Links, first_missing
+
+    work = tmp_path / "work"
+    subprocess.run(["git", "init", "-q", "-b", "main", str(work)], check=True)
+    for n in range(2):
+        (work / f"f{n}").write_text(f"{n}\n")
+        subprocess.run(["git", "-C", str(work), "add", "."], check=True)
+        subprocess.run(
+            [
+                "git",
+                "-C",
+                str(work),
+                "-c",
+                "user.name=T",
+                "-c",
+                "user.email=t@x",
+                "commit",
+                "-qm",
+                str(n),
+            ],
+            check=True,
+        )
+        subprocess.run(["git", "-C", str(work), "repack", "-adq"], check=True)
+        if n == 0:
+            repo = Repo(str(work))
+            store = repo.object_store
+            first = repo.head()
+            assert len(store.packs) == 1  # listed, its index not read yet
+    assert len(list((work / ".git/objects/pack").glob("*.pack"))) == 1  # the old one gone
+    links = Links([])
+    links.named.add(hex_to_sha(first))
+    quarantine = DiskObjectStore(str(tmp_path / "quarantine"))
+    (tmp_path / "quarantine" / "pack").mkdir(parents=True)
+    assert first_missing(links, [], quarantine, store) is None
+    links.named.add(b"\x01" * 20)
+    assert first_missing(links, [], quarantine, store) == b"01" * 20
+    repo.close()
