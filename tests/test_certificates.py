@@ -307,6 +307,7 @@ def test_malformed_and_unknown_certificate_blobs_are_refused_not_raised(tmp_path
         blob[:40],
         unknown + blob[4 + len(name) :],
         blob[:-1] + bytes([blob[-1] ^ 1]),
+        blob.replace(b"\x00\x00\x00\x01x", b"\x00\x00\x00\x01y", 1),  # a forged principal
     ):
         assert asyncssh_seam.claims_certificate(bad)
         with pytest.raises(asyncssh_seam.MalformedCertificate):
