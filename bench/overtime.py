@@ -177,6 +177,8 @@ class Overtime:
                 f"| ≤ {TARGET:.2f} | {met} |"
             )
         for index, what in enumerate(("pack files", "loose objects")):
-            shown = " | ".join(str(self.files[(side, m)][index]) for side in SIDES for m in marks)
+            shown = " | ".join(  # "-": not reached (a failed run still prints its table)
+                str(self.files.get((side, m), ("-", "-"))[index]) for side in SIDES for m in marks
+            )
             lines.append(f"| {what} (before the measures) | {shown} | - | - | |")
         return "\n".join(lines) + "\n"

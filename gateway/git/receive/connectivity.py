@@ -21,9 +21,9 @@ from collections.abc import Iterable
 
 from dulwich.object_store import DiskObjectStore
 from dulwich.objects import Commit, Tag, Tree, hex_to_sha, sha_to_hex
-from dulwich.pack import Pack, PackFileDisappeared
 
 from ..dulwich_seam import loose_object_ids
+from .fsck import pack_holds
 
 # A tree entry: its mode and the 20 bytes of its object's name (a gitlink's is skipped:
 # a submodule's commit lives in another repository).
@@ -89,17 +89,8 @@ def first_missing(
     # all, before it counts as missing.
     packs, loose = list(store.packs), set(loose_object_ids(store))
     for sha in rest:
-        if any(_has(pack, sha) for pack in packs) or sha_to_hex(sha) in loose:
+        if any(pack_holds(pack, sha) for pack in packs) or sha_to_hex(sha) in loose:
             continue
         if len(sha) != 20 or sha_to_hex(sha) not in store:
             return sha_to_hex(sha) if len(sha) == 20 else sha
     return None
-
-
-def _has(pack: Pack, sha: bytes) -> bool:
-    """Whether `pack` holds `sha`; a pack housekeeping has just replaced counts as not
-    holding it (dulwich's own lookup, tried next, finds it in the pack that replaced it)."""
-    try:
-        return sha in pack
-    except (PackFileDisappeared, FileNotFoundError):
-        return False

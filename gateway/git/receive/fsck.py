@@ -36,6 +36,7 @@ from dulwich.pack import (
     OFS_DELTA,
     REF_DELTA,
     DeltaChainIterator,
+    Pack,
     PackFileDisappeared,
     UnpackedObject,
 )
@@ -193,6 +194,16 @@ class _Inflater(DeltaChainIterator):
         return unpacked.offset, unpacked.obj_type_num, unpacked.obj_chunks
 
 
+def pack_holds(pack: Pack, sha: bytes) -> bool:
+    """Whether one of the store's packs holds `sha` (binary). A pack housekeeping has
+    just replaced counts as not holding it: what it held is in the pack that replaced
+    it, which dulwich's own lookup finds (a listed pack's files can go at any time)."""
+    try:
+        return sha in pack
+    except (PackFileDisappeared, FileNotFoundError):
+        return False
+
+
 def _new_in_pack(pack, quarantine, store) -> Iterator[tuple[bytes, int, bytes]]:
     """The pack's commits, trees and tags that the store lacks. Object headers are read
     first to learn every object's type without inflating it (a delta has its base's
@@ -202,7 +213,7 @@ def _new_in_pack(pack, quarantine, store) -> Iterator[tuple[bytes, int, bytes]]:
     packs, loose = list(store.packs), set(loose_object_ids(store))
 
     def _stored(sha: bytes) -> bool:
-        return any(sha in p for p in packs) or sha_to_hex(sha) in loose
+        return any(pack_holds(p, sha) for p in packs) or sha_to_hex(sha) in loose
 
     by_offset = {offset: sha for sha, offset, _crc in pack.index.iterentries()}
     with open(pack_basename(pack) + ".pack", "rb") as f:
