@@ -397,13 +397,18 @@ async def cmd_repo_gc(settings: Settings, args: Namespace, db: Connection) -> in
             print(f"{name}: ERROR: another housekeeper is working on it; try again later")
             failed = True
             continue
-        for note in report.notes:
-            print(f"{name}: {note}")
-        for problem in report.problems:
-            print(f"{name}: ERROR: {problem}")
-        failed = failed or bool(report.problems)
-        print(f"{name}: {report.summary()}")
+        failed = _print_report(name, report) or failed
     return 1 if failed else None
+
+
+def _print_report(name: str, report) -> bool:
+    """A gc or fsck run's notes, problems and summary; whether it found problems."""
+    for note in getattr(report, "notes", ()):
+        print(f"{name}: {note}")
+    for problem in report.problems:
+        print(f"{name}: ERROR: {problem}")
+    print(f"{name}: {report.summary()}")
+    return bool(report.problems)
 
 
 async def cmd_repo_fsck(settings: Settings, args: Namespace, db: Connection) -> int | None:
@@ -417,10 +422,7 @@ async def cmd_repo_fsck(settings: Settings, args: Namespace, db: Connection) -> 
             print(f"{name}: ERROR: not a Git repository: {path}")
             failed = True
             continue
-        for problem in report.problems:
-            print(f"{name}: ERROR: {problem}")
-        failed = failed or bool(report.problems)
-        print(f"{name}: {report.summary()}")
+        failed = _print_report(name, report) or failed
     return 1 if failed else None
 
 
