@@ -814,12 +814,7 @@ def bench_clone(
         for side in alternate(run):
             dest = scratch(sides, f"clone-{side}") / "c"
             if side == "gateway":
-                for pattern in forget:
-                    for kept in sides.server_dir(side, name).glob(pattern):
-                        if kept.is_dir():
-                            shutil.rmtree(kept)
-                        else:
-                            kept.unlink()
+                forget_kept(sides.server_dir(side, name), forget)
             trace = sides.trace_file() if run == 0 else None
             cpu = sides.server_cpu(side)
             with Sampler(sides.server_pid(side)) as sampler:
@@ -1372,6 +1367,16 @@ LOAD_GROUPS = ["clone", "fetch", "ls-remote", "load"]
 FIRST_EVER = ("gateway-*", "objects/info/gateway")
 
 
+def forget_kept(repo_dir: Path, patterns: tuple[str, ...]) -> None:
+    """Remove what the gateway keeps in a repository (glob patterns, FIRST_EVER)."""
+    for pattern in patterns:
+        for kept in repo_dir.glob(pattern):
+            if kept.is_dir():
+                shutil.rmtree(kept)
+            else:
+                kept.unlink()
+
+
 def facts_text(name: str, facts: dict, what: str = "") -> str:
     return (
         f"{name} = {facts['commits']:,} commits, {facts['objects']:,} objects, "
@@ -1856,11 +1861,10 @@ def main_profile(args, root: Path) -> None:
         return elapsed
 
     def forgetting(files: tuple[str, ...], label: str, argv: list[str]) -> float:
-        for file in files:
-            (server / file).unlink(missing_ok=True)
+        forget_kept(server, files)
         return run(label, argv)
 
-    first_ever = ("gateway-clone-objects", "gateway-commit-objects")
+    first_ever = FIRST_EVER
     after_push = ("gateway-clone-objects",)
     worker = [python, "-m", "gateway.git.workers.worker", "git-upload-pack", str(server)]
     c_git = [run("C git upload-pack", ["git-upload-pack", str(server)]) for _ in range(3)]
