@@ -26,7 +26,23 @@ from testkit.server import BACKOFF_SECONDS, Gateway
 
 # Fixtures that hold a gateway or a database: a test using one (even through another
 # fixture) touches the database.
-DATABASE_FIXTURES = {"gw", "private", "backend", "front", "inproc", "session"}
+DATABASE_FIXTURES = {
+    "gw",
+    "private",
+    "backend",
+    "inproc",
+    "session",
+    # modules' own gateways
+    "front",
+    "capped",
+    "sshd_ca",
+    "servers",
+    "bombed",
+    "private_gateway",
+    "caps",
+    "timed",
+    "forking",
+}
 
 
 def pytest_configure(config) -> None:
