@@ -48,9 +48,17 @@ serve: $(RUNTIME)
 	$(VENV)/bin/gateway --data-dir ./var serve --listen 127.0.0.1:2222
 
 # In parallel, one pytest-xdist worker a core (each with its own server); PYTEST_ARGS adds
-# options, e.g. PYTEST_ARGS='-n 0' for a serial run.
+# options, e.g. PYTEST_ARGS='-n 0' for a serial run. Then, when a PostgreSQL server answers
+# (GATEWAY_TEST_DATABASE_URL, else the local socket as postgres), the tests that touch the
+# database (marker `database`) again on PostgreSQL, each installation in a database of
+# its own, dropped afterwards (testkit/database.py).
 test: $(TESTING)
 	$(VENV)/bin/pytest -q -n auto $(PYTEST_ARGS)
+	@if $(VENV)/bin/python -c 'import sys, testkit.database as d; sys.exit(not d.reachable())'; then \
+	  GATEWAY_TEST_BACKEND=postgresql $(VENV)/bin/pytest -q -n auto -m database $(PYTEST_ARGS); \
+	else \
+	  echo "No PostgreSQL server answers: the PostgreSQL pass is skipped"; \
+	fi
 
 adversarial: $(TESTING)
 	$(VENV)/bin/python -m adversarial

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import time
 
-import aiosqlite
-
 from . import decision
 from .certificates import CertificateFacts, Trust
 from .names import RepoPath, printable
 from .store import access_keys, accounts, keys, repos, workspaces
 from .store import twosv as twosv_store
+from .store.database import Database
 from .twosv.service import TwoSV
 
 
-async def identity_for_key(db: aiosqlite.Connection, fingerprint: str) -> decision.Identity | None:
+async def identity_for_key(db: Database, fingerprint: str) -> decision.Identity | None:
     """Who a verified key is: an enabled account's unexpired key or an access key; None
     otherwise. Callers must have checked the key's signature (asyncssh here, sshd behind
     OpenSSH)."""
@@ -39,7 +38,7 @@ async def identity_for_key(db: aiosqlite.Connection, fingerprint: str) -> decisi
 
 
 async def identity_for_certificate(
-    db: aiosqlite.Connection, trust: Trust, facts: CertificateFacts, peer_host: str | None
+    db: Database, trust: Trust, facts: CertificateFacts, peer_host: str | None
 ) -> tuple[decision.Identity | None, str]:
     """Who a user certificate is, or why it may not log in (a reason for the log): the
     trust policy (`peer_host` None where sshd enforces `source-address` itself), then the
@@ -65,7 +64,7 @@ async def identity_for_certificate(
     return None, "account-disabled" if disabled else "cert-unknown-principal"
 
 
-async def still_valid(db: aiosqlite.Connection, identity: decision.Identity) -> bool:
+async def still_valid(db: Database, identity: decision.Identity) -> bool:
     """Whether the key a session logged in with still stands as it did (not removed,
     account not disabled, same binding). Checked for each session of a connection, and
     again right before anything changes state, since a prompt can wait for minutes."""
@@ -88,7 +87,7 @@ async def still_valid(db: aiosqlite.Connection, identity: decision.Identity) -> 
     )
 
 
-async def _certificate_still_valid(db: aiosqlite.Connection, identity: decision.Identity) -> bool:
+async def _certificate_still_valid(db: Database, identity: decision.Identity) -> bool:
     """A certificate login stands while its account is enabled and the certificate is
     within its validity (revocation closes the connection: transport/certificates.py)."""
     assert identity.certificate is not None
@@ -101,7 +100,7 @@ async def _certificate_still_valid(db: aiosqlite.Connection, identity: decision.
     )
 
 
-async def twosv_facts(db: aiosqlite.Connection, identity: decision.Identity) -> decision.TwoSVFacts:
+async def twosv_facts(db: Database, identity: decision.Identity) -> decision.TwoSVFacts:
     if identity.is_access_key:
         return decision.TwoSVFacts()
     state = await TwoSV(db, None, identity.account_id, identity.account).state()
@@ -112,7 +111,7 @@ async def twosv_facts(db: aiosqlite.Connection, identity: decision.Identity) -> 
 
 
 async def repo_facts(
-    db: aiosqlite.Connection, identity: decision.Identity, path: RepoPath
+    db: Database, identity: decision.Identity, path: RepoPath
 ) -> tuple[decision.RepoFacts, repos.Repo | None]:
     asked = str(path)
     repo = await repos.find(db, path.workspace, path.name)

@@ -24,6 +24,11 @@ MANIFEST = "backup.json"
 
 def backup(settings: Settings, dest: Path) -> list[str]:
     """Write the backup into DEST (new, or an empty directory); the lines to print."""
+    if settings.database_url:
+        raise Refusal(
+            "database_url names a PostgreSQL database: back it up with PostgreSQL's own "
+            "tools (pg_dump); gateway backup copies an SQLite installation"
+        )
     if not settings.db_path.is_file():
         raise Refusal(f"No gateway database in {settings.data_dir}: nothing to back up")
     created = _prepare(dest)

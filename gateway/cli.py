@@ -16,8 +16,6 @@ from argparse import Namespace
 from dataclasses import asdict
 from pathlib import Path
 
-from aiosqlite import Connection
-
 from . import config, datadir, expiry, keydir, names, sshkeys, wording
 from .config import Settings
 from .errors import Refusal, UsageError
@@ -32,6 +30,8 @@ from .services import workspaces as workspace_service
 from .services.keys import AddedKey
 from .store import db as store_db
 from .store import keys
+from .store import url as database_url
+from .store.database import Database
 
 
 class _Parser(argparse.ArgumentParser):
@@ -76,7 +76,7 @@ def _added_lines(added: list[AddedKey]) -> list[str]:
 # --- accounts -------------------------------------------------------------------------
 
 
-async def cmd_account_add(settings: Settings, args: Namespace, db: Connection) -> int | None:
+async def cmd_account_add(settings: Settings, args: Namespace, db: Database) -> int | None:
     name = names.account_name(args.name)  # before the key files are read
     parsed = [key for source in args.key for key in _read_key_source(source)]
     created = await account_service.create(
@@ -85,7 +85,7 @@ async def cmd_account_add(settings: Settings, args: Namespace, db: Connection) -
     print("\n".join([f"Created account {created.account.name}", *_added_lines(created.keys)]))
 
 
-async def cmd_account_list(settings: Settings, args: Namespace, db: Connection) -> int | None:
+async def cmd_account_list(settings: Settings, args: Namespace, db: Database) -> int | None:
     found = await account_service.list_all(db)
     if args.json:
         return _print_json(
@@ -96,7 +96,7 @@ async def cmd_account_list(settings: Settings, args: Namespace, db: Connection) 
         print(f"{account.name}\t{shown(account.email) or '-'}\t{state}")
 
 
-async def cmd_account_show(settings: Settings, args: Namespace, db: Connection) -> int | None:
+async def cmd_account_show(settings: Settings, args: Namespace, db: Database) -> int | None:
     shown_account = await account_service.view(db, args.name)
     account, account_keys, twosv = shown_account.account, shown_account.keys, shown_account.twosv
     if args.json:
@@ -122,23 +122,23 @@ async def cmd_account_show(settings: Settings, args: Namespace, db: Connection) 
     _print_login_keys(account_keys)
 
 
-async def _set_disabled(args: Namespace, db: Connection, disabled: bool) -> None:
+async def _set_disabled(args: Namespace, db: Database, disabled: bool) -> None:
     name = await account_service.set_disabled(db, args.name, disabled, actor=OPERATOR)
     print(f"{'Disabled' if disabled else 'Enabled'} account {name}")
 
 
-async def cmd_account_disable(settings: Settings, args: Namespace, db: Connection) -> int | None:
+async def cmd_account_disable(settings: Settings, args: Namespace, db: Database) -> int | None:
     await _set_disabled(args, db, True)
 
 
-async def cmd_account_enable(settings: Settings, args: Namespace, db: Connection) -> int | None:
+async def cmd_account_enable(settings: Settings, args: Namespace, db: Database) -> int | None:
     await _set_disabled(args, db, False)
 
 
 # --- keys -----------------------------------------------------------------------------
 
 
-async def cmd_key_add(settings: Settings, args: Namespace, db: Connection) -> int | None:
+async def cmd_key_add(settings: Settings, args: Namespace, db: Database) -> int | None:
     # The date first: a mistyped date is bad usage, whatever the account or the file.
     ends = expiry.parse_date(args.expires, time.time()) if args.expires is not None else None
     account = await account_service.get(db, args.account)  # before the key file is read
@@ -171,7 +171,7 @@ def _key_json(key: keys.StoredKey) -> dict[str, object]:
     }
 
 
-async def cmd_key_list(settings: Settings, args: Namespace, db: Connection) -> int | None:
+async def cmd_key_list(settings: Settings, args: Namespace, db: Database) -> int | None:
     if args.account is not None:
         await account_service.get(db, args.account)
     found = await key_service.list_for(db, args.account)
@@ -189,7 +189,7 @@ async def cmd_key_list(settings: Settings, args: Namespace, db: Connection) -> i
         )
 
 
-async def cmd_key_remove(settings: Settings, args: Namespace, db: Connection) -> int | None:
+async def cmd_key_remove(settings: Settings, args: Namespace, db: Database) -> int | None:
     done = await key_service.remove_by_operator(
         db, args.fingerprint, actor=OPERATOR, ssh_command=settings.ssh_command
     )
@@ -199,7 +199,7 @@ async def cmd_key_remove(settings: Settings, args: Namespace, db: Connection) ->
         print(line)
 
 
-async def cmd_keys_sync(settings: Settings, args: Namespace, db: Connection) -> int | None:
+async def cmd_keys_sync(settings: Settings, args: Namespace, db: Database) -> int | None:
     report = await keydir.sync(
         db, Path(args.keydir) if args.keydir else settings.keydir, settings.hooks_dir
     )
@@ -220,7 +220,7 @@ async def cmd_keys_sync(settings: Settings, args: Namespace, db: Connection) -> 
 # --- workspaces and members -----------------------------------------------------------
 
 
-async def cmd_workspace_add(settings: Settings, args: Namespace, db: Connection) -> int | None:
+async def cmd_workspace_add(settings: Settings, args: Namespace, db: Database) -> int | None:
     workspace = await workspace_service.create(db, args.name, args.require_2sv, actor=OPERATOR)
     print(
         f"Created workspace {workspace.name}"
@@ -229,7 +229,7 @@ async def cmd_workspace_add(settings: Settings, args: Namespace, db: Connection)
 
 
 async def cmd_workspace_require_2sv(
-    settings: Settings, args: Namespace, db: Connection
+    settings: Settings, args: Namespace, db: Database
 ) -> int | None:
     workspace = await workspace_service.get(db, args.name)
     requirement = workspace_service.check_requirement(args.policy, args.window)
@@ -247,7 +247,7 @@ async def cmd_workspace_require_2sv(
     print(wording.policy_changed(change.workspace, change.after, change.window))
 
 
-async def cmd_access_key_add(settings: Settings, args: Namespace, db: Connection) -> int | None:
+async def cmd_access_key_add(settings: Settings, args: Namespace, db: Database) -> int | None:
     repo = await repo_service.get(db, args.repo)  # before the key file is read
     added = await workspace_service.add_access_keys(
         db,
@@ -267,7 +267,7 @@ async def cmd_access_key_add(settings: Settings, args: Namespace, db: Connection
     )
 
 
-async def cmd_access_key_list(settings: Settings, args: Namespace, db: Connection) -> int | None:
+async def cmd_access_key_list(settings: Settings, args: Namespace, db: Database) -> int | None:
     found = await workspace_service.list_access_keys(db)
     if args.json:
         return _print_json(
@@ -287,7 +287,7 @@ async def cmd_access_key_list(settings: Settings, args: Namespace, db: Connectio
         )
 
 
-async def cmd_access_key_remove(settings: Settings, args: Namespace, db: Connection) -> int | None:
+async def cmd_access_key_remove(settings: Settings, args: Namespace, db: Database) -> int | None:
     removed = await workspace_service.remove_access_key(db, args.fingerprint, actor=OPERATOR)
     print(
         f"Removed access key {removed.fingerprint} ({shown(removed.title)}) "
@@ -295,7 +295,7 @@ async def cmd_access_key_remove(settings: Settings, args: Namespace, db: Connect
     )
 
 
-async def cmd_workspace_list(settings: Settings, args: Namespace, db: Connection) -> int | None:
+async def cmd_workspace_list(settings: Settings, args: Namespace, db: Database) -> int | None:
     found = await workspace_service.list_all(db)
     if args.json:
         return _print_json([{"name": w.name, "require_2sv": w.require_2sv} for w in found])
@@ -303,7 +303,7 @@ async def cmd_workspace_list(settings: Settings, args: Namespace, db: Connection
         print(f"{workspace.name}\trequire-2sv={workspace.require_2sv}")
 
 
-async def cmd_workspace_show(settings: Settings, args: Namespace, db: Connection) -> int | None:
+async def cmd_workspace_show(settings: Settings, args: Namespace, db: Database) -> int | None:
     view = await workspace_service.view(db, args.name)
     workspace, lacking = view.workspace, view.lacking_2sv
     if args.json:
@@ -324,14 +324,14 @@ async def cmd_workspace_show(settings: Settings, args: Namespace, db: Connection
         print(f"  {repo.name}\t{'public' if repo.public else 'private'}")
 
 
-async def cmd_member_add(settings: Settings, args: Namespace, db: Connection) -> int | None:
+async def cmd_member_add(settings: Settings, args: Namespace, db: Database) -> int | None:
     member = await workspace_service.add_member(
         db, args.workspace, args.account, args.role, actor=OPERATOR
     )
     print(f"{member.account} is now a member of {member.workspace} with role {member.role}")
 
 
-async def cmd_member_remove(settings: Settings, args: Namespace, db: Connection) -> int | None:
+async def cmd_member_remove(settings: Settings, args: Namespace, db: Database) -> int | None:
     member = await workspace_service.remove_member(db, args.workspace, args.account, actor=OPERATOR)
     print(f"Removed {member.account} from {member.workspace}")
 
@@ -339,7 +339,7 @@ async def cmd_member_remove(settings: Settings, args: Namespace, db: Connection)
 # --- repositories ---------------------------------------------------------------------
 
 
-async def cmd_repo_add(settings: Settings, args: Namespace, db: Connection) -> int | None:
+async def cmd_repo_add(settings: Settings, args: Namespace, db: Database) -> int | None:
     path = await repo_service.create(
         db, settings.repos_dir, args.repo, args.public, args.default_branch, actor=OPERATOR
     )
@@ -348,7 +348,7 @@ async def cmd_repo_add(settings: Settings, args: Namespace, db: Connection) -> i
     print(f"Clone it with: git clone {url}")
 
 
-async def cmd_repo_list(settings: Settings, args: Namespace, db: Connection) -> int | None:
+async def cmd_repo_list(settings: Settings, args: Namespace, db: Database) -> int | None:
     found = await repo_service.list_all(db, args.workspace)
     if args.json:
         return _print_json(
@@ -361,7 +361,7 @@ async def cmd_repo_list(settings: Settings, args: Namespace, db: Connection) -> 
         print(f"{repo.full_name}\t{'public' if repo.public else 'private'}\t{repo.default_branch}")
 
 
-async def _repo_dirs(settings: Settings, args: Namespace, db: Connection) -> list[tuple[str, Path]]:
+async def _repo_dirs(settings: Settings, args: Namespace, db: Database) -> list[tuple[str, Path]]:
     """(WORKSPACE/NAME, directory) of the one repository named, or of all with --all."""
     from .git import layout
 
@@ -378,7 +378,7 @@ def _housekept_dir(settings: Settings, name: str, path: Path) -> str:
     return str(layout.resolve(settings.repos_dir, workspace, repo))
 
 
-async def cmd_repo_gc(settings: Settings, args: Namespace, db: Connection) -> int | None:
+async def cmd_repo_gc(settings: Settings, args: Namespace, db: Database) -> int | None:
     from .git.housekeeping import gc
     from .git.housekeeping.lock import Busy
 
@@ -411,7 +411,7 @@ def _print_report(name: str, report) -> bool:
     return bool(report.problems)
 
 
-async def cmd_repo_fsck(settings: Settings, args: Namespace, db: Connection) -> int | None:
+async def cmd_repo_fsck(settings: Settings, args: Namespace, db: Database) -> int | None:
     from .git.housekeeping import fsck, gc
 
     failed = False
@@ -426,7 +426,7 @@ async def cmd_repo_fsck(settings: Settings, args: Namespace, db: Connection) -> 
     return 1 if failed else None
 
 
-async def cmd_repo_remove(settings: Settings, args: Namespace, db: Connection) -> int | None:
+async def cmd_repo_remove(settings: Settings, args: Namespace, db: Database) -> int | None:
     removed = await repo_service.remove(
         db, settings.repos_dir, settings.trash_dir, args.repo, actor=OPERATOR
     )
@@ -440,7 +440,7 @@ async def cmd_repo_remove(settings: Settings, args: Namespace, db: Connection) -
 # --- audit ----------------------------------------------------------------------------
 
 
-async def cmd_audit(settings: Settings, args: Namespace, db: Connection) -> int | None:
+async def cmd_audit(settings: Settings, args: Namespace, db: Database) -> int | None:
     if args.limit < 1:
         raise UsageError("--limit must be at least 1")
     entries = await audit_service.read(db, args.account, args.limit)
@@ -490,11 +490,21 @@ async def cmd_config_check(settings, args):
     warning = settings.loopback_host_warning()
     if warning:
         print(f"# WARNING: {warning}")
+    print(f"# database: {_database_line(settings)}")
     datadir.check(settings)
     from . import certificates
 
     certificates.load(settings.trusted_user_ca_keys, settings.revoked_user_certificates)
     print(f"# OK: settings valid; data directory {settings.data_dir.resolve()} usable")
+
+
+def _database_line(settings: Settings) -> str:
+    if not settings.database_url:
+        return f"SQLite, {settings.db_path.resolve()}"
+    return (
+        f"PostgreSQL, {database_url.masked(settings.database_url)}, a pool of up to "
+        f"{settings.database_pool_size} connections a process"
+    )
 
 
 async def cmd_backup(settings, args):
@@ -675,13 +685,14 @@ async def _run(args) -> int:
     settings = config.load(args.data_dir, args.config)
     if args.func in (cmd_init, cmd_serve, cmd_config_check, cmd_backup, cmd_shell):
         return await args.func(settings, args) or 0
-    if not settings.db_path.exists():
+    if not (settings.db_path if not settings.database_url else settings.data_dir).exists():
         raise Refusal(f"No gateway data in {settings.data_dir} (run 'gateway init' first)")
-    db = await store_db.connect(settings.db_path)
-    try:
-        return await args.func(settings, args, db) or 0
-    finally:
-        await db.close()
+    async with await store_db.open_backend(settings) as backend:
+        db = await backend.connect()
+        try:
+            return await args.func(settings, args, db) or 0
+        finally:
+            await db.close()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,6 +27,9 @@ class Settings:
     ssh_port: int = 0
     hooks_dir: Path = Path("hooks")
     keydir: Path = Path("keys")
+    # The database: "" is the SQLite file in the data directory (gateway/store/db.py)
+    database_url: str = ""
+    database_pool_size: int = 10
     # Connections
     login_timeout: int = 30
     max_auth_tries: int = 6
@@ -212,6 +215,21 @@ def _memory_limit(value: int) -> str | None:
     )
 
 
+def _database_url(value: str) -> str | None:
+    from .store import url
+
+    return url.problem(value)
+
+
+# Settings whose value may hold a secret: shown (in messages, `config check`) masked.
+def shown_value(name: str, value: object) -> object:
+    if name == "database_url" and isinstance(value, str):
+        from .store import url
+
+        return url.masked(value)
+    return value
+
+
 def _ssh_user(value: str) -> str | None:
     ok = value and all(c.isalnum() or c in "._-" for c in value) and not value.startswith("-")
     return None if ok else "must be a login name (letters, digits, '.', '_', '-')"
@@ -230,6 +248,16 @@ DESCRIPTIONS = {
     "ssh_port": ("port shown in messages (0: the listen port)", _between(0, 65535)),
     "hooks_dir": ("server-side Git hooks and 2SV event hooks (SPEC §7)", None),
     "keydir": ("directory of public keys synced into accounts at start and on SIGHUP", None),
+    "database_url": (
+        "postgresql://USER:PASSWORD@HOST:PORT/DATABASE to keep the state in PostgreSQL; "
+        "empty: the SQLite file DATA/gateway.db",
+        _database_url,
+    ),
+    "database_pool_size": (
+        "PostgreSQL connections one gateway process keeps at most (a session holds one "
+        "only for a statement or a transaction)",
+        _between(1, 1000),
+    ),
     "login_timeout": ("seconds a connection has to authenticate", _between(1, 3600)),
     "max_auth_tries": ("failed authentication attempts before disconnecting", _between(1, 100)),
     "keepalive_interval": (
@@ -491,7 +519,7 @@ def _apply(settings: Settings, key: str, value, where: str) -> None:
     check = DESCRIPTIONS[key][1]
     problem = check(value) if check else None
     if problem:
-        raise Refusal(f"{where} {problem} (got {value!r})")
+        raise Refusal(f"{where} {problem} (got {shown_value(key, value)!r})")
     setattr(settings, key, value)
 
 
@@ -516,6 +544,6 @@ def render(settings: Settings, sources: dict[str, str]) -> list[str]:
         elif isinstance(value, tuple):
             text = json.dumps(list(value))
         else:
-            text = json.dumps(str(value))
+            text = json.dumps(str(shown_value(name, value)))
         lines.append(f"{name} = {text}  # {sources[name]}: {DESCRIPTIONS[name][0]}")
     return lines

@@ -98,6 +98,6 @@ async def initialise(settings: Settings) -> bool:
     new_keys = not all((settings.host_keys_dir / name).exists() for name in HOST_KEY_ALGORITHMS)
     ensure_host_keys(settings)
     ensure_master_key(settings)
-    db = await store_db.connect(settings.db_path)
-    await db.close()
+    backend = await store_db.open_backend(settings)  # created or brought up to date
+    await backend.close()
     return new_keys

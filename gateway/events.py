@@ -15,16 +15,15 @@ import os
 import time
 from pathlib import Path
 
-import aiosqlite
-
 from .store import audit
+from .store.database import Database
 
 log = logging.getLogger("gateway.events")
 HOOK_TIMEOUT = 10
 
 
 async def twosv_event(
-    db: aiosqlite.Connection,
+    db: Database,
     hooks_dir: Path,
     account: str,
     event: str,

@@ -11,13 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import aiosqlite
-
 from . import events, names, sshkeys
 from .errors import Refusal
 from .kinds import KeyKind
 from .services import OPERATOR
 from .store import accounts, audit, keys
+from .store.database import Database
 
 
 @dataclass
@@ -73,7 +72,7 @@ def _scan(keydir: Path, report: SyncReport) -> tuple[list[_Wanted], set[str]]:
 
 
 async def sync(
-    db: aiosqlite.Connection, keydir: Path, hooks_dir: Path | None = None, actor: str = OPERATOR
+    db: Database, keydir: Path, hooks_dir: Path | None = None, actor: str = OPERATOR
 ) -> SyncReport:
     """Add, create and remove as the keydir says, audited as `actor`, in one commit."""
     if not keydir.is_dir():

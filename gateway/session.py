@@ -6,8 +6,8 @@ under OpenSSH (gateway/transport/openssh.py) both hand this module a verified id
 three byte streams. The steps are done here once, for both:
 
 1. the command line is parsed, once (`commands.request`);
-2. the session gets a database connection of its own (the server's shared one only
-   reads keys);
+2. the session gets a `Database` of its own (gateway/store/database.py: a line of
+   transactions; the server's shared one only reads keys);
 3. the identity is checked again: the key may have been removed or its account
    disabled since authentication;
 4. the command runs with a `Context`; a `Refusal` becomes one `ERROR:` line, anything
@@ -27,8 +27,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypedDict
 
-import aiosqlite
-
 from . import access, commands, metrics
 from .app import App
 from .commands.context import Context, Reader, Writer
@@ -38,6 +36,7 @@ from .errors import Refusal
 from .logs import log_event
 from .store import db as store_db
 from .store import keys
+from .store.database import Database, DatabaseError
 from .terminal import CookedReader, CrlfWriter
 
 log = logging.getLogger("gateway")
@@ -107,7 +106,7 @@ async def run_session(
     return await session.run(line, terminal, subsystem)
 
 
-async def _note_use(db: aiosqlite.Connection, fingerprint: str) -> None:
+async def _note_use(db: Database, fingerprint: str) -> None:
     """A key's last use, for a process that lives one login (sshd's forced command): the
     store's own once-a-minute rule, read first so that most logins write nothing."""
     stored = await keys.find(db, fingerprint)
@@ -119,7 +118,7 @@ async def _note_use(db: aiosqlite.Connection, fingerprint: str) -> None:
     try:
         if await keys.mark_used(db, fingerprint, at):
             await db.commit()
-    except aiosqlite.OperationalError as exc:  # busy: the login goes ahead all the same
+    except DatabaseError as exc:  # busy: the login goes ahead all the same
         await db.rollback()
         log_event(log, "key.last_use_failed", logging.WARNING, error=str(exc))
 
@@ -193,7 +192,7 @@ class _Session:
         return status
 
     async def _with_database(self, request: Request, terminal: bool) -> int:
-        db = await store_db.connect(self.app.settings.db_path, migrate_schema=False)
+        db = await self.app.database()
         try:
             identity = await self._still_accepted(db)
             if identity is None:
@@ -207,7 +206,7 @@ class _Session:
         finally:
             await db.close()
 
-    async def _still_accepted(self, db: aiosqlite.Connection) -> Identity | None:
+    async def _still_accepted(self, db: Database) -> Identity | None:
         """The identity, if its key is still accepted (not removed, account not disabled)."""
         if isinstance(self.who, Identity):
             return self.who if await access.still_valid(db, self.who) else None
@@ -225,7 +224,7 @@ class _Session:
         return identity
 
     async def _command(
-        self, db: aiosqlite.Connection, identity: Identity, request: Request, terminal: bool
+        self, db: Database, identity: Identity, request: Request, terminal: bool
     ) -> int:
         stdin: Reader = metrics.CountingReader(self.streams.stdin, metrics.BYTES.labels("in"))
         stdout: Writer = metrics.CountingWriter(self.streams.stdout, metrics.BYTES.labels("out"))

@@ -1,7 +1,8 @@
-"""SSH commands run in this process: a `Context` on a SQLite file of a temporary data
-directory, with in-memory streams instead of a channel. No server, no ssh client: a
-command's texts are checked in milliseconds, beside the end-to-end tests that check the
-same texts through the real `ssh`.
+"""SSH commands run in this process: a `Context` on the test run's database (a SQLite file
+of a temporary data directory, or a PostgreSQL database of its own), with in-memory
+streams instead of a channel. No server, no ssh client: a command's texts are checked in
+milliseconds, beside the end-to-end tests that check the same texts through the real
+`ssh`.
 
 `run_command` hands the line to the session core (`gateway.session.run_session`), as
 both transports do: parsing, the identity re-check, the `ERROR:` lines are the real ones.
@@ -14,8 +15,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import aiosqlite
-
 from gateway.app import App
 from gateway.config import Settings
 from gateway.decision import Identity
@@ -24,8 +23,10 @@ from gateway.session import Streams, Transport, run_session
 from gateway.sshkeys import parse_line
 from gateway.store import accounts, keys
 from gateway.store import db as store_db
+from gateway.store.database import Database
 from gateway.twosv.sealing import Sealer
 
+from . import database
 from .keys import User, make_key
 
 # Like sshd's pty, the test's input needs no line cooking; no `via` on log lines.
@@ -90,24 +91,30 @@ class InProcessGateway:
     """A data directory with a database, the App a server would hold, and helpers to make
     accounts with keys. Open with `await InProcessGateway.open(tmp_path)`; close at the end."""
 
-    def __init__(self, root: Path, app: App, db: aiosqlite.Connection) -> None:
+    def __init__(self, root: Path, app: App, db: Database) -> None:
         self.root = root
         self.app = app
         self.db = db
 
     @classmethod
     async def open(cls, root: Path, listen: str = "127.0.0.1:2222") -> InProcessGateway:
-        settings = Settings(data_dir=root / "var", listen=listen, spare_workers=0)
+        url = database.new_database()
+        settings = Settings(
+            data_dir=root / "var", listen=listen, spare_workers=0, database_url=url or ""
+        )
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         # Worker logs (none expected: these commands start no worker) go nowhere.
         workers = GitWorkers(settings, os.open(os.devnull, os.O_WRONLY))
         app = App(settings, Sealer(MASTER_KEY), workers)
-        return cls(root, app, await store_db.connect(settings.db_path))
+        app.backend = await store_db.open_backend(settings)
+        return cls(root, app, await app.backend.connect())
 
     async def close(self) -> None:
         await self.app.git.pool.close()
         os.close(self.app.git.log_fd)
         await self.db.close()
+        await self.app.close_database()
+        database.drop(self.app.settings.database_url or None)
 
     async def user(self, name: str) -> tuple[User, Identity]:
         """An account NAME with one new key, and the identity its login would have."""
@@ -136,7 +143,7 @@ class InProcessGateway:
 
 async def run_command(
     app: App,
-    db: aiosqlite.Connection,
+    db: Database,
     identity: Identity,
     line: str | None,
     input: bytes | str | Answering = b"",

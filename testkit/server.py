@@ -1,7 +1,7 @@
 """A real `gateway serve` on a free loopback port in a directory of its own, driven the
 way operators (the CLI) and users (ssh, git) drive it. The tests' `gw` fixture holds
 one; tests that need their own settings, the benchmarks and the adversarial suite make
-their own.
+their own. On the PostgreSQL pass (testkit/database.py) each has a database of its own.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from . import database
 from .keys import User, make_key
 from .names import free_port, unique
 
@@ -48,6 +49,12 @@ class Gateway:
         }
         self.env.pop("GATEWAY_DATA_DIR", None)
         self.env.pop("GATEWAY_CONFIG", None)
+        self.env.pop("GATEWAY_DATABASE_URL", None)
+        # On the PostgreSQL pass, a new database; the CLI and serve get it from the
+        # environment, sshd's commands from `database_toml` in a gateway.toml.
+        self.database_url = database.new_database()
+        if self.database_url:
+            self.env["GATEWAY_DATABASE_URL"] = self.database_url
         # The client's own protocol (v2 since git 2.26), as users' git speaks it; a test
         # about v0 or v1 says `-c protocol.version=N`.
         (self.home / ".gitconfig").write_text("[init]\n\tdefaultBranch = main\n")
@@ -94,6 +101,34 @@ class Gateway:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+    def drop_database(self) -> None:
+        """The PostgreSQL pass's database, dropped (after stop)."""
+        database.drop(self.database_url)
+
+    @property
+    def database_toml(self) -> str:
+        """The database_url line a gateway.toml needs where no variable reaches (sshd)."""
+        return database.toml_line(self.database_url)
+
+    def sql(self, query: str, *params: object) -> list[tuple]:
+        """Run one statement on this gateway's database, whichever backend it is, and
+        commit: tests that set up a state no command makes (an expired key, say)."""
+        return database.run(self._sql(query, params))
+
+    async def _sql(self, query: str, params: tuple) -> list[tuple]:
+        from gateway.config import Settings
+        from gateway.store import db as store_db
+
+        settings = Settings(data_dir=self.data, database_url=self.database_url or "")
+        async with await store_db.open_backend(settings, migrate=False) as backend:
+            db = await backend.connect()
+            try:
+                rows = await db.fetch_all(query, params)
+                await db.commit()
+            finally:
+                await db.close()
+        return [tuple(row) for row in rows]
 
     def server_log(self) -> str:
         return (self.root / "serve.log").read_text(errors="replace")

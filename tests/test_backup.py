@@ -13,8 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from testkit import GATEWAY, Gateway, local_git, unique
+from testkit import GATEWAY, Gateway, database, local_git, unique
 from testkit.twosv import enable, fresh_code
+
+# gateway backup copies an SQLite installation; on PostgreSQL it refuses, pointing at
+# pg_dump (tests/test_postgres.py: test_backup_of_a_postgresql_installation_is_refused).
+pytestmark = pytest.mark.skipif(database.POSTGRESQL, reason="backup is SQLite's")
 
 
 @pytest.fixture

@@ -171,6 +171,7 @@ def test_worker_memory_limit_gives_one_clean_error(private):
     assert "event=git.out_of_memory" in g.server_log()[offset:]
 
 
+@pytest.mark.database
 def test_worker_memory_limit_is_checked(tmp_path):
     g = Gateway(tmp_path / "check")
     g.cli("init")

@@ -348,7 +348,8 @@ def sshd_ca(tmp_path_factory):
     g.cli("init")
     port = free_port()
     (g.data / "gateway.toml").write_text(
-        f'ssh_user = "root"\nssh_port = {port}\ntrusted_user_ca_keys = "{trusted}"\n'
+        g.database_toml
+        + f'ssh_user = "root"\nssh_port = {port}\ntrusted_user_ca_keys = "{trusted}"\n'
         f'revoked_user_certificates = "{revoked}"\n'
     )
     sshd = Sshd(g, root, port, trusted_user_ca_keys=trusted)

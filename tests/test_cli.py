@@ -173,7 +173,8 @@ def test_init_is_idempotent_and_prints_host_key_fingerprints(gw, tmp_path):
     assert stat.S_IMODE(master.stat().st_mode) == 0o600
     master_bytes = master.read_bytes()
     assert len(master_bytes) >= 32
-    assert (data / "gateway.db").is_file()
+    # The SQLite file; on the PostgreSQL pass the database the environment names instead.
+    assert (data / "gateway.db").is_file() == (gw.database_url is None)
     assert (data / "repos").is_dir()
     files_before = {p: p.read_bytes() for p in host_keys.iterdir()}
 

@@ -132,6 +132,7 @@ def test_walkthrough_runs_as_written(private_gateway, tmp_path, default_branch):
         PATH=f"{shims}:{env['PATH']}",
         GATEWAY_DATA_DIR=str(gw.data),
         GIT_CONFIG_NOSYSTEM="1",
+        **({"GATEWAY_DATABASE_URL": gw.database_url} if gw.database_url else {}),
     )
     commands = walkthrough_commands()
     script = "set -e -o pipefail\n" + "\n".join(

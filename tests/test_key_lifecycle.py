@@ -5,7 +5,6 @@ last use recorded once a minute and shown, and `key list --unused-since`."""
 from __future__ import annotations
 
 import json
-import sqlite3
 import subprocess
 import time
 
@@ -29,8 +28,7 @@ def key_json(gw: Gateway, account: str, fp: str) -> dict:
 def set_column(gw: Gateway, fp: str, column: str, value: int | None) -> None:
     """Move a key's dates back in time (what a test cannot wait for)."""
     assert column in ("last_used_at", "created_at", "expires_at")
-    with sqlite3.connect(gw.data / "gateway.db") as db:
-        db.execute(f"UPDATE ssh_keys SET {column} = ? WHERE fingerprint = ?", (value, fp))
+    gw.sql(f"UPDATE ssh_keys SET {column} = ? WHERE fingerprint = ?", value, fp)
 
 
 def test_key_add_expires_is_stored_shown_and_the_key_logs_in(gw: Gateway):

@@ -144,8 +144,9 @@ def front(tmp_path_factory):
     # sshd logs users in as a unix user: root here, so the gateway's login name is root;
     # messages show sshd's port (on both paths, so that their answers can be compared).
     port = free_port()
+    # sshd's commands see no GATEWAY_* variable: the database is named in the file too.
     (g.data / "gateway.toml").write_text(
-        f'ssh_user = "root"\nssh_port = {port}\ntwosv_backoff_seconds = 2\n'
+        g.database_toml + f'ssh_user = "root"\nssh_port = {port}\ntwosv_backoff_seconds = 2\n'
     )
     g.start()
     sshd = Sshd(g, root, port)
@@ -458,7 +459,7 @@ def capped(tmp_path_factory):
     g.cli("init")
     port = free_port()
     (g.data / "gateway.toml").write_text(
-        f'ssh_user = "root"\nssh_port = {port}\nmax_git_workers_per_account = 1\n'
+        g.database_toml + f'ssh_user = "root"\nssh_port = {port}\nmax_git_workers_per_account = 1\n'
         # request_timeout leaves room for a second `ssh` + `gateway shell` start (and a
         # `gateway member remove`) on a loaded 2-core machine while a request is held.
         "git_queue_timeout = 1\nrequest_timeout = 10\n"

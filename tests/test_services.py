@@ -18,7 +18,6 @@ from gateway.services import keys as key_service
 from gateway.services import repos as repo_service
 from gateway.services import workspaces as workspace_service
 from gateway.store import audit, keys, workspaces
-from gateway.store import db as store_db
 from gateway.twosv.service import State
 
 
@@ -28,8 +27,8 @@ def new_key(comment: str = "laptop") -> sshkeys.PublicKey:
 
 
 @pytest.fixture
-async def db(tmp_path):
-    connection = await store_db.connect(tmp_path / "g.db")
+async def db(backend):
+    connection = await backend.connect()
     yield connection
     await connection.close()
 
@@ -50,23 +49,25 @@ def hook_events(tmp_path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-async def rows(tmp_path) -> list[tuple[str, str, str, str]]:
+async def rows(backend) -> list[tuple[str, str, str, str]]:
     """The audit log as another connection sees it: only what was committed."""
-    other = await store_db.connect(tmp_path / "g.db", migrate_schema=False)
+    other = await backend.connect()
     try:
         return [(e.actor, e.action, e.target, e.detail) for e in await audit.read(other, None, 100)]
     finally:
         await other.close()
 
 
-async def test_creating_an_account_audits_commits_and_tells_the_hooks(db, tmp_path, hooks_dir):
+async def test_creating_an_account_audits_commits_and_tells_the_hooks(
+    backend, db, tmp_path, hooks_dir
+):
     key = new_key()
     created = await account_service.create(
         db, "alice", None, [key], actor=OPERATOR, hooks_dir=hooks_dir
     )
     assert created.account.name == "alice"
     assert created.keys == [key_service.AddedKey("alice", key.fingerprint, "laptop")]
-    assert await rows(tmp_path) == [
+    assert await rows(backend) == [
         ("operator", "account.add", "alice", ""),
         ("operator", "key.add", "alice", key.fingerprint),
     ]
@@ -75,7 +76,7 @@ async def test_creating_an_account_audits_commits_and_tells_the_hooks(db, tmp_pa
     ]
 
 
-async def test_a_key_in_use_leaves_no_account_behind(db, tmp_path, hooks_dir):
+async def test_a_key_in_use_leaves_no_account_behind(backend, db, tmp_path, hooks_dir):
     key = new_key()
     await account_service.create(db, "alice", None, [key], actor=OPERATOR, hooks_dir=hooks_dir)
     with pytest.raises(Refusal, match="already in use: it logs in to account alice"):
@@ -83,20 +84,20 @@ async def test_a_key_in_use_leaves_no_account_behind(db, tmp_path, hooks_dir):
     await db.rollback()  # what closing the CLI's connection does
     with pytest.raises(Refusal, match="No such account: bob"):
         await account_service.get(db, "bob")
-    assert [r[1] for r in await rows(tmp_path)] == ["account.add", "key.add"]
+    assert [r[1] for r in await rows(backend)] == ["account.add", "key.add"]
 
 
-async def test_names_are_checked_before_anything_changes(db, tmp_path, hooks_dir):
+async def test_names_are_checked_before_anything_changes(backend, db, tmp_path, hooks_dir):
     with pytest.raises(Refusal):
         await account_service.create(
             db, "Not A Name", None, [], actor=OPERATOR, hooks_dir=hooks_dir
         )
     with pytest.raises(Refusal):
         await workspace_service.create(db, "../etc", False, actor=OPERATOR)
-    assert await rows(tmp_path) == []
+    assert await rows(backend) == []
 
 
-async def test_the_operator_removes_plain_keys_only(db, tmp_path, hooks_dir):
+async def test_the_operator_removes_plain_keys_only(backend, db, tmp_path, hooks_dir):
     plain, spare = new_key("plain"), new_key("spare")
     created = await account_service.create(
         db, "alice", None, [plain, spare], actor=OPERATOR, hooks_dir=hooks_dir
@@ -114,7 +115,7 @@ async def test_the_operator_removes_plain_keys_only(db, tmp_path, hooks_dir):
     )
     assert removed.key.fingerprint == plain.fingerprint
     assert [k.fingerprint for k in removed.left] == [spare.fingerprint]
-    assert (await rows(tmp_path))[-1] == ("operator", "key.remove", "alice", plain.fingerprint)
+    assert (await rows(backend))[-1] == ("operator", "key.remove", "alice", plain.fingerprint)
     report = wording.keys_left(created.account.name, removed.left)
     assert report[0] == "alice still has 1 key(s) that log in:"
     assert "security key, added" in report[1]
@@ -122,7 +123,7 @@ async def test_the_operator_removes_plain_keys_only(db, tmp_path, hooks_dir):
     assert wording.keys_left("bob", []) == ["bob has no key left that logs in."]
 
 
-async def test_an_owner_removes_their_own_key_as_an_event(db, tmp_path, hooks_dir):
+async def test_an_owner_removes_their_own_key_as_an_event(backend, db, tmp_path, hooks_dir):
     plain, other = new_key("plain"), new_key("other")
     alice = (
         await account_service.create(
@@ -144,7 +145,7 @@ async def test_an_owner_removes_their_own_key_as_an_event(db, tmp_path, hooks_di
         key_fingerprint=plain.fingerprint,
         remote_addr="192.0.2.1",
     )
-    assert (await rows(tmp_path))[-1] == ("alice", "key.remove", "alice", plain.fingerprint)
+    assert (await rows(backend))[-1] == ("alice", "key.remove", "alice", plain.fingerprint)
     last = hook_events(tmp_path)[-1]
     assert (last["event"], last["key_fingerprint"], last["remote_addr"]) == (
         "key.remove",
@@ -153,7 +154,7 @@ async def test_an_owner_removes_their_own_key_as_an_event(db, tmp_path, hooks_di
     )
 
 
-async def test_workspace_requirement_and_members(db, tmp_path, hooks_dir):
+async def test_workspace_requirement_and_members(backend, db, tmp_path, hooks_dir):
     await account_service.create(
         db, "alice", None, [new_key()], actor=OPERATOR, hooks_dir=hooks_dir
     )
@@ -178,7 +179,7 @@ async def test_workspace_requirement_and_members(db, tmp_path, hooks_dir):
     await workspace_service.remove_member(db, "acme", "alice", actor=OPERATOR)
     with pytest.raises(Refusal, match="alice is not a member of acme"):
         await workspace_service.remove_member(db, "acme", "alice", actor=OPERATOR)
-    assert (await rows(tmp_path))[2:] == [
+    assert (await rows(backend))[2:] == [
         ("operator", "workspace.add", "acme", ""),
         ("operator", "workspace.require_2sv", "acme", "off -> on"),
         ("operator", "member.add", "alice", "acme admin"),
@@ -187,7 +188,7 @@ async def test_workspace_requirement_and_members(db, tmp_path, hooks_dir):
     ]
 
 
-async def test_repositories_and_access_keys(db, tmp_path, hooks_dir):
+async def test_repositories_and_access_keys(backend, db, tmp_path, hooks_dir):
     repos_dir, trash_dir = tmp_path / "repos", tmp_path / "trash"
     await workspace_service.create(db, "acme", False, actor=OPERATOR)
     path = await repo_service.create(db, repos_dir, "acme/widgets", False, "main", actor=OPERATOR)
@@ -204,7 +205,7 @@ async def test_repositories_and_access_keys(db, tmp_path, hooks_dir):
     await workspace_service.remove_access_key(db, key.fingerprint, actor=OPERATOR)
     removed = await repo_service.remove(db, repos_dir, trash_dir, "acme/widgets", actor=OPERATOR)
     assert removed.moved_to is not None and removed.moved_to.is_relative_to(trash_dir)
-    assert [r[1:] for r in await rows(tmp_path)][1:] == [
+    assert [r[1:] for r in await rows(backend)][1:] == [
         ("repo.add", "acme/widgets", "private"),
         ("access_key.add", "acme/widgets", f"{key.fingerprint} read"),
         ("access_key.remove", "acme/widgets", key.fingerprint),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import asyncssh
@@ -18,6 +19,7 @@ from gateway.decision import Identity
 from gateway.session import Streams, Transport, run_session
 from gateway.store import accounts, keys
 from gateway.store import db as store_db
+from testkit import database
 from testkit.inprocess import MemoryInput, MemoryOutput
 
 
@@ -25,7 +27,8 @@ class Session:
     """A data dir with one account and one key, and a way to run a session for it."""
 
     def __init__(self, tmp: Path) -> None:
-        self.settings = Settings(data_dir=tmp / "data")
+        self.database_url = database.new_database()
+        self.settings = Settings(data_dir=tmp / "data", database_url=self.database_url or "")
         self.fingerprint = ""
         self.refused: list[str] = []
 
@@ -33,21 +36,23 @@ class Session:
         await datadir.initialise(self.settings)
         key = asyncssh.generate_private_key("ssh-ed25519")
         (public,) = sshkeys.parse_text(key.export_public_key().decode())
-        db = await store_db.connect(self.settings.db_path, migrate_schema=False)
-        try:
-            account = await accounts.add(db, "alice", None)
-            await keys.add(db, account.id, public, "laptop")
-            await db.commit()
-        finally:
-            await db.close()
+        async with await store_db.open_backend(self.settings) as backend:
+            db = await backend.connect()
+            try:
+                account = await accounts.add(db, "alice", None)
+                await keys.add(db, account.id, public, "laptop")
+                await db.commit()
+            finally:
+                await db.close()
         self.fingerprint = public.fingerprint
 
     async def identity(self) -> Identity:
-        db = await store_db.connect(self.settings.db_path, migrate_schema=False)
-        try:
-            identity = await access.identity_for_key(db, self.fingerprint)
-        finally:
-            await db.close()
+        async with await store_db.open_backend(self.settings) as backend:
+            db = await backend.connect()
+            try:
+                identity = await access.identity_for_key(db, self.fingerprint)
+            finally:
+                await db.close()
         assert identity is not None
         return identity
 
@@ -65,24 +70,29 @@ class Session:
         transport = Transport(
             via="test", cooks_terminal=cooks, key_refused=lambda: self.refused.append("closed")
         )
-        status = await run_session(
-            App.load(self.settings),
-            self.fingerprint if who is None else who,
-            line,
-            Streams(MemoryInput(stdin), out, err),
-            peer="10.0.0.1:22",
-            terminal=terminal,
-            transport=transport,
-            subsystem=subsystem,
-        )
+        app = App.load(self.settings)
+        try:
+            status = await run_session(
+                app,
+                self.fingerprint if who is None else who,
+                line,
+                Streams(MemoryInput(stdin), out, err),
+                peer="10.0.0.1:22",
+                terminal=terminal,
+                transport=transport,
+                subsystem=subsystem,
+            )
+        finally:
+            await app.close_database()
         return status, out.data.decode(), err.data.decode()
 
 
 @pytest.fixture
-def session(tmp_path: Path) -> Session:
+def session(tmp_path: Path) -> Iterator[Session]:
     made = Session(tmp_path)
     asyncio.run(made.setup())
-    return made
+    yield made
+    database.drop(made.database_url)
 
 
 def events(caplog: pytest.LogCaptureFixture, name: str) -> list[dict[str, object]]:
@@ -109,12 +119,13 @@ def test_a_key_removed_since_authentication_is_refused(
     identity = asyncio.run(session.identity())
 
     async def remove() -> None:
-        db = await store_db.connect(session.settings.db_path, migrate_schema=False)
-        try:
-            await keys.remove(db, session.fingerprint)
-            await db.commit()
-        finally:
-            await db.close()
+        async with await store_db.open_backend(session.settings) as backend:
+            db = await backend.connect()
+            try:
+                await keys.remove(db, session.fingerprint)
+                await db.commit()
+            finally:
+                await db.close()
 
     asyncio.run(remove())
     status, out, err = asyncio.run(session.run("whoami", identity))

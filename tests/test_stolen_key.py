@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import sqlite3
 from pathlib import Path
 
 import asyncssh
@@ -93,6 +92,7 @@ def test_a_registered_security_key_login_counts_under_the_session_policy(gw):
     assert with_touch.exit_status == 0 and shown_codes(with_touch.stdout) == codes
 
 
+@pytest.mark.database
 def test_the_setting_guards_codes_for_every_account(tmp_path):
     g = Gateway(tmp_path / "guarded")
     g.cli("init")
@@ -258,24 +258,18 @@ def test_a_fresh_session_or_a_security_key_login_allows_a_policy_change(gw):
     assert gw.ssh(admin, "2sv", "verify", input=fresh_code(secret) + "\n").returncode == 0
     assert gw.ssh(admin, "workspace", "require-2sv", ws, "on").returncode == 0
     # After 15 minutes the session is no longer fresh enough.
-    db = sqlite3.connect(gw.data / "gateway.db")
-    with db:
-        db.execute(
-            "UPDATE twosv_sessions SET verified_at = verified_at - 16 * 60 "
-            "WHERE key_fingerprint = ?",
-            (fingerprint(admin.key),),
-        )
-    db.close()
+    gw.sql(
+        "UPDATE twosv_sessions SET verified_at = verified_at - 16 * 60 WHERE key_fingerprint = ?",
+        fingerprint(admin.key),
+    )
     assert gw.ssh(admin, "workspace", "require-2sv", ws, "off").returncode != 0
     sk = SoftwareSecurityKey()
     gw.cli("key", "add", admin.name, "-", input=sk.line + "\n")  # a plain key first ...
-    db = sqlite3.connect(gw.data / "gateway.db")
-    with db:  # ... promoted the way `security-key add` promotes an existing key
-        db.execute(
-            "UPDATE ssh_keys SET kind = 'security-key' WHERE fingerprint = ?",
-            (sk.get_fingerprint("sha256"),),
-        )
-    db.close()
+    # ... promoted the way `security-key add` promotes an existing key
+    gw.sql(
+        "UPDATE ssh_keys SET kind = 'security-key' WHERE fingerprint = ?",
+        sk.get_fingerprint("sha256"),
+    )
     switched = run_with(gw, sk, f"workspace require-2sv {ws} off")
     assert switched.exit_status == 0, switched.stderr
     assert policy_of(gw, ws) == "off"
@@ -296,11 +290,9 @@ def test_a_prompt_answered_after_the_key_was_removed_changes_nothing(gw):
     waiting.answer(fresh_code(secret))
     result = waiting.finish()
     assert result.returncode != 0 and "This key is no longer accepted" in result.stderr
-    db = sqlite3.connect(gw.data / "gateway.db")
-    rows = db.execute(
-        "SELECT count(*) FROM twosv_sessions WHERE key_fingerprint = ?", (fingerprint(laptop_path),)
-    ).fetchone()[0]
-    db.close()
+    ((rows,),) = gw.sql(
+        "SELECT count(*) FROM twosv_sessions WHERE key_fingerprint = ?", fingerprint(laptop_path)
+    )
     assert rows == 0
 
 
@@ -358,19 +350,18 @@ def test_a_keydir_file_name_with_an_escape_is_reported_escaped(gw, tmp_path):
 def test_stored_escapes_are_shown_escaped_everywhere(gw):
     """Rows written before titles were checked (or by hand) still reach no terminal raw."""
     alice = gw.user()
-    db = sqlite3.connect(gw.data / "gateway.db")
-    with db:
-        db.execute(
-            "UPDATE ssh_keys SET title = ? WHERE fingerprint = ?",
-            ("t\x1b[2J\u202e", fingerprint(alice.key)),
-        )
-        db.execute("UPDATE accounts SET email = ? WHERE name = ?", ("a\x1b]0;x\x07@b", alice.name))
-        db.execute(
-            "INSERT INTO audit (at, actor, action, target, outcome, detail) "
-            "VALUES (0, ?, 'forged', 'x', 'ok', ?)",
-            (alice.name, "line\n2026-01-01T00:00:00Z operator fake x ok"),
-        )
-    db.close()
+    gw.sql(
+        "UPDATE ssh_keys SET title = ? WHERE fingerprint = ?",
+        "t\x1b[2J\u202e",
+        fingerprint(alice.key),
+    )
+    gw.sql("UPDATE accounts SET email = ? WHERE name = ?", "a\x1b]0;x\x07@b", alice.name)
+    gw.sql(
+        "INSERT INTO audit (at, actor, action, target, outcome, detail) "
+        "VALUES (0, ?, 'forged', 'x', 'ok', ?)",
+        alice.name,
+        "line\n2026-01-01T00:00:00Z operator fake x ok",
+    )
     outputs = [
         gw.ssh(alice).stdout,
         gw.ssh(alice, "keys").stdout,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import sqlite3
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -72,11 +71,9 @@ def test_interrupted_or_wrong_enrolment_leaves_2sv_off(gw, alice):
     wrong = gw.ssh(alice, "2sv", "enable", input="000000\n000001\n000002\n")
     assert wrong.returncode != 0 and "ERROR: No correct code; nothing changed." in wrong.stderr
     assert "Two-step verification is disabled." in gw.ssh(alice, "2sv", "status").stdout
-    db = sqlite3.connect(gw.data / "gateway.db")
-    account_id = db.execute("SELECT id FROM accounts WHERE name = ?", (alice.name,)).fetchone()[0]
-    row = db.execute("SELECT totp_secret FROM twosv WHERE account_id = ?", (account_id,)).fetchone()
-    assert row is None or row[0] is None  # no orphan secret
-    db.close()
+    ((account_id,),) = gw.sql("SELECT id FROM accounts WHERE name = ?", alice.name)
+    rows = gw.sql("SELECT totp_secret FROM twosv WHERE account_id = ?", account_id)
+    assert rows == [] or rows[0][0] is None  # no orphan secret
 
 
 def test_commands_that_need_2sv_on(gw, alice):

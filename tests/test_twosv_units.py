@@ -11,7 +11,6 @@ import pytest
 
 from gateway.errors import Refusal
 from gateway.store import accounts
-from gateway.store import db as store_db
 from gateway.twosv import recovery, throttle, totp
 from gateway.twosv.sealing import Sealer
 from gateway.twosv.service import CodeRefused, TwoSV
@@ -121,8 +120,8 @@ def test_sealing_binds_context():
 
 
 @pytest.fixture
-async def twosv(tmp_path):
-    db = await store_db.connect(tmp_path / "g.db")
+async def twosv(backend):
+    db = await backend.connect()
     account = await accounts.add(db, "alice", None)
     await db.commit()
     clock = Clock(1_700_000_000.0)
@@ -174,11 +173,11 @@ async def test_backoff_with_clock(twosv):
         await svc.check(codes[0])
     clock.now += 61
     assert (await svc.check(codes[0])).kind == "recovery-code"
-    row_failures = (await (await svc.db.execute("SELECT failures FROM twosv")).fetchone())[0]
+    row_failures = (await svc.db.fetch_one("SELECT failures FROM twosv"))[0]
     assert row_failures == 0
 
 
-async def test_recovery_codes_once_each_and_parallel(twosv, tmp_path):
+async def test_recovery_codes_once_each_and_parallel(twosv, backend):
     svc, clock, _ = twosv
     _, codes = await _enrol(svc, clock)
     assert len(codes) == 6
@@ -187,7 +186,7 @@ async def test_recovery_codes_once_each_and_parallel(twosv, tmp_path):
     with pytest.raises(CodeRefused):
         await svc.check(codes[0])
     # Twenty sessions, each with its own connection as in the server, use one code.
-    others = [await store_db.connect(tmp_path / "g.db", migrate_schema=False) for _ in range(20)]
+    others = [await backend.connect() for _ in range(20)]
     try:
         services = [TwoSV(db, svc.sealer, svc.account_id, "alice", clock=clock) for db in others]
         results = await asyncio.gather(
@@ -201,11 +200,11 @@ async def test_recovery_codes_once_each_and_parallel(twosv, tmp_path):
     assert [used for _, used in listed] == [True, True, False, False, False, False]
 
 
-async def test_parallel_guesses_cannot_pass_the_backoff(twosv, tmp_path):
+async def test_parallel_guesses_cannot_pass_the_backoff(twosv, backend):
     svc, clock, _ = twosv
     secret, _ = await _enrol(svc, clock)
     wrong = "000000" if pyotp.TOTP(secret).at(clock.now) != "000000" else "111111"
-    others = [await store_db.connect(tmp_path / "g.db", migrate_schema=False) for _ in range(30)]
+    others = [await backend.connect() for _ in range(30)]
     try:
         services = [TwoSV(db, svc.sealer, svc.account_id, "alice", clock=clock) for db in others]
         results = await asyncio.gather(*(s.check(wrong) for s in services), return_exceptions=True)

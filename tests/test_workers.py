@@ -547,6 +547,7 @@ def test_a_killed_zygote_is_replaced_and_requests_in_flight_finish(forking, tmp_
     assert not git_workers(repo_dir)
 
 
+@pytest.mark.database
 def test_with_no_spare_workers_each_request_starts_a_fresh_python(tmp_path):
     g = Gateway(tmp_path / "fresh")
     g.cli("init")

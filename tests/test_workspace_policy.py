@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 
 import pytest
@@ -79,13 +78,11 @@ def test_policy_on_refuses_member_without_2sv_until_they_enrol(gw, team, work):
 
 
 def _backdate_session(gw: Gateway, fingerprint: str, minutes: int) -> None:
-    db = sqlite3.connect(gw.data / "gateway.db")
-    with db:
-        db.execute(
-            "UPDATE twosv_sessions SET verified_at = verified_at - ? WHERE key_fingerprint = ?",
-            (minutes * 60, fingerprint),
-        )
-    db.close()
+    gw.sql(
+        "UPDATE twosv_sessions SET verified_at = verified_at - ? WHERE key_fingerprint = ?",
+        minutes * 60,
+        fingerprint,
+    )
 
 
 def test_policy_session_needs_a_verified_session_per_key(gw, team, work):

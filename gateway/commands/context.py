@@ -12,12 +12,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-import aiosqlite
-
 from .. import access
 from ..config import Settings
 from ..decision import Identity
 from ..errors import Refusal
+from ..store.database import Database
 from ..twosv.sealing import Sealer
 
 if TYPE_CHECKING:
@@ -39,7 +38,7 @@ class Writer(Protocol):
 @dataclass
 class Context:
     app: App
-    db: aiosqlite.Connection
+    db: Database
     identity: Identity
     stdin: Reader
     stdout: Writer

@@ -5,12 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import aiosqlite
-
 from .. import names
 from ..sshkeys import PublicKey
 from ..store import accounts, audit
 from ..store import keys as key_store
+from ..store.database import Database
 from ..twosv.service import State, TwoSV
 from . import keys as key_service
 from .keys import AddedKey
@@ -31,16 +30,16 @@ class AccountView:
     twosv: State
 
 
-async def get(db: aiosqlite.Connection, name: str) -> accounts.Account:
+async def get(db: Database, name: str) -> accounts.Account:
     """The account of that name, or a refusal naming how to create it."""
     return await accounts.get(db, names.account_name(name))
 
 
-async def list_all(db: aiosqlite.Connection) -> list[accounts.Account]:
+async def list_all(db: Database) -> list[accounts.Account]:
     return await accounts.list_all(db)
 
 
-async def view(db: aiosqlite.Connection, name: str) -> AccountView:
+async def view(db: Database, name: str) -> AccountView:
     account = await get(db, name)
     found = await key_store.list_for(db, account.name)
     state = await TwoSV(db, None, account.id, account.name).state()
@@ -48,7 +47,7 @@ async def view(db: aiosqlite.Connection, name: str) -> AccountView:
 
 
 async def create(
-    db: aiosqlite.Connection,
+    db: Database,
     name: str,
     email: str | None,
     login_keys: list[PublicKey],
@@ -67,7 +66,7 @@ async def create(
     return Created(account, added)
 
 
-async def set_disabled(db: aiosqlite.Connection, name: str, disabled: bool, *, actor: str) -> str:
+async def set_disabled(db: Database, name: str, disabled: bool, *, actor: str) -> str:
     """Disable (every key stops logging in) or enable an account; returns its name."""
     name = names.account_name(name)
     await accounts.set_disabled(db, name, disabled)

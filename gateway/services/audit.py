@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import aiosqlite
-
 from .. import names
 from ..errors import Refusal
 from ..store import accounts, audit
+from ..store.database import Database
 
 
-async def read(db: aiosqlite.Connection, account: str | None, limit: int) -> list[audit.Entry]:
+async def read(db: Database, account: str | None, limit: int) -> list[audit.Entry]:
     """The last `limit` rows, oldest first; with `account`, what it did and what was done
     to it (an account that never existed is refused, one that is gone is not)."""
     actor = names.account_name(account) if account else None

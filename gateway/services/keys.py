@@ -11,8 +11,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import aiosqlite
-
 from .. import events
 from ..errors import Refusal
 from ..kinds import KeyKind
@@ -20,6 +18,7 @@ from ..names import printable
 from ..sshkeys import PublicKey
 from ..store import access_keys, audit, keys
 from ..store.accounts import Account
+from ..store.database import Database
 
 
 @dataclass(frozen=True)
@@ -38,7 +37,7 @@ class Removed:
 
 
 async def add_uncommitted(
-    db: aiosqlite.Connection,
+    db: Database,
     account: Account,
     parsed: list[PublicKey],
     title: str | None,
@@ -65,7 +64,7 @@ async def tell_hooks(hooks_dir: Path, account: str, added: list[AddedKey]) -> No
 
 
 async def add(
-    db: aiosqlite.Connection,
+    db: Database,
     account: Account,
     parsed: list[PublicKey],
     title: str | None,
@@ -80,22 +79,22 @@ async def add(
     return added
 
 
-async def list_for(db: aiosqlite.Connection, account: str | None = None) -> list[keys.StoredKey]:
+async def list_for(db: Database, account: str | None = None) -> list[keys.StoredKey]:
     """Every login key of one account (or of all), security keys too."""
     return await keys.list_for(db, account)
 
 
-async def unused_since(db: aiosqlite.Connection, before: int) -> list[keys.StoredKey]:
+async def unused_since(db: Database, before: int) -> list[keys.StoredKey]:
     """Login keys not used since `before` (an unused key counts from when it was added)."""
     return await keys.unused_since(db, before)
 
 
-async def security_keys(db: aiosqlite.Connection, account: str) -> list[keys.StoredKey]:
+async def security_keys(db: Database, account: str) -> list[keys.StoredKey]:
     return [k for k in await keys.list_for(db, account) if k.kind == KeyKind.SECURITY_KEY]
 
 
 async def remove_by_operator(
-    db: aiosqlite.Connection, fingerprint: str, *, actor: str, ssh_command: Callable[[str], str]
+    db: Database, fingerprint: str, *, actor: str, ssh_command: Callable[[str], str]
 ) -> Removed:
     """The operator removes a login key (never an access key, never a security key:
     no operator command turns off someone's 2SV, SPEC §5)."""
@@ -118,7 +117,7 @@ async def remove_by_operator(
 
 
 async def own_plain_key(
-    db: aiosqlite.Connection, account_id: int, fingerprint: str, ssh_command: Callable[[str], str]
+    db: Database, account_id: int, fingerprint: str, ssh_command: Callable[[str], str]
 ) -> keys.StoredKey:
     """The caller's own key that `keys remove` may remove, or a refusal saying why not:
     security keys go through `security-key remove`, keydir keys through the operator
@@ -140,7 +139,7 @@ async def own_plain_key(
 
 
 async def remove_own(
-    db: aiosqlite.Connection,
+    db: Database,
     account_id: int,
     account: str,
     fingerprint: str,

@@ -6,12 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import aiosqlite
-
 from .. import names
 from ..errors import Refusal
 from ..git import layout
 from ..store import audit, repos, workspaces
+from ..store.database import Database
 
 
 @dataclass(frozen=True)
@@ -20,7 +19,7 @@ class RemovedRepo:
     moved_to: Path | None  # where its data went (the trash directory), if it had any
 
 
-async def get(db: aiosqlite.Connection, repo: str) -> repos.Repo:
+async def get(db: Database, repo: str) -> repos.Repo:
     """The repository WORKSPACE/NAME, or a refusal saying where to see them."""
     path = names.repo_path(repo)
     found = await repos.find(db, path.workspace, path.name)
@@ -29,7 +28,7 @@ async def get(db: aiosqlite.Connection, repo: str) -> repos.Repo:
     return found
 
 
-async def list_all(db: aiosqlite.Connection, workspace: str | None = None) -> list[repos.Repo]:
+async def list_all(db: Database, workspace: str | None = None) -> list[repos.Repo]:
     """Every repository, or those of one workspace (which must exist)."""
     if workspace is not None:
         workspace = (await workspaces.get(db, names.workspace_name(workspace))).name
@@ -37,7 +36,7 @@ async def list_all(db: aiosqlite.Connection, workspace: str | None = None) -> li
 
 
 async def create(
-    db: aiosqlite.Connection,
+    db: Database,
     repos_dir: Path,
     repo: str,
     public: bool,
@@ -66,7 +65,7 @@ async def create(
 
 
 async def remove(
-    db: aiosqlite.Connection, repos_dir: Path, trash_dir: Path, repo: str, *, actor: str
+    db: Database, repos_dir: Path, trash_dir: Path, repo: str, *, actor: str
 ) -> RemovedRepo:
     """Forget a repository and move its data aside (never deleted here)."""
     found = await get(db, repo)

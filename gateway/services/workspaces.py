@@ -6,14 +6,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import aiosqlite
-
 from .. import events, names
 from ..errors import Refusal
 from ..kinds import AccessMode, Requirement, Role
 from ..names import printable
 from ..sshkeys import PublicKey
 from ..store import access_keys, accounts, audit, repos, workspaces
+from ..store.database import Database
 from ..twosv.service import TwoSV
 
 REQUIREMENTS = tuple(str(word) for word in Requirement)  # the words `require-2sv` takes
@@ -53,16 +52,16 @@ class AddedAccessKey:
     mode: AccessMode
 
 
-async def get(db: aiosqlite.Connection, name: str) -> workspaces.Workspace:
+async def get(db: Database, name: str) -> workspaces.Workspace:
     """The workspace of that name, or a refusal naming how to create it."""
     return await workspaces.get(db, names.workspace_name(name))
 
 
-async def list_all(db: aiosqlite.Connection) -> list[workspaces.Workspace]:
+async def list_all(db: Database) -> list[workspaces.Workspace]:
     return await workspaces.list_all(db)
 
 
-async def view(db: aiosqlite.Connection, name: str) -> WorkspaceView:
+async def view(db: Database, name: str) -> WorkspaceView:
     workspace = await get(db, name)
     return WorkspaceView(
         workspace,
@@ -72,9 +71,7 @@ async def view(db: aiosqlite.Connection, name: str) -> WorkspaceView:
     )
 
 
-async def create(
-    db: aiosqlite.Connection, name: str, require_2sv: bool, *, actor: str
-) -> workspaces.Workspace:
+async def create(db: Database, name: str, require_2sv: bool, *, actor: str) -> workspaces.Workspace:
     name = names.workspace_name(name)
     workspace = await workspaces.add(db, name)
     await audit.write(db, actor, "workspace.add", name)
@@ -95,7 +92,7 @@ async def create(
 
 
 async def add_member(
-    db: aiosqlite.Connection, workspace_name: str, account_name: str, role: str, *, actor: str
+    db: Database, workspace_name: str, account_name: str, role: str, *, actor: str
 ) -> Membership:
     """Make an account a member, or change its role."""
     workspace = await get(db, workspace_name)
@@ -108,7 +105,7 @@ async def add_member(
 
 
 async def remove_member(
-    db: aiosqlite.Connection, workspace_name: str, account_name: str, *, actor: str
+    db: Database, workspace_name: str, account_name: str, *, actor: str
 ) -> Membership:
     """End an account's membership; returns it, without a role."""
     workspace = await get(db, workspace_name)
@@ -120,7 +117,7 @@ async def remove_member(
     return Membership(workspace.name, account.name, None)
 
 
-async def members_without_2sv(db: aiosqlite.Connection, workspace_id: int) -> list[str]:
+async def members_without_2sv(db: Database, workspace_id: int) -> list[str]:
     lacking = []
     for member in await workspaces.members(db, workspace_id):
         account = await accounts.get(db, member.account)
@@ -142,7 +139,7 @@ def check_requirement(word: str, window: int | None) -> Requirement:
 
 
 async def set_requirement(
-    db: aiosqlite.Connection,
+    db: Database,
     workspace: workspaces.Workspace,
     word: str,
     window: int | None,
@@ -169,7 +166,7 @@ async def set_requirement(
 
 
 async def add_access_keys(
-    db: aiosqlite.Connection,
+    db: Database,
     repo: repos.Repo,
     parsed: list[PublicKey],
     title: str | None,
@@ -196,13 +193,11 @@ async def add_access_keys(
     return added
 
 
-async def list_access_keys(db: aiosqlite.Connection) -> list[access_keys.AccessKey]:
+async def list_access_keys(db: Database) -> list[access_keys.AccessKey]:
     return await access_keys.list_all(db)
 
 
-async def remove_access_key(
-    db: aiosqlite.Connection, fingerprint: str, *, actor: str
-) -> access_keys.AccessKey:
+async def remove_access_key(db: Database, fingerprint: str, *, actor: str) -> access_keys.AccessKey:
     removed = await access_keys.remove(db, fingerprint)
     await audit.write(
         db, actor, "access_key.remove", removed.repository, detail=removed.fingerprint

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import aiosqlite
-
 from ..errors import Refusal
 from ..names import title as checked_title
 from ..sshkeys import PublicKey
 from . import keys
+from .database import Database, Row
 from .db import now
 
 
@@ -30,7 +29,7 @@ _SELECT = """
 """
 
 
-def _row(row: aiosqlite.Row) -> AccessKey:
+def _row(row: Row) -> AccessKey:
     return AccessKey(
         row["id"],
         row["repo_id"],
@@ -42,9 +41,7 @@ def _row(row: aiosqlite.Row) -> AccessKey:
     )
 
 
-async def add(
-    db: aiosqlite.Connection, repo_id: int, key: PublicKey, title: str, write: bool
-) -> None:
+async def add(db: Database, repo_id: int, key: PublicKey, title: str, write: bool) -> None:
     title = checked_title(title, "access key title")
     # One fingerprint, one owner: never both an account key and an access key.
     # Only the operator adds access keys, so the refusal may say who holds the key.
@@ -58,18 +55,17 @@ async def add(
     )
 
 
-async def find(db: aiosqlite.Connection, fingerprint: str) -> AccessKey | None:
-    async with db.execute(_SELECT + " WHERE k.fingerprint = ?", (fingerprint,)) as cursor:
-        row = await cursor.fetchone()
+async def find(db: Database, fingerprint: str) -> AccessKey | None:
+    row = await db.fetch_one(_SELECT + " WHERE k.fingerprint = ?", (fingerprint,))
     return _row(row) if row else None
 
 
-async def list_all(db: aiosqlite.Connection) -> list[AccessKey]:
-    async with db.execute(_SELECT + " ORDER BY repository, k.id") as cursor:
-        return [_row(row) for row in await cursor.fetchall()]
+async def list_all(db: Database) -> list[AccessKey]:
+    rows = await db.fetch_all(_SELECT + " ORDER BY repository, k.id")
+    return [_row(row) for row in rows]
 
 
-async def remove(db: aiosqlite.Connection, fingerprint: str) -> AccessKey:
+async def remove(db: Database, fingerprint: str) -> AccessKey:
     found = await find(db, fingerprint)
     if found is None:
         raise Refusal(f"No such access key: {fingerprint}")

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import aiosqlite
-
+from .database import Database
 from .db import now
 
 
@@ -21,7 +20,7 @@ class Entry:
 
 
 async def write(
-    db: aiosqlite.Connection,
+    db: Database,
     actor: str,
     action: str,
     target: str = "",
@@ -34,7 +33,7 @@ async def write(
     )
 
 
-async def read(db: aiosqlite.Connection, account: str | None, limit: int) -> list[Entry]:
+async def read(db: Database, account: str | None, limit: int) -> list[Entry]:
     args: tuple[str | int, ...]
     if account is None:
         query, args = "SELECT * FROM audit ORDER BY id DESC LIMIT ?", (limit,)
@@ -42,6 +41,5 @@ async def read(db: aiosqlite.Connection, account: str | None, limit: int) -> lis
         # What the account did, and what was done to it.
         query = "SELECT * FROM audit WHERE actor = ? OR target = ? ORDER BY id DESC LIMIT ?"
         args = (account, account, limit)
-    async with db.execute(query, args) as cursor:
-        rows = list(await cursor.fetchall())
+    rows = await db.fetch_all(query, args)
     return [Entry(*tuple(row)) for row in reversed(rows)]

@@ -1,15 +1,50 @@
-"""Opening the SQLite database and bringing its schema up to date."""
+"""The schema's migrations, for both backends, and opening the database a setting names.
+
+`database_url` unset: the SQLite file in the data directory (gateway/store/sqlite.py);
+`postgresql://...`: a PostgreSQL database through a connection pool
+(gateway/store/postgres.py). Callers get a `Backend` from `open_backend()` and a
+`Database` from it (gateway/store/database.py); they never learn which one it is.
+
+How to write a migration (a new entry at the end of MIGRATIONS; never edit one that was
+released): SQLite's SQL, as the entries below, in this subset, which PostgreSQL gets
+translated word for word (gateway/store/postgres.py: ddl()):
+
+- column types INTEGER (PostgreSQL BIGINT), REAL (DOUBLE PRECISION), TEXT (TEXT COLLATE
+  "C", so that it sorts as SQLite's BINARY), BLOB (BYTEA); `id INTEGER PRIMARY KEY` for a
+  table's own id (an identity column there); `TEXT ... COLLATE NOCASE` for a
+  case-insensitive name (citext COLLATE "C": the same folding of A-Z, the same order);
+- CREATE TABLE, CREATE [UNIQUE] INDEX, ALTER TABLE ... ADD COLUMN, UPDATE/INSERT of
+  plain values, CHECK, DEFAULT, REFERENCES ... ON DELETE CASCADE;
+- statements separated by `;` (none inside a string literal).
+
+An entry that needs SQL outside that subset is a `Dialects(sqlite=..., postgresql=...)`
+pair instead of a string: the same schema, said in each. Each entry runs in one
+transaction on both backends, with the schema version (SQLite's `user_version`,
+PostgreSQL's `gateway_schema` table) moved in the same transaction.
+"""
 
 from __future__ import annotations
 
 import time
-from pathlib import Path
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import aiosqlite
+from .database import Backend, Row, Unusable
 
-# Each entry moves the schema from version N to N+1 (SQLite's `user_version`).
-# Never edit a released entry: append a new one.
-MIGRATIONS: list[str] = [
+if TYPE_CHECKING:
+    from ..config import Settings
+
+
+@dataclass(frozen=True)
+class Dialects:
+    """A migration said once for each backend (see the module's docstring)."""
+
+    sqlite: str
+    postgresql: str
+
+
+# Each entry moves the schema from version N to N+1.
+MIGRATIONS: list[str | Dialects] = [
     """
     CREATE TABLE accounts (
         id INTEGER PRIMARY KEY,
@@ -122,60 +157,61 @@ MIGRATIONS: list[str] = [
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-async def connect(path: Path, migrate_schema: bool = True) -> aiosqlite.Connection:
-    """Open the database (creating it if needed) with WAL and foreign keys on.
-
-    One connection is one line of transactions: code that commits must not share a
-    connection with other tasks (the server gives each session its own)."""
-    db = await aiosqlite.connect(path, timeout=30)
-    db.row_factory = aiosqlite.Row
-    if migrate_schema:
-        await db.execute("PRAGMA journal_mode=WAL")
-    await db.execute("PRAGMA foreign_keys=ON")
-    await db.execute("PRAGMA synchronous=NORMAL")
-    if migrate_schema:
-        await migrate(db)
-    return db
+def sql_of(entry: str | Dialects, backend: str) -> list[str]:
+    """The statements of one migration, as SQLite's (the entry) or for `backend`."""
+    if isinstance(entry, Dialects):
+        text = entry.sqlite if backend == "sqlite" else entry.postgresql
+    else:
+        text = entry
+    return [statement.strip() for statement in text.split(";") if statement.strip()]
 
 
-async def migrate(db: aiosqlite.Connection) -> None:
-    async with db.execute("PRAGMA user_version") as cursor:
-        (version,) = one(await cursor.fetchone())
+def pending(version: int, foreign_tables: list[str], where: str) -> range:
+    """The migrations to run on a database at `version`, or a refusal that changes
+    nothing: a schema newer than this gateway's, or no gateway schema in a database that
+    already holds tables (another application's)."""
     if version > SCHEMA_VERSION:
-        raise RuntimeError(
-            f"database schema version {version} is newer than this gateway ({SCHEMA_VERSION})"
+        raise Unusable(
+            f"{where} has schema version {version}, newer than this gateway's "
+            f"({SCHEMA_VERSION}): run the newer gateway, or restore a backup made for this one"
         )
-    for number in range(version, SCHEMA_VERSION):
-        # One transaction per step: a failed step leaves the previous version intact.
-        await db.execute("BEGIN IMMEDIATE")
+    if version == 0 and foreign_tables:
+        shown = ", ".join(foreign_tables[:3]) + (", ..." if len(foreign_tables) > 3 else "")
+        raise Unusable(
+            f"{where} holds tables of another application ({shown}) and no gateway "
+            "schema: nothing was changed; point database_url at an empty database"
+        )
+    return range(version, SCHEMA_VERSION)
+
+
+async def open_backend(settings: Settings, migrate: bool = True) -> Backend:
+    """The database `settings` name, its schema brought up to date unless `migrate` is
+    False (sessions and sshd's commands: `gateway serve` and `init` migrate)."""
+    backend: Backend
+    if settings.database_url:
+        from .postgres import PostgresBackend
+
+        backend = await PostgresBackend.open(settings.database_url, settings.database_pool_size)
+    else:
+        from .sqlite import SqliteBackend
+
+        backend = SqliteBackend(settings.db_path)
+    if migrate:
         try:
-            async with db.execute("PRAGMA user_version") as cursor:
-                (current,) = one(await cursor.fetchone())
-            if current == number:  # another process may have migrated meanwhile
-                for statement in MIGRATIONS[number].split(";"):
-                    if statement.strip():
-                        await db.execute(statement)
-                await db.execute(f"PRAGMA user_version={number + 1}")
-            await db.commit()
+            await backend.migrate()
         except BaseException:
-            await db.rollback()
+            await backend.close()
             raise
+    return backend
 
 
 def now() -> int:
     return int(time.time())
 
 
-def one(row: aiosqlite.Row | None) -> aiosqlite.Row:
-    """The row of a query that always returns one (a PRAGMA, an UPDATE ... RETURNING of
-    a row known to exist): None there is a bug, so it fails loudly."""
+def one(row: Row | None) -> Row:
+    """The row of a query that always returns one (an UPDATE ... RETURNING of a row known
+    to exist): None there is a bug, so it fails loudly."""
     if row is None:
         raise RuntimeError("the query returned no row")
     return row
-
-
-def inserted_id(cursor: aiosqlite.Cursor) -> int:
-    """The id of the row the INSERT on `cursor` just added."""
-    if cursor.lastrowid is None:
-        raise RuntimeError("the INSERT added no row")
-    return cursor.lastrowid

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import aiosqlite
-
 from ..errors import Refusal
 from ..kinds import KeyKind
 from ..names import title as checked_title
 from ..sshkeys import PublicKey
+from .database import Database, Row
 from .db import now
 
 # Seconds between two writes of one key's last use.
@@ -42,7 +41,7 @@ _SELECT = """
 """
 
 
-def _row(row: aiosqlite.Row) -> StoredKey:
+def _row(row: Row) -> StoredKey:
     return StoredKey(
         row["id"],
         row["account_id"],
@@ -60,23 +59,22 @@ def _row(row: aiosqlite.Row) -> StoredKey:
     )
 
 
-async def where_used(db: aiosqlite.Connection, fingerprint: str) -> str | None:
+async def where_used(db: Database, fingerprint: str) -> str | None:
     """Who holds a key already, for the operator ("account bob", "the access key of
     acme/widgets"); never shown over SSH, where it would name someone else's account."""
     existing = await find(db, fingerprint)
     if existing is not None:
         return f"it logs in to account {existing.account}"
-    async with db.execute(
+    row = await db.fetch_one(
         "SELECT w.name || '/' || r.name FROM access_keys k JOIN repos r ON r.id = k.repo_id"
         " JOIN workspaces w ON w.id = r.workspace_id WHERE k.fingerprint = ?",
         (fingerprint,),
-    ) as cursor:
-        row = await cursor.fetchone()
+    )
     return f"it is the access key of repository {row[0]}" if row else None
 
 
 async def add(
-    db: aiosqlite.Connection,
+    db: Database,
     account_id: int,
     key: PublicKey,
     title: str,
@@ -108,49 +106,48 @@ async def add(
     )
 
 
-async def find(db: aiosqlite.Connection, fingerprint: str) -> StoredKey | None:
-    async with db.execute(_SELECT + " WHERE k.fingerprint = ?", (fingerprint,)) as cursor:
-        row = await cursor.fetchone()
+async def find(db: Database, fingerprint: str) -> StoredKey | None:
+    row = await db.fetch_one(_SELECT + " WHERE k.fingerprint = ?", (fingerprint,))
     return _row(row) if row else None
 
 
-async def list_for(db: aiosqlite.Connection, account: str | None = None) -> list[StoredKey]:
+async def list_for(db: Database, account: str | None = None) -> list[StoredKey]:
     args: tuple[str, ...]
     if account is None:
         query, args = _SELECT + " ORDER BY a.name, k.id", ()
     else:
         query, args = _SELECT + " WHERE a.name = ? ORDER BY k.id", (account,)
-    async with db.execute(query, args) as cursor:
-        return [_row(row) for row in await cursor.fetchall()]
+    rows = await db.fetch_all(query, args)
+    return [_row(row) for row in rows]
 
 
-async def unused_since(db: aiosqlite.Connection, before: int) -> list[StoredKey]:
+async def unused_since(db: Database, before: int) -> list[StoredKey]:
     """Keys not used since `before` (never used ones added before it too): stale keys."""
-    async with db.execute(
+    rows = await db.fetch_all(
         _SELECT + " WHERE COALESCE(k.last_used_at, k.created_at) < ? ORDER BY a.name, k.id",
         (before,),
-    ) as cursor:
-        return [_row(row) for row in await cursor.fetchall()]
+    )
+    return [_row(row) for row in rows]
 
 
-async def set_expiry(db: aiosqlite.Connection, fingerprint: str, expires_at: int | None) -> None:
+async def set_expiry(db: Database, fingerprint: str, expires_at: int | None) -> None:
     await db.execute(
         "UPDATE ssh_keys SET expires_at = ? WHERE fingerprint = ?", (expires_at, fingerprint)
     )
 
 
-async def mark_used(db: aiosqlite.Connection, fingerprint: str, at: int) -> bool:
+async def mark_used(db: Database, fingerprint: str, at: int) -> bool:
     """Record a login; a no-op (False) if one was recorded in the last minute, which keeps
     processes that cannot share memory (sshd's forced commands) to one write a minute."""
-    cursor = await db.execute(
+    result = await db.execute(
         "UPDATE ssh_keys SET last_used_at = ? WHERE fingerprint = ?"
         " AND (last_used_at IS NULL OR last_used_at <= ?)",
         (at, fingerprint, at - LAST_USE_INTERVAL),
     )
-    return cursor.rowcount == 1
+    return result.rowcount == 1
 
 
-async def remove(db: aiosqlite.Connection, fingerprint: str) -> StoredKey:
+async def remove(db: Database, fingerprint: str) -> StoredKey:
     key = await find(db, fingerprint)
     if key is None:
         raise Refusal(f"No such key: {fingerprint}")
@@ -159,11 +156,11 @@ async def remove(db: aiosqlite.Connection, fingerprint: str) -> StoredKey:
     return key
 
 
-async def set_kind(db: aiosqlite.Connection, fingerprint: str, kind: str) -> None:
+async def set_kind(db: Database, fingerprint: str, kind: str) -> None:
     await db.execute("UPDATE ssh_keys SET kind = ? WHERE fingerprint = ?", (kind, fingerprint))
 
 
-async def demote_security_keys(db: aiosqlite.Connection, account_id: int) -> None:
+async def demote_security_keys(db: Database, account_id: int) -> None:
     """Security keys stop being a 2SV method but still log in, as plain keys."""
     await db.execute(
         "UPDATE ssh_keys SET kind = 'auth' WHERE account_id = ? AND kind = 'security-key'",

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import aiosqlite
-
 from ..errors import Refusal
+from .database import Database, IntegrityError, Row
 from .db import now
 
 
@@ -32,7 +31,7 @@ _SELECT = """
 """
 
 
-def _row(row: aiosqlite.Row) -> Repo:
+def _row(row: Row) -> Repo:
     return Repo(
         row["id"],
         row["workspace_id"],
@@ -46,7 +45,7 @@ def _row(row: aiosqlite.Row) -> Repo:
 
 
 async def add(
-    db: aiosqlite.Connection,
+    db: Database,
     workspace_id: int,
     name: str,
     public: bool,
@@ -59,7 +58,7 @@ async def add(
             " VALUES (?, ?, ?, ?, ?)",
             (workspace_id, name, int(public), default_branch, now()),
         )
-    except aiosqlite.IntegrityError:
+    except IntegrityError:
         raise Refusal(
             f"Repository already exists: {workspace}/{name}"
             if workspace
@@ -67,29 +66,25 @@ async def add(
         ) from None
 
 
-async def find(db: aiosqlite.Connection, workspace: str, name: str) -> Repo | None:
-    async with db.execute(
-        _SELECT + " WHERE w.name = ? AND r.name = ?", (workspace, name)
-    ) as cursor:
-        row = await cursor.fetchone()
+async def find(db: Database, workspace: str, name: str) -> Repo | None:
+    row = await db.fetch_one(_SELECT + " WHERE w.name = ? AND r.name = ?", (workspace, name))
     return _row(row) if row else None
 
 
-async def find_by_id(db: aiosqlite.Connection, repo_id: int) -> Repo | None:
-    async with db.execute(_SELECT + " WHERE r.id = ?", (repo_id,)) as cursor:
-        row = await cursor.fetchone()
+async def find_by_id(db: Database, repo_id: int) -> Repo | None:
+    row = await db.fetch_one(_SELECT + " WHERE r.id = ?", (repo_id,))
     return _row(row) if row else None
 
 
-async def list_all(db: aiosqlite.Connection, workspace: str | None = None) -> list[Repo]:
+async def list_all(db: Database, workspace: str | None = None) -> list[Repo]:
     args: tuple[str, ...]
     if workspace is None:
         query, args = _SELECT + " ORDER BY w.name, r.name", ()
     else:
         query, args = _SELECT + " WHERE w.name = ? ORDER BY r.name", (workspace,)
-    async with db.execute(query, args) as cursor:
-        return [_row(row) for row in await cursor.fetchall()]
+    rows = await db.fetch_all(query, args)
+    return [_row(row) for row in rows]
 
 
-async def remove(db: aiosqlite.Connection, repo_id: int) -> None:
+async def remove(db: Database, repo_id: int) -> None:
     await db.execute("DELETE FROM repos WHERE id = ?", (repo_id,))

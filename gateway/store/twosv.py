@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import aiosqlite
-
+from .database import Database
 from .db import one
 
 
@@ -31,9 +30,8 @@ class RecoveryCode:
     used_at: int | None
 
 
-async def get(db: aiosqlite.Connection, account_id: int) -> TwoSVRow | None:
-    async with db.execute("SELECT * FROM twosv WHERE account_id = ?", (account_id,)) as cursor:
-        row = await cursor.fetchone()
+async def get(db: Database, account_id: int) -> TwoSVRow | None:
+    row = await db.fetch_one("SELECT * FROM twosv WHERE account_id = ?", (account_id,))
     if row is None:
         return None
     return TwoSVRow(
@@ -45,13 +43,13 @@ async def get(db: aiosqlite.Connection, account_id: int) -> TwoSVRow | None:
     )
 
 
-async def _ensure(db: aiosqlite.Connection, account_id: int) -> None:
-    await db.execute("INSERT OR IGNORE INTO twosv (account_id) VALUES (?)", (account_id,))
+async def _ensure(db: Database, account_id: int) -> None:
+    await db.execute(
+        "INSERT INTO twosv (account_id) VALUES (?) ON CONFLICT DO NOTHING", (account_id,)
+    )
 
 
-async def set_totp(
-    db: aiosqlite.Connection, account_id: int, sealed: bytes, last_step: int
-) -> None:
+async def set_totp(db: Database, account_id: int, sealed: bytes, last_step: int) -> None:
     await _ensure(db, account_id)
     await db.execute(
         "UPDATE twosv SET totp_secret = ?, last_step = ?, pending_secret = NULL,"
@@ -60,19 +58,16 @@ async def set_totp(
     )
 
 
-async def pending(db: aiosqlite.Connection, account_id: int, now: float) -> bytes | None:
+async def pending(db: Database, account_id: int, now: float) -> bytes | None:
     """The sealed secret of an enrolment shown before and not yet confirmed, if recent."""
-    async with db.execute(
+    row = await db.fetch_one(
         "SELECT pending_secret FROM twosv WHERE account_id = ? AND pending_until > ?",
         (account_id, now),
-    ) as cursor:
-        row = await cursor.fetchone()
+    )
     return row[0] if row else None
 
 
-async def set_pending(
-    db: aiosqlite.Connection, account_id: int, sealed: bytes, until: float
-) -> None:
+async def set_pending(db: Database, account_id: int, sealed: bytes, until: float) -> None:
     await _ensure(db, account_id)
     await db.execute(
         "UPDATE twosv SET pending_secret = ?, pending_until = ? WHERE account_id = ?",
@@ -80,33 +75,35 @@ async def set_pending(
     )
 
 
-async def claim_step(db: aiosqlite.Connection, account_id: int, step: int) -> bool:
+async def claim_step(db: Database, account_id: int, step: int) -> bool:
     """Record `step` as used; False if it (or a later one) was accepted before."""
-    cursor = await db.execute(
+    result = await db.execute(
         "UPDATE twosv SET last_step = ? WHERE account_id = ? AND last_step < ?",
         (step, account_id, step),
     )
-    return cursor.rowcount == 1
+    return result.rowcount == 1
 
 
-async def record_failure(db: aiosqlite.Connection, account_id: int) -> int:
+async def record_failure(db: Database, account_id: int) -> int:
     await _ensure(db, account_id)
-    async with db.execute(
-        "UPDATE twosv SET failures = failures + 1 WHERE account_id = ? RETURNING failures",
-        (account_id,),
-    ) as cursor:
-        (failures,) = one(await cursor.fetchone())
+    (failures,) = one(
+        await db.fetch_one(
+            "UPDATE twosv SET failures = failures + 1 WHERE account_id = ? RETURNING failures",
+            (account_id,),
+        )
+    )
     return int(failures)
 
 
-async def lock_until(db: aiosqlite.Connection, account_id: int, until: float) -> None:
+async def lock_until(db: Database, account_id: int, until: float) -> None:
+    # Only ever later (SQL both backends speak: no two-argument MAX/GREATEST).
     await db.execute(
-        "UPDATE twosv SET locked_until = MAX(locked_until, ?) WHERE account_id = ?",
-        (until, account_id),
+        "UPDATE twosv SET locked_until = ? WHERE account_id = ? AND locked_until < ?",
+        (until, account_id, until),
     )
 
 
-async def reset_failures(db: aiosqlite.Connection, account_id: int) -> None:
+async def reset_failures(db: Database, account_id: int) -> None:
     await db.execute(
         "UPDATE twosv SET failures = 0, locked_until = 0 WHERE account_id = ?", (account_id,)
     )
@@ -115,7 +112,7 @@ async def reset_failures(db: aiosqlite.Connection, account_id: int) -> None:
 # --- recovery codes -------------------------------------------------------------------
 
 
-async def replace_codes(db: aiosqlite.Connection, account_id: int, sealed: list[bytes]) -> None:
+async def replace_codes(db: Database, account_id: int, sealed: list[bytes]) -> None:
     await db.execute("DELETE FROM recovery_codes WHERE account_id = ?", (account_id,))
     await db.executemany(
         "INSERT INTO recovery_codes (account_id, position, code) VALUES (?, ?, ?)",
@@ -123,23 +120,23 @@ async def replace_codes(db: aiosqlite.Connection, account_id: int, sealed: list[
     )
 
 
-async def codes(db: aiosqlite.Connection, account_id: int) -> list[RecoveryCode]:
-    async with db.execute(
+async def codes(db: Database, account_id: int) -> list[RecoveryCode]:
+    rows = await db.fetch_all(
         "SELECT id, position, code, used_at FROM recovery_codes WHERE account_id = ?"
         " ORDER BY position",
         (account_id,),
-    ) as cursor:
-        return [RecoveryCode(*tuple(row)) for row in await cursor.fetchall()]
+    )
+    return [RecoveryCode(*tuple(row)) for row in rows]
 
 
-async def use_code(db: aiosqlite.Connection, code_id: int, now: int) -> bool:
-    cursor = await db.execute(
+async def use_code(db: Database, code_id: int, now: int) -> bool:
+    result = await db.execute(
         "UPDATE recovery_codes SET used_at = ? WHERE id = ? AND used_at IS NULL", (now, code_id)
     )
-    return cursor.rowcount == 1
+    return result.rowcount == 1
 
 
-async def delete_all(db: aiosqlite.Connection, account_id: int) -> None:
+async def delete_all(db: Database, account_id: int) -> None:
     """Everything 2SV of an account: secret, codes, sessions (security keys are keys)."""
     await db.execute("DELETE FROM recovery_codes WHERE account_id = ?", (account_id,))
     await db.execute("DELETE FROM twosv_sessions WHERE account_id = ?", (account_id,))
@@ -150,7 +147,7 @@ async def delete_all(db: aiosqlite.Connection, account_id: int) -> None:
 
 
 async def open_session(
-    db: aiosqlite.Connection, fingerprint: str, account_id: int, now: float, method: str
+    db: Database, fingerprint: str, account_id: int, now: float, method: str
 ) -> None:
     await db.execute(
         "INSERT INTO twosv_sessions (key_fingerprint, account_id, verified_at, method)"
@@ -161,22 +158,17 @@ async def open_session(
     )
 
 
-async def session(
-    db: aiosqlite.Connection, fingerprint: str, account_id: int
-) -> tuple[float, str] | None:
+async def session(db: Database, fingerprint: str, account_id: int) -> tuple[float, str] | None:
     """When the key's two-step session was opened and how, or None without one."""
-    async with db.execute(
+    row = await db.fetch_one(
         "SELECT verified_at, method FROM twosv_sessions WHERE key_fingerprint = ?"
         " AND account_id = ?",
         (fingerprint, account_id),
-    ) as cursor:
-        row = await cursor.fetchone()
+    )
     return (row[0], row[1]) if row else None
 
 
-async def session_verified_at(
-    db: aiosqlite.Connection, fingerprint: str, account_id: int
-) -> float | None:
+async def session_verified_at(db: Database, fingerprint: str, account_id: int) -> float | None:
     found = await session(db, fingerprint, account_id)
     return found[0] if found else None
 
@@ -189,18 +181,18 @@ class OpenSession:
     method: str
 
 
-async def sessions_of(db: aiosqlite.Connection, account_id: int) -> list[OpenSession]:
+async def sessions_of(db: Database, account_id: int) -> list[OpenSession]:
     """Every two-step session of an account's keys, newest first."""
-    async with db.execute(
+    rows = await db.fetch_all(
         "SELECT s.key_fingerprint, k.title, s.verified_at, s.method FROM twosv_sessions s"
         " LEFT JOIN ssh_keys k ON k.fingerprint = s.key_fingerprint"
         " WHERE s.account_id = ? ORDER BY s.verified_at DESC",
         (account_id,),
-    ) as cursor:
-        return [OpenSession(*tuple(row)) for row in await cursor.fetchall()]
+    )
+    return [OpenSession(*tuple(row)) for row in rows]
 
 
-async def close_sessions(db: aiosqlite.Connection, account_id: int) -> int:
+async def close_sessions(db: Database, account_id: int) -> int:
     """Close every two-step session of an account's keys; how many there were."""
-    cursor = await db.execute("DELETE FROM twosv_sessions WHERE account_id = ?", (account_id,))
-    return cursor.rowcount
+    result = await db.execute("DELETE FROM twosv_sessions WHERE account_id = ?", (account_id,))
+    return result.rowcount

@@ -17,7 +17,6 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-import aiosqlite
 import asyncssh
 
 from .. import access, metrics, names, sshkeys
@@ -28,6 +27,7 @@ from ..git import protocol
 from ..logs import log_event
 from ..session import Streams, Transport, run_session
 from ..store import access_keys, keys
+from ..store.database import Database
 from . import asyncssh_seam, limits
 
 if TYPE_CHECKING:
@@ -57,7 +57,7 @@ class GatewaySSHServer(asyncssh.SSHServer):
         return self.gateway.settings
 
     @property
-    def db(self) -> aiosqlite.Connection:
+    def db(self) -> Database:
         assert self.gateway.db is not None  # set at start, before any connection
         return self.gateway.db  # shared by all connections, for key lookups only
 

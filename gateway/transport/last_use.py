@@ -12,23 +12,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from pathlib import Path
-
-import aiosqlite
+from collections.abc import Awaitable, Callable
 
 from ..certificates import CertificateFacts
 from ..logs import log_event
 from ..names import printable
 from ..store import audit, keys
 from ..store import db as store_db
+from ..store.database import Database
 
 log = logging.getLogger("gateway")
 
 
 class LastUse:
-    def __init__(self, db_path: Path) -> None:
-        self._db_path = db_path
-        self._db: aiosqlite.Connection | None = None
+    def __init__(self, connect: Callable[[], Awaitable[Database]]) -> None:
+        self._connect = connect  # the server's backend, opened at start
+        self._db: Database | None = None
         self._written: dict[str, float] = {}  # fingerprint: time.monotonic() of the write
         self._lock = asyncio.Lock()
 
@@ -48,10 +47,11 @@ class LastUse:
         async with self._lock:
             try:
                 if self._db is None:
-                    self._db = await store_db.connect(self._db_path, migrate_schema=False)
+                    self._db = await self._connect()
                 await keys.mark_used(self._db, fingerprint, store_db.now())
                 await self._db.commit()
             except Exception as exc:  # a locked or full database: a login is not refused
+                await self._abandon()
                 log_event(log, "key.last_use_failed", logging.WARNING, error=str(exc))
 
     async def audit_certificate(self, account: str, cert: CertificateFacts, peer: str) -> None:
@@ -63,11 +63,20 @@ class LastUse:
         async with self._lock:
             try:
                 if self._db is None:
-                    self._db = await store_db.connect(self._db_path, migrate_schema=False)
+                    self._db = await self._connect()
                 await audit.write(self._db, account, "auth.certificate", account, detail=detail)
                 await self._db.commit()
             except Exception as exc:
+                await self._abandon()
                 log_event(log, "audit.failed", logging.WARNING, error=str(exc))
+
+    async def _abandon(self) -> None:
+        """After a failed write: nothing half-done kept open (nor a pooled connection)."""
+        if self._db is not None:
+            try:
+                await self._db.rollback()
+            except Exception:
+                pass  # the connection is gone: nothing left to roll back
 
     async def close(self) -> None:
         if self._db is not None:

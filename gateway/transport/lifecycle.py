@@ -12,7 +12,6 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-import aiosqlite
 import asyncssh
 
 from .. import certificates, keydir, logs, metrics
@@ -23,6 +22,7 @@ from ..errors import Refusal
 from ..git import layout
 from ..logs import log_event
 from ..store import db as store_db
+from ..store.database import Backend, Database
 from .connection import GatewaySSHServer
 from .last_use import LastUse
 from .limits import ConnectionLimits
@@ -31,12 +31,18 @@ from .listener import Listener, listen, split_address
 log = logging.getLogger("gateway")
 
 # Settings that only a restart changes: SIGHUP logs that they were left as they were.
-RESTART_ONLY = ("listen", "proxy_protocol", "metrics_listen")
+RESTART_ONLY = (
+    "listen",
+    "proxy_protocol",
+    "metrics_listen",
+    "database_url",
+    "database_pool_size",
+)
 
 
 class Gateway:
-    """The running server: settings, the shared database connection, the listener, and
-    the connections and sessions in flight."""
+    """The running server: settings, the database (and the shared Database that reads
+    keys), the listener, and the connections and sessions in flight."""
 
     def __init__(self, settings: Settings, reload_settings: Callable[[], Settings]) -> None:
         self.settings = settings
@@ -48,14 +54,15 @@ class Gateway:
         self.no_sessions.set()
         self.draining = False
         self.ready = False
-        self.db: aiosqlite.Connection | None = None
+        self.backend: Backend | None = None
+        self.db: Database | None = None  # shared: key look-ups only, never a write
         self.app: App | None = None
         self._options: asyncssh.SSHServerConnectionOptions | None = None
         self._host_keys: list[asyncssh.SSHKey] = []
         self._listener: Listener | None = None
         self._metrics_server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self.last_use = LastUse(settings.db_path)
+        self.last_use = LastUse(self._connect)
         self.trust = certificates.Trust()
 
     # --- start and stop ---------------------------------------------------------------
@@ -73,8 +80,10 @@ class Gateway:
         metrics_sock = None
         if settings.metrics_listen:
             metrics_sock = listen(*split_address(settings.metrics_listen), "metrics_listen")
+        self.backend = await store_db.open_backend(settings)
         self.app = App.load(settings)
-        self.db = await store_db.connect(settings.db_path)
+        self.app.backend = self.backend
+        self.db = await self.backend.connect()
         self._host_keys = [asyncssh.read_private_key(p) for p in ensure_host_keys(settings)]
         self._options = await self._ssh_options()
         layout.sweep_all(settings.repos_dir)
@@ -84,11 +93,15 @@ class Gateway:
             )
         self.app.git.pool.fill()
         self._spawn(self._listener.accept_loop())
-        await sync_keydir(settings)
+        await sync_keydir(settings, self.backend)
         self.ready = True
         log_event(log, "listening", address=settings.listen, data_dir=str(settings.data_dir))
         if host_warning:
             log_event(log, "settings.warning", logging.WARNING, problem=host_warning)
+
+    async def _connect(self) -> Database:
+        assert self.backend is not None  # opened at start, before any connection
+        return await self.backend.connect()
 
     def _current_options(self) -> asyncssh.SSHServerConnectionOptions:
         assert self._options is not None  # made at start, before the accept loop
@@ -153,6 +166,8 @@ class Gateway:
         if self.db is not None:
             await self.db.close()
         await self.last_use.close()
+        if self.backend is not None:
+            await self.backend.close()
         log_event(log, "stopped")
 
     async def reload(self) -> None:
@@ -175,7 +190,8 @@ class Gateway:
         self._options = await self._ssh_options()  # new connections get new timeouts
         log_event(log, "reload", changed=",".join(changed) or "-")
         self._reload_trust()
-        await sync_keydir(self.settings)
+        if self.backend is not None:
+            await sync_keydir(self.settings, self.backend)
 
     def _reload_trust(self) -> None:
         """The CA and revocation files again; a file with a mistake keeps the old lists.
@@ -238,11 +254,11 @@ class Gateway:
             self.no_sessions.set()
 
 
-async def sync_keydir(settings: Settings) -> None:
+async def sync_keydir(settings: Settings, backend: Backend) -> None:
     """Pick up the keydir at start and on SIGHUP (operators also run `gateway keys sync`)."""
     if not settings.keydir.is_dir():
         return
-    db = await store_db.connect(settings.db_path, migrate_schema=False)
+    db = await backend.connect()
     try:
         report = await keydir.sync(db, settings.keydir, settings.hooks_dir)
     except Refusal as refusal:

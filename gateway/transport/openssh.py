@@ -22,8 +22,6 @@ import selectors
 import sys
 from pathlib import Path
 
-import aiosqlite
-
 from .. import access, certificates, config, logs, sshkeys
 from ..app import App
 from ..certificates import CertificateFacts
@@ -37,6 +35,7 @@ from ..names import printable
 from ..session import Streams, Transport, run_session
 from ..store import audit
 from ..store import db as store_db
+from ..store.database import Backend, Database, Unusable
 from . import asyncssh_seam
 
 log = logging.getLogger("gateway.shell")
@@ -53,7 +52,7 @@ OPENSSH = Transport(via="openssh", cooks_terminal=False, drain_at_end=True)
 
 async def authorized_keys(
     settings: Settings,
-    db: aiosqlite.Connection,
+    db: Database,
     config_file: str | None,
     user: str,
     key_type: str,
@@ -77,7 +76,7 @@ async def authorized_keys(
 
 async def authorized_principals(
     settings: Settings,
-    db: aiosqlite.Connection,
+    db: Database,
     config_file: str | None,
     user: str,
     cert_blob: str,
@@ -141,15 +140,22 @@ async def shell(
     settings = _settings_without_client_env(settings, config_file)
     settings.spare_workers = 0  # one request, one worker: none kept waiting for the next
     log_fd = _log_to_data_dir(settings)
+    backend: Backend | None = None
     try:
+        # One backend for the process (a pool of one on PostgreSQL): not migrated here,
+        # as sshd's commands never change the schema.
+        backend = await store_db.open_backend(settings, migrate=False)
         who = (
             fingerprint
             if certificate is None
-            else await _certificate_identity(settings, certificate)
+            else await _certificate_identity(settings, backend, certificate)
         )
         if who is None:
             raise Refusal("This certificate is no longer accepted.")
-        return await _run(settings, who, log_fd)
+        return await _run(settings, backend, who, log_fd)
+    except Unusable as problem:  # the operator's to fix: in the log, not for the user
+        log_event(log, "session.failed", logging.ERROR, peer=_peer(), error=problem.message)
+        raise Refusal("internal error; the operator has the details") from None
     except Refusal:
         raise  # meant for the user
     except Exception as exc:
@@ -164,9 +170,14 @@ async def shell(
         )
         log.debug("session failure details", exc_info=True)
         raise Refusal("internal error; the operator has the details") from None
+    finally:
+        if backend is not None:
+            await backend.close()
 
 
-async def _certificate_identity(settings: Settings, cert_blob: str) -> Identity | None:
+async def _certificate_identity(
+    settings: Settings, backend: Backend, cert_blob: str
+) -> Identity | None:
     """The identity of the certificate sshd verified, checked again now (revoked, expired
     or its account disabled since sshd asked: None); logged as gateway serve logs it."""
     facts = _certificate(cert_blob)
@@ -177,7 +188,7 @@ async def _certificate_identity(settings: Settings, cert_blob: str) -> Identity 
         trust = certificates.load(settings.trusted_user_ca_keys, settings.revoked_user_certificates)
     except Refusal as refusal:  # the operator's to fix; no path for the user
         raise RuntimeError(refusal.message) from None
-    db = await store_db.connect(settings.db_path, migrate_schema=False)
+    db = await backend.connect()
     try:
         identity, reason = await access.identity_for_certificate(db, trust, facts, None)
         if identity is None:
@@ -214,11 +225,12 @@ async def _certificate_identity(settings: Settings, cert_blob: str) -> Identity 
         await db.close()
 
 
-async def _run(settings: Settings, who: Identity | str, log_fd: int) -> int:
+async def _run(settings: Settings, backend: Backend, who: Identity | str, log_fd: int) -> int:
     try:
         app = App.load(settings, worker_log_fd=log_fd)
     except Refusal as refusal:  # the operator's to fix; no path for the user
         raise RuntimeError(refusal.message) from None
+    app.backend = backend
     stdin, stdout, stderr = await _standard_streams()
     # The identity is looked up from the fingerprint in the session core: the key may
     # have been removed, or its account disabled, since sshd asked.

@@ -15,13 +15,12 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import NoReturn
 
-import aiosqlite
-
 from ..errors import Refusal
 from ..kinds import Factor, KeyKind
 from ..sshkeys import PublicKey
 from ..store import keys
 from ..store import twosv as store
+from ..store.database import Database
 from . import recovery, throttle, totp
 from .sealing import Sealer
 
@@ -64,7 +63,7 @@ class Accepted:
 class TwoSV:
     def __init__(
         self,
-        db: aiosqlite.Connection,
+        db: Database,
         sealer: Sealer | None,
         account_id: int,
         account: str,
@@ -113,21 +112,24 @@ class TwoSV:
 
         Malformed input is refused without counting as a guess; a wrong code counts
         towards the back-off; a refusal during the back-off does not look at the code.
-        The whole check is one write transaction (BEGIN IMMEDIATE), so that parallel
+        The whole check is one write transaction under the account's lock (db.write:
+        BEGIN IMMEDIATE on SQLite, an advisory lock on PostgreSQL), so that parallel
         connections guessing for one account are taken one at a time and none slips past
-        the back-off. The caller's connection must have no transaction open.
+        the back-off. The caller's Database must have no transaction open.
         """
-        await self.db.execute("BEGIN IMMEDIATE")
-        try:
-            accepted = await self._check(typed)
-        except CodeRefused:
-            await self.db.commit()  # the failure is counted
-            raise
-        except BaseException:
-            await self.db.rollback()
-            raise
-        await self.db.commit()
+        refused: CodeRefused | None = None
+        async with self.db.write(self._lock()):
+            try:
+                accepted = await self._check(typed)
+            except CodeRefused as exc:
+                refused = exc  # the failure is counted: committed, then raised
+        if refused is not None:
+            raise refused
         return accepted
+
+    def _lock(self) -> str:
+        """The lock a read-then-write of this account's 2SV state holds (db.write)."""
+        return f"twosv:{self.account_id}"
 
     async def _check(self, typed: str) -> Accepted:
         now = self.clock()
@@ -218,8 +220,7 @@ class TwoSV:
 
     @contextlib.asynccontextmanager
     async def _write(self, expected: State) -> AsyncIterator[None]:
-        await self.db.execute("BEGIN IMMEDIATE")
-        try:
+        async with self.db.write(self._lock()):
             now = await self.state()
             if (now.totp, now.security_keys > 0) != (expected.totp, expected.security_keys > 0):
                 raise Refusal(
@@ -227,10 +228,6 @@ class TwoSV:
                     "nothing changed. Check it with: 2sv status"
                 )
             yield
-        except BaseException:
-            await self.db.rollback()
-            raise
-        await self.db.commit()
 
     async def _replace_codes(self, count: int) -> list[str]:
         plain = [recovery.new_code() for _ in range(count)]
@@ -275,16 +272,11 @@ class TwoSV:
 
     async def remove_security_key(self, fingerprint: str) -> bool:
         """Remove one; True when it was the last 2SV method (then 2SV is off)."""
-        await self.db.execute("BEGIN IMMEDIATE")
-        try:
+        async with self.db.write(self._lock()):
             await keys.remove(self.db, fingerprint)
             after = await self.state()
             if not after.enabled:
                 await store.delete_all(self.db, self.account_id)
-        except BaseException:
-            await self.db.rollback()
-            raise
-        await self.db.commit()
         return not after.enabled
 
     async def open_session(self, fingerprint: str, method: str) -> None:
