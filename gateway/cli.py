@@ -26,6 +26,7 @@ from .services import accounts as account_service
 from .services import audit as audit_service
 from .services import keys as key_service
 from .services import repos as repo_service
+from .services import signing_keys as signing_key_service
 from .services import workspaces as workspace_service
 from .services.keys import AddedKey
 from .store import db as store_db
@@ -44,6 +45,10 @@ def _print_json(value: object) -> None:
 
 
 def _read_key_source(source: str) -> list[sshkeys.PublicKey]:
+    return sshkeys.parse_text(_read_key_text(source))
+
+
+def _read_key_text(source: str) -> str:
     if source == "-":
         text = sys.stdin.read()
     else:
@@ -61,7 +66,7 @@ def _read_key_source(source: str) -> list[sshkeys.PublicKey]:
                 f"Cannot read key file {shown_path}: it is not UTF-8 text "
                 "(expected an OpenSSH public key, the .pub file)"
             ) from None
-    return sshkeys.parse_text(text)
+    return text
 
 
 def _print_login_keys(found: list[keys.StoredKey]) -> None:
@@ -197,6 +202,57 @@ async def cmd_key_remove(settings: Settings, args: Namespace, db: Database) -> i
     print(f"Removed key {removed.fingerprint} ({shown(removed.title)}) from {removed.account}")
     for line in wording.keys_left(removed.account, done.left):
         print(line)
+
+
+async def cmd_signing_key_add(settings: Settings, args: Namespace, db: Database) -> int | None:
+    account = await account_service.get(db, args.account)  # before the key file is read
+    key = signing_key_service.parse(_read_key_text(args.file))
+    added = await signing_key_service.add(
+        db, account, key, args.title, actor=OPERATOR, hooks_dir=settings.hooks_dir
+    )
+    print(f"Added signing key {added.fingerprint} ({shown(added.title)}) to {added.account}")
+
+
+async def cmd_signing_key_list(settings: Settings, args: Namespace, db: Database) -> int | None:
+    if args.account is not None:
+        await account_service.get(db, args.account)
+    found = await signing_key_service.list_for(db, args.account)
+    if args.json:
+        return _print_json(
+            [
+                {
+                    "account": k.account,
+                    "fingerprint": k.fingerprint,
+                    "algorithm": k.algorithm,
+                    "title": k.title,
+                    "public_key": k.public_key,
+                    "created_at": k.created_at,
+                }
+                for k in found
+            ]
+        )
+    for key in found:
+        print(f"{key.account}\t{wording.signing_key(key)}")
+
+
+async def cmd_signing_key_remove(settings: Settings, args: Namespace, db: Database) -> int | None:
+    """`remove FINGERPRINT` (SPEC) or `remove ACCOUNT FINGERPRINT|TITLE`."""
+    if len(args.which) == 1:
+        found = await signing_key_service.find(db, args.which[0])
+        if found is None:
+            raise Refusal(f"No such signing key: {names.printable(args.which[0])}")
+        account_name, which = found.account, found.fingerprint
+    elif len(args.which) == 2:
+        account_name, which = args.which
+    else:
+        raise UsageError("signing-key remove takes FINGERPRINT or ACCOUNT FINGERPRINT|TITLE")
+    account = await account_service.get(db, account_name)
+    removed = await signing_key_service.remove(
+        db, account, which, actor=OPERATOR, hooks_dir=settings.hooks_dir
+    )
+    print(
+        f"Removed signing key {removed.fingerprint} ({shown(removed.title)}) from {removed.account}"
+    )
 
 
 async def cmd_keys_sync(settings: Settings, args: Namespace, db: Database) -> int | None:
@@ -618,6 +674,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true")
     command(g, "remove", cmd_key_remove).add_argument("fingerprint")
+
+    g = group("signing-key", "keys accounts sign commits and tags with (gpg.format=ssh)")
+    p = command(g, "add", cmd_signing_key_add)
+    p.add_argument("account")
+    p.add_argument("file", help="public key file, or - for stdin")
+    p.add_argument("--title")
+    p = command(g, "list", cmd_signing_key_list)
+    p.add_argument("account", nargs="?")
+    p.add_argument("--json", action="store_true")
+    p = command(g, "remove", cmd_signing_key_remove)
+    p.add_argument("which", nargs="+", metavar="[ACCOUNT] FINGERPRINT|TITLE")
 
     g = group("keys", "the keydir")
     p = command(g, "sync", cmd_keys_sync)

@@ -11,6 +11,7 @@ from . import expiry
 from .kinds import KeyKind, Requirement
 from .names import shown
 from .store.keys import StoredKey
+from .store.signing_keys import SigningKey
 from .store.workspaces import Member, Workspace
 from .twosv.service import State
 
@@ -27,6 +28,12 @@ def login_key(key: StoredKey, in_use: str = "") -> str:
         f"{''.join(', ' + part for part in key_life(key, time.time()))}  "
         f"{shown(key.title)}{this}"
     )
+
+
+def signing_key(key: SigningKey) -> str:
+    """One signing key on one line, for its owner (`signing-key list`) and the CLI."""
+    added = expiry.shown_day(key.created_at)
+    return f"{key.fingerprint}  {key.algorithm}  added {added}  {shown(key.title)}"
 
 
 def key_life(key: StoredKey, now: float) -> list[str]:

@@ -67,9 +67,11 @@ class Context:
         if not await access.still_valid(self.db, self.identity):
             raise Refusal("This key is no longer accepted; nothing changed.")
 
-    async def ask(self, prompt: str) -> str | None:
+    async def ask(
+        self, prompt: str, limit: int = MAX_ANSWER, too_long: str = "Answer too long"
+    ) -> str | None:
         """Show a prompt and read one line of answer from stdin (with or without a
-        terminal); None when stdin closed first. Over-long answers are refused."""
+        terminal); None when stdin closed first. Answers over `limit` are refused."""
         # Without a terminal, on a line of its own: nothing echoes the answer's newline.
         # With one, the answer is typed after the prompt, as in any terminal program.
         if self.terminal:
@@ -78,8 +80,8 @@ class Context:
             self.stderr.write(prompt.rstrip().encode() + b"\n")
         await self.stderr.drain()
         while b"\n" not in self._pending:
-            if len(self._pending) > MAX_ANSWER:
-                raise Refusal("Answer too long")
+            if len(self._pending) > limit:
+                raise Refusal(too_long)
             data = await self._read_answer()
             if not data:
                 if not self._pending:
@@ -87,8 +89,8 @@ class Context:
                 break
             self._pending += data
         line, _, self._pending = self._pending.partition(b"\n")
-        if len(line) > MAX_ANSWER:
-            raise Refusal("Answer too long")
+        if len(line) > limit:
+            raise Refusal(too_long)
         try:
             return line.decode("utf-8").strip("\r")
         except UnicodeDecodeError:

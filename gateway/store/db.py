@@ -152,6 +152,22 @@ MIGRATIONS: list[str | Dialects] = [
     ALTER TABLE ssh_keys ADD COLUMN expires_at INTEGER;
     ALTER TABLE ssh_keys ADD COLUMN last_used_at INTEGER;
     """,
+    # 8 once merged after branch rules' 7: the keys an account signs commits and tags
+    # with (Git's gpg.format=ssh). A key signs for one account only, so that "the
+    # pusher's own keys" means one thing; titles are unique per account, so a title
+    # names one key.
+    """
+    CREATE TABLE signing_keys (
+        id INTEGER PRIMARY KEY,
+        account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+        fingerprint TEXT NOT NULL UNIQUE,
+        algorithm TEXT NOT NULL,
+        public_key TEXT NOT NULL,
+        title TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        UNIQUE (account_id, title)
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
