@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import aiosqlite
 
 from . import decision
 from .certificates import CertificateFacts, Trust
+from .git.receive.signed import SigningKey
 from .names import RepoPath, printable
-from .store import access_keys, accounts, keys, repos, workspaces
+from .store import access_keys, accounts, branch_rules, keys, repos, workspaces
 from .store import twosv as twosv_store
 from .twosv.service import TwoSV
 
@@ -133,3 +135,43 @@ async def repo_facts(
         session_window_minutes=repo.session_window,
     )
     return facts, repo
+
+
+@dataclass(frozen=True)
+class PushFacts:
+    """What the worker needs to decide each ref of a push by the branch rules."""
+
+    rules: tuple[decision.RefRule, ...]
+    pusher: decision.Pusher
+    signing_keys: tuple[SigningKey, ...]
+
+
+async def push_facts(
+    db: aiosqlite.Connection,
+    identity: decision.Identity,
+    facts: decision.RepoFacts,
+    repo: repos.Repo,
+) -> PushFacts:
+    """The rules a push to `repo` answers to (its workspace's and its own) and the
+    pusher's facts. The key's two-step session is read whatever the policy: a rule may
+    ask for one, and every push's audit row records it (for `branch-rule --dry-run`)."""
+    rules = tuple(await branch_rules.applying(db, repo.workspace_id, repo.id))
+    verified_at = None
+    if not identity.is_access_key:
+        verified_at = await twosv_store.session_verified_at(
+            db, identity.key_fingerprint, identity.account_id
+        )
+    pusher = decision.pusher(identity, facts, decision.TwoSVFacts(True, verified_at))
+    keys: tuple[SigningKey, ...] = ()
+    if any(rule.require_signed for rule in rules):
+        keys = await signing_keys(db)
+    return PushFacts(rules, pusher, keys)
+
+
+async def signing_keys(db: aiosqlite.Connection) -> tuple[SigningKey, ...]:
+    """Every registered signing key, with its account, for `--require-signed` rules.
+
+    The signing-key store is built on another branch; until it is merged there are
+    none, and git/receive/signed.py refuses every ref such a rule covers (fail closed).
+    Wire `store/signing_keys.py`'s listing in here."""
+    return ()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ..errors import Refusal
 from ..names import printable
-from . import git, info, login_keys, recovery, security_key, twosv, workspace
+from . import branch_rule, git, info, login_keys, recovery, security_key, twosv, workspace
 from .context import Context
 from .parse import GatewayCommand, GitRequest, Request, parse
 from .suggest import did_you_mean
@@ -20,6 +20,7 @@ COMMANDS_WITH_ARGS = {
     "security-key": security_key.run,
     "workspace": workspace.run,
     "keys": login_keys.run,
+    "branch-rule": branch_rule.run,
 }
 
 

@@ -18,6 +18,7 @@ class Entry:
     target: str
     outcome: str
     detail: str
+    facts: str = ""  # JSON: what a push's decision knew (repo.push rows), else ""
 
 
 async def write(
@@ -27,10 +28,12 @@ async def write(
     target: str = "",
     outcome: str = "ok",
     detail: str = "",
+    facts: str = "",
 ) -> None:
     await db.execute(
-        "INSERT INTO audit (at, actor, action, target, outcome, detail) VALUES (?, ?, ?, ?, ?, ?)",
-        (now(), actor, action, target, outcome, detail),
+        "INSERT INTO audit (at, actor, action, target, outcome, detail, facts)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (now(), actor, action, target, outcome, detail, facts),
     )
 
 
@@ -45,3 +48,18 @@ async def read(db: aiosqlite.Connection, account: str | None, limit: int) -> lis
     async with db.execute(query, args) as cursor:
         rows = list(await cursor.fetchall())
     return [Entry(*tuple(row)) for row in reversed(rows)]
+
+
+async def recent(
+    db: aiosqlite.Connection, action: str, targets: list[str], limit: int
+) -> list[Entry]:
+    """The last `limit` rows of one action on any of `targets`, newest first."""
+    if not targets:
+        return []
+    marks = ", ".join("?" for _ in targets)
+    query = (
+        f"SELECT * FROM audit WHERE action = ? AND outcome = 'ok' AND target IN ({marks})"
+        " ORDER BY id DESC LIMIT ?"
+    )
+    async with db.execute(query, (action, *targets, limit)) as cursor:
+        return [Entry(*tuple(row)) for row in await cursor.fetchall()]
