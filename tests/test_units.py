@@ -294,3 +294,36 @@ async def test_store_is_wal_with_foreign_keys_and_current_schema(tmp_path):
     # Opening again is a no-op migration.
     db = await store_db.connect(tmp_path / "g.db")
     await db.close()
+
+
+async def test_migration_7_gives_existing_repositories_the_default_branch_rule(tmp_path):
+    """What the shipped default-branch hook did becomes each existing repository's
+    rule when the schema moves from 6 to 7."""
+    import aiosqlite
+
+    from gateway.store import branch_rules
+
+    raw = await aiosqlite.connect(tmp_path / "old.db")
+    for number in range(6):
+        for statement in store_db.MIGRATIONS[number].split(";"):
+            if statement.strip():
+                await raw.execute(statement)
+    await raw.execute("PRAGMA user_version=6")
+    await raw.execute("INSERT INTO workspaces (name, created_at) VALUES ('acme', 0)")
+    await raw.execute(
+        "INSERT INTO repos (workspace_id, name, default_branch, created_at)"
+        " VALUES (1, 'widgets', 'trunk', 0)"
+    )
+    await raw.execute("INSERT INTO audit (at, actor, action) VALUES (0, 'operator', 'repo.add')")
+    await raw.commit()
+    await raw.close()
+    db = await store_db.connect(tmp_path / "old.db")
+    try:
+        rules = await branch_rules.applying(db, 1, 1)
+        assert [(r.pattern, r.no_force, r.no_delete, r.no_create) for r in rules] == [
+            ("refs/heads/trunk", True, True, False)
+        ]
+        row = await (await db.execute("SELECT facts FROM audit")).fetchone()
+        assert row[0] == ""
+    finally:
+        await db.close()
