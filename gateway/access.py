@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 from . import decision
 from .certificates import CertificateFacts, Trust
+from .git.receive.signed import SigningKey
 from .names import RepoPath, printable
-from .store import access_keys, accounts, keys, repos, workspaces
+from .store import access_keys, accounts, branch_rules, keys, repos, workspaces
+from .store import signing_keys as signing_keys_store
 from .store import twosv as twosv_store
 from .store.database import Database
 from .twosv.service import TwoSV
@@ -132,3 +135,40 @@ async def repo_facts(
         session_window_minutes=repo.session_window,
     )
     return facts, repo
+
+
+@dataclass(frozen=True)
+class PushFacts:
+    """What the worker needs to decide each ref of a push by the branch rules."""
+
+    rules: tuple[decision.RefRule, ...]
+    pusher: decision.Pusher
+    signing_keys: tuple[SigningKey, ...]
+
+
+async def push_facts(
+    db: Database,
+    identity: decision.Identity,
+    facts: decision.RepoFacts,
+    repo: repos.Repo,
+) -> PushFacts:
+    """The rules a push to `repo` answers to (its workspace's and its own) and the
+    pusher's facts. The key's two-step session is read whatever the policy: a rule may
+    ask for one, and every push's audit row records it (for `branch-rule --dry-run`)."""
+    rules = tuple(await branch_rules.applying(db, repo.workspace_id, repo.id))
+    verified_at = None
+    if not identity.is_access_key:
+        verified_at = await twosv_store.session_verified_at(
+            db, identity.key_fingerprint, identity.account_id
+        )
+    pusher = decision.pusher(identity, facts, decision.TwoSVFacts(True, verified_at))
+    keys: tuple[SigningKey, ...] = ()
+    if any(rule.require_signed for rule in rules):
+        keys = await signing_keys(db)
+    return PushFacts(rules, pusher, keys)
+
+
+async def signing_keys(db: Database) -> tuple[SigningKey, ...]:
+    """Every registered signing key of an enabled account, for `--require-signed`."""
+    registered = await signing_keys_store.for_push(db)
+    return tuple(SigningKey(account, fingerprint) for fingerprint, account in registered.items())

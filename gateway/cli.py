@@ -24,6 +24,7 @@ from .names import shown
 from .services import OPERATOR
 from .services import accounts as account_service
 from .services import audit as audit_service
+from .services import branch_rules as rule_service
 from .services import keys as key_service
 from .services import repos as repo_service
 from .services import signing_keys as signing_key_service
@@ -493,6 +494,41 @@ async def cmd_repo_remove(settings: Settings, args: Namespace, db: Database) -> 
     )
 
 
+# --- branch rules ---------------------------------------------------------------------
+
+RULE_FLAGS = ("no_force", "no_delete", "no_create", "require_2sv_session", "require_signed")
+
+
+async def cmd_branch_rule_add(settings: Settings, args: Namespace, db: Database) -> int | None:
+    where = await rule_service.scope(db, args.target)
+    rule = await rule_service.make_rule(
+        db,
+        args.pattern,
+        args.push,
+        **{flag: getattr(args, flag) for flag in RULE_FLAGS},
+        own_keys=args.own_keys,
+    )
+    if args.dry_run:
+        print("\n".join(wording.would_refuse(await rule_service.dry_run(db, where, rule), rule)))
+        return 0
+    change = await rule_service.add(db, where, rule, actor=OPERATOR)
+    print(wording.branch_rule_added(change.scope, change.rule, change.replaced is not None))
+
+
+async def cmd_branch_rule_list(settings: Settings, args: Namespace, db: Database) -> int | None:
+    where = await rule_service.scope(db, args.target)
+    rules = await rule_service.listed(db, where)
+    if args.json:
+        return _print_json([asdict(r) for r in rules])
+    print("\n".join(wording.branch_rules(where.label, rules)))
+
+
+async def cmd_branch_rule_remove(settings: Settings, args: Namespace, db: Database) -> int | None:
+    where = await rule_service.scope(db, args.target)
+    change = await rule_service.remove(db, where, args.pattern, actor=OPERATOR)
+    print(wording.branch_rule_removed(change.scope, change.rule))
+
+
 # --- audit ----------------------------------------------------------------------------
 
 
@@ -740,6 +776,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(g, "list", cmd_access_key_list)
     p.add_argument("--json", action="store_true")
     command(g, "remove", cmd_access_key_remove).add_argument("fingerprint")
+
+    g = group("branch-rule", "ref-level rules: a repository's, or a workspace's defaults")
+    target = dict(metavar="WORKSPACE[/NAME]", help="a repository, or a workspace's defaults")
+    p = command(g, "add", cmd_branch_rule_add, help="add a rule, or replace the pattern's")
+    p.add_argument("target", **target)
+    p.add_argument("pattern", help="main, release/*, refs/tags/v* (refs/heads/ implied)")
+    p.add_argument(
+        "--push", action="append", default=[], metavar="WHO", help="write, admin or an account"
+    )
+    for flag in RULE_FLAGS:
+        p.add_argument("--" + flag.replace("_", "-"), action="store_true")
+    p.add_argument("--own-keys", action="store_true", help="with --require-signed")
+    p.add_argument("--dry-run", action="store_true", help="list recent pushes it would refuse")
+    p = command(g, "list", cmd_branch_rule_list)
+    p.add_argument("target", **target)
+    p.add_argument("--json", action="store_true")
+    p = command(g, "remove", cmd_branch_rule_remove)
+    p.add_argument("target", **target)
+    p.add_argument("pattern")
 
     p = command(sub, "audit", cmd_audit, help="read the audit log")
     p.add_argument("--account")

@@ -5,14 +5,19 @@ repository, the workspace's 2SV policy, the identity's 2SV state), `decide` answ
 Allow or Deny and the exact message. No command checks repository permissions on its
 own. (Managing a workspace's policy is not a repository operation: `commands/workspace.py`
 checks the admin role and the admin's own 2SV itself, as SPEC §6 asks.)
+
+A push is decided twice: for the repository here (`decide`, a write), then per ref in
+the worker (`decide_ref`), with the branch rules and the pusher's facts the server
+gathered into the job: the same module, whatever process runs it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import Enum, StrEnum
 
-from .kinds import WRITE_ROLES, KeyKind, Requirement
+from . import refpatterns
+from .kinds import WRITE_ROLES, KeyKind, Requirement, Role
 from .names import printable
 
 
@@ -151,5 +156,146 @@ def session_key_hint(identity: Identity) -> str:
 def session_open(identity: Identity, twosv: TwoSVFacts, repo: RepoFacts, now: float) -> bool:
     if identity.key_kind == KeyKind.SECURITY_KEY:
         return True  # logging in with a security key needed its touch: a second factor
-    verified = twosv.session_verified_at
-    return verified is not None and verified <= now < verified + repo.session_window_minutes * 60
+    return _within(twosv.session_verified_at, repo.session_window_minutes, now)
+
+
+# --- ref-level decisions: branch rules, per ref of a push ------------------------------
+
+ACCESS_KEY = "access-key"  # Pusher.key_kind of an access key (it has no KeyKind)
+
+
+class UpdateKind(StrEnum):
+    """What a push does to one ref. FORCE is any change of an existing ref that is not
+    a commit moving to a descendant of itself (a rewrite, a tag moved, a non-commit)."""
+
+    CREATE = "create"
+    DELETE = "delete"
+    FAST_FORWARD = "fast-forward"
+    FORCE = "force"
+
+
+@dataclass(frozen=True)
+class RefRule:
+    """A branch rule, as stored and as the worker's job carries it."""
+
+    pattern: str  # full, checked (refpatterns.parse)
+    push: tuple[str, ...] = ()  # who may update: roles, accounts, `key:FP`; (): anyone
+    no_force: bool = False
+    no_delete: bool = False
+    no_create: bool = False
+    require_2sv_session: bool = False
+    require_signed: bool = False
+    own_keys: bool = False  # with require_signed: only the pusher's own signing keys
+    inherited: bool = False  # a workspace default, not the repository's own
+
+    def applies_to(self, ref: str) -> bool:
+        return refpatterns.matches(self.pattern, ref)
+
+    def options(self) -> list[str]:
+        """The rule as `branch-rule add` options, in a fixed order."""
+        words = [w for who in self.push for w in ("--push", who)]
+        flags = (
+            (self.no_force, "--no-force"),
+            (self.no_delete, "--no-delete"),
+            (self.no_create, "--no-create"),
+            (self.require_2sv_session, "--require-2sv-session"),
+            (self.require_signed, "--require-signed"),
+            (self.own_keys, "--own-keys"),
+        )
+        return words + [flag for on, flag in flags if on]
+
+
+@dataclass(frozen=True)
+class Pusher:
+    """Who pushes, as far as branch rules need it: gathered by the server, carried in
+    the worker's job, recorded with each push in the audit log (for `--dry-run`)."""
+
+    account: str = ""
+    role: str = ""  # the workspace role; "write" for an access key with write
+    key_fingerprint: str = ""
+    key_kind: str = KeyKind.LOGIN  # or ACCESS_KEY
+    session_verified_at: float = 0.0  # the key's `2sv verify`; 0: none
+    session_window_minutes: int = 15
+
+
+def pusher(identity: Identity, repo: RepoFacts, twosv: TwoSVFacts) -> Pusher:
+    if identity.is_access_key:
+        role, kind = (Role.WRITE if identity.access_write else ""), ACCESS_KEY
+    else:
+        role, kind = repo.role or "", identity.key_kind
+    return Pusher(
+        identity.account,
+        role,
+        identity.key_fingerprint,
+        kind,
+        twosv.session_verified_at or 0.0,
+        repo.session_window_minutes,
+    )
+
+
+def may_push(who: tuple[str, ...], person: Pusher) -> bool:
+    """A role names that role and those above it (`write`: write and admin); an access
+    key with write holds the write role; `key:FP` names one key; anything else an
+    account (`account:NAME` for an account called like a role)."""
+    for entry in who:
+        if entry in (Role.WRITE, Role.ADMIN):
+            if person.role == Role.ADMIN or person.role == entry:
+                return True
+        elif entry.startswith("key:"):
+            if entry[4:] == person.key_fingerprint:
+                return True
+        elif entry.removeprefix("account:") == person.account and person.key_kind != ACCESS_KEY:
+            return True
+    return False
+
+
+def decide_ref(
+    person: Pusher,
+    rules: tuple[RefRule, ...],
+    ref: str,
+    kind: UpdateKind,
+    now: float,
+    unsigned: str | None = None,
+    ssh: str = "ssh git@HOST",
+) -> Allow | Deny:
+    """One ref of a push, against every rule that matches it: all their restrictions
+    apply. `unsigned` is the signature check's refusal (a commit id and why), asked for
+    only where a matching rule requires signatures. The Deny's first line is the ref's
+    `ng` reason; any further lines reach the user as `remote:` lines."""
+    for rule in (r for r in rules if r.applies_to(ref)):
+        name = f"rule {rule.pattern}"
+        if rule.push and not may_push(rule.push, person):
+            return Deny(f"{name}: only {', '.join(rule.push)} may push", "not in the push list")
+        if rule.no_delete and kind is UpdateKind.DELETE:
+            return Deny(f"{name}: deletion not allowed", "deletion")
+        if rule.no_create and kind is UpdateKind.CREATE:
+            return Deny(f"{name}: creation not allowed", "creation")
+        if rule.no_force and kind is UpdateKind.FORCE:
+            return Deny(f"{name}: force-push not allowed (not a fast-forward)", "force-push")
+        if rule.require_2sv_session and not _session_live(person, now):
+            if person.key_kind == ACCESS_KEY:
+                return Deny(
+                    f"{name}: needs a two-step session, which an access key cannot open",
+                    "2SV session required; access key",
+                )
+            return Deny(
+                f"{name}: needs a two-step session\n"
+                f"{ref} needs an open two-step session for the key in use. "
+                f"Open one with: {ssh} 2sv verify (or log in with a security key)",
+                "2SV session required; none open",
+            )
+        if rule.require_signed and unsigned is not None and kind is not UpdateKind.DELETE:
+            return Deny(f"{name}: {unsigned}", "signature required")
+    return Allow()
+
+
+def _session_live(person: Pusher, now: float) -> bool:
+    if person.key_kind == ACCESS_KEY:
+        return False  # no account, so no `2sv verify`
+    if person.key_kind == KeyKind.SECURITY_KEY:
+        return True  # the login itself needed the key's touch
+    return _within(person.session_verified_at or None, person.session_window_minutes, now)
+
+
+def _within(verified: float | None, window_minutes: int, now: float) -> bool:
+    return verified is not None and verified <= now < verified + window_minutes * 60

@@ -8,8 +8,10 @@ import time
 from collections.abc import Callable, Sequence
 
 from . import expiry
+from .decision import RefRule
 from .kinds import KeyKind, Requirement
 from .names import shown
+from .services.branch_rules import WouldRefuse
 from .store.keys import StoredKey
 from .store.signing_keys import SigningKey
 from .store.workspaces import Member, Workspace
@@ -142,3 +144,44 @@ def few_codes_left(left: int, ssh_command: Callable[[str], str]) -> str:
         f"Warning: only {left} recovery codes left. Get a new set with: "
         f"{ssh_command('recovery-codes regenerate')}"
     )
+
+
+# --- branch rules ---------------------------------------------------------------------
+
+
+def branch_rule(rule: RefRule) -> str:
+    """One rule on one line: its full pattern, then its options as `add` takes them."""
+    where = "  (workspace default)" if rule.inherited else ""
+    return f"{rule.pattern}  {' '.join(rule.options())}{where}"
+
+
+def branch_rules(scope: str, rules: Sequence[RefRule]) -> list[str]:
+    if not rules:
+        return [f"No branch rules on {scope}."]
+    return [f"Branch rules on {scope}:", *("  " + branch_rule(r) for r in rules)]
+
+
+def branch_rule_added(scope: str, rule: RefRule, replaced: bool) -> str:
+    return f"{'Replaced' if replaced else 'Added'} branch rule on {scope}: {branch_rule(rule)}"
+
+
+def branch_rule_removed(scope: str, rule: RefRule) -> str:
+    return f"Removed branch rule on {scope}: {branch_rule(rule)}"
+
+
+def would_refuse(found: Sequence[WouldRefuse], rule: RefRule) -> list[str]:
+    """`--dry-run`: the recent ref updates the rule would have refused."""
+    lines = [
+        f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(w.at))} {shown(w.account)} "
+        f"{shown(w.repository)} {shown(w.ref)} {w.kind}: {shown(w.reason)}"
+        for w in found
+    ]
+    lines.append(
+        f"{len(found)} ref update(s) of recent pushes would have been refused by this rule."
+        if found
+        else "No recent push would have been refused by this rule."
+    )
+    if rule.require_signed:
+        lines.append("(--require-signed is not replayed: the audit log holds no signatures.)")
+    lines.append("Dry run: nothing changed.")
+    return lines

@@ -95,6 +95,7 @@ def test_clone_after_a_force_push_and_a_deletion(gw, repo, work):
     assert not side_only & reachable(clone)
     # The objects are still in the bitmapped pack; a clone must not carry them.
     assert subprocess.run(["git", "cat-file", "-e", side_only.pop()], cwd=clone).returncode != 0
+    gw.cli("branch-rule", "remove", path, "main")  # the default branch's protection
     gw.git(alice, "push", "-q", "-f", gw.url(path), "main~5:main", cwd=tree)
     clone_and_check(gw, alice, path, work / "after-force")
 

@@ -1,5 +1,6 @@
 """The access decision as a table: every role x visibility x policy x 2SV state x
-session state x action, plus missing repositories and access keys."""
+session state x action, plus missing repositories and access keys; and per ref, every
+pusher x branch rule kind x update kind x 2SV session state."""
 
 from __future__ import annotations
 
@@ -7,7 +8,21 @@ import itertools
 
 import pytest
 
-from gateway.decision import Action, Allow, Deny, Identity, RepoFacts, TwoSVFacts, decide
+from gateway.decision import (
+    ACCESS_KEY,
+    Action,
+    Allow,
+    Deny,
+    Identity,
+    Pusher,
+    RefRule,
+    RepoFacts,
+    TwoSVFacts,
+    UpdateKind,
+    decide,
+    decide_ref,
+    may_push,
+)
 
 NOW = 1_000_000.0
 SSH = "ssh -p 2222 git@example.org"
@@ -103,3 +118,110 @@ def test_access_keys_are_bound_and_exempt_from_policy(write, policy):
         assert push.message == 'Permission to acme/w denied to access key "ci" (read-only).'
     for action in Action:  # even a public repository elsewhere is out of reach
         assert decide(deploy, none, other, action, NOW).message == "Repository not found: acme/x"
+
+
+# --- per ref: branch rules -------------------------------------------------------------
+
+RULES = {
+    "none": None,
+    "push-admin": RefRule("refs/heads/main", push=("admin",)),
+    "push-alice": RefRule("refs/heads/main", push=("alice",)),
+    "no-force": RefRule("refs/heads/main", no_force=True),
+    "no-delete": RefRule("refs/heads/main", no_delete=True),
+    "no-create": RefRule("refs/heads/main", no_create=True),
+    "2sv-session": RefRule("refs/heads/main", require_2sv_session=True),
+    "signed": RefRule("refs/heads/main", require_signed=True),
+}
+PUSHERS = {  # who, with which key: (role, key kind, account)
+    "write": ("write", "auth", "bob"),
+    "admin": ("admin", "auth", "carol"),
+    "alice": ("write", "auth", "alice"),
+    "access-key": ("write", ACCESS_KEY, "access-key:ci"),
+}
+TWOSV_STATES = {"none": 0.0, "open": NOW - 60, "expired": NOW - 16 * 60, "security-key": 0.0}
+UNSIGNED = "0123abcd: unsigned"
+
+
+def expected_ref(rule, who, kind, state):
+    role, key_kind, account = PUSHERS[who]
+    name = "rule refs/heads/main"
+    if rule == "push-admin" and role != "admin":
+        return f"{name}: only admin may push"
+    if rule == "push-alice" and account != "alice":
+        return f"{name}: only alice may push"
+    if rule == "no-force" and kind is UpdateKind.FORCE:
+        return f"{name}: force-push not allowed (not a fast-forward)"
+    if rule == "no-delete" and kind is UpdateKind.DELETE:
+        return f"{name}: deletion not allowed"
+    if rule == "no-create" and kind is UpdateKind.CREATE:
+        return f"{name}: creation not allowed"
+    if rule == "2sv-session" and key_kind == ACCESS_KEY:
+        return f"{name}: needs a two-step session, which an access key cannot open"
+    if rule == "2sv-session" and state not in ("open", "security-key"):
+        return f"{name}: needs a two-step session"
+    if rule == "signed" and kind is not UpdateKind.DELETE:
+        return f"{name}: {UNSIGNED}"
+    return None
+
+
+REF_CASES = list(itertools.product(RULES, PUSHERS, tuple(UpdateKind), TWOSV_STATES))
+
+
+@pytest.mark.parametrize("rule,who,kind,state", REF_CASES)
+def test_ref_decision_table(rule, who, kind, state):
+    role, key_kind, account = PUSHERS[who]
+    if state == "security-key" and key_kind != ACCESS_KEY:
+        key_kind = "security-key"
+    person = Pusher(account, role, "SHA256:k", key_kind, TWOSV_STATES[state], 15)
+    rules = () if RULES[rule] is None else (RULES[rule],)
+    verdict = decide_ref(person, rules, "refs/heads/main", kind, NOW, UNSIGNED, ssh=SSH)
+    want = expected_ref(rule, who, kind, state)
+    if want is None:
+        assert isinstance(verdict, Allow)
+    else:
+        assert isinstance(verdict, Deny) and verdict.message.split("\n")[0] == want
+    # A ref no rule matches is never refused by the rules.
+    assert isinstance(decide_ref(person, rules, "refs/heads/other", kind, NOW, UNSIGNED), Allow)
+
+
+def test_ref_table_has_every_combination():
+    assert len(REF_CASES) == 8 * 4 * 4 * 4
+
+
+def test_two_step_refusal_names_the_ref_and_how_to_comply():
+    person = Pusher("bob", "write", "SHA256:k", "auth", 0.0, 15)
+    rule = RefRule("refs/heads/release/*", require_2sv_session=True)
+    verdict = decide_ref(
+        person, (rule,), "refs/heads/release/1.0", UpdateKind.FAST_FORWARD, NOW, ssh=SSH
+    )
+    assert isinstance(verdict, Deny)
+    assert verdict.message.split("\n")[1] == (
+        "refs/heads/release/1.0 needs an open two-step session for the key in use. "
+        f"Open one with: {SSH} 2sv verify (or log in with a security key)"
+    )
+
+
+def test_several_matching_rules_combine():
+    person = Pusher("carol", "admin", "SHA256:k", "auth", 0.0, 15)
+    rules = (
+        RefRule("refs/heads/**", push=("admin",)),
+        RefRule("refs/heads/release/*", no_delete=True),
+    )
+    ref = "refs/heads/release/2"
+    assert isinstance(decide_ref(person, rules, ref, UpdateKind.FORCE, NOW), Allow)
+    refused = decide_ref(person, rules, ref, UpdateKind.DELETE, NOW)
+    assert refused.message == "rule refs/heads/release/*: deletion not allowed"
+    writer = Pusher("bob", "write", "SHA256:k", "auth", 0.0, 15)
+    assert decide_ref(writer, rules, ref, UpdateKind.CREATE, NOW).message == (
+        "rule refs/heads/**: only admin may push"
+    )
+
+
+def test_push_names_a_key_and_accounts_named_like_roles():
+    key = Pusher("access-key:ci", "write", "SHA256:ci", ACCESS_KEY)
+    assert may_push(("key:SHA256:ci",), key) and not may_push(("admin",), key)
+    assert may_push(("write",), key)  # an access key with write holds the write role
+    admin_named = Pusher("admin", "write", "SHA256:k")
+    assert not may_push(("admin",), admin_named)  # the role, not the account
+    assert may_push(("account:admin",), admin_named)
+    assert not may_push(("ci",), Pusher("ci", "write", "SHA256:x", ACCESS_KEY))

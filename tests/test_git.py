@@ -81,6 +81,9 @@ def test_push_tags(gw, setup):
 
 def test_force_push(gw, setup):
     alice, path, clone, first = setup
+    # Every repository starts with its default branch protected (a branch rule); this
+    # is about force-pushes themselves, so the rule goes first.
+    gw.cli("branch-rule", "remove", path, "main")
     commit(clone, "a.txt")
     gw.git(alice, "push", "origin", "main", cwd=clone)
     local_git("reset", "-q", "--hard", first, cwd=clone)

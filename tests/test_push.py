@@ -1,8 +1,9 @@
 """The push pipeline with the real `git` client: hooks, quarantine, atomic pushes, push
-options, leases, and the hooks that ship in hooks/."""
+options, leases, the hooks that ship in hooks/ and the default branch's default rule."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -161,42 +162,41 @@ def test_force_with_lease_with_a_stale_lease_is_refused(gw, pushed, work):
     assert remote_refs(gw, alice, path)["refs/heads/main"] == theirs
 
 
-def test_shipped_hook_protects_the_default_branch(gw, pushed, hooks):
+def test_default_branch_is_protected_by_a_default_rule(gw, pushed):
+    """What the shipped hook did is a branch rule every repository starts with; turning
+    it off is a rule change, not a git config edit."""
     alice, path, clone, first = pushed
-    hooks(
-        "pre-receive.d/10-protect-default-branch",
-        (SHIPPED_HOOKS / "pre-receive.d" / "10-protect-default-branch").read_text(),
-    )
+    listed = json.loads(gw.cli("branch-rule", "list", path, "--json").stdout)
+    assert [(r["pattern"], r["no_force"], r["no_delete"]) for r in listed] == [
+        ("refs/heads/main", True, True)
+    ]
     second = commit(clone, "two.txt")
     gw.git(alice, "push", "origin", "main", cwd=clone)  # fast-forward: fine
     local_git("reset", "-q", "--hard", first, cwd=clone)
     rewritten = commit(clone, "rewrite.txt")
     forced = gw.git(alice, "push", "--force", "origin", "main", cwd=clone, check=False)
     assert forced.returncode != 0
-    assert "remote: The default branch main cannot be force-pushed." in forced.stderr
+    assert (
+        "[remote rejected] main -> main "
+        "(rule refs/heads/main: force-push not allowed (not a fast-forward))"
+    ) in forced.stderr, forced.stderr
     deleted = gw.git(alice, "push", "origin", "--delete", "main", cwd=clone, check=False)
     assert deleted.returncode != 0
-    assert "remote: The default branch main cannot be deleted." in deleted.stderr
+    assert "[remote rejected] main (rule refs/heads/main: deletion not allowed)" in deleted.stderr
     assert remote_refs(gw, alice, path)["refs/heads/main"] == second
     # Other branches can be force-pushed and deleted.
     gw.git(alice, "push", "origin", "HEAD:refs/heads/scratch", cwd=clone)
     gw.git(alice, "push", "--force", "origin", f"{first}:refs/heads/scratch", cwd=clone)
     gw.git(alice, "push", "origin", "--delete", "scratch", cwd=clone)
-    # Turned off for this one repository, as the hook's comment says.
-    subprocess.run(
-        [
-            "git",
-            "--git-dir",
-            str(gw.repo_dir(path)),
-            "config",
-            "gateway.protectDefaultBranch",
-            "false",
-        ],
-        check=True,
-    )
+    # Turned off for this one repository: the rule is removed.
+    gw.cli("branch-rule", "remove", path, "main")
     gw.git(alice, "push", "--force", "origin", "main", cwd=clone)
     assert remote_refs(gw, alice, path)["refs/heads/main"] == rewritten
     fsck(gw, path)
+
+
+def test_no_default_branch_hook_ships():
+    assert not (SHIPPED_HOOKS / "pre-receive.d" / "10-protect-default-branch").exists()
 
 
 def test_shipped_post_receive_example_logs_pushes(gw, pushed, hooks, work):

@@ -1,7 +1,7 @@
 """Ref-level checks of the push pipeline, with the real `git push` (and raw pkt-lines):
 directory/file conflicts, `--atomic` all or none, the namespaces a push may write
 (`push_ref_namespaces`), unusual ref names (`allow_unusual_ref_names`), refs/replace/
-against the shipped default-branch protection, and what hooks and the audit log see."""
+against the default-branch rule, and what hooks and the audit log see."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 
 from testkit import Gateway, local_git, unique, wait_for
 from testkit.localgit import commit, fsck
-from testkit.pushes import SHIPPED_HOOKS, assert_clean_log, bare_refs, log_since, ref_locks, seed
+from testkit.pushes import assert_clean_log, bare_refs, log_since, ref_locks, seed
 from testkit.receivepack import ZERO, commands, new_history, pack_of, receive_pack, report_of
 
 
@@ -330,7 +330,7 @@ def test_unusual_ref_names_can_be_allowed(private, work):
     fsck(g, path)
 
 
-# --- refs/replace/ against the default-branch protection --------------------------------------
+# --- refs/replace/ against the default-branch rule --------------------------------------
 
 
 def replacement_attack(g: Gateway, alice, clone: Path, old: str) -> tuple[str, str]:
@@ -345,12 +345,9 @@ def replacement_attack(g: Gateway, alice, clone: Path, old: str) -> tuple[str, s
 
 
 def test_replace_refs_cannot_bypass_the_default_branch_protection(private, work):
-    """Even with refs/replace/ allowed: hooks run with GIT_NO_REPLACE_OBJECTS=1."""
+    """Even with refs/replace/ allowed: the default rule's fast-forward check reads the
+    objects as they are, never replacements."""
     g = private('push_ref_namespaces = ["refs/heads/", "refs/tags/", "refs/replace/"]\n')
-    protect = g.root / "hooks" / "pre-receive.d" / "10-protect-default-branch"
-    protect.parent.mkdir(parents=True)
-    protect.write_text((SHIPPED_HOOKS / "pre-receive.d" / "10-protect-default-branch").read_text())
-    protect.chmod(0o755)
     alice, path, clone, first = seed(g, work)
     repo_dir = g.repo_dir(path)
     n, r = replacement_attack(g, alice, clone, first)
@@ -365,7 +362,7 @@ def test_replace_refs_cannot_bypass_the_default_branch_protection(private, work)
         alice, "push", "--force", "origin", f"{n}:refs/heads/main", cwd=clone, check=False
     )
     assert forced.returncode != 0
-    assert "remote: The default branch main cannot be force-pushed." in forced.stderr, forced.stderr
+    assert "(rule refs/heads/main: force-push not allowed (not a fast-forward))" in forced.stderr
     assert bare_refs(repo_dir)["refs/heads/main"] == first
     fsck(g, path)
 

@@ -294,3 +294,39 @@ async def test_store_is_current_and_looks_keys_up_by_index(backend):
     finally:
         await db.close()
     await backend.migrate()  # again: a no-op
+
+
+async def test_migration_7_gives_existing_repositories_the_default_branch_rule(tmp_path):
+    """What the shipped default-branch hook did becomes each existing repository's
+    rule when the schema moves from 6 to 7 (SQLite: PostgreSQL runs the same SQL,
+    translated)."""
+    import sqlite3
+
+    from gateway.config import Settings
+    from gateway.store import branch_rules
+
+    settings = Settings(data_dir=tmp_path)
+    raw = sqlite3.connect(settings.db_path)
+    for number in range(6):
+        for statement in store_db.sql_of(store_db.MIGRATIONS[number], "sqlite"):
+            raw.execute(statement)
+    raw.execute("PRAGMA user_version=6")
+    raw.execute("INSERT INTO workspaces (name, created_at) VALUES ('acme', 0)")
+    raw.execute(
+        "INSERT INTO repos (workspace_id, name, default_branch, created_at)"
+        " VALUES (1, 'widgets', 'trunk', 0)"
+    )
+    raw.execute("INSERT INTO audit (at, actor, action) VALUES (0, 'operator', 'repo.add')")
+    raw.commit()
+    raw.close()
+    async with await store_db.open_backend(settings) as backend:
+        db = await backend.connect()
+        try:
+            rules = await branch_rules.applying(db, 1, 1)
+            assert [(r.pattern, r.no_force, r.no_delete, r.no_create) for r in rules] == [
+                ("refs/heads/trunk", True, True, False)
+            ]
+            row = await db.fetch_one("SELECT facts FROM audit")
+            assert row is not None and row[0] == ""
+        finally:
+            await db.close()

@@ -275,6 +275,7 @@ def test_clones_after_fast_forwards_force_pushes_and_deletions(gw, repo, work):
     clone_matches("c2")
     local_git("reset", "-q", "--hard", "HEAD~1", cwd=tree)
     commit(tree, "c.txt")
+    gw.cli("branch-rule", "remove", path, "main")  # the default branch's protection
     push(gw, alice, path, tree, "--force", "main", "--delete", "v1")  # history rewritten
     assert not has_object(clone_matches("c3"), local_git("rev-parse", "v1", cwd=tree).strip())
     push(gw, alice, path, tree, "--delete", "topic")

@@ -8,7 +8,17 @@ from __future__ import annotations
 
 from ..errors import Refusal
 from ..names import printable
-from . import git, info, login_keys, recovery, security_key, signing_keys, twosv, workspace
+from . import (
+    branch_rule,
+    git,
+    info,
+    login_keys,
+    recovery,
+    security_key,
+    signing_keys,
+    twosv,
+    workspace,
+)
 from .context import Context
 from .parse import GatewayCommand, GitRequest, Request, parse
 from .suggest import did_you_mean
@@ -21,6 +31,7 @@ COMMANDS_WITH_ARGS = {
     "workspace": workspace.run,
     "keys": login_keys.run,
     "signing-key": signing_keys.run,
+    "branch-rule": branch_rule.run,
 }
 
 

@@ -5,6 +5,8 @@ process speaks Git; the decision is made again when the client's first command a
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import logging
 import os
 import time
@@ -20,6 +22,7 @@ from ..git.workers.job import Job
 from ..git.workers.pool import WorkerProcess, read_status
 from ..git.workers.slots import Full
 from ..logs import log_event
+from ..names import printable
 from ..store import audit
 from .context import Context, Reader, Writer
 from .parse import GitRequest
@@ -42,6 +45,9 @@ async def run(ctx: Context, request: GitRequest) -> int:
         raise Refusal(verdict.message)
     assert repo is not None
     repo_dir = layout.resolve(ctx.settings.repos_dir, repo.workspace, repo.name)
+    push = None
+    if action is decision.Action.WRITE:
+        push = await access.push_facts(ctx.db, ctx.identity, facts, repo)
     job = Job(
         service=request.service,
         repo_dir=str(repo_dir),
@@ -63,6 +69,16 @@ async def run(ctx: Context, request: GitRequest) -> int:
         log_format=ctx.settings.log_format,
         worker_memory_limit=ctx.settings.worker_memory_limit,
         git_protocol=ctx.git_protocol,
+        **(
+            dict(
+                branch_rules=push.rules,
+                pusher=push.pusher,
+                signing_keys=push.signing_keys,
+                ssh_command=ctx.settings.ssh_command(""),
+            )
+            if push is not None
+            else {}
+        ),
     )
 
     async def recheck() -> str | None:
@@ -116,7 +132,7 @@ async def run(ctx: Context, request: GitRequest) -> int:
             )
         finally:
             status = read_status(proc)
-            await _audit_push(ctx, action, repo.full_name, status)
+            await _audit_push(ctx, action, repo.full_name, status, push)
             housekeeping.SCHEDULER.after_push(str(repo_dir), repo.full_name, ctx.settings, status)
     finally:
         held.release()
@@ -191,25 +207,68 @@ def _owner(identity: decision.Identity) -> str:
     return f"account {identity.account_id}"
 
 
-async def _audit_push(ctx: Context, action: decision.Action, repository: str, report: dict) -> None:
+async def _audit_push(
+    ctx: Context,
+    action: decision.Action,
+    repository: str,
+    report: dict,
+    push: access.PushFacts | None,
+) -> None:
     """A push is audited by the refs it moved, which the worker reports as soon as they
     have moved (before it answers the client): whatever its exit status, and even if the
-    client went away after that. A push whose refs were all refused leaves no row."""
+    client went away after that. The row keeps the facts of the decision (the pusher,
+    each ref's kind of update) for `branch-rule --dry-run`. A push whose refs were all
+    refused leaves no `repo.push` row; each refused ref gets a `repo.write` denied row."""
+    if action is not decision.Action.WRITE:
+        return
     moved = report.get("moved")
-    if action is decision.Action.WRITE and isinstance(moved, int) and moved > 0:
+    if isinstance(moved, int) and moved > 0:
         await audit.write(
-            ctx.db, ctx.identity.account, "repo.push", repository, detail=moved_detail(report)
+            ctx.db,
+            ctx.identity.account,
+            "repo.push",
+            repository,
+            detail=moved_detail(report),
+            facts=push_facts_json(report, push),
         )
-        await ctx.db.commit()
+    refused = report.get("refused")
+    for item in refused if isinstance(refused, list) else []:
+        if isinstance(item, list) and len(item) == 2 and all(isinstance(i, str) for i in item):
+            await audit.write(
+                ctx.db,
+                ctx.identity.account,
+                "repo.write",
+                repository,
+                outcome="denied",
+                detail=f"{_escaped(item[0])}: {printable(item[1], None)}",
+            )
+    await ctx.db.commit()
+
+
+def push_facts_json(report: dict, push: access.PushFacts | None) -> str:
+    """The facts `branch-rule --dry-run` reads back: who pushed (as decision.Pusher)
+    and, for each ref named, its kind of update."""
+    refs, kinds = report.get("refs", []), report.get("kinds", [])
+    if not isinstance(refs, list) or not isinstance(kinds, list) or push is None:
+        return ""
+    updates = [
+        [r, k]
+        for r, k in zip(refs, kinds, strict=False)
+        if isinstance(r, str) and isinstance(k, str)
+    ]
+    return json.dumps({"pusher": dataclasses.asdict(push.pusher), "updates": updates})
+
+
+def _escaped(text: str) -> str:
+    """Anything that does not print, escaped: the audit is read at a terminal."""
+    return "".join(c if c.isprintable() and c != " " else f"\\u{ord(c):04x}" for c in text)
 
 
 def moved_detail(report: dict) -> str:
     """`N refs: NAME ...` with anything that does not print escaped (a ref name may hold
     bidi controls if the operator allows them; the audit is read at a terminal)."""
     refs = [r for r in report.get("refs", []) if isinstance(r, str)]
-    names = " ".join(
-        "".join(c if c.isprintable() and c != " " else f"\\u{ord(c):04x}" for c in r) for r in refs
-    )
+    names = " ".join(_escaped(r) for r in refs)
     more = " ..." if report["moved"] > len(refs) else ""
     return f"{report['moved']} ref{'s' if report['moved'] != 1 else ''}: {names}{more}"
 

@@ -104,6 +104,8 @@ async def help_text(ctx: Context) -> int:
         f"  {s.ssh_command('keys [remove FINGERPRINT]')}   the keys that log in to your account\n"
         f"  {s.ssh_command('signing-key list|add TITLE < KEY.pub|remove FINGERPRINT|TITLE')}\n"
         f"  {s.ssh_command('workspace show NAME | require-2sv NAME on|off|session [--dry-run]')}\n"
+        f"  {s.ssh_command('branch-rule list|add|remove WORKSPACE[/NAME] [PATTERN] [options]')}"
+        "   (admins; see the README)\n"
         "Answers to questions are read from standard input, so they can be piped in."
     )
     return 0

@@ -20,7 +20,7 @@ from .twosv import codes_guarded, second_factor, service
 FRESH_SESSION = 15
 
 
-async def _membership(ctx: Context, name: str) -> tuple[workspaces.Workspace, str]:
+async def membership(ctx: Context, name: str) -> tuple[workspaces.Workspace, str]:
     """The workspace and the caller's role; non-members cannot tell it exists."""
     try:
         workspace = await workspaces.find(ctx.db, names.workspace_name(name))
@@ -35,7 +35,7 @@ async def _membership(ctx: Context, name: str) -> tuple[workspaces.Workspace, st
 
 
 async def show(ctx: Context, name: str) -> int:
-    workspace, role = await _membership(ctx, name)
+    workspace, role = await membership(ctx, name)
     members = await workspaces.members(ctx.db, workspace.id)
     lacking = None  # each member's 2SV is for admins to see
     if role == Role.ADMIN:
@@ -48,7 +48,7 @@ async def show(ctx: Context, name: str) -> int:
 async def require_2sv(
     ctx: Context, name: str, policy_word: str, window: int | None, dry_run: bool = False
 ) -> int:
-    workspace, role = await _membership(ctx, name)
+    workspace, role = await membership(ctx, name)
     requirement = workspace_service.check_requirement(policy_word, window)
     if role != Role.ADMIN:
         raise Refusal(f'Only admins of workspace "{workspace.name}" can change its policy.')
@@ -67,7 +67,7 @@ async def require_2sv(
             "Enable two-step verification on your own account first: "
             f"{ctx.settings.ssh_command('2sv enable')}"
         )
-    typed = await _fresh_factor(ctx, svc, workspace)
+    typed = await fresh_factor(ctx, svc, workspace)
     # The code prompt may have waited: the key and the admin role must still stand.
     await ctx.check_still_valid()
     if await workspaces.role_of(ctx.db, workspace.id, ctx.identity.account_id) != Role.ADMIN:
@@ -108,11 +108,16 @@ async def _own_session(ctx: Context, window: int) -> str:
     )
 
 
-async def _fresh_factor(ctx: Context, svc, workspace: workspaces.Workspace) -> Accepted | None:
-    """A stolen admin key alone must not open the workspace: a policy change needs a
-    security-key login, a fresh two-step session for this key, or a code now (returned).
-    Recovery codes (typed, or behind the session) count only where the key alone cannot
-    read them."""
+async def fresh_factor(
+    ctx: Context,
+    svc,
+    workspace: workspaces.Workspace,
+    prompt: str = "Verification code (to change the workspace's policy): ",
+) -> Accepted | None:
+    """A stolen admin key alone must not open the workspace: a policy (or branch rule)
+    change needs a security-key login, a fresh two-step session for this key, or a code
+    now (returned). Recovery codes (typed, or behind the session) count only where the
+    key alone cannot read them."""
     if ctx.identity.key_kind == KeyKind.SECURITY_KEY:
         return None
     guarded = await codes_guarded(ctx)
@@ -124,9 +129,7 @@ async def _fresh_factor(ctx: Context, svc, workspace: workspaces.Workspace) -> A
         and (guarded or found[1] in (Factor.TOTP, Factor.SECURITY_KEY))
     ):
         return None
-    return await second_factor(
-        ctx, svc, "Verification code (to change the workspace's policy): ", recovery_codes=guarded
-    )
+    return await second_factor(ctx, svc, prompt, recovery_codes=guarded)
 
 
 def _parse_options(args: list[str]) -> tuple[int | None, bool]:

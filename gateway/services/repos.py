@@ -9,8 +9,9 @@ from pathlib import Path
 from .. import names
 from ..errors import Refusal
 from ..git import layout
-from ..store import audit, repos, workspaces
+from ..store import audit, branch_rules, repos, workspaces
 from ..store.database import Database
+from .branch_rules import default_branch_rule
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,11 @@ async def create(
     # The record and the directory must appear together: insert, create on disk, and
     # commit only once the repository exists.
     await repos.add(db, workspace.id, path.name, public, branch, workspace.name)
+    added = await repos.find(db, workspace.name, path.name)
+    assert added is not None
+    # What the shipped hook did: the default branch is neither deleted nor rewritten,
+    # until an admin removes the rule (`branch-rule remove WORKSPACE/NAME BRANCH`).
+    await branch_rules.put(db, workspace.id, added.id, default_branch_rule(branch))
     try:
         layout.create(repos_dir, workspace.name, path.name, branch)
     except BaseException:

@@ -17,6 +17,7 @@ class Entry:
     target: str
     outcome: str
     detail: str
+    facts: str = ""  # JSON: what a push's decision knew (repo.push rows), else ""
 
 
 async def write(
@@ -26,10 +27,12 @@ async def write(
     target: str = "",
     outcome: str = "ok",
     detail: str = "",
+    facts: str = "",
 ) -> None:
     await db.execute(
-        "INSERT INTO audit (at, actor, action, target, outcome, detail) VALUES (?, ?, ?, ?, ?, ?)",
-        (now(), actor, action, target, outcome, detail),
+        "INSERT INTO audit (at, actor, action, target, outcome, detail, facts)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (now(), actor, action, target, outcome, detail, facts),
     )
 
 
@@ -43,3 +46,15 @@ async def read(db: Database, account: str | None, limit: int) -> list[Entry]:
         args = (account, account, limit)
     rows = await db.fetch_all(query, args)
     return [Entry(*tuple(row)) for row in reversed(rows)]
+
+
+async def recent(db: Database, action: str, targets: list[str], limit: int) -> list[Entry]:
+    """The last `limit` rows of one action on any of `targets`, newest first."""
+    if not targets:
+        return []
+    marks = ", ".join("?" for _ in targets)
+    query = (
+        f"SELECT * FROM audit WHERE action = ? AND outcome = 'ok' AND target IN ({marks})"
+        " ORDER BY id DESC LIMIT ?"
+    )
+    return [Entry(*tuple(row)) for row in await db.fetch_all(query, (action, *targets, limit))]

@@ -152,10 +152,34 @@ MIGRATIONS: list[str | Dialects] = [
     ALTER TABLE ssh_keys ADD COLUMN expires_at INTEGER;
     ALTER TABLE ssh_keys ADD COLUMN last_used_at INTEGER;
     """,
-    # 8 once merged after branch rules' 7: the keys an account signs commits and tags
-    # with (Git's gpg.format=ssh). A key signs for one account only, so that "the
-    # pusher's own keys" means one thing; titles are unique per account, so a title
-    # names one key.
+    # 7: branch rules, a repository's own (repo_id set) or its workspace's defaults
+    # (repo_id NULL); `push` lists who may update matching refs, space-separated ('':
+    # whoever may write). The shipped default-branch hook becomes a rule of each
+    # repository. Audit rows gain the facts a decision had (JSON), for `--dry-run`.
+    """
+    CREATE TABLE branch_rules (
+        id INTEGER PRIMARY KEY,
+        workspace_id INTEGER NOT NULL REFERENCES workspaces(id) ON DELETE CASCADE,
+        repo_id INTEGER REFERENCES repos(id) ON DELETE CASCADE,
+        pattern TEXT NOT NULL,
+        push TEXT NOT NULL DEFAULT '',
+        no_force INTEGER NOT NULL DEFAULT 0,
+        no_delete INTEGER NOT NULL DEFAULT 0,
+        no_create INTEGER NOT NULL DEFAULT 0,
+        require_2sv_session INTEGER NOT NULL DEFAULT 0,
+        require_signed INTEGER NOT NULL DEFAULT 0,
+        own_keys INTEGER NOT NULL DEFAULT 0,
+        created_at INTEGER NOT NULL
+    );
+    CREATE UNIQUE INDEX branch_rules_scope
+        ON branch_rules(workspace_id, (COALESCE(repo_id, 0)), pattern);
+    INSERT INTO branch_rules (workspace_id, repo_id, pattern, no_force, no_delete, created_at)
+        SELECT workspace_id, id, 'refs/heads/' || default_branch, 1, 1, created_at FROM repos;
+    ALTER TABLE audit ADD COLUMN facts TEXT NOT NULL DEFAULT '';
+    """,
+    # 8: the keys an account signs commits and tags with (Git's gpg.format=ssh). A key
+    # signs for one account only, so that "the pusher's own keys" means one thing;
+    # titles are unique per account, so a title names one key.
     """
     CREATE TABLE signing_keys (
         id INTEGER PRIMARY KEY,

@@ -10,8 +10,9 @@ behind. This handler does, in order:
 2. check connectivity: every object a new tip needs is in the quarantine or the store
    (a push whose history stops at the client's shallow boundary is refused, as C git's
    `shallow update not allowed`: the repository never becomes shallow);
-3. run `pre-receive` (it can read the quarantined objects, as Git's hooks can), then
-   `update` for each ref;
+3. decide each ref by the branch rules (branchrules.py: kind of update, the one
+   decision per ref, signatures where asked), then run `pre-receive` (it can read the
+   quarantined objects, as Git's hooks can) and `update` for each ref;
 4. move the new packs into the store, then update refs by compare-and-swap under a
    per-repository lock (all or none with `--atomic`);
 5. report per ref the way C git does, then run `post-receive` and `post-update`.
@@ -45,10 +46,12 @@ from dulwich.protocol import (
 )
 from dulwich.repo import Repo
 
+from ...decision import Pusher, RefRule
 from ...logs import log_event
 from ..upload.refs import head_target, list_refs
-from . import connectivity, fsck, hooks, packedwrite, packreader, refcheck
+from . import branchrules, connectivity, fsck, hooks, packedwrite, packreader, refcheck
 from . import quarantine as quarantines
+from .signed import SigningKey
 
 ZERO = b"0" * 40
 CAPABILITIES = [
@@ -77,6 +80,7 @@ class Command:
     new: bytes
     ref: bytes
     error: bytes | None = None  # set once the ref is refused
+    kind: str = ""  # decision.UpdateKind, once the branch rules have looked at it
 
     @property
     def is_delete(self) -> bool:
@@ -90,6 +94,10 @@ class Command:
 # much of each name: well under a pipe's 64 KiB, so that the one write never waits.
 STATUS_REFS = 50
 STATUS_REF_CHARS = 100
+# Refused refs are named with their reason, fewer of them: even all in 4-byte UTF-8,
+# the whole report stays under the 64 KiB.
+STATUS_REFUSED = 20
+STATUS_REASON_CHARS = 150
 
 
 @dataclass
@@ -105,6 +113,11 @@ class PushSettings:
     status_fd: int | None = None  # the pool's status pipe (workers/pool.py)
     fsck_objects: bool = True
     limits: packreader.Limits = field(default_factory=packreader.Limits)
+    # Branch rules (branchrules.py): none, by default, as for a job without them.
+    rules: tuple[RefRule, ...] = ()
+    pusher: Pusher = field(default_factory=Pusher)
+    signing_keys: tuple[SigningKey, ...] = ()
+    ssh_command: str = "ssh git@HOST"
 
 
 class ReceivePack:
@@ -151,12 +164,13 @@ class ReceivePack:
                         self._check_connectivity(commands, quarantine, links)
                     self._tip_types = links.tip_types
             if unpack_status == b"ok":
+                self._check_branch_rules(commands, quarantine)
                 self._run_checks_and_update(commands, options, quarantine)
         finally:
             if quarantine is not None:
                 quarantines.remove(quarantine)
         updated = [c for c in commands if c.error is None]
-        self._tell_server(updated)  # before the report: the client may be gone by then
+        self._tell_server(updated, commands)  # before the report: the client may be gone
         self._report(unpack_status, commands)
         if updated:
             self._hook("post-receive", b"".join(c.line() for c in updated), options=options)
@@ -334,6 +348,30 @@ class ReceivePack:
             # moves in, so nothing of this push is accepted (an object no tip reaches
             # that names a missing one included, as C git's index-pack --strict).
             self._refuse_all(commands, b"missing necessary objects")
+
+    def _check_branch_rules(
+        self, commands: list[Command], quarantine: DiskObjectStore | None
+    ) -> None:
+        """Each ref that passed the checks so far, by the rules of its repository (and
+        its workspace); a refused ref gets the rule's reason as its `ng` status."""
+        live = [c for c in commands if c.error is None]
+        store = self.repo.object_store
+        settings = branchrules.Settings(
+            self.settings.rules,
+            self.settings.pusher,
+            self.settings.signing_keys,
+            self.settings.ssh_command,
+        )
+        kinds, refused = branchrules.check(
+            [(c.old, c.new, c.ref) for c in live],
+            settings,
+            quarantine if quarantine is not None else store,
+            self.repo.get_refs,
+            self._say,
+        )
+        for command in live:
+            command.kind = kinds.get(command.ref, "")
+            command.error = refused.get(command.ref)
 
     def _run_checks_and_update(
         self, commands: list[Command], options: list[bytes], quarantine: DiskObjectStore | None
@@ -529,15 +567,27 @@ class ReceivePack:
             self._say,
         )
 
-    def _tell_server(self, moved: list[Command]) -> None:
-        """The refs that moved, for the server's audit row (see pool.py)."""
-        if self.settings.status_fd is None or not moved:
+    def _tell_server(self, moved: list[Command], commands: list[Command]) -> None:
+        """The refs that moved (and how), and those refused (and why), for the server's
+        audit rows (see pool.py): one write, well under a pipe's capacity."""
+        refused = [c for c in commands if c.error is not None]
+        if self.settings.status_fd is None or not (moved or refused):
             return
-        names = [c.ref.decode("utf-8", "replace")[:STATUS_REF_CHARS] for c in moved[:STATUS_REFS]]
+
+        def name(command: Command) -> str:
+            return command.ref.decode("utf-8", "replace")[:STATUS_REF_CHARS]
+
+        status = {
+            "moved": len(moved),
+            "refs": [name(c) for c in moved[:STATUS_REFS]],
+            "kinds": [c.kind for c in moved[:STATUS_REFS]],
+            "refused": [
+                [name(c), (c.error or b"").decode("utf-8", "replace")[:STATUS_REASON_CHARS]]
+                for c in refused[:STATUS_REFUSED]
+            ],
+        }
         try:
-            os.write(
-                self.settings.status_fd, json.dumps({"moved": len(moved), "refs": names}).encode()
-            )
+            os.write(self.settings.status_fd, json.dumps(status, ensure_ascii=False).encode())
         except OSError:
             pass  # the server is gone; nobody is left to tell
 

@@ -192,3 +192,32 @@ def _check(
     except signatures.Unverified as refused:
         return sha, str(refused)
     return None
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    """A signing key registered with the gateway, as the worker's job carries it: the
+    signature carries the public key, which must have this fingerprint."""
+
+    account: str
+    fingerprint: str
+
+
+def refusal(
+    objects: BaseObjectStore,
+    old: bytes,
+    new: bytes,
+    keys: tuple[SigningKey, ...],
+    own_account: str | None,
+    known: Iterable[bytes] = (),
+) -> str | None:
+    """Why a `--require-signed` rule refuses the update from `old` to `new` (one line
+    naming the object), or None when everything it makes reachable verifies. `objects`:
+    the quarantine with the store its alternate (or the store when nothing was pushed);
+    `own_account`: with `--own-keys`, the pusher's account."""
+    registered = {key.fingerprint: key.account for key in keys}
+    failure = first_unverified(objects, new, old, registered, own_account, known=known)
+    if failure is None:
+        return None
+    sha, reason = failure
+    return f"{sha.decode('ascii', 'replace')}: {reason}"

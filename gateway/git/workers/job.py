@@ -18,12 +18,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
+from ...decision import Pusher, RefRule
 from ..receive.packreader import Limits
 from ..receive.pipeline import PushSettings
 from ..receive.refcheck import DEFAULT_NAMESPACES
+from ..receive.signed import SigningKey
 
 HEADER_LENGTH_BYTES = 4
 
@@ -58,14 +60,19 @@ class Job:
     worker_memory_limit: int = 0  # bytes of RLIMIT_DATA; 0: leave it
     # The client's GIT_PROTOCOL, checked by the server (git/protocol.py); "": v0.
     git_protocol: str = ""
+    # Branch rules, decided per ref in the worker (decision.decide_ref): the rules the
+    # repository answers to, who pushes, the signing keys rules may ask for, and how
+    # users reach the gateway (for the instructions in a refusal).
+    branch_rules: tuple[RefRule, ...] = ()
+    pusher: Pusher = field(default_factory=Pusher)
+    signing_keys: tuple[SigningKey, ...] = ()
+    ssh_command: str = "ssh git@HOST"
 
     # --- the header --------------------------------------------------------------------
 
     def header(self) -> bytes:
         """The bytes the pool writes before the Git stream."""
-        body = json.dumps(
-            {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        ).encode()
+        body = json.dumps(dataclasses.asdict(self)).encode()
         return len(body).to_bytes(HEADER_LENGTH_BYTES, "big") + body
 
     @classmethod
@@ -86,18 +93,9 @@ class Job:
 
     @classmethod
     def from_fields(cls, fields: Any) -> Job:
-        if not isinstance(fields, dict):
-            raise BadJob("job header is not an object")
-        hints = typing.get_type_hints(cls)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(fields) - known
-        if unknown:
-            raise BadJob(f"unknown job fields: {', '.join(sorted(unknown))}")
-        values = {name: _typed(name, hints[name], value) for name, value in fields.items()}
-        try:
-            return cls(**values)
-        except TypeError as exc:  # a required field missing
-            raise BadJob(str(exc)) from None
+        job = _record(cls, "job header", fields)
+        assert isinstance(job, Job)
+        return job
 
     # --- what the worker derives from it ----------------------------------------------
 
@@ -126,10 +124,31 @@ class Job:
             status_fd=status_fd,
             fsck_objects=self.fsck_objects,
             limits=self.limits(),
+            rules=self.branch_rules,
+            pusher=self.pusher,
+            signing_keys=self.signing_keys,
+            ssh_command=self.ssh_command,
         )
 
     def limits(self) -> Limits:
         return Limits(self.max_object_bytes, self.max_push_inflated_bytes, self.worker_memory_limit)
+
+
+def _record(cls: type, what: str, fields: Any) -> Any:
+    """A dataclass (the Job, or a record inside it) from a JSON object, every field's
+    type checked."""
+    if not isinstance(fields, dict):
+        raise BadJob(f"{what} is not an object")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(fields) - known
+    if unknown:
+        raise BadJob(f"unknown fields in {what}: {', '.join(sorted(unknown))}")
+    values = {name: _typed(name, hints[name], value) for name, value in fields.items()}
+    try:
+        return cls(**values)
+    except TypeError as exc:  # a required field missing
+        raise BadJob(str(exc)) from None
 
 
 def _typed(name: str, hint: Any, value: Any) -> Any:
@@ -138,11 +157,17 @@ def _typed(name: str, hint: Any, value: Any) -> Any:
         ok = isinstance(value, bool)
     elif hint is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
+    elif hint is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        value = float(value) if ok else value
     elif hint is str:
         ok = isinstance(value, str)
+    elif dataclasses.is_dataclass(hint) and isinstance(hint, type):
+        return _record(hint, f"job field {name}", value)
     elif typing.get_origin(hint) is tuple:
-        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
-        value = tuple(value) if ok else value
+        (item, _more) = typing.get_args(hint)
+        ok = isinstance(value, list)
+        value = tuple(_typed(name, item, v) for v in value) if ok else value
     else:  # a field of a type this function does not know yet
         raise BadJob(f"job field {name} has an unsupported type")
     if not ok:
