@@ -63,6 +63,7 @@ async def run(ctx: Context, request: GitRequest) -> int:
         log_format=ctx.settings.log_format,
         worker_memory_limit=ctx.settings.worker_memory_limit,
         git_protocol=ctx.git_protocol,
+        database_url=ctx.settings.database_url,
     )
 
     async def recheck() -> str | None:

@@ -56,6 +56,9 @@ class Job:
     log_level: str = "warning"
     log_format: str = "logfmt"
     worker_memory_limit: int = 0  # bytes of RLIMIT_DATA; 0: leave it
+    # PostgreSQL's URL (password and all: the job travels on stdin, never argv or the
+    # environment) for the cross-node ref lock (store/nodelock.py); "": SQLite.
+    database_url: str = dataclasses.field(default="", repr=False)
     # The client's GIT_PROTOCOL, checked by the server (git/protocol.py); "": v0.
     git_protocol: str = ""
 
@@ -126,6 +129,7 @@ class Job:
             status_fd=status_fd,
             fsck_objects=self.fsck_objects,
             limits=self.limits(),
+            database_url=self.database_url,
         )
 
     def limits(self) -> Limits:
