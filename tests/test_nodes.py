@@ -18,7 +18,7 @@ import pytest
 from gateway.store import nodelock
 from testkit import database
 from testkit.keys import fingerprint, make_key
-from testkit.names import unique
+from testkit.names import free_port, unique
 from testkit.server import Gateway
 from testkit.twosv import enable, fresh_code
 
@@ -100,7 +100,10 @@ def test_a_push_waits_for_the_advisory_lock_another_node_holds(nodes, tmp_path):
 
 
 def _waiting_advisory_locks(node: Gateway) -> int:
-    rows = node.sql("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
+    rows = node.sql(
+        "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database"
+        " WHERE l.locktype = 'advisory' AND NOT l.granted AND d.datname = current_database()"
+    )
     return int(rows[0][0])
 
 
@@ -216,3 +219,13 @@ def test_keys_sync_on_two_nodes_at_once_converges(nodes):
     for name in names:
         listed = nodes[2].cli("key", "list", name).stdout
         assert listed.count("SHA256:") == 2, listed
+
+
+def test_an_unreachable_database_is_one_masked_line():
+    port = free_port()  # nothing listens there
+    url = f"postgresql://gateway:s3cret@127.0.0.1:{port}/gateway"
+    with pytest.raises(nodelock.LockUnavailable) as raised, nodelock.held(url, "ws/r.git"):
+        pass
+    message = str(raised.value)
+    assert "s3cret" not in message and "cannot take the lock" in message
+    assert "\n" not in message
