@@ -68,7 +68,7 @@ def _write(settings: Settings, dest: Path) -> list[str]:
         raise Refusal(f"Cannot back up the database: {exc}") from None
     files["gateway.db"] = _sha256(dest / "gateway.db")
     lines.append(f"database: {dest / 'gateway.db'} (online copy, integrity ok, schema {schema})")
-    keys_dir = settings.host_keys_dir
+    keys_dir = settings.host_keys_path
     if keys_dir.is_dir():
         (dest / "host_keys").mkdir(mode=0o700)
         for path in sorted(keys_dir.iterdir()):

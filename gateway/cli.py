@@ -444,7 +444,11 @@ async def cmd_repo_gc(settings: Settings, args: Namespace, db: Database) -> int 
         try:
             report = gc.run(
                 _housekept_dir(settings, name, path),
-                gc.Options(full=True, prune_after=settings.gc_prune_after),
+                gc.Options(
+                    full=True,
+                    prune_after=settings.gc_prune_after,
+                    database_url=settings.database_url,
+                ),
             )
         except (Refusal, gc.NotARepository):
             print(f"{name}: ERROR: not a Git repository: {path}")
@@ -568,7 +572,7 @@ async def cmd_serve(settings, args):
     settings = with_listen(settings)
     if await datadir.initialise(settings):
         # The first ssh asks the user to trust one of these: show them where they start.
-        print(f"New host keys in {settings.host_keys_dir} (the first ssh asks to trust one):")
+        print(f"New host keys in {settings.host_keys_path} (the first ssh asks to trust one):")
         for line in datadir.host_key_fingerprints(settings):
             print(f"Host key: {line}", flush=True)
     await lifecycle.run(settings, lambda: with_listen(config.load(args.data_dir, args.config)))

@@ -27,6 +27,9 @@ class Settings:
     ssh_port: int = 0
     hooks_dir: Path = Path("hooks")
     keydir: Path = Path("keys")
+    # Secrets every node behind one load balancer must share; Path(""): in the data dir.
+    host_keys_dir: Path = Path("")
+    master_key_file: Path = Path("")
     # The database: "" is the SQLite file in the data directory (gateway/store/db.py)
     database_url: str = ""
     database_pool_size: int = 10
@@ -117,8 +120,8 @@ class Settings:
         return self.data_dir / "gateway.db"
 
     @property
-    def host_keys_dir(self) -> Path:
-        return self.data_dir / "host_keys"
+    def host_keys_path(self) -> Path:
+        return self._in_data_dir("host_keys_dir")
 
     @property
     def repos_dir(self) -> Path:
@@ -130,7 +133,16 @@ class Settings:
 
     @property
     def master_key_path(self) -> Path:
-        return self.data_dir / "master.key"
+        return self._in_data_dir("master_key_file")
+
+    def _in_data_dir(self, name: str) -> Path:
+        """A path setting's value, or its default place in the data directory."""
+        value: Path = getattr(self, name)
+        return self.data_dir / DATA_DIR_DEFAULTS[name] if value == Path("") else value
+
+
+# Path settings whose default is a name inside the data directory.
+DATA_DIR_DEFAULTS = {"host_keys_dir": "host_keys", "master_key_file": "master.key"}
 
 
 ANY_ADDRESS = ("", "0.0.0.0", "::")
@@ -248,6 +260,16 @@ DESCRIPTIONS = {
     "ssh_port": ("port shown in messages (0: the listen port)", _between(0, 65535)),
     "hooks_dir": ("server-side Git hooks and 2SV event hooks (SPEC §7)", None),
     "keydir": ("directory of public keys synced into accounts at start and on SIGHUP", None),
+    "host_keys_dir": (
+        "directory of the SSH host keys (default DATA/host_keys); several gateways behind "
+        "one load balancer point it at the same keys on shared storage",
+        None,
+    ),
+    "master_key_file": (
+        "the key that seals 2SV secrets (default DATA/master.key; env GATEWAY_MASTER_KEY, "
+        "64 hex digits, overrides it); several gateways share the same one",
+        None,
+    ),
     "database_url": (
         "postgresql://USER:PASSWORD@HOST:PORT/DATABASE to keep the state in PostgreSQL; "
         "empty: the SQLite file DATA/gateway.db",
@@ -537,6 +559,8 @@ def render(settings: Settings, sources: dict[str, str]) -> list[str]:
     lines = []
     for name in SETTING_NAMES:
         value = getattr(settings, name)
+        if name in DATA_DIR_DEFAULTS:
+            value = settings._in_data_dir(name)  # the effective path, not ""
         if isinstance(value, bool):
             text = "true" if value else "false"
         elif isinstance(value, int):

@@ -31,10 +31,10 @@ def _write_private(path: Path, data: bytes) -> None:
 
 
 def ensure_host_keys(settings: Settings) -> list[Path]:
-    settings.host_keys_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    settings.host_keys_path.mkdir(mode=0o700, parents=True, exist_ok=True)
     paths = []
     for filename, (algorithm, options) in HOST_KEY_ALGORITHMS.items():
-        path = settings.host_keys_dir / filename
+        path = settings.host_keys_path / filename
         if not path.exists():
             key = asyncssh.generate_private_key(algorithm, comment="gateway host key", **options)
             _write_private(path, key.export_private_key())
@@ -74,8 +74,8 @@ def check(settings: Settings) -> None:
     if not os.access(data, os.W_OK | os.X_OK):
         raise Refusal(f"Data directory {data} is not writable: chmod u+rwx {data}")
     secrets_ = [] if os.environ.get("GATEWAY_MASTER_KEY") else [settings.master_key_path]
-    if settings.host_keys_dir.is_dir():
-        secrets_ += [settings.host_keys_dir / name for name in HOST_KEY_ALGORITHMS]
+    if settings.host_keys_path.is_dir():
+        secrets_ += [settings.host_keys_path / name for name in HOST_KEY_ALGORITHMS]
     for path in secrets_:
         try:
             st = path.stat()
@@ -95,7 +95,7 @@ async def initialise(settings: Settings) -> bool:
     check(settings)
     settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     settings.repos_dir.mkdir(exist_ok=True)
-    new_keys = not all((settings.host_keys_dir / name).exists() for name in HOST_KEY_ALGORITHMS)
+    new_keys = not all((settings.host_keys_path / name).exists() for name in HOST_KEY_ALGORITHMS)
     ensure_host_keys(settings)
     ensure_master_key(settings)
     backend = await store_db.open_backend(settings)  # created or brought up to date

@@ -67,8 +67,13 @@ def made_for_a_test() -> None:
 def new_database() -> str | None:
     """A new, empty database's URL on PostgreSQL; None on SQLite (the data dir's file)."""
     made_for_a_test()
-    if not POSTGRESQL:
-        return None
+    return new_postgres_database() if POSTGRESQL else None
+
+
+def new_postgres_database() -> str:
+    """A new, empty PostgreSQL database's URL whichever the run's backend (tests of
+    several gateways on one PostgreSQL: tests/test_nodes.py)."""
+    made_for_a_test()
     name = f"gateway_test_{os.getpid()}_{uuid.uuid4().hex[:12]}"
     run(_admin(f'CREATE DATABASE "{name}"'))
     _created.append(name)

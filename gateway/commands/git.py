@@ -79,6 +79,7 @@ async def run(ctx: Context, request: GitRequest) -> int:
             if push is not None
             else {}
         ),
+        database_url=ctx.settings.database_url,
     )
 
     async def recheck() -> str | None:

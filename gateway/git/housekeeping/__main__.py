@@ -1,6 +1,8 @@
 """The housekeeper process the scheduler starts: `python -m gateway.git.housekeeping
 REPO_DIR --name WORKSPACE/NAME --prune-after SECONDS`. Nice'd; one log line for what it
-did and one per problem, never a traceback."""
+did and one per problem, never a traceback. With `--database-url-on-stdin`, the first
+line of stdin is the PostgreSQL URL for the cross-node refs lock (a password in argv
+would show in `ps`)."""
 
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--full", action="store_true")
     parser.add_argument("--log-level", default="info")
     parser.add_argument("--log-format", default="logfmt")
+    parser.add_argument("--database-url-on-stdin", action="store_true")
     args = parser.parse_args(argv)
     setup(args.log_level, args.log_format)
     try:
@@ -31,8 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     except OSError:
         pass
     name = args.name or args.repo_dir
+    database_url = sys.stdin.readline().strip() if args.database_url_on_stdin else ""
+    options = gc.Options(full=args.full, prune_after=args.prune_after, database_url=database_url)
     try:
-        report = gc.run(args.repo_dir, gc.Options(full=args.full, prune_after=args.prune_after))
+        report = gc.run(args.repo_dir, options)
     except Busy:
         log_event(log, "housekeeping.busy", repository=name)
         return 0

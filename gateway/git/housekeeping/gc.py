@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from dulwich.errors import NotGitRepository
 from dulwich.repo import Repo
 
+from ...store import nodelock
 from .. import packorder
 from ..receive.quarantine import pushes_in_flight
 from ..upload.storedpacks import ObjectReader, PackError, StoredPack
@@ -43,6 +44,8 @@ class NotARepository(Exception):
 class Options:
     full: bool = False  # everything into one pack, and prune (by hand)
     prune_after: int = DEFAULT_PRUNE_AFTER  # seconds an unreachable object is kept
+    # PostgreSQL: pruning waits for the refs lock of every node (store/nodelock.py).
+    database_url: str = field(default="", repr=False)
 
 
 @dataclass
@@ -106,6 +109,9 @@ def run(repo_dir: str, options: Options) -> Report:
                 report.problems.append(f"gc stopped, nothing changed: {reason}")
             except (PackError, reachability.Unwalkable) as exc:
                 report.problems.append(f"gc stopped, nothing changed: {exc}")
+            except nodelock.LockUnavailable as exc:
+                # The new pack is in place; the old ones stay (the next run folds them).
+                report.problems.append(f"gc stopped before removing anything: {exc}")
     finally:
         repo.close()
     report.seconds = time.monotonic() - started
@@ -189,7 +195,7 @@ def _repack(
     loose_in = [obj.path for obj in found.loose if obj.sha not in prunable]
     loose_out = [obj.path for obj in found.loose if obj.sha in prunable]
     if prunable:
-        with reachability.refs_held(repo_dir):
+        with reachability.refs_held(repo_dir, options.database_url):
             faults.reached("prune-check")
             if reachability.ref_tips(repo) != tips or pushes_in_flight(objects_dir):
                 # A push came in: what it relies on may be among what would go.

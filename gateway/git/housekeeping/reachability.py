@@ -6,7 +6,8 @@ A ref whose history is incomplete makes the walk fail: then nothing is pruned.
 
 Safe to remove: an unreachable object is removed only once it is older than the grace
 period (its pack's or its file's mtime, as C git's gc.pruneExpire), and only if, at the
-moment the old packs go, under the lock pushes take to move refs (gateway-refs.lock),
+moment the old packs go, under the lock pushes take to move refs (gateway-refs.lock, and on
+PostgreSQL the advisory lock every node sees),
 the refs are still those the walk started from and no push is in flight (no live
 quarantine, `objects/incoming-*`). A push's objects wait in its quarantine until its
 refs move, under that same lock; so a push that relies on an object the pruner found
@@ -23,6 +24,7 @@ from contextlib import contextmanager
 
 from dulwich.repo import Repo
 
+from ...store import nodelock
 from ..upload import walk
 from ..upload.commitobjects import CommitObjects
 from ..upload.storedpacks import ObjectReader, PackError
@@ -58,11 +60,14 @@ def reachable(repo_dir: str, reader: ObjectReader, tips: dict[bytes, bytes]) -> 
 
 
 @contextmanager
-def refs_held(repo_dir: str) -> Iterator[None]:
-    """No push moves a ref (or moves its objects in) while this is held."""
+def refs_held(repo_dir: str, database_url: str = "") -> Iterator[None]:
+    """No push moves a ref (or moves its objects in) while this is held: on this machine
+    (the flock), and on PostgreSQL on every gateway sharing the database (the advisory
+    lock pushes take, store/nodelock.py; nodelock.LockUnavailable if it cannot be had)."""
     with open(os.path.join(repo_dir, REFS_LOCK), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            yield
+            with nodelock.held(database_url, nodelock.refs_lock_name(repo_dir)):
+                yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)

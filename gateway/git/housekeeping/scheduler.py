@@ -31,7 +31,7 @@ def due(repo_dir: str, max_packs: int, max_loose: int) -> bool:
 
 class Scheduler:
     def __init__(self) -> None:
-        self.waiting: deque[tuple[str, list[str]]] = deque()
+        self.waiting: deque[tuple[str, list[str], str]] = deque()
         self.queued: set[str] = set()
         self.task: asyncio.Task[None] | None = None
 
@@ -60,22 +60,25 @@ class Scheduler:
             "--log-format",
             settings.log_format,
         ]
+        if settings.database_url:
+            argv.append("--database-url-on-stdin")
         self.queued.add(repo_dir)
-        self.waiting.append((repo_dir, argv))
+        self.waiting.append((repo_dir, argv, settings.database_url))
         if self.task is None or self.task.done():
             self.task = asyncio.get_running_loop().create_task(self._drain())
 
     async def _drain(self) -> None:
         while self.waiting:
-            repo_dir, argv = self.waiting.popleft()
+            repo_dir, argv, database_url = self.waiting.popleft()
             self.queued.discard(repo_dir)  # a push from now on may queue it again
             try:
                 proc = await asyncio.create_subprocess_exec(
                     *argv,
-                    stdin=asyncio.subprocess.DEVNULL,
+                    stdin=asyncio.subprocess.PIPE,
                     stdout=asyncio.subprocess.DEVNULL,
                 )
-                await proc.wait()
+                # The URL on stdin, not argv (`ps`): see __main__.py.
+                await proc.communicate(database_url.encode() + b"\n" if database_url else b"")
             except OSError as exc:
                 log_event(
                     log, "housekeeping.failed", logging.WARNING, reason=exc.strerror or str(exc)

@@ -48,6 +48,7 @@ from dulwich.repo import Repo
 
 from ...decision import Pusher, RefRule
 from ...logs import log_event
+from ...store import nodelock
 from ..upload.refs import head_target, list_refs
 from . import branchrules, connectivity, fsck, hooks, packedwrite, packreader, refcheck
 from . import quarantine as quarantines
@@ -118,6 +119,9 @@ class PushSettings:
     pusher: Pusher = field(default_factory=Pusher)
     signing_keys: tuple[SigningKey, ...] = ()
     ssh_command: str = "ssh git@HOST"
+    # PostgreSQL: the ref updates also run under its advisory lock (store/nodelock.py),
+    # so that gateways on other machines sharing the repositories wait too.
+    database_url: str = ""
 
 
 class ReceivePack:
@@ -405,8 +409,13 @@ class ReceivePack:
         if atomic and any(c.error for c in commands):
             self._refuse_all(commands, b"atomic push failed")
             return
-        with self._refs_lock():
-            self._update_refs([c for c in commands if c.error is None], atomic, quarantine)
+        try:
+            with self._refs_lock():
+                self._update_refs([c for c in commands if c.error is None], atomic, quarantine)
+        except nodelock.LockUnavailable as exc:
+            # Without the lock other gateways honour, no ref may move.
+            log.warning("cannot lock the refs of %s: %s", self.repo.controldir(), exc)
+            self._refuse_all(commands, b"cannot lock the repository; try again later")
 
     def _update_refs(
         self, commands: list[Command], atomic: bool, quarantine: DiskObjectStore | None
@@ -529,12 +538,16 @@ class ReceivePack:
     @contextmanager
     def _refs_lock(self):
         """One push at a time updates a repository's refs, so that checking the old values
-        and writing the new ones is one step for `--atomic` as for single refs."""
-        path = os.path.join(self.repo.controldir(), "gateway-refs.lock")
-        with open(path, "a") as lock:
+        and writing the new ones is one step for `--atomic` as for single refs: the flock
+        for this machine (housekeeping takes it too), then, on PostgreSQL, the lock every
+        gateway sharing the database sees. LockUnavailable before anything moved."""
+        git_dir = self.repo.controldir()
+        with open(os.path.join(git_dir, "gateway-refs.lock"), "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
-                yield
+                name = nodelock.refs_lock_name(git_dir)
+                with nodelock.held(self.settings.database_url, name):
+                    yield
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 

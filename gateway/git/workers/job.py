@@ -58,6 +58,9 @@ class Job:
     log_level: str = "warning"
     log_format: str = "logfmt"
     worker_memory_limit: int = 0  # bytes of RLIMIT_DATA; 0: leave it
+    # PostgreSQL's URL (password and all: the job travels on stdin, never argv or the
+    # environment) for the cross-node ref lock (store/nodelock.py); "": SQLite.
+    database_url: str = dataclasses.field(default="", repr=False)
     # The client's GIT_PROTOCOL, checked by the server (git/protocol.py); "": v0.
     git_protocol: str = ""
     # Branch rules, decided per ref in the worker (decision.decide_ref): the rules the
@@ -128,6 +131,7 @@ class Job:
             pusher=self.pusher,
             signing_keys=self.signing_keys,
             ssh_command=self.ssh_command,
+            database_url=self.database_url,
         )
 
     def limits(self) -> Limits:
