@@ -284,5 +284,4 @@ def _connect_problem(url: str, exc: BaseException) -> str:
         problem = f"cannot reach {where}: {reason}"
     else:
         problem = f"cannot connect to {where}: {exc.__class__.__name__}: {exc}"
-    secret = urls.password(url)
-    return problem.replace(secret, urls.MASK) if secret else problem
+    return urls.scrubbed(problem, url)
