@@ -610,6 +610,31 @@ async def cmd_backup(settings, args):
         print(line)
 
 
+async def cmd_db_copy(settings, args):
+    from .store import copy as store_copy
+    from .store import sqlite as store_sqlite
+
+    if settings.database_url:
+        raise Refusal(
+            "db copy moves an SQLite installation, and database_url already names "
+            f"{database_url.masked(settings.database_url)}: unset it to copy the SQLite file"
+        )
+    problem = database_url.problem(args.to)
+    if problem or not args.to:
+        raise Refusal(f"--to {database_url.masked(args.to)} {problem or 'is empty'}")
+    if not settings.db_path.exists():
+        raise Refusal(f"No gateway database at {settings.db_path} (nothing to copy)")
+    source = store_sqlite.SqliteBackend(settings.db_path)
+    counts = await store_copy.copy(source, args.to, settings.database_pool_size)
+    for table, rows in counts:
+        print(f"{table}: {rows} rows")
+    print(
+        f"Copied {sum(rows for _, rows in counts)} rows in {len(counts)} tables to "
+        f"{database_url.masked(args.to)}; the counts match. Set database_url to it "
+        "(the data directory, master key and repositories stay where they are)."
+    )
+
+
 async def cmd_authorized_keys(settings, args, db):
     from .transport.openssh import authorized_keys
 
@@ -685,6 +710,15 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_config_check,
         help="print the effective settings and where each comes from; check the data dir",
     )
+
+    g = group("db", "the database")
+    p = command(
+        g,
+        "copy",
+        cmd_db_copy,
+        help="copy this SQLite installation into an empty PostgreSQL database",
+    )
+    p.add_argument("--to", required=True, metavar="postgresql://...", help="the empty database")
 
     g = group("account", "manage accounts")
     p = command(g, "add", cmd_account_add)
@@ -809,7 +843,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 async def _run(args) -> int:
     settings = config.load(args.data_dir, args.config)
-    if args.func in (cmd_init, cmd_serve, cmd_config_check, cmd_backup, cmd_shell):
+    if args.func in (cmd_init, cmd_serve, cmd_config_check, cmd_backup, cmd_shell, cmd_db_copy):
         return await args.func(settings, args) or 0
     if not (settings.db_path if not settings.database_url else settings.data_dir).exists():
         raise Refusal(f"No gateway data in {settings.data_dir} (run 'gateway init' first)")

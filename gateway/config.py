@@ -33,6 +33,7 @@ class Settings:
     # The database: "" is the SQLite file in the data directory (gateway/store/db.py)
     database_url: str = ""
     database_pool_size: int = 10
+    database_timeout: int = 10
     # Connections
     login_timeout: int = 30
     max_auth_tries: int = 6
@@ -279,6 +280,11 @@ DESCRIPTIONS = {
         "PostgreSQL connections one gateway process keeps at most (a session holds one "
         "only for a statement or a transaction)",
         _between(1, 1000),
+    ),
+    "database_timeout": (
+        "seconds to wait for a PostgreSQL connection (from the pool, or a new one): an "
+        "unreachable server is an error line after this long, not a hang",
+        _between(1, 600),
     ),
     "login_timeout": ("seconds a connection has to authenticate", _between(1, 3600)),
     "max_auth_tries": ("failed authentication attempts before disconnecting", _between(1, 100)),

@@ -42,6 +42,9 @@ from .terminal import CookedReader, CrlfWriter
 log = logging.getLogger("gateway")
 
 INTERNAL_ERROR = b"ERROR: internal error; the operator has the details\n"
+# The database failed under the session (PostgreSQL restarting, say): what the session
+# was writing is rolled back, and the next connection reconnects.
+DATABASE_ERROR = b"ERROR: the gateway's database did not answer; try again in a moment\n"
 KEY_REFUSED = b"ERROR: This key is no longer accepted\n"
 SUBSYSTEM_REFUSED = b"ERROR: Subsystems are not supported\n"
 
@@ -169,7 +172,7 @@ class _Session:
             )
             log.debug("session failure details", exc_info=True)
             try:
-                stderr.write(INTERNAL_ERROR)
+                stderr.write(DATABASE_ERROR if isinstance(exc, DatabaseError) else INTERNAL_ERROR)
                 if self.transport.drain_at_end:
                     await stderr.drain()
             except Exception:

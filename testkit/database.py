@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import os
+import subprocess
 import uuid
 from collections.abc import Coroutine
 from typing import Any
@@ -28,6 +29,8 @@ if BACKEND not in ("sqlite", "postgresql"):
     raise RuntimeError(f"GATEWAY_TEST_BACKEND must be sqlite or postgresql, not {BACKEND!r}")
 
 POSTGRESQL = BACKEND == "postgresql"
+# The password the bad-input tests put in URLs: it must appear in no message.
+SECRET = "s3cret-Pa55"
 _created: list[str] = []  # databases this process made, dropped by drop_all()
 # Whether the running test carries the `database` marker (set by tests/conftest.py);
 # None outside pytest (bench/, adversarial/).
@@ -80,6 +83,18 @@ def new_postgres_database() -> str:
     return _url_for(name)
 
 
+def scratch_database() -> str | None:
+    """A new, empty PostgreSQL database on either pass (for tests that move an SQLite
+    installation into one), dropped at the end of the run; None if no server answers."""
+    made_for_a_test()
+    if not reachable():
+        return None
+    name = f"gateway_test_{os.getpid()}_{uuid.uuid4().hex[:12]}"
+    run(_admin(f'CREATE DATABASE "{name}"'))
+    _created.append(name)
+    return _url_for(name)
+
+
 def drop(url: str | None) -> None:
     if url is None:
         return
@@ -106,3 +121,22 @@ def reachable() -> bool:
 def toml_line(url: str | None) -> str:
     """The setting for a gateway.toml (sshd's commands read no GATEWAY_* variable)."""
     return f'database_url = "{url}"\n' if url else ""
+
+
+def one_error(result: subprocess.CompletedProcess, *words: str) -> str:
+    """The single ERROR line of a failed command, with no password and no traceback."""
+    assert result.returncode != 0, result
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ERROR: "), result.stderr
+    assert "Traceback" not in result.stderr and "internal error" not in result.stderr
+    assert SECRET not in result.stdout + result.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+    return lines[0]
+
+
+def with_password(url: str, user: str = "postgres") -> str:
+    """The same server and database, as USER with the test's password."""
+    scheme, _, rest = url.partition("://")
+    host_and_path = rest.partition("@")[2] if "@" in rest.split("/")[0] else rest
+    return f"{scheme}://{user}:{SECRET}@{host_and_path}"

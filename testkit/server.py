@@ -28,7 +28,7 @@ BACKOFF_SECONDS = 2
 class Gateway:
     """A running server plus helpers to drive it the way operators and users do."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, sqlite: bool = False) -> None:
         self.root = root
         self.data = root / "var"
         self.home = root / "home"
@@ -50,9 +50,10 @@ class Gateway:
         self.env.pop("GATEWAY_DATA_DIR", None)
         self.env.pop("GATEWAY_CONFIG", None)
         self.env.pop("GATEWAY_DATABASE_URL", None)
-        # On the PostgreSQL pass, a new database; the CLI and serve get it from the
-        # environment, sshd's commands from `database_toml` in a gateway.toml.
-        self.database_url = database.new_database()
+        # On the PostgreSQL pass (unless `sqlite`: an installation to move), a new
+        # database; the CLI and serve get it from the environment, sshd's commands from
+        # `database_toml` in a gateway.toml.
+        self.database_url = None if sqlite else database.new_database()
         if self.database_url:
             self.env["GATEWAY_DATABASE_URL"] = self.database_url
         # The client's own protocol (v2 since git 2.26), as users' git speaks it; a test

@@ -17,8 +17,8 @@ from gateway.store import db as store_db
 from gateway.store import postgres
 from gateway.store import url as urls
 from testkit import GATEWAY, database, free_port
+from testkit.database import SECRET, one_error, with_password
 
-SECRET = "s3cret-Pa55"
 needs_server = pytest.mark.skipif(
     not database.POSTGRESQL, reason="needs the PostgreSQL pass's server"
 )
@@ -37,25 +37,6 @@ def cli(tmp_path: Path, url: str, *args: str) -> subprocess.CompletedProcess:
         env=env,
         timeout=120,
     )
-
-
-def one_error(result: subprocess.CompletedProcess, *words: str) -> str:
-    """The single ERROR line of a failed command, with no password and no traceback."""
-    assert result.returncode != 0, result
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("ERROR: "), result.stderr
-    assert "Traceback" not in result.stderr and "internal error" not in result.stderr
-    assert SECRET not in result.stdout + result.stderr
-    for word in words:
-        assert word in lines[0], lines[0]
-    return lines[0]
-
-
-def with_password(url: str, user: str = "postgres") -> str:
-    """The same server and database, as USER with the test's password."""
-    scheme, _, rest = url.partition("://")
-    host_and_path = rest.partition("@")[2] if "@" in rest.split("/")[0] else rest
-    return f"{scheme}://{user}:{SECRET}@{host_and_path}"
 
 
 def tables(url: str) -> list[str]:

@@ -231,7 +231,9 @@ async def open_backend(settings: Settings, migrate: bool = True) -> Backend:
     if settings.database_url:
         from .postgres import PostgresBackend
 
-        backend = await PostgresBackend.open(settings.database_url, settings.database_pool_size)
+        backend = await PostgresBackend.open(
+            settings.database_url, settings.database_pool_size, settings.database_timeout
+        )
     else:
         from .sqlite import SqliteBackend
 

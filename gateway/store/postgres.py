@@ -37,7 +37,7 @@ from .database import (
 
 # The advisory lock every gateway takes while it migrates (two starting at once).
 MIGRATION_LOCK = 0x67617465  # "gate"
-CONNECT_TIMEOUT = 10  # seconds to reach the server and log in
+CONNECT_TIMEOUT = 10  # seconds to reach the server and log in (database_timeout)
 _WRITES = ("INSERT", "UPDATE", "DELETE", "REPLACE")
 
 
@@ -102,16 +102,33 @@ async def _translated() -> AsyncIterator[None]:
         raise IntegrityError(str(exc)) from exc
     except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
         raise DatabaseError(f"{exc.__class__.__name__}: {exc}") from exc
+    except TimeoutError as exc:  # no connection free, or the server does not answer
+        raise DatabaseError("no PostgreSQL connection within database_timeout") from exc
 
 
 class PostgresDatabase(Database):
-    def __init__(self, pool: Any) -> None:
+    """A connection the server closed (a restart) is not handed out again: asyncpg's
+    pool replaces a closed connection at acquire, so the next statement reconnects; the
+    statement that met the closed one fails as a DatabaseError, its transaction gone
+    with it (PostgreSQL kept nothing of it)."""
+
+    def __init__(self, pool: Any, timeout: float = CONNECT_TIMEOUT) -> None:
         self.pool = pool
+        self.timeout = timeout  # for a connection from the pool
         self._conn: Any = None  # held from a transaction's start to its end
         self._tx: Any = None
 
+    @asynccontextmanager
+    async def _borrowed(self) -> AsyncIterator[Any]:
+        """The transaction's connection, or one from the pool for one statement."""
+        if self._conn is not None:
+            yield self._conn
+            return
+        async with self.pool.acquire(timeout=self.timeout) as conn:
+            yield conn
+
     async def _begin(self) -> Any:
-        conn = await self.pool.acquire()
+        conn = await self.pool.acquire(timeout=self.timeout)
         try:
             tx = conn.transaction()
             await tx.start()
@@ -127,7 +144,8 @@ class PostgresDatabase(Database):
             return
         self._conn = self._tx = None
         try:
-            await (tx.commit() if commit else tx.rollback())
+            if commit or not conn.is_closed():  # a closed one has nothing to roll back
+                await (tx.commit() if commit else tx.rollback())
         finally:
             await self.pool.release(conn)
 
@@ -139,8 +157,9 @@ class PostgresDatabase(Database):
     async def execute(self, sql: str, params: Params = ()) -> Result:
         query, writes = translate(sql)
         async with _translated():
-            conn = await self._connection_for(writes)
-            status = await (conn or self.pool).execute(query, *params)
+            await self._connection_for(writes)
+            async with self._borrowed() as conn:
+                status = await conn.execute(query, *params)
         return Result(_rowcount(status))
 
     async def executemany(self, sql: str, rows: Iterable[Params]) -> None:
@@ -152,14 +171,16 @@ class PostgresDatabase(Database):
     async def fetch_one(self, sql: str, params: Params = ()) -> Row | None:
         query, writes = translate(sql)
         async with _translated():
-            conn = await self._connection_for(writes)
-            return cast(Row | None, await (conn or self.pool).fetchrow(query, *params))
+            await self._connection_for(writes)
+            async with self._borrowed() as conn:
+                return cast(Row | None, await conn.fetchrow(query, *params))
 
     async def fetch_all(self, sql: str, params: Params = ()) -> list[Row]:
         query, writes = translate(sql)
         async with _translated():
-            conn = await self._connection_for(writes)
-            return cast(list[Row], await (conn or self.pool).fetch(query, *params))
+            await self._connection_for(writes)
+            async with self._borrowed() as conn:
+                return cast(list[Row], await conn.fetch(query, *params))
 
     async def commit(self) -> None:
         async with _translated():
@@ -199,12 +220,15 @@ async def _no_reset(conn: Any) -> None:
 class PostgresBackend(Backend):
     name = "postgresql"
 
-    def __init__(self, url: str, pool: Any) -> None:
+    def __init__(self, url: str, pool: Any, timeout: float = CONNECT_TIMEOUT) -> None:
         self.url = url
         self.pool = pool
+        self.timeout = timeout
 
     @classmethod
-    async def open(cls, url: str, pool_size: int) -> PostgresBackend:
+    async def open(
+        cls, url: str, pool_size: int, timeout: float = CONNECT_TIMEOUT
+    ) -> PostgresBackend:
         """Connect (one connection at once, so that a mistake is said at start), or an
         `Unusable` naming the problem, the password masked."""
         try:
@@ -212,15 +236,15 @@ class PostgresBackend(Backend):
                 url,
                 min_size=1,
                 max_size=pool_size,
-                timeout=CONNECT_TIMEOUT,
+                timeout=timeout,
                 reset=_no_reset,
             )
         except Exception as exc:
             raise Unusable(_connect_problem(url, exc)) from None
-        return cls(url, pool)
+        return cls(url, pool, timeout)
 
     async def connect(self) -> Database:
-        return PostgresDatabase(self.pool)
+        return PostgresDatabase(self.pool, self.timeout)
 
     async def migrate(self) -> None:
         from . import db
@@ -284,5 +308,4 @@ def _connect_problem(url: str, exc: BaseException) -> str:
         problem = f"cannot reach {where}: {reason}"
     else:
         problem = f"cannot connect to {where}: {exc.__class__.__name__}: {exc}"
-    secret = urls.password(url)
-    return problem.replace(secret, urls.MASK) if secret else problem
+    return urls.scrubbed(problem, url)

@@ -71,3 +71,9 @@ def describe(url: str) -> str:
     database = parts.path.lstrip("/") or "(the user's name)"
     user = f"{unquote(parts.username)}@" if parts.username else ""
     return f"{user}{host}{port}/{unquote(database)}"
+
+
+def scrubbed(message: str, url: str) -> str:
+    """`message` (a driver's, say) with the password of `url` masked wherever it appears."""
+    secret = password(url)
+    return message.replace(secret, MASK) if secret else message

@@ -27,8 +27,10 @@ from ..git import protocol
 from ..logs import log_event
 from ..session import Streams, Transport, run_session
 from ..store import access_keys, keys
-from ..store.database import Database
+from ..store.database import Database, DatabaseError
 from . import asyncssh_seam, limits
+
+DATABASE_DOWN = "the gateway's database did not answer; try again in a moment"
 
 if TYPE_CHECKING:
     from .lifecycle import Gateway
@@ -72,6 +74,18 @@ class GatewaySSHServer(asyncssh.SSHServer):
         async def validate_and_record(
             username: str, key_data: bytes, msg: bytes, signature: bytes
         ) -> bool:
+            try:
+                return await check(username, key_data, msg, signature)
+            except DatabaseError as exc:
+                # The key cannot be looked up (PostgreSQL restarting, say): one line for
+                # the operator, one for the user (ssh prints the disconnect's reason)
+                # rather than a refusal that reads like a wrong key.
+                log_event(log, "auth.database", logging.ERROR, peer=self.peer, error=str(exc))
+                raise asyncssh.DisconnectError(
+                    asyncssh.DISC_SERVICE_NOT_AVAILABLE, DATABASE_DOWN
+                ) from None
+
+        async def check(username: str, key_data: bytes, msg: bytes, signature: bytes) -> bool:
             if asyncssh_seam.claims_certificate(key_data):
                 return await self._certificate_login(username, key_data, msg, signature)
             self._refused_because = "bad-signature"  # unless validate_public_key says why

@@ -37,6 +37,7 @@ RESTART_ONLY = (
     "metrics_listen",
     "database_url",
     "database_pool_size",
+    "database_timeout",
 )
 
 
