@@ -570,7 +570,7 @@ async def cmd_serve(settings, args):
         return loaded
 
     settings = with_listen(settings)
-    if await datadir.initialise(settings):
+    if await datadir.initialise(settings, database=False):
         # The first ssh asks the user to trust one of these: show them where they start.
         print(f"New host keys in {settings.host_keys_path} (the first ssh asks to trust one):")
         for line in datadir.host_key_fingerprints(settings):

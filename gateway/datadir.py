@@ -89,15 +89,17 @@ def check(settings: Settings) -> None:
             raise Refusal(f"{path} is owned by uid {st.st_uid}, not uid {me}: chown it")
 
 
-async def initialise(settings: Settings) -> bool:
+async def initialise(settings: Settings, database: bool = True) -> bool:
     """Create whatever is missing; safe to run again on an existing data dir. True if
-    host keys were made now (their fingerprints are then worth showing)."""
+    host keys were made now (their fingerprints are then worth showing). `database`
+    False: the files only (`serve` opens the database itself, waiting for it if down)."""
     check(settings)
     settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     settings.repos_dir.mkdir(exist_ok=True)
     new_keys = not all((settings.host_keys_path / name).exists() for name in HOST_KEY_ALGORITHMS)
     ensure_host_keys(settings)
     ensure_master_key(settings)
-    backend = await store_db.open_backend(settings)  # created or brought up to date
-    await backend.close()
+    if database:
+        backend = await store_db.open_backend(settings)  # created or brought up to date
+        await backend.close()
     return new_keys

@@ -63,6 +63,10 @@ class Gateway:
     # --- the server -----------------------------------------------------------------
 
     def start(self) -> None:
+        self.wait_started(self.launch())
+
+    def launch(self) -> int:
+        """`gateway serve` started, not waited for; where its log starts (wait_started)."""
         offset = len(self.server_log()) if (self.root / "serve.log").exists() else 0
         # The server keeps its own copy of the log's descriptor; ours closes once started.
         with open(self.root / "serve.log", "ab") as serve_log:
@@ -80,7 +84,11 @@ class Gateway:
                 env=self.env,
                 cwd=self.root,
             )
-        deadline = time.monotonic() + 30
+        return offset
+
+    def wait_started(self, offset: int, timeout: float = 30) -> None:
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"gateway serve exited: {self.server_log()}")
@@ -229,15 +237,10 @@ class Gateway:
         env: dict[str, str] | None = None,
     ) -> subprocess.CompletedProcess:
         """git ARGS as USER over ssh; ENV adds variables (GIT_TRACE_PACKET, say)."""
-        env = {
-            **self.env,
-            "GIT_SSH_COMMAND": " ".join(self.ssh_command(user.key)),
-            **(env or {}),
-        }
         result = subprocess.run(
             ["git", *args],
             cwd=cwd or self.root,
-            env=env,
+            env=self._git_env(user, env),
             capture_output=True,
             timeout=300,
             input=input,
@@ -253,6 +256,27 @@ class Gateway:
             result.stdout.decode(errors="replace"),
             result.stderr.decode(errors="replace"),
         )
+
+    def git_process(
+        self, user: User, *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+    ) -> subprocess.Popen:
+        """git ARGS as USER, started and not waited for (communicate() gives text)."""
+        return subprocess.Popen(
+            ["git", *args],
+            cwd=cwd or self.root,
+            env=self._git_env(user, env),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def _git_env(self, user: User, env: dict[str, str] | None) -> dict[str, str]:
+        return {
+            **self.env,
+            "GIT_SSH_COMMAND": " ".join(self.ssh_command(user.key)),
+            **(env or {}),
+        }
 
     def repo_dir(self, path: str) -> Path:
         workspace, name = path.split("/")

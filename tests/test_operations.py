@@ -12,15 +12,13 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import asyncssh
 import pytest
 
 from gateway import config
-from testkit import GATEWAY, Gateway, free_port, local_git, make_key, unique, wait_for
+from testkit import GATEWAY, Gateway, free_port, http, local_git, make_key, unique, wait_for
 from testkit.sshclient import connect
 
 
@@ -443,12 +441,7 @@ def test_logfmt_lines_parse_and_quote_hostile_text(private, tmp_path):
     assert "123456" not in g.server_log()
 
 
-def scrape(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
+scrape = http.get
 
 
 def metric(text: str, name: str, **labels) -> float:

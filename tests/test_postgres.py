@@ -25,18 +25,21 @@ needs_server = pytest.mark.skipif(
 
 
 def cli(tmp_path: Path, url: str, *args: str) -> subprocess.CompletedProcess:
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")},
-        "HOME": str(tmp_path),
-        "GATEWAY_DATABASE_URL": url,
-    }
     return subprocess.run(
         [*GATEWAY, "--data-dir", str(tmp_path / "var"), *args],
         capture_output=True,
         text=True,
-        env=env,
+        env=cli_env(tmp_path, url),
         timeout=120,
     )
+
+
+def cli_env(tmp_path: Path, url: str) -> dict[str, str]:
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")},
+        "HOME": str(tmp_path),
+        "GATEWAY_DATABASE_URL": url,
+    }
 
 
 def tables(url: str) -> list[str]:
@@ -120,8 +123,33 @@ def test_every_migration_translates_to_postgresql_types():
 def test_an_unreachable_server_is_one_error(tmp_path):
     url = f"postgresql://postgres:{SECRET}@127.0.0.1:1/gateway"
     one_error(cli(tmp_path, url, "init"), "cannot reach PostgreSQL at postgres@127.0.0.1:1")
-    serve = cli(tmp_path, url, "serve", "--listen", f"127.0.0.1:{free_port()}")
-    one_error(serve, "cannot reach PostgreSQL")
+    # serve waits for it (tests/test_postgres_faults.py), said in one line, password masked.
+    serve = subprocess.Popen(
+        [
+            *GATEWAY,
+            "--data-dir",
+            str(tmp_path / "var"),
+            "serve",
+            "--listen",
+            f"127.0.0.1:{free_port()}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=cli_env(tmp_path, url),
+    )
+    assert serve.stdout is not None
+    seen = []
+    while not seen or "database.unreachable" not in seen[-1]:
+        seen.append(serve.stdout.readline())
+        assert seen[-1], "".join(seen)  # serve ended without saying it
+    line = seen[-1]
+    serve.terminate()
+    rest = serve.communicate(timeout=30)[0]
+    assert serve.returncode == 0, rest
+    assert "cannot reach PostgreSQL" in line, line
+    assert SECRET not in "".join(seen) + rest and "Traceback" not in rest
+    assert "database.unreachable" not in rest  # said once
 
 
 @needs_server

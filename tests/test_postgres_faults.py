@@ -6,10 +6,15 @@ with nothing half-written. The shared cluster other tests use is left alone."""
 
 from __future__ import annotations
 
+import os
+import sys
+import time
+from pathlib import Path
+
 import pyotp
 import pytest
 
-from testkit import privatepg
+from testkit import free_port, http, privatepg, wait_for
 from testkit.localgit import local_git
 from testkit.server import Gateway
 from testkit.twosv import URI_RE, Session, audit_actions, code_at, fresh_code
@@ -47,6 +52,7 @@ def commit(clone, g, n):
     return local_git("rev-parse", "HEAD", cwd=clone).strip()
 
 
+STALL = Path(__file__).resolve().parent.parent / "testkit" / "stall.py"
 DOWN = "the gateway's database did not answer; try again in a moment"
 
 
@@ -99,3 +105,102 @@ def test_an_enrolment_across_a_postgresql_restart(g, pg):
     assert actions.count("2sv.enable") == 1
     verify = g.ssh(alice, "2sv", "verify", input=fresh_code(secret) + "\n")
     assert verify.returncode == 0, verify.stderr
+
+
+def test_postgresql_down_at_start(tmp_path, pg):
+    """`serve` with its PostgreSQL down says so in one line and waits: /ready answers
+    503 (a load balancer sends it nobody) until the server is back, then 200, and the
+    gateway serves without being restarted."""
+    pg.stop()
+    g = Gateway(tmp_path / "gw", sqlite=True)
+    g.env["GATEWAY_DATABASE_URL"] = pg.url
+    metrics_port = free_port()
+    g.data.mkdir(mode=0o700)
+    (g.data / "gateway.toml").write_text(
+        f'database_timeout = 3\nmetrics_listen = "127.0.0.1:{metrics_port}"\n'
+    )
+    offset = g.launch()
+    try:
+        assert wait_for(lambda: "event=database.unreachable" in g.server_log(), 30)
+        assert http.get(metrics_port, "/ready") == (503, "not ready\n")
+        assert http.get(metrics_port, "/health") == (200, "ok\n")
+        assert g.proc is not None and g.proc.poll() is None  # waiting, not gone
+        pg.start()
+        g.wait_started(offset, timeout=60)
+        assert http.get(metrics_port, "/ready") == (200, "ready\n")
+        alice = g.user()
+        assert alice.name in g.ssh(alice, "whoami").stdout
+        log = g.server_log()
+        unreachable = [line for line in log.splitlines() if "database.unreachable" in line]
+        assert len(unreachable) == 1, unreachable  # said once, not at every try
+        assert f"cannot reach PostgreSQL at postgres@127.0.0.1:{pg.port}/postgres" in unreachable[0]
+        assert "event=database.reachable" in log
+        assert "Traceback" not in log
+    finally:
+        g.stop()
+
+
+def test_a_push_across_a_postgresql_restart(g, pg, tmp_path):
+    """PostgreSQL stopped after the refs moved and before the push's audit row is
+    written (a post-receive hook holds the push there): the push completes, and its
+    audit row is written whole once the database is back."""
+    alice = g.user()
+    ws = g.workspace((alice, "write"))
+    path = g.repo(ws)
+    clone = tmp_path / "clone"
+    g.git(alice, "clone", "-q", g.url(path), str(clone))
+    tip = commit(clone, g, 1)
+    moved, go = tmp_path / "moved", tmp_path / "go"
+    hook = g.root / "hooks" / "post-receive"
+    hook.parent.mkdir()
+    hook.write_text(f"#!/bin/sh\ntouch {moved}\nwhile [ ! -e {go} ]; do sleep 0.1; done\n")
+    hook.chmod(0o755)
+    push = g.git_process(alice, "push", "-q", "origin", "HEAD:main", cwd=clone)
+    assert wait_for(moved.exists, 60)
+    pg.stop()
+    go.touch()
+    time.sleep(2)  # the audit write meets the database down, and waits
+    pg.start()
+    out, err = push.communicate(timeout=120)
+    assert push.returncode == 0, err
+    assert local_git("rev-parse", "refs/heads/main", cwd=g.repo_dir(path)).strip() == tip
+    pushes = [e for e in audit_actions(g, alice) if e["action"] == "repo.push"]
+    assert len(pushes) == 1 and "refs/heads/main" in pushes[0]["detail"], pushes
+    assert "event=audit.unwritten" not in g.server_log()
+    assert "Traceback" not in g.server_log()
+
+
+def test_a_clone_across_a_postgresql_restart(g, pg, tmp_path):
+    """A clone whose pack is streaming when PostgreSQL restarts (the client stalls its
+    reading there) completes and is complete: the database is not needed mid-pack."""
+    alice = g.user()
+    ws = g.workspace((alice, "write"))
+    path = g.repo(ws)
+    work = tmp_path / "work"
+    g.git(alice, "clone", "-q", g.url(path), str(work))
+    (work / "noise.bin").write_bytes(os.urandom(4 << 20))  # incompressible: a long pack
+    local_git("add", ".", cwd=work, env=g.env)
+    local_git("commit", "-qm", "noise", cwd=work, env=g.env)
+    g.git(alice, "push", "-q", "origin", "HEAD:main", cwd=work)
+    streaming, go = tmp_path / "streaming", tmp_path / "go"
+    ssh = " ".join(g.ssh_command(alice.key))
+    stall = tmp_path / "stalled-ssh"
+    stall.write_text(f'#!/bin/sh\n{ssh} "$@" | {sys.executable} {STALL} {streaming} {go}\n')
+    stall.chmod(0o755)
+    clone = g.git_process(
+        alice,
+        "clone",
+        "-q",
+        "--no-checkout",
+        g.url(path),
+        str(tmp_path / "clone"),
+        env={"GIT_SSH_COMMAND": str(stall)},
+    )
+    assert wait_for(streaming.exists, 60)
+    pg.stop()
+    pg.start()
+    go.touch()
+    out, err = clone.communicate(timeout=120)
+    assert clone.returncode == 0, err
+    local_git("fsck", "--full", cwd=tmp_path / "clone")
+    assert "Traceback" not in g.server_log()

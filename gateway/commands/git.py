@@ -5,6 +5,7 @@ process speaks Git; the decision is made again when the client's first command a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -24,12 +25,14 @@ from ..git.workers.slots import Full
 from ..logs import log_event
 from ..names import printable
 from ..store import audit
+from ..store.database import DatabaseError
 from .context import Context, Reader, Writer
 from .parse import GitRequest
 
 log = logging.getLogger("gateway.git")
 
 CHUNK = 256 * 1024
+AUDIT_PATIENCE = 30  # seconds a moved ref's audit rows wait for the database to answer
 ACTIONS = {
     "git-upload-pack": decision.Action.READ,
     "git-upload-archive": decision.Action.READ,
@@ -222,28 +225,57 @@ async def _audit_push(
     refused leaves no `repo.push` row; each refused ref gets a `repo.write` denied row."""
     if action is not decision.Action.WRITE:
         return
+    rows: list[dict[str, str]] = []
     moved = report.get("moved")
     if isinstance(moved, int) and moved > 0:
-        await audit.write(
-            ctx.db,
-            ctx.identity.account,
-            "repo.push",
-            repository,
-            detail=moved_detail(report),
-            facts=push_facts_json(report, push),
+        rows.append(
+            {
+                "action": "repo.push",
+                "detail": moved_detail(report),
+                "facts": push_facts_json(report, push),
+            }
         )
     refused = report.get("refused")
     for item in refused if isinstance(refused, list) else []:
         if isinstance(item, list) and len(item) == 2 and all(isinstance(i, str) for i in item):
-            await audit.write(
-                ctx.db,
-                ctx.identity.account,
-                "repo.write",
-                repository,
-                outcome="denied",
-                detail=f"{_escaped(item[0])}: {printable(item[1], None)}",
+            rows.append(
+                {
+                    "action": "repo.write",
+                    "outcome": "denied",
+                    "detail": f"{_escaped(item[0])}: {printable(item[1], None)}",
+                }
             )
-    await ctx.db.commit()
+    if rows:
+        await _write_audit_rows(ctx, repository, rows)
+
+
+async def _write_audit_rows(ctx: Context, repository: str, rows: list[dict[str, str]]) -> None:
+    """The refs have moved whatever the database does: if it does not answer (a
+    PostgreSQL restart) the rows are tried again for AUDIT_PATIENCE seconds, then kept
+    whole in the log (`audit.unwritten`) rather than lost."""
+    deadline = time.monotonic() + AUDIT_PATIENCE
+    while True:
+        try:
+            for row in rows:
+                await audit.write(ctx.db, ctx.identity.account, target=repository, **row)
+            await ctx.db.commit()
+            return
+        except DatabaseError as exc:
+            with contextlib.suppress(DatabaseError):
+                await ctx.db.rollback()
+            if time.monotonic() >= deadline:
+                for row in rows:
+                    log_event(
+                        log,
+                        "audit.unwritten",
+                        logging.ERROR,
+                        account=ctx.identity.account,
+                        repository=repository,
+                        error=str(exc),
+                        **row,
+                    )
+                return
+            await asyncio.sleep(1)
 
 
 def push_facts_json(report: dict, push: access.PushFacts | None) -> str:

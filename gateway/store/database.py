@@ -56,6 +56,11 @@ class Unusable(Refusal):
     gateway, someone else's. The message names the problem (never a password)."""
 
 
+class Unreachable(Unusable):
+    """The database server does not answer (down, restarting): worth waiting for, unlike
+    the other problems, which only the operator can fix."""
+
+
 class Database(abc.ABC):
     """One line of transactions (see the module's docstring)."""
 

@@ -32,6 +32,7 @@ from .database import (
     Params,
     Result,
     Row,
+    Unreachable,
     Unusable,
 )
 
@@ -240,7 +241,10 @@ class PostgresBackend(Backend):
                 reset=_no_reset,
             )
         except Exception as exc:
-            raise Unusable(_connect_problem(url, exc)) from None
+            problem = _connect_problem(url, exc)
+            if isinstance(exc, (OSError, TimeoutError, asyncpg.CannotConnectNowError)):
+                raise Unreachable(problem) from None  # CannotConnectNow: starting up
+            raise Unusable(problem) from None
         return cls(url, pool, timeout)
 
     async def connect(self) -> Database:

@@ -22,7 +22,7 @@ from ..errors import Refusal
 from ..git import layout
 from ..logs import log_event
 from ..store import db as store_db
-from ..store.database import Backend, Database
+from ..store.database import Backend, Database, Unreachable
 from .connection import GatewaySSHServer
 from .last_use import LastUse
 from .limits import ConnectionLimits
@@ -39,6 +39,8 @@ RESTART_ONLY = (
     "database_pool_size",
     "database_timeout",
 )
+
+MAX_DATABASE_WAIT = 5  # seconds between tries while the database does not answer at start
 
 
 class Gateway:
@@ -78,20 +80,19 @@ class Gateway:
         )
         sock = listen(settings.listen_host, settings.listen_port, "listen")
         self._listener = Listener(sock, settings, self.limits, self._current_options, self._spawn)
-        metrics_sock = None
         if settings.metrics_listen:
             metrics_sock = listen(*split_address(settings.metrics_listen), "metrics_listen")
-        self.backend = await store_db.open_backend(settings)
+            # Up first: /ready answers 503 while the database is waited for.
+            self._metrics_server = await metrics.serve_http(
+                metrics_sock, ready=lambda: self.ready and not self.draining
+            )
+        self.backend = await self._open_database()
         self.app = App.load(settings)
         self.app.backend = self.backend
         self.db = await self.backend.connect()
         self._host_keys = [asyncssh.read_private_key(p) for p in ensure_host_keys(settings)]
         self._options = await self._ssh_options()
         layout.sweep_all(settings.repos_dir)
-        if metrics_sock is not None:
-            self._metrics_server = await metrics.serve_http(
-                metrics_sock, ready=lambda: self.ready and not self.draining
-            )
         self.app.git.pool.fill()
         self._spawn(self._listener.accept_loop())
         await sync_keydir(settings, self.backend)
@@ -99,6 +100,32 @@ class Gateway:
         log_event(log, "listening", address=settings.listen, data_dir=str(settings.data_dir))
         if host_warning:
             log_event(log, "settings.warning", logging.WARNING, problem=host_warning)
+
+    async def _open_database(self) -> Backend:
+        """The database, brought up to date. A server that does not answer (PostgreSQL
+        down or restarting) is waited for, said once in the log: the SSH port is taken
+        but not served and /ready answers 503 until it is back. Any other problem (a
+        wrong password, a newer schema) stops the start: only the operator can fix it."""
+        delay, said = 0.5, False
+        while True:
+            try:
+                backend = await store_db.open_backend(self.settings)
+            except Unreachable as problem:
+                if not said:
+                    log_event(
+                        log,
+                        "database.unreachable",
+                        logging.ERROR,
+                        error=problem.message,
+                        then="waiting for it",
+                    )
+                    said = True
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, MAX_DATABASE_WAIT)
+                continue
+            if said:
+                log_event(log, "database.reachable")
+            return backend
 
     async def _connect(self) -> Database:
         assert self.backend is not None  # opened at start, before any connection
@@ -275,11 +302,20 @@ async def sync_keydir(settings: Settings, backend: Backend) -> None:
 async def run(settings: Settings, reload_settings: Callable[[], Settings]) -> None:
     logs.setup(settings.log_level, settings.log_format)
     gateway = Gateway(settings, reload_settings)
-    await gateway.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # A stop while the start waits for the database ends the wait.
+    starting = asyncio.ensure_future(gateway.start())
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if not starting.done():
+        starting.cancel()
+        await gateway.stop()
+        return
+    stopping.cancel()
+    starting.result()  # a failed start raises here
     loop.add_signal_handler(signal.SIGHUP, lambda: gateway._spawn(gateway.reload()))
     print(f"gateway listening on {settings.listen} (data dir {settings.data_dir})", flush=True)
     await stop.wait()
