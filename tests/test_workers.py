@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -569,3 +570,23 @@ def test_with_no_spare_workers_each_request_starts_a_fresh_python(tmp_path):
         assert status == 0 and b"PACK" in out, err
     finally:
         g.stop()
+
+
+def test_a_worker_imports_no_ssh_or_database_library():
+    """What the zygote imports is in every worker it forks: the SSH and database
+    libraries (tens of MB) stay in the server, imported by a worker only if a push
+    checks a signature."""
+    loaded = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, gateway.git.workers.worker; "
+            "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert "dulwich" in loaded
+    for heavy in ("asyncssh", "cryptography", "aiosqlite", "asyncpg", "prometheus_client"):
+        assert heavy not in loaded, heavy

@@ -18,10 +18,15 @@ import hashlib
 import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import asyncssh
+if TYPE_CHECKING:
+    import asyncssh
 
-from ..sshkeys import fingerprint
+# asyncssh (and cryptography under it) is imported when a signature is first checked,
+# not with this module: every Git worker imports the push pipeline, and those imports
+# would cost each worker (and the zygote they fork from) about 20 MB for pushes that
+# check no signature.
 
 NAMESPACE = b"git"
 # A 16384-bit RSA key and its signature are about 5 KiB armored: well past any real
@@ -135,6 +140,8 @@ def _parse(blob: bytes) -> _Blob:
 
 
 def _key(public_key: bytes) -> asyncssh.SSHKey:
+    import asyncssh  # see the imports above
+
     algorithm = _Reader(public_key).string()
     name = algorithm.decode("ascii", "replace")
     if name.endswith("-cert-v01@openssh.com"):
@@ -184,7 +191,7 @@ def verify(
     )
     if not key.verify(signed, blob.signature):
         raise Unverified("bad signature: it does not match the signed content")
-    signer = fingerprint(blob.public_key)
+    signer = _fingerprint(blob.public_key)
     account = keys.get(signer)
     if account is None:
         raise Unverified(f"signed by {signer}, which is not a registered signing key")
@@ -258,3 +265,9 @@ def verify_commit(raw: bytes, keys: Mapping[str, str], own_account: str | None =
 def verify_tag(raw: bytes, keys: Mapping[str, str], own_account: str | None = None) -> Signer:
     signature, payload = split_tag(raw)
     return verify(signature, payload, keys, own_account)
+
+
+def _fingerprint(public_key: bytes) -> str:
+    from ..sshkeys import fingerprint  # imports asyncssh: see the imports above
+
+    return fingerprint(public_key)
