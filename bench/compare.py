@@ -44,9 +44,9 @@ side has uploadpack.allowFilter on (in sshd's environment), as hosted servers do
 repository in place of large and huge.
 
 Items of the Performance issue measured here: 1 (the table), 3 (--scale) and the
-measuring part of 6 (--profile). The database rows for --scale are written directly with
-sqlite3 in one transaction (bench only; the schema is gateway/store/db.py), not through
-the store functions, which would take minutes for 100,000 keys.
+measuring part of 6 (--profile). The database rows for --scale are written directly in
+one transaction (bench/scale_rows.py: sqlite3, or asyncpg's COPY for the gateway on
+PostgreSQL), not through the store functions, which would take minutes for 100,000 keys.
 """
 
 from __future__ import annotations
@@ -66,7 +66,6 @@ import resource
 import shutil
 import signal
 import socket
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -80,11 +79,12 @@ sys.path.insert(0, str(HERE.parent))  # run as a script: the repo root holds tes
 import load  # noqa: E402  (bench/load.py: the load rows)
 import overtime  # noqa: E402  (bench/overtime.py: costs after many pushes)
 import profiles  # noqa: E402  (bench/profiles.py: --profile KIND)
+import scale_rows  # noqa: E402  (bench/scale_rows.py: the --scale rows)
 from subreaper import ReapedServer, start_gateway  # noqa: E402  (bench/, beside this file)
 from subreaper import command as under_subreaper  # noqa: E402
 
 from gateway.config import Settings  # noqa: E402
-from testkit import Gateway, free_port, pkt  # noqa: E402  (the tests' server driver)
+from testkit import Gateway, database, free_port, pkt  # noqa: E402  (the tests' server driver)
 
 CACHE = Path(os.environ.get("GATEWAY_BENCH_CACHE", "/tmp/gateway-bench-cache"))
 GENERATOR_VERSION = 2
@@ -602,7 +602,7 @@ class OpenSSH:
         """The benchmark user's key last, after `extra` other (random) ed25519 keys."""
         lines = [
             f"ssh-ed25519 {base64.b64encode(blob).decode()} other{i}@bench"
-            for i, blob in enumerate(random_ed25519_blobs(extra, seed=7))
+            for i, blob in enumerate(scale_rows.random_ed25519_blobs(extra, seed=7))
         ]
         lines.append(self.user_pub.read_text().strip())
         tmp = self.authorized.with_suffix(".tmp")
@@ -618,14 +618,6 @@ class OpenSSH:
     def stop(self) -> None:
         kill_tree(self.proc)
         self.proc = None
-
-
-def random_ed25519_blobs(n: int, seed: int) -> list[bytes]:
-    """Public keys in SSH wire format (any 32 bytes make a syntactically valid ed25519
-    key; nobody needs the private halves)."""
-    rng = random.Random(seed)
-    head = len(b"ssh-ed25519").to_bytes(4, "big") + b"ssh-ed25519" + (32).to_bytes(4, "big")
-    return [head + rng.randbytes(32) for _ in range(n)]
 
 
 class Sides:
@@ -1613,68 +1605,6 @@ async def connect_times(port: int, user: str, key: Path, n: int = 20) -> float:
     return statistics.median(times)
 
 
-def insert_scale_rows(
-    db_path: Path,
-    keys: int,
-    repos: int,
-    accounts: int = 10_000,
-    workspaces: int = 1_000,
-    prefix: str = "scale",
-    seed: int = 11,
-) -> float:
-    """Accounts with 10 keys each, workspaces with 10 repositories each, each account a
-    member of one workspace: written with sqlite3 in one transaction (bench only)."""
-    started = time.monotonic()
-    db = sqlite3.connect(db_path, timeout=30)
-    now = int(time.time())
-    with db:
-        db.execute("PRAGMA foreign_keys=ON")
-        first_account = db.execute("SELECT COALESCE(MAX(id), 0) FROM accounts").fetchone()[0] + 1
-        db.executemany(
-            "INSERT INTO accounts (id, name, email, disabled, created_at) VALUES (?, ?, ?, 0, ?)",
-            (
-                (first_account + a, f"{prefix}{a:05d}", f"{prefix}{a}@example.com", now)
-                for a in range(accounts)
-            ),
-        )
-        blobs = random_ed25519_blobs(keys, seed=seed)
-        db.executemany(
-            "INSERT INTO ssh_keys (account_id, fingerprint, algorithm, public_key, title, kind,"
-            " source, created_at) VALUES (?, ?, 'ssh-ed25519', ?, ?, 'auth', 'cli', ?)",
-            (
-                (
-                    first_account + i % accounts,
-                    "SHA256:" + base64.b64encode(hashlib.sha256(b).digest()).decode().rstrip("="),
-                    "ssh-ed25519 " + base64.b64encode(b).decode(),
-                    f"key{i}",
-                    now,
-                )
-                for i, b in enumerate(blobs)
-            ),
-        )
-        first_ws = db.execute("SELECT COALESCE(MAX(id), 0) FROM workspaces").fetchone()[0] + 1
-        db.executemany(
-            "INSERT INTO workspaces (id, name, created_at) VALUES (?, ?, ?)",
-            ((first_ws + w, f"{prefix}ws{w:04d}", now) for w in range(workspaces)),
-        )
-        db.executemany(
-            "INSERT INTO members (workspace_id, account_id, role) VALUES (?, ?, 'write')",
-            ((first_ws + a % workspaces, first_account + a) for a in range(accounts)),
-        )
-        db.executemany(
-            "INSERT INTO repos (workspace_id, name, public, default_branch, created_at)"
-            " VALUES (?, ?, 0, 'main', ?)",
-            ((first_ws + r % workspaces, f"repo{r:05d}", now) for r in range(repos)),
-        )
-    counts = {
-        t: db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
-        for t in ("ssh_keys", "accounts", "repos", "workspaces")
-    }
-    db.close()
-    log(f"inserted scale rows in {time.monotonic() - started:.1f} s: {counts}")
-    return time.monotonic() - started
-
-
 async def hold_idle(sides: Sides, side: str, total: int, batch: int, res: Results) -> None:
     """Open `total` authenticated connections that stay idle, in batches, from four
     loopback source addresses (250 each: under the gateway's default per-address cap of
@@ -1743,77 +1673,135 @@ async def hold_idle(sides: Sides, side: str, total: int, batch: int, res: Result
         await asyncio.sleep(2)
 
 
-def delete_scale_rows(db_path: Path, prefix: str = "scale") -> None:
-    db = sqlite3.connect(db_path, timeout=30)
-    with db:
-        db.execute("PRAGMA foreign_keys=ON")
-        like = (prefix + "%",)
-        db.execute(
-            "DELETE FROM repos WHERE workspace_id IN (SELECT id FROM workspaces WHERE name LIKE ?)",
-            like,
-        )
-        db.execute("DELETE FROM workspaces WHERE name LIKE ?", like)  # members: ON DELETE CASCADE
-        db.execute("DELETE FROM accounts WHERE name LIKE ?", like)  # ssh_keys: ON DELETE CASCADE
-    db.close()
+def start_postgres_gateway(sides: Sides, root: Path) -> tuple[Gateway | None, str | None]:
+    """A second `gateway serve` of the same installation on PostgreSQL, moved there the
+    way an operator would (`gateway db copy --to`), serving the same repositories
+    directory (shared storage, as several gateways do); (None, None) if no PostgreSQL
+    server answers (testkit/database.py: GATEWAY_TEST_DATABASE_URL or the local one)."""
+    if not database.reachable():
+        log("no PostgreSQL server answers: the PostgreSQL rows are left out")
+        return None, None
+    url = database.new_postgres_database(durable=True)  # the server's own defaults
+    sides.gw.cli("db", "copy", "--to", url)
+    pg_gw = Gateway(root / "gateway-postgresql", sqlite=True)
+    pg_gw.env["GATEWAY_DATABASE_URL"] = url
+    pg_gw.data.mkdir(mode=0o700)
+    (pg_gw.data / "repos").symlink_to(sides.gw.data / "repos")
+    pg_gw.start()
+    return pg_gw, url
 
 
 def main_scale(args, root: Path) -> None:
     """Two rounds of: 10 keys, then 100,000 keys and 10,000 repositories (rows inserted,
-    then deleted again), so that load from others falls on both figures alike; then the
-    idle connections, with the large database for the gateway."""
+    then deleted again), on sshd, the gateway on SQLite and, when a PostgreSQL server
+    answers, the gateway on PostgreSQL; interleaved, so that load from others falls on
+    every figure alike. Then the idle connections, with the large SQLite database."""
     started = time.monotonic()
     sides = Sides.__new__(Sides)
-    db_path = None
+    pg_gw, pg_url = None, None
     try:
         sides.__init__(root, ["small"])
         db_path = sides.gw.data / "gateway.db"
         res = Results()
         # The 10-key figure: the benchmark user's key and 9 others.
-        insert_scale_rows(db_path, keys=9, repos=9, accounts=9, workspaces=1, prefix="ten", seed=12)
+        scale_rows.insert(db_path, keys=9, repos=9, accounts=9, workspaces=1, prefix="ten", seed=12)
+        pg_gw, pg_url = start_postgres_gateway(sides, root)
+        stores: list[Path | str] = [db_path, *([pg_url] if pg_url else [])]
+        ports = {"openssh": sides.ossh.port, "gateway": sides.gw.port}
+        if pg_gw is not None:
+            ports[POSTGRESQL] = pg_gw.port
         for round_ in range(2):
             for label, big in (("10 keys", False), ("100,000 keys, 10,000 repos", True)):
                 if big:
-                    sides.ossh.write_authorized_keys(
-                        100_000 - 1
-                    )  # ours is the last line: the worst case
-                    insert_scale_rows(db_path, keys=100_000 - 10, repos=10_000 - 10)
-                for side in alternate(round_):
-                    port = sides.gw.port if side == "gateway" else sides.ossh.port
-                    user = "git" if side == "gateway" else sides.ossh.login
+                    # ours is the last line: the worst case
+                    sides.ossh.write_authorized_keys(100_000 - 1)
+                    for where in stores:
+                        counts = scale_rows.insert(where, keys=100_000 - 10, repos=10_000 - 10)
+                        log(f"inserted scale rows into {where}: {counts}")
+                order = list(ports) if round_ % 2 == 0 else list(ports)[::-1]
+                for side in order:
+                    user = sides.ossh.login if side == "openssh" else "git"
+                    url = (
+                        sides.url(side, "small")
+                        if side != POSTGRESQL
+                        else f"ssh://git@127.0.0.1:{ports[side]}/{sides.paths['small']}.git"
+                    )
                     res.add(
                         f"connection + auth, {label} (asyncssh client, median of 10, s)",
                         side,
-                        asyncio.run(connect_times(port, user, sides.user.key, 10)),
+                        asyncio.run(connect_times(ports[side], user, sides.user.key, 10)),
                     )
                     for _ in range(10):
                         res.add(
                             f"connection + auth + ls-remote, {label} (median of 20, s)",
                             side,
-                            sides.timed_git("ls-remote", sides.url(side, "small")),
+                            sides.timed_git("ls-remote", url),
                         )
                     log(f"round {round_ + 1}: {label} {side} done")
                 if big:
                     sides.ossh.write_authorized_keys(9)
-                    delete_scale_rows(db_path)
-        insert_scale_rows(db_path, keys=100_000 - 10, repos=10_000 - 10)
+                    for where in stores:
+                        scale_rows.delete(where)
+        if pg_gw is not None:
+            pg_gw.stop()
+        scale_rows.insert(db_path, keys=100_000 - 10, repos=10_000 - 10)
         for side in SIDES:
             asyncio.run(hold_idle(sides, side, args.idle, 8, res))
     finally:
+        if pg_gw is not None:
+            pg_gw.stop()
         sides.stop()
+        database.drop(pg_url)
     caption = (
         f"Scale (--scale). OpenSSH: an AuthorizedKeysFile of 10 lines, then of 100,000 lines with "
         f"the benchmark key last (OpenSSH reads it on every login). Gateway: its SQLite database "
         f"with 10 keys, then with 100,000 keys (10,000 accounts, 10 keys each) and 10,000 "
-        f"repository rows (1,000 workspaces), written directly with sqlite3 in one transaction "
-        f"(bench only); two rounds of both, interleaved. Then {args.idle} idle authenticated "
-        f"connections (the gateway with the 100,000 keys, sshd with the 10-line file) held by the "
-        f"benchmark's asyncssh client from 127.0.0.2-5, opened 8 at a time; memory is the server "
-        f"process tree (sshd: the listener and every session's processes; gateway: the server "
-        f"and its spare workers), per connection = (with - without) / {args.idle}. "
-        f"Same ssh options as above. {machine()}. {versions()}. "
+        f"repository rows (1,000 workspaces), written directly in one transaction "
+        f"(bench/scale_rows.py); two rounds of both, interleaved. Then {args.idle} idle "
+        f"authenticated connections (the gateway with the 100,000 keys, sshd with the 10-line "
+        f"file) held by the benchmark's asyncssh client from 127.0.0.2-5, opened 8 at a time; "
+        f"memory is the server process tree (sshd: the listener and every session's processes; "
+        f"gateway: the server and its spare workers), per connection = (with - without) / "
+        f"{args.idle}. Same ssh options as above. {machine()}. {versions()}. "
         f"Run took {(time.monotonic() - started) / 60:.1f} min."
     )
     print_table(res, caption, targets=False)
+    if pg_url is not None:
+        print_backends(res)
+
+
+POSTGRESQL = "gateway on PostgreSQL"
+BACKEND_TARGET = 1.1  # issue 19: PostgreSQL's figure within 10% of SQLite's
+
+
+def print_backends(res: Results) -> None:
+    """The gateway on PostgreSQL beside itself on SQLite, for the --scale rows."""
+    print(
+        "Scale on PostgreSQL (--scale): the same gateway and installation, its database moved "
+        "with `gateway db copy --to` into a new database on the local PostgreSQL server (a "
+        "second `gateway serve`, default pool of database_pool_size connections, serving the "
+        "same repositories directory), the same rows inserted there (asyncpg's COPY, then "
+        "ANALYZE); measured in the same rounds as the table above.\n"
+    )
+    print(
+        "| measure | gateway on SQLite | gateway on PostgreSQL | PostgreSQL / SQLite"
+        " | target | met |"
+    )
+    print("|---|---|---|---|---|---|")
+    for row in res.order:
+        sq, pg = res.median(row, "gateway"), res.median(row, POSTGRESQL)
+        if sq is None or pg is None:
+            continue
+        ratio = pg / sq if sq else None
+        target = "100,000 keys" in row and "ls-remote" in row
+        met = (
+            ("yes" if ratio is not None and ratio <= BACKEND_TARGET else "**no**") if target else ""
+        )
+        print(
+            f"| {row} | {fmt(sq)} | {fmt(pg)} | {fmt(ratio)}{'x' if ratio else ''} "
+            f"| {f'≤ {BACKEND_TARGET}' if target else '-'} | {met} |"
+        )
+    print(flush=True)
 
 
 def upload_pack_request(server: Path) -> bytes:

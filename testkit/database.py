@@ -73,13 +73,22 @@ def new_database() -> str | None:
     return new_postgres_database() if POSTGRESQL else None
 
 
-def new_postgres_database() -> str:
+def new_postgres_database(durable: bool = False) -> str:
     """A new, empty PostgreSQL database's URL whichever the run's backend (tests of
-    several gateways on one PostgreSQL: tests/test_nodes.py)."""
+    several gateways on one PostgreSQL: tests/test_nodes.py). `durable`: commits wait
+    for the disk, as the server's default (bench/), rather than not (tests)."""
     made_for_a_test()
+    return _create(durable)
+
+
+def _create(durable: bool = False) -> str:
     name = f"gateway_test_{os.getpid()}_{uuid.uuid4().hex[:12]}"
     run(_admin(f'CREATE DATABASE "{name}"'))
     _created.append(name)
+    if not durable:
+        # A test's commits need not wait for the disk (the server's durability is not
+        # what a test checks); the setting is this database's, not the server's.
+        run(_admin(f'ALTER DATABASE "{name}" SET synchronous_commit = off'))
     return _url_for(name)
 
 
@@ -89,10 +98,7 @@ def scratch_database() -> str | None:
     made_for_a_test()
     if not reachable():
         return None
-    name = f"gateway_test_{os.getpid()}_{uuid.uuid4().hex[:12]}"
-    run(_admin(f'CREATE DATABASE "{name}"'))
-    _created.append(name)
-    return _url_for(name)
+    return _create()
 
 
 def drop(url: str | None) -> None:
