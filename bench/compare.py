@@ -45,7 +45,7 @@ repository in place of large and huge.
 
 Items of the Performance issue measured here: 1 (the table), 3 (--scale) and the
 measuring part of 6 (--profile). The database rows for --scale are written directly in
-one transaction (bench/scale_rows.py: sqlite3, or asyncpg's COPY for the gateway on
+one transaction (bench/scale_rows.py: sqlite3, or asyncpg for the gateway on
 PostgreSQL), not through the store functions, which would take minutes for 100,000 keys.
 """
 
@@ -1780,7 +1780,7 @@ def print_backends(res: Results) -> None:
         "Scale on PostgreSQL (--scale): the same gateway and installation, its database moved "
         "with `gateway db copy --to` into a new database on the local PostgreSQL server (a "
         "second `gateway serve`, default pool of database_pool_size connections, serving the "
-        "same repositories directory), the same rows inserted there (asyncpg's COPY, then "
+        "same repositories directory), the same rows inserted there (asyncpg, then "
         "ANALYZE); measured in the same rounds as the table above.\n"
     )
     print(

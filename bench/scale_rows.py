@@ -1,6 +1,6 @@
 """The --scale rows (accounts with 10 keys each, workspaces with 10 repositories each,
 each account a member of one workspace), written straight into the gateway's database,
-SQLite (sqlite3) or PostgreSQL (asyncpg's COPY), in one transaction: bench only. The
+SQLite (sqlite3) or PostgreSQL (asyncpg), in one transaction: bench only. The
 same rows on both backends, so their figures compare."""
 
 from __future__ import annotations
@@ -159,7 +159,12 @@ async def _insert_postgres(url: str, keys, repos, accounts, workspaces, prefix, 
             first_ws = await conn.fetchval("SELECT COALESCE(MAX(id), 0) FROM workspaces") + 1
             made = rows(first_account, first_ws, keys, repos, accounts, workspaces, prefix, seed)
             for table, columns in TABLES:
-                await conn.copy_records_to_table(table, records=made[table], columns=columns)
+                # executemany, not COPY: asyncpg has no binary COPY encoder for citext.
+                marks = ", ".join(f"${i + 1}" for i in range(len(columns)))
+                await conn.executemany(
+                    f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})",
+                    list(made[table]),
+                )
         # The planner's statistics, as autovacuum would make them soon after.
         await conn.execute("ANALYZE")
         return {t: await conn.fetchval(f"SELECT COUNT(*) FROM {t}") for t in COUNTED}
