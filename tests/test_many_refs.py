@@ -296,3 +296,36 @@ def test_advertisements_are_unchanged(local_many):
         first = ours[4 : int(ours[:4], 16)].rstrip(b"\n")
         caps = [c for c in first.split(b"\0")[1].split() if not c.startswith(b"symref=")]
         assert ours == dulwich_advertisement(server, caps, receive)
+
+
+def test_a_full_listing_is_kept_until_a_ref_changes(gw, many, work):
+    """ls-remote's answer is kept in the repository (lsrefscache.py) and sent again while
+    nothing changed; a push, a deleted branch, packed refs and a new HEAD each give the
+    listing C git gives at that moment."""
+    alice, path, server = many
+    cache = server / "gateway-ls-refs"
+
+    def ours() -> list[str]:
+        return lines(gw.git(alice, "ls-remote", "--symref", gw.url(path)).stdout)
+
+    def c_gits() -> list[str]:
+        return lines(
+            git(server, "-c", "protocol.version=2", "ls-remote", "--symref", f"file://{server}")
+        )
+
+    first = ours()
+    assert first == c_gits() and cache.exists()
+    kept = cache.read_bytes()
+    assert ours() == first and cache.read_bytes() == kept  # sent from what was kept
+    tree = work / "tree"
+    commit(tree, "new.txt", "new\n")
+    gw.git(alice, "push", "-q", gw.url(path), "main", "main:refs/heads/topic", cwd=tree)
+    assert ours() == c_gits() != first
+    gw.git(alice, "push", "-q", gw.url(path), ":refs/heads/topic", cwd=tree)
+    assert not any(line.endswith("\trefs/heads/topic") for line in ours())
+    assert ours() == c_gits()
+    gw.cli("repo", "gc", path)  # the refs packed: packed-refs replaced
+    assert ours() == c_gits()
+    git(server, "symbolic-ref", "HEAD", "refs/tags/v1.0")  # an operator's edit of HEAD
+    assert ours() == c_gits()
+    assert any(line.startswith("ref: refs/tags/v1.0\tHEAD") for line in ours())

@@ -70,14 +70,14 @@ def list_refs(
 def head_target(repo_path: str | bytes) -> bytes | None:
     """The ref HEAD names, whether or not it exists yet (v2's `unborn`); None if HEAD is
     detached or broken."""
-    content = _read_ref_file(os.path.join(git_dir_of(repo_path), HEAD))
+    content = read_ref_file(os.path.join(git_dir_of(repo_path), HEAD))
     if content is None or not content.startswith(SYMREF):
         return None
     target = content[len(SYMREF) :]
     return target if _is_target(target) else None
 
 
-def _read_ref_file(path: bytes) -> bytes | None:
+def read_ref_file(path: bytes) -> bytes | None:
     """A ref file's first line, or None if there is no such file."""
     try:
         with open(path, "rb") as f:
@@ -87,6 +87,13 @@ def _read_ref_file(path: bytes) -> bytes | None:
     except OSError:
         return b""  # unreadable: broken
     return data.split(b"\n", 1)[0].rstrip(b"\r")
+
+
+def iter_loose_refs(git_dir: bytes) -> Iterator[tuple[bytes, bytes]]:
+    """(name, first line) of every file under refs/, valid name or not (lsrefscache.py's
+    key: anything there that changes may change the listing)."""
+    for name, path in _walk(git_dir, b"refs"):
+        yield name, read_ref_file(path) or b""
 
 
 def _is_target(name: bytes) -> bool:
@@ -132,7 +139,7 @@ class _Lister:
                 symrefs[name] = content[len(SYMREF) :]
             elif _OBJECT_NAME.match(content):
                 values[name] = (content.lower(), _UNKNOWN)
-        head = _read_ref_file(os.path.join(self.git_dir, HEAD))
+        head = read_ref_file(os.path.join(self.git_dir, HEAD))
         if head is not None and self.prefixes.wants(HEAD):
             if head.startswith(SYMREF):
                 symrefs[HEAD] = head[len(SYMREF) :]
@@ -178,7 +185,7 @@ class _Lister:
                 return None
             if target in values:
                 return values[target]
-            content = _read_ref_file(os.path.join(self.git_dir, target))
+            content = read_ref_file(os.path.join(self.git_dir, target))
             if content is None:  # not loose: packed, or unborn
                 found = self.packed.get(target)
                 if found is None:
@@ -195,7 +202,7 @@ class _Lister:
         for top in self._loose_dirs():
             for name, path in _walk(self.git_dir, top):
                 if refnames.is_valid(name) and self.prefixes.wants(name):
-                    content = _read_ref_file(path)
+                    content = read_ref_file(path)
                     if content is not None:
                         yield name, content
 

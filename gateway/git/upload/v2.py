@@ -28,11 +28,11 @@ from dulwich.repo import Repo
 
 from ... import __version__
 from ...names import printable
-from . import filters, reachable, shallow, sideband, storedpacks
+from . import filters, lsrefscache, reachable, shallow, sideband, storedpacks
 from .fetch import Fetch, send_pack
 from .filters import FilterError, ObjectFilter
 from .reachable import NotReachable
-from .refs import Ref, head_target, list_refs
+from .refs import Ref, git_dir_of, head_target, list_refs
 from .refusal import RequestRefused
 from .shallow import Deepen, ShallowError
 from .storedpacks import ObjectReader
@@ -274,9 +274,17 @@ class UploadPackV2:
                 raise _Refusal(f"ls-refs: unexpected argument '{_shown(arg)}'")
         if too_many:
             prefixes = []  # as git: all refs rather than so many prefixes
+        # A full listing (ls-remote's) is kept until a ref changes (lsrefscache.py).
+        git_dir = git_dir_of(self.repo.controldir())
+        flags = b"symrefs=%d peel=%d unborn=%d" % (symrefs, peel, unborn)
+        cache_key = None if prefixes else lsrefscache.key(git_dir, flags)
+        if cache_key is not None and (kept := lsrefscache.load(git_dir, cache_key)) is not None:
+            self.proto.write(kept + FLUSH)
+            return
         # Framed here and written in large pieces: one write (and one log call) per ref
         # was most of the CPU of listing 20,000 refs.
         out: list[bytes] = []
+        answer: list[bytes] = []  # everything written, for the cache
         for ref in self._list_refs(prefixes):
             if not ref.sha:
                 if unborn:
@@ -290,10 +298,13 @@ class UploadPackV2:
                 line += b" peeled:" + ref.peeled
             out.append(_pkt(line + b"\n"))
             if len(out) >= LS_REFS_BATCH:
-                self.proto.write(b"".join(out))
+                answer.append(b"".join(out))
+                self.proto.write(answer[-1])
                 out.clear()
-        out.append(FLUSH)
-        self.proto.write(b"".join(out))
+        answer.append(b"".join(out))
+        self.proto.write(answer[-1] + FLUSH)
+        if cache_key is not None and lsrefscache.key(git_dir, flags) == cache_key:
+            lsrefscache.save(git_dir, cache_key, b"".join(answer))
 
     # --- fetch ---------------------------------------------------------------------------
 

@@ -1,0 +1,53 @@
+"""The answer to a full `ls-refs` (no `ref-prefix`: what `git ls-remote` asks), kept
+until a ref changes.
+
+Listing 20,000 refs costs a worker about 0.15 s of CPU in Python, every time, where C git
+takes a fraction of that; most repositories' refs change far less often than they are
+listed. So the encoded answer is kept in `gateway-ls-refs` in the repository, under a
+key of everything it was made from: the request's flags, HEAD's and every loose ref's
+content (read, as the listing reads them), `packed-refs`' identity (it is only ever
+replaced by a rename: a new inode) and the pack directory's (whether a ref's object
+exists is read from the packs). Any ref change gives another key, so a stale answer is
+never sent. The key is taken again after listing, and the answer kept only if nothing
+moved in between.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+from .clonecache import write_whole
+from .refs import iter_loose_refs, read_ref_file
+
+FILE = "gateway-ls-refs"
+MAGIC = b"GWLSREFS1\n"  # and the format of what follows: change it with the answer's
+
+
+def key(git_dir: bytes, flags: bytes) -> bytes:
+    digest = hashlib.sha256(MAGIC + flags + b"\n")
+    for name in (b"packed-refs", b"objects/pack"):
+        try:
+            st = os.stat(os.path.join(git_dir, name))
+            digest.update(b"%s %d %d %d\n" % (name, st.st_ino, st.st_mtime_ns, st.st_size))
+        except OSError:
+            digest.update(b"%s -\n" % name)
+    digest.update(b"HEAD %s\n" % (read_ref_file(os.path.join(git_dir, b"HEAD")) or b"-"))
+    for name, content in sorted(iter_loose_refs(git_dir)):
+        digest.update(b"%s\0%s\n" % (name, content))
+    return digest.hexdigest().encode()
+
+
+def load(git_dir: bytes, cache_key: bytes) -> bytes | None:
+    """The kept answer (pkt-lines, without the final flush) if its key is `cache_key`."""
+    try:
+        with open(os.path.join(git_dir, FILE.encode()), "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    head = MAGIC + cache_key + b"\n"
+    return data[len(head) :] if data.startswith(head) else None
+
+
+def save(git_dir: bytes, cache_key: bytes, answer: bytes) -> None:
+    write_whole(os.fsdecode(git_dir), FILE, MAGIC + cache_key + b"\n" + answer)
