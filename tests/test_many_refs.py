@@ -4,6 +4,7 @@ loose, is listed as C git lists it, and each v2-style prefix lists exactly its r
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 from dulwich.protocol import format_ref_line, pkt_line, symref_capabilities
 from dulwich.repo import Repo
 
+from gateway.git.upload import lsrefscache
 from gateway.git.upload.refs import Ref, head_target, list_refs
 from testkit import Gateway, local_git
 from testkit.localgit import commit
@@ -329,3 +331,30 @@ def test_a_full_listing_is_kept_until_a_ref_changes(gw, many, work):
     git(server, "symbolic-ref", "HEAD", "refs/tags/v1.0")  # an operator's edit of HEAD
     assert ours() == c_gits()
     assert any(line.startswith("ref: refs/tags/v1.0\tHEAD") for line in ours())
+
+
+def test_a_fetch_is_answered_from_a_listing_kept_apart(gw, many, work):
+    """A fetch sends ref-prefixes (refs/heads/, refs/tags/, HEAD): its answer is kept in
+    a file of its own, beside the full listing, and a push gives a new one."""
+    alice, path, server = many
+    tree, clone = work / "tree", work / "clone"
+    gw.git(alice, "clone", "-q", "--bare", gw.url(path), str(clone))
+    for n in range(2):
+        commit(tree, f"moved{n}.txt", f"{n}\n")
+        gw.git(alice, "push", "-q", gw.url(path), "main", cwd=tree)
+        gw.git(alice, "fetch", "-q", gw.url(path), "+refs/heads/*:refs/heads/*", cwd=clone)
+        head = local_git("rev-parse", "HEAD", cwd=tree).strip()
+        assert local_git("rev-parse", "main", cwd=clone).strip() == head
+        assert (server / "gateway-ls-refs-prefixed").exists()
+
+
+def test_a_kept_listing_follows_heads_target_outside_the_prefixes(local_many, tmp_path):
+    """HEAD is listed with its target's object: the key of a listing that asks for HEAD
+    alone reads HEAD's target too, wherever it is."""
+    server = tmp_path / "server.git"
+    shutil.copytree(local_many, server, symlinks=True)
+    git_dir = os.fsencode(server)
+    before = lsrefscache.key(git_dir, b"flags", [b"HEAD"])
+    assert lsrefscache.key(git_dir, b"flags", [b"HEAD"]) == before
+    git(server, "update-ref", "refs/heads/main", "main~1")
+    assert lsrefscache.key(git_dir, b"flags", [b"HEAD"]) != before

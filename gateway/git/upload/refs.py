@@ -89,11 +89,23 @@ def read_ref_file(path: bytes) -> bytes | None:
     return data.split(b"\n", 1)[0].rstrip(b"\r")
 
 
-def iter_loose_refs(git_dir: bytes) -> Iterator[tuple[bytes, bytes]]:
-    """(name, first line) of every file under refs/, valid name or not (lsrefscache.py's
-    key: anything there that changes may change the listing)."""
-    for name, path in _walk(git_dir, b"refs"):
-        yield name, read_ref_file(path) or b""
+def iter_loose_refs(git_dir: bytes, prefixes: Sequence[bytes]) -> Iterator[tuple[bytes, bytes]]:
+    """(name, first line) of every file under the directories of refs/ that `prefixes`
+    reach, valid name or not (lsrefscache.py's key: anything there that changes may
+    change the listing)."""
+    for top in loose_dirs(refnames.Prefixes(prefixes)):
+        for name, path in _walk(git_dir, top):
+            yield name, read_ref_file(path) or b""
+
+
+def symref_chain(git_dir: bytes, content: bytes) -> Iterator[bytes]:
+    """The content of each loose ref a symbolic ref's `content` leads to, as `_resolve`
+    follows them (lsrefscache.py's key: HEAD's target may lie outside the prefixes)."""
+    for _ in range(MAX_SYMREF_DEPTH):
+        if not content.startswith(SYMREF) or not _is_target(content[len(SYMREF) :]):
+            return
+        content = read_ref_file(os.path.join(git_dir, content[len(SYMREF) :])) or b"-"
+        yield content
 
 
 def _is_target(name: bytes) -> bool:
@@ -207,20 +219,24 @@ class _Lister:
                         yield name, content
 
     def _loose_dirs(self) -> list[bytes]:
-        """The directories under refs/ that hold every ref the prefixes ask for."""
-        if self.prefixes.everything:
-            return [b"refs"]
-        dirs = set()
-        for prefix in self.prefixes.minimal:
-            if prefix.startswith(b"refs/"):
-                dirs.add(prefix[: prefix.rindex(b"/")])
-            elif b"refs/".startswith(prefix):
-                dirs.add(b"refs")
-        kept: list[bytes] = []
-        for top in sorted(dirs):  # a directory comes right after its ancestors
-            if not kept or not (top + b"/").startswith(kept[-1] + b"/"):
-                kept.append(top)
-        return kept
+        return loose_dirs(self.prefixes)
+
+
+def loose_dirs(prefixes: refnames.Prefixes) -> list[bytes]:
+    """The directories under refs/ that hold every ref the prefixes ask for."""
+    if prefixes.everything:
+        return [b"refs"]
+    dirs = set()
+    for prefix in prefixes.minimal:
+        if prefix.startswith(b"refs/"):
+            dirs.add(prefix[: prefix.rindex(b"/")])
+        elif b"refs/".startswith(prefix):
+            dirs.add(b"refs")
+    kept: list[bytes] = []
+    for top in sorted(dirs):  # a directory comes right after its ancestors
+        if not kept or not (top + b"/").startswith(kept[-1] + b"/"):
+            kept.append(top)
+    return kept
 
 
 def _identity(path: bytes) -> tuple[int, int, int] | None:

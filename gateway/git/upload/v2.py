@@ -274,11 +274,17 @@ class UploadPackV2:
                 raise _Refusal(f"ls-refs: unexpected argument '{_shown(arg)}'")
         if too_many:
             prefixes = []  # as git: all refs rather than so many prefixes
-        # A full listing (ls-remote's) is kept until a ref changes (lsrefscache.py).
+        # The answer is kept until a ref changes (lsrefscache.py).
         git_dir = git_dir_of(self.repo.controldir())
-        flags = b"symrefs=%d peel=%d unborn=%d" % (symrefs, peel, unborn)
-        cache_key = None if prefixes else lsrefscache.key(git_dir, flags)
-        if cache_key is not None and (kept := lsrefscache.load(git_dir, cache_key)) is not None:
+        flags = b"symrefs=%d peel=%d unborn=%d %s" % (
+            symrefs,
+            peel,
+            unborn,
+            b" ".join(_pkt(p) for p in prefixes),  # framed: any byte may be in a prefix
+        )
+        kept_in = lsrefscache.file_for(prefixes)
+        cache_key = lsrefscache.key(git_dir, flags, prefixes)
+        if (kept := lsrefscache.load(git_dir, kept_in, cache_key)) is not None:
             self.proto.write(kept + FLUSH)
             return
         # Framed here and written in large pieces: one write (and one log call) per ref
@@ -303,8 +309,8 @@ class UploadPackV2:
                 out.clear()
         answer.append(b"".join(out))
         self.proto.write(answer[-1] + FLUSH)
-        if cache_key is not None and lsrefscache.key(git_dir, flags) == cache_key:
-            lsrefscache.save(git_dir, cache_key, b"".join(answer))
+        if lsrefscache.key(git_dir, flags, prefixes) == cache_key:
+            lsrefscache.save(git_dir, kept_in, cache_key, b"".join(answer))
 
     # --- fetch ---------------------------------------------------------------------------
 
