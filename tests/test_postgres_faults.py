@@ -56,12 +56,17 @@ STALL = Path(__file__).resolve().parent.parent / "testkit" / "stall.py"
 DOWN = "the gateway's database did not answer; try again in a moment"
 
 
-def test_postgresql_down_then_back_under_the_gateway(g, pg, tmp_path):
+def cloned(g, tmp_path):
+    """(alice, path, clone): a new repository alice may write, cloned."""
     alice = g.user()
-    ws = g.workspace((alice, "write"))
-    path = g.repo(ws)
+    path = g.repo(g.workspace((alice, "write")))
     clone = tmp_path / "clone"
     g.git(alice, "clone", "-q", g.url(path), str(clone))
+    return alice, path, clone
+
+
+def test_postgresql_down_then_back_under_the_gateway(g, pg, tmp_path):
+    alice, path, clone = cloned(g, tmp_path)
     first = commit(clone, g, 1)
     g.git(alice, "push", "-q", "origin", "HEAD:main", cwd=clone)
 
@@ -144,11 +149,7 @@ def test_a_push_across_a_postgresql_restart(g, pg, tmp_path):
     """PostgreSQL stopped after the refs moved and before the push's audit row is
     written (a post-receive hook holds the push there): the push completes, and its
     audit row is written whole once the database is back."""
-    alice = g.user()
-    ws = g.workspace((alice, "write"))
-    path = g.repo(ws)
-    clone = tmp_path / "clone"
-    g.git(alice, "clone", "-q", g.url(path), str(clone))
+    alice, path, clone = cloned(g, tmp_path)
     tip = commit(clone, g, 1)
     moved, go = tmp_path / "moved", tmp_path / "go"
     hook = g.root / "hooks" / "post-receive"
@@ -173,11 +174,7 @@ def test_a_push_across_a_postgresql_restart(g, pg, tmp_path):
 def test_a_clone_across_a_postgresql_restart(g, pg, tmp_path):
     """A clone whose pack is streaming when PostgreSQL restarts (the client stalls its
     reading there) completes and is complete: the database is not needed mid-pack."""
-    alice = g.user()
-    ws = g.workspace((alice, "write"))
-    path = g.repo(ws)
-    work = tmp_path / "work"
-    g.git(alice, "clone", "-q", g.url(path), str(work))
+    alice, path, work = cloned(g, tmp_path)
     (work / "noise.bin").write_bytes(os.urandom(4 << 20))  # incompressible: a long pack
     local_git("add", ".", cwd=work, env=g.env)
     local_git("commit", "-qm", "noise", cwd=work, env=g.env)
@@ -193,7 +190,7 @@ def test_a_clone_across_a_postgresql_restart(g, pg, tmp_path):
         "-q",
         "--no-checkout",
         g.url(path),
-        str(tmp_path / "clone"),
+        str(tmp_path / "stalled"),
         env={"GIT_SSH_COMMAND": str(stall)},
     )
     assert wait_for(streaming.exists, 60)
@@ -202,5 +199,5 @@ def test_a_clone_across_a_postgresql_restart(g, pg, tmp_path):
     go.touch()
     out, err = clone.communicate(timeout=120)
     assert clone.returncode == 0, err
-    local_git("fsck", "--full", cwd=tmp_path / "clone")
+    local_git("fsck", "--full", cwd=tmp_path / "stalled")
     assert "Traceback" not in g.server_log()
