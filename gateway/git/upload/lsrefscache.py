@@ -4,14 +4,13 @@ fetch` asks: `refs/heads/`, `refs/tags/`, HEAD), each in a file of its own.
 
 Listing 20,000 refs costs a worker about 0.15 s of CPU in Python, every time, where C git
 takes a fraction of that; most repositories' refs change far less often than they are
-listed. So the encoded answer is kept in `gateway-ls-refs` (or `gateway-ls-refs-prefixed`)
-in the repository, under a key of everything it was made from: the request's flags and
-prefixes, HEAD's and every loose ref's
-content (read, as the listing reads them), `packed-refs`' identity (it is only ever
-replaced by a rename: a new inode) and the pack directory's (whether a ref's object
-exists is read from the packs). Any ref change gives another key, so a stale answer is
-never sent. The key is taken again after listing, and the answer kept only if nothing
-moved in between.
+listed. So the encoded answer is kept in the repository, under a key of everything it
+was made from: the request's flags and prefixes; HEAD's content and that of the loose
+refs under the directories the prefixes reach (read, as the listing reads them), with
+the targets of the symbolic ones; `packed-refs`' identity (it is only ever replaced by
+a rename: a new inode) and the pack directory's (whether a ref's object exists is read
+from the packs). Any ref change gives another key, so a stale answer is never sent. The
+key is taken again after listing, and the answer kept only if nothing moved in between.
 """
 
 from __future__ import annotations
