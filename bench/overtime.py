@@ -13,6 +13,11 @@ loop stops and, side after side:
   incremental fetch of those commits into the side's last clone: medians;
 - the repository's pack files and loose objects, as they are.
 
+Before a point is measured, the background work the pushes set off on either side is
+waited for (the gateway's housekeeping run, C git's detached `gc --auto`), and the wait
+is printed: a point measures what the repository's state costs, as at 0, not how the
+requests share the two cores with a repack still running.
+
 C git's side has its default receive settings, so its `gc --auto` runs after a push as
 a real server's would (detached: the subreaper reaps it). The target: the gateway's time
 at PUSHES pushes within 10% of its own at 0 (issue 17, item 3).
@@ -36,6 +41,41 @@ SIDES = ("openssh", "gateway")
 
 def checkpoints(pushes: int) -> list[int]:
     return sorted({*(p for p in CHECKPOINTS_OF if p < pushes), pushes})
+
+
+QUIET_TIMEOUT = 600  # seconds to wait for background housekeeping before measuring
+
+
+def housekeeping_running(root: Path) -> bool:
+    """Whether a housekeeping process works on a repository under `root`: the gateway's
+    (`python -m gateway.git.housekeeping REPO`) or C git's (`git gc`, `git repack` and the
+    `git pack-objects` it runs, in the repository as working directory)."""
+    prefix = str(root)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            if b"gateway.git.housekeeping" in argv:
+                if any(arg.decode(errors="replace").startswith(prefix) for arg in argv):
+                    return True
+                continue
+            words = {a.decode(errors="replace") for a in argv[:3]}
+            if words & {"gc", "repack", "pack-objects", "git-pack-objects"} and str(
+                (entry / "cwd").resolve()
+            ).startswith(prefix):
+                return True
+        except OSError:
+            continue  # gone, or not ours to read
+    return False
+
+
+def wait_quiet(root: Path) -> float:
+    """Wait until no housekeeping runs under `root`; the seconds waited."""
+    started = time.monotonic()
+    while housekeeping_running(root) and time.monotonic() - started < QUIET_TIMEOUT:
+        time.sleep(0.2)
+    return time.monotonic() - started
 
 
 def repository_files(server: Path) -> tuple[int, int]:
@@ -63,6 +103,7 @@ class Overtime:
         self.values: dict[tuple[str, str, int], list[float]] = {}
         self.files: dict[tuple[str, int], tuple[int, int]] = {}
         self.clones: dict[str, Path] = {}
+        self.waits: dict[int, float] = {}  # checkpoint -> seconds waited for housekeeping
 
     def push_argv(self, side: str) -> list[str]:
         url = self.sides.url(side, self.name)
@@ -92,6 +133,7 @@ class Overtime:
 
     def measure(self, at: int, runs: int) -> None:
         sides = self.sides
+        self.waits[at] = wait_quiet(Path(sides.root))
         for side in SIDES:
             self.files[(side, at)] = repository_files(sides.server_dir(side, self.name))
         for run in range(5):
@@ -181,4 +223,6 @@ class Overtime:
                 str(self.files.get((side, m), ("-", "-"))[index]) for side in SIDES for m in marks
             )
             lines.append(f"| {what} (before the measures) | {shown} | - | - | |")
+        waited = ", ".join(f"{self.waits[m]:.1f} s at {m:,}" for m in marks if m in self.waits)
+        lines.append(f"\nWaited for background housekeeping before measuring: {waited}.")
         return "\n".join(lines) + "\n"
