@@ -44,6 +44,12 @@ def ref_locks(repo_dir: Path) -> list[str]:
     return found
 
 
+def no_ref_locks_soon(repo_dir: Path, timeout: float = 5.0) -> bool:
+    """No ref lock stays: background housekeeping packing refs holds packed-refs.lock
+    for a moment, a lock a push left behind stays for good."""
+    return wait_for(lambda: not ref_locks(repo_dir), timeout)
+
+
 def has_object(repo_dir: Path, sha: str | bytes) -> bool:
     if isinstance(sha, bytes):
         sha = sha.decode()

@@ -32,6 +32,7 @@ from testkit.pushes import (
     has_object,
     log_since,
     no_quarantine_soon,
+    no_ref_locks_soon,
     quarantines,
     ref_locks,
     seed,
@@ -254,7 +255,7 @@ def test_concurrent_pushes_to_one_branch_lose_no_update(private, work):
     gw.git(user, "fetch", "-q", "origin", cwd=tree)
     assert local_git("rev-parse", "origin/main", cwd=tree).strip() == accepted[-1][2]
     assert not quarantines(repo_dir)
-    assert not ref_locks(repo_dir)
+    assert no_ref_locks_soon(repo_dir), ref_locks(repo_dir)
     fsck(gw, path)
     assert_clean_log(log_since(gw, offset))
     elapsed = time.monotonic() - started
@@ -297,7 +298,7 @@ def test_client_killed_mid_pack_leaves_nothing_behind(gw, work):
             assert not has_object(repo_dir, big)
         else:  # the push finished before the kill: then it must be complete
             before = bare_refs(repo_dir)
-        assert not ref_locks(repo_dir)
+        assert no_ref_locks_soon(repo_dir), ref_locks(repo_dir)
         fsck(gw, path)
         if not no_quarantine_soon(repo_dir, 5):
             leftovers.append((attempt, set(quarantines(repo_dir)) - earlier))
@@ -373,7 +374,7 @@ def test_server_killed_mid_push_recovers(private, work):
         wait_for(lambda pids=pids: all(process_state(p) is None for p in pids), 10)
         g.start()
         assert not quarantines(repo_dir), f"round {rnd} ({point})"
-        assert not ref_locks(repo_dir), f"round {rnd} ({point})"
+        assert no_ref_locks_soon(repo_dir), (rnd, point, ref_locks(repo_dir))
         assert bare_refs(repo_dir).get("refs/heads/main") == value
         fsck(g, path)
         assert db_integrity(g) == "ok"
@@ -467,7 +468,7 @@ def raw(gw, raw_repo):
         assert no_quarantine_soon(repo_dir), quarantines(repo_dir)
         for sha in absent:  # nothing of a refused push entered the store
             assert not has_object(repo_dir, sha), sha
-        assert not ref_locks(repo_dir)
+        assert no_ref_locks_soon(repo_dir), ref_locks(repo_dir)
         fsck(gw, path)
         assert_clean_log(log_since(gw, offset))
         tip = commit(clone, unique("next") + ".txt")

@@ -13,7 +13,14 @@ import pytest
 
 from testkit import Gateway, local_git, unique, wait_for
 from testkit.localgit import commit, fsck
-from testkit.pushes import assert_clean_log, bare_refs, log_since, ref_locks, seed
+from testkit.pushes import (
+    assert_clean_log,
+    bare_refs,
+    log_since,
+    no_ref_locks_soon,
+    ref_locks,
+    seed,
+)
 from testkit.receivepack import ZERO, commands, new_history, pack_of, receive_pack, report_of
 
 
@@ -54,7 +61,7 @@ def ok_after(gw: Gateway, alice, path: str, clone: Path, offset: int) -> None:
     tip = commit(clone, unique("next") + ".txt")
     gw.git(alice, "push", "origin", "HEAD:main", cwd=clone)
     assert bare_refs(gw.repo_dir(path))["refs/heads/main"] == tip
-    assert not ref_locks(gw.repo_dir(path))
+    assert no_ref_locks_soon(gw.repo_dir(path)), ref_locks(gw.repo_dir(path))
     fsck(gw, path)
     assert_clean_log(log_since(gw, offset))
 
