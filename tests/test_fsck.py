@@ -681,23 +681,38 @@ def test_report_escapes_and_bounds():
 
 
 def test_only_objects_new_to_the_repository_are_checked(tmp_path):
-    """A quarantine's object that the store already has (a thin pack's base, appended by
-    packin) is not new: a legacy tree there is not held against the push."""
+    """A pushed object that the store already has (a thin pack's base, or what another
+    push brought) is not new: a legacy tree there is not held against the push. The
+    objects are seen as the received pack is indexed, as a push sees them."""
+    import io
+
     from dulwich.object_store import DiskObjectStore
+
+    from gateway.git.receive import packreader, quarantine
+    from gateway.git.receive.connectivity import Links
+    from gateway.git.receive.newobjects import NewObjects
 
     legacy = RawObject.of(Tree, tree_bytes((b"0100644", b"old.txt", SHA)))
     fresh = RawObject.of(Tree, tree_bytes((b"100644", b".git", SHA)))
+    pushed = pack_of(legacy, fresh)
+
+    def problems(store: DiskObjectStore) -> list[tuple[bytes, str]]:
+        q = quarantine.create(store.path)
+        try:
+            seen = NewObjects(store, Links([]), checker.Checker())
+            packreader.receive_pack(q, io.BytesIO(pushed).read, None, None, visit=seen)
+            return sorted((p.sha, p.msg_id) for p in seen.finish(q))
+        finally:
+            quarantine.remove(q)
+
     stores = {}
-    for name in ("store", "quarantine", "empty"):
+    for name in ("store", "empty"):
         (tmp_path / name / "pack").mkdir(parents=True)
         (tmp_path / name / "info").mkdir()
         stores[name] = DiskObjectStore(str(tmp_path / name))
     stores["store"].add_objects([(legacy, None)])
-    stores["quarantine"].add_objects([(legacy, None), (fresh, None)])
-    found = checker.check_new_objects(stores["quarantine"], stores["store"])
-    assert [(p.sha, p.msg_id) for p in found] == [(fresh.id, "hasDotgit")]
-    found = checker.check_new_objects(stores["quarantine"], stores["empty"])
-    assert sorted((p.sha, p.msg_id) for p in found) == sorted(
+    assert problems(stores["store"]) == [(fresh.id, "hasDotgit")]
+    assert problems(stores["empty"]) == sorted(
         [(fresh.id, "hasDotgit"), (legacy.id, "zeroPaddedFilemode")]
     )
 

@@ -1,12 +1,12 @@
 """Is a push complete: does every object it brings name only objects that exist? (SPEC §7)
 
-The push's new commits, trees and tags are read once, in the pass fsck makes over them
-(fsck.new_objects: each inflated once, in pack order), and `Links` keeps every name they
-use. The push is complete when each of those names, and each new tip, is in the
-quarantine or in the store. Objects already stored were complete when they came in and
-are not read, so the cost is what the push brings, whatever the history's length or the
-number of refs; walking the history from each tip instead read the same objects once per
-ref (2,000 refs of one history: 2,000 walks), each through dulwich's delta resolution.
+The push's new commits, trees and tags are read once, as the received pack is indexed
+(newobjects.py: the same look fsck takes), and `Links` keeps every name they use. The
+push is complete when each of those names, and each new tip, is in the quarantine or in
+the store. Objects already stored were complete when they came in and are not read, so
+the cost is what the push brings, whatever the history's length or the number of refs;
+walking the history from each tip instead read the same objects once per ref (2,000 refs
+of one history: 2,000 walks), each through dulwich's delta resolution.
 
 This is C git's `index-pack --strict` rule (every link of every object in the pack
 resolves), a little stricter than a walk from the tips: an object nothing reaches that

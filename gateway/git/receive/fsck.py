@@ -23,22 +23,21 @@ reported as warnings and accepted. A repository can change any class with C git'
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import re
 import stat
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from dulwich.objects import Blob, Commit, Tag, Tree, hex_to_sha, sha_to_hex
 from dulwich.pack import (
     OFS_DELTA,
     REF_DELTA,
-    DeltaChainIterator,
     Pack,
     PackFileDisappeared,
-    UnpackedObject,
 )
 from dulwich.refs import check_ref_format
 
@@ -123,18 +122,9 @@ def levels_from_config(config) -> dict[str, str]:
     return levels
 
 
-def check_new_objects(
-    quarantine, store, levels: dict[str, str] | None = None, each=None
-) -> list[Problem]:
-    """Every new commit, tree and tag of the quarantine, and the .gitmodules and
-    .gitattributes blobs new trees name. `levels`: msg id (lower case) -> error, warn or
-    ignore, the repository's exceptions to the defaults. `each(sha, type, data)`, if
-    given, sees every object checked (the connectivity check's pass is this one)."""
-    checker = Checker(levels)
-    for sha, type_num, data in new_objects(quarantine, store):
-        checker.check(sha, type_num, data)
-        if each is not None:
-            each(sha, type_num, data)
+def finish_checks(checker: Checker, quarantine, store) -> list[Problem]:
+    """The checks that wait for the whole push (the .gitmodules and .gitattributes blobs
+    new trees named, read from the quarantine or the store); every problem found."""
     checker.finish(lambda sha, limit: _read(quarantine, store, sha, limit))
     return checker.problems
 
@@ -175,25 +165,6 @@ def _packed_size(store, sha: bytes) -> tuple[int, int] | None:
     return None
 
 
-def new_objects(quarantine, store) -> Iterator[tuple[bytes, int, bytes]]:
-    """(hex name, type, content) of each commit, tree and tag in the quarantine that the
-    store lacks, each inflated once."""
-    for pack in quarantine.packs:
-        yield from _new_in_pack(pack, quarantine, store)
-    for sha in loose_object_ids(quarantine):  # packin writes none; to be sure
-        if sha not in store:
-            obj = quarantine[sha]
-            if obj.type_num != Blob.type_num:
-                yield sha, obj.type_num, obj.as_raw_string()
-
-
-class _Inflater(DeltaChainIterator):
-    """dulwich's delta-chain walk, reading the pack through its file (not a mapping)."""
-
-    def _result(self, unpacked: UnpackedObject):
-        return unpacked.offset, unpacked.obj_type_num, unpacked.obj_chunks
-
-
 def pack_holds(pack: Pack, sha: bytes) -> bool:
     """Whether one of the store's packs holds `sha` (binary). A pack housekeeping has
     just replaced counts as not holding it: what it held is in the pack that replaced
@@ -204,78 +175,16 @@ def pack_holds(pack: Pack, sha: bytes) -> bool:
         return False
 
 
-def _new_in_pack(pack, quarantine, store) -> Iterator[tuple[bytes, int, bytes]]:
-    """The pack's commits, trees and tags that the store lacks. Object headers are read
-    first to learn every object's type without inflating it (a delta has its base's
-    type), then only the wanted objects and their delta bases are inflated, once each."""
-    # The store's packs and loose objects, looked at once: dulwich's `sha in store`
-    # rescans the pack directory and opens a file on every miss.
+def stored_test(store) -> Callable[[bytes], bool]:
+    """Whether the store has an object (binary name), its packs and loose objects looked
+    at once: dulwich's `sha in store` rescans the pack directory and opens a file on
+    every miss."""
     packs, loose = list(store.packs), set(loose_object_ids(store))
 
-    def _stored(sha: bytes) -> bool:
+    def stored(sha: bytes) -> bool:
         return any(pack_holds(p, sha) for p in packs) or sha_to_hex(sha) in loose
 
-    by_offset = {offset: sha for sha, offset, _crc in pack.index.iterentries()}
-    with open(pack_basename(pack) + ".pack", "rb") as f:
-        fd = f.fileno()
-        # A whole object's type alone (a small int, no tuple each), a delta's (type, base).
-        headers: dict[int, int | tuple] = {}
-        for offset in by_offset:
-            kind, base, _size, _length = _header(fd, offset)
-            headers[offset] = (kind, base) if kind in (OFS_DELTA, REF_DELTA) else kind
-        ref_bases = {h[1] for h in headers.values() if type(h) is tuple and h[0] == REF_DELTA}
-        offset_of = {sha: offset for offset, sha in by_offset.items() if sha in ref_bases}
-        types: dict[int, int | None] = {}  # deltas' types, once known
-
-        def type_of(offset: int) -> int | None:
-            chain = []
-            while offset not in types:
-                header = headers[offset]
-                if type(header) is not tuple:
-                    types[offset] = header
-                    break
-                kind, base = header
-                chain.append(offset)
-                base_offset = offset - base if kind == OFS_DELTA else offset_of.get(base)
-                if base_offset not in headers:
-                    types[offset] = None  # a base outside the pack: read it whole
-                    break
-                offset = base_offset
-            for link in chain:
-                types[link] = types[offset]
-            return types[offset]
-
-        wanted = {
-            offset
-            for offset, sha in by_offset.items()
-            if (headers[offset] if type(headers[offset]) is not tuple else type_of(offset))
-            != Blob.type_num
-            and not _stored(sha)
-        }
-        outside = [o for o in wanted if types.get(o, 0) is None]
-        walker = _Inflater(f, pack.object_format.hash_func, resolve_ext_ref=quarantine.get_raw)
-        recorded: set[int] = set()
-        todo = [o for o in wanted if types.get(o, 0) is not None]
-        while todo:
-            offset = todo.pop()
-            if offset in recorded:
-                continue
-            recorded.add(offset)
-            header = headers[offset]
-            kind, base = header if type(header) is tuple else (header, None)
-            walker.record(UnpackedObject(kind, delta_base=base, offset=offset))
-            if kind == OFS_DELTA:
-                todo.append(offset - base)
-            elif kind == REF_DELTA and base in offset_of:
-                todo.append(offset_of[base])
-        for offset, type_num, chunks in walker:
-            if offset in wanted:
-                yield sha_to_hex(by_offset[offset]), type_num, b"".join(chunks)
-    for offset in outside:
-        sha = sha_to_hex(by_offset[offset])
-        type_num, data = quarantine.get_raw(sha)
-        if type_num != Blob.type_num:
-            yield sha, type_num, data
+    return stored
 
 
 def _header(fd: int, offset: int) -> tuple[int, int | bytes | None, int, int]:
@@ -303,6 +212,41 @@ def _header(fd: int, offset: int) -> tuple[int, int | bytes | None, int, int]:
     if kind == REF_DELTA:
         return kind, head[i : i + 20], size, i + 20
     return kind, None, size, i
+
+
+_NAME_TEXTS = {
+    "hasDotgit": "contains '.git'",
+    "gitmodulesSymlink": ".gitmodules is a symbolic link",
+    "gitattributesSymlink": ".gitattributes is a symlink",
+    "gitignoreSymlink": ".gitignore is a symlink",
+    "mailmapSymlink": ".mailmap is a symlink",
+}
+_NAME_CACHED = 255  # longer names are looked at each time: the cache stays small
+
+
+def _kinds(name: bytes, symlink: bool) -> tuple[str, ...]:
+    """What a tree entry's name is in some file system's eyes: fsck message ids, and
+    ".gitmodules" or ".gitattributes" for a blob whose content fsck reads at the end."""
+    kinds = []
+    parts = [name] + name.split(b"\\")[1:]  # after each backslash: NTFS reads a path
+    if is_hfs_dot(name, b"git") or any(is_ntfs_dotgit(p) for p in parts):
+        kinds.append("hasDotgit")
+    if is_hfs_dot(name, b"gitmodules") or any(
+        is_ntfs_dot(p, b"gitmodules", b"gi7eba") for p in parts
+    ):
+        kinds.append("gitmodulesSymlink" if symlink else ".gitmodules")
+    if is_hfs_dot(name, b"gitattributes") or is_ntfs_dot(name, b"gitattributes", b"gi7d29"):
+        kinds.append("gitattributesSymlink" if symlink else ".gitattributes")
+    if symlink and (is_hfs_dot(name, b"gitignore") or is_ntfs_dot(name, b"gitignore", b"gi250a")):
+        kinds.append("gitignoreSymlink")
+    if symlink and (is_hfs_dot(name, b"mailmap") or is_ntfs_dot(name, b"mailmap", b"maba30")):
+        kinds.append("mailmapSymlink")
+    return tuple(kinds)
+
+
+# The same names come back in tree after tree (every version of a directory names its
+# files again): each is looked at once.
+_name_kinds = functools.lru_cache(maxsize=16384)(_kinds)
 
 
 # --- one object at a time ---------------------------------------------------------------
@@ -450,28 +394,14 @@ class Checker:
         self, sha: bytes, name: bytes, mode: int, entry: bytes, found: dict[str, str]
     ) -> None:
         symlink = stat.S_ISLNK(mode)
-        hex_entry = sha_to_hex(entry)
-        parts = [name] + name.split(b"\\")[1:]  # after each backslash: NTFS reads a path
-        if is_hfs_dot(name, b"git") or any(is_ntfs_dotgit(p) for p in parts):
-            found["hasDotgit"] = "contains '.git'"
-        if is_hfs_dot(name, b"gitmodules") or any(
-            is_ntfs_dot(p, b"gitmodules", b"gi7eba") for p in parts
-        ):
-            if symlink:
-                found["gitmodulesSymlink"] = ".gitmodules is a symbolic link"
+        kinds = _name_kinds(name, symlink) if len(name) <= _NAME_CACHED else _kinds(name, symlink)
+        for kind in kinds:
+            if kind == ".gitmodules":
+                self.gitmodules.add(sha_to_hex(entry))
+            elif kind == ".gitattributes":
+                self.gitattributes.add(sha_to_hex(entry))
             else:
-                self.gitmodules.add(hex_entry)
-        if is_hfs_dot(name, b"gitattributes") or is_ntfs_dot(name, b"gitattributes", b"gi7d29"):
-            if symlink:
-                found["gitattributesSymlink"] = ".gitattributes is a symlink"
-            else:
-                self.gitattributes.add(hex_entry)
-        if symlink and (
-            is_hfs_dot(name, b"gitignore") or is_ntfs_dot(name, b"gitignore", b"gi250a")
-        ):
-            found["gitignoreSymlink"] = ".gitignore is a symlink"
-        if symlink and (is_hfs_dot(name, b"mailmap") or is_ntfs_dot(name, b"mailmap", b"maba30")):
-            found["mailmapSymlink"] = ".mailmap is a symlink"
+                found[kind] = _NAME_TEXTS[kind]
 
     # --- commits and tags ---------------------------------------------------------------
 

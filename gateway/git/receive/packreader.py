@@ -7,7 +7,7 @@ pages are the page cache's, but they count against the process and its cgroup). 
 same primitives read the pack through the file instead: the indexer seeks to each object,
 so only the object being inflated is in memory. Commits, trees and tags are parsed as they
 are indexed (blobs need no parsing), which is the check `add_thin_pack` makes in its
-second pass.
+second pass, and handed whole to `visit` (the push's one look at them: newobjects.py).
 
 Limits (`Limits`), checked on the first pass over the wire before anything is resolved:
 each object's size as its header declares it, a delta's declared result (and base) size,
@@ -212,9 +212,10 @@ class _Indexer(PackIndexer):
     """An index entry per object, after parsing the objects that have a syntax; delta
     bases kept within BASE_CACHE_BYTES, one evicted made again from its own base."""
 
-    def __init__(self, f, hash_func, resolve_ext_ref, limits: Limits) -> None:
+    def __init__(self, f, hash_func, resolve_ext_ref, limits: Limits, visit=None) -> None:
         super().__init__(f, hash_func, resolve_ext_ref=resolve_ext_ref)
         self.limits = limits
+        self.visit = visit
         self.spent = 0  # bytes inflated so far (the first pass sets it), rebuilds included
         self._base_of: dict[int, int | bytes] = {}  # delta's offset: its base's, or a name
         self._type: dict[int, int] = {}  # resolved type of each base in this pack
@@ -232,6 +233,8 @@ class _Indexer(PackIndexer):
     def _result(self, unpacked):
         if unpacked.obj_type_num != Blob.type_num:
             unpacked.sha_file()  # raises on a malformed commit, tree or tag
+            if self.visit is not None:
+                self.visit(unpacked.sha(), unpacked.obj_type_num, unpacked.obj_chunks)
         return super()._result(unpacked)
 
     def _follow_chain(self, offset, obj_type_num, base_chunks):
@@ -326,18 +329,21 @@ def receive_pack(
     read_some: Callable[[int], bytes] | None,
     max_bytes: int | None,
     limits: Limits = Limits(),
+    visit: Callable[[bytes, int, list[bytes] | bytes], None] | None = None,
 ) -> str:
     """Copy a (possibly thin) pack into `store`'s pack directory, complete it with the
     delta bases it lacks, and write its index. Returns the pack's path without suffix.
-    Raises (leaving nothing behind) on a truncated, corrupt or oversized pack:
-    LimitExceeded for one that passes `limits`, or that runs out of memory."""
+    `visit(binary name, type, chunks)` sees each commit, tree and tag of the pack once,
+    as it is indexed (not the bases appended to complete a thin pack). Raises (leaving
+    nothing behind) on a truncated, corrupt or oversized pack: LimitExceeded for one
+    that passes `limits`, or that runs out of memory."""
     if max_bytes:
         read_all, read_some = bound_read_callables(read_all, read_some, max_bytes)
     hash_func = store.object_format.hash_func
     fd, path = tempfile.mkstemp(dir=store.path, prefix="tmp_pack_")
     try:
         with os.fdopen(fd, "w+b") as f:
-            indexer = _Indexer(f, hash_func, store.get_raw, limits)
+            indexer = _Indexer(f, hash_func, store.get_raw, limits, visit)
             copier = _BoundedCopier(hash_func, read_all, read_some, f, indexer, limits)
             copier.verify()
             f.flush()

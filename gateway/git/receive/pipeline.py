@@ -50,7 +50,7 @@ from ...decision import Pusher, RefRule
 from ...logs import log_event
 from ...store import nodelock
 from ..upload.refs import head_target, list_refs
-from . import branchrules, connectivity, fsck, hooks, packedwrite, packreader, refcheck
+from . import branchrules, connectivity, fsck, hooks, newobjects, packedwrite, packreader, refcheck
 from . import quarantine as quarantines
 from .signed import SigningKey
 
@@ -150,20 +150,18 @@ class ReceivePack:
         quarantine = None
         try:
             if any(not c.is_delete for c in commands):
+                links = connectivity.Links(c.new for c in commands if not c.is_delete)
+                checker = None
+                if self.settings.fsck_objects:
+                    checker = fsck.Checker(fsck.levels_from_config(self.repo.get_config()))
+                seen = newobjects.NewObjects(self.repo.object_store, links, checker)
                 try:
-                    quarantine = self._receive_pack()
+                    quarantine = self._receive_pack(seen)
                 except Exception as exc:  # a broken, truncated or oversized pack
                     unpack_status = _one_line(exc) or b"unpacker error"
                     self._refuse_all(commands, b"unpacker error")
                 if quarantine is not None:
-                    links = connectivity.Links(c.new for c in commands if not c.is_delete)
-                    if self.settings.fsck_objects:
-                        unpack_status = self._fsck(commands, quarantine, links)
-                    else:
-                        for sha, type_num, data in fsck.new_objects(
-                            quarantine, self.repo.object_store
-                        ):
-                            links.add(sha, type_num, data)
+                    unpack_status = self._fsck(commands, seen.finish(quarantine))
                     if unpack_status == b"ok":
                         self._check_connectivity(commands, quarantine, links)
                     self._tip_types = links.tip_types
@@ -274,7 +272,7 @@ class ReceivePack:
                 command.error = b"failed to update ref"
                 self._say(b"error: " + found[command.ref] + b"\n")
 
-    def _receive_pack(self) -> DiskObjectStore:
+    def _receive_pack(self, visit: newobjects.NewObjects) -> DiskObjectStore:
         quarantine = quarantines.create(self.repo.object_store.path)
         try:
             packreader.receive_pack(
@@ -283,23 +281,16 @@ class ReceivePack:
                 self.proto.recv,
                 self.settings.max_push_bytes,
                 self.settings.limits,
+                visit,
             )
         except BaseException:
             quarantines.remove(quarantine)
             raise
         return quarantine
 
-    def _fsck(
-        self, commands: list[Command], quarantine: DiskObjectStore, links: connectivity.Links
-    ) -> bytes:
-        """C git's fsck of every new object (fsck.py); an error refuses the whole push.
-        The same pass gives `links` the names the objects use."""
-        problems = fsck.check_new_objects(
-            quarantine,
-            self.repo.object_store,
-            fsck.levels_from_config(self.repo.get_config()),
-            each=links.add,
-        )
+    def _fsck(self, commands: list[Command], problems: list[fsck.Problem]) -> bytes:
+        """What C git's fsck found in the new objects (fsck.py, seen as the pack was
+        indexed); an error refuses the whole push."""
         self._say(fsck.report(problems))
         if not any(p.is_error for p in problems):
             return b"ok"

@@ -1,0 +1,53 @@
+"""The push's one look at each commit, tree and tag it brings, as its pack is indexed.
+
+Indexing the received pack (packreader.py) inflates every object whole, once. The
+commits, trees and tags the repository does not have yet are taken from there for the
+connectivity check's links and for fsck, so neither inflates the pack again: a push of
+a 300,000-object history was inflated three times, once for the index, once more for
+these checks, after the first pass over the wire. Blobs are not looked at here (fsck
+reads the few that new trees name `.gitmodules` or `.gitattributes` at the end), nor are
+objects the repository already has (a thin pack's bases, or what another push brought).
+"""
+
+from __future__ import annotations
+
+from dulwich.object_store import DiskObjectStore
+from dulwich.objects import Blob, sha_to_hex
+
+from ..dulwich_seam import loose_object_ids
+from . import fsck
+from .connectivity import Links
+
+
+class NewObjects:
+    """`visit` for packreader.receive_pack: each new commit, tree and tag to `links`
+    and, when fsck is on, to `checker`."""
+
+    def __init__(self, store: DiskObjectStore, links: Links, checker: fsck.Checker | None):
+        self.store = store
+        self.links = links
+        self.checker = checker
+        self._stored = fsck.stored_test(store)
+
+    def __call__(self, sha: bytes, type_num: int, chunks: list[bytes] | bytes) -> None:
+        if self._stored(sha):
+            return
+        data = chunks if isinstance(chunks, bytes) else b"".join(chunks)
+        self._see(sha_to_hex(sha), type_num, data)
+
+    def _see(self, hex_sha: bytes, type_num: int, data: bytes) -> None:
+        self.links.add(hex_sha, type_num, data)
+        if self.checker is not None:
+            self.checker.check(hex_sha, type_num, data)
+
+    def finish(self, quarantine: DiskObjectStore) -> list[fsck.Problem]:
+        """After the pack: loose objects in the quarantine (packreader writes none; to
+        be sure), then fsck's look at the blobs new trees named. fsck's problems."""
+        for hex_sha in loose_object_ids(quarantine):
+            if hex_sha not in self.store:
+                type_num, data = quarantine.get_raw(hex_sha)
+                if type_num != Blob.type_num:
+                    self._see(hex_sha, type_num, data)
+        if self.checker is None:
+            return []
+        return fsck.finish_checks(self.checker, quarantine, self.store)
