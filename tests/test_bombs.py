@@ -379,7 +379,8 @@ def test_a_delta_with_a_malformed_header_is_refused(bombed):
 
 
 def test_size_texts():
-    from gateway.git.receive.packreader import LimitExceeded, Limits, delta_sizes, sizes_text
+    from gateway.git.receive.limits import LimitExceeded, Limits, sizes_text
+    from gateway.git.receive.packstream import delta_sizes
 
     assert sizes_text(300 * MiB, 100 * MiB) == "300 MiB exceeds the limit of 100 MiB"
     assert sizes_text(8 * MiB + 1, 8 * MiB) == "8388609 bytes exceeds the limit of 8388608 bytes"

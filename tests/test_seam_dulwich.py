@@ -18,7 +18,6 @@ SEAMS = {ROOT / "gateway/git/dulwich_seam.py", ROOT / "gateway/git/workers/async
 MODULE_NAMES = [
     ("dulwich.server", "_ProtocolGraphWalker"),
     ("dulwich.object_store", "_bound_read_callables"),
-    ("dulwich.pack", "_decode_object_header"),
     ("dulwich.archive", "_is_unsafe_archive_path"),
 ]
 # Private members the seam's functions call or read: (module, class, name, kind).

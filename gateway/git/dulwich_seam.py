@@ -25,9 +25,6 @@ from dulwich.pack import (
     DeltaChainIterator,
     Pack,
     PackIndexer,
-    PackStreamCopier,
-    PackStreamReader,
-    _decode_object_header,
 )
 from dulwich.server import UploadPackHandler, _ProtocolGraphWalker
 
@@ -38,10 +35,6 @@ ProtocolGraphWalker = _ProtocolGraphWalker
 # receive/packreader.py: dulwich's own guard that stops reading a push's pack after
 # max_push_bytes, for both the exact and the "what is there" read callables.
 bound_read_callables = _bound_read_callables
-
-# receive/packreader.py: an entry's type and size from its header bytes, in the first pass
-# that checks limits before any object is inflated whole.
-decode_object_header = _decode_object_header
 
 # upload/archive.py: dulwich's rule for paths a tar must not hold (`..`, absolute, `.git`),
 # so that `git archive --remote` refuses what dulwich's own archiver would.
@@ -107,18 +100,13 @@ SUBCLASS_INTERNALS: dict[type, dict[str, tuple[str, ...]]] = {
         "methods": ("read_proto_line", "determine_wants"),
         "attributes": ("client_shallow", "handler"),
     },
-    # receive/packreader.py _BoundedCopier.read_objects: dulwich's loop with each entry
-    # skimmed under limits instead of inflated whole.
-    PackStreamReader: {
-        "methods": ("_buf_len",),
-        "attributes": ("_num_objects", "_rbuf", "_hash_size", "_trailer"),
-    },
-    PackStreamCopier: {"methods": ("read_objects",), "attributes": ()},
     # receive/packreader.py _Indexer: dulwich's delta resolution with a bounded cache of
-    # bases and a parse of every non-blob object.
+    # bases, each entry read with one pread where the first pass (packstream.py, which
+    # fills the pending lists in place of `record`) found it, and a parse of every
+    # non-blob object.
     DeltaChainIterator: {
         "methods": ("_result", "_follow_chain", "_resolve_object"),
-        "attributes": ("_pending_ofs", "_pending_ref", "_resolve_ext_ref"),
+        "attributes": ("_pending_ofs", "_pending_ref", "_full_ofs", "_resolve_ext_ref"),
     },
     PackIndexer: {"methods": ("_result",), "attributes": ()},
 }

@@ -42,7 +42,7 @@ from dulwich.pack import (
 from dulwich.refs import check_ref_format
 
 from ..dulwich_seam import loose_object_ids, pack_basename
-from .packreader import delta_sizes
+from .packstream import delta_sizes
 
 GITMODULES_MAX = 1024 * 1024  # C git: core.bigFileThreshold; ours is parsed in Python
 ATTRIBUTES_MAX = 100 * 1024 * 1024  # C git's ATTR_MAX_FILE_SIZE

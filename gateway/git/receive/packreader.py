@@ -4,16 +4,17 @@ without letting a small pack make the worker allocate much (delta and zlib bombs
 dulwich's `add_thin_pack` indexes the received pack through an mmap and then maps it
 again to parse every object, so a 500 MB push shows as 500 MB more resident memory (the
 pages are the page cache's, but they count against the process and its cgroup). Here the
-same primitives read the pack through the file instead: the indexer seeks to each object,
-so only the object being inflated is in memory. Commits, trees and tags are parsed as they
-are indexed (blobs need no parsing), which is the check `add_thin_pack` makes in its
-second pass, and handed whole to `visit` (the push's one look at them: newobjects.py).
+pack is read through the file instead: the first pass (packstream.py) writes it and notes
+where each entry lies, and the indexer reads each entry back with one `pread`, so only the
+object being inflated is in memory. Commits, trees and tags are parsed as they are indexed
+(blobs need no parsing), which is the check `add_thin_pack` makes in its second pass, and
+handed whole to `visit` (the push's one look at them: newobjects.py).
 
 Limits (`Limits`), checked on the first pass over the wire before anything is resolved:
 each object's size as its header declares it, a delta's declared result (and base) size,
-and the sum of every object's size once resolved. The first pass inflates in steps of
-`INFLATE_STEP` and keeps nothing, so a zlib stream that inflates past its declared size
-is refused after at most one step. dulwich's resolver keeps every pending base whole (a
+and the sum of every object's size once resolved. The first pass inflates in bounded
+steps and keeps nothing, so a zlib stream that inflates past its declared size is
+refused after at most one step. dulwich's resolver keeps every pending base whole (a
 chain of 16 MiB deltas, each with a second child, held them all: 2 GB for 16 KB pushed);
 `_Indexer` keeps bases in a cache of `BASE_CACHE_BYTES` and makes an evicted one again.
 """
@@ -24,188 +25,35 @@ import logging
 import os
 import tempfile
 import zlib
+from array import array
+from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
-from io import BytesIO
 from itertools import chain
 
-from dulwich.errors import ChecksumMismatch
 from dulwich.object_store import DiskObjectStore
 from dulwich.objects import Blob
 from dulwich.pack import (
-    DELTA_TYPES,
     OFS_DELTA,
     REF_DELTA,
+    ApplyDeltaError,
     PackIndexer,
-    PackStreamCopier,
     UnpackedObject,
+    apply_delta,
     extend_pack,
-    read_pack_header,
-    take_msb_bytes,
     write_pack_index,
 )
 
 from ...logs import log_event
-from ..dulwich_seam import bound_read_callables, decode_object_header, new_pack_basepath
+from ..dulwich_seam import bound_read_callables, new_pack_basepath
+from .limits import LimitExceeded, Limits, MiB
+from .packstream import PackStream
 
 PACK_MODE = 0o444
-MiB = 1024 * 1024
-INFLATE_STEP = MiB  # the most the first pass inflates at once
+NO_LIMITS = Limits()
 BASE_CACHE_BYTES = 64 * MiB  # delta bases kept while their deltas wait (bigger ones: one)
 
 log = logging.getLogger("gateway.git")
-
-
-class LimitExceeded(ValueError):
-    """A pack asks for more than a limit allows; the message names the limit."""
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_object_bytes: int = 0  # 0: no limit
-    max_inflated_bytes: int = 0
-    worker_memory_limit: int = 0  # not checked here: named when a pack runs out of memory
-
-    def check_object(self, size: int, what: str = "object") -> None:
-        if self.max_object_bytes and size > self.max_object_bytes:
-            raise LimitExceeded(
-                f"{what} of {sizes_text(size, self.max_object_bytes)} (max_object_bytes)"
-            )
-
-    def check_total(self, total: int) -> None:
-        if self.max_inflated_bytes and total > self.max_inflated_bytes:
-            raise LimitExceeded(
-                f"inflating the pack's objects comes to more than "
-                f"{size_text(self.max_inflated_bytes)} (max_push_inflated_bytes)"
-            )
-
-
-def size_text(n: int) -> str:
-    for unit, scale in (("GiB", 1024**3), ("MiB", MiB), ("KiB", 1024)):
-        if n >= scale:
-            value = n / scale
-            return (
-                f"{value:.0f} {unit}"
-                if value >= 10 or value == int(value)
-                else f"{value:.1f} {unit}"
-            )
-    return f"{n} bytes"
-
-
-def sizes_text(size: int, limit: int) -> str:
-    """ "N exceeds the limit of M", in bytes where rounding would make them look equal."""
-    a, b = size_text(size), size_text(limit)
-    if a == b or a.split()[0] == b.split()[0] + ".0":
-        a, b = f"{size} bytes", f"{limit} bytes"
-    return f"{a} exceeds the limit of {b}"
-
-
-def delta_sizes(head: bytes) -> tuple[int, int] | None:
-    """(base size, result size) from the start of a delta, None if it is cut short."""
-    sizes = []
-    pos = 0
-    for _ in range(2):
-        value = shift = 0
-        while True:
-            if pos >= len(head) or shift > 63:
-                return None
-            byte = head[pos]
-            pos += 1
-            value |= (byte & 0x7F) << shift
-            shift += 7
-            if not byte & 0x80:
-                break
-        sizes.append(value)
-    return sizes[0], sizes[1]
-
-
-class _BoundedCopier(PackStreamCopier):
-    """dulwich's copier (the pack to the file, its checksum checked), with a first pass
-    that checks the limits and holds no object's data."""
-
-    def __init__(self, hash_func, read_all, read_some, outfile, delta_iter, limits: Limits):
-        super().__init__(hash_func, read_all, read_some, outfile, delta_iter=delta_iter)
-        self.limits = limits
-        self.total = 0
-
-    def read_objects(self, compute_crc32: bool = False):
-        # dulwich's read_objects with unpack_object replaced by _skim.
-        _version, self._num_objects = read_pack_header(self.read)
-        for _ in range(self._num_objects):
-            offset = self.offset
-            unpacked, unused = self._skim()
-            unpacked.offset = offset
-            buf = BytesIO()
-            buf.write(unused)
-            buf.write(self._rbuf.read())
-            buf.seek(0)
-            self._rbuf = buf
-            yield unpacked
-        if self._buf_len() < self._hash_size:
-            self.read(self._hash_size)
-        pack_sha = bytearray(self._trailer)
-        if pack_sha != self.sha.digest():
-            raise ChecksumMismatch(bytes(pack_sha).hex(), self.sha.hexdigest())
-
-    def _skim(self) -> tuple[UnpackedObject, bytes]:
-        """One entry: its header, checked, then its data inflated step by step and
-        dropped (the indexer reads it again from the file)."""
-        raw, _ = take_msb_bytes(self.read)
-        type_num, size = decode_object_header(raw)
-        delta_base: int | bytes | None = None
-        if type_num == OFS_DELTA:
-            raw, _ = take_msb_bytes(self.read)
-            delta_base = _ofs(raw)
-        elif type_num == REF_DELTA:
-            delta_base = self.read(self._hash_size)
-        self.limits.check_object(size, "a delta" if type_num in DELTA_TYPES else "an object")
-        head, unused = self._inflate(size, want_head=type_num in DELTA_TYPES)
-        if type_num in DELTA_TYPES:
-            sizes = delta_sizes(head)
-            if sizes is None:  # cut short, or a size of more than 64 bits
-                raise zlib.error("a delta's header is malformed")
-            self.limits.check_object(sizes[0], "a delta's base")
-            self.limits.check_object(sizes[1], "a delta's result")
-            size = sizes[1]
-        self.total += size
-        self.limits.check_total(self.total)
-        return UnpackedObject(
-            type_num, delta_base=delta_base, decomp_len=size, hash_func=self.hash_func
-        ), unused
-
-    def _inflate(self, size: int, want_head: bool) -> tuple[bytes, bytes]:
-        """Inflate one zlib stream of `size` bytes, keeping only its first 20 bytes;
-        returns (those, the bytes read past the stream's end)."""
-        inflater = zlib.decompressobj()
-        got = 0
-        head = b""
-        while not inflater.eof:
-            data = self.recv(65536)
-            if not data:
-                raise zlib.error("EOF before end of zlib stream")
-            while True:
-                out = inflater.decompress(data, INFLATE_STEP)
-                got += len(out)
-                if got > size:
-                    raise zlib.error("an object inflates past its declared size")
-                if want_head and len(head) < 20:
-                    head += out[: 20 - len(head)]
-                data = inflater.unconsumed_tail
-                if inflater.eof or (not data and len(out) < INFLATE_STEP):
-                    break
-        if got != size:
-            raise zlib.error("an object inflates to less than its declared size")
-        return head, inflater.unused_data
-
-
-def _ofs(raw: list[int]) -> int:
-    distance = raw[0] & 0x7F
-    for byte in raw[1:]:
-        distance = ((distance + 1) << 7) | (byte & 0x7F)
-    if distance == 0:
-        raise zlib.error("OFS_DELTA with a distance of 0")
-    return distance
 
 
 class _Indexer(PackIndexer):
@@ -222,13 +70,49 @@ class _Indexer(PackIndexer):
         self._waiting: dict[int | bytes, int] = {}  # base: its deltas not resolved yet
         self._cache: OrderedDict[int | bytes, list[bytes]] = OrderedDict()
         self._cached = 0
+        self._fd = f.fileno()
+        self._offsets = array("Q")  # each entry's offset, in pack order
+        self._data_offsets = array("Q")  # where its zlib data starts
+        self.end = 0  # where the last entry ends
 
-    def record(self, unpacked: UnpackedObject) -> None:
-        super().record(unpacked)
-        if unpacked.pack_type_num == OFS_DELTA:
-            self._base_of[unpacked.offset] = unpacked.offset - unpacked.delta_base
-        elif unpacked.pack_type_num == REF_DELTA:
-            self._base_of[unpacked.offset] = bytes(unpacked.delta_base)
+    def note(self, offset: int, data_offset: int, kind: int, base: int | bytes | None) -> None:
+        """One entry, as the first pass found it (packstream.Note)."""
+        self._offsets.append(offset)
+        self._data_offsets.append(data_offset)
+        if kind == OFS_DELTA:
+            assert isinstance(base, int)
+            self._pending_ofs[offset - base].append(offset)
+            self._base_of[offset] = offset - base
+        elif kind == REF_DELTA:
+            assert isinstance(base, bytes)
+            self._pending_ref[base].append(offset)
+            self._base_of[offset] = base
+        else:
+            self._full_ofs.append((offset, kind))
+
+    def _resolve_object(self, offset, obj_type_num, base_chunks):
+        """The entry at `offset` read with one pread (its extent is known from the first
+        pass, which also checked that it inflates to its declared size), inflated in one
+        call and, for a delta, applied to `base_chunks`."""
+        i = bisect_left(self._offsets, offset)
+        end = self._offsets[i + 1] if i + 1 < len(self._offsets) else self.end
+        raw = os.pread(self._fd, end - offset, offset)
+        with memoryview(raw) as view:
+            data = zlib.decompress(view[self._data_offsets[i] - offset :])
+        unpacked = UnpackedObject(
+            (raw[0] >> 4) & 7,
+            crc32=zlib.crc32(raw),
+            decomp_chunks=[data],
+            offset=offset,
+            hash_func=self.hash_func,
+        )
+        if base_chunks is not None:
+            unpacked.obj_type_num = obj_type_num
+            unpacked.obj_chunks = apply_delta(base_chunks, unpacked.decomp_chunks)
+            if obj_type_num != Blob.type_num and not any(unpacked.obj_chunks):
+                # dulwich's rule: an empty commit, tree or tag from a delta is malformed
+                raise ApplyDeltaError(f"delta resolved to empty payload for type {obj_type_num}")
+        return unpacked
 
     def _result(self, unpacked):
         if unpacked.obj_type_num != Blob.type_num:
@@ -328,7 +212,7 @@ def receive_pack(
     read_all: Callable[[int], bytes],
     read_some: Callable[[int], bytes] | None,
     max_bytes: int | None,
-    limits: Limits = Limits(),
+    limits: Limits = NO_LIMITS,
     visit: Callable[[bytes, int, list[bytes] | bytes], None] | None = None,
 ) -> str:
     """Copy a (possibly thin) pack into `store`'s pack directory, complete it with the
@@ -344,11 +228,11 @@ def receive_pack(
     try:
         with os.fdopen(fd, "w+b") as f:
             indexer = _Indexer(f, hash_func, store.get_raw, limits, visit)
-            copier = _BoundedCopier(hash_func, read_all, read_some, f, indexer, limits)
-            copier.verify()
+            stream = PackStream(read_some or read_all, f, hash_func, limits, indexer.note)
+            stream.run()
             f.flush()
-            indexer.spent = copier.total
-            entries = list(indexer)  # no set_pack_data: objects are read through `f`
+            indexer.spent, indexer.end = stream.total, stream.end
+            entries = list(indexer)
             pack_sha, extra = extend_pack(
                 f, set(indexer.ext_refs()), get_raw=store.get_raw, object_format=store.object_format
             )

@@ -52,6 +52,7 @@ from ...store import nodelock
 from ..upload.refs import head_target, list_refs
 from . import branchrules, connectivity, fsck, hooks, newobjects, packedwrite, packreader, refcheck
 from . import quarantine as quarantines
+from .limits import Limits
 from .signed import SigningKey
 
 ZERO = b"0" * 40
@@ -113,7 +114,7 @@ class PushSettings:
     allow_unusual_ref_names: bool = False
     status_fd: int | None = None  # the pool's status pipe (workers/pool.py)
     fsck_objects: bool = True
-    limits: packreader.Limits = field(default_factory=packreader.Limits)
+    limits: Limits = field(default_factory=Limits)
     # Branch rules (branchrules.py): none, by default, as for a job without them.
     rules: tuple[RefRule, ...] = ()
     pusher: Pusher = field(default_factory=Pusher)

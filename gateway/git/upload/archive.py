@@ -30,7 +30,8 @@ from dulwich.index import cleanup_mode
 from dulwich.objects import Blob, Tree
 
 from ..dulwich_seam import is_unsafe_archive_path, loose_object_path
-from ..receive.packreader import delta_sizes, sizes_text
+from ..receive.limits import sizes_text
+from ..receive.packstream import delta_sizes
 from .storedpacks import (
     OFS_DELTA,
     REF_DELTA,

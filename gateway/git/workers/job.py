@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from ...decision import Pusher, RefRule
-from ..receive.packreader import Limits
+from ..receive.limits import Limits
 from ..receive.pipeline import PushSettings
 from ..receive.refcheck import DEFAULT_NAMESPACES
 from ..receive.signed import SigningKey
