@@ -83,3 +83,29 @@ def test_a_pack_with_bytes_missing_is_refused_and_leaves_nothing(tmp_path):
             assert os.listdir(os.path.join(q.path, "pack")) == []
     finally:
         quarantine.remove(q)
+
+
+def test_the_index_is_byte_for_byte_dulwichs():
+    """packindex.write_index writes what dulwich's v2 writer does, large offsets too."""
+    import hashlib
+    import io
+    import random
+
+    from dulwich.pack import write_pack_index_v2
+
+    from gateway.git import packindex
+
+    rng = random.Random(3)
+    for count, biggest in ((0, 10), (1, 10), (5000, 2**31 - 1), (3000, 2**40)):
+        entries = sorted(
+            (
+                hashlib.sha1(b"%d" % i).digest(),
+                rng.randrange(biggest),
+                rng.randrange(2**32),
+            )
+            for i in range(count)
+        )
+        ours, theirs = io.BytesIO(), io.BytesIO()
+        packindex.write_index(ours, entries, b"p" * 20)
+        write_pack_index_v2(theirs, entries, b"p" * 20)
+        assert ours.getvalue() == theirs.getvalue(), (count, biggest)

@@ -24,7 +24,6 @@ from dulwich.object_store import DiskObjectStore, _bound_read_callables
 from dulwich.pack import (
     DeltaChainIterator,
     Pack,
-    PackIndexer,
 )
 from dulwich.server import UploadPackHandler, _ProtocolGraphWalker
 
@@ -100,13 +99,12 @@ SUBCLASS_INTERNALS: dict[type, dict[str, tuple[str, ...]]] = {
         "methods": ("read_proto_line", "determine_wants"),
         "attributes": ("client_shallow", "handler"),
     },
-    # receive/packreader.py _Indexer: dulwich's delta resolution with a bounded cache of
-    # bases, each entry read with one pread where the first pass (packstream.py, which
-    # fills the pending lists in place of `record`) found it, and a parse of every
-    # non-blob object.
+    # receive/packreader.py _Indexer: dulwich's walk over delta chains (_walk_all_chains,
+    # _walk_ref_chains) with its own _follow_chain: a bounded cache of bases, each entry
+    # read with one pread where the first pass (packstream.py, which fills the pending
+    # lists in place of `record`) found it, and a parse of every non-blob object.
     DeltaChainIterator: {
-        "methods": ("_result", "_follow_chain", "_resolve_object"),
+        "methods": ("_follow_chain", "_walk_all_chains", "_walk_ref_chains"),
         "attributes": ("_pending_ofs", "_pending_ref", "_full_ofs", "_resolve_ext_ref"),
     },
-    PackIndexer: {"methods": ("_result",), "attributes": ()},
 }

@@ -12,9 +12,12 @@ order the entries are stored in the pack.
 from __future__ import annotations
 
 import binascii
+import hashlib
 import mmap
 import sys
 from array import array
+from bisect import bisect_left
+from typing import BinaryIO
 
 IDX_V2 = b"\377tOc\x00\x00\x00\x02"
 SHA_LEN = 20
@@ -108,3 +111,30 @@ class PackIndex:
 
     def close(self) -> None:
         self.map.close()
+
+
+def write_index(f: BinaryIO, entries: list[tuple[bytes, int, int]], pack_checksum: bytes) -> None:
+    """A v2 index of `entries` (binary name, offset, CRC32), sorted by name, as C git and
+    dulwich write it, in a few array operations: dulwich's writer packs each field of
+    each entry on its own (a second for a 300,000-object push)."""
+    names = [name for name, _offset, _crc in entries]
+    if any(len(name) != SHA_LEN for name in names):
+        raise ValueError("an object name is not 20 bytes")
+    fanout = array("I", (bisect_left(names, bytes([b + 1])) for b in range(255)))
+    fanout.append(len(names))
+    crcs = array("I", (crc for _name, _offset, crc in entries))
+    offsets = [offset for _name, offset, _crc in entries]
+    large = array("Q", (o for o in offsets if o >= LARGE))
+    if large:
+        spilled = iter(range(len(large)))
+        small = array("I", (o if o < LARGE else LARGE | next(spilled) for o in offsets))
+    else:
+        small = array("I", offsets)
+    if sys.byteorder == "little":
+        for table in (fanout, crcs, small, large):
+            table.byteswap()
+    digest = hashlib.sha1()
+    for part in (IDX_V2, fanout, b"".join(names), crcs, small, large, pack_checksum):
+        digest.update(part)
+        f.write(part)
+    f.write(digest.digest())

@@ -16,8 +16,7 @@ import tempfile
 import zlib
 from dataclasses import dataclass
 
-from dulwich.pack import write_pack_index
-
+from .. import packindex
 from ..upload.packwriter import write_pack
 from ..upload.storedpacks import ObjectReader
 from . import faults
@@ -52,7 +51,7 @@ def write_new_pack(pack_dir: str, reader: ObjectReader, shas: list[bytes]) -> Ne
         checksum, indexed = _crcs(tmp_pack, entries)
         with open(tmp_idx, "wb") as f:
             faults.reached("write-index")
-            write_pack_index(f, indexed, checksum, version=2)
+            packindex.write_index(f, indexed, checksum)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp_pack, 0o444)
@@ -77,11 +76,11 @@ def write_new_pack(pack_dir: str, reader: ObjectReader, shas: list[bytes]) -> Ne
 
 def _crcs(
     path: str, entries: list[tuple[bytes, int]]
-) -> tuple[bytes, list[tuple[bytes, int, int | None]]]:
+) -> tuple[bytes, list[tuple[bytes, int, int]]]:
     """The pack's checksum and (name, offset, CRC-32) of each entry, read back from the
     file in large pieces: an entry ends where the next one (by offset) starts."""
     by_offset = sorted(entries, key=lambda entry: entry[1])
-    out: list[tuple[bytes, int, int | None]] = []
+    out: list[tuple[bytes, int, int]] = []
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         end_of_entries = size - SHA_LEN

@@ -39,12 +39,22 @@ class Links:
         self.tips = set(tips)  # hex
         self.tip_types: dict[bytes, int] = {}
 
-    def add(self, sha: bytes, type_num: int, data: bytes) -> None:
-        """One new object (hex name, type, raw content)."""
+    def add(
+        self,
+        sha: bytes,
+        type_num: int,
+        data: bytes,
+        entries: list[tuple[bytes, bytes, bytes]] | None = None,
+    ) -> None:
+        """One new object (hex name, type, raw content); a tree's entries (mode, name,
+        binary name) if fsck has parsed them already."""
         if sha in self.tips:
             self.tip_types[sha] = type_num
         if type_num == Tree.type_num:
-            self.named.update(name for mode, name in _TREE_ENTRY.findall(data) if mode != GITLINK)
+            if entries is not None:
+                self.named.update(entry for mode, _name, entry in entries if mode != GITLINK)
+            else:
+                self.named.update(n for mode, n in _TREE_ENTRY.findall(data) if mode != GITLINK)
         elif type_num == Commit.type_num:
             head = data.split(b"\n\n", 1)[0]
             # Every header line, as dulwich reads them (a continuation line, in a

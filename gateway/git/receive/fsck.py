@@ -24,7 +24,6 @@ reported as warnings and accepted. A repository can change any class with C git'
 from __future__ import annotations
 
 import functools
-import itertools
 import os
 import re
 import stat
@@ -65,6 +64,7 @@ _USUAL_TREE = re.compile(rb"(?:(?:100644|100755|120000|40000|160000) [^\0/]+\0.{
 # these bytes (HFS+'s ignorable code points start with \xe2 or \xef) or has a backslash.
 _SPECIAL_FIRST = b".gGmM\xe2\xef"
 NULL_SHA = b"\0" * 20
+Entries = list[tuple[bytes, bytes, bytes]]  # a tree's (mode, name, binary name) each
 TYPE_NAMES = {
     Commit.type_num: "commit",
     Tree.type_num: "tree",
@@ -265,15 +265,18 @@ class Checker:
             error = msg_id not in WARNINGS if level is None else level == "error"
             self.problems.append(Problem(sha, msg_id, text, error))
 
-    def check(self, sha: bytes, type_num: int, data: bytes) -> None:
+    def check(self, sha: bytes, type_num: int, data: bytes) -> Entries | None:
+        """Check one object. A usual tree's entries (mode, name, binary name), parsed on
+        the way, are returned for whoever reads them next (connectivity.Links)."""
         if type_num == Tree.type_num:
-            self.check_tree(sha, data)
-        elif type_num == Commit.type_num:
+            return self.check_tree(sha, data)
+        if type_num == Commit.type_num:
             self.check_commit(sha, data)
         elif type_num == Tag.type_num:
             self.check_tag(sha, data)
         elif type_num != Blob.type_num:  # a blob alone has no rules; see finish()
             self.add(sha, "unknownType", f"unknown type '{type_num}'")
+        return None
 
     def finish(self, read) -> None:
         """The blobs found at .gitmodules/.gitattributes paths; `read(sha, limit)` gives
@@ -306,15 +309,18 @@ class Checker:
 
     # --- trees ------------------------------------------------------------------------
 
-    def check_tree(self, sha: bytes, data: bytes) -> None:
-        if not self._usual_tree(sha, data):
+    def check_tree(self, sha: bytes, data: bytes) -> Entries | None:
+        entries = self._usual_tree(sha, data)
+        if entries is None:
             self._check_tree_entries(sha, data)
+        return entries
 
-    def _usual_tree(self, sha: bytes, data: bytes) -> bool:
+    def _usual_tree(self, sha: bytes, data: bytes) -> Entries | None:
         """The common case at C speed (regular expressions, list operations): standard
-        modes, plain names, in order, no duplicates. False: look entry by entry."""
+        modes, plain names, in order, no duplicates; its entries. None: look entry by
+        entry."""
         if not _USUAL_TREE.fullmatch(data):
-            return False
+            return None
         entries = _USUAL_ENTRY.findall(data)
         names = [name for _mode, name, _sha in entries]
         if (
@@ -322,19 +328,22 @@ class Checker:
             or b".." in names
             or len(set(names)) != len(names)
             or max(map(len, names), default=0) > MAX_TREE_ENTRY_LEN
-            or NULL_SHA in [entry for _mode, _name, entry in entries]
+            # names hold no NUL: 21 of them in a row are a name's end and a null sha
+            or b"\0" + NULL_SHA in data
         ):
-            return False
+            return None
+        # The names are distinct and none has a "/": so are the keys, and in order
+        # exactly when sorting leaves them as they are.
         keys = [name + b"/" if mode == b"40000" else name for mode, name, _sha in entries]
-        if not all(a < b for a, b in itertools.pairwise(keys)):
-            return False
+        if keys != sorted(keys):
+            return None
         found: dict[str, str] = {}
         for mode, name, entry in entries:
             if name[:1] in _SPECIAL_FIRST or b"\\" in name:
                 self._special_name(sha, name, _MODES[mode], entry, found)
         for msg_id, text in found.items():
             self.add(sha, msg_id, text)
-        return True
+        return entries
 
     def _check_tree_entries(self, sha: bytes, data: bytes) -> None:
         found: dict[str, str] = {}  # msg_id -> text, once each, as C git reports them

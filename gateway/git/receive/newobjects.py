@@ -29,16 +29,13 @@ class NewObjects:
         self.checker = checker
         self._stored = fsck.stored_test(store)
 
-    def __call__(self, sha: bytes, type_num: int, chunks: list[bytes] | bytes) -> None:
-        if self._stored(sha):
-            return
-        data = chunks if isinstance(chunks, bytes) else b"".join(chunks)
-        self._see(sha_to_hex(sha), type_num, data)
+    def __call__(self, sha: bytes, type_num: int, data: bytes) -> None:
+        if not self._stored(sha):
+            self._see(sha_to_hex(sha), type_num, data)
 
     def _see(self, hex_sha: bytes, type_num: int, data: bytes) -> None:
-        self.links.add(hex_sha, type_num, data)
-        if self.checker is not None:
-            self.checker.check(hex_sha, type_num, data)
+        entries = None if self.checker is None else self.checker.check(hex_sha, type_num, data)
+        self.links.add(hex_sha, type_num, data, entries)
 
     def finish(self, quarantine: DiskObjectStore) -> list[fsck.Problem]:
         """After the pack: loose objects in the quarantine (packreader writes none; to

@@ -31,20 +31,20 @@ from collections import OrderedDict
 from collections.abc import Callable
 from itertools import chain
 
+from dulwich.errors import ObjectFormatException
 from dulwich.object_store import DiskObjectStore
-from dulwich.objects import Blob
+from dulwich.objects import Blob, ShaFile, Tree, object_header, parse_tree
 from dulwich.pack import (
     OFS_DELTA,
     REF_DELTA,
     ApplyDeltaError,
     PackIndexer,
-    UnpackedObject,
     apply_delta,
     extend_pack,
-    write_pack_index,
 )
 
 from ...logs import log_event
+from .. import packindex
 from ..dulwich_seam import bound_read_callables, new_pack_basepath
 from .limits import LimitExceeded, Limits, MiB
 from .packstream import PackStream
@@ -71,6 +71,7 @@ class _Indexer(PackIndexer):
         self._cache: OrderedDict[int | bytes, list[bytes]] = OrderedDict()
         self._cached = 0
         self._fd = f.fileno()
+        self._sha_len = hash_func().digest_size
         self._offsets = array("Q")  # each entry's offset, in pack order
         self._data_offsets = array("Q")  # where its zlib data starts
         self.end = 0  # where the last entry ends
@@ -90,36 +91,38 @@ class _Indexer(PackIndexer):
         else:
             self._full_ofs.append((offset, kind))
 
-    def _resolve_object(self, offset, obj_type_num, base_chunks):
-        """The entry at `offset` read with one pread (its extent is known from the first
-        pass, which also checked that it inflates to its declared size), inflated in one
-        call and, for a delta, applied to `base_chunks`."""
+    def _content(self, offset: int, type_num: int, base_chunks) -> tuple[list[bytes], int]:
+        """(content, CRC32) of the entry at `offset`: read with one pread (its extent is
+        known from the first pass, which also checked that it inflates to its declared
+        size), inflated in one call and, for a delta, applied to `base_chunks`."""
         i = bisect_left(self._offsets, offset)
         end = self._offsets[i + 1] if i + 1 < len(self._offsets) else self.end
         raw = os.pread(self._fd, end - offset, offset)
         with memoryview(raw) as view:
             data = zlib.decompress(view[self._data_offsets[i] - offset :])
-        unpacked = UnpackedObject(
-            (raw[0] >> 4) & 7,
-            crc32=zlib.crc32(raw),
-            decomp_chunks=[data],
-            offset=offset,
-            hash_func=self.hash_func,
-        )
-        if base_chunks is not None:
-            unpacked.obj_type_num = obj_type_num
-            unpacked.obj_chunks = apply_delta(base_chunks, unpacked.decomp_chunks)
-            if obj_type_num != Blob.type_num and not any(unpacked.obj_chunks):
-                # dulwich's rule: an empty commit, tree or tag from a delta is malformed
-                raise ApplyDeltaError(f"delta resolved to empty payload for type {obj_type_num}")
-        return unpacked
+        if base_chunks is None:
+            return [data], zlib.crc32(raw)
+        chunks = apply_delta(base_chunks, [data])
+        if type_num != Blob.type_num and not any(chunks):
+            # dulwich's rule: an empty commit, tree or tag from a delta is malformed
+            raise ApplyDeltaError(f"delta resolved to empty payload for type {type_num}")
+        return chunks, zlib.crc32(raw)
 
-    def _result(self, unpacked):
-        if unpacked.obj_type_num != Blob.type_num:
-            unpacked.sha_file()  # raises on a malformed commit, tree or tag
-            if self.visit is not None:
-                self.visit(unpacked.sha(), unpacked.obj_type_num, unpacked.obj_chunks)
-        return super()._result(unpacked)
+    def _name(self, type_num: int, chunks: list[bytes]) -> bytes:
+        """The object's binary name; a commit, tree or tag is parsed and visited."""
+        if type_num == Blob.type_num:
+            digest = self.hash_func(b"blob %d\0" % sum(map(len, chunks)))
+            for chunk in chunks:
+                digest.update(chunk)
+            return digest.digest()
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        _parse(type_num, data, self._sha_len)
+        digest = self.hash_func(object_header(type_num, len(data)))
+        digest.update(data)
+        sha = digest.digest()
+        if self.visit is not None:
+            self.visit(sha, type_num, data)
+        return sha
 
     def _follow_chain(self, offset, obj_type_num, base_chunks):
         root_base = self._base_of.get(offset)
@@ -132,21 +135,22 @@ class _Indexer(PackIndexer):
             offset, type_num = todo.pop()
             key = self._base_of.get(offset)
             base = None if key is None else self._base(key, type_num)
-            unpacked = self._resolve_object(offset, type_num, base)
+            chunks, crc = self._content(offset, type_num, base)
             del base
-            yield self._result(unpacked)
+            sha = self._name(type_num, chunks)
+            yield sha, offset, crc
             if key is not None:
                 self._done_with(key)
             children = list(
-                chain(self._pending_ofs.pop(offset, []), self._pending_ref.pop(unpacked.sha(), []))
+                chain(self._pending_ofs.pop(offset, []), self._pending_ref.pop(sha, []))
             )
             if children:
                 for child in children:
                     self._base_of[child] = offset
-                self._type[offset] = unpacked.obj_type_num
+                self._type[offset] = type_num
                 self._waiting[offset] = len(children)
-                self._keep(offset, unpacked.obj_chunks)
-                todo.extend((child, unpacked.obj_type_num) for child in children)
+                self._keep(offset, chunks)
+                todo.extend((child, type_num) for child in children)
 
     def _keep(self, key, chunks) -> None:
         if key in self._cache:
@@ -194,11 +198,9 @@ class _Indexer(PackIndexer):
         elif isinstance(key, bytes):
             chunks = self._spend(self._resolve_ext_ref(key)[1])
         else:
-            chunks = self._spend(self._resolve_object(key, self._type[key], None).obj_chunks)
+            chunks = self._spend(self._content(key, self._type[key], None)[0])
         for offset in reversed(path):
-            chunks = self._spend(
-                self._resolve_object(offset, self._type[offset], chunks).obj_chunks
-            )
+            chunks = self._spend(self._content(offset, self._type[offset], chunks)[0])
         return chunks
 
     def _spend(self, chunks):
@@ -207,17 +209,29 @@ class _Indexer(PackIndexer):
         return chunks
 
 
+def _parse(type_num: int, data: bytes, sha_len: int) -> None:
+    """Raises as dulwich does on a commit, tree or tag it cannot parse (the serving path
+    parses them); a tree is parsed without building dulwich's Tree, a dict a tree."""
+    if type_num == Tree.type_num:
+        try:
+            parse_tree(data, sha_len)
+        except ValueError as exc:
+            raise ObjectFormatException(exc) from exc
+    else:
+        ShaFile.from_raw_string(type_num, data)
+
+
 def receive_pack(
     store: DiskObjectStore,
     read_all: Callable[[int], bytes],
     read_some: Callable[[int], bytes] | None,
     max_bytes: int | None,
     limits: Limits = NO_LIMITS,
-    visit: Callable[[bytes, int, list[bytes] | bytes], None] | None = None,
+    visit: Callable[[bytes, int, bytes], None] | None = None,
 ) -> str:
     """Copy a (possibly thin) pack into `store`'s pack directory, complete it with the
     delta bases it lacks, and write its index. Returns the pack's path without suffix.
-    `visit(binary name, type, chunks)` sees each commit, tree and tag of the pack once,
+    `visit(binary name, type, content)` sees each commit, tree and tag of the pack once,
     as it is indexed (not the bases appended to complete a thin pack). Raises (leaving
     nothing behind) on a truncated, corrupt or oversized pack: LimitExceeded for one
     that passes `limits`, or that runs out of memory."""
@@ -245,7 +259,7 @@ def receive_pack(
         os.rename(path, base + ".pack")
         index_tmp = base + ".idx.tmp"
         with open(index_tmp, "wb") as index_file:
-            write_pack_index(index_file, entries, pack_sha)
+            packindex.write_index(index_file, entries, pack_sha)
             index_file.flush()
             os.fsync(index_file.fileno())
         os.chmod(index_tmp, PACK_MODE)
