@@ -680,7 +680,8 @@ def test_report_escapes_and_bounds():
     assert checker.shown(b"-" * 10000) == "-" * 200 + "..."
 
 
-def test_only_objects_new_to_the_repository_are_checked(tmp_path):
+@pytest.mark.parametrize("parallel", [False, True], ids=["one process", "two processes"])
+def test_only_objects_new_to_the_repository_are_checked(tmp_path, monkeypatch, parallel):
     """A pushed object that the store already has (a thin pack's base, or what another
     push brought) is not new: a legacy tree there is not held against the push. The
     objects are seen as the received pack is indexed, as a push sees them."""
@@ -692,6 +693,8 @@ def test_only_objects_new_to_the_repository_are_checked(tmp_path):
     from gateway.git.receive.connectivity import Links
     from gateway.git.receive.newobjects import NewObjects
 
+    if parallel:  # each of the two trees is walked by its own process
+        monkeypatch.setattr(packreader, "PARALLEL_FROM", 1)
     legacy = RawObject.of(Tree, tree_bytes((b"0100644", b"old.txt", SHA)))
     fresh = RawObject.of(Tree, tree_bytes((b"100644", b".git", SHA)))
     pushed = pack_of(legacy, fresh)

@@ -42,8 +42,16 @@ def index_entries(idx: Path) -> list[str]:
         )
 
 
+@pytest.fixture(params=["one process", "two processes"])
+def walkers(request, monkeypatch):
+    """The delta chains walked by one process, or (from any size) by two."""
+    if request.param == "two processes":
+        monkeypatch.setattr(packreader, "PARALLEL_FROM", 1)
+    return request.param
+
+
 @pytest.mark.parametrize("cut", [1, 7, 4096, 1 << 20])
-def test_any_cut_of_the_wire_gives_c_gits_index(tmp_path, cut):
+def test_any_cut_of_the_wire_gives_c_gits_index(tmp_path, cut, walkers):
     pack = git_pack(tmp_path)
     store = tmp_path / "repo.git"
     local_git("init", "-q", "--bare", str(store), cwd=tmp_path)
@@ -109,3 +117,26 @@ def test_the_index_is_byte_for_byte_dulwichs():
         packindex.write_index(ours, entries, b"p" * 20)
         write_pack_index_v2(theirs, entries, b"p" * 20)
         assert ours.getvalue() == theirs.getvalue(), (count, biggest)
+
+
+def test_an_object_the_second_process_cannot_parse_refuses_the_pack(tmp_path, monkeypatch):
+    """The forked half's error is the push's error, and nothing is left behind."""
+    from dulwich.errors import ObjectFormatException
+    from dulwich.objects import Blob, Tree
+
+    from testkit.receivepack import RawObject, pack_of
+
+    monkeypatch.setattr(packreader, "PARALLEL_FROM", 1)
+    blobs = [Blob.from_string(b"blob %d" % i) for i in range(6)]
+    broken = RawObject.of(Tree, b"100644 no-nul-and-no-sha")
+    for objects in ([broken, *blobs], [*blobs, broken]):  # first whole object, or last
+        store = tmp_path / f"repo{len(list(tmp_path.iterdir()))}.git"
+        local_git("init", "-q", "--bare", str(store), cwd=tmp_path)
+        q = quarantine.create(str(store / "objects"))
+        try:
+            data = iter([pack_of(*objects)])
+            with pytest.raises(ObjectFormatException):
+                packreader.receive_pack(q, lambda n, d=data: next(d, b""), None, None)
+            assert os.listdir(os.path.join(q.path, "pack")) == []
+        finally:
+            quarantine.remove(q)

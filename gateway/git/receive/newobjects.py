@@ -37,6 +37,24 @@ class NewObjects:
         entries = None if self.checker is None else self.checker.check(hex_sha, type_num, data)
         self.links.add(hex_sha, type_num, data, entries)
 
+    def export(self) -> tuple:
+        """What this pass found, for the process that indexes the pack's other half
+        (packreader._Indexer.walk) to `absorb`."""
+        checked = None
+        if self.checker is not None:
+            checked = (self.checker.problems, self.checker.gitmodules, self.checker.gitattributes)
+        return self.links.named, self.links.tip_types, checked
+
+    def absorb(self, found: tuple) -> None:
+        named, tip_types, checked = found
+        self.links.named |= named
+        self.links.tip_types.update(tip_types)
+        if self.checker is not None and checked is not None:
+            problems, gitmodules, gitattributes = checked
+            self.checker.problems += problems
+            self.checker.gitmodules |= gitmodules
+            self.checker.gitattributes |= gitattributes
+
     def finish(self, quarantine: DiskObjectStore) -> list[fsck.Problem]:
         """After the pack: loose objects in the quarantine (packreader writes none; to
         be sure), then fsck's look at the blobs new trees named. fsck's problems."""
