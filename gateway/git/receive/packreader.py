@@ -114,6 +114,10 @@ class _Indexer(PackIndexer):
         pid = os.fork()
         if pid == 0:  # the child: its half, its result down the pipe, and gone
             os.close(reader)
+            # Not holding the client's channel open should the worker itself go.
+            null = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1):
+                os.dup2(null, fd)
             try:
                 result: tuple = ("ok", self._chains(roots[1::2]), self._export())
             except BaseException as exc:
