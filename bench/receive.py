@@ -8,7 +8,9 @@ Rows, each a fresh target repository on both sides for every run, the same clien
 - `git push --mirror` of the "mirror" repository (below: ~50,000 objects, ~2,000 refs)
   into an empty repository;
 - a push of NEW_REFS new branches, each at an existing commit, into a copy of the mirror
-  repository (no new objects: the per-ref work alone).
+  repository (no new objects: the per-ref work alone);
+- the first clone of each pushed huge history, after the server's background work on it
+  (the gateway's housekeeping makes the commits' kept lists; its CPU is its own row).
 Each push is checked: the target's refs are the client's afterwards; the first run's
 gateway repository of each row gets `git fsck --full`.
 
@@ -33,6 +35,7 @@ import time
 from pathlib import Path
 
 import compare
+import overtime
 from compare import (
     Results,
     Sides,
@@ -52,12 +55,14 @@ from compare import (
 # BRANCHES branches at commits spread over the history: ~2,000 refs.
 MIRROR = dict(kind="mirror", commits=5_500, seed=5, tag_every=5, branches=900, version=1)
 NEW_REFS = 1_000
+BACKGROUND_ROW = "server CPU in the background after the push of {} (subreaper-counted, s)"
 compare.NEW_REPOS["mirror"] = MIRROR
 # The rows' targets (issue 17), ahead of compare.py's "push" (1.2 for the 20 MB push).
 compare.TARGETS[:0] = [
     ("push of the huge history", 1.5, "ratio"),
     ("push --mirror", 1.5, "ratio"),
     ("push of new refs", 1.5, "ratio"),
+    ("first clone after the push of the huge history", 1.2, "ratio"),
 ]
 
 
@@ -136,8 +141,26 @@ def bench_receive(sides: Sides, res: Results, runs: int, quick: bool = False) ->
                 add_empty_repo(sides, name)
             argv = ["--git-dir", str(client), "push", "-q", sides.url(side, name), "main"]
             measured(sides, res, side, row, f"push of {huge}", argv)
+            # What the server does in the background after it (the gateway's housekeeping
+            # makes the commits' kept lists), waited for so that no row shares the cores.
+            cpu = sides.server_cpu(side)
+            overtime.wait_quiet(sides.server_dir(side, name))
+            res.add(BACKGROUND_ROW.format(huge), side, sides.server_cpu(side) - cpu)
             check_pushed(sides, side, name, tip, fsck=run == 0 and side == "gateway")
     shutil.rmtree(client.parent, ignore_errors=True)
+
+    # The first clone of what was pushed (nothing made by a clone before it).
+    row = f"first clone after the push of the huge history ({huge}, s)"
+    for run in range(runs):
+        for side in alternate(run):
+            dest = scratch(sides, f"first-after-push-{side}-{run}") / "c"
+            argv = ["clone", "-q", "--no-checkout", sides.url(side, f"into-empty-{run}"), str(dest)]
+            measured(
+                sides, res, side, row, f"first clone after the push of {huge}", argv, trace=True
+            )
+            if run == 0:
+                git_local("--git-dir", str(dest / ".git"), "fsck", "--full", "--no-progress")
+            shutil.rmtree(dest.parent, ignore_errors=True)
 
     # `git push --mirror` of the mirror repository into an empty repository.
     client = client_copy(sides, "mirror")

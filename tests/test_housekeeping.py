@@ -376,3 +376,41 @@ def test_not_a_repository_and_a_busy_one(private, work):
     out = gateway_cli(g, "repo", "fsck", other)
     assert out.returncode == 1 and "not a Git repository" in out.stdout
     assert "Traceback" not in out.stdout + out.stderr
+
+
+def test_a_push_of_a_long_history_has_its_commit_lists_made_in_the_background(private, work):
+    """Issue 16 item 5: after a push of a whole history (no repack due: one pack), the
+    server's housekeeping makes every commit's kept list, so the first clone reads them
+    instead of diffing trees at request time."""
+    from gateway.git.housekeeping.scheduler import LISTS_AFTER_COMMITS
+    from gateway.git.upload.commitobjects import CommitObjects
+
+    g = private()
+    alice = g.user()
+    path = g.repo(g.workspace((alice, "write")))
+    history = work / "history"
+    local_git("init", "-q", "-b", "main", str(history), cwd=work)
+    commits = LISTS_AFTER_COMMITS + 20
+    stream = "".join(
+        f"commit refs/heads/main\nmark :{n + 1}\n"
+        f"committer A <a@example.com> {1700000000 + n} +0000\ndata 3\nc{n % 10}\n"
+        + (f"from :{n}\n" if n else "")
+        + f"M 100644 inline d{n % 7}/f{n % 13}.txt\ndata {len(str(n)) + 1}\n{n}\n\n"
+        for n in range(commits)
+    )
+    subprocess.run(
+        ["git", "fast-import", "--quiet"], cwd=history, input=stream.encode(), check=True
+    )
+    g.git(alice, "push", "-q", g.url(path), "main", cwd=history)
+    repo_dir = g.repo_dir(path)
+    assert len(packs(repo_dir)) == 1  # no repack is due: the run is for the lists
+    all_commits = local_git("rev-list", "--all", cwd=repo_dir).split()
+    assert len(all_commits) == commits
+
+    def listed() -> bool:
+        kept = CommitObjects(str(repo_dir))
+        return all(kept.get(c.encode()) is not None for c in all_commits)
+
+    assert wait_for(listed, timeout=60)
+    assert "event=housekeeping.done" in g.server_log()
+    assert_serves_everything(g, alice, path, work, "mirror")

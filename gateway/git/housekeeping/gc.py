@@ -59,6 +59,7 @@ class Report:
     loose_packed: int = 0
     pruned: int = 0
     refs_packed: int = 0
+    lists_made: int = 0  # commits' kept lists (commitobjects.py)
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)  # what it cleared up, one line each
     problems: list[str] = field(default_factory=list)  # what is wrong, one line each
@@ -68,7 +69,8 @@ class Report:
             f"{self.mode}: packs {self.packs_before} -> {self.packs_after}, "
             f"{self.objects} objects written ({self.loose_packed} loose packed, "
             f"{self.pruned} pruned), {_size(self.bytes_before)} -> {_size(self.bytes_after)}, "
-            f"{self.refs_packed} refs packed, {self.seconds:.2f} s"
+            f"{self.refs_packed} refs packed, {self.lists_made} commit lists made, "
+            f"{self.seconds:.2f} s"
         )
 
 
@@ -143,6 +145,9 @@ def _run(repo: Repo, repo_dir: str, options: Options, report: Report) -> None:
     if chosen or found.loose:
         _repack(repo, repo_dir, found, chosen, full, options, now, report)
     report.refs_packed = refpacking.pack_refs(repo)
+    report.lists_made = reachability.fill_commit_lists(
+        repo_dir, repo.object_store, reachability.ref_tips(repo)
+    )
 
 
 def _repack(

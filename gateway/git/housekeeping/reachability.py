@@ -22,12 +22,13 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from dulwich.object_store import DiskObjectStore
 from dulwich.repo import Repo
 
 from ...store import nodelock
 from ..upload import walk
 from ..upload.commitobjects import CommitObjects
-from ..upload.storedpacks import ObjectReader, PackError
+from ..upload.storedpacks import ObjectReader, PackError, StoredPack
 
 REFS_LOCK = "gateway-refs.lock"  # receive/pipeline.py's
 
@@ -57,6 +58,25 @@ def reachable(repo_dir: str, reader: ObjectReader, tips: dict[bytes, bytes]) -> 
         raise Unwalkable(str(exc)) from None
     commit_objects.save()
     return set(shas)
+
+
+def fill_commit_lists(repo_dir: str, store: DiskObjectStore, tips: dict[bytes, bytes]) -> int:
+    """Make the kept lists (commitobjects.py) of every commit the refs reach that has
+    none, as a first clone would at request time; the number made. After a push of a
+    whole history, the first clone then reads them instead of diffing trees."""
+    pack_dir = os.path.join(repo_dir, "objects", "pack")
+    names = sorted(n[: -len(".idx")] for n in os.listdir(pack_dir) if n.endswith(".idx"))
+    reader = ObjectReader(store, [StoredPack(os.path.join(pack_dir, n)) for n in names])
+    commit_objects = CommitObjects(repo_dir)
+    try:
+        walk.objects_to_send(reader, sorted(set(tips.values())), [], {}, commit_objects)
+    except (KeyError, PackError):
+        return 0  # an incomplete history: the clone that needs them says so
+    finally:
+        reader.close()
+    made = len(commit_objects.pending)
+    commit_objects.save()
+    return made
 
 
 @contextmanager

@@ -1,5 +1,6 @@
 """When housekeeping runs by itself: after a push that moved refs, if the repository has
-more packs or loose objects than the settings allow, in a separate process.
+more packs or loose objects than the settings allow or the push brought many commits
+(their kept lists are made then), in a separate process.
 
 The check is one or two directory listings, done in the event loop. The run itself is
 `python -m gateway.git.housekeeping` (nice'd, its log lines on the server's stderr),
@@ -20,6 +21,11 @@ from ...logs import log_event
 from . import inventory
 
 log = logging.getLogger("gateway.housekeeping")
+
+
+# A push that brings this many commits starts a run even when no repack is due, to make
+# their kept lists (commitobjects.py) before the first clone has to.
+LISTS_AFTER_COMMITS = 500
 
 
 def due(repo_dir: str, max_packs: int, max_loose: int) -> bool:
@@ -44,7 +50,9 @@ class Scheduler:
             return
         if repo_dir in self.queued:
             return
-        if not due(repo_dir, settings.gc_auto_packs, settings.gc_auto_loose):
+        commits = report.get("commits")
+        many = isinstance(commits, int) and commits >= LISTS_AFTER_COMMITS
+        if not many and not due(repo_dir, settings.gc_auto_packs, settings.gc_auto_loose):
             return
         argv = [
             sys.executable,

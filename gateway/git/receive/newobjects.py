@@ -12,7 +12,7 @@ objects the repository already has (a thin pack's bases, or what another push br
 from __future__ import annotations
 
 from dulwich.object_store import DiskObjectStore
-from dulwich.objects import Blob, sha_to_hex
+from dulwich.objects import Blob, Commit, sha_to_hex
 
 from ..dulwich_seam import loose_object_ids
 from . import fsck
@@ -28,12 +28,14 @@ class NewObjects:
         self.links = links
         self.checker = checker
         self._stored = fsck.stored_test(store)
+        self.commits = 0  # new commits seen (the server's housekeeping asks)
 
     def __call__(self, sha: bytes, type_num: int, data: bytes) -> None:
         if not self._stored(sha):
             self._see(sha_to_hex(sha), type_num, data)
 
     def _see(self, hex_sha: bytes, type_num: int, data: bytes) -> None:
+        self.commits += type_num == Commit.type_num
         entries = None if self.checker is None else self.checker.check(hex_sha, type_num, data)
         self.links.add(hex_sha, type_num, data, entries)
 
@@ -43,10 +45,11 @@ class NewObjects:
         checked = None
         if self.checker is not None:
             checked = (self.checker.problems, self.checker.gitmodules, self.checker.gitattributes)
-        return self.links.named, self.links.tip_types, checked
+        return self.links.named, self.links.tip_types, checked, self.commits
 
     def absorb(self, found: tuple) -> None:
-        named, tip_types, checked = found
+        named, tip_types, checked, commits = found
+        self.commits += commits
         self.links.named |= named
         self.links.tip_types.update(tip_types)
         if self.checker is not None and checked is not None:

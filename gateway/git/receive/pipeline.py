@@ -133,6 +133,7 @@ class ReceivePack:
         self.caps: set[bytes] = set()
         self.client_shallow: set[bytes] = set()  # the pushing clone's shallow commits
         self._tip_types: dict[bytes, int] = {}  # types of the new tips read with the pack
+        self._new_commits = 0  # commits the push brought (told to the server)
 
     # --- the conversation ----------------------------------------------------------------
 
@@ -163,6 +164,7 @@ class ReceivePack:
                     self._refuse_all(commands, b"unpacker error")
                 if quarantine is not None:
                     unpack_status = self._fsck(commands, seen.finish(quarantine))
+                    self._new_commits = seen.commits
                     if unpack_status == b"ok":
                         self._check_connectivity(commands, quarantine, links)
                     self._tip_types = links.tip_types
@@ -584,6 +586,7 @@ class ReceivePack:
 
         status = {
             "moved": len(moved),
+            "commits": self._new_commits if moved else 0,
             "refs": [name(c) for c in moved[:STATUS_REFS]],
             "kinds": [c.kind for c in moved[:STATUS_REFS]],
             "refused": [
