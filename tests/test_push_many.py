@@ -168,3 +168,34 @@ def test_an_object_nothing_reaches_that_names_a_missing_one_refuses_the_push(gw,
     assert report == {"unpack": "ok", "refs/heads/main": "ng missing necessary objects"}
     assert bare_refs(gw.repo_dir(path))["refs/heads/main"] == first
     fsck(gw, path)
+
+
+def test_a_push_big_enough_for_two_indexing_processes_arrives_whole(gw, work):
+    """A history of more objects than PARALLEL_FROM, pushed by git into an empty
+    repository (no thin-pack bases: the pack's delta chains are walked by the worker and
+    a forked child): every ref as pushed, `git fsck --full` clean, and a clone of it
+    complete."""
+    from gateway.git.receive.packreader import PARALLEL_FROM
+
+    alice = gw.user()
+    path = gw.repo(gw.workspace((alice, "write")))
+    clone = work / "big"
+    local_git("init", "-q", "-b", "main", str(clone), cwd=work)
+    mine = history(clone, PARALLEL_FROM // 3 + 300, 40, 20)  # a commit, tree, blob each
+    gw.git(
+        alice,
+        "push",
+        "-q",
+        gw.url(path),
+        "refs/heads/*:refs/heads/*",
+        "refs/tags/*:refs/tags/*",
+        cwd=clone,
+    )
+    repo_dir = gw.repo_dir(path)
+    assert bare_refs(repo_dir) == mine
+    count = local_git("count-objects", "-v", cwd=repo_dir)
+    assert int(count.split("in-pack: ")[1].split()[0]) >= PARALLEL_FROM
+    fsck(gw, path)
+    again = work / "again"
+    gw.git(alice, "clone", "-q", "--mirror", gw.url(path), str(again))
+    assert bare_refs(again) == mine

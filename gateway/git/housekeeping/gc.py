@@ -145,9 +145,7 @@ def _run(repo: Repo, repo_dir: str, options: Options, report: Report) -> None:
     if chosen or found.loose:
         _repack(repo, repo_dir, found, chosen, full, options, now, report)
     report.refs_packed = refpacking.pack_refs(repo)
-    report.lists_made = reachability.fill_commit_lists(
-        repo_dir, repo.object_store, reachability.ref_tips(repo)
-    )
+    report.lists_made = reachability.fill_commit_lists(repo, reachability.ref_tips(repo))
 
 
 def _repack(

@@ -22,13 +22,12 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from dulwich.object_store import DiskObjectStore
 from dulwich.repo import Repo
 
 from ...store import nodelock
 from ..upload import walk
 from ..upload.commitobjects import CommitObjects
-from ..upload.storedpacks import ObjectReader, PackError, StoredPack
+from ..upload.storedpacks import ObjectReader, PackError, open_reader
 
 REFS_LOCK = "gateway-refs.lock"  # receive/pipeline.py's
 
@@ -60,14 +59,14 @@ def reachable(repo_dir: str, reader: ObjectReader, tips: dict[bytes, bytes]) -> 
     return set(shas)
 
 
-def fill_commit_lists(repo_dir: str, store: DiskObjectStore, tips: dict[bytes, bytes]) -> int:
+def fill_commit_lists(repo: Repo, tips: dict[bytes, bytes]) -> int:
     """Make the kept lists (commitobjects.py) of every commit the refs reach that has
     none, as a first clone would at request time; the number made. After a push of a
     whole history, the first clone then reads them instead of diffing trees."""
-    pack_dir = os.path.join(repo_dir, "objects", "pack")
-    names = sorted(n[: -len(".idx")] for n in os.listdir(pack_dir) if n.endswith(".idx"))
-    reader = ObjectReader(store, [StoredPack(os.path.join(pack_dir, n)) for n in names])
-    commit_objects = CommitObjects(repo_dir)
+    reader = open_reader(repo)
+    if reader is None:
+        return 0  # packs this reader cannot read: dulwich serves them, without lists
+    commit_objects = CommitObjects(repo.controldir())
     try:
         walk.objects_to_send(reader, sorted(set(tips.values())), [], {}, commit_objects)
     except (KeyError, PackError):

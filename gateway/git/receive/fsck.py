@@ -41,6 +41,7 @@ from dulwich.pack import (
 from dulwich.refs import check_ref_format
 
 from ..dulwich_seam import loose_object_ids, pack_basename
+from ..upload.storedpacks import parse_header, parse_ofs
 from .packstream import delta_sizes
 
 GITMODULES_MAX = 1024 * 1024  # C git: core.bigFileThreshold; ours is parsed in Python
@@ -192,22 +193,9 @@ def _header(fd: int, offset: int) -> tuple[int, int | bytes | None, int, int]:
     OFS_DELTA's base is a distance back, a REF_DELTA's a binary sha; the size is the
     object's, or a delta's (not its result's)."""
     head = os.pread(fd, 64, offset)
-    byte = head[0]
-    kind = (byte >> 4) & 7
-    size, shift, i = byte & 0x0F, 4, 1
-    while byte & 0x80:
-        byte = head[i]
-        i += 1
-        size |= (byte & 0x7F) << shift
-        shift += 7
+    kind, size, i = parse_header(head)
     if kind == OFS_DELTA:
-        byte = head[i]
-        i += 1
-        distance = byte & 0x7F
-        while byte & 0x80:
-            byte = head[i]
-            i += 1
-            distance = ((distance + 1) << 7) | (byte & 0x7F)
+        distance, i = parse_ofs(head, i)
         return kind, distance, size, i
     if kind == REF_DELTA:
         return kind, head[i : i + 20], size, i + 20

@@ -22,6 +22,7 @@ from typing import BinaryIO
 from dulwich.errors import ChecksumMismatch
 from dulwich.pack import DELTA_TYPES, OFS_DELTA, REF_DELTA
 
+from ..upload.storedpacks import parse_header, parse_ofs
 from .limits import Limits
 
 READ_BLOCK = 65536  # asked of the wire at once
@@ -107,44 +108,28 @@ class PackStream:
     def _entry(self) -> None:
         offset = self._base + self._pos
         self._fill(HEADER_MAX)  # fewer only at the wire's end: the checks below say so
-        buf, pos, end = self._buf, self._pos, len(self._buf)
-        if pos >= end:
+        header = bytes(self._buf[self._pos : self._pos + HEADER_MAX])
+        if not header:
             raise ValueError("the pack ends before its last object")
-        byte = buf[pos]
-        pos += 1
-        kind, size, shift = (byte >> 4) & 7, byte & 0x0F, 4
-        while byte & 0x80:
-            if pos >= end or shift > 64:
-                raise ValueError("an object's header is malformed")
-            byte = buf[pos]
-            pos += 1
-            size |= (byte & 0x7F) << shift
-            shift += 7
+        base: int | bytes | None = None
+        try:  # a header longer than HEADER_MAX runs off `header`: malformed
+            kind, size, used = parse_header(header)
+            if kind == OFS_DELTA:
+                distance, used = parse_ofs(header, used)
+                if not 0 < distance <= offset:
+                    raise zlib.error(f"OFS_DELTA with a distance of {distance}")
+                base = distance
+            elif kind == REF_DELTA:
+                base = header[used : used + self._hash_size]
+                used += self._hash_size
+                if used > len(header):
+                    raise IndexError
+        except IndexError:
+            raise ValueError("an object's header is malformed") from None
         if kind not in OBJECT_TYPES:
             raise ValueError(f"an object of unknown type {kind}")
-        base: int | bytes | None = None
-        if kind == OFS_DELTA:
-            if pos >= end:
-                raise ValueError("an object's header is malformed")
-            byte = buf[pos]
-            pos += 1
-            distance = byte & 0x7F
-            while byte & 0x80:
-                if pos >= end or distance.bit_length() > 64:
-                    raise ValueError("an object's header is malformed")
-                byte = buf[pos]
-                pos += 1
-                distance = ((distance + 1) << 7) | (byte & 0x7F)
-            if distance == 0 or distance > offset:
-                raise zlib.error(f"OFS_DELTA with a distance of {distance}")
-            base = distance
-        elif kind == REF_DELTA:
-            if pos + self._hash_size > end:
-                raise ValueError("an object's header is malformed")
-            base = bytes(buf[pos : pos + self._hash_size])
-            pos += self._hash_size
-        self._pos = pos
-        data_offset = self._base + pos
+        self._pos += used
+        data_offset = self._base + self._pos
         is_delta = kind in DELTA_TYPES
         self.limits.check_object(size, "a delta" if is_delta else "an object")
         head = self._inflate(size, is_delta)
