@@ -216,10 +216,12 @@ def test_revoking_closes_a_connection_already_in(certs, tmp_path):
     waiting.read_until(URI_RE)  # the QR code is out: the prompt waits for a code
     revoked.write_text("serial 31\n")
     g.proc.send_signal(signal.SIGHUP)
-    result = waiting.finish(timeout=30)
-    assert result.returncode != 0
+    # The prompt's stdin stays open until the server has closed the connection: finish()
+    # closes it, and an end of input at the prompt would end the session by itself.
     assert wait_for(lambda: "certificate.closed" in g.server_log())
     assert "reason=cert-revoked" in g.server_log()
+    result = waiting.finish(timeout=30)
+    assert result.returncode != 0
     assert "Two-step verification is now on" not in result.stdout
 
 
