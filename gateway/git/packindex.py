@@ -17,6 +17,7 @@ import mmap
 import sys
 from array import array
 from bisect import bisect_left
+from operator import itemgetter
 from typing import BinaryIO
 
 IDX_V2 = b"\377tOc\x00\x00\x00\x02"
@@ -99,6 +100,11 @@ class PackIndex:
             offsets = array("Q", (self.offset(i) for i in range(self.count)))
         return offsets
 
+    def name_list(self) -> list[bytes]:
+        """Every object's binary name, in index order."""
+        names = self.map[NAMES : self._crcs_at]
+        return [names[at : at + SHA_LEN] for at in range(0, len(names), SHA_LEN)]
+
     def hex_name_list(self) -> list[bytes]:
         """Every object's hex name, in index order."""
         names = binascii.hexlify(self.map[NAMES : self._crcs_at])
@@ -117,18 +123,21 @@ def write_index(f: BinaryIO, entries: list[tuple[bytes, int, int]], pack_checksu
     """A v2 index of `entries` (binary name, offset, CRC32), sorted by name, as C git and
     dulwich write it, in a few array operations: dulwich's writer packs each field of
     each entry on its own (a second for a 300,000-object push)."""
-    names = [name for name, _offset, _crc in entries]
-    if any(len(name) != SHA_LEN for name in names):
+    # Columns by map and itemgetter, not comprehensions: a 300,000-entry push pays for
+    # every Python-level step per entry here.
+    names = list(map(itemgetter(0), entries))
+    if set(map(len, names)) - {SHA_LEN}:
         raise ValueError("an object name is not 20 bytes")
     fanout = array("I", (bisect_left(names, bytes([b + 1])) for b in range(255)))
     fanout.append(len(names))
-    crcs = array("I", (crc for _name, _offset, crc in entries))
-    offsets = [offset for _name, offset, _crc in entries]
-    large = array("Q", (o for o in offsets if o >= LARGE))
-    if large:
+    crcs = array("I", list(map(itemgetter(2), entries)))
+    offsets = list(map(itemgetter(1), entries))
+    if offsets and max(offsets) >= LARGE:
+        large = array("Q", (o for o in offsets if o >= LARGE))
         spilled = iter(range(len(large)))
         small = array("I", (o if o < LARGE else LARGE | next(spilled) for o in offsets))
     else:
+        large = array("Q")
         small = array("I", offsets)
     if sys.byteorder == "little":
         for table in (fanout, crcs, small, large):

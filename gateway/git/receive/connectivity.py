@@ -22,7 +22,8 @@ from collections.abc import Iterable
 from dulwich.object_store import DiskObjectStore
 from dulwich.objects import Commit, Tag, Tree, hex_to_sha, sha_to_hex
 
-from ..dulwich_seam import loose_object_ids
+from ..dulwich_seam import loose_object_ids, pack_basename
+from ..packindex import PackIndex
 from .fsck import pack_holds
 
 # A tree entry: its mode and the 20 bytes of its object's name (a gitlink's is skipped:
@@ -78,8 +79,12 @@ def _binary(hex_name: bytes) -> bytes:
 def present_names(store: DiskObjectStore) -> set[bytes]:
     """Every binary name in a quarantine (its packs and any loose objects)."""
     names: set[bytes] = set()
-    for pack in store.packs:
-        names.update(sha for sha, _offset, _crc in pack.index.iterentries())
+    for pack in store.packs:  # the index's name table, not dulwich's entry by entry
+        index = PackIndex(pack_basename(pack) + ".idx")
+        try:
+            names.update(index.name_list())
+        finally:
+            index.close()
     names.update(hex_to_sha(sha) for sha in loose_object_ids(store))
     return names
 

@@ -31,6 +31,7 @@ from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Callable
 from itertools import chain
+from operator import itemgetter
 
 from dulwich.errors import ObjectFormatException
 from dulwich.object_store import DiskObjectStore
@@ -119,7 +120,9 @@ class _Indexer(PackIndexer):
             for fd in (0, 1):
                 os.dup2(null, fd)
             try:
-                result: tuple = ("ok", self._chains(roots[1::2]), self._export())
+                mine = self._chains(roots[1::2])
+                mine.sort(key=itemgetter(0))  # sorted here, beside the parent's sort
+                result: tuple = ("ok", mine, self._export())
             except BaseException as exc:
                 result = ("error", exc)
             try:
@@ -130,6 +133,7 @@ class _Indexer(PackIndexer):
         os.close(writer)
         try:
             entries = self._chains(roots[0::2])
+            entries.sort(key=itemgetter(0))  # while the child may still be at its half
         finally:
             with os.fdopen(reader, "rb") as inp:
                 sent = inp.read()
@@ -139,7 +143,7 @@ class _Indexer(PackIndexer):
         result = pickle.loads(sent)
         if result[0] == "error":
             raise result[1]
-        entries += result[1]
+        entries += result[1]  # sorted there: the caller's sort merges two runs
         if self.visit is not None:
             self.visit.absorb(result[2])
         if len(entries) != len(self._offsets):  # dulwich's walk asserts this, too
@@ -311,13 +315,17 @@ def receive_pack(
             f.flush()
             indexer.spent, indexer.end = stream.total, stream.end
             entries = indexer.walk()
-            pack_sha, extra = extend_pack(
-                f, set(indexer.ext_refs()), get_raw=store.get_raw, object_format=store.object_format
-            )
-            f.flush()
+            missing = set(indexer.ext_refs())
+            if missing:  # a thin pack: its bases appended, the header and trailer anew
+                pack_sha, extra = extend_pack(
+                    f, missing, get_raw=store.get_raw, object_format=store.object_format
+                )
+                f.flush()
+                entries.extend(extra)
+            else:  # complete as it came: its own trailer, checked on the first pass
+                pack_sha = stream.checksum
             os.fsync(f.fileno())
-        entries.extend(extra)
-        entries.sort()
+        entries.sort(key=itemgetter(0))  # runs sorted by each process: one merge
         base = new_pack_basepath(store, entries)
         os.chmod(path, PACK_MODE)
         os.rename(path, base + ".pack")
