@@ -30,6 +30,7 @@ import stat
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from operator import itemgetter
 
 from dulwich.objects import Blob, Commit, Tag, Tree, hex_to_sha, sha_to_hex
 from dulwich.pack import (
@@ -64,6 +65,7 @@ _USUAL_TREE = re.compile(rb"(?:(?:100644|100755|120000|40000|160000) [^\0/]+\0.{
 # A name that could be .git, .gitmodules, ... in some file system's eyes starts with one of
 # these bytes (HFS+'s ignorable code points start with \xe2 or \xef) or has a backslash.
 _SPECIAL_FIRST = b".gGmM\xe2\xef"
+_NAME = itemgetter(1)  # of a (mode, name, binary name) entry
 NULL_SHA = b"\0" * 20
 Entries = list[tuple[bytes, bytes, bytes]]  # a tree's (mode, name, binary name) each
 TYPE_NAMES = {
@@ -235,6 +237,10 @@ def _kinds(name: bytes, symlink: bool) -> tuple[str, ...]:
 # The same names come back in tree after tree (every version of a directory names its
 # files again): each is looked at once.
 _name_kinds = functools.lru_cache(maxsize=16384)(_kinds)
+# Names that are nothing special even as a symlink's (so as anything else's): a usual tree
+# whose names are all here needs no look at any of them, a set operation.
+_PLAIN_NAMES: set[bytes] = set()
+_PLAIN_MAX = 65536
 
 
 # --- one object at a time ---------------------------------------------------------------
@@ -304,33 +310,47 @@ class Checker:
         return entries
 
     def _usual_tree(self, sha: bytes, data: bytes) -> Entries | None:
-        """The common case at C speed (regular expressions, list operations): standard
+        """The common case at C speed (regular expressions, map over lists): standard
         modes, plain names, in order, no duplicates; its entries. None: look entry by
         entry."""
         if not _USUAL_TREE.fullmatch(data):
             return None
         entries = _USUAL_ENTRY.findall(data)
-        names = [name for _mode, name, _sha in entries]
+        if not entries:
+            return entries
+        names = list(map(_NAME, entries))
         if (
             b"." in names
             or b".." in names
-            or len(set(names)) != len(names)
-            or max(map(len, names), default=0) > MAX_TREE_ENTRY_LEN
+            or max(map(len, names)) > MAX_TREE_ENTRY_LEN
             # names hold no NUL: 21 of them in a row are a name's end and a null sha
             or b"\0" + NULL_SHA in data
         ):
             return None
-        # The names are distinct and none has a "/": so are the keys, and in order
-        # exactly when sorting leaves them as they are.
-        keys = [name + b"/" if mode == b"40000" else name for mode, name, _sha in entries]
-        if keys != sorted(keys):
-            return None
-        found: dict[str, str] = {}
-        for mode, name, entry in entries:
-            if name[:1] in _SPECIAL_FIRST or b"\\" in name:
-                self._special_name(sha, name, _MODES[mode], entry, found)
-        for msg_id, text in found.items():
-            self.add(sha, msg_id, text)
+        # Strictly increasing names are distinct and, when none begins the next (then
+        # none begins any later one), in Git's order too: the "/" Git puts after a
+        # directory's name only matters after a name that is another's beginning.
+        if not all(map(bytes.__lt__, names, names[1:])) or any(
+            map(bytes.startswith, names[1:], names)
+        ):
+            if len(set(names)) != len(names):
+                return None
+            keys = [name + b"/" if mode == b"40000" else name for mode, name, _sha in entries]
+            if keys != sorted(keys):
+                return None
+        if not _PLAIN_NAMES.issuperset(names):
+            found: dict[str, str] = {}
+            for mode, name, entry in entries:
+                if name in _PLAIN_NAMES:
+                    continue
+                if name[:1] in _SPECIAL_FIRST or b"\\" in name:
+                    self._special_name(sha, name, _MODES[mode], entry, found)
+                    if len(name) > _NAME_CACHED or _name_kinds(name, True):
+                        continue  # not plain: looked at each time it comes
+                if len(_PLAIN_NAMES) < _PLAIN_MAX and len(name) <= _NAME_CACHED:
+                    _PLAIN_NAMES.add(name)
+            for msg_id, text in found.items():
+                self.add(sha, msg_id, text)
         return entries
 
     def _check_tree_entries(self, sha: bytes, data: bytes) -> None:
