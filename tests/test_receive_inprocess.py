@@ -207,3 +207,22 @@ def test_connectivity_check_survives_a_pack_repacked_away(tmp_path):
     links.named.add(b"\x01" * 20)
     assert first_missing(links, [], quarantine, store) == b"01" * 20
     repo.close()
+
+
+def test_links_skip_a_submodules_commit_whichever_way_the_tree_is_read():
+    """A tree's gitlink names a commit of another repository: never a missing object.
+    Links reads fsck's parsed entries (a fast path when the tree has no gitlink) or the
+    raw tree; both leave the gitlink out and keep every other entry."""
+    from gateway.git.receive import fsck
+    from gateway.git.receive.connectivity import Links
+
+    blob, sub, commit = b"\x01" * 20, b"\x02" * 20, b"\x03" * 20
+    with_gitlink = b"100644 a\0" + blob + b"160000 m\0" + commit + b"40000 s\0" + sub
+    without = b"100644 a\0" + blob + b"40000 s\0" + sub
+    for data, named in ((with_gitlink, {blob, sub}), (without, {blob, sub})):
+        entries = fsck.Checker().check_tree(b"0" * 40, data)
+        assert entries is not None  # the usual-tree path parsed it
+        for given in (entries, None):
+            links = Links([])
+            links.add(b"0" * 40, 2, data, given)
+            assert links.named == named

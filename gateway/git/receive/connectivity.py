@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from operator import itemgetter
 
 from dulwich.object_store import DiskObjectStore
 from dulwich.objects import Commit, Tag, Tree, hex_to_sha, sha_to_hex
@@ -30,6 +31,7 @@ from .fsck import pack_holds
 # a submodule's commit lives in another repository).
 _TREE_ENTRY = re.compile(rb"([0-7]+) [^\0]*\0(.{20})", re.S)
 GITLINK = b"160000"
+_ENTRY_NAME = itemgetter(2)  # of fsck's (mode, name, binary name)
 
 
 class Links:
@@ -52,7 +54,9 @@ class Links:
         if sha in self.tips:
             self.tip_types[sha] = type_num
         if type_num == Tree.type_num:
-            if entries is not None:
+            if entries is not None and b"160000 " not in data:  # no gitlink: all of them
+                self.named.update(map(_ENTRY_NAME, entries))
+            elif entries is not None:
                 self.named.update(entry for mode, _name, entry in entries if mode != GITLINK)
             else:
                 self.named.update(n for mode, n in _TREE_ENTRY.findall(data) if mode != GITLINK)
