@@ -1090,7 +1090,9 @@ class Pusher:
         if self.count % CLIENT_GC_PACKS == 0:
             # Each fast-import writes a pack; a developer's git would have run gc --auto
             # long before 2,000 of them slowed every push of this client (on both sides).
-            git_local("--git-dir", str(self.git_dir), "repack", "-d", "-l", "-q")
+            # gc --auto past gc.autoPackLimit repacks all its own packs into one (-A -d
+            # -l); without -a, repack packs loose objects only and the packs pile up.
+            git_local("--git-dir", str(self.git_dir), "repack", "-a", "-d", "-l", "-q")
         return git_local("--git-dir", str(self.git_dir), "rev-parse", "main").strip()
 
 
