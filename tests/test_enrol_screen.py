@@ -17,6 +17,7 @@ import zxingcpp
 
 from gateway import qr
 from testkit import Gateway, User, make_key, unique
+from testkit.waiting import wait_for
 
 PROMPT = "Enter the 6-digit code the app shows:"
 HEADER = "Scan this QR code with your authenticator app"
@@ -176,6 +177,9 @@ def test_enrolment_fits_80x24_at_a_terminal_black_on_white(gw):
         # An empty line and a typo are asked again on the same line: the code stays.
         secret = pyotp.parse_uri(uri).secret
         screen.type("")
+        # The empty line handled (the screen moved up, the prompt asked again) before the
+        # next is typed: typed at once, their echo and the re-asked prompt could interleave.
+        assert wait_for(lambda: asked_again(screen)), "\n".join(screen.lines())
         screen.type("12345")
         screen.wait_for("Try again:")
         again = screen.lines()
@@ -188,6 +192,15 @@ def test_enrolment_fits_80x24_at_a_terminal_black_on_white(gw):
     finally:
         screen.close()
     assert "enabled (totp)" in gw.ssh(user, "2sv", "status").stdout
+
+
+def asked_again(screen: Screen) -> bool:
+    """After an empty line at the prompt: the screen moved up by one (the header out)
+    and the cursor is back on the prompt's line (the terminal's own echo of Enter left
+    it on the line below)."""
+    lines = screen.lines()
+    row = int(screen.tmux("display-message", "-p", "-t", "t", "#{cursor_y}"))
+    return not any(HEADER in line for line in lines) and lines[row].startswith(PROMPT)
 
 
 def check_black_on_white(screen: Screen, start: int, block: list[str], uri: str, border: int):
