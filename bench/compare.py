@@ -1410,6 +1410,7 @@ def main_compare(args, root: Path) -> None:
             sides.add_repo(f"{huge}-push", source=huge)
         if "overtime" in groups:
             sides.add_repo("overtime", source=big)
+            sides.add_repo("overtime-unpushed", source=big)
         (root / "clients").mkdir()
         res = Results()
         idle = {side: tree_kb(sides.server_pid(side))[0] / 1024 for side in SIDES}
@@ -1475,7 +1476,11 @@ def main_compare(args, root: Path) -> None:
         def overtime_rows() -> None:
             (root / "overtime").mkdir()
             pusher = Pusher(root / "overtime", cached_repo(big) / "server.git")
-            rows = overtime.Overtime(sides, "overtime", pusher, alternate, fail, log)
+            (root / "overtime-unpushed").mkdir()
+            unpushed = Pusher(root / "overtime-unpushed", cached_repo(big) / "server.git")
+            rows = overtime.Overtime(
+                sides, "overtime", pusher, alternate, fail, log, ("overtime-unpushed", unpushed)
+            )
             try:
                 rows.run(args.pushes, args.runs)
             finally:

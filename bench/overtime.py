@@ -18,6 +18,11 @@ waited for (the gateway's housekeeping run, C git's detached `gc --auto`), and t
 is printed: a point measures what the repository's state costs, as at 0, not how the
 requests share the two cores with a repack still running.
 
+On the gateway, a second copy of the repository that the loop never pushes to (its own
+pusher gives it only the timed pushes) is measured too, interleaved with the pushed one,
+at 0 and at PUSHES: on a shared machine the figures drift by 10-20% over a run, and the
+copy's column shows how much of a change is the machine's.
+
 C git's side has its default receive settings, so its `gc --auto` runs after a push as
 a real server's would (detached: the subreaper reaps it). The target: the gateway's time
 at PUSHES pushes within 10% of its own at 0 (issue 17, item 3).
@@ -37,6 +42,7 @@ PER_ROUND = 5
 TARGET = 1.10
 MEASURES = ("push", "ls-remote", "incremental fetch", "full clone")
 SIDES = ("openssh", "gateway")
+UNPUSHED = "-unpushed"  # the copy's tag (in its clients' names too)
 
 
 def checkpoints(pushes: int) -> list[int]:
@@ -95,19 +101,30 @@ class Overtime:
         alternate: Callable[[int], tuple[str, str]],
         fail: Callable[[str], None],
         log: Callable[[str], None],
+        unpushed: tuple[str, object] | None = None,
     ) -> None:
         self.sides, self.name, self.pusher = sides, name, pusher
         self.alternate, self.fail, self.log = alternate, fail, log
+        # Another copy of the repository and its own pusher: measured beside the pushed
+        # one at 0 and at the last point, so that the shared machine's drift between
+        # the two points shows (the copy only gets the timed pushes).
+        self.unpushed = unpushed
         self.pushed = 0
-        # (measure, side, checkpoint) -> seconds
-        self.values: dict[tuple[str, str, int], list[float]] = {}
+        # (measure, side, checkpoint, copy) -> seconds; copy "" is the pushed one
+        self.values: dict[tuple[str, str, int, str], list[float]] = {}
         self.files: dict[tuple[str, int], tuple[int, int]] = {}
-        self.clones: dict[str, Path] = {}
+        self.clones: dict[tuple[str, str], Path] = {}
         self.waits: dict[int, float] = {}  # checkpoint -> seconds waited for housekeeping
 
-    def push_argv(self, side: str) -> list[str]:
-        url = self.sides.url(side, self.name)
-        return ["--git-dir", str(self.pusher.git_dir), "push", "-q", url, "main:refs/heads/main"]
+    def push_argv(self, side: str, copy: str = "") -> list[str]:
+        name, pusher = (self.name, self.pusher) if not copy else self.unpushed
+        url = self.sides.url(side, name)
+        return ["--git-dir", str(pusher.git_dir), "push", "-q", url, "main:refs/heads/main"]
+
+    def copies(self, at: int, last: int) -> list[str]:
+        """The repositories measured at `at`: the pushed one, and the unpushed copy at
+        0 and at the last point."""
+        return ["", UNPUSHED] if self.unpushed and at in (0, last) else [""]
 
     def push_both(self, count: int) -> None:
         """`count` commits, each pushed to both sides at once."""
@@ -128,38 +145,53 @@ class Overtime:
                     raise RuntimeError(f"push to {side}: {err.decode(errors='replace')[-600:]}")
             self.pushed += 1
 
-    def add(self, measure: str, side: str, at: int, seconds: float) -> None:
-        self.values.setdefault((measure, side, at), []).append(seconds)
+    def add(self, measure: str, side: str, at: int, seconds: float, copy: str = "") -> None:
+        self.values.setdefault((measure, side, at, copy), []).append(seconds)
 
-    def measure(self, at: int, runs: int) -> None:
+    def measure(self, at: int, runs: int, last: int) -> None:
         sides = self.sides
         self.waits[at] = wait_quiet(Path(sides.root))
         for side in SIDES:
             self.files[(side, at)] = repository_files(sides.server_dir(side, self.name))
+        copies = self.copies(at, last)
+
+        def order(run: int) -> list[tuple[str, str]]:  # (side, copy), interleaved
+            turns = copies if run % 2 == 0 else copies[::-1]
+            return [
+                (side, copy)
+                for side in self.alternate(run)
+                for copy in turns
+                if side == "gateway" or not copy  # the copy is the gateway's baseline
+            ]
+
+        def url(side: str, copy: str) -> str:
+            return sides.url(side, self.unpushed[0] if copy else self.name)
+
         for run in range(5):
-            for side in self.alternate(run):
-                self.add(
-                    "ls-remote", side, at, sides.timed_git("ls-remote", sides.url(side, self.name))
-                )
+            for side, copy in order(run):
+                elapsed = sides.timed_git("ls-remote", url(side, copy))
+                self.add("ls-remote", side, at, elapsed, copy)
         for run in range(runs):
-            for side in self.alternate(run):
-                dest = Path(sides.root) / "clients" / f"overtime-{side}-{at}-{run}"
+            for side, copy in order(run):
+                dest = Path(sides.root) / "clients" / f"overtime-{side}{copy}-{at}-{run}"
                 elapsed = sides.timed_git(
-                    "clone", "-q", "--no-checkout", sides.url(side, self.name), str(dest)
+                    "clone", "-q", "--no-checkout", url(side, copy), str(dest)
                 )
-                self.add("full clone", side, at, elapsed)
-                if side in self.clones:
-                    shutil.rmtree(self.clones[side], ignore_errors=True)
-                self.clones[side] = dest
+                self.add("full clone", side, at, elapsed, copy)
+                if (side, copy) in self.clones:
+                    shutil.rmtree(self.clones[(side, copy)], ignore_errors=True)
+                self.clones[(side, copy)] = dest
         for run in range(runs):
             for _ in range(PER_ROUND):
                 self.pusher.commit()
-                for side in self.alternate(run):
-                    self.add("push", side, at, sides.timed_git(*self.push_argv(side)))
+                if UNPUSHED in copies:
+                    self.unpushed[1].commit()
+                for side, copy in order(run):
+                    self.add("push", side, at, sides.timed_git(*self.push_argv(side, copy)), copy)
                 self.pushed += 1
-            for side in self.alternate(run):
-                elapsed = sides.timed_git("fetch", "-q", "origin", cwd=self.clones[side])
-                self.add("incremental fetch", side, at, elapsed)
+            for side, copy in order(run):
+                elapsed = sides.timed_git("fetch", "-q", "origin", cwd=self.clones[(side, copy)])
+                self.add("incremental fetch", side, at, elapsed, copy)
         self.log(f"overtime: measured at {at} pushes")
 
     def check(self) -> None:
@@ -171,15 +203,16 @@ class Overtime:
         ).stdout.strip()
         for side in SIDES:
             got = (
-                self.sides.git("rev-parse", "origin/main", cwd=self.clones[side])
+                self.sides.git("rev-parse", "origin/main", cwd=self.clones[(side, "")])
                 .stdout.decode()
                 .strip()
             )
             if got != tip:
                 self.fail(f"overtime: {side}'s main is {got} after the fetch, expected {tip}")
-            self.sides.fsck(self.clones[side], f"overtime clone from {side}")
+            self.sides.fsck(self.clones[(side, "")], f"overtime clone from {side}")
 
     def run(self, pushes: int, runs: int) -> None:
+        last = checkpoints(pushes)[-1]
         for at in checkpoints(pushes):
             started = time.monotonic()
             self.push_both(max(0, at - self.pushed))
@@ -188,7 +221,7 @@ class Overtime:
                     f"overtime: {self.pushed} pushes to each side "
                     f"({time.monotonic() - started:.0f} s for this stretch, both sides at once)"
                 )
-            self.measure(at, runs)
+            self.measure(at, runs, last)
         self.check()
 
     def table(self, pushes: int, caption: str) -> str:
@@ -204,8 +237,8 @@ class Overtime:
             "|---|" + "---|" * (len(head) + 3),
         ]
 
-        def cell(measure: str, side: str, at: int) -> float | None:
-            values = self.values.get((measure, side, at))
+        def cell(measure: str, side: str, at: int, copy: str = "") -> float | None:
+            values = self.values.get((measure, side, at, copy))
             return statistics.median(values) if values else None
 
         for measure in MEASURES:
@@ -225,4 +258,24 @@ class Overtime:
             lines.append(f"| {what} (before the measures) | {shown} | - | - | |")
         waited = ", ".join(f"{self.waits[m]:.1f} s at {m:,}" for m in marks if m in self.waits)
         lines.append(f"\nWaited for background housekeeping before measuring: {waited}.")
+        if self.unpushed:
+            lines += [
+                "",
+                f"The same measures of the gateway on an unpushed copy of the repository, "
+                f"interleaved with the pushed one's at 0 and at {last:,} (the machine's "
+                "drift between the two points shows in the copy's column):",
+                "",
+                f"| measure (median, s) | copy at 0 | copy at {last:,} | pushed at {last:,} "
+                f"| pushed at {last:,} / copy at {last:,} |",
+                "|---|---|---|---|---|",
+            ]
+            for measure in MEASURES:
+                first = cell(measure, "gateway", 0, UNPUSHED)
+                copy, pushed = (
+                    cell(measure, "gateway", last, UNPUSHED),
+                    cell(measure, "gateway", last),
+                )
+                shown = " | ".join("-" if c is None else f"{c:.3f}" for c in (first, copy, pushed))
+                ratio = f"{pushed / copy:.2f}x" if copy and pushed is not None else "-"
+                lines.append(f"| {measure} | {shown} | {ratio} |")
         return "\n".join(lines) + "\n"
