@@ -168,6 +168,8 @@ def _repack(
                 names[sha] = max(names.get(sha, 0.0), info.mtime)
         for obj in found.loose:
             names[obj.sha] = max(names.get(obj.sha, 0.0), obj.mtime)
+        if not full:
+            _leave_out_what_stays(found, chosen, names)
         prunable: set[bytes] = set()
         tips: dict[bytes, bytes] = {}
         if full and options.prune_after >= 0:
@@ -188,13 +190,15 @@ def _repack(
             return  # one pack already, nothing to drop
         keep = [sha for sha in names if sha not in prunable]
         report.mode = "full repack" if full else "geometric repack"
-        new = packing.write_new_pack(found.pack_dir, reader, keep)
-        with contextlib.suppress(OSError, ValueError):  # a cache: the first reader makes it
-            packorder.prepare(new.basename)
+        new_basename = ""
+        if keep:  # else all of it is in the packs that stay
+            new = packing.write_new_pack(found.pack_dir, reader, keep)
+            report.objects, new_basename = new.count, new.basename
+            with contextlib.suppress(OSError, ValueError):  # a cache: the first reader makes it
+                packorder.prepare(new.basename)
     finally:
         reader.close()
-    report.objects = new.count
-    old_packs = [p.basename for p in chosen if p.basename != new.basename]
+    old_packs = [p.basename for p in chosen if p.basename != new_basename]
     loose_in = [obj.path for obj in found.loose if obj.sha not in prunable]
     loose_out = [obj.path for obj in found.loose if obj.sha in prunable]
     if prunable:
@@ -215,6 +219,26 @@ def _repack(
         packing.remove_loose(loose_in)
     report.loose_packed = len(loose_in)
     _count_after(found.pack_dir, report)
+
+
+def _leave_out_what_stays(
+    found: inventory.Inventory, chosen: list[inventory.PackFile], names: dict[bytes, float]
+) -> None:
+    """Drop from `names` what the packs that stay (the largest, kept ones) hold, as C
+    git's geometric repack does: a thin push's pack also holds copies of the bases its
+    deltas were made against, which are most often in the largest pack already."""
+    chosen_names = {p.basename for p in chosen}
+    for info in found.packs:
+        if info.basename in chosen_names or not names:
+            continue
+        pack = StoredPack(info.basename)
+        try:
+            wanted = list(names)
+            for sha, k in zip(wanted, pack.find_many(wanted), strict=True):
+                if k is not None:
+                    del names[sha]
+        finally:
+            pack.close()
 
 
 def _count_after(pack_dir: str, report: Report) -> None:

@@ -10,6 +10,7 @@ its delta and deflated once (a result over 4 MiB in pieces, `archive.large_delta
 from __future__ import annotations
 
 import binascii
+import bisect
 import hashlib
 import os
 import zlib
@@ -78,54 +79,55 @@ def write_pack(
     The entries go in the order they are stored, pack by pack: a delta's base, stored
     before it, is then written before it (so it stays an OFS_DELTA, its header copied
     with only the distance changed), and the stored bytes are read in large pieces
-    rather than one read per entry (a partial clone sends 200,000 entries)."""
-    out = PackOut(write)
-    out.add(b"PACK" + (2).to_bytes(4, "big") + len(shas).to_bytes(4, "big"))
-    sending = set(shas)
-    placed: list[int] = []  # pack.key_base + entry number
-    elsewhere: list[bytes] = []  # loose, or in a pack storedpacks does not read
-    for sha in shas:
-        found = reader.locate(sha)
-        if found is None:
-            elsewhere.append(sha)
-        else:
-            placed.append(found[0].key_base + found[1])
+    rather than one read per entry (a partial clone sends 200,000 entries). A stored
+    pack all of whose entries are sent goes in one piece (_copy_all): a clone of a
+    repository that pushes have left in several packs."""
+    unique = list(dict.fromkeys(shas))
+    sending = set(unique)
+    placed, elsewhere = reader.keys(unique)  # elsewhere: loose, or in packs not read here
     placed.sort()
-    packs = {pack.key_base: pack for pack in reader.packs}
+    out = PackOut(write)
+    out.add(b"PACK" + (2).to_bytes(4, "big") + len(unique).to_bytes(4, "big"))
     written: dict[int, int] = {}  # pack.key_base + stored offset -> offset in this pack
     window = _Window()
-    for key in placed:
-        key_base = key & ~ENTRY_MASK
-        pack, k = packs[key_base], key & ENTRY_MASK
-        stored_at = pack.starts[k]
-        data = window.entry(pack, k)
-        start = out.offset
-        type_num, size, pos = parse_header(data)
-        if type_num == OFS_DELTA:
-            distance, after = parse_ofs(data, pos)
-            base_at = written.get(key_base + stored_at - distance)
-            if base_at is not None and ofs_delta:
-                if start - base_at == distance:
+    for pack in reader.packs:  # in key order: key_base grows with the pack's place
+        key_base = pack.key_base
+        lo = bisect.bisect_left(placed, key_base)
+        hi = bisect.bisect_left(placed, key_base + pack.count)
+        if ofs_delta and hi - lo == pack.count:
+            _copy_all(out, pack, entries)
+            continue
+        for key in placed[lo:hi]:
+            k = key & ENTRY_MASK
+            stored_at = pack.starts[k]
+            data = window.entry(pack, k)
+            start = out.offset
+            type_num, size, pos = parse_header(data)
+            if type_num == OFS_DELTA:
+                distance, after = parse_ofs(data, pos)
+                base_at = written.get(key_base + stored_at - distance)
+                if base_at is not None and ofs_delta:
+                    if start - base_at == distance:
+                        out.add(data)
+                    else:
+                        out.add(data[:pos] + _ofs_distance(start - base_at) + data[after:])
+                else:
+                    base = pack.name(pack.at_offset(stored_at - distance))
+                    if _base_available(reader, binascii.hexlify(base), pack, sending, client_has):
+                        out.add(pack_object_header(REF_DELTA, base, size, SHA1) + data[after:])
+                    else:
+                        _write_resolved(out, reader, pack, k)
+            elif type_num == REF_DELTA:
+                base_name = binascii.hexlify(data[pos : pos + SHA_LEN])
+                if _base_available(reader, base_name, pack, sending, client_has):
                     out.add(data)
                 else:
-                    out.add(data[:pos] + _ofs_distance(start - base_at) + data[after:])
-            else:
-                base = pack.name(pack.at_offset(stored_at - distance))
-                if _base_available(reader, binascii.hexlify(base), pack, sending, client_has):
-                    out.add(pack_object_header(REF_DELTA, base, size, SHA1) + data[after:])
-                else:
                     _write_resolved(out, reader, pack, k)
-        elif type_num == REF_DELTA:
-            base_name = binascii.hexlify(data[pos : pos + SHA_LEN])
-            if _base_available(reader, base_name, pack, sending, client_has):
-                out.add(data)
             else:
-                _write_resolved(out, reader, pack, k)
-        else:
-            out.add(data)
-        written[key_base + stored_at] = start
-        if entries is not None:
-            entries.append((pack.name(k), start))
+                out.add(data)
+            written[key_base + stored_at] = start
+            if entries is not None:
+                entries.append((pack.name(k), start))
     for sha in elsewhere:
         if entries is not None:
             entries.append((binascii.unhexlify(sha), out.offset))
@@ -218,17 +220,35 @@ def whole_pack(reader: ObjectReader, shas: list[bytes]) -> StoredPack | None:
 def send_whole(write: Callable[[bytes], object], pack: StoredPack) -> None:
     """Send a stored pack as it is. Its checksum is verified on the way: the trailer goes
     out only if the bytes sent are the bytes that were written."""
+    for data in _checked_pieces(pack, 0):
+        write(data)
+    write(os.pread(pack.fd, SHA_LEN, pack.starts[-1]))
+
+
+def _copy_all(out: PackOut, pack: StoredPack, entries: list[tuple[bytes, int]] | None) -> None:
+    """Every entry of a stored pack, as stored, in one piece. Their offsets all move by
+    the same amount, so each OFS_DELTA's distance to its base (always in its own pack)
+    still holds, and a REF_DELTA's base, which a valid stored pack holds itself, is sent
+    too. The stored pack's checksum is verified on the way, as send_whole's is."""
+    if entries is not None:
+        shift = out.offset - pack.starts[0]
+        entries.extend((pack.name(k), pack.starts[k] + shift) for k in range(pack.count))
+    for data in _checked_pieces(pack, pack.starts[0]):
+        out.add(data)
+
+
+def _checked_pieces(pack: StoredPack, start: int):
+    """The pack's bytes from `start` to its trailer, in large pieces; PackError after the
+    last one if they (with the bytes before `start`) do not hash to the trailer."""
     end = pack.starts[-1]  # where the entries end and the trailer begins
-    digest = hashlib.sha1()
-    at = 0
+    digest = hashlib.sha1(os.pread(pack.fd, start, 0))
+    at = start
     while at < end:
         data = os.pread(pack.fd, min(CHUNK, end - at), at)
         if not data:
             raise PackError("the pack is shorter than its index says")
         digest.update(data)
-        write(data)
+        yield data
         at += len(data)
-    trailer = os.pread(pack.fd, SHA_LEN, end)
-    if trailer != digest.digest():
+    if os.pread(pack.fd, SHA_LEN, end) != digest.digest():
         raise PackError("the pack's checksum does not match its contents")
-    write(trailer)

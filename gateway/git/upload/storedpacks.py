@@ -87,8 +87,19 @@ class StoredPack:
                 except (binascii.Error, IndexError):
                     return None
                 return None if position is None else self.rank[position]
-            self._number = number = dict(zip(self.index.hex_name_list(), self.rank, strict=True))
+            number = self._numbers()
         return number.get(sha)
+
+    def find_many(self, shas: list[bytes]) -> list[int | None]:
+        """find() of each of `shas`: one dict lookup each when they are many."""
+        if self._number is None and len(shas) <= self._bisections_left:
+            return [self.find(sha) for sha in shas]
+        return list(map(self._numbers().get, shas))
+
+    def _numbers(self) -> dict[bytes, int]:
+        if self._number is None:
+            self._number = dict(zip(self.index.hex_name_list(), self.rank, strict=True))
+        return self._number
 
     def name(self, k: int) -> bytes:
         """Entry k's binary name."""
@@ -194,6 +205,19 @@ class ObjectReader:
             if k is not None:
                 return pack, k
         return None
+
+    def keys(self, shas: list[bytes]) -> tuple[list[int], list[bytes]]:
+        """Where each of `shas` is stored, as key_base + entry number (for the first pack
+        that has it, largest first), and those no pack here has."""
+        placed: list[int] = []
+        for pack in self.packs:
+            if not shas:
+                break
+            found = pack.find_many(shas)
+            key_base = pack.key_base
+            placed.extend([key_base + k for k in found if k is not None])
+            shas = [sha for sha, k in zip(shas, found, strict=True) if k is None]
+        return placed, shas
 
     def read(self, sha: bytes) -> tuple[int, bytes]:
         """(type, content) of an object by hex name; KeyError if the repository lacks it."""
