@@ -100,6 +100,10 @@ class PackIndex:
             offsets = array("Q", (self.offset(i) for i in range(self.count)))
         return offsets
 
+    def name_table(self) -> bytes:
+        """Every object's binary name, in index order (sorted), as one string."""
+        return self.map[NAMES : self._crcs_at]
+
     def name_list(self) -> list[bytes]:
         """Every object's binary name, in index order."""
         names = self.map[NAMES : self._crcs_at]

@@ -176,10 +176,10 @@ def clone_objects(
             continue
         walked.append(commit)
         pending.extend(walk.commit(commit)[1])
-    names = pack.hex_names_in_pack_order()
     extra = _walked_objects(walk, walked, commit_objects) + tags
-    if not walked and reached | _bits_of(pack, tags) == (1 << len(names)) - 1:
-        return names  # the whole pack (send_pack sends it as stored)
+    if not walked and reached | _bits_of(pack, tags) == (1 << pack.count) - 1:
+        return pack.index.hex_name_list()  # the whole pack (send_pack sends it as stored)
+    names = pack.hex_names_in_pack_order()
     out = [names[k] for k in _set_bits(reached, len(names))]
     added = set()
     for sha in extra:

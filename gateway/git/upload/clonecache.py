@@ -62,7 +62,8 @@ def save(repo_dir: str, cache_key: bytes, shas: list[bytes], filtered: bool = Fa
     write_whole(
         repo_dir,
         FILTERED_FILE if filtered else FILE,
-        MAGIC + cache_key + b"\n" + binascii.unhexlify(b"".join(shas)),
+        # Sorted, as a pack index's names are (packwriter.whole_pack compares them).
+        MAGIC + cache_key + b"\n" + binascii.unhexlify(b"".join(sorted(shas))),
     )
 
 

@@ -33,6 +33,7 @@ from .storedpacks import (
 
 CHUNK = 1 << 20
 WINDOW = 4 << 20  # stored bytes read at once
+PACK_HEADER = 12  # "PACK", version, count: the first entry starts after it
 ENTRY_MASK = (1 << 40) - 1  # ObjectReader numbers pack n's entries from n << 40
 
 
@@ -211,10 +212,13 @@ def _write_whole(out: PackOut, type_num: int, content: bytes) -> None:
 def whole_pack(reader: ObjectReader, shas: list[bytes]) -> StoredPack | None:
     """The stored pack holding exactly `shas`, if there is one: a clone of a repository
     repacked since its last change. It is sent as it is stored."""
-    for pack in reader.packs:
-        if pack.count == len(shas) and pack.index.hex_names() == set(shas):
-            return pack
-    return None
+    candidates = [pack for pack in reader.packs if pack.count == len(shas)]
+    if not candidates:
+        return None
+    # The index's names are sorted; a clone's list is too (clonecache), so sorting it
+    # again is one pass, and the comparison is of two strings.
+    names = binascii.unhexlify(b"".join(sorted(shas)))
+    return next((pack for pack in candidates if pack.index.name_table() == names), None)
 
 
 def send_whole(write: Callable[[bytes], object], pack: StoredPack) -> None:
@@ -222,7 +226,7 @@ def send_whole(write: Callable[[bytes], object], pack: StoredPack) -> None:
     out only if the bytes sent are the bytes that were written."""
     for data in _checked_pieces(pack, 0):
         write(data)
-    write(os.pread(pack.fd, SHA_LEN, pack.starts[-1]))
+    write(os.pread(pack.fd, SHA_LEN, pack.size - SHA_LEN))
 
 
 def _copy_all(out: PackOut, pack: StoredPack, entries: list[tuple[bytes, int]] | None) -> None:
@@ -231,16 +235,16 @@ def _copy_all(out: PackOut, pack: StoredPack, entries: list[tuple[bytes, int]] |
     still holds, and a REF_DELTA's base, which a valid stored pack holds itself, is sent
     too. The stored pack's checksum is verified on the way, as send_whole's is."""
     if entries is not None:
-        shift = out.offset - pack.starts[0]
+        shift = out.offset - PACK_HEADER
         entries.extend((pack.name(k), pack.starts[k] + shift) for k in range(pack.count))
-    for data in _checked_pieces(pack, pack.starts[0]):
+    for data in _checked_pieces(pack, PACK_HEADER):
         out.add(data)
 
 
 def _checked_pieces(pack: StoredPack, start: int):
     """The pack's bytes from `start` to its trailer, in large pieces; PackError after the
     last one if they (with the bytes before `start`) do not hash to the trailer."""
-    end = pack.starts[-1]  # where the entries end and the trailer begins
+    end = pack.size - SHA_LEN  # where the entries end and the trailer begins
     digest = hashlib.sha1(os.pread(pack.fd, start, 0))
     at = start
     while at < end:
