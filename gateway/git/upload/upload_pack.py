@@ -238,7 +238,7 @@ class GatewayUploadPackHandler(UploadPackHandler):
                 shallow_plan=plan,
             )
             send_pack(repo.path, reader, refs, request, self._pack_writer(), self.progress)
-            self.proto.write_pkt_line(None)
+            self._end_pack()
         finally:
             reader.close()
 
@@ -254,6 +254,12 @@ class GatewayUploadPackHandler(UploadPackHandler):
         request ends (the worker logs it and exits non-zero, as C git dies)."""
         self.proto.write_pkt_line(b"ERR " + message.encode("ascii", "backslashreplace"))
         raise RequestRefused(message)
+
+    def _end_pack(self) -> None:
+        """A flush after the side-band stream; a pack sent bare ends with its checksum
+        (as C git's: the client's index-pack calls anything after it junk)."""
+        if self.has_capability(CAPABILITY_SIDE_BAND_64K):
+            self.proto.write_pkt_line(None)
 
     def _pack_writer(self):
         if not self.has_capability(CAPABILITY_SIDE_BAND_64K):
@@ -283,4 +289,4 @@ class GatewayUploadPackHandler(UploadPackHandler):
             object_format=self.repo.object_format,
             reuse_deltas=reuse,
         )
-        self.proto.write_pkt_line(None)
+        self._end_pack()
