@@ -23,6 +23,7 @@ from ..git import layout
 from ..logs import log_event
 from ..store import db as store_db
 from ..store.database import Backend, Database, Unreachable
+from . import asyncssh_seam
 from .connection import GatewaySSHServer
 from .last_use import LastUse
 from .limits import ConnectionLimits
@@ -155,6 +156,7 @@ class Gateway:
             keepalive_interval=settings.keepalive_interval or None,
             keepalive_count_max=3,
             server_version="gateway",
+            encryption_algs=asyncssh_seam.ENCRYPTION_ALGS,  # no CBC: see send_fewer_packets
         )
 
     async def stop(self) -> None:

@@ -144,6 +144,7 @@ class Listener:
         def factory() -> asyncssh.SSHServerConnection:
             conn = asyncssh_seam.new_server_connection(loop, options, peer, admitted)
             holder["conn"] = conn
+            asyncssh_seam.send_fewer_packets(conn)
             # The first bytes show a live client.
             asyncssh_seam.on_first_bytes(
                 conn, lambda: self.limits.progressed(admitted, limits.TALKING)
