@@ -30,6 +30,7 @@ from array import array
 from collections.abc import Iterable
 
 from ..packindex import SHA_LEN
+from .clonecache import SortedNames
 from .commitobjects import CommitObjects
 from .storedpacks import ObjectReader, StoredPack
 from .walk import Walk
@@ -132,12 +133,13 @@ class PackBitmaps:
 
 def clone_objects(
     reader: ObjectReader, wants: Iterable[bytes], commit_objects: CommitObjects | None = None
-) -> list[bytes] | None:
-    """Hex names of what a clone of `wants` sends, from a pack's bitmaps: the
-    objects the bitmapped commits reach, the wanted tags, and for each commit that no
-    bitmap covers (pushed since the repack) the commit and the trees and blobs it brings
-    in (its kept list in `commit_objects`, made by a tree diff the first time). None when
-    that pack has no bitmap, or a want is not a commit or a tag of one."""
+) -> list[bytes] | SortedNames | None:
+    """Hex names of what a clone of `wants` sends, from a pack's bitmaps: the objects
+    the bitmapped commits reach, the wanted tags, and for each commit that no bitmap
+    covers (pushed since the repack) the commit and the trees and blobs it brings in (its
+    kept list in `commit_objects`, made by a tree diff the first time); when that is the
+    whole pack, its index's names as they are. None when that pack has no bitmap, or a
+    want is not a commit or a tag of one."""
     # The pack C git wrote with a bitmap (`repack -adb`: everything then reachable).
     pack = next((p for p in reader.packs if os.path.exists(p.basename + ".bitmap")), None)
     if pack is None:
@@ -178,7 +180,7 @@ def clone_objects(
         pending.extend(walk.commit(commit)[1])
     extra = _walked_objects(walk, walked, commit_objects) + tags
     if not walked and reached | _bits_of(pack, tags) == (1 << pack.count) - 1:
-        return pack.index.hex_name_list()  # the whole pack (send_pack sends it as stored)
+        return SortedNames(pack.index.name_table())  # the whole pack, sent as stored
     names = pack.hex_names_in_pack_order()
     out = [names[k] for k in _set_bits(reached, len(names))]
     added = set()

@@ -44,7 +44,27 @@ def key(
     return digest.hexdigest().encode()
 
 
-def load(repo_dir: str, cache_key: bytes, filtered: bool = False) -> list[bytes] | None:
+class SortedNames:
+    """A clone's objects as this file keeps them: binary names, sorted, 20 bytes each,
+    as a pack index's name table is (packwriter.whole_pack compares the two as they are:
+    a clone of a repository repacked since its last change never makes hex names)."""
+
+    def __init__(self, table: bytes) -> None:
+        self.table = table
+
+    @classmethod
+    def of(cls, shas: list[bytes]) -> SortedNames:
+        return cls(binascii.unhexlify(b"".join(sorted(shas))))
+
+    def __len__(self) -> int:
+        return len(self.table) // SHA_LEN
+
+    def hex_names(self) -> list[bytes]:
+        names = binascii.hexlify(self.table)
+        return [names[i : i + 2 * SHA_LEN] for i in range(0, len(names), 2 * SHA_LEN)]
+
+
+def load(repo_dir: str, cache_key: bytes, filtered: bool = False) -> SortedNames | None:
     try:
         with open(os.path.join(repo_dir, FILTERED_FILE if filtered else FILE), "rb") as f:
             data = f.read()
@@ -54,16 +74,12 @@ def load(repo_dir: str, cache_key: bytes, filtered: bool = False) -> list[bytes]
     body = data[len(head) :]
     if not data.startswith(head) or len(body) % SHA_LEN:
         return None
-    names = binascii.hexlify(body)
-    return [names[i : i + 2 * SHA_LEN] for i in range(0, len(names), 2 * SHA_LEN)]
+    return SortedNames(body)
 
 
-def save(repo_dir: str, cache_key: bytes, shas: list[bytes], filtered: bool = False) -> None:
+def save(repo_dir: str, cache_key: bytes, names: SortedNames, filtered: bool = False) -> None:
     write_whole(
-        repo_dir,
-        FILTERED_FILE if filtered else FILE,
-        # Sorted, as a pack index's names are (packwriter.whole_pack compares them).
-        MAGIC + cache_key + b"\n" + binascii.unhexlify(b"".join(sorted(shas))),
+        repo_dir, FILTERED_FILE if filtered else FILE, MAGIC + cache_key + b"\n" + names.table
     )
 
 

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import bitmaps, clonecache, clonepack, packwriter, storedpacks, walk
+from .clonecache import SortedNames
 from .commitobjects import CommitObjects
 from .filters import ObjectFilter
 from .shallow import Deepen, ShallowPlan
@@ -64,6 +65,9 @@ def send_pack(
             return
         kept = clonepack.KeptPackWriter(repo_path, pack_key, write)
         write = kept.write
+    names: SortedNames | None = None  # a clone's list, as the clone cache keeps it
+    shas: list[bytes] | None = None
+    client_has: set[bytes] = set()
     try:
         if fetch.shallow_plan is not None:
             plan = fetch.shallow_plan
@@ -83,7 +87,7 @@ def send_pack(
             if commit_objects is not None:
                 commit_objects.save()
         elif is_clone:
-            shas, client_has = _clone_objects(repo_path, reader, refs, fetch), set()
+            names, shas = _clone_objects(repo_path, reader, refs, fetch)
         else:
             shas, client_has = walk.objects_to_send(
                 reader,
@@ -95,12 +99,17 @@ def send_pack(
             )
     except KeyError as exc:  # a ref reaches an object the repository lacks
         raise storedpacks.PackError(f"object {exc} is missing") from None
-    progress(f"counting objects: {len(shas)}, done.\n".encode("ascii"))
+    count = len(shas) if shas is not None else len(names or ())
+    progress(f"counting objects: {count}, done.\n".encode("ascii"))
     try:
-        whole = packwriter.whole_pack(reader, shas) if fetch.ofs_delta and not fetch.haves else None
+        whole = None
+        if fetch.ofs_delta and not fetch.haves:
+            whole = packwriter.whole_pack(reader, names, shas)
         if whole is not None:
             packwriter.send_whole(write, whole)
         else:
+            if shas is None:
+                shas = names.hex_names() if names is not None else []
             packwriter.write_pack(
                 write, reader, shas, fetch.ofs_delta, client_has if fetch.thin_pack else set()
             )
@@ -120,29 +129,35 @@ def _everything_reachable(fetch: Fetch) -> bool:
 
 def _clone_objects(
     repo_path: str, reader: ObjectReader, refs: dict[bytes, bytes], fetch: Fetch
-) -> list[bytes]:
+) -> tuple[SortedNames, list[bytes] | None]:
     """A clone's objects: the last clone's list if the refs are the same, else C git's
     bitmaps if they cover the wants (bitmaps.py), else the commits' kept lists
-    (commitobjects.py)."""
+    (commitobjects.py). As the clone cache keeps them, and as hex names when they were
+    made so (a list read back, or a whole pack's, is left as it is stored)."""
     filtered = fetch.object_filter is not None
     cache_key = clonecache.key(refs, fetch.wants, fetch.tagged, fetch.object_filter)
-    shas = clonecache.load(repo_path, cache_key, filtered)
-    if shas is None and _everything_reachable(fetch):
+    names = clonecache.load(repo_path, cache_key, filtered)
+    if names is not None:
+        return names, None
+    if _everything_reachable(fetch):
         commit_objects = CommitObjects(repo_path)
-        shas = bitmaps.clone_objects(reader, fetch.wants, commit_objects)
-        if shas is not None:
+        found = bitmaps.clone_objects(reader, fetch.wants, commit_objects)
+        if found is not None:
             commit_objects.save()
-            clonecache.save(repo_path, cache_key, shas, filtered)
-    if shas is None:
-        commit_objects = CommitObjects(repo_path)
-        shas, _ = walk.objects_to_send(
-            reader,
-            fetch.wants,
-            [],
-            fetch.tagged,
-            commit_objects,
-            object_filter=fetch.object_filter,
-        )
-        commit_objects.save()
-        clonecache.save(repo_path, cache_key, shas, filtered)
-    return shas
+            shas = None if isinstance(found, SortedNames) else found
+            names = found if shas is None else SortedNames.of(found)
+            clonecache.save(repo_path, cache_key, names, filtered)
+            return names, shas
+    commit_objects = CommitObjects(repo_path)
+    shas, _ = walk.objects_to_send(
+        reader,
+        fetch.wants,
+        [],
+        fetch.tagged,
+        commit_objects,
+        object_filter=fetch.object_filter,
+    )
+    commit_objects.save()
+    names = SortedNames.of(shas)
+    clonecache.save(repo_path, cache_key, names, filtered)
+    return names, shas

@@ -20,6 +20,7 @@ from dulwich.object_format import SHA1
 from dulwich.pack import pack_object_header
 
 from .archive import large_delta
+from .clonecache import SortedNames
 from .storedpacks import (
     OFS_DELTA,
     REF_DELTA,
@@ -209,16 +210,20 @@ def _write_whole(out: PackOut, type_num: int, content: bytes) -> None:
     out.add(pack_object_header(type_num, None, len(content), SHA1) + zlib.compress(content, 1))
 
 
-def whole_pack(reader: ObjectReader, shas: list[bytes]) -> StoredPack | None:
-    """The stored pack holding exactly `shas`, if there is one: a clone of a repository
-    repacked since its last change. It is sent as it is stored."""
-    candidates = [pack for pack in reader.packs if pack.count == len(shas)]
+def whole_pack(
+    reader: ObjectReader, names: SortedNames | None, shas: list[bytes] | None = None
+) -> StoredPack | None:
+    """The stored pack holding exactly the objects named (`names`, as the clone cache
+    keeps them, or else `shas`), if there is one: a clone of a repository repacked since
+    its last change. It is sent as it is stored."""
+    count = len(shas) if shas is not None else len(names or ())
+    candidates = [pack for pack in reader.packs if pack.count == count]
     if not candidates:
         return None
-    # The index's names are sorted; a clone's list is too (clonecache), so sorting it
-    # again is one pass, and the comparison is of two strings.
-    names = binascii.unhexlify(b"".join(sorted(shas)))
-    return next((pack for pack in candidates if pack.index.name_table() == names), None)
+    if names is None:
+        names = SortedNames.of(shas or [])
+    # Both sorted: the comparison is of two strings.
+    return next((p for p in candidates if p.index.name_table() == names.table), None)
 
 
 def send_whole(write: Callable[[bytes], object], pack: StoredPack) -> None:
