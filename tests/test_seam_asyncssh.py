@@ -95,16 +95,6 @@ def test_client_auth_handlers_hold_publickey_and_next_auth_takes_next_method() -
     )
 
 
-def test_channel_send_state_is_where_send_full_packets_reads_it() -> None:
-    # send_full_packets reads a channel's window, maximum packet and send buffer.
-    source = inspect.getsource(asyncssh.channel.SSHChannel.__init__)
-    for name in asyncssh_seam.CHANNEL_SEND_ATTRIBUTES:
-        assert f"self.{name}" in source, (
-            f"asyncssh {asyncssh.__version__}: SSHChannel no longer has {name}; see "
-            "gateway/transport/asyncssh_seam.py send_full_packets"
-        )
-
-
 def test_the_gateway_offers_no_cbc_cipher() -> None:
     # send_fewer_packets drops the empty SSH_MSG_IGNORE that protects CBC ciphers only.
     assert asyncssh_seam.ENCRYPTION_ALGS

@@ -1,6 +1,6 @@
 """How the gateway's SSH packets go out (gateway/transport/asyncssh_seam.py, part 5):
-no CBC countermeasure packets, and channel data held for a fuller window but always
-delivered, whole, to a client whose window is tiny."""
+no CBC countermeasure packets, and a pack delivered whole through a tiny window (the
+packets of one pass of the event loop are written together)."""
 
 from __future__ import annotations
 

@@ -61,17 +61,12 @@ INTERNALS: tuple[tuple[str, object, tuple[str, ...]], ...] = (
     ("decode_ssh_certificate", asyncssh.public_key, ("data",)),
     ("SSHServerConnection.connection_made", asyncssh.SSHServerConnection, ("self", "transport")),
     ("SSHServerConnection.send_packet", asyncssh.SSHServerConnection, ("self", "pkttype")),
-    ("SSHServerChannel._flush_send_buf", SSHServerChannel, ("self",)),
-    ("SSHServerChannel._pause_resume_writing", SSHServerChannel, ("self",)),
     ("get_default_encryption_algs", asyncssh.encryption, ()),
 )
 # Private attributes of a decoded OpenSSH certificate that read_certificate reads, and
 # the connection's session id that a login's signature covers.
 CERTIFICATE_ATTRIBUTES = ("_serial", "_cert_type", "_key_id", "_valid_after", "_valid_before")
 SESSION_ID_ATTRIBUTE = "_session_id"
-# A channel's send window, the client's maximum packet, and its send buffer (a list of
-# pending chunks, and their total length), read by send_full_packets.
-CHANNEL_SEND_ATTRIBUTES = ("_send_window", "_send_pktsize", "_send_buf", "_send_buf_len")
 
 
 def missing_internal(name: str, owner: object, params: tuple[str, ...]) -> str | None:
@@ -234,8 +229,6 @@ ENCRYPTION_ALGS = tuple(
     if not alg.endswith(b"-cbc")
 )
 _EMPTY_IGNORE = (String(b""),)
-# How long channel data is held back for a fuller window before it goes out anyway.
-HOLD_BACK_SECONDS = 0.05
 
 
 def send_fewer_packets(conn: asyncssh.SSHServerConnection) -> None:
@@ -297,41 +290,6 @@ class CoalescingTransport:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)
-
-
-def send_full_packets(channel: asyncssh.SSHServerChannel) -> None:
-    """Hold channel data back while the client's window is too small for a full packet
-    and more is buffered than fits (sender-side silly window avoidance, RFC 1122
-    4.2.3.4). OpenSSH's client, when git reads more slowly than the pack arrives, opens
-    its window a few KiB at a time, and asyncssh sent a packet for each opening. "Full"
-    is the client's maximum packet, or half the widest window it has offered if that is
-    less; data held back goes out after HOLD_BACK_SECONDS whatever the window, so a client
-    that opens its window only once it is spent still gets everything."""
-    flush = channel._flush_send_buf  # type: ignore[attr-defined]
-    pause_or_resume = channel._pause_resume_writing  # type: ignore[attr-defined]
-    loop = asyncio.get_running_loop()
-    widest = 0
-    timer: asyncio.TimerHandle | None = None
-
-    def flush_anyway() -> None:
-        nonlocal timer
-        timer = None
-        if channel._send_buf:  # type: ignore[attr-defined]  # empty once the channel closed
-            flush()
-
-    def flush_send_buf() -> None:
-        nonlocal widest, timer
-        window = channel._send_window  # type: ignore[attr-defined]
-        widest = max(widest, window)
-        full = min(channel._send_pktsize, widest // 2)  # type: ignore[attr-defined]
-        if window < full and channel._send_buf_len > window:  # type: ignore[attr-defined]
-            pause_or_resume()  # the writer still pauses at the high-water mark
-            if timer is None:
-                timer = loop.call_later(HOLD_BACK_SECONDS, flush_anyway)
-            return
-        flush()
-
-    channel._flush_send_buf = flush_send_buf  # type: ignore[attr-defined]
 
 
 # --- sessions that say when they end -----------------------------------------------------

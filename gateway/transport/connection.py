@@ -247,7 +247,6 @@ class GatewaySSHServer(asyncssh.SSHServer):
         self._cancel_idle()
         channel = self.conn.create_server_channel()
         asyncssh_seam.pass_undecodable_commands(channel)
-        asyncssh_seam.send_full_packets(channel)
         return channel, asyncssh_seam.EndReportingProcess(self._session_ended, handle_session)
 
     def _session_ended(self) -> None:
