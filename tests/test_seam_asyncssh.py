@@ -99,3 +99,18 @@ def test_the_gateway_offers_no_cbc_cipher() -> None:
     # send_fewer_packets drops the empty SSH_MSG_IGNORE that protects CBC ciphers only.
     assert asyncssh_seam.ENCRYPTION_ALGS
     assert not [alg for alg in asyncssh_seam.ENCRYPTION_ALGS if "cbc" in alg]
+
+
+def test_ack_now_sets_quickack_on_a_tcp_socket() -> None:
+    # send_fewer_packets acknowledges each arrival at once (asyncssh_seam._ack_now).
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        client = socket.create_connection(server.getsockname())
+        accepted, _ = server.accept()
+        with client, accepted:
+            client.sendall(b"x")
+            accepted.recv(1)
+            asyncssh_seam._ack_now(accepted)
+            assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK) == 1
+    asyncssh_seam._ack_now(None)  # before the connection is made: nothing to do
