@@ -102,7 +102,7 @@ def test_the_gateway_offers_no_cbc_cipher() -> None:
 
 
 def test_ack_now_sets_quickack_on_a_tcp_socket() -> None:
-    # send_fewer_packets acknowledges each arrival at once (asyncssh_seam._ack_now).
+    # acknowledge_at_once acknowledges each arrival at once (asyncssh_seam._ack_now).
     import socket
 
     with socket.create_server(("127.0.0.1", 0)) as server:

@@ -221,7 +221,7 @@ def pass_undecodable_commands(channel: asyncssh.SSHServerChannel) -> None:
     channel._process_exec_request = process_exec_request  # type: ignore[attr-defined]
 
 
-# --- (5) fewer packets and fewer writes ---------------------------------------------------
+# --- (5) fewer packets, fewer writes, no delayed ACKs -------------------------------------
 
 # asyncssh's default ciphers without CBC (it offers none by default; said here, so that
 # skipping the CBC countermeasure below stays right if a release changes its defaults).
@@ -251,15 +251,26 @@ def send_fewer_packets(conn: asyncssh.SSHServerConnection) -> None:
 
     conn.send_packet = send_packet  # type: ignore[method-assign]
     made = conn.connection_made
+
+    def connection_made(transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        made(CoalescingTransport(transport, asyncio.get_running_loop()))  # type: ignore[arg-type]
+
+    conn.connection_made = connection_made  # type: ignore[method-assign]
+
+
+def acknowledge_at_once(conn: asyncssh.SSHServerConnection) -> None:
+    """Acknowledge every arrival on the connection's socket at once (_ack_now): when it
+    is made, and before asyncssh reads each batch of bytes."""
+    made = conn.connection_made
     received = conn.data_received
     sock: socket.socket | None = None
 
     def connection_made(transport: asyncio.BaseTransport) -> None:
         nonlocal sock
-        assert isinstance(transport, asyncio.Transport)
         sock = transport.get_extra_info("socket")
         _ack_now(sock)
-        made(CoalescingTransport(transport, asyncio.get_running_loop()))  # type: ignore[arg-type]
+        made(transport)
 
     def data_received(data: bytes, datatype: Any = None) -> None:
         _ack_now(sock)

@@ -145,6 +145,7 @@ class Listener:
             conn = asyncssh_seam.new_server_connection(loop, options, peer, admitted)
             holder["conn"] = conn
             asyncssh_seam.send_fewer_packets(conn)
+            asyncssh_seam.acknowledge_at_once(conn)
             # The first bytes show a live client.
             asyncssh_seam.on_first_bytes(
                 conn, lambda: self.limits.progressed(admitted, limits.TALKING)

@@ -144,8 +144,10 @@ def _clone_objects(
         found = bitmaps.clone_objects(reader, fetch.wants, commit_objects)
         if found is not None:
             commit_objects.save()
-            shas = None if isinstance(found, SortedNames) else found
-            names = found if shas is None else SortedNames.of(found)
+            if isinstance(found, SortedNames):
+                names, shas = found, None
+            else:
+                names, shas = SortedNames.of(found), found
             clonecache.save(repo_path, cache_key, names, filtered)
             return names, shas
     commit_objects = CommitObjects(repo_path)
